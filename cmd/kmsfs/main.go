@@ -1,0 +1,49 @@
+// Command kmsfs mounts and manages kmsfs encrypted volumes and their KMS.
+//
+// main stays a thin floor: it parses flags and hands over to the packages
+// that hold the logic (volume, fs, kms/...).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `kmsfs: an envelope-encrypting FUSE filesystem
+
+Usage:
+  kmsfs init [flags] BACKEND              create a volume (and a KMS key on the embedded KMS)
+  kmsfs mount [flags] BACKEND MOUNTPOINT  mount a volume (returns once mounted)
+  kmsfs umount MOUNTPOINT                 unmount
+  kmsfs cat [flags] BACKEND PATH          decrypt one file to stdout, without mounting
+  kmsfs kms SUBCOMMAND ...                KMS server and key administration (kmsfs kms help)
+
+Run 'kmsfs COMMAND --help' for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "kms":
+		err = kmsCommand(ctx, args, os.Stdout, os.Stderr)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "kmsfs: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kmsfs %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
