@@ -195,24 +195,24 @@ type Admin interface {
 
 // Error codes, the names AWS KMS uses in its "__type" error field.
 const (
-	CodeNotFound          = "NotFoundException"
-	CodeDisabled          = "DisabledException"
-	CodeInvalidState      = "KMSInvalidStateException"
-	CodeInvalidCiphertext = "InvalidCiphertextException"
-	CodeIncorrectKey      = "IncorrectKeyException"
-	CodeValidation        = "ValidationException"
-	CodeAccessDenied      = "AccessDeniedException"
-	CodeThrottling        = "ThrottlingException"
-	CodeInternal          = "KMSInternalException"
-	CodeDependencyTimeout = "DependencyTimeoutException"
-	CodeAlreadyExists     = "AlreadyExistsException"
-	CodeInvalidAliasName  = "InvalidAliasNameException"
-	CodeInvalidGrantToken = "InvalidGrantTokenException"
-	CodeInvalidGrantID    = "InvalidGrantIdException"
-	CodeMalformedPolicy   = "MalformedPolicyDocumentException"
+	CodeNotFound           = "NotFoundException"
+	CodeDisabled           = "DisabledException"
+	CodeInvalidState       = "KMSInvalidStateException"
+	CodeInvalidCiphertext  = "InvalidCiphertextException"
+	CodeIncorrectKey       = "IncorrectKeyException"
+	CodeValidation         = "ValidationException"
+	CodeAccessDenied       = "AccessDeniedException"
+	CodeThrottling         = "ThrottlingException"
+	CodeInternal           = "KMSInternalException"
+	CodeDependencyTimeout  = "DependencyTimeoutException"
+	CodeAlreadyExists      = "AlreadyExistsException"
+	CodeInvalidAliasName   = "InvalidAliasNameException"
+	CodeInvalidGrantToken  = "InvalidGrantTokenException"
+	CodeInvalidGrantID     = "InvalidGrantIdException"
+	CodeMalformedPolicy    = "MalformedPolicyDocumentException"
 	CodeUnrecognizedClient = "UnrecognizedClientException"
-	CodeInvalidSignature  = "InvalidSignatureException"
-	CodeUnavailable       = "KMSUnavailable" // client side: the KMS could not be reached
+	CodeInvalidSignature   = "InvalidSignatureException"
+	CodeUnavailable        = "KMSUnavailable" // client side: the KMS could not be reached
 )
 
 // Error is a KMS failure with an AWS error code. Compare codes with errors.Is
