@@ -1,0 +1,384 @@
+package envelope
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/vectors.json from the current code (only for a deliberate new format version)")
+
+func mustHex(t testing.TB, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func id(b byte) (out [IDLen]byte) {
+	for i := range out {
+		out[i] = b + byte(i)
+	}
+	return out
+}
+
+func testKeys(t testing.TB, fileID [IDLen]byte) *FileKeys {
+	t.Helper()
+	key := bytes.Repeat([]byte{0x42}, KeySize)
+	k, err := DeriveFileKeys(key, fileID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func testHeader(mode Mode) Header {
+	h := Header{
+		RegionSize: DefaultHeaderSize, Mode: mode, Suite: SuiteAES256GCM, BlockSize: DefaultBlockSize,
+		FileID: id(0x10), VolumeID: id(0x20),
+		KeyID:      "arn:aws:kms:local:000000000000:key/11111111-2222-3333-4444-555555555555",
+		WrappedKey: bytes.Repeat([]byte{0xAB}, 81),
+	}
+	if mode == ModeBucketKey {
+		h.BucketKeyID = id(0x30)
+	}
+	return h
+}
+
+// vectors is testdata/vectors.json: fixed key, IDs, nonces and plaintext and
+// the exact bytes they must produce. A format change that breaks existing
+// volumes changes these bytes and fails TestVectors.
+type vectors struct {
+	FileKey    string `json:"file_key"`
+	FileID     string `json:"file_id"`
+	BlockKey   string `json:"block_key"`
+	HeaderMAC  string `json:"header_mac_key"`
+	BucketKey  string `json:"bucket_key"`
+	BucketFile string `json:"bucket_file_key"`
+	Header     string `json:"header_region"`
+	Blocks     []struct {
+		BlockNo    uint64 `json:"block_no"`
+		Nonce      string `json:"nonce"`
+		Plaintext  string `json:"plaintext"`
+		Ciphertext string `json:"sealed"`
+	} `json:"blocks"`
+}
+
+func TestVectors(t *testing.T) {
+	path := filepath.Join("testdata", "vectors.json")
+	fileKey := bytes.Repeat([]byte{0x42}, KeySize)
+	fileID := id(0x10)
+	keys := testKeys(t, fileID)
+	h := testHeader(ModePerObject)
+	region, err := h.Marshal(keys.MACKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucketKey := bytes.Repeat([]byte{0x07}, KeySize)
+	bfk, err := BucketFileKey(bucketKey, fileID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *update {
+		v := vectors{
+			FileKey: hex.EncodeToString(fileKey), FileID: hex.EncodeToString(fileID[:]),
+			BlockKey: hex.EncodeToString(keys.blockKey), HeaderMAC: hex.EncodeToString(keys.macKey),
+			BucketKey: hex.EncodeToString(bucketKey), BucketFile: hex.EncodeToString(bfk),
+			Header: hex.EncodeToString(region),
+		}
+		for i, pt := range [][]byte{[]byte("hello, kmsfs"), bytes.Repeat([]byte{0}, DefaultBlockSize), {0xff}} {
+			nonce := bytes.Repeat([]byte{byte(i + 1)}, NonceSize)
+			sealed := keys.sealWithNonce(nil, pt, uint64(i*7), nonce)
+			v.Blocks = append(v.Blocks, struct {
+				BlockNo    uint64 `json:"block_no"`
+				Nonce      string `json:"nonce"`
+				Plaintext  string `json:"plaintext"`
+				Ciphertext string `json:"sealed"`
+			}{uint64(i * 7), hex.EncodeToString(nonce), hex.EncodeToString(pt), hex.EncodeToString(sealed)})
+		}
+		b, _ := json.MarshalIndent(v, "", "  ")
+		if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v vectors
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(keys.blockKey); got != v.BlockKey {
+		t.Errorf("block key derivation changed: %s, vector %s", got, v.BlockKey)
+	}
+	if got := hex.EncodeToString(keys.macKey); got != v.HeaderMAC {
+		t.Errorf("header MAC key derivation changed: %s, vector %s", got, v.HeaderMAC)
+	}
+	if got := hex.EncodeToString(bfk); got != v.BucketFile {
+		t.Errorf("bucket file key derivation changed: %s, vector %s", got, v.BucketFile)
+	}
+	if got := hex.EncodeToString(region); got != v.Header {
+		t.Errorf("header encoding changed:\n got %s\nwant %s", got, v.Header)
+	}
+	// The stored header must parse and verify with the stored keys.
+	p, err := ParseHeader(mustHex(t, v.Header))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Verify(keys); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range v.Blocks {
+		sealed := keys.sealWithNonce(nil, mustHex(t, b.Plaintext), b.BlockNo, mustHex(t, b.Nonce))
+		if hex.EncodeToString(sealed) != b.Ciphertext {
+			t.Errorf("block %d: sealing changed", b.BlockNo)
+		}
+		pt, err := keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo)
+		if err != nil || !bytes.Equal(pt, mustHex(t, b.Plaintext)) {
+			t.Errorf("block %d: vector does not open: %v", b.BlockNo, err)
+		}
+	}
+}
+
+func TestHeaderRoundTrip(t *testing.T) {
+	for _, mode := range []Mode{ModePerObject, ModeBucketKey} {
+		h := testHeader(mode)
+		keys := testKeys(t, h.FileID)
+		region, err := h.Marshal(keys.MACKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(region) != DefaultHeaderSize {
+			t.Fatalf("region is %d bytes", len(region))
+		}
+		p, err := ParseHeader(region)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Verify(keys); err != nil {
+			t.Fatal(err)
+		}
+		if p.Mode != mode || p.KeyID != h.KeyID || !bytes.Equal(p.WrappedKey, h.WrappedKey) ||
+			p.FileID != h.FileID || p.VolumeID != h.VolumeID || p.BucketKeyID != h.BucketKeyID || p.BlockSize != h.BlockSize {
+			t.Fatalf("mode %v: round trip mismatch: %+v", mode, p.Header)
+		}
+	}
+}
+
+// Every byte of the authenticated part of the header matters: flipping any bit
+// is either a parse error or an authentication failure, never accepted.
+func TestHeaderTamper(t *testing.T) {
+	h := testHeader(ModeBucketKey)
+	keys := testKeys(t, h.FileID)
+	region, _ := h.Marshal(keys.MACKey())
+	p0, _ := ParseHeader(region)
+	keySlotStart := bytes.Index(region, []byte(h.KeyID)) - 3
+	for i := 0; i < len(region); i++ {
+		if i >= keySlotStart && i < keySlotStart+3+len(h.KeyID)+3+len(h.WrappedKey) {
+			continue // key slot: protected by the KMS AEAD instead (TestKeySlotNotMACed)
+		}
+		if i == 8 || i == 9 {
+			continue // fields length: a change misparses, checked below
+		}
+		bad := bytes.Clone(region)
+		bad[i] ^= 0x01
+		p, err := ParseHeader(bad)
+		if err == nil {
+			err = p.Verify(keys)
+		}
+		if err == nil {
+			t.Fatalf("flipping byte %d went unnoticed", i)
+		}
+	}
+	_ = p0
+	// Fields length changes are caught by parsing.
+	for _, i := range []int{8, 9} {
+		bad := bytes.Clone(region)
+		bad[i] ^= 0x01
+		if p, err := ParseHeader(bad); err == nil && p.Verify(keys) == nil {
+			t.Fatalf("flipping fields length byte %d went unnoticed", i)
+		}
+	}
+}
+
+// A header moved onto another file is refused: the other file's keys do not
+// verify it.
+func TestHeaderMovedToOtherFile(t *testing.T) {
+	a := testHeader(ModePerObject)
+	keysA := testKeys(t, a.FileID)
+	regionA, _ := a.Marshal(keysA.MACKey())
+	otherKey := bytes.Repeat([]byte{0x43}, KeySize)
+	keysB, _ := DeriveFileKeys(otherKey, a.FileID)
+	p, _ := ParseHeader(regionA)
+	if err := p.Verify(keysB); !errors.Is(err, ErrAuth) {
+		t.Fatalf("verify with another key: %v, want ErrAuth", err)
+	}
+	keysOtherID := testKeys(t, id(0x99))
+	if err := p.Verify(keysOtherID); !errors.Is(err, ErrAuth) {
+		t.Fatalf("verify with keys of another file ID: %v, want ErrAuth", err)
+	}
+}
+
+func TestKeySlotNotMACed(t *testing.T) {
+	h := testHeader(ModePerObject)
+	keys := testKeys(t, h.FileID)
+	region, _ := h.Marshal(keys.MACKey())
+	p, _ := ParseHeader(region)
+	newRegion, err := p.ReplaceKeySlot("arn:aws:kms:local:000000000000:key/other", bytes.Repeat([]byte{0xCD}, 184))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := ParseHeader(newRegion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.Verify(keys); err != nil {
+		t.Fatalf("rewrapped header does not verify: %v", err)
+	}
+	if p2.KeyID != "arn:aws:kms:local:000000000000:key/other" || len(p2.WrappedKey) != 184 {
+		t.Fatal("key slot not replaced")
+	}
+	if _, err := p.ReplaceKeySlot("k", make([]byte, 2000)); err == nil {
+		t.Fatal("oversized key slot accepted")
+	}
+}
+
+func TestCriticalUnknownFieldRefused(t *testing.T) {
+	h := testHeader(ModePerObject)
+	keys := testKeys(t, h.FileID)
+	h.unknown = []rawField{{0x45, []byte("future")}}
+	region, _ := h.Marshal(keys.MACKey())
+	if _, err := ParseHeader(region); !errors.Is(err, ErrVersion) {
+		t.Fatalf("critical unknown field: %v, want ErrVersion", err)
+	}
+	h.unknown = []rawField{{0x05 | 0x20, []byte("optional")}}
+	region, _ = h.Marshal(keys.MACKey())
+	p, err := ParseHeader(region)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Verify(keys); err != nil {
+		t.Fatalf("non-critical unknown field breaks verification: %v", err)
+	}
+}
+
+func TestBlockRoundTripAndTamper(t *testing.T) {
+	keys := testKeys(t, id(1))
+	other := testKeys(t, id(2))
+	plain := bytes.Repeat([]byte("0123456789abcdef"), 1024) // 16 KiB = 4 blocks
+	sealed, err := keys.SealBlocks(nil, plain, 0, DefaultBlockSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := DefaultBlockSize + BlockOverhead
+	if len(sealed) != 4*sb {
+		t.Fatalf("sealed %d bytes", len(sealed))
+	}
+	blk := func(i int) []byte { return sealed[i*sb : (i+1)*sb] }
+	for i := 0; i < 4; i++ {
+		pt, err := keys.OpenBlock(nil, blk(i), uint64(i))
+		if err != nil || !bytes.Equal(pt, plain[i*DefaultBlockSize:(i+1)*DefaultBlockSize]) {
+			t.Fatalf("block %d: %v", i, err)
+		}
+	}
+	// Flipped bit anywhere in the block.
+	for _, pos := range []int{0, NonceSize, NonceSize + 100, sb - 1} {
+		bad := bytes.Clone(blk(1))
+		bad[pos] ^= 0x80
+		if _, err := keys.OpenBlock(nil, bad, 1); !errors.Is(err, ErrBlockAuth) {
+			t.Fatalf("bit flip at %d: %v", pos, err)
+		}
+	}
+	// Block swapped within the file.
+	if _, err := keys.OpenBlock(nil, blk(2), 1); !errors.Is(err, ErrBlockAuth) {
+		t.Fatalf("swapped block opened: %v", err)
+	}
+	// Block moved to another file.
+	if _, err := other.OpenBlock(nil, blk(1), 1); !errors.Is(err, ErrBlockAuth) {
+		t.Fatalf("block from another file opened: %v", err)
+	}
+	// Truncated block.
+	if _, err := keys.OpenBlock(nil, blk(1)[:sb-1], 1); !errors.Is(err, ErrBlockAuth) {
+		t.Fatalf("truncated block opened: %v", err)
+	}
+	if _, err := keys.OpenBlock(nil, blk(1)[:5], 1); !errors.Is(err, ErrBlockAuth) {
+		t.Fatalf("short block: %v", err)
+	}
+}
+
+// Rewriting one block many times never reuses a nonce.
+func TestNoncesDistinct(t *testing.T) {
+	keys := testKeys(t, id(1))
+	seen := map[string]bool{}
+	for i := 0; i < 20000; i++ {
+		s, _ := keys.SealBlock(nil, []byte("same"), 0)
+		n := string(s[:NonceSize])
+		if seen[n] {
+			t.Fatalf("nonce repeated after %d seals", i)
+		}
+		seen[n] = true
+	}
+}
+
+func TestLayout(t *testing.T) {
+	l := Layout{HeaderSize: 1024, BlockSize: 4096}
+	for _, p := range []int64{0, 1, 4095, 4096, 4097, 8192, 1 << 33, 5<<30 + 17} {
+		c := l.CipherSize(p, true)
+		got, err := l.PlainSize(c)
+		if err != nil || got != p {
+			t.Fatalf("plain %d -> cipher %d -> %d, %v", p, c, got, err)
+		}
+	}
+	if l.CipherSize(0, false) != 0 {
+		t.Fatal("empty file without header should be 0 bytes")
+	}
+	if _, err := l.PlainSize(100); err == nil {
+		t.Fatal("partial header accepted")
+	}
+	if _, err := l.PlainSize(1024 + 4124 + 20); err == nil {
+		t.Fatal("torn last block accepted")
+	}
+	if f, e := l.Blocks(4095, 2); f != 0 || e != 2 {
+		t.Fatalf("Blocks(4095,2) = %d,%d", f, e)
+	}
+	if l.BlockOffset(2) != 1024+2*4124 {
+		t.Fatal("BlockOffset")
+	}
+}
+
+func FuzzParseHeader(f *testing.F) {
+	h := testHeader(ModeBucketKey)
+	keys := testKeys(f, h.FileID)
+	region, _ := h.Marshal(keys.MACKey())
+	f.Add(region)
+	f.Add([]byte("KMFS\x01\x00\x01\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := ParseHeader(b)
+		if err != nil {
+			return
+		}
+		_ = p.Verify(keys)
+		_, _ = p.ReplaceKeySlot("x", []byte{1})
+	})
+}
+
+func FuzzOpenBlock(f *testing.F) {
+	keys := testKeys(f, id(1))
+	s, _ := keys.SealBlock(nil, []byte("seed"), 3)
+	f.Add(s, uint64(3))
+	f.Add([]byte{}, uint64(0))
+	f.Fuzz(func(t *testing.T, b []byte, n uint64) {
+		pt, err := keys.OpenBlock(nil, b, n)
+		if err == nil && !(n == 3 && bytes.Equal(b, s) && string(pt) == "seed") {
+			t.Fatalf("forged block opened")
+		}
+	})
+}

@@ -1,0 +1,369 @@
+// Package envelope is the kmsfs on-disk format: the file header (wrapped data
+// key, KMS key ID, mode, file ID) and the block AEAD codec. It is pure code: no
+// I/O, no KMS calls, no FUSE. docs/FORMAT.md specifies every byte; this file
+// and block.go are its reference implementation.
+package envelope
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Version is the header format version this package writes and reads.
+const Version = 1
+
+// Magic starts every encrypted file.
+const Magic = "KMFS"
+
+// MinHeaderSize and MaxHeaderSize bound the header region a volume may choose.
+// DefaultHeaderSize leaves room for AWS KMS ciphertext blobs (about 184 bytes for
+// a 32-byte data key) and long key ARNs; see docs/FORMAT.md.
+const (
+	MinHeaderSize     = 256
+	MaxHeaderSize     = 65535
+	DefaultHeaderSize = 1024
+)
+
+// prefixLen is magic(4) version(1) flags(1) regionSize(2) fieldsLen(2).
+const prefixLen = 10
+
+// macLen is the HMAC-SHA256 tag that authenticates the header.
+const macLen = sha256.Size
+
+// Mode says how a file's key was obtained.
+type Mode uint8
+
+const (
+	// ModePerObject: the file key is a data key from KMS GenerateDataKey with
+	// context {volume, file}, like S3 SSE-KMS (one KMS call per object).
+	ModePerObject Mode = 1
+	// ModeBucketKey: the wrapped key is a volume-level ("bucket") key under
+	// context {volume, bucket key ID}; the file key is derived from it with
+	// HKDF and the file ID, like S3 Bucket Keys.
+	ModeBucketKey Mode = 2
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModePerObject:
+		return "per-object"
+	case ModeBucketKey:
+		return "bucket-key"
+	}
+	return fmt.Sprintf("mode(%d)", uint8(m))
+}
+
+// SuiteAES256GCM: AES-256-GCM blocks with 96-bit random nonces, HKDF-SHA256
+// subkeys, HMAC-SHA256 header tag. The only suite of format version 1.
+const SuiteAES256GCM uint8 = 1
+
+// Field types. Types below 0x80 are authenticated by the header MAC. Types
+// 0x80 and above are key slots: they are protected by the KMS's own AEAD (the
+// wrapped key binds its encryption context) and may be rewritten by
+// `kmsfs rewrap`, which never sees the plaintext key and so cannot recompute
+// the MAC. A type with bit 0x40 set is critical: a reader that does not know
+// it must refuse the file instead of misreading it.
+const (
+	fieldFileID      = 0x01
+	fieldVolumeID    = 0x02
+	fieldMode        = 0x03
+	fieldSuite       = 0x04
+	fieldBlockSize   = 0x05
+	fieldBucketKeyID = 0x06
+	fieldKeyID       = 0x81
+	fieldWrappedKey  = 0x82
+
+	fieldKeySlotBit  = 0x80
+	fieldCriticalBit = 0x40
+)
+
+// IDLen is the length of file, volume and bucket key IDs.
+const IDLen = 16
+
+// Header is the decoded file header.
+type Header struct {
+	RegionSize  int // bytes reserved for the header; block 0 starts here
+	Mode        Mode
+	Suite       uint8
+	BlockSize   int // plaintext bytes per block
+	FileID      [IDLen]byte
+	VolumeID    [IDLen]byte
+	BucketKeyID [IDLen]byte // ModeBucketKey only
+	KeyID       string      // ARN of the KMS key that wrapped WrappedKey
+	WrappedKey  []byte      // KMS ciphertext blob of the data key or bucket key
+
+	// unknown holds non-critical fields this version does not know, kept
+	// verbatim so that the MAC still verifies and re-marshalling keeps them.
+	unknown []rawField
+}
+
+type rawField struct {
+	typ   uint8
+	value []byte
+}
+
+// Errors returned by ParseHeader and Verify. Callers map ErrAuth to EIO.
+var (
+	ErrNotEncrypted = errors.New("not a kmsfs file (bad magic)")
+	ErrVersion      = errors.New("unsupported header version")
+	ErrCorrupt      = errors.New("corrupt header")
+	ErrAuth         = errors.New("authentication failed")
+)
+
+// Marshal encodes the header into a region of h.RegionSize bytes,
+// authenticated with macKey (from FileKeys). Unused bytes are zero.
+func (h *Header) Marshal(macKey []byte) ([]byte, error) {
+	if h.RegionSize < MinHeaderSize || h.RegionSize > MaxHeaderSize {
+		return nil, fmt.Errorf("%w: region size %d outside %d..%d", ErrCorrupt, h.RegionSize, MinHeaderSize, MaxHeaderSize)
+	}
+	if err := checkBlockSize(h.BlockSize); err != nil {
+		return nil, err
+	}
+	var fields []rawField
+	add := func(t uint8, v []byte) { fields = append(fields, rawField{t, v}) }
+	add(fieldFileID, h.FileID[:])
+	add(fieldVolumeID, h.VolumeID[:])
+	add(fieldMode, []byte{byte(h.Mode)})
+	add(fieldSuite, []byte{h.Suite})
+	add(fieldBlockSize, binary.BigEndian.AppendUint32(nil, uint32(h.BlockSize)))
+	if h.Mode == ModeBucketKey {
+		add(fieldBucketKeyID, h.BucketKeyID[:])
+	}
+	fields = append(fields, h.unknown...)
+	add(fieldKeyID, []byte(h.KeyID))
+	add(fieldWrappedKey, h.WrappedKey)
+
+	out := make([]byte, prefixLen, h.RegionSize)
+	copy(out, Magic)
+	out[4] = Version
+	out[5] = 0 // flags: none defined in version 1
+	binary.BigEndian.PutUint16(out[6:], uint16(h.RegionSize))
+	for _, f := range fields {
+		if len(f.value) > 0xffff {
+			return nil, fmt.Errorf("%w: field 0x%02x too long", ErrCorrupt, f.typ)
+		}
+		out = append(out, f.typ)
+		out = binary.BigEndian.AppendUint16(out, uint16(len(f.value)))
+		out = append(out, f.value...)
+	}
+	fieldsLen := len(out) - prefixLen
+	if prefixLen+fieldsLen+macLen > h.RegionSize {
+		return nil, fmt.Errorf("header needs %d bytes, more than the volume's header size %d (key ID or wrapped key too long)",
+			prefixLen+fieldsLen+macLen, h.RegionSize)
+	}
+	binary.BigEndian.PutUint16(out[8:], uint16(fieldsLen))
+	out = append(out, headerMAC(macKey, out[:8], fields)...)
+	return out[:h.RegionSize], nil
+}
+
+// headerMAC is HMAC-SHA256 over the first 8 prefix bytes (magic, version,
+// flags, region size) followed by every authenticated field as encoded
+// (type, length, value), in order. Key-slot fields and the fields length are
+// left out so that rewrap can replace the wrapped key without the data key.
+func headerMAC(macKey, prefix8 []byte, fields []rawField) []byte {
+	m := hmac.New(sha256.New, macKey)
+	m.Write(prefix8)
+	var tl [3]byte
+	for _, f := range fields {
+		if f.typ&fieldKeySlotBit != 0 {
+			continue
+		}
+		tl[0] = f.typ
+		binary.BigEndian.PutUint16(tl[1:], uint16(len(f.value)))
+		m.Write(tl[:])
+		m.Write(f.value)
+	}
+	return m.Sum(nil)
+}
+
+// ParsedHeader is a header decoded but not yet authenticated: its key slot
+// tells the caller which KMS key and wrapped key to unwrap; Verify must then
+// succeed before any block is trusted.
+type ParsedHeader struct {
+	Header
+	prefix8 []byte
+	fields  []rawField
+	mac     []byte
+}
+
+// ParseHeader decodes a header region. It checks structure only; call Verify
+// with the unwrapped file key before trusting any field.
+func ParseHeader(region []byte) (*ParsedHeader, error) {
+	if len(region) < prefixLen || string(region[:4]) != Magic {
+		return nil, ErrNotEncrypted
+	}
+	if region[4] != Version {
+		return nil, fmt.Errorf("%w %d (this kmsfs reads version %d)", ErrVersion, region[4], Version)
+	}
+	if region[5] != 0 {
+		return nil, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, region[5])
+	}
+	regionSize := int(binary.BigEndian.Uint16(region[6:]))
+	fieldsLen := int(binary.BigEndian.Uint16(region[8:]))
+	if regionSize < MinHeaderSize || len(region) < regionSize {
+		return nil, fmt.Errorf("%w: region size %d, have %d bytes", ErrCorrupt, regionSize, len(region))
+	}
+	if prefixLen+fieldsLen+macLen > regionSize {
+		return nil, fmt.Errorf("%w: fields length %d overflows region", ErrCorrupt, fieldsLen)
+	}
+	p := &ParsedHeader{prefix8: region[:8:8]}
+	p.RegionSize = regionSize
+	body := region[prefixLen : prefixLen+fieldsLen]
+	seen := map[uint8]bool{}
+	for len(body) > 0 {
+		if len(body) < 3 {
+			return nil, fmt.Errorf("%w: truncated field", ErrCorrupt)
+		}
+		typ := body[0]
+		n := int(binary.BigEndian.Uint16(body[1:]))
+		if len(body) < 3+n {
+			return nil, fmt.Errorf("%w: field 0x%02x overflows", ErrCorrupt, typ)
+		}
+		val := body[3 : 3+n : 3+n]
+		body = body[3+n:]
+		if seen[typ] {
+			return nil, fmt.Errorf("%w: duplicate field 0x%02x", ErrCorrupt, typ)
+		}
+		seen[typ] = true
+		p.fields = append(p.fields, rawField{typ, val})
+		if err := p.setField(typ, val); err != nil {
+			return nil, err
+		}
+	}
+	for _, t := range []uint8{fieldFileID, fieldVolumeID, fieldMode, fieldSuite, fieldBlockSize, fieldKeyID, fieldWrappedKey} {
+		if !seen[t] {
+			return nil, fmt.Errorf("%w: missing field 0x%02x", ErrCorrupt, t)
+		}
+	}
+	if p.Mode == ModeBucketKey && !seen[fieldBucketKeyID] {
+		return nil, fmt.Errorf("%w: bucket-key header without bucket key ID", ErrCorrupt)
+	}
+	macEnd := prefixLen + fieldsLen + macLen
+	p.mac = region[prefixLen+fieldsLen : macEnd : macEnd]
+	// Padding must be zero so that the region has exactly one valid encoding.
+	if !allZero(region[macEnd:regionSize]) {
+		return nil, fmt.Errorf("%w: non-zero padding", ErrCorrupt)
+	}
+	return p, nil
+}
+
+func (p *ParsedHeader) setField(typ uint8, val []byte) error {
+	fixed := func(dst []byte) error {
+		if len(val) != len(dst) {
+			return fmt.Errorf("%w: field 0x%02x has length %d, want %d", ErrCorrupt, typ, len(val), len(dst))
+		}
+		copy(dst, val)
+		return nil
+	}
+	switch typ {
+	case fieldFileID:
+		return fixed(p.FileID[:])
+	case fieldVolumeID:
+		return fixed(p.VolumeID[:])
+	case fieldBucketKeyID:
+		return fixed(p.BucketKeyID[:])
+	case fieldMode:
+		var m [1]byte
+		if err := fixed(m[:]); err != nil {
+			return err
+		}
+		p.Mode = Mode(m[0])
+		if p.Mode != ModePerObject && p.Mode != ModeBucketKey {
+			return fmt.Errorf("%w: unknown mode %d", ErrCorrupt, m[0])
+		}
+	case fieldSuite:
+		var s [1]byte
+		if err := fixed(s[:]); err != nil {
+			return err
+		}
+		if s[0] != SuiteAES256GCM {
+			return fmt.Errorf("%w: unknown cipher suite %d", ErrCorrupt, s[0])
+		}
+		p.Suite = s[0]
+	case fieldBlockSize:
+		var b [4]byte
+		if err := fixed(b[:]); err != nil {
+			return err
+		}
+		p.BlockSize = int(binary.BigEndian.Uint32(b[:]))
+		if err := checkBlockSize(p.BlockSize); err != nil {
+			return fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+	case fieldKeyID:
+		p.KeyID = string(val)
+	case fieldWrappedKey:
+		if len(val) == 0 {
+			return fmt.Errorf("%w: empty wrapped key", ErrCorrupt)
+		}
+		p.WrappedKey = bytes.Clone(val)
+	default:
+		if typ&fieldCriticalBit != 0 {
+			return fmt.Errorf("%w: file uses critical field 0x%02x that this kmsfs does not know", ErrVersion, typ)
+		}
+		if typ&fieldKeySlotBit == 0 {
+			p.unknown = append(p.unknown, rawField{typ, bytes.Clone(val)})
+		}
+	}
+	return nil
+}
+
+// Verify checks the header MAC with the file's keys. A header edited, or
+// moved onto another file (whose wrapped key unwraps to a different key),
+// fails with ErrAuth.
+func (p *ParsedHeader) Verify(keys *FileKeys) error {
+	if keys.fileID != p.FileID {
+		return fmt.Errorf("header: %w (keys are for another file)", ErrAuth)
+	}
+	want := headerMAC(keys.macKey, p.prefix8, p.fields)
+	if !hmac.Equal(want, p.mac) {
+		return fmt.Errorf("header: %w", ErrAuth)
+	}
+	return nil
+}
+
+// ReplaceKeySlot returns a copy of the header region with a new KMS key ID
+// and wrapped key, keeping the MAC: what `kmsfs rewrap` writes after a KMS
+// ReEncrypt, without ever holding the plaintext key.
+func (p *ParsedHeader) ReplaceKeySlot(keyID string, wrapped []byte) ([]byte, error) {
+	var fields []rawField
+	for _, f := range p.fields {
+		if f.typ&fieldKeySlotBit == 0 {
+			fields = append(fields, f)
+		}
+	}
+	fields = append(fields, rawField{fieldKeyID, []byte(keyID)}, rawField{fieldWrappedKey, wrapped})
+	out := make([]byte, prefixLen, p.RegionSize)
+	copy(out, p.prefix8)
+	for _, f := range fields {
+		out = append(out, f.typ)
+		out = binary.BigEndian.AppendUint16(out, uint16(len(f.value)))
+		out = append(out, f.value...)
+	}
+	fieldsLen := len(out) - prefixLen
+	if prefixLen+fieldsLen+macLen > p.RegionSize {
+		return nil, fmt.Errorf("new key slot needs %d bytes, more than the header size %d", prefixLen+fieldsLen+macLen, p.RegionSize)
+	}
+	binary.BigEndian.PutUint16(out[8:], uint16(fieldsLen))
+	out = append(out, p.mac...)
+	return out[:p.RegionSize], nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func checkBlockSize(n int) error {
+	if n < MinBlockSize || n > MaxBlockSize || n&(n-1) != 0 {
+		return fmt.Errorf("block size %d: must be a power of two in %d..%d", n, MinBlockSize, MaxBlockSize)
+	}
+	return nil
+}
