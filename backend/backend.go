@@ -1,0 +1,81 @@
+// Package backend defines where ciphertext lives. The FUSE layer and the
+// volume logic talk to a Backend and never know whether it is a local
+// directory (backend/local) or an S3 bucket (backend/s3). A backend stores
+// bytes it is given; it never sees plaintext content or keys.
+//
+// Names are slash-separated paths relative to the volume root; "" is the root.
+// Errors carry a syscall.Errno (wrapped, e.g. in *os.PathError) so that the FUSE
+// boundary can map them; a backend that cannot do an operation returns ENOTSUP.
+package backend
+
+import (
+	"context"
+	"syscall"
+	"time"
+)
+
+// Owner is the uid/gid a new entry gets when the mount runs as root and
+// creates on behalf of another user.
+type Owner struct {
+	Uid, Gid uint32
+}
+
+// DirEntry is one name in a directory listing.
+type DirEntry struct {
+	Name string
+	Mode uint32 // file type bits (syscall.S_IFMT part)
+	Ino  uint64
+}
+
+// Caps says what a backend can do, for the operations POSIX has and object
+// stores do not.
+type Caps struct {
+	HardLinks bool // Link works
+	Xattrs    bool // extended attributes
+	Rename2   bool // RENAME_NOREPLACE and RENAME_EXCHANGE
+	Mknod     bool // FIFOs, sockets, device nodes
+}
+
+// Backend is a tree of ciphertext files, directories and symlinks.
+type Backend interface {
+	Caps() Caps
+	Lstat(ctx context.Context, name string, st *syscall.Stat_t) error
+	ReadDir(ctx context.Context, name string) ([]DirEntry, error)
+	Mkdir(ctx context.Context, name string, mode uint32, owner *Owner) error
+	Mknod(ctx context.Context, name string, mode uint32, dev uint64, owner *Owner) error
+	Rmdir(ctx context.Context, name string) error
+	Unlink(ctx context.Context, name string) error
+	// Rename with flags 0, RENAME_NOREPLACE or RENAME_EXCHANGE (renameat2).
+	Rename(ctx context.Context, from, to string, flags uint32) error
+	Symlink(ctx context.Context, target, name string, owner *Owner) error
+	Readlink(ctx context.Context, name string) (string, error)
+	Link(ctx context.Context, from, to string) error
+	Chmod(ctx context.Context, name string, mode uint32) error
+	// Lchown changes owner and/or group; -1 leaves one unchanged.
+	Lchown(ctx context.Context, name string, uid, gid int) error
+	// Utimens sets access and modification times; nil leaves one unchanged.
+	Utimens(ctx context.Context, name string, atime, mtime *time.Time) error
+	Getxattr(ctx context.Context, name, attr string) ([]byte, error)
+	Setxattr(ctx context.Context, name, attr string, value []byte, flags int) error
+	Listxattr(ctx context.Context, name string) ([]string, error)
+	Removexattr(ctx context.Context, name, attr string) error
+	Statfs(ctx context.Context, st *syscall.Statfs_t) error
+	// Open opens or creates (flags carry O_CREAT, O_EXCL, O_TRUNC) a regular file.
+	Open(ctx context.Context, name string, flags int, mode uint32, owner *Owner) (File, error)
+	// ReadMeta and WriteMeta read and atomically replace a small volume
+	// metadata object (the volume config), outside the file tree.
+	ReadMeta(ctx context.Context, name string) ([]byte, error)
+	WriteMeta(ctx context.Context, name string, data []byte) error
+	Close() error
+}
+
+// File is an open ciphertext file. Offsets are ciphertext offsets.
+type File interface {
+	ReadAt(p []byte, off int64) (int, error)
+	WriteAt(p []byte, off int64) (int, error)
+	Truncate(size int64) error
+	// Sync makes every write so far durable (fsync; for S3, uploaded).
+	Sync() error
+	Stat(st *syscall.Stat_t) error
+	Close() error
+}
