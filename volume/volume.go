@@ -1,0 +1,617 @@
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kmsfs/kmsfs/backend"
+	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/kms"
+)
+
+// Options configure an opened volume.
+type Options struct {
+	// Keys is where data keys come from: normally a *keycache.Cache in front
+	// of the KMS, so that re-opening a file costs no KMS call.
+	Keys     kms.Crypto
+	Logger   *slog.Logger
+	ReadOnly bool
+	// BucketKeyMaxAge and BucketKeyMaxFiles bound how long and for how many
+	// new files one bucket key is used (bucket-key mode).
+	BucketKeyMaxAge   time.Duration
+	BucketKeyMaxFiles int
+}
+
+// Volume is an open kmsfs volume.
+type Volume struct {
+	cfg      *Config
+	id       [envelope.IDLen]byte
+	mode     envelope.Mode
+	layout   envelope.Layout
+	be       backend.Backend
+	keys     kms.Crypto
+	log      *slog.Logger
+	readOnly bool
+
+	mu    sync.Mutex
+	files map[uint64]*fileState // open files by backend inode
+
+	bucket bucketKeySource
+	meta   metaKey
+}
+
+// Open opens the volume stored in be.
+func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error) {
+	cfg, err := ReadConfig(ctx, be)
+	if err != nil {
+		return nil, err
+	}
+	id, _ := cfg.ID()
+	mode, _ := cfg.mode()
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	v := &Volume{
+		cfg: cfg, id: id, mode: mode, be: be, keys: opt.Keys, log: log, readOnly: opt.ReadOnly,
+		layout: envelope.Layout{HeaderSize: int64(cfg.HeaderSize), BlockSize: int64(cfg.BlockSize)},
+		files:  map[uint64]*fileState{},
+	}
+	v.bucket = bucketKeySource{maxAge: opt.BucketKeyMaxAge, maxFiles: opt.BucketKeyMaxFiles}
+	if v.bucket.maxAge <= 0 {
+		v.bucket.maxAge = DefaultBucketKeyMaxAge
+	}
+	if v.bucket.maxFiles <= 0 {
+		v.bucket.maxFiles = DefaultBucketKeyMaxFiles
+	}
+	return v, nil
+}
+
+// Config returns the volume config.
+func (v *Volume) Config() *Config { return v.cfg }
+
+// Backend returns the backend the volume lives on.
+func (v *Volume) Backend() backend.Backend { return v.be }
+
+// Layout returns the volume's block geometry.
+func (v *Volume) Layout() envelope.Layout { return v.layout }
+
+// ReadOnly reports whether the volume was opened read-only.
+func (v *Volume) ReadOnly() bool { return v.readOnly }
+
+// Close drops every key the volume holds.
+func (v *Volume) Close() error {
+	v.bucket.zero()
+	v.meta.zero()
+	return nil
+}
+
+// PlainSize converts a backend stat of a regular file to its plaintext
+// size. A stored size no sequence of blocks can produce is logged and
+// reported rounded down; reading such a file fails with EIO.
+func (v *Volume) PlainSize(name string, cipherSize int64) int64 {
+	n, err := v.layout.PlainSize(cipherSize)
+	if err != nil {
+		v.log.Warn("corrupt file size", "path", name, "err", err)
+	}
+	return n
+}
+
+// fileState is shared by every open handle of one backend file (hard links
+// and repeated opens included): one content lock, one set of keys.
+type fileState struct {
+	ino  uint64
+	refs int
+
+	// content serialises writers against readers and each other: a write
+	// is a read-modify-write of whole blocks.
+	content sync.RWMutex
+
+	keyMu sync.Mutex
+	keys  *envelope.FileKeys // nil until the header is read or created
+}
+
+func (v *Volume) acquire(ino uint64) *fileState {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.files[ino]
+	if st == nil {
+		st = &fileState{ino: ino}
+		v.files[ino] = st
+	}
+	st.refs++
+	return st
+}
+
+func (v *Volume) release(st *fileState) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st.refs--
+	if st.refs == 0 {
+		delete(v.files, st.ino)
+		st.keyMu.Lock()
+		if st.keys != nil {
+			st.keys.Zero()
+			st.keys = nil
+		}
+		st.keyMu.Unlock()
+	}
+}
+
+// Handle is one open plaintext file.
+type Handle struct {
+	v      *Volume
+	name   string
+	f      backend.File
+	st     *fileState
+	append bool
+}
+
+// OpenFile opens (or with O_CREAT creates) the regular file name. flags are
+// open(2) flags; O_TRUNC and O_APPEND are applied to the plaintext.
+func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint32, owner *backend.Owner) (*Handle, error) {
+	if v.readOnly && (flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&(syscall.O_CREAT|syscall.O_TRUNC) != 0) {
+		return nil, syscall.EROFS
+	}
+	f, err := v.be.Open(ctx, name, flags&^syscall.O_APPEND, mode, owner)
+	if err != nil {
+		return nil, err
+	}
+	var sst syscall.Stat_t
+	if err := f.Stat(&sst); err != nil {
+		f.Close()
+		return nil, err
+	}
+	h := &Handle{v: v, name: name, f: f, st: v.acquire(sst.Ino), append: flags&syscall.O_APPEND != 0}
+	if flags&syscall.O_TRUNC != 0 && sst.Size != 0 {
+		// The backend open truncated the ciphertext (header included): the
+		// next write makes a new header with a new data key, as an S3 PUT
+		// over an object gets a new key.
+		h.st.keyMu.Lock()
+		if h.st.keys != nil {
+			h.st.keys.Zero()
+			h.st.keys = nil
+		}
+		h.st.keyMu.Unlock()
+	}
+	return h, nil
+}
+
+// Name is the path the handle was opened with, for log lines.
+func (h *Handle) Name() string { return h.name }
+
+func (h *Handle) cipherSize() (int64, error) {
+	var st syscall.Stat_t
+	if err := h.f.Stat(&st); err != nil {
+		return 0, err
+	}
+	return st.Size, nil
+}
+
+// Size returns the plaintext size.
+func (h *Handle) Size() (int64, error) {
+	cs, err := h.cipherSize()
+	if err != nil {
+		return 0, err
+	}
+	return h.v.layout.PlainSize(cs)
+}
+
+// Stat returns the backend stat with the plaintext size filled in.
+func (h *Handle) Stat(st *syscall.Stat_t) error {
+	if err := h.f.Stat(st); err != nil {
+		return err
+	}
+	st.Size = h.v.PlainSize(h.name, st.Size)
+	return nil
+}
+
+// fileKeys returns the file's keys, reading and authenticating the header on
+// first use. With create, an empty file gets a new header and key; without,
+// an empty file returns nil keys.
+func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys, error) {
+	st := h.st
+	st.keyMu.Lock()
+	defer st.keyMu.Unlock()
+	if st.keys != nil {
+		return st.keys, nil
+	}
+	cs, err := h.cipherSize()
+	if err != nil {
+		return nil, err
+	}
+	if cs == 0 {
+		if !create {
+			return nil, nil
+		}
+		keys, err := h.v.newHeader(ctx, h.f, h.name)
+		if err != nil {
+			return nil, err
+		}
+		st.keys = keys
+		return keys, nil
+	}
+	region := make([]byte, h.v.layout.HeaderSize)
+	if _, err := h.f.ReadAt(region, 0); err != nil {
+		return nil, fmt.Errorf("read header: %w", err)
+	}
+	keys, err := h.v.openHeader(ctx, region)
+	if err != nil {
+		return nil, err
+	}
+	st.keys = keys
+	return keys, nil
+}
+
+// newHeader creates a file's key and writes its header.
+func (v *Volume) newHeader(ctx context.Context, f backend.File, name string) (*envelope.FileKeys, error) {
+	var fileID [envelope.IDLen]byte
+	if _, err := rand.Read(fileID[:]); err != nil {
+		return nil, err
+	}
+	h := envelope.Header{
+		RegionSize: int(v.layout.HeaderSize), Mode: v.mode, Suite: envelope.SuiteAES256GCM,
+		BlockSize: int(v.layout.BlockSize), FileID: fileID, VolumeID: v.id,
+	}
+	var fileKey []byte
+	switch v.mode {
+	case envelope.ModeBucketKey:
+		var bk bucketKey
+		var err error
+		fileKey, bk, err = v.bucket.newFileKey(ctx, v, fileID)
+		if err != nil {
+			return nil, fmt.Errorf("bucket key: %w", err)
+		}
+		h.BucketKeyID, h.KeyID, h.WrappedKey = bk.id, bk.keyARN, bk.wrapped
+	default:
+		dk, err := v.keys.GenerateDataKey(ctx, v.cfg.KeyID, envelope.KeySize, fileContext(v.cfg.VolumeID, fileID))
+		if err != nil {
+			return nil, fmt.Errorf("generate data key: %w", err)
+		}
+		h.KeyID, h.WrappedKey, fileKey = dk.KeyID, dk.CiphertextBlob, dk.Plaintext
+	}
+	defer kms.Zero(fileKey)
+	keys, err := envelope.DeriveFileKeys(fileKey, fileID)
+	if err != nil {
+		return nil, err
+	}
+	region, err := h.Marshal(keys.MACKey())
+	if err != nil {
+		keys.Zero()
+		return nil, err
+	}
+	if _, err := f.WriteAt(region, 0); err != nil {
+		keys.Zero()
+		return nil, fmt.Errorf("write header: %w", err)
+	}
+	return keys, nil
+}
+
+// openHeader parses a header region, unwraps its key through the key cache
+// and authenticates the header.
+func (v *Volume) openHeader(ctx context.Context, region []byte) (*envelope.FileKeys, error) {
+	p, err := envelope.ParseHeader(region)
+	if err != nil {
+		return nil, fmt.Errorf("header: %w", err)
+	}
+	if p.VolumeID != v.id {
+		return nil, fmt.Errorf("header: %w: file belongs to volume %x, not this volume", envelope.ErrAuth, p.VolumeID)
+	}
+	if int64(p.RegionSize) != v.layout.HeaderSize || int64(p.BlockSize) != v.layout.BlockSize {
+		return nil, fmt.Errorf("header: %w: geometry %d/%d differs from the volume's", envelope.ErrCorrupt, p.RegionSize, p.BlockSize)
+	}
+	var fileKey []byte
+	switch p.Mode {
+	case envelope.ModeBucketKey:
+		bucketKey, _, err := v.keys.Decrypt(ctx, p.KeyID, p.WrappedKey, bucketContext(v.cfg.VolumeID))
+		if err != nil {
+			return nil, fmt.Errorf("unwrap bucket key: %w", err)
+		}
+		fileKey, err = envelope.BucketFileKey(bucketKey, p.FileID)
+		kms.Zero(bucketKey)
+		if err != nil {
+			return nil, err
+		}
+	default:
+		fileKey, _, err = v.keys.Decrypt(ctx, p.KeyID, p.WrappedKey, fileContext(v.cfg.VolumeID, p.FileID))
+		if err != nil {
+			return nil, fmt.Errorf("unwrap data key: %w", err)
+		}
+	}
+	defer kms.Zero(fileKey)
+	keys, err := envelope.DeriveFileKeys(fileKey, p.FileID)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Verify(keys); err != nil {
+		keys.Zero()
+		return nil, err
+	}
+	return keys, nil
+}
+
+// bufPool holds block buffers for reads and writes (up to FUSE's MaxWrite
+// plus one block of slack on each side), to keep the hot path free of
+// large allocations.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20+64<<10); return &b }}
+
+// readBlocks decrypts blocks [first, end) into dst (appending). A block
+// short of the file's end stops the read (EOF); a block that fails
+// authentication is an error.
+func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint64, cipherSize int64) ([]byte, error) {
+	l := h.v.layout
+	off := l.BlockOffset(first)
+	stop := min(l.BlockOffset(end), cipherSize)
+	if stop <= off {
+		return dst, nil
+	}
+	cbp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(cbp)
+	cbuf := (*cbp)[:0]
+	if int64(cap(cbuf)) < stop-off {
+		cbuf = make([]byte, 0, stop-off)
+	}
+	cbuf = cbuf[:stop-off]
+	n, err := h.f.ReadAt(cbuf, off)
+	if err != nil && !(errors.Is(err, io.EOF) && int64(n) == stop-off) {
+		if !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		cbuf = cbuf[:n]
+	}
+	sb := int(l.SealedBlockSize())
+	for i, blockNo := 0, first; i < len(cbuf); i, blockNo = i+sb, blockNo+1 {
+		sealed := cbuf[i:min(i+sb, len(cbuf))]
+		dst, err = keys.OpenBlock(dst, sealed, blockNo)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return dst, nil
+}
+
+// ReadAt reads plaintext at off. It returns io.EOF at the end of the file.
+func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	h.st.content.RLock()
+	defer h.st.content.RUnlock()
+	cs, err := h.cipherSize()
+	if err != nil {
+		return 0, err
+	}
+	size, err := h.v.layout.PlainSize(cs)
+	if err != nil {
+		return 0, err
+	}
+	if off >= size {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), size-off)
+	keys, err := h.fileKeys(ctx, false)
+	if err != nil {
+		return 0, err
+	}
+	if keys == nil {
+		return 0, io.EOF
+	}
+	first, end := h.v.layout.Blocks(off, n)
+	pbp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(pbp)
+	plain, err := h.readBlocks(keys, (*pbp)[:0], first, end, cs)
+	if err != nil {
+		return 0, err
+	}
+	*pbp = plain[:0]
+	skip := off - int64(first)*h.v.layout.BlockSize
+	if int64(len(plain)) < skip+n {
+		return 0, fmt.Errorf("%w: file shorter than its size", envelope.ErrCorrupt)
+	}
+	copy(p, plain[skip:skip+n])
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
+}
+
+// WriteAt writes plaintext at off (at the end with O_APPEND). Writing past
+// the end fills the gap with encrypted zero blocks: holes are stored, so a
+// zeroed-out block is still detected as tampering.
+func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if h.v.readOnly {
+		return 0, syscall.EROFS
+	}
+	h.st.content.Lock()
+	defer h.st.content.Unlock()
+	keys, err := h.fileKeys(ctx, true)
+	if err != nil {
+		return 0, err
+	}
+	size, err := h.Size()
+	if err != nil {
+		return 0, err
+	}
+	if h.append {
+		off = size
+	}
+	if off > size {
+		if err := h.extendLocked(keys, size, off); err != nil {
+			return 0, err
+		}
+		size = off
+	}
+	if err := h.writeLocked(keys, p, off, size); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// writeLocked writes p at off <= size as whole sealed blocks: the first and
+// last blocks are read, modified and resealed when p covers them partly.
+func (h *Handle) writeLocked(keys *envelope.FileKeys, p []byte, off, size int64) error {
+	if len(p) == 0 {
+		return nil
+	}
+	l := h.v.layout
+	bs := l.BlockSize
+	end := off + int64(len(p))
+	first, last := l.Blocks(off, int64(len(p)))
+	regionStart := int64(first) * bs
+	regionEnd := min(int64(last)*bs, max(end, size))
+	pbp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(pbp)
+	buf := (*pbp)[:0]
+	cs := l.CipherSize(size, true)
+	var err error
+	// Existing plaintext of the first block, when p starts inside it.
+	readFirst := off > regionStart && regionStart < size
+	if readFirst {
+		if buf, err = h.readBlocks(keys, buf, first, first+1, cs); err != nil {
+			return err
+		}
+	}
+	need := int(regionEnd - regionStart)
+	if cap(buf) < need {
+		nb := make([]byte, len(buf), need)
+		copy(nb, buf)
+		buf = nb
+	}
+	buf = buf[:need]
+	copy(buf[off-regionStart:], p)
+	// Existing plaintext after p in the last block, unless that block is the
+	// first one and was read above (p overwrote only its middle then). Every
+	// other byte of buf comes from p: off <= size, so nothing stale from the
+	// pool reaches a sealed block.
+	if end < regionEnd && !(last-1 == first && readFirst) {
+		lastStart := int64(last-1) * bs
+		tail, err := h.readBlocks(keys, nil, last-1, last, cs)
+		if err != nil {
+			return err
+		}
+		if int64(len(tail)) < regionEnd-lastStart {
+			return fmt.Errorf("%w: block %d shorter than the file size says", envelope.ErrCorrupt, last-1)
+		}
+		copy(buf[end-regionStart:], tail[end-lastStart:regionEnd-lastStart])
+	}
+	sbp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(sbp)
+	sealed, err := keys.SealBlocks((*sbp)[:0], buf, first, int(bs))
+	if err != nil {
+		return err
+	}
+	*sbp = sealed[:0]
+	*pbp = buf[:0]
+	_, err = h.f.WriteAt(sealed, l.BlockOffset(first))
+	return err
+}
+
+// extendLocked grows the file from size to newSize with zeros, in chunks so
+// that a large hole does not need a large buffer.
+func (h *Handle) extendLocked(keys *envelope.FileKeys, size, newSize int64) error {
+	const chunk = 1 << 20
+	zeros := make([]byte, chunk)
+	for size < newSize {
+		n := min(newSize-size, chunk-size%h.v.layout.BlockSize)
+		if err := h.writeLocked(keys, zeros[:n], size, size); err != nil {
+			return err
+		}
+		size += n
+	}
+	return nil
+}
+
+// Truncate sets the plaintext size.
+func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
+	if h.v.readOnly {
+		return syscall.EROFS
+	}
+	h.st.content.Lock()
+	defer h.st.content.Unlock()
+	size, err := h.Size()
+	if err != nil {
+		return err
+	}
+	switch {
+	case newSize == size:
+		return nil
+	case newSize == 0:
+		// Drop the header too: the next write starts a new key.
+		h.st.keyMu.Lock()
+		if h.st.keys != nil {
+			h.st.keys.Zero()
+			h.st.keys = nil
+		}
+		h.st.keyMu.Unlock()
+		return h.f.Truncate(0)
+	case newSize > size:
+		keys, err := h.fileKeys(ctx, true)
+		if err != nil {
+			return err
+		}
+		return h.extendLocked(keys, size, newSize)
+	}
+	keys, err := h.fileKeys(ctx, false)
+	if err != nil {
+		return err
+	}
+	l := h.v.layout
+	if rest := newSize % l.BlockSize; rest != 0 {
+		// The new last block is partial: reseal its first rest bytes.
+		blockNo := uint64(newSize / l.BlockSize)
+		plain, err := h.readBlocks(keys, nil, blockNo, blockNo+1, l.CipherSize(size, true))
+		if err != nil {
+			return err
+		}
+		sealed, err := keys.SealBlock(nil, plain[:rest], blockNo)
+		if err != nil {
+			return err
+		}
+		if err := h.f.Truncate(l.CipherSize(newSize, true)); err != nil {
+			return err
+		}
+		_, err = h.f.WriteAt(sealed, l.BlockOffset(blockNo))
+		return err
+	}
+	return h.f.Truncate(l.CipherSize(newSize, true))
+}
+
+// Allocate implements fallocate(2) mode 0 (reserve, growing the size) and
+// FALLOC_FL_KEEP_SIZE (a no-op: space is reserved by writing, and blocks
+// past the end would be read as a torn file). Other modes are ENOTSUP.
+func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error {
+	const fallocKeepSize = 0x01
+	switch mode {
+	case 0:
+		size, err := h.Size()
+		if err != nil {
+			return err
+		}
+		if off+n > size {
+			return h.Truncate(ctx, off+n)
+		}
+		return nil
+	case fallocKeepSize:
+		return nil
+	}
+	return syscall.EOPNOTSUPP
+}
+
+// Sync makes written data durable.
+func (h *Handle) Sync(ctx context.Context) error { return h.f.Sync() }
+
+// Close releases the handle; the file's keys are zeroed when its last
+// handle closes.
+func (h *Handle) Close() error {
+	err := h.f.Close()
+	h.v.release(h.st)
+	return err
+}
+
+// idString is for log lines.
+func idString(id [envelope.IDLen]byte) string { return hex.EncodeToString(id[:]) }
