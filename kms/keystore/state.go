@@ -1,0 +1,228 @@
+package keystore
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/kmsfs/kmsfs/kms"
+)
+
+// stateFormat is the version of the keystore.json layout. Open refuses a
+// state file with any other version rather than misreading it.
+const stateFormat = 1
+
+// Key origins, as AWS names them.
+const (
+	originAWSKMS   = "AWS_KMS"
+	originExternal = "EXTERNAL"
+	keyManager     = "CUSTOMER"
+)
+
+// state is the whole keystore, persisted as one JSON document (keystore.json).
+// Key material appears only sealed under the KEK (see master.go).
+type state struct {
+	Format int `json:"format"`
+	// Generation counts writes; it makes every write distinct and helps a
+	// human reading two copies of the file tell which is newer.
+	Generation uint64                `json:"generation"`
+	Protection protection            `json:"protection"`
+	Keys       map[string]*keyRecord `json:"keys"`    // by key ID (UUID)
+	Aliases    map[string]string     `json:"aliases"` // "alias/name" -> key ID
+	Grants     map[string]*kms.Grant `json:"grants"`  // by grant ID
+}
+
+type keyRecord struct {
+	ID                string       `json:"id"`
+	Description       string       `json:"description,omitempty"`
+	State             kms.KeyState `json:"state"`
+	Created           time.Time    `json:"created"`
+	DeletionDate      time.Time    `json:"deletion_date,omitzero"`
+	Origin            string       `json:"origin"`
+	KeyManager        string       `json:"key_manager"`
+	CreatingPrincipal string       `json:"creating_principal,omitempty"`
+	// Policy is the key policy document, stored verbatim.
+	Policy   string         `json:"policy"`
+	Rotation rotationRecord `json:"rotation"`
+	// CurrentVersion is the material version new ciphertext uses; 0 while
+	// the key has no material (origin EXTERNAL before import).
+	CurrentVersion int             `json:"current_version"`
+	Versions       []versionRecord `json:"versions"` // Versions[i].Version == i+1
+
+	uuid keyUUID // parsed ID, set by index
+}
+
+type rotationRecord struct {
+	Enabled    bool `json:"enabled"`
+	PeriodDays int  `json:"period_days,omitempty"`
+	// Base is when the current automatic-rotation period started: when
+	// rotation was enabled, or the last automatic rotation. The next
+	// automatic rotation is Base + PeriodDays.
+	Base time.Time `json:"base,omitzero"`
+	// Last is the last rotation of either kind (automatic or on demand).
+	Last time.Time `json:"last,omitzero"`
+}
+
+func (r rotationRecord) next() time.Time {
+	if !r.Enabled {
+		return time.Time{}
+	}
+	return r.Base.Add(days(r.PeriodDays))
+}
+
+type versionRecord struct {
+	Version int       `json:"version"`
+	Created time.Time `json:"created"`
+	// Material is the 256-bit AES key, sealed under the KEK with
+	// materialAADFor(key ID, version) as additional data.
+	Material []byte `json:"material"`
+}
+
+func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
+
+func newState(p protection) *state {
+	return &state{
+		Format:     stateFormat,
+		Protection: p,
+		Keys:       map[string]*keyRecord{},
+		Aliases:    map[string]string{},
+		Grants:     map[string]*kms.Grant{},
+	}
+}
+
+// decodeState parses and validates a state file.
+func decodeState(data []byte) (*state, error) {
+	var st state
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("parse state: %w", err)
+	}
+	if st.Format != stateFormat {
+		return nil, fmt.Errorf("state format %d is not supported (this kmsfs reads format %d)", st.Format, stateFormat)
+	}
+	if st.Keys == nil {
+		st.Keys = map[string]*keyRecord{}
+	}
+	if st.Aliases == nil {
+		st.Aliases = map[string]string{}
+	}
+	if st.Grants == nil {
+		st.Grants = map[string]*kms.Grant{}
+	}
+	if err := st.index(); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// index checks the invariants the code relies on and fills derived fields.
+func (st *state) index() error {
+	for id, rec := range st.Keys {
+		if rec == nil || rec.ID != id {
+			return fmt.Errorf("state: key entry %q is inconsistent", id)
+		}
+		u, ok := parseUUID(id)
+		if !ok || u.String() != id {
+			return fmt.Errorf("state: key ID %q is not a lowercase UUID", id)
+		}
+		rec.uuid = u
+		for i, v := range rec.Versions {
+			if v.Version != i+1 {
+				return fmt.Errorf("state: key %s: version %d at position %d", id, v.Version, i+1)
+			}
+		}
+		if rec.CurrentVersion < 0 || rec.CurrentVersion > len(rec.Versions) || (rec.CurrentVersion == 0) != (len(rec.Versions) == 0) {
+			return fmt.Errorf("state: key %s: current version %d of %d", id, rec.CurrentVersion, len(rec.Versions))
+		}
+	}
+	for name, id := range st.Aliases {
+		if _, ok := st.Keys[id]; !ok {
+			return fmt.Errorf("state: alias %s names missing key %s", name, id)
+		}
+	}
+	for gid, g := range st.Grants {
+		if g == nil || g.GrantID != gid {
+			return fmt.Errorf("state: grant entry %q is inconsistent", gid)
+		}
+	}
+	return nil
+}
+
+// clone returns a deep copy, so a failed write never leaves a half-applied
+// change in memory.
+func (st *state) clone() *state {
+	c := &state{
+		Format:     st.Format,
+		Generation: st.Generation,
+		Protection: st.Protection,
+		Keys:       make(map[string]*keyRecord, len(st.Keys)),
+		Aliases:    maps.Clone(st.Aliases),
+		Grants:     make(map[string]*kms.Grant, len(st.Grants)),
+	}
+	for id, rec := range st.Keys {
+		r := *rec
+		r.Versions = append([]versionRecord(nil), rec.Versions...)
+		c.Keys[id] = &r
+	}
+	for id, g := range st.Grants {
+		c.Grants[id] = cloneGrant(g)
+	}
+	return c
+}
+
+func cloneGrant(g *kms.Grant) *kms.Grant {
+	c := *g
+	c.Operations = append([]string(nil), g.Operations...)
+	c.ContextEquals = maps.Clone(g.ContextEquals)
+	c.ContextSubset = maps.Clone(g.ContextSubset)
+	return &c
+}
+
+// expired reports whether a key's deletion window has passed: from then on
+// the key is gone, whether or not the purge has been written yet.
+func (r *keyRecord) expired(now time.Time) bool {
+	return r.State == kms.KeyPendingDeletion && !now.Before(r.DeletionDate)
+}
+
+// rotationDue reports whether automatic rotation should add a version now.
+// AWS rotates only enabled keys; a key disabled past its date rotates when it
+// is enabled again. Imported material is never rotated automatically.
+func (r *keyRecord) rotationDue(now time.Time) bool {
+	return r.State == kms.KeyEnabled && r.Origin == originAWSKMS && r.Rotation.Enabled && !now.Before(r.Rotation.next())
+}
+
+// nextDue is the earliest time at which some key needs maintenance (purge or
+// automatic rotation); zero if none ever will without a state change.
+func (st *state) nextDue() time.Time {
+	var due time.Time
+	consider := func(t time.Time) {
+		if due.IsZero() || t.Before(due) {
+			due = t
+		}
+	}
+	for _, rec := range st.Keys {
+		if rec.State == kms.KeyPendingDeletion {
+			consider(rec.DeletionDate)
+		}
+		if rec.State == kms.KeyEnabled && rec.Origin == originAWSKMS && rec.Rotation.Enabled {
+			consider(rec.Rotation.next())
+		}
+	}
+	return due
+}
+
+// purge destroys a key: its material, its aliases and its grants, as AWS does
+// at the end of the deletion window.
+func (st *state) purge(id string) {
+	delete(st.Keys, id)
+	for name, target := range st.Aliases {
+		if target == id {
+			delete(st.Aliases, name)
+		}
+	}
+	for gid, g := range st.Grants {
+		if g.KeyID == id {
+			delete(st.Grants, gid)
+		}
+	}
+}
