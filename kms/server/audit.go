@@ -1,0 +1,285 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// AuditEntry is one line of the audit log: one request, allowed or refused.
+// It never carries plaintext, data keys or key material.
+type AuditEntry struct {
+	Time              string            `json:"time"` // RFC 3339, UTC, nanoseconds
+	RequestID         string            `json:"requestId"`
+	Operation         string            `json:"operation"`
+	Principal         string            `json:"principal,omitempty"`
+	AccessKeyID       string            `json:"accessKeyId,omitempty"`
+	KeyARN            string            `json:"keyArn,omitempty"`
+	DestKeyARN        string            `json:"destinationKeyArn,omitempty"` // ReEncrypt
+	GrantID           string            `json:"grantId,omitempty"`
+	EncryptionContext map[string]string `json:"encryptionContext,omitempty"`
+	DestContext       map[string]string `json:"destinationEncryptionContext,omitempty"`
+	SourceAddress     string            `json:"sourceAddress"`
+	Result            string            `json:"result"` // "Success" or the AWS error code
+	ErrorMessage      string            `json:"errorMessage,omitempty"`
+	// Prev is the hash of the previous line (64 zeros for the first), which
+	// chains the lines: editing, removing or reordering one breaks the chain.
+	Prev string `json:"prev"`
+}
+
+// ResultSuccess is AuditEntry.Result for a request that succeeded.
+const ResultSuccess = "Success"
+
+// genesisHash is the Prev of the first line of a log.
+const genesisHash = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// hashSuffixLen is len(`,"hash":"` + 64 hex digits + `"}`).
+const hashSuffixLen = 9 + 64 + 2
+
+// AuditOptions tunes the audit log's durability.
+type AuditOptions struct {
+	// Fsync makes every batch of lines durable (fsync) before the requests
+	// in it are answered. Without it, lines are written to the OS before the
+	// answer (they survive a crash of the server, not of the machine).
+	Fsync bool
+}
+
+// AuditLog is an append-only, hash-chained JSON-lines log. Record is safe for
+// concurrent use; concurrent records are written in batches (group commit):
+// one write (and at most one fsync) per batch, never one per request.
+type AuditLog struct {
+	f     *os.File
+	fsync bool
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	pending  []*AuditEntry
+	queued   uint64 // entries ever queued
+	written  uint64 // entries ever written (or failed: see err)
+	err      error  // sticky write error: the log refuses further records
+	closed   bool
+	writerOn bool
+
+	head string // hash of the last line written; owned by the writer
+	buf  []byte // owned by the writer
+}
+
+// OpenAuditLog opens (creating if needed) the log at path and resumes its
+// hash chain from the last line.
+func OpenAuditLog(path string, opts AuditOptions) (*AuditLog, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	head, err := lastHash(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+	}
+	l := &AuditLog{f: f, fsync: opts.Fsync, head: head}
+	l.cond = sync.NewCond(&l.mu)
+	return l, nil
+}
+
+// lastHash returns the hash of the log's last line, or genesisHash if empty.
+func lastHash(f *os.File) (string, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	size := st.Size()
+	if size == 0 {
+		return genesisHash, nil
+	}
+	const tail = 1 << 16
+	off := max(size-tail, 0)
+	buf := make([]byte, size-off)
+	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	if buf[len(buf)-1] != '\n' {
+		return "", fmt.Errorf("log ends with a partial line (interrupted write?): inspect it with 'kmsfs kms audit verify' and truncate the partial line before serving")
+	}
+	line := buf[:len(buf)-1]
+	if i := bytes.LastIndexByte(line, '\n'); i >= 0 {
+		line = line[i+1:]
+	} else if off > 0 {
+		return "", fmt.Errorf("last line longer than %d bytes", tail)
+	}
+	_, sum, err := splitLine(line)
+	if err != nil {
+		return "", fmt.Errorf("last line: %w", err)
+	}
+	return sum, nil
+}
+
+// Record appends e (setting e.Prev) and returns once it is written (and
+// fsynced, if asked). An error means the entry may not be in the log: the
+// caller must not report the request as successful.
+func (l *AuditLog) Record(e *AuditEntry) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return l.err
+	}
+	if l.closed {
+		return errors.New("audit log closed")
+	}
+	l.pending = append(l.pending, e)
+	l.queued++
+	seq := l.queued
+	if !l.writerOn {
+		l.writerOn = true
+		go l.writeBatches()
+	}
+	for l.written < seq {
+		l.cond.Wait()
+	}
+	return l.err
+}
+
+// writeBatches writes queued entries until the queue is empty. While it
+// writes one batch, new entries gather for the next: that is the group commit.
+func (l *AuditLog) writeBatches() {
+	l.mu.Lock()
+	for len(l.pending) > 0 && l.err == nil {
+		batch := l.pending
+		l.pending = nil
+		l.mu.Unlock()
+		err := l.writeBatch(batch)
+		clear(batch)
+		l.mu.Lock()
+		if err != nil {
+			l.err = fmt.Errorf("audit log write: %w", err)
+		}
+		l.written += uint64(len(batch))
+		l.cond.Broadcast()
+	}
+	if l.err != nil {
+		l.written = l.queued
+		l.pending = nil
+	}
+	l.writerOn = false
+	l.cond.Broadcast()
+	l.mu.Unlock()
+}
+
+func (l *AuditLog) writeBatch(batch []*AuditEntry) error {
+	b := l.buf[:0]
+	head := l.head
+	for _, e := range batch {
+		e.Prev = head
+		body, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(body)
+		head = hex.EncodeToString(sum[:])
+		b = append(b, body[:len(body)-1]...)
+		b = append(b, `,"hash":"`...)
+		b = append(b, head...)
+		b = append(b, "\"}\n"...)
+	}
+	l.buf = b
+	if _, err := l.f.Write(b); err != nil {
+		return err
+	}
+	if l.fsync {
+		if err := l.f.Sync(); err != nil {
+			return err
+		}
+	}
+	l.head = head
+	return nil
+}
+
+// Close waits for queued entries to be written and closes the file.
+func (l *AuditLog) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	for l.writerOn {
+		l.cond.Wait()
+	}
+	l.mu.Unlock()
+	if err := l.f.Sync(); err != nil {
+		l.f.Close()
+		return fmt.Errorf("audit log sync: %w", err)
+	}
+	return l.f.Close()
+}
+
+// splitLine splits a log line (without newline) into the hashed body (the
+// line with its hash field removed) and the hash it claims.
+func splitLine(line []byte) (body []byte, sum string, err error) {
+	n := len(line)
+	if n < hashSuffixLen+2 || string(line[n-hashSuffixLen:n-hashSuffixLen+9]) != `,"hash":"` || string(line[n-2:]) != `"}` {
+		return nil, "", errors.New("no hash field at the end of the line")
+	}
+	sum = string(line[n-2-64 : n-2])
+	if _, err := hex.DecodeString(sum); err != nil {
+		return nil, "", errors.New("hash field is not hex")
+	}
+	body = make([]byte, 0, n-hashSuffixLen+1)
+	body = append(body, line[:n-hashSuffixLen]...)
+	body = append(body, '}')
+	return body, sum, nil
+}
+
+// AuditSummary is the result of a successful verification.
+type AuditSummary struct {
+	Entries int
+	Head    string // hash of the last line: record it to detect later truncation
+}
+
+// VerifyAuditLog checks every line's hash and the chain between lines. An
+// edited line fails its own hash; a removed, inserted or reordered line breaks
+// the chain at the next line. Removing lines from the end leaves a valid
+// shorter chain: compare Head (or Entries) with a value recorded earlier.
+func VerifyAuditLog(r io.Reader) (AuditSummary, error) {
+	br := bufio.NewReaderSize(r, 1<<16)
+	prev := genesisHash
+	n := 0
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) == 0 && errors.Is(err, io.EOF) {
+			return AuditSummary{Entries: n, Head: prev}, nil
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return AuditSummary{}, fmt.Errorf("read line %d: %w", n+1, err)
+		}
+		n++
+		if line[len(line)-1] != '\n' {
+			return AuditSummary{}, fmt.Errorf("line %d: partial line at end of log", n)
+		}
+		body, sum, serr := splitLine(line[:len(line)-1])
+		if serr != nil {
+			return AuditSummary{}, fmt.Errorf("line %d: %v", n, serr)
+		}
+		got := sha256.Sum256(body)
+		if hex.EncodeToString(got[:]) != sum {
+			return AuditSummary{}, fmt.Errorf("line %d: hash mismatch: the line was edited", n)
+		}
+		var e AuditEntry
+		if err := json.Unmarshal(body, &e); err != nil {
+			return AuditSummary{}, fmt.Errorf("line %d: not a JSON audit entry: %v", n, err)
+		}
+		if e.Prev != prev {
+			return AuditSummary{}, fmt.Errorf("line %d: chain broken: it follows %s, but the line before it hashes to %s (a line was removed, inserted or reordered)", n, short(e.Prev), short(prev))
+		}
+		prev = sum
+	}
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12] + "…"
+	}
+	return h
+}

@@ -1,0 +1,104 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Credential is one access key the server accepts, and the principal it
+// authenticates as.
+type Credential struct {
+	AccessKeyID     string
+	SecretAccessKey string
+	// Principal is the IAM ARN the key stands for, e.g.
+	// arn:aws:iam::111122223333:user/alice. Its account (the fifth ARN field)
+	// is the caller's account for key policies and request quotas.
+	Principal string
+	Account   string
+}
+
+// Credentials maps access key IDs to credentials.
+type Credentials map[string]Credential
+
+// credentialFileEntry is one value of the credentials file's top-level object.
+type credentialFileEntry struct {
+	SecretAccessKey string `json:"SecretAccessKey"`
+	Principal       string `json:"Principal"`
+}
+
+// CredentialsFileHelp documents the credentials file format for --help.
+const CredentialsFileHelp = `The credentials file is a JSON object mapping each access key ID to its
+secret and the principal ARN it authenticates as:
+
+  {
+    "AKIAALICE0000000001": {
+      "SecretAccessKey": "alice-secret",
+      "Principal": "arn:aws:iam::111122223333:user/alice"
+    },
+    "AKIABOB00000000001": {
+      "SecretAccessKey": "bob-secret",
+      "Principal": "arn:aws:iam::444455556666:role/app"
+    }
+  }
+
+The principal's account (the fifth ARN field) is what key policies call
+"arn:aws:iam::ACCOUNT:root" and what the --rate quota is counted against.`
+
+// LoadCredentials reads a credentials file (see CredentialsFileHelp).
+func LoadCredentials(path string) (Credentials, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read credentials: %w", err)
+	}
+	return ParseCredentials(data)
+}
+
+// ParseCredentials parses the JSON credentials format (see CredentialsFileHelp).
+func ParseCredentials(data []byte) (Credentials, error) {
+	var raw map[string]credentialFileEntry
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("parse credentials: %w", err)
+	}
+	if len(raw) == 0 {
+		return nil, fmt.Errorf("parse credentials: no access keys defined")
+	}
+	creds := make(Credentials, len(raw))
+	for id, e := range raw {
+		if id == "" || strings.ContainsAny(id, "/ \t") {
+			return nil, fmt.Errorf("parse credentials: invalid access key ID %q", id)
+		}
+		if e.SecretAccessKey == "" {
+			return nil, fmt.Errorf("parse credentials: access key %s has no SecretAccessKey", id)
+		}
+		account, err := AccountOf(e.Principal)
+		if err != nil {
+			return nil, fmt.Errorf("parse credentials: access key %s: %w", id, err)
+		}
+		creds[id] = Credential{AccessKeyID: id, SecretAccessKey: e.SecretAccessKey, Principal: e.Principal, Account: account}
+	}
+	return creds, nil
+}
+
+// AccountOf returns the account ID of an IAM or STS principal ARN
+// (arn:PARTITION:iam::ACCOUNT:...).
+func AccountOf(principalARN string) (string, error) {
+	parts := strings.SplitN(principalARN, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || (parts[2] != "iam" && parts[2] != "sts") || !isAccountID(parts[4]) || parts[5] == "" {
+		return "", fmt.Errorf("principal %q is not an IAM ARN (arn:aws:iam::ACCOUNT:user/NAME)", principalARN)
+	}
+	return parts[4], nil
+}
+
+func isAccountID(s string) bool {
+	if len(s) != 12 {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,371 @@
+package server
+
+import (
+	"encoding/base64"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/kmsfs/kmsfs/kms"
+)
+
+// AWS KMS JSON 1.1 request and response shapes. Blobs are []byte, which
+// encoding/json writes and reads as standard base64, as the protocol wants;
+// timestamps are epoch seconds (float64), as awsJson1_1 serialises them.
+
+type keyIDInput struct {
+	KeyId string `json:"KeyId"`
+}
+
+type createKeyInput struct {
+	Policy                         string `json:"Policy"`
+	Description                    string `json:"Description"`
+	KeyUsage                       string `json:"KeyUsage"`
+	KeySpec                        string `json:"KeySpec"`
+	CustomerMasterKeySpec          string `json:"CustomerMasterKeySpec"`
+	Origin                         string `json:"Origin"`
+	MultiRegion                    bool   `json:"MultiRegion"`
+	BypassPolicyLockoutSafetyCheck bool   `json:"BypassPolicyLockoutSafetyCheck"`
+}
+
+type keyMetadataJSON struct {
+	AWSAccountId          string   `json:"AWSAccountId"`
+	KeyId                 string   `json:"KeyId"`
+	Arn                   string   `json:"Arn"`
+	CreationDate          float64  `json:"CreationDate"`
+	Enabled               bool     `json:"Enabled"`
+	Description           string   `json:"Description"`
+	KeyUsage              string   `json:"KeyUsage"`
+	KeyState              string   `json:"KeyState"`
+	DeletionDate          float64  `json:"DeletionDate,omitempty"`
+	Origin                string   `json:"Origin"`
+	KeyManager            string   `json:"KeyManager"`
+	CustomerMasterKeySpec string   `json:"CustomerMasterKeySpec"`
+	KeySpec               string   `json:"KeySpec"`
+	EncryptionAlgorithms  []string `json:"EncryptionAlgorithms"`
+	MultiRegion           bool     `json:"MultiRegion"`
+}
+
+type keyMetadataOutput struct {
+	KeyMetadata keyMetadataJSON `json:"KeyMetadata"`
+}
+
+type listInput struct {
+	KeyId            string `json:"KeyId"`
+	Limit            int    `json:"Limit"`
+	Marker           string `json:"Marker"`
+	GrantId          string `json:"GrantId"`
+	GranteePrincipal string `json:"GranteePrincipal"`
+}
+
+type keyListEntry struct {
+	KeyId  string `json:"KeyId"`
+	KeyArn string `json:"KeyArn"`
+}
+
+type listKeysOutput struct {
+	Keys       []keyListEntry `json:"Keys"`
+	Truncated  bool           `json:"Truncated"`
+	NextMarker string         `json:"NextMarker,omitempty"`
+}
+
+type aliasInput struct {
+	AliasName   string `json:"AliasName"`
+	TargetKeyId string `json:"TargetKeyId"`
+}
+
+type aliasListEntry struct {
+	AliasName   string `json:"AliasName"`
+	AliasArn    string `json:"AliasArn"`
+	TargetKeyId string `json:"TargetKeyId,omitempty"`
+}
+
+type listAliasesOutput struct {
+	Aliases    []aliasListEntry `json:"Aliases"`
+	Truncated  bool             `json:"Truncated"`
+	NextMarker string           `json:"NextMarker,omitempty"`
+}
+
+type encryptInput struct {
+	KeyId               string            `json:"KeyId"`
+	Plaintext           []byte            `json:"Plaintext"`
+	EncryptionContext   map[string]string `json:"EncryptionContext"`
+	GrantTokens         []string          `json:"GrantTokens"`
+	EncryptionAlgorithm string            `json:"EncryptionAlgorithm"`
+	DryRun              bool              `json:"DryRun"`
+}
+
+type encryptOutput struct {
+	CiphertextBlob      []byte `json:"CiphertextBlob"`
+	KeyId               string `json:"KeyId"`
+	EncryptionAlgorithm string `json:"EncryptionAlgorithm"`
+}
+
+type decryptInput struct {
+	CiphertextBlob      []byte            `json:"CiphertextBlob"`
+	EncryptionContext   map[string]string `json:"EncryptionContext"`
+	GrantTokens         []string          `json:"GrantTokens"`
+	KeyId               string            `json:"KeyId"`
+	EncryptionAlgorithm string            `json:"EncryptionAlgorithm"`
+	DryRun              bool              `json:"DryRun"`
+}
+
+type reEncryptInput struct {
+	CiphertextBlob                 []byte            `json:"CiphertextBlob"`
+	SourceEncryptionContext        map[string]string `json:"SourceEncryptionContext"`
+	SourceKeyId                    string            `json:"SourceKeyId"`
+	DestinationKeyId               string            `json:"DestinationKeyId"`
+	DestinationEncryptionContext   map[string]string `json:"DestinationEncryptionContext"`
+	SourceEncryptionAlgorithm      string            `json:"SourceEncryptionAlgorithm"`
+	DestinationEncryptionAlgorithm string            `json:"DestinationEncryptionAlgorithm"`
+	GrantTokens                    []string          `json:"GrantTokens"`
+	DryRun                         bool              `json:"DryRun"`
+}
+
+type reEncryptOutput struct {
+	CiphertextBlob                 []byte `json:"CiphertextBlob"`
+	SourceKeyId                    string `json:"SourceKeyId"`
+	KeyId                          string `json:"KeyId"`
+	SourceEncryptionAlgorithm      string `json:"SourceEncryptionAlgorithm"`
+	DestinationEncryptionAlgorithm string `json:"DestinationEncryptionAlgorithm"`
+}
+
+type generateDataKeyInput struct {
+	KeyId             string            `json:"KeyId"`
+	EncryptionContext map[string]string `json:"EncryptionContext"`
+	NumberOfBytes     int               `json:"NumberOfBytes"`
+	KeySpec           string            `json:"KeySpec"`
+	GrantTokens       []string          `json:"GrantTokens"`
+	DryRun            bool              `json:"DryRun"`
+}
+
+type generateDataKeyWithoutPlaintextOutput struct {
+	CiphertextBlob []byte `json:"CiphertextBlob"`
+	KeyId          string `json:"KeyId"`
+}
+
+type generateRandomInput struct {
+	NumberOfBytes    int    `json:"NumberOfBytes"`
+	CustomKeyStoreId string `json:"CustomKeyStoreId"`
+}
+
+type scheduleKeyDeletionInput struct {
+	KeyId               string `json:"KeyId"`
+	PendingWindowInDays int    `json:"PendingWindowInDays"`
+}
+
+type scheduleKeyDeletionOutput struct {
+	KeyId               string  `json:"KeyId"`
+	DeletionDate        float64 `json:"DeletionDate"`
+	KeyState            string  `json:"KeyState"`
+	PendingWindowInDays int     `json:"PendingWindowInDays"`
+}
+
+type enableKeyRotationInput struct {
+	KeyId                string `json:"KeyId"`
+	RotationPeriodInDays int    `json:"RotationPeriodInDays"`
+}
+
+type keyRotationStatusOutput struct {
+	KeyRotationEnabled   bool    `json:"KeyRotationEnabled"`
+	KeyId                string  `json:"KeyId"`
+	RotationPeriodInDays int     `json:"RotationPeriodInDays,omitempty"`
+	NextRotationDate     float64 `json:"NextRotationDate,omitempty"`
+}
+
+type keyIDOutput struct {
+	KeyId string `json:"KeyId"`
+}
+
+type keyPolicyInput struct {
+	KeyId                          string `json:"KeyId"`
+	PolicyName                     string `json:"PolicyName"`
+	Policy                         string `json:"Policy"`
+	BypassPolicyLockoutSafetyCheck bool   `json:"BypassPolicyLockoutSafetyCheck"`
+}
+
+type keyPolicyOutput struct {
+	Policy     string `json:"Policy"`
+	PolicyName string `json:"PolicyName"`
+}
+
+type grantConstraintsJSON struct {
+	EncryptionContextSubset map[string]string `json:"EncryptionContextSubset,omitempty"`
+	EncryptionContextEquals map[string]string `json:"EncryptionContextEquals,omitempty"`
+}
+
+type createGrantInput struct {
+	KeyId             string                `json:"KeyId"`
+	GranteePrincipal  string                `json:"GranteePrincipal"`
+	RetiringPrincipal string                `json:"RetiringPrincipal"`
+	Operations        []string              `json:"Operations"`
+	Constraints       *grantConstraintsJSON `json:"Constraints"`
+	GrantTokens       []string              `json:"GrantTokens"`
+	Name              string                `json:"Name"`
+	DryRun            bool                  `json:"DryRun"`
+}
+
+type createGrantOutput struct {
+	GrantToken string `json:"GrantToken"`
+	GrantId    string `json:"GrantId"`
+}
+
+type grantListEntry struct {
+	KeyId             string                `json:"KeyId"`
+	GrantId           string                `json:"GrantId"`
+	Name              string                `json:"Name,omitempty"`
+	CreationDate      float64               `json:"CreationDate"`
+	GranteePrincipal  string                `json:"GranteePrincipal"`
+	RetiringPrincipal string                `json:"RetiringPrincipal,omitempty"`
+	IssuingAccount    string                `json:"IssuingAccount"`
+	Operations        []string              `json:"Operations"`
+	Constraints       *grantConstraintsJSON `json:"Constraints,omitempty"`
+}
+
+type listGrantsOutput struct {
+	Grants     []grantListEntry `json:"Grants"`
+	Truncated  bool             `json:"Truncated"`
+	NextMarker string           `json:"NextMarker,omitempty"`
+}
+
+type grantIDInput struct {
+	KeyId      string `json:"KeyId"`
+	GrantId    string `json:"GrantId"`
+	GrantToken string `json:"GrantToken"`
+	DryRun     bool   `json:"DryRun"`
+}
+
+type emptyOutput struct{}
+
+// epoch converts a time to awsJson's epoch seconds (0 for the zero time).
+func epoch(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixMilli()) / 1000
+}
+
+const symmetricDefault = "SYMMETRIC_DEFAULT"
+
+func metadataJSON(m kms.KeyMetadata) keyMetadataJSON {
+	account := ""
+	if parts := strings.SplitN(m.ARN, ":", 6); len(parts) == 6 {
+		account = parts[4]
+	}
+	origin := m.Origin
+	if origin == "" {
+		origin = "AWS_KMS"
+	}
+	manager := m.KeyManager
+	if manager == "" {
+		manager = "CUSTOMER"
+	}
+	return keyMetadataJSON{
+		AWSAccountId:          account,
+		KeyId:                 m.KeyID,
+		Arn:                   m.ARN,
+		CreationDate:          epoch(m.CreationDate),
+		Enabled:               m.State == kms.KeyEnabled,
+		Description:           m.Description,
+		KeyUsage:              "ENCRYPT_DECRYPT",
+		KeyState:              string(m.State),
+		DeletionDate:          epoch(m.DeletionDate),
+		Origin:                origin,
+		KeyManager:            manager,
+		CustomerMasterKeySpec: symmetricDefault,
+		KeySpec:               symmetricDefault,
+		EncryptionAlgorithms:  []string{symmetricDefault},
+	}
+}
+
+// secretJSON builds the few responses that carry plaintext key material by
+// hand, into one buffer the server zeroes after writing it (encoding/json
+// would leave copies in its pooled buffers).
+type secretJSON struct{ b []byte }
+
+func (j *secretJSON) open()  { j.b = append(j.b, '{') }
+func (j *secretJSON) close() { j.b = append(j.b, '}') }
+
+func (j *secretJSON) field(name string) {
+	if len(j.b) > 1 {
+		j.b = append(j.b, ',')
+	}
+	j.b = append(j.b, '"')
+	j.b = append(j.b, name...)
+	j.b = append(j.b, '"', ':')
+}
+
+func (j *secretJSON) blob(name string, v []byte) {
+	j.field(name)
+	j.b = append(j.b, '"')
+	j.b = base64.StdEncoding.AppendEncode(j.b, v)
+	j.b = append(j.b, '"')
+}
+
+func (j *secretJSON) str(name, v string) {
+	j.field(name)
+	j.b = appendJSONString(j.b, v)
+}
+
+// appendJSONString appends s as a JSON string literal.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			b = append(b, c)
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, `\u00`...)
+				b = append(b, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&15])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+// pageMarker encodes a list position as an opaque marker.
+func pageMarker(i int) string { return strconv.Itoa(i) }
+
+// page returns the [start, end) window of n items for a Limit/Marker request.
+func page(n, limit int, marker string) (start, end int, next string, err error) {
+	if limit == 0 {
+		limit = 100
+	}
+	if limit < 1 || limit > 1000 {
+		return 0, 0, "", kms.Errorf(kms.CodeValidation, "Limit %d outside 1..1000", limit)
+	}
+	if marker != "" {
+		start, err = strconv.Atoi(marker)
+		if err != nil || start < 0 || start > n {
+			return 0, 0, "", kms.Errorf("InvalidMarkerException", "marker %q is not valid", marker)
+		}
+	}
+	end = min(start+limit, n)
+	if end < n {
+		next = pageMarker(end)
+	}
+	return start, end, next, nil
+}

@@ -1,0 +1,499 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kmsfs/kmsfs/kms"
+)
+
+// Store is what the server serves: a complete KMS (the embedded keystore)
+// that stores key policies and grants but leaves authorisation to the server.
+type Store interface {
+	kms.Crypto
+	kms.Admin
+	// ARNForKey resolves a key ID, key ARN, alias name or alias ARN to the
+	// key's ARN in any state; NotFoundException if there is no such key.
+	ARNForKey(keyID string) (string, error)
+	// CiphertextKeyARN returns the ARN of the key a ciphertext blob names,
+	// without decrypting, so Decrypt can be authorised before it runs.
+	CiphertextKeyARN(ciphertext []byte) (string, error)
+}
+
+// Config configures a Server.
+type Config struct {
+	Store       Store
+	Credentials Credentials
+	// Region is the region requests must be signed for (the keystore's).
+	Region string
+	// Audit receives one entry per request; nil disables auditing (tests).
+	Audit *AuditLog
+	// Rate is the number of cryptographic requests per second each account
+	// may make (0: unlimited); Burst is the bucket size (0: Rate).
+	Rate  float64
+	Burst int
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logf receives internal errors (never secrets); default discards.
+	Logf func(format string, args ...any)
+	// CallTimeout bounds each store call; default 30s.
+	CallTimeout time.Duration
+}
+
+// Server is an http.Handler speaking the AWS KMS JSON 1.1 protocol.
+type Server struct {
+	store    Store
+	verifier *sigV4Verifier
+	region   string
+	audit    *AuditLog
+	limiter  *rateLimiter
+	now      func() time.Time
+	logf     func(string, ...any)
+	timeout  time.Duration
+
+	reqPrefix string
+	reqSeq    atomic.Uint64
+
+	policyMu sync.Mutex
+	policies map[string]*Policy // parsed policy by document text
+}
+
+// maxRequestBody bounds a request body: the largest legitimate one is a
+// PutKeyPolicy with a 32 KB policy, JSON-escaped.
+const maxRequestBody = 256 << 10
+
+const maxCachedPolicies = 4096
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("server: no key store")
+	}
+	if len(cfg.Credentials) == 0 {
+		return nil, errors.New("server: no credentials: nothing may be served unauthenticated")
+	}
+	if cfg.Region == "" {
+		return nil, errors.New("server: no region")
+	}
+	s := &Server{
+		store:    cfg.Store,
+		verifier: newSigV4Verifier(cfg.Credentials, cfg.Region),
+		region:   cfg.Region,
+		audit:    cfg.Audit,
+		now:      cfg.Now,
+		logf:     cfg.Logf,
+		timeout:  cfg.CallTimeout,
+		policies: make(map[string]*Policy),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.logf == nil {
+		s.logf = func(string, ...any) {}
+	}
+	if s.timeout <= 0 {
+		s.timeout = 30 * time.Second
+	}
+	if cfg.Rate > 0 {
+		s.limiter = newRateLimiter(cfg.Rate, cfg.Burst)
+	}
+	var boot [8]byte
+	if _, err := rand.Read(boot[:]); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	// Request IDs: a random per-process prefix and a counter: unique
+	// without a random read per request.
+	s.reqPrefix = hex.EncodeToString(boot[:]) + "-"
+	return s, nil
+}
+
+// call is one request in flight.
+type call struct {
+	ctx   context.Context
+	op    string
+	cred  Credential
+	entry *AuditEntry
+}
+
+// response is a handler's answer: either a value for encoding/json, or a
+// pre-built body holding secrets that is zeroed once written.
+type response struct {
+	v      any
+	secret []byte
+}
+
+type operation struct {
+	// crypto marks the cryptographic operations the per-account quota counts.
+	crypto bool
+	fn     func(s *Server, c *call, body []byte) (response, error)
+}
+
+var operations = map[string]operation{
+	"CreateKey":                       {fn: (*Server).createKey},
+	"DescribeKey":                     {fn: (*Server).describeKey},
+	"ListKeys":                        {fn: (*Server).listKeys},
+	"CreateAlias":                     {fn: (*Server).createAlias},
+	"UpdateAlias":                     {fn: (*Server).updateAlias},
+	"DeleteAlias":                     {fn: (*Server).deleteAlias},
+	"ListAliases":                     {fn: (*Server).listAliases},
+	"Encrypt":                         {crypto: true, fn: (*Server).encrypt},
+	"Decrypt":                         {crypto: true, fn: (*Server).decrypt},
+	"ReEncrypt":                       {crypto: true, fn: (*Server).reEncrypt},
+	"GenerateDataKey":                 {crypto: true, fn: (*Server).generateDataKey},
+	"GenerateDataKeyWithoutPlaintext": {crypto: true, fn: (*Server).generateDataKeyWithoutPlaintext},
+	"GenerateRandom":                  {crypto: true, fn: (*Server).generateRandom},
+	"EnableKey":                       {fn: (*Server).enableKey},
+	"DisableKey":                      {fn: (*Server).disableKey},
+	"ScheduleKeyDeletion":             {fn: (*Server).scheduleKeyDeletion},
+	"CancelKeyDeletion":               {fn: (*Server).cancelKeyDeletion},
+	"EnableKeyRotation":               {fn: (*Server).enableKeyRotation},
+	"DisableKeyRotation":              {fn: (*Server).disableKeyRotation},
+	"GetKeyRotationStatus":            {fn: (*Server).getKeyRotationStatus},
+	"RotateKeyOnDemand":               {fn: (*Server).rotateKeyOnDemand},
+	"GetKeyPolicy":                    {fn: (*Server).getKeyPolicy},
+	"PutKeyPolicy":                    {fn: (*Server).putKeyPolicy},
+	"CreateGrant":                     {fn: (*Server).createGrant},
+	"ListGrants":                      {fn: (*Server).listGrants},
+	"RevokeGrant":                     {fn: (*Server).revokeGrant},
+	"RetireGrant":                     {fn: (*Server).retireGrant},
+}
+
+const targetPrefix = "TrentService."
+
+// ServeHTTP handles one AWS KMS API request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	now := s.now()
+	reqID := s.reqPrefix + strconv.FormatUint(s.reqSeq.Add(1), 16)
+	entry := &AuditEntry{
+		Time:          now.UTC().Format(time.RFC3339Nano),
+		RequestID:     reqID,
+		SourceAddress: r.RemoteAddr,
+	}
+	op, _ := strings.CutPrefix(r.Header.Get("X-Amz-Target"), targetPrefix)
+	entry.Operation = op
+
+	body, err := s.readBody(r)
+	var resp response
+	if err == nil {
+		resp, err = s.handle(r, op, body, now, entry)
+	}
+	kms.Zero(body) // Encrypt requests carry plaintext
+
+	if err != nil {
+		entry.Result = errorCode(err)
+		entry.ErrorMessage = errorMessage(err)
+	} else {
+		entry.Result = ResultSuccess
+	}
+	if s.audit != nil {
+		if aerr := s.audit.Record(entry); aerr != nil {
+			// A request we cannot audit is a request we do not answer.
+			s.logf("audit: %v", aerr)
+			kms.Zero(resp.secret)
+			resp = response{}
+			err = kms.Errorf(kms.CodeInternal, "audit log unavailable")
+		}
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/x-amz-json-1.1")
+	h.Set("X-Amzn-Requestid", reqID)
+	if err != nil {
+		s.writeError(w, err)
+		return
+	}
+	if resp.secret != nil {
+		w.Write(resp.secret)
+		kms.Zero(resp.secret)
+		return
+	}
+	out, merr := json.Marshal(resp.v)
+	if merr != nil {
+		s.writeError(w, kms.Errorf(kms.CodeInternal, "encode response"))
+		return
+	}
+	w.Write(out)
+}
+
+func (s *Server) readBody(r *http.Request) ([]byte, error) {
+	if r.Method != http.MethodPost {
+		return nil, kms.Errorf("UnknownOperationException", "the KMS API takes POST requests")
+	}
+	n := r.ContentLength
+	if n > maxRequestBody {
+		return nil, kms.Errorf(kms.CodeValidation, "request body of %d bytes is over the %d byte limit", n, maxRequestBody)
+	}
+	var body []byte
+	if n >= 0 {
+		body = make([]byte, n)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, kms.Errorf("SerializationException", "read request body: %v", err)
+		}
+		return body, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
+	if err != nil {
+		return nil, kms.Errorf("SerializationException", "read request body: %v", err)
+	}
+	if len(body) > maxRequestBody {
+		return nil, kms.Errorf(kms.CodeValidation, "request body is over the %d byte limit", maxRequestBody)
+	}
+	return body, nil
+}
+
+func (s *Server) handle(r *http.Request, op string, body []byte, now time.Time, entry *AuditEntry) (response, error) {
+	cred, err := s.verifier.verify(r, body, now)
+	entry.AccessKeyID = cred.AccessKeyID
+	if err != nil {
+		entry.Principal = cred.Principal // known when only the signature was wrong
+		return response{}, err
+	}
+	entry.Principal = cred.Principal
+	o, ok := operations[op]
+	if !ok {
+		return response{}, kms.Errorf("UnknownOperationException", "unknown operation %q", r.Header.Get("X-Amz-Target"))
+	}
+	if o.crypto && s.limiter != nil && !s.limiter.allow(cred.Account, now) {
+		return response{}, kms.Errorf(kms.CodeThrottling, "Rate exceeded for account %s", cred.Account)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+	defer cancel()
+	return o.fn(s, &call{ctx: ctx, op: op, cred: cred, entry: entry}, body)
+}
+
+// decode parses a JSON request body into v.
+func decode(body []byte, v any) error {
+	if len(body) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return kms.Errorf("SerializationException", "request body: %v", err)
+	}
+	return nil
+}
+
+// errorCode returns the AWS error code for err; errors that are not KMS
+// errors are internal failures.
+func errorCode(err error) string {
+	if c := kms.Code(err); c != "" {
+		return c
+	}
+	return kms.CodeInternal
+}
+
+func errorMessage(err error) string {
+	var e *kms.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
+}
+
+// statusFor maps an AWS KMS error code to its HTTP status.
+func statusFor(code string) int {
+	switch code {
+	case kms.CodeInternal:
+		return http.StatusInternalServerError
+	case kms.CodeDependencyTimeout, kms.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case kms.CodeNotFound:
+		return http.StatusBadRequest
+	}
+	return http.StatusBadRequest
+}
+
+func (s *Server) writeError(w http.ResponseWriter, err error) {
+	code := errorCode(err)
+	msg := errorMessage(err)
+	if kms.Code(err) == "" {
+		// Details of internal failures (paths, I/O errors) go to the
+		// server's log, not to the client.
+		s.logf("internal error: %v", err)
+		msg = "internal error"
+	}
+	w.Header().Set("X-Amzn-Errortype", code)
+	w.WriteHeader(statusFor(code))
+	b, _ := json.Marshal(struct {
+		Type    string `json:"__type"`
+		Message string `json:"message"`
+	}{code, msg})
+	w.Write(b)
+}
+
+// policyFor returns the parsed policy of keyARN.
+func (s *Server) policyFor(ctx context.Context, keyARN string) (*Policy, error) {
+	doc, err := s.store.GetKeyPolicy(ctx, keyARN)
+	if err != nil {
+		return nil, err
+	}
+	s.policyMu.Lock()
+	p, ok := s.policies[doc]
+	s.policyMu.Unlock()
+	if ok {
+		return p, nil
+	}
+	p, err = ParsePolicy(doc)
+	if err != nil {
+		// A stored policy we cannot parse allows nothing.
+		return nil, kms.Errorf(kms.CodeAccessDenied, "the key policy of %s cannot be evaluated: %v", keyARN, err)
+	}
+	s.policyMu.Lock()
+	if len(s.policies) >= maxCachedPolicies {
+		clear(s.policies)
+	}
+	s.policies[doc] = p
+	s.policyMu.Unlock()
+	return p, nil
+}
+
+// decide evaluates the key policy of keyARN for the caller.
+func (s *Server) decide(c *call, action, keyARN string, ec kms.EncryptionContext, extra map[string][]string) (Decision, error) {
+	p, err := s.policyFor(c.ctx, keyARN)
+	if err != nil {
+		return NoMatch, err
+	}
+	rc := RequestContext{
+		Principal:         c.cred.Principal,
+		Account:           c.cred.Account,
+		Action:            action,
+		Resource:          keyARN,
+		EncryptionContext: ec,
+		Values:            extra,
+	}
+	return p.Evaluate(&rc), nil
+}
+
+// authorize decides whether the caller may perform action on keyARN: an
+// explicit Deny in the key policy wins; otherwise an Allow in the policy or a
+// grant for grantOp (if not "") permits; otherwise the request is denied.
+func (s *Server) authorize(c *call, action, keyARN string, ec kms.EncryptionContext, grantOp string, extra map[string][]string) error {
+	d, err := s.decide(c, action, keyARN, ec, extra)
+	if err != nil {
+		return err
+	}
+	switch d {
+	case Allow:
+		return nil
+	case Deny:
+		return denied(c, action, keyARN, true)
+	}
+	if grantOp != "" {
+		ok, err := s.grantAllows(c, keyARN, grantOp, ec)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+	}
+	return denied(c, action, keyARN, false)
+}
+
+// denied is AWS's AccessDeniedException for a refused request.
+func denied(c *call, action, keyARN string, explicit bool) error {
+	why := "because no resource-based policy or grant allows the " + action + " action"
+	if explicit {
+		why = "with an explicit deny in a resource-based policy"
+	}
+	return kms.Errorf(kms.CodeAccessDenied, "User: %s is not authorized to perform: %s on resource: %s %s",
+		c.cred.Principal, action, keyARN, why)
+}
+
+// grantAllows reports whether a grant on keyARN gives the caller op, with
+// the grant's encryption context constraints met.
+func (s *Server) grantAllows(c *call, keyARN, op string, ec kms.EncryptionContext) (bool, error) {
+	grants, err := s.store.ListGrants(c.ctx, keyARN)
+	if err != nil {
+		return false, err
+	}
+	for i := range grants {
+		g := &grants[i]
+		if g.GranteePrincipal != c.cred.Principal || !contains(g.Operations, op) {
+			continue
+		}
+		if cryptoGrantOps[op] && !constraintsMet(g, ec) {
+			continue
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// cryptoGrantOps are the grant operations that take an encryption context,
+// the only ones grant constraints apply to.
+var cryptoGrantOps = map[string]bool{
+	"Decrypt": true, "Encrypt": true, "GenerateDataKey": true,
+	"GenerateDataKeyWithoutPlaintext": true, "ReEncryptFrom": true, "ReEncryptTo": true,
+}
+
+// grantOperations are the operations a grant may give on a symmetric key.
+var grantOperations = map[string]bool{
+	"Decrypt": true, "Encrypt": true, "GenerateDataKey": true,
+	"GenerateDataKeyWithoutPlaintext": true, "ReEncryptFrom": true, "ReEncryptTo": true,
+	"CreateGrant": true, "RetireGrant": true, "DescribeKey": true,
+}
+
+// constraintsMet applies a grant's encryption context constraints. In a grant
+// constraint the context key is not case sensitive but the value is (AWS
+// GrantConstraints).
+func constraintsMet(g *kms.Grant, ec kms.EncryptionContext) bool {
+	lookup := func(k string) (string, bool) {
+		if v, ok := ec[k]; ok {
+			return v, true
+		}
+		for ek, v := range ec {
+			if strings.EqualFold(ek, k) {
+				return v, true
+			}
+		}
+		return "", false
+	}
+	if g.ContextEquals != nil {
+		if len(g.ContextEquals) != len(ec) {
+			return false
+		}
+		for k, want := range g.ContextEquals {
+			if v, ok := lookup(k); !ok || v != want {
+				return false
+			}
+		}
+	}
+	for k, want := range g.ContextSubset {
+		if v, ok := lookup(k); !ok || v != want {
+			return false
+		}
+	}
+	return true
+}
+
+// resolve returns the ARN of the key keyID names.
+func (s *Server) resolve(c *call, keyID string) (string, error) {
+	if keyID == "" {
+		return "", kms.Errorf(kms.CodeValidation, "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null")
+	}
+	arn, err := s.store.ARNForKey(keyID)
+	if err != nil {
+		return "", err
+	}
+	c.entry.KeyARN = arn
+	return arn, nil
+}
+
+// resolveAndAuthorize is the common prologue of operations on one key.
+func (s *Server) resolveAndAuthorize(c *call, keyID, grantOp string) (string, error) {
+	arn, err := s.resolve(c, keyID)
+	if err != nil {
+		return "", err
+	}
+	return arn, s.authorize(c, "kms:"+c.op, arn, nil, grantOp, nil)
+}
