@@ -79,3 +79,10 @@ type File interface {
 	Stat(st *syscall.Stat_t) error
 	Close() error
 }
+
+// Flusher is implemented by files whose backend makes writes visible only
+// when told to (S3 uploads the staged object). Flush runs on every close(2);
+// local files do not need it.
+type Flusher interface {
+	Flush() error
+}

@@ -615,3 +615,12 @@ func (h *Handle) Close() error {
 
 // idString is for log lines.
 func idString(id [envelope.IDLen]byte) string { return hex.EncodeToString(id[:]) }
+
+// Flush runs at close(2): backends that stage writes (S3) upload here, so a
+// failed upload is reported to the closing application.
+func (h *Handle) Flush(ctx context.Context) error {
+	if fl, ok := h.f.(backend.Flusher); ok {
+		return fl.Flush()
+	}
+	return nil
+}

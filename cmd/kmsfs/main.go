@@ -33,6 +33,14 @@ func main() {
 	}
 	var err error
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "init":
+		err = initCommand(ctx, args)
+	case "mount":
+		err = mountCommand(ctx, args)
+	case "umount", "unmount":
+		err = umountCommand(ctx, args)
+	case "cat":
+		err = catCommand(ctx, args)
 	case "kms":
 		err = kmsCommand(ctx, args, os.Stdout, os.Stderr)
 	case "help", "-h", "--help":

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/keycache"
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// readyFDEnv names the descriptor on which a daemonised mount child reports
+// "ok" (mounted) or an error to the parent waiting in the foreground.
+const readyFDEnv = "KMSFS_READY_FD"
+
+type mountFlags struct {
+	commonFlags
+	foreground   bool
+	allowOther   bool
+	readOnly     bool
+	debug        bool
+	logFile      string
+	attrTimeout  time.Duration
+	entryTimeout time.Duration
+	cache        keycache.Limits
+	bucketAge    time.Duration
+	bucketFiles  int
+	options      string
+}
+
+func (m *mountFlags) register(fs *pflag.FlagSet) {
+	m.commonFlags.register(fs)
+	d := kfs.DefaultMountOptions()
+	lim := keycache.DefaultLimits()
+	fs.BoolVarP(&m.foreground, "foreground", "f", false, "stay attached; unmount on SIGINT/SIGTERM")
+	fs.BoolVar(&m.allowOther, "allow-other", false, "let other users access the mount (needs root or user_allow_other)")
+	fs.BoolVar(&m.readOnly, "read-only", false, "mount read-only")
+	fs.BoolVar(&m.debug, "debug", false, "log every FUSE request")
+	fs.StringVar(&m.logFile, "log", "", "append the mount's log to this file (default: stderr)")
+	fs.DurationVar(&m.attrTimeout, "attr-timeout", d.AttrTimeout, "how long the kernel caches attributes")
+	fs.DurationVar(&m.entryTimeout, "entry-timeout", d.EntryTimeout, "how long the kernel caches name lookups")
+	fs.DurationVar(&m.cache.MaxAge, "cache-max-age", lim.MaxAge, "key cache: how long a plaintext data key is reused before asking the KMS again")
+	fs.Uint64Var(&m.cache.MaxUses, "cache-max-uses", lim.MaxUses, "key cache: how many times a cached key is served")
+	fs.Uint64Var(&m.cache.MaxBytes, "cache-max-bytes", lim.MaxBytes, "key cache: bytes processed under a cached key")
+	fs.IntVar(&m.cache.Capacity, "cache-capacity", lim.Capacity, "key cache: number of keys kept (LRU)")
+	fs.DurationVar(&m.cache.Grace, "cache-grace", 0, "key cache: keep serving expired keys this long while the KMS is unreachable (0: off)")
+	fs.DurationVar(&m.bucketAge, "bucket-key-max-age", volume.DefaultBucketKeyMaxAge, "bucket-key mode: replace the volume-level key after this long")
+	fs.IntVar(&m.bucketFiles, "bucket-key-max-files", volume.DefaultBucketKeyMaxFiles, "bucket-key mode: replace the volume-level key after this many new files")
+	fs.StringVarP(&m.options, "options", "o", "", "comma-separated mount options, as from /etc/fstab (allow_other, ro, debug, keystore=DIR, ...)")
+}
+
+// applyOptions folds -o options (from mount(8) via the mount helper) into flags.
+func (m *mountFlags) applyOptions() error {
+	for _, o := range strings.Split(m.options, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(o), "=")
+		switch k {
+		case "", "rw", "dev", "suid", "nodev", "nosuid", "exec", "noexec", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "defaults":
+		case "allow_other":
+			m.allowOther = true
+		case "ro":
+			m.readOnly = true
+		case "debug":
+			m.debug = true
+		case "keystore":
+			m.keystore = v
+		case "passphrase_file":
+			m.passphraseFile = v
+		case "kms":
+			m.kmsURL = v
+		case "log":
+			m.logFile = v
+		default:
+			return fmt.Errorf("unknown mount option %q", k)
+		}
+	}
+	return nil
+}
+
+func mountCommand(ctx context.Context, args []string) error {
+	var m mountFlags
+	fs := newFlagSet("mount", "kmsfs mount [flags] BACKEND MOUNTPOINT")
+	m.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		fs.Usage()
+		return errors.New("want BACKEND and MOUNTPOINT")
+	}
+	if err := m.applyOptions(); err != nil {
+		return err
+	}
+	spec, mnt := fs.Arg(0), fs.Arg(1)
+	if !isS3(spec) {
+		abs, err := filepath.Abs(spec)
+		if err != nil {
+			return err
+		}
+		spec = abs
+	}
+	mnt, err := filepath.Abs(mnt)
+	if err != nil {
+		return err
+	}
+	if !m.foreground && os.Getenv(readyFDEnv) == "" {
+		return daemonize(args)
+	}
+	return runMount(ctx, &m, spec, mnt)
+}
+
+// daemonize re-executes kmsfs in the background with --foreground and waits
+// until the child reports that the mount is up (or why it failed), so that
+// `kmsfs mount` returns only once the mount is usable.
+func daemonize(args []string) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, append([]string{"mount", "--foreground"}, args...)...)
+	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stdin = nil
+	cmd.Stdout = nil
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	w.Close()
+	msg, _ := io.ReadAll(r)
+	r.Close()
+	if string(msg) == "ok\n" {
+		return nil
+	}
+	_ = cmd.Wait()
+	if len(msg) == 0 {
+		return errors.New("mount process exited without mounting (see its log)")
+	}
+	return errors.New(strings.TrimSpace(string(msg)))
+}
+
+func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) {
+	ready := readyPipe()
+	defer func() {
+		if ready != nil { // failed before mounting: tell the waiting parent
+			fmt.Fprintf(ready, "%v\n", err)
+			ready.Close()
+		}
+	}()
+	logOut := io.Writer(os.Stderr)
+	if m.logFile != "" {
+		f, err := os.OpenFile(m.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("log file: %w", err)
+		}
+		defer f.Close()
+		logOut = f
+	}
+	log := slog.New(slog.NewTextHandler(logOut, nil))
+
+	// The kernel has already applied the caller's umask to the modes it
+	// sends (FUSE without DONT_MASK); ours must not mask them again.
+	syscall.Umask(0)
+
+	opened, err := openVolume(ctx, &m.commonFlags, spec, m.readOnly, m.cache, log, volume.Options{
+		BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles,
+	})
+	if err != nil {
+		return err
+	}
+	defer opened.Close()
+
+	mo := kfs.DefaultMountOptions()
+	mo.AllowOther, mo.ReadOnly, mo.Debug = m.allowOther, m.readOnly, m.debug
+	mo.AttrTimeout, mo.EntryTimeout = m.attrTimeout, m.entryTimeout
+	mo.FsName = spec
+	srv, err := kfs.Mount(opened.vol, mnt, mo, log)
+	if err != nil {
+		return fmt.Errorf("mount %s on %s: %w", spec, mnt, err)
+	}
+	log.Info("mounted", "backend", spec, "mountpoint", mnt, "volume", opened.vol.Config().VolumeID, "mode", opened.vol.Config().Mode)
+	if ready != nil {
+		fmt.Fprint(ready, "ok\n")
+		ready.Close()
+		ready = nil
+	}
+	go func() {
+		<-ctx.Done()
+		// SIGINT/SIGTERM: unmount cleanly; retry while the mount is busy.
+		for i := 0; i < 50; i++ {
+			if err := srv.Unmount(); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		log.Error("unmount on signal failed: mount busy")
+	}()
+	srv.Wait()
+	log.Info("unmounted", "mountpoint", mnt)
+	return nil
+}
+
+func readyPipe() *os.File {
+	if os.Getenv(readyFDEnv) != "3" {
+		return nil
+	}
+	os.Unsetenv(readyFDEnv)
+	return os.NewFile(3, "ready")
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/kmsfs/kmsfs/backend"
+	"github.com/kmsfs/kmsfs/keycache"
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// openedVolume is a volume with the KMS, key cache and backend behind it.
+type openedVolume struct {
+	vol   *volume.Volume
+	cache *keycache.Cache
+	kms   volume.KMS
+	be    backend.Backend
+}
+
+func openVolume(ctx context.Context, c *commonFlags, spec string, readOnly bool, lim keycache.Limits, log *slog.Logger, vo volume.Options) (*openedVolume, error) {
+	be, err := volume.OpenBackend(ctx, spec, c.backendOptions())
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := volume.ReadConfig(ctx, be)
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	ko, err := c.kmsOptions(cfg)
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	k, err := volume.OpenKMS(ctx, ko)
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	cache, err := keycache.New(k, lim, time.Now)
+	if err != nil {
+		k.Close()
+		be.Close()
+		return nil, err
+	}
+	vo.Keys, vo.Logger, vo.ReadOnly = cache, log, readOnly
+	vol, err := volume.Open(ctx, be, vo)
+	if err != nil {
+		cache.Close()
+		k.Close()
+		be.Close()
+		return nil, err
+	}
+	return &openedVolume{vol: vol, cache: cache, kms: k, be: be}, nil
+}
+
+// Close zeroes every cached key and closes the KMS and backend.
+func (o *openedVolume) Close() error {
+	o.vol.Close()
+	o.cache.Close()
+	o.kms.Close()
+	return o.be.Close()
+}

@@ -1,0 +1,192 @@
+// Package fs is the FUSE node tree of a kmsfs mount (go-fuse v2, fs API). It
+// translates FUSE operations to the volume and the backend and holds no
+// crypto of its own; it never knows which backend it runs on.
+//
+// Files are named after the FUSE operations they implement, as in gocryptfs:
+// node.go (lookup, attributes), dir.go (directory operations), file.go (open
+// file handles), xattr.go (extended attributes).
+package fs
+
+import (
+	"context"
+	"log/slog"
+	"path"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/kmsfs/kmsfs/backend"
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// tree is what every node of one mount shares.
+type tree struct {
+	vol *volume.Volume
+	be  backend.Backend
+	log *slog.Logger
+}
+
+// Node is one file, directory or symlink of the mount.
+type Node struct {
+	fusefs.Inode
+	t *tree
+}
+
+// NewRoot returns the root node of a mount of vol.
+func NewRoot(vol *volume.Volume, log *slog.Logger) *Node {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Node{t: &tree{vol: vol, be: vol.Backend(), log: log}}
+}
+
+var (
+	_ fusefs.NodeLookuper  = (*Node)(nil)
+	_ fusefs.NodeGetattrer = (*Node)(nil)
+	_ fusefs.NodeSetattrer = (*Node)(nil)
+	_ fusefs.NodeStatfser  = (*Node)(nil)
+)
+
+// path is the node's path relative to the volume root ("" for the root).
+func (n *Node) path() string { return n.Path(nil) }
+
+func (n *Node) child(name string) string { return path.Join(n.path(), name) }
+
+// errno maps err and logs the failures a user must be able to trace to a
+// file: authentication failures (tampering) and KMS refusals or outages.
+func (t *tree) errno(op, name string, err error) syscall.Errno {
+	e := volume.Errno(err)
+	if e == syscall.EIO || (e == syscall.EACCES && kmsRelated(err)) {
+		t.log.Error(op+" failed", "path", "/"+name, "err", err)
+	}
+	return e
+}
+
+// statToAttr fills a FUSE attribute from a backend stat, replacing the
+// ciphertext size of a regular file by its plaintext size.
+func (t *tree) statToAttr(name string, st *syscall.Stat_t, out *fuse.Attr) {
+	if st.Mode&syscall.S_IFMT == syscall.S_IFREG {
+		st.Size = t.vol.PlainSize(name, st.Size)
+	}
+	out.FromStat(st)
+}
+
+func (n *Node) newChild(ctx context.Context, st *syscall.Stat_t) *fusefs.Inode {
+	return n.NewInode(ctx, &Node{t: n.t}, fusefs.StableAttr{Mode: st.Mode & syscall.S_IFMT, Ino: st.Ino})
+}
+
+func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	p := n.child(name)
+	var st syscall.Stat_t
+	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
+		return nil, volume.Errno(err)
+	}
+	n.t.statToAttr(p, &st, &out.Attr)
+	return n.newChild(ctx, &st), 0
+}
+
+func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if fh, ok := f.(*fileHandle); ok {
+		var st syscall.Stat_t
+		if err := fh.h.Stat(&st); err != nil {
+			return n.t.errno("getattr", n.path(), err)
+		}
+		out.FromStat(&st)
+		return 0
+	}
+	p := n.path()
+	var st syscall.Stat_t
+	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
+		return volume.Errno(err)
+	}
+	n.t.statToAttr(p, &st, &out.Attr)
+	return 0
+}
+
+func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	p := n.path()
+	be := n.t.be
+	if n.t.vol.ReadOnly() {
+		return syscall.EROFS
+	}
+	if mode, ok := in.GetMode(); ok {
+		if err := be.Chmod(ctx, p, mode&07777); err != nil {
+			return volume.Errno(err)
+		}
+	}
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		u, g := -1, -1
+		if uok {
+			u = int(uid)
+		}
+		if gok {
+			g = int(gid)
+		}
+		if err := be.Lchown(ctx, p, u, g); err != nil {
+			return volume.Errno(err)
+		}
+	}
+	if size, ok := in.GetSize(); ok {
+		if errno := n.truncate(ctx, f, p, int64(size)); errno != 0 {
+			return errno
+		}
+	}
+	// Times last: truncation itself updates mtime.
+	atime, aok := in.GetATime()
+	mtime, mok := in.GetMTime()
+	if aok || mok {
+		var ap, mp = &atime, &mtime
+		if !aok {
+			ap = nil
+		}
+		if !mok {
+			mp = nil
+		}
+		if err := be.Utimens(ctx, p, ap, mp); err != nil {
+			return volume.Errno(err)
+		}
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+func (n *Node) truncate(ctx context.Context, f fusefs.FileHandle, p string, size int64) syscall.Errno {
+	if fh, ok := f.(*fileHandle); ok {
+		if err := fh.h.Truncate(ctx, size); err != nil {
+			return n.t.errno("truncate", p, err)
+		}
+		return 0
+	}
+	h, err := n.t.vol.OpenFile(ctx, p, syscall.O_WRONLY, 0, nil)
+	if err != nil {
+		return n.t.errno("truncate", p, err)
+	}
+	err = h.Truncate(ctx, size)
+	if cerr := h.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return n.t.errno("truncate", p, err)
+	}
+	return 0
+}
+
+func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var st syscall.Statfs_t
+	if err := n.t.be.Statfs(ctx, &st); err != nil {
+		return volume.Errno(err)
+	}
+	out.FromStatfsT(&st)
+	return 0
+}
+
+// owner is the caller's uid/gid, so that files created through a mount run
+// by root belong to the user who created them.
+func owner(ctx context.Context) *backend.Owner {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return &backend.Owner{Uid: c.Uid, Gid: c.Gid}
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+package fs
+
+import (
+	"context"
+	"strings"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+var (
+	_ fusefs.NodeGetxattrer    = (*Node)(nil)
+	_ fusefs.NodeSetxattrer    = (*Node)(nil)
+	_ fusefs.NodeListxattrer   = (*Node)(nil)
+	_ fusefs.NodeRemovexattrer = (*Node)(nil)
+)
+
+// Getxattr returns the decrypted value of a user.* attribute (others are
+// stored as they are). A zero-length dest asks for the size only.
+func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if !n.t.be.Caps().Xattrs {
+		return 0, syscall.ENOTSUP
+	}
+	p := n.path()
+	stored, err := n.t.be.Getxattr(ctx, p, attr)
+	if err != nil {
+		return 0, volume.Errno(err)
+	}
+	val, err := n.t.vol.OpenXattr(ctx, attr, stored)
+	if err != nil {
+		return 0, n.t.errno("getxattr "+attr, p, err)
+	}
+	if len(dest) == 0 {
+		return uint32(len(val)), 0
+	}
+	if len(dest) < len(val) {
+		return uint32(len(val)), syscall.ERANGE
+	}
+	return uint32(copy(dest, val)), 0
+}
+
+func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if !n.t.be.Caps().Xattrs {
+		return syscall.ENOTSUP
+	}
+	if n.t.vol.ReadOnly() {
+		return syscall.EROFS
+	}
+	p := n.path()
+	stored, err := n.t.vol.SealXattr(ctx, attr, data)
+	if err != nil {
+		return n.t.errno("setxattr "+attr, p, err)
+	}
+	return volume.Errno(n.t.be.Setxattr(ctx, p, attr, stored, int(flags)))
+}
+
+func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if !n.t.be.Caps().Xattrs {
+		return 0, 0
+	}
+	names, err := n.t.be.Listxattr(ctx, n.path())
+	if err != nil {
+		return 0, volume.Errno(err)
+	}
+	var b strings.Builder
+	for _, name := range names {
+		b.WriteString(name)
+		b.WriteByte(0)
+	}
+	if len(dest) == 0 {
+		return uint32(b.Len()), 0
+	}
+	if len(dest) < b.Len() {
+		return uint32(b.Len()), syscall.ERANGE
+	}
+	return uint32(copy(dest, b.String())), 0
+}
+
+func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if !n.t.be.Caps().Xattrs {
+		return syscall.ENOTSUP
+	}
+	if n.t.vol.ReadOnly() {
+		return syscall.EROFS
+	}
+	return volume.Errno(n.t.be.Removexattr(ctx, n.path(), attr))
+}
