@@ -29,8 +29,8 @@ const ConfigFormat = 1
 // Features this kmsfs understands. A volume naming a feature not in this
 // list is refused, so an older kmsfs never misreads a newer volume.
 const (
-	FeatureBucketKey     = "bucket-key"
-	FeatureXattrEncrypt  = "xattr-encryption"
+	FeatureBucketKey    = "bucket-key"
+	FeatureXattrEncrypt = "xattr-encryption"
 )
 
 var knownFeatures = []string{FeatureBucketKey, FeatureXattrEncrypt}
