@@ -62,7 +62,8 @@ type Options struct {
 	Account string
 	// Now is the clock (tests advance it); default time.Now.
 	Now func() time.Time
-	// Warn receives warnings; default writes them to stderr.
+	// Warn receives warnings; default writes them to stderr. It is called
+	// with the keystore's mutex held, so it must not call the Keystore.
 	Warn func(msg string)
 }
 
@@ -352,6 +353,11 @@ func (k *Keystore) refresh(ctx context.Context) error {
 		now := k.now()
 		if !now.Before(k.due) && !now.Before(k.retryAt) {
 			if _, err := k.mutate(ctx, func(*state, time.Time) (bool, error) { return false, nil }); err != nil {
+				if ctx.Err() != nil {
+					// The caller gave up while waiting for the lock;
+					// that is not a maintenance failure.
+					return ctx.Err()
+				}
 				// The logical view stays right (expired keys are treated as
 				// gone on access); only the persisted purge/rotation waits.
 				k.retryAt = now.Add(maintenanceRetry)

@@ -21,7 +21,25 @@ const (
 )
 
 // state is the whole keystore, persisted as one JSON document (keystore.json).
-// Key material appears only sealed under the KEK (see master.go).
+// Key material appears only sealed under the KEK (see master.go). Layout:
+//
+//	format       1 (stateFormat); any other value is refused
+//	generation   write counter
+//	protection   {kind: "passphrase-argon2id" | "root-key-file",
+//	              argon2id: {salt, time, memory_kib, threads} (passphrase only),
+//	              check: base64(nonce || AES-GCM_KEK("kmsfs keystore check v1"))}
+//	keys         {"<uuid>": {id, description, state, created, deletion_date,
+//	              origin, key_manager, creating_principal, policy (verbatim),
+//	              rotation: {enabled, period_days, base, last},
+//	              current_version,
+//	              versions: [{version, created,
+//	                          material: base64(nonce || AES-GCM_KEK(256-bit key))}]}}
+//	aliases      {"alias/<name>": "<uuid>"}
+//	grants       {"<grant id>": kms.Grant fields; KeyID is the key UUID}
+//
+// Sealed material's additional data is "kmsfs/keystore/material/v1" NUL
+// <uuid> NUL uint32(version), so material cannot be moved between keys or
+// versions. Times are RFC 3339 UTC.
 type state struct {
 	Format int `json:"format"`
 	// Generation counts writes; it makes every write distinct and helps a
