@@ -27,9 +27,11 @@ func (n *Node) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) {
 	if err != nil {
 		return nil, volume.Errno(err)
 	}
-	list := make([]fuse.DirEntry, len(ents))
-	for i, e := range ents {
-		list[i] = fuse.DirEntry{Name: e.Name, Mode: e.Mode, Ino: e.Ino}
+	// "." and ".." first, as readdir(3) users (ls -a, some backup tools) expect.
+	list := make([]fuse.DirEntry, 0, len(ents)+2)
+	list = append(list, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR})
+	for _, e := range ents {
+		list = append(list, fuse.DirEntry{Name: e.Name, Mode: e.Mode, Ino: e.Ino})
 	}
 	return fusefs.NewListDirStream(list), 0
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -47,6 +48,12 @@ func main() {
 		fmt.Print(usage)
 		return
 	default:
+		// mount(8) with type fuse.kmsfs runs, through fuse3's mount.fuse3,
+		// "kmsfs SOURCE MOUNTPOINT -o OPTIONS": a path where a command goes.
+		if strings.Contains(cmd, "/") && len(args) >= 1 {
+			err = mountCommand(ctx, os.Args[1:])
+			break
+		}
 		fmt.Fprintf(os.Stderr, "kmsfs: unknown command %q\n\n%s", cmd, usage)
 		os.Exit(2)
 	}

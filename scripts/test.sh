@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every kmsfs test: formatting and vet, unit tests (race detector on the
+# concurrent packages), a short run of each fuzz target, and the integration
+# tests that mount real FUSE filesystems and start real servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+export PATH="$(go env GOPATH)/bin:$PATH"
+
+echo "== gofmt"
+bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$bad" ]; then echo "not gofmt'ed: $bad"; exit 1; fi
+echo "== go vet"
+go vet ./...
+
+echo "== fuzz (short)"
+fuzztime=${FUZZTIME:-10s}
+for target in $(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/func //' | sort -u); do
+	pkg=$(grep -rlE "^func $target\(" --include='*_test.go' . | head -1 | xargs dirname)
+	echo "-- $pkg $target"
+	go test -run '^$' -fuzz "^$target\$" -fuzztime "$fuzztime" "$pkg"
+done
+
+echo "== unit and integration tests"
+go test -race -count=1 -timeout 20m $(go list ./... | grep -v /integration)
+go test -count=1 -timeout 60m -v ./integration/... 2>&1 | tee /tmp/kmsfs-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
+# the pipeline hides go test's status: take it from the log
+tail -n 20 /tmp/kmsfs-integration.log
+grep -qE '^ok ' /tmp/kmsfs-integration.log && ! grep -qE '^(--- FAIL|FAIL)' /tmp/kmsfs-integration.log
