@@ -1,0 +1,322 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/backend/local"
+	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/keycache"
+	"github.com/kmsfs/kmsfs/kms"
+	"github.com/kmsfs/kmsfs/kms/keystore"
+)
+
+// countingKMS counts calls so tests can assert how many reach the KMS.
+type countingKMS struct {
+	kms.Crypto
+	gen, dec int
+}
+
+func (c *countingKMS) GenerateDataKey(ctx context.Context, keyID string, n int, ec kms.EncryptionContext) (kms.DataKey, error) {
+	c.gen++
+	return c.Crypto.GenerateDataKey(ctx, keyID, n, ec)
+}
+
+func (c *countingKMS) Decrypt(ctx context.Context, keyID string, blob []byte, ec kms.EncryptionContext) ([]byte, string, error) {
+	c.dec++
+	return c.Crypto.Decrypt(ctx, keyID, blob, ec)
+}
+
+type testVol struct {
+	*Volume
+	dir   string
+	ks    *keystore.Keystore
+	kms   *countingKMS
+	keyID string
+}
+
+func newTestVolume(t *testing.T, mode envelope.Mode) *testVol {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	ks, err := keystore.Open(filepath.Join(dir, "ks"), keystore.Options{Warn: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ks.Close() })
+	md, err := ks.CreateKey(ctx, kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vault := filepath.Join(dir, "vault")
+	os.Mkdir(vault, 0o700)
+	be, err := local.New(vault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Init(ctx, be, ks, InitOptions{KeyID: md.ARN, Mode: mode}); err != nil {
+		t.Fatal(err)
+	}
+	ck := &countingKMS{Crypto: ks}
+	cache, err := keycache.New(ck, keycache.DefaultLimits(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	v, err := Open(ctx, be, Options{Keys: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testVol{Volume: v, dir: vault, ks: ks, kms: ck, keyID: md.ARN}
+}
+
+func (tv *testVol) open(t *testing.T, name string, flags int) *Handle {
+	t.Helper()
+	h, err := tv.OpenFile(context.Background(), name, flags, 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func readAll(t *testing.T, h *Handle) []byte {
+	t.Helper()
+	size, err := h.Size()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, size+10)
+	n, err := h.ReadAt(context.Background(), buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	return buf[:n]
+}
+
+// TestRandomOpsAgainstModel drives one file with random writes, truncates
+// and reads (block-straddling, past-the-end, appends) and checks every read
+// and the final content against an in-memory model.
+func TestRandomOpsAgainstModel(t *testing.T) {
+	for _, mode := range []envelope.Mode{envelope.ModePerObject, envelope.ModeBucketKey} {
+		t.Run(mode.String(), func(t *testing.T) {
+			tv := newTestVolume(t, mode)
+			ctx := context.Background()
+			seed := uint64(42)
+			rng := rand.New(rand.NewPCG(seed, uint64(mode)))
+			h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+			defer h.Close()
+			var model []byte
+			for op := 0; op < 4000; op++ {
+				switch r := rng.IntN(10); {
+				case r < 5: // write
+					off := rng.Int64N(int64(len(model)) + 3*4096 + 1)
+					data := make([]byte, rng.IntN(3*4096+100)+1)
+					for i := range data {
+						data[i] = byte(rng.Uint32())
+					}
+					if _, err := h.WriteAt(ctx, data, off); err != nil {
+						t.Fatalf("seed %d op %d: write %d@%d: %v", seed, op, len(data), off, err)
+					}
+					if end := off + int64(len(data)); end > int64(len(model)) {
+						model = append(model, make([]byte, end-int64(len(model)))...)
+					}
+					copy(model[off:], data)
+				case r < 7: // truncate
+					size := rng.Int64N(int64(len(model)) + 2*4096 + 1)
+					if rng.IntN(10) == 0 {
+						size = 0
+					}
+					if err := h.Truncate(ctx, size); err != nil {
+						t.Fatalf("seed %d op %d: truncate %d: %v", seed, op, size, err)
+					}
+					if size < int64(len(model)) {
+						model = model[:size]
+					} else {
+						model = append(model, make([]byte, size-int64(len(model)))...)
+					}
+				default: // read
+					off := rng.Int64N(int64(len(model)) + 100)
+					buf := make([]byte, rng.IntN(3*4096)+1)
+					n, err := h.ReadAt(ctx, buf, off)
+					if err != nil && !errors.Is(err, io.EOF) {
+						t.Fatalf("seed %d op %d: read: %v", seed, op, err)
+					}
+					want := []byte{}
+					if off < int64(len(model)) {
+						want = model[off:min(int64(len(model)), off+int64(len(buf)))]
+					}
+					if !bytes.Equal(buf[:n], want) {
+						t.Fatalf("seed %d op %d: read %d@%d: content differs from model", seed, op, len(buf), off)
+					}
+				}
+				if size, err := h.Size(); err != nil || size != int64(len(model)) {
+					t.Fatalf("seed %d op %d: size %d (%v), model %d", seed, op, size, err, len(model))
+				}
+			}
+			// A second handle (fresh open, keys from the cache) sees the same bytes.
+			h2 := tv.open(t, "f", syscall.O_RDONLY)
+			defer h2.Close()
+			if got := readAll(t, h2); !bytes.Equal(got, model) {
+				t.Fatal("final content differs from model")
+			}
+		})
+	}
+}
+
+func TestEmptyFileNeedsNoKMS(t *testing.T) {
+	tv := newTestVolume(t, envelope.ModePerObject)
+	h := tv.open(t, "empty", syscall.O_RDWR|syscall.O_CREAT)
+	h.Close()
+	h = tv.open(t, "empty", syscall.O_RDONLY)
+	if got := readAll(t, h); len(got) != 0 {
+		t.Fatal("empty file not empty")
+	}
+	h.Close()
+	if tv.kms.gen+tv.kms.dec != 0 {
+		t.Fatalf("empty file cost %d GenerateDataKey and %d Decrypt calls", tv.kms.gen, tv.kms.dec)
+	}
+	st, _ := os.Stat(filepath.Join(tv.dir, "empty"))
+	if st.Size() != 0 {
+		t.Fatalf("empty file stored as %d bytes", st.Size())
+	}
+}
+
+// Per-object mode: one GenerateDataKey per new file; re-opening is a cache hit.
+// Bucket-key mode: one GenerateDataKey for many files.
+func TestKMSCallsPerFile(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		mode    envelope.Mode
+		wantGen int
+	}{{envelope.ModePerObject, 50}, {envelope.ModeBucketKey, 1}} {
+		tv := newTestVolume(t, tc.mode)
+		for i := 0; i < 50; i++ {
+			h := tv.open(t, "f"+string(rune('a'+i%26))+string(rune('a'+i/26)), syscall.O_RDWR|syscall.O_CREAT)
+			if _, err := h.WriteAt(ctx, []byte("data"), 0); err != nil {
+				t.Fatal(err)
+			}
+			h.Close()
+		}
+		h := tv.open(t, "faa", syscall.O_RDONLY)
+		if string(readAll(t, h)) != "data" {
+			t.Fatal("read back")
+		}
+		h.Close()
+		if tv.kms.gen != tc.wantGen || tv.kms.dec != 0 {
+			t.Fatalf("%v: %d GenerateDataKey, %d Decrypt; want %d and 0", tc.mode, tv.kms.gen, tv.kms.dec, tc.wantGen)
+		}
+	}
+}
+
+// Tampering with the stored file is an authentication error, never data.
+func TestTamperedFileFails(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVolume(t, envelope.ModePerObject)
+	payload := bytes.Repeat([]byte("secret!!"), 2048) // 16 KiB, 4 blocks
+	for _, name := range []string{"a", "b"} {
+		h := tv.open(t, name, syscall.O_RDWR|syscall.O_CREAT)
+		if _, err := h.WriteAt(ctx, payload, 0); err != nil {
+			t.Fatal(err)
+		}
+		h.Close()
+	}
+	raw, _ := os.ReadFile(filepath.Join(tv.dir, "a"))
+	if bytes.Contains(raw, []byte("secret!!")) {
+		t.Fatal("plaintext in the stored file")
+	}
+	l := tv.Layout()
+	check := func(what string, mutate func(a, b []byte) []byte) {
+		t.Helper()
+		a, _ := os.ReadFile(filepath.Join(tv.dir, "a"))
+		b, _ := os.ReadFile(filepath.Join(tv.dir, "b"))
+		os.WriteFile(filepath.Join(tv.dir, "t"), mutate(bytes.Clone(a), b), 0o644)
+		// A fresh volume: no cached keys, no open state.
+		v2, err := Open(ctx, tv.Backend(), Options{Keys: tv.ks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := v2.OpenFile(ctx, "t", syscall.O_RDONLY, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		buf := make([]byte, len(payload))
+		_, err = h.ReadAt(ctx, buf, 0)
+		if Errno(err) != syscall.EIO {
+			t.Fatalf("%s: read gave %v (errno %v), want EIO", what, err, Errno(err))
+		}
+	}
+	check("flipped bit in block 1", func(a, _ []byte) []byte { a[l.BlockOffset(1)+40] ^= 1; return a })
+	check("blocks 1 and 2 swapped", func(a, _ []byte) []byte {
+		s := l.SealedBlockSize()
+		b1 := bytes.Clone(a[l.BlockOffset(1) : l.BlockOffset(1)+s])
+		copy(a[l.BlockOffset(1):], a[l.BlockOffset(2):l.BlockOffset(2)+s])
+		copy(a[l.BlockOffset(2):], b1)
+		return a
+	})
+	check("header of b on body of a", func(a, b []byte) []byte { copy(a, b[:l.HeaderSize]); return a })
+	check("block of b in a", func(a, b []byte) []byte {
+		copy(a[l.BlockOffset(1):], b[l.BlockOffset(1):l.BlockOffset(2)])
+		return a
+	})
+	check("zeroed block", func(a, _ []byte) []byte { clear(a[l.BlockOffset(2):l.BlockOffset(3)]); return a })
+	check("torn last block", func(a, _ []byte) []byte { return a[:len(a)-4100] })
+}
+
+// A disabled key refuses access (EACCES); other files are unaffected.
+func TestDisabledKeyIsEACCES(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVolume(t, envelope.ModePerObject)
+	h := tv.open(t, "a", syscall.O_RDWR|syscall.O_CREAT)
+	h.WriteAt(ctx, []byte("x"), 0)
+	h.Close()
+	if err := tv.ks.DisableKey(ctx, tv.keyID); err != nil {
+		t.Fatal(err)
+	}
+	v2, _ := Open(ctx, tv.Backend(), Options{Keys: tv.ks})
+	h2, _ := v2.OpenFile(ctx, "a", syscall.O_RDONLY, 0, nil)
+	defer h2.Close()
+	_, err := h2.ReadAt(ctx, make([]byte, 1), 0)
+	if Errno(err) != syscall.EACCES || !errors.Is(err, kms.ErrDisabled) {
+		t.Fatalf("read with disabled key: %v (errno %v), want DisabledException/EACCES", err, Errno(err))
+	}
+}
+
+func TestXattrSealed(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVolume(t, envelope.ModePerObject)
+	stored, err := tv.SealXattr(ctx, "user.note", []byte("hello"))
+	if err != nil || bytes.Contains(stored, []byte("hello")) || len(stored) != 5+XattrOverhead {
+		t.Fatalf("sealed xattr %x, %v", stored, err)
+	}
+	got, err := tv.OpenXattr(ctx, "user.note", stored)
+	if err != nil || string(got) != "hello" {
+		t.Fatal("xattr round trip", err)
+	}
+	if _, err := tv.OpenXattr(ctx, "user.other", stored); Errno(err) != syscall.EIO {
+		t.Fatal("xattr value moved to another name was accepted")
+	}
+	if s, _ := tv.SealXattr(ctx, "security.selinux", []byte("x")); string(s) != "x" {
+		t.Fatal("non-user xattr was transformed")
+	}
+}
+
+func TestConfigRefusesUnknownFeature(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVolume(t, envelope.ModePerObject)
+	cfg := *tv.Config()
+	cfg.Features = append(cfg.Features, "name-encryption-v9")
+	if err := cfg.validate(); err == nil {
+		t.Fatal("unknown feature accepted")
+	}
+	if _, err := Init(ctx, tv.Backend(), tv.ks, InitOptions{KeyID: tv.keyID}); err == nil {
+		t.Fatal("init over an existing volume accepted")
+	}
+}
