@@ -106,7 +106,8 @@ func (v *sigV4Verifier) verify(r *http.Request, body []byte, now time.Time) (Cre
 	}
 	cred, ok := v.creds[a.accessKeyID]
 	if !ok {
-		return Credential{}, kms.Errorf(kms.CodeUnrecognizedClient, "The security token included in the request is invalid.")
+		// The presented key ID is returned for the audit log.
+		return Credential{AccessKeyID: a.accessKeyID}, kms.Errorf(kms.CodeUnrecognizedClient, "The security token included in the request is invalid.")
 	}
 	amzDate := r.Header.Get("X-Amz-Date")
 	t, err := time.Parse(amzDateFormat, amzDate)

@@ -1,0 +1,718 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/kmsfs/kmsfs/kms"
+	"github.com/kmsfs/kmsfs/kms/awskms"
+)
+
+// The principals the test server knows. alice and bob share an account;
+// mallory is in another.
+const (
+	kmsRegion      = "us-test-1"
+	kmsAccount     = "111122223333"
+	kmsOtherAcct   = "444455556666"
+	kmsAliceARN    = "arn:aws:iam::" + kmsAccount + ":user/alice"
+	kmsBobARN      = "arn:aws:iam::" + kmsAccount + ":user/bob"
+	kmsMalloryARN  = "arn:aws:iam::" + kmsOtherAcct + ":user/mallory"
+	kmsAliceKey    = "AKIAALICE000000001"
+	kmsBobKey      = "AKIABOB00000000001"
+	kmsMalloryKey  = "AKIAMALLORY0000001"
+	kmsAliceSecret = "alice/secret+key"
+)
+
+var kmsSecrets = map[string]string{
+	kmsAliceKey:   kmsAliceSecret,
+	kmsBobKey:     "bob-secret",
+	kmsMalloryKey: "mallory-secret",
+}
+
+// kmsHarness is a `kmsfs kms serve` process on a fresh keystore.
+type kmsHarness struct {
+	t        *testing.T
+	dir      string
+	keystore string
+	audit    string
+	url      string
+	cmd      *exec.Cmd
+	stderr   *bytes.Buffer
+}
+
+// kmsAWS returns the Debian awscli, skipping the test when it is missing.
+func kmsAWS(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/aws"); err != nil {
+		t.Skip("awscli (/usr/bin/aws) not installed: apt-get install awscli")
+	}
+	return "/usr/bin/aws"
+}
+
+func kmsStartServer(t *testing.T, extra ...string) *kmsHarness {
+	t.Helper()
+	dir := t.TempDir()
+	h := &kmsHarness{t: t, dir: dir, keystore: filepath.Join(dir, "keystore"), audit: filepath.Join(dir, "audit.log")}
+	creds := map[string]map[string]string{
+		kmsAliceKey:   {"SecretAccessKey": kmsSecrets[kmsAliceKey], "Principal": kmsAliceARN},
+		kmsBobKey:     {"SecretAccessKey": kmsSecrets[kmsBobKey], "Principal": kmsBobARN},
+		kmsMalloryKey: {"SecretAccessKey": kmsSecrets[kmsMalloryKey], "Principal": kmsMalloryARN},
+	}
+	b, _ := json.Marshal(creds)
+	credFile := filepath.Join(dir, "credentials.json")
+	if err := os.WriteFile(credFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"kms", "serve", "--listen", "127.0.0.1:0", "--keystore", h.keystore,
+		"--credentials", credFile, "--audit-log", h.audit, "--region", kmsRegion, "--account", kmsAccount}, extra...)
+	h.cmd = exec.Command(kmsfsBinary(), args...)
+	h.stderr = &bytes.Buffer{}
+	h.cmd.Stderr = h.stderr
+	out, err := h.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.stop)
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	select {
+	case line := <-lines:
+		m := regexp.MustCompile(`listening on (http://\S+)`).FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("unexpected first line from kmsfs kms serve: %q", line)
+		}
+		h.url = m[1]
+	case <-time.After(20 * time.Second):
+		t.Fatalf("kmsfs kms serve did not start; stderr:\n%s", h.stderr)
+	}
+	return h
+}
+
+// stop ends the server with SIGTERM (a clean shutdown that closes the audit log).
+func (h *kmsHarness) stop() {
+	if h.cmd == nil || h.cmd.Process == nil || h.cmd.ProcessState != nil {
+		return
+	}
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- h.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			h.t.Errorf("kmsfs kms serve exited with %v; stderr:\n%s", err, h.stderr)
+		}
+	case <-time.After(15 * time.Second):
+		h.cmd.Process.Kill()
+		<-done
+		h.t.Errorf("kmsfs kms serve did not stop on SIGTERM")
+	}
+}
+
+func kmsAWSEnv(akid, secret string) []string {
+	env := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + os.Getenv("HOME"),
+		"AWS_ACCESS_KEY_ID=" + akid,
+		"AWS_SECRET_ACCESS_KEY=" + secret,
+		"AWS_DEFAULT_REGION=" + kmsRegion,
+		"AWS_REGION=" + kmsRegion,
+		"AWS_CONFIG_FILE=/dev/null",
+		"AWS_SHARED_CREDENTIALS_FILE=/dev/null",
+		"AWS_PAGER=",
+		"AWS_EC2_METADATA_DISABLED=true",
+	}
+	if ca := os.Getenv("AWS_CA_BUNDLE"); ca != "" {
+		env = append(env, "AWS_CA_BUNDLE="+ca)
+	}
+	return env
+}
+
+// aws runs `aws kms ARGS` as akid and returns stdout, or an error holding stderr.
+func (h *kmsHarness) aws(akid string, args ...string) ([]byte, error) {
+	return h.awsWithSecret(akid, kmsSecrets[akid], args...)
+}
+
+func (h *kmsHarness) awsWithSecret(akid, secret string, args ...string) ([]byte, error) {
+	h.t.Helper()
+	cmd := exec.Command(kmsAWS(h.t), append([]string{"kms", "--endpoint-url", h.url, "--output", "json"}, args...)...)
+	cmd.Env = append(kmsAWSEnv(akid, secret), "AWS_MAX_ATTEMPTS=1")
+	cmd.Dir = h.dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("aws %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// awsJSON runs aws and decodes its JSON output.
+func (h *kmsHarness) awsJSON(akid string, v any, args ...string) {
+	h.t.Helper()
+	out, err := h.aws(akid, args...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := json.Unmarshal(out, v); err != nil {
+		h.t.Fatalf("aws %s: bad JSON %q: %v", strings.Join(args, " "), out, err)
+	}
+}
+
+// awsFails runs aws and requires it to fail with the AWS error code.
+func (h *kmsHarness) awsFails(akid, code string, args ...string) {
+	h.t.Helper()
+	_, err := h.aws(akid, args...)
+	if err == nil || !strings.Contains(err.Error(), "("+code+")") {
+		h.t.Fatalf("want %s, got %v", code, err)
+	}
+}
+
+// client is the Go SDK client (kms/awskms) signed as akid.
+func (h *kmsHarness) client(akid string, opts awskms.Options) *awskms.Client {
+	h.t.Helper()
+	opts.Endpoint = h.url
+	opts.Region = kmsRegion
+	opts.Credentials = credentials.NewStaticCredentialsProvider(akid, kmsSecrets[akid], "")
+	c, err := awskms.New(context.Background(), opts)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return c
+}
+
+// kmsfs runs a kmsfs command with the AWS credential chain set to akid.
+func (h *kmsHarness) kmsfs(akid string, args ...string) (string, error) {
+	cmd := exec.Command(kmsfsBinary(), args...)
+	cmd.Env = append(kmsAWSEnv(akid, kmsSecrets[akid]), "KMSFS_KEYSTORE="+filepath.Join(h.dir, "nonexistent"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String(), fmt.Errorf("kmsfs %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// rawRequest sends one SigV4-signed request built by hand, so tests can
+// forge, tamper with and back-date requests.
+func (h *kmsHarness) rawRequest(akid, secret, op string, body []byte, signedAt time.Time, tamper func(*http.Request)) (int, string) {
+	h.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, h.url+"/", bytes.NewReader(body))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
+	req.Header.Set("X-Amz-Target", "TrentService."+op)
+	sum := sha256.Sum256(body)
+	err = v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: akid, SecretAccessKey: secret},
+		req, hex.EncodeToString(sum[:]), "kms", kmsRegion, signedAt)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if tamper != nil {
+		tamper(req)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e struct {
+		Type string `json:"__type"`
+	}
+	b, _ := io.ReadAll(resp.Body)
+	json.Unmarshal(b, &e)
+	return resp.StatusCode, e.Type
+}
+
+func (h *kmsHarness) createKey(akid string) (id, arn string) {
+	h.t.Helper()
+	var out struct{ KeyMetadata struct{ KeyId, Arn string } }
+	h.awsJSON(akid, &out, "create-key", "--description", h.t.Name())
+	return out.KeyMetadata.KeyId, out.KeyMetadata.Arn
+}
+
+func (h *kmsHarness) auditLog() string {
+	h.t.Helper()
+	b, err := os.ReadFile(h.audit)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestKMSServeCLIRoundTripAndEncryptLimit(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	id, arn := h.createKey(kmsAliceKey)
+	if !strings.HasPrefix(arn, "arn:aws:kms:"+kmsRegion+":"+kmsAccount+":key/") {
+		t.Fatalf("key ARN %q", arn)
+	}
+	var dk struct{ CiphertextBlob, Plaintext, KeyId string }
+	h.awsJSON(kmsAliceKey, &dk, "generate-data-key", "--key-id", id, "--key-spec", "AES_256", "--encryption-context", "volume=v1,file=f1")
+	blob, _ := base64.StdEncoding.DecodeString(dk.CiphertextBlob)
+	if err := os.WriteFile(filepath.Join(h.dir, "dk.bin"), blob, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var dec struct{ Plaintext, KeyId string }
+	h.awsJSON(kmsAliceKey, &dec, "decrypt", "--ciphertext-blob", "fileb://dk.bin", "--encryption-context", "volume=v1,file=f1")
+	if dec.Plaintext != dk.Plaintext || dec.KeyId != arn {
+		t.Fatalf("decrypt gave another key (%v) or ARN %s", dec.Plaintext == dk.Plaintext, dec.KeyId)
+	}
+	// The encryption context must match exactly.
+	h.awsFails(kmsAliceKey, "InvalidCiphertextException", "decrypt", "--ciphertext-blob", "fileb://dk.bin", "--encryption-context", "volume=v1")
+
+	// Encrypt takes at most 4096 bytes of plaintext.
+	os.WriteFile(filepath.Join(h.dir, "4096"), bytes.Repeat([]byte{'a'}, 4096), 0o600)
+	os.WriteFile(filepath.Join(h.dir, "4097"), bytes.Repeat([]byte{'a'}, 4097), 0o600)
+	var enc struct{ CiphertextBlob string }
+	h.awsJSON(kmsAliceKey, &enc, "encrypt", "--key-id", id, "--plaintext", "fileb://4096")
+	h.awsFails(kmsAliceKey, "ValidationException", "encrypt", "--key-id", id, "--plaintext", "fileb://4097")
+
+	// Aliases work as key IDs; the Go SDK client reads what the CLI wrote.
+	if _, err := h.aws(kmsAliceKey, "create-alias", "--alias-name", "alias/cli", "--target-key-id", id); err != nil {
+		t.Fatal(err)
+	}
+	ct, _ := base64.StdEncoding.DecodeString(enc.CiphertextBlob)
+	pt, _, err := h.client(kmsAliceKey, awskms.Options{}).Decrypt(context.Background(), "alias/cli", ct, nil)
+	if err != nil || !bytes.Equal(pt, bytes.Repeat([]byte{'a'}, 4096)) {
+		t.Fatalf("Go SDK decrypt of CLI ciphertext: %v", err)
+	}
+	if strings.Contains(h.auditLog(), dk.Plaintext) {
+		t.Fatal("the audit log contains a plaintext data key")
+	}
+}
+
+func TestKMSServeDisableEnableAndDeletionWindow(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	ctx := context.Background()
+	c := h.client(kmsAliceKey, awskms.Options{})
+	id, _ := h.createKey(kmsAliceKey)
+	ct, _, err := c.Encrypt(ctx, id, []byte("secret"), kms.EncryptionContext{"k": "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600)
+	decrypt := []string{"decrypt", "--ciphertext-blob", "fileb://ct.bin", "--encryption-context", "k=v"}
+
+	// A disabled key refuses use at once, and works again when enabled.
+	if _, err := h.aws(kmsAliceKey, "disable-key", "--key-id", id); err != nil {
+		t.Fatal(err)
+	}
+	h.awsFails(kmsAliceKey, "DisabledException", decrypt...)
+	if _, _, err := c.Decrypt(ctx, "", ct, kms.EncryptionContext{"k": "v"}); !errors.Is(err, kms.ErrDisabled) {
+		t.Fatalf("Go client on a disabled key: %v", err)
+	}
+	if _, err := h.aws(kmsAliceKey, "enable-key", "--key-id", id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.aws(kmsAliceKey, decrypt...); err != nil {
+		t.Fatalf("after enable: %v", err)
+	}
+
+	// The deletion window is 7..30 days, default 30.
+	h.awsFails(kmsAliceKey, "ValidationException", "schedule-key-deletion", "--key-id", id, "--pending-window-in-days", "6")
+	h.awsFails(kmsAliceKey, "ValidationException", "schedule-key-deletion", "--key-id", id, "--pending-window-in-days", "31")
+	var sched struct {
+		PendingWindowInDays int
+		KeyState            string
+	}
+	h.awsJSON(kmsAliceKey, &sched, "schedule-key-deletion", "--key-id", id)
+	if sched.PendingWindowInDays != 30 || sched.KeyState != "PendingDeletion" {
+		t.Fatalf("default window: %+v", sched)
+	}
+	h.awsFails(kmsAliceKey, "KMSInvalidStateException", decrypt...)
+	if _, err := h.aws(kmsAliceKey, "cancel-key-deletion", "--key-id", id); err != nil {
+		t.Fatal(err)
+	}
+	var desc struct{ KeyMetadata struct{ KeyState string } }
+	h.awsJSON(kmsAliceKey, &desc, "describe-key", "--key-id", id)
+	if desc.KeyMetadata.KeyState != "Disabled" {
+		t.Fatalf("after cancel-key-deletion: %s, want Disabled", desc.KeyMetadata.KeyState)
+	}
+	h.awsJSON(kmsAliceKey, &sched, "schedule-key-deletion", "--key-id", id, "--pending-window-in-days", "7")
+	if sched.PendingWindowInDays != 7 {
+		t.Fatalf("7-day window: %+v", sched)
+	}
+}
+
+func TestKMSServeRotationKeepsOldCiphertext(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	ctx := context.Background()
+	c := h.client(kmsAliceKey, awskms.Options{})
+	id, _ := h.createKey(kmsAliceKey)
+	ec := kms.EncryptionContext{"volume": "v"}
+	old, err := c.GenerateDataKey(ctx, id, 32, ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rotate on demand through the admin command and the server.
+	out, err := h.kmsfs(kmsAliceKey, "kms", "rotate", "--kms", h.url, "--kms-region", kmsRegion, id)
+	if err != nil || !strings.Contains(out, "rotated") {
+		t.Fatalf("kmsfs kms rotate: %q %v", out, err)
+	}
+	fresh, err := c.GenerateDataKey(ctx, id, 32, ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(old.CiphertextBlob[:21], fresh.CiphertextBlob[:21]) {
+		t.Fatal("after rotation new ciphertext still names the old material version")
+	}
+	for _, dk := range []kms.DataKey{old, fresh} {
+		os.WriteFile(filepath.Join(h.dir, "dk.bin"), dk.CiphertextBlob, 0o600)
+		var dec struct{ Plaintext string }
+		h.awsJSON(kmsAliceKey, &dec, "decrypt", "--ciphertext-blob", "fileb://dk.bin", "--encryption-context", "volume=v")
+		if dec.Plaintext != base64.StdEncoding.EncodeToString(dk.Plaintext) {
+			t.Fatal("decrypt after rotation returned another key")
+		}
+	}
+	// Automatic rotation: the period must be 90..2560 days (awscli 2.9
+	// predates RotationPeriodInDays, so the Go SDK sets it).
+	for _, bad := range []int{89, 2561} {
+		if err := c.EnableKeyRotation(ctx, id, bad); !errors.Is(err, kms.ErrValidation) {
+			t.Fatalf("rotation period %d: %v", bad, err)
+		}
+	}
+	if err := c.EnableKeyRotation(ctx, id, 90); err != nil {
+		t.Fatal(err)
+	}
+	var st struct{ KeyRotationEnabled bool }
+	h.awsJSON(kmsAliceKey, &st, "get-key-rotation-status", "--key-id", id)
+	on, period, next, err := c.GetKeyRotationStatus(ctx, id)
+	if !st.KeyRotationEnabled || !on || period != 90 || time.Until(next) < 89*24*time.Hour || err != nil {
+		t.Fatalf("rotation status: cli %+v, sdk %v %d %v %v", st, on, period, next, err)
+	}
+}
+
+func TestKMSServeForgedSignatureRefusedAndAudited(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	body := []byte(`{}`)
+	// A correctly signed request passes.
+	if status, typ := h.rawRequest(kmsAliceKey, kmsAliceSecret, "ListKeys", body, time.Now(), nil); status != 200 {
+		t.Fatalf("signed request: %d %s", status, typ)
+	}
+	// Wrong secret (the CLI's and a hand-made one), a body changed after
+	// signing, an unknown key, and a signature 6 minutes old are refused.
+	_, err := h.awsWithSecret(kmsAliceKey, "not-the-secret", "list-keys")
+	if err == nil || !strings.Contains(err.Error(), "InvalidSignatureException") {
+		t.Fatalf("CLI with a wrong secret: %v", err)
+	}
+	cases := []struct {
+		name     string
+		akid     string
+		secret   string
+		at       time.Time
+		tamper   func(*http.Request)
+		wantType string
+	}{
+		{"wrong secret", kmsAliceKey, "guess", time.Now(), nil, "InvalidSignatureException"},
+		{"body changed", kmsAliceKey, kmsAliceSecret, time.Now(), func(r *http.Request) {
+			r.Body = io.NopCloser(strings.NewReader(`{"Limit":1}`))
+			r.ContentLength = int64(len(`{"Limit":1}`))
+		}, "InvalidSignatureException"},
+		{"target changed", kmsAliceKey, kmsAliceSecret, time.Now(), func(r *http.Request) {
+			r.Header.Set("X-Amz-Target", "TrentService.ListAliases")
+		}, "InvalidSignatureException"},
+		{"unknown access key", "AKIANOBODY00000001", "x", time.Now(), nil, "UnrecognizedClientException"},
+		{"6 minutes old", kmsAliceKey, kmsAliceSecret, time.Now().Add(-6 * time.Minute), nil, "InvalidSignatureException"},
+		{"6 minutes ahead", kmsAliceKey, kmsAliceSecret, time.Now().Add(6 * time.Minute), nil, "InvalidSignatureException"},
+		{"no signature", kmsAliceKey, kmsAliceSecret, time.Now(), func(r *http.Request) { r.Header.Del("Authorization") }, "MissingAuthenticationTokenException"},
+	}
+	for _, tc := range cases {
+		status, typ := h.rawRequest(tc.akid, tc.secret, "ListKeys", body, tc.at, tc.tamper)
+		if status != 400 || typ != tc.wantType {
+			t.Errorf("%s: HTTP %d %s, want 400 %s", tc.name, status, typ, tc.wantType)
+		}
+	}
+	log := h.auditLog()
+	if n := strings.Count(log, `"principal":"`+kmsAliceARN+`","accessKeyId":"`+kmsAliceKey+`","sourceAddress":"127.0.0.1:`); n != 7 {
+		t.Errorf("want every request of alice's key audited, found %d:\n%s", n, log)
+	}
+	if n := strings.Count(log, `"result":"InvalidSignatureException"`); n != 6 {
+		t.Errorf("want 6 audited InvalidSignatureException, found %d", n)
+	}
+	if !strings.Contains(log, `"accessKeyId":"AKIANOBODY00000001"`) {
+		t.Error("refused unknown access key not audited")
+	}
+	if out, err := h.kmsfs(kmsAliceKey, "kms", "audit", "verify", h.audit); err != nil || !strings.Contains(out, "intact") {
+		t.Fatalf("audit verify: %q %v", out, err)
+	}
+}
+
+func TestKMSServePolicyDenyBeatsAllow(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	id, arn := h.createKey(kmsAliceKey)
+	var enc struct{ CiphertextBlob string }
+	h.awsJSON(kmsBobKey, &enc, "encrypt", "--key-id", id, "--plaintext", "aGVsbG8=", "--encryption-context", "team=red")
+	ct, _ := base64.StdEncoding.DecodeString(enc.CiphertextBlob)
+	os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600)
+	decrypt := []string{"decrypt", "--ciphertext-blob", "fileb://ct.bin", "--encryption-context", "team=red"}
+	if _, err := h.aws(kmsBobKey, decrypt...); err != nil {
+		t.Fatalf("bob under the default policy: %v", err)
+	}
+	// The other account is refused by default.
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", decrypt...)
+
+	// Allow the whole account everything, and deny bob Decrypt when the
+	// context says team=red: the Deny wins for bob only.
+	policy := `{"Version":"2012-10-17","Statement":[
+	 {"Sid":"AccountAdmin","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::` + kmsAccount + `:root"},"Action":"kms:*","Resource":"*"},
+	 {"Sid":"BobAlsoAllowed","Effect":"Allow","Principal":{"AWS":"` + kmsBobARN + `"},"Action":"kms:Decrypt","Resource":"` + arn + `"},
+	 {"Sid":"NoRedForBob","Effect":"Deny","Principal":{"AWS":"` + kmsBobARN + `"},"Action":"kms:Decrypt","Resource":"*",
+	  "Condition":{"ForAnyValue:StringLike":{"kms:EncryptionContextKeys":"te*"},"StringEquals":{"kms:EncryptionContext:team":"red"}}}]}`
+	os.WriteFile(filepath.Join(h.dir, "policy.json"), []byte(policy), 0o600)
+	if _, err := h.aws(kmsAliceKey, "put-key-policy", "--key-id", id, "--policy-name", "default", "--policy", "file://policy.json"); err != nil {
+		t.Fatal(err)
+	}
+	h.awsFails(kmsBobKey, "AccessDeniedException", decrypt...)
+	if _, err := h.aws(kmsAliceKey, decrypt...); err != nil {
+		t.Fatalf("alice: %v", err)
+	}
+	// Bob may still decrypt other contexts.
+	var enc2 struct{ CiphertextBlob string }
+	h.awsJSON(kmsBobKey, &enc2, "encrypt", "--key-id", id, "--plaintext", "aGVsbG8=", "--encryption-context", "team=blue")
+	ct2, _ := base64.StdEncoding.DecodeString(enc2.CiphertextBlob)
+	os.WriteFile(filepath.Join(h.dir, "ct2.bin"), ct2, 0o600)
+	if _, err := h.aws(kmsBobKey, "decrypt", "--ciphertext-blob", "fileb://ct2.bin", "--encryption-context", "team=blue"); err != nil {
+		t.Fatalf("bob on team=blue: %v", err)
+	}
+	if !strings.Contains(h.auditLog(), `"operation":"Decrypt","principal":"`+kmsBobARN+`","accessKeyId":"`+kmsBobKey+`","keyArn":"`+arn+`","encryptionContext":{"team":"red"}`) {
+		t.Error("the denied Decrypt is not audited with its key and context")
+	}
+}
+
+func TestKMSServeGrantThenRevoke(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	id, arn := h.createKey(kmsAliceKey)
+	os.WriteFile(filepath.Join(h.dir, "pt"), []byte("data"), 0o600)
+	var enc struct{ CiphertextBlob string }
+	h.awsJSON(kmsAliceKey, &enc, "encrypt", "--key-id", id, "--plaintext", "fileb://pt", "--encryption-context", "app=x")
+	ct, _ := base64.StdEncoding.DecodeString(enc.CiphertextBlob)
+	os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600)
+	decrypt := []string{"decrypt", "--ciphertext-blob", "fileb://ct.bin", "--encryption-context", "app=x"}
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", decrypt...)
+
+	var grant struct{ GrantId, GrantToken string }
+	h.awsJSON(kmsAliceKey, &grant, "create-grant", "--key-id", arn, "--grantee-principal", kmsMalloryARN,
+		"--operations", "Decrypt", "--constraints", "EncryptionContextSubset={app=x}")
+	if _, err := h.aws(kmsMalloryKey, decrypt...); err != nil {
+		t.Fatalf("mallory with a grant: %v", err)
+	}
+	// The grant gives Decrypt only.
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", "encrypt", "--key-id", arn, "--plaintext", "fileb://pt", "--encryption-context", "app=x")
+	var list struct{ Grants []struct{ GrantId, GranteePrincipal string } }
+	h.awsJSON(kmsAliceKey, &list, "list-grants", "--key-id", id)
+	if len(list.Grants) != 1 || list.Grants[0].GrantId != grant.GrantId || list.Grants[0].GranteePrincipal != kmsMalloryARN {
+		t.Fatalf("list-grants: %+v", list)
+	}
+	// Mallory cannot revoke; alice can, and the access ends.
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", "revoke-grant", "--key-id", arn, "--grant-id", grant.GrantId)
+	if _, err := h.aws(kmsAliceKey, "revoke-grant", "--key-id", id, "--grant-id", grant.GrantId); err != nil {
+		t.Fatal(err)
+	}
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", decrypt...)
+}
+
+func TestKMSServeThrottlingThenSuccessAfterBackoff(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t, "--rate", "25")
+	id, _ := h.createKey(kmsAliceKey)
+	body, _ := json.Marshal(map[string]any{"KeyId": id, "KeySpec": "AES_256"})
+	throttled := 0
+	for range 60 {
+		status, typ := h.rawRequest(kmsAliceKey, kmsAliceSecret, "GenerateDataKey", body, time.Now(), nil)
+		switch {
+		case status == 200:
+		case status == 400 && typ == "ThrottlingException":
+			throttled++
+		default:
+			t.Fatalf("HTTP %d %s", status, typ)
+		}
+	}
+	if throttled == 0 {
+		t.Fatal("60 back-to-back GenerateDataKey at --rate 25 were never throttled")
+	}
+	// Another account has its own quota.
+	var out struct{ KeyId string }
+	h.awsJSON(kmsMalloryKey, &out, "generate-random", "--number-of-bytes", "16")
+
+	// The Go client backs off and every call of a 4x25 burst succeeds.
+	c := h.client(kmsAliceKey, awskms.Options{MaxAttempts: 40})
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	start := time.Now()
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 25 {
+				dk, err := c.GenerateDataKey(context.Background(), id, 32, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				dk.Zero()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("Go client under the quota: %v", err)
+	}
+	if time.Since(start) < 2*time.Second {
+		t.Errorf("100 calls at 25/s took only %v: the quota was not enforced", time.Since(start))
+	}
+	if !strings.Contains(h.auditLog(), `"result":"ThrottlingException"`) {
+		t.Error("throttled requests not audited")
+	}
+}
+
+func TestKMSAuditVerifyDetectsEditedAndRemovedLines(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	id, _ := h.createKey(kmsAliceKey)
+	for range 3 {
+		h.aws(kmsBobKey, "generate-data-key", "--key-id", id, "--key-spec", "AES_256")
+	}
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", "describe-key", "--key-id", id)
+	h.stop()
+	lines := strings.SplitAfter(h.auditLog(), "\n")
+	lines = lines[:len(lines)-1] // after the final newline
+	if len(lines) != 5 {
+		t.Fatalf("want 5 audit lines, got %d", len(lines))
+	}
+	out, err := h.kmsfs(kmsAliceKey, "kms", "audit", "verify", h.audit)
+	if err != nil || !strings.Contains(out, "5 entries") {
+		t.Fatalf("intact log: %q %v", out, err)
+	}
+	head := regexp.MustCompile(`head ([0-9a-f]{64})`).FindStringSubmatch(out)[1]
+
+	write := func(name string, ls []string) string {
+		p := filepath.Join(h.dir, name)
+		os.WriteFile(p, []byte(strings.Join(ls, "")), 0o600)
+		return p
+	}
+	edited := append([]string(nil), lines...)
+	edited[4] = strings.Replace(edited[4], kmsMalloryARN, kmsBobARN, 1) // hide who was refused
+	if edited[4] == lines[4] {
+		t.Fatal("test bug: nothing edited")
+	}
+	_, err = h.kmsfs(kmsAliceKey, "kms", "audit", "verify", write("edited.log", edited))
+	if err == nil || !strings.Contains(err.Error(), "line 5: hash mismatch") {
+		t.Fatalf("edited line: %v", err)
+	}
+	removed := append(append([]string(nil), lines[:2]...), lines[3:]...)
+	_, err = h.kmsfs(kmsAliceKey, "kms", "audit", "verify", write("removed.log", removed))
+	if err == nil || !strings.Contains(err.Error(), "line 3: chain broken") {
+		t.Fatalf("removed line: %v", err)
+	}
+	swapped := []string{lines[0], lines[2], lines[1], lines[3], lines[4]}
+	if _, err = h.kmsfs(kmsAliceKey, "kms", "audit", "verify", write("swapped.log", swapped)); err == nil {
+		t.Fatal("reordered lines pass verification")
+	}
+	// Truncation keeps a valid chain; the recorded head catches it.
+	_, err = h.kmsfs(kmsAliceKey, "kms", "audit", "verify", "--head", head, write("truncated.log", lines[:4]))
+	if err == nil || !strings.Contains(err.Error(), "not the recorded") {
+		t.Fatalf("truncated log with --head: %v", err)
+	}
+	// Every error is one line.
+	if strings.Count(strings.TrimSpace(err.Error()), "\n") != 0 {
+		t.Fatalf("multi-line error: %q", err)
+	}
+}
+
+func TestKMSAdminCommandsOnKeystoreAndServer(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	ks := []string{"--keystore", h.keystore, "--region", kmsRegion, "--account", kmsAccount}
+	// Directly on the keystore the server is serving (shared state).
+	out, err := h.kmsfs(kmsAliceKey, append([]string{"kms", "create-key", "--description", "direct", "--alias", "alias/direct"}, ks...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyID := strings.Fields(out)[0]
+	out, err = h.kmsfs(kmsAliceKey, append([]string{"kms", "list-keys"}, ks...)...)
+	if err != nil || !strings.Contains(out, keyID) || !strings.Contains(out, "alias/direct") {
+		t.Fatalf("list-keys: %q %v", out, err)
+	}
+	// Through the server: the key made on the keystore is there.
+	remote := []string{"--kms", h.url, "--kms-region", kmsRegion}
+	out, err = h.kmsfs(kmsAliceKey, append([]string{"kms", "describe-key", "alias/direct"}, remote...)...)
+	if err != nil || !strings.Contains(out, keyID) || !strings.Contains(out, "Enabled") {
+		t.Fatalf("describe-key via server: %q %v", out, err)
+	}
+	for _, args := range [][]string{
+		{"kms", "disable", "alias/direct"},
+		{"kms", "enable", keyID},
+		{"kms", "enable-rotation", "--period-days", "180", keyID},
+		{"kms", "alias", "create", "alias/second", keyID},
+		{"kms", "schedule-deletion", "--days", "7", keyID},
+		{"kms", "cancel-deletion", keyID},
+	} {
+		if out, err := h.kmsfs(kmsAliceKey, append(args, remote...)...); err != nil {
+			t.Fatalf("%v: %q %v", args, out, err)
+		}
+	}
+	out, err = h.kmsfs(kmsAliceKey, append([]string{"kms", "alias", "list", keyID}, ks...)...)
+	if err != nil || !strings.Contains(out, "alias/second") {
+		t.Fatalf("alias list on the keystore: %q %v", out, err)
+	}
+	out, err = h.kmsfs(kmsAliceKey, append([]string{"kms", "describe-key", keyID}, ks...)...)
+	if err != nil || !strings.Contains(out, "Disabled") || !strings.Contains(out, "every 180 days") {
+		t.Fatalf("describe-key on the keystore after remote changes: %q %v", out, err)
+	}
+	// Errors are one clear line with the AWS error code.
+	for _, args := range [][]string{
+		append([]string{"kms", "schedule-deletion", "--days", "6", keyID}, remote...),
+		append([]string{"kms", "describe-key", "alias/nope"}, remote...),
+		append([]string{"kms", "enable", keyID}, "--kms", "http://127.0.0.1:1", "--kms-region", kmsRegion),
+	} {
+		_, err := h.kmsfs(kmsMalloryKey, args...)
+		if err == nil {
+			t.Fatalf("%v succeeded", args)
+		}
+		msg := err.Error()
+		if strings.Count(msg, "\n") != 0 || !regexp.MustCompile(`(ValidationException|NotFoundException|AccessDeniedException|KMSUnavailable)`).MatchString(msg) {
+			t.Errorf("%v: error %q is not one line with a code", args, msg)
+		}
+	}
+}
