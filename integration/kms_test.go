@@ -538,7 +538,9 @@ func TestKMSServeGrantThenRevoke(t *testing.T) {
 	}
 	// The grant gives Decrypt only.
 	h.awsFails(kmsMalloryKey, "AccessDeniedException", "encrypt", "--key-id", arn, "--plaintext", "fileb://pt", "--encryption-context", "app=x")
-	var list struct{ Grants []struct{ GrantId, GranteePrincipal string } }
+	var list struct {
+		Grants []struct{ GrantId, GranteePrincipal string }
+	}
 	h.awsJSON(kmsAliceKey, &list, "list-grants", "--key-id", id)
 	if len(list.Grants) != 1 || list.Grants[0].GrantId != grant.GrantId || list.Grants[0].GranteePrincipal != kmsMalloryARN {
 		t.Fatalf("list-grants: %+v", list)
