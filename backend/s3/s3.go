@@ -37,6 +37,7 @@
 package s3
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -76,6 +77,8 @@ const (
 	// maxCopySize is the largest object CopyObject copies in one request
 	// (AWS: 5 GiB); larger ones go through UploadPartCopy.
 	maxCopySize = 5 << 30
+	// copyPartSize is the UploadPartCopy part size for larger objects.
+	copyPartSize = 512 << 20
 	// maxKeyLen is S3's limit on an object key, in bytes.
 	maxKeyLen = 1024
 	// retryAttempts: throttling (SlowDown, 503) and 5xx are retried with
@@ -135,6 +138,10 @@ type Backend struct {
 	ownStaging  bool // we created stagingDir and remove it on Close
 	partSize    int64
 	concurrency int
+	// copyLimit is the largest object copied with one CopyObject; larger
+	// ones are copied in copyPartSize parts (fields so tests can shrink them).
+	copyLimit    int64
+	copyPartSize int64
 	// ctx is the context of File operations, whose interface carries none.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -208,14 +215,16 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 	})
 
 	b := &Backend{
-		client:      client,
-		bucket:      cfg.Bucket,
-		partSize:    cfg.PartSize,
-		concurrency: cfg.Concurrency,
-		uid:         uint32(os.Getuid()),
-		gid:         uint32(os.Getgid()),
-		log:         slog.Default(),
-		open:        make(map[string]*openFile),
+		client:       client,
+		bucket:       cfg.Bucket,
+		partSize:     cfg.PartSize,
+		concurrency:  cfg.Concurrency,
+		copyLimit:    maxCopySize,
+		copyPartSize: copyPartSize,
+		uid:          uint32(os.Getuid()),
+		gid:          uint32(os.Getgid()),
+		log:          slog.Default(),
+		open:         make(map[string]*openFile),
 	}
 	if p := strings.Trim(cfg.Prefix, "/"); p != "" {
 		b.prefix = p + "/"
@@ -344,7 +353,7 @@ func (b *Backend) WriteMeta(ctx context.Context, name string, data []byte) error
 	k := b.metaKey(name)
 	_, err := b.client.PutObject(ctx, &s3.PutObjectInput{
 		Bucket: aws.String(b.bucket), Key: aws.String(k),
-		Body: newBytesReader(data), ContentLength: aws.Int64(int64(len(data))),
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
 	})
 	if err != nil {
 		return b.fail("writemeta", name, k, err)
