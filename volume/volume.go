@@ -28,6 +28,9 @@ type Options struct {
 	// new files one bucket key is used (bucket-key mode).
 	BucketKeyMaxAge   time.Duration
 	BucketKeyMaxFiles int
+	// PrefetchMax bounds the per-object data key pool (0: DefaultPrefetchMax;
+	// negative: no prefetching).
+	PrefetchMax int
 }
 
 // Volume is an open kmsfs volume.
@@ -46,6 +49,8 @@ type Volume struct {
 
 	bucket bucketKeySource
 	meta   metaKey
+	pool   *keyPool // per-object mode: data keys fetched ahead
+	stats  counters
 }
 
 // Open opens the volume stored in be.
@@ -72,6 +77,13 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 	if v.bucket.maxFiles <= 0 {
 		v.bucket.maxFiles = DefaultBucketKeyMaxFiles
 	}
+	if mode == envelope.ModePerObject && !opt.ReadOnly && opt.PrefetchMax >= 0 {
+		n := opt.PrefetchMax
+		if n == 0 {
+			n = DefaultPrefetchMax
+		}
+		v.pool = newKeyPool(v, n)
+	}
 	return v, nil
 }
 
@@ -91,6 +103,7 @@ func (v *Volume) ReadOnly() bool { return v.readOnly }
 func (v *Volume) Close() error {
 	v.bucket.zero()
 	v.meta.zero()
+	v.pool.close()
 	return nil
 }
 
@@ -171,6 +184,7 @@ func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint
 		return nil, err
 	}
 	h := &Handle{v: v, name: name, f: f, st: v.acquire(sst.Ino), append: flags&syscall.O_APPEND != 0}
+	v.stats.filesOpened.Add(1)
 	if flags&syscall.O_TRUNC != 0 && sst.Size != 0 {
 		// The backend open truncated the ciphertext (header included): the
 		// next write makes a new header with a new data key, as an S3 PUT
@@ -254,7 +268,20 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 // newHeader creates a file's key and writes its header.
 func (v *Volume) newHeader(ctx context.Context, f backend.File, name string) (*envelope.FileKeys, error) {
 	var fileID [envelope.IDLen]byte
-	if _, err := rand.Read(fileID[:]); err != nil {
+	var dk kms.DataKey
+	if v.mode == envelope.ModePerObject {
+		// The data key's context names the file ID, so both come together,
+		// from the prefetch pool when there is one.
+		var err error
+		if v.pool != nil {
+			fileID, dk, err = v.pool.take(ctx)
+		} else {
+			fileID, dk, err = (&keyPool{v: v}).fetch(ctx)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("generate data key: %w", err)
+		}
+	} else if _, err := rand.Read(fileID[:]); err != nil {
 		return nil, err
 	}
 	h := envelope.Header{
@@ -272,10 +299,6 @@ func (v *Volume) newHeader(ctx context.Context, f backend.File, name string) (*e
 		}
 		h.BucketKeyID, h.KeyID, h.WrappedKey = bk.id, bk.keyARN, bk.wrapped
 	default:
-		dk, err := v.keys.GenerateDataKey(ctx, v.cfg.KeyID, envelope.KeySize, fileContext(v.cfg.VolumeID, fileID))
-		if err != nil {
-			return nil, fmt.Errorf("generate data key: %w", err)
-		}
 		h.KeyID, h.WrappedKey, fileKey = dk.KeyID, dk.CiphertextBlob, dk.Plaintext
 	}
 	defer kms.Zero(fileKey)
@@ -292,6 +315,7 @@ func (v *Volume) newHeader(ctx context.Context, f backend.File, name string) (*e
 		keys.Zero()
 		return nil, fmt.Errorf("write header: %w", err)
 	}
+	v.stats.filesCreated.Add(1)
 	return keys, nil
 }
 
@@ -414,6 +438,7 @@ func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%w: file shorter than its size", envelope.ErrCorrupt)
 	}
 	copy(p, plain[skip:skip+n])
+	h.v.stats.bytesRead.Add(uint64(n))
 	if n < int64(len(p)) {
 		return int(n), io.EOF
 	}
@@ -449,6 +474,7 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if err := h.writeLocked(keys, p, off, size); err != nil {
 		return 0, err
 	}
+	h.v.stats.bytesWritten.Add(uint64(len(p)))
 	return len(p), nil
 }
 

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kmsfs/kmsfs/backend/local"
 	"github.com/kmsfs/kmsfs/envelope"
@@ -21,16 +24,16 @@ import (
 // countingKMS counts calls so tests can assert how many reach the KMS.
 type countingKMS struct {
 	kms.Crypto
-	gen, dec int
+	gen, dec int64 // updated atomically: the prefetch pool calls from goroutines
 }
 
 func (c *countingKMS) GenerateDataKey(ctx context.Context, keyID string, n int, ec kms.EncryptionContext) (kms.DataKey, error) {
-	c.gen++
+	atomic.AddInt64(&c.gen, 1)
 	return c.Crypto.GenerateDataKey(ctx, keyID, n, ec)
 }
 
 func (c *countingKMS) Decrypt(ctx context.Context, keyID string, blob []byte, ec kms.EncryptionContext) ([]byte, string, error) {
-	c.dec++
+	atomic.AddInt64(&c.dec, 1)
 	return c.Crypto.Decrypt(ctx, keyID, blob, ec)
 }
 
@@ -43,6 +46,10 @@ type testVol struct {
 }
 
 func newTestVolume(t *testing.T, mode envelope.Mode) *testVol {
+	return newTestVolumeOpts(t, mode, Options{PrefetchMax: -1})
+}
+
+func newTestVolumeOpts(t *testing.T, mode envelope.Mode, opt Options) *testVol {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -70,7 +77,8 @@ func newTestVolume(t *testing.T, mode envelope.Mode) *testVol {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cache.Close() })
-	v, err := Open(ctx, be, Options{Keys: cache})
+	opt.Keys = cache
+	v, err := Open(ctx, be, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +187,7 @@ func TestEmptyFileNeedsNoKMS(t *testing.T) {
 		t.Fatal("empty file not empty")
 	}
 	h.Close()
-	if tv.kms.gen+tv.kms.dec != 0 {
+	if atomic.LoadInt64(&tv.kms.gen)+atomic.LoadInt64(&tv.kms.dec) != 0 {
 		t.Fatalf("empty file cost %d GenerateDataKey and %d Decrypt calls", tv.kms.gen, tv.kms.dec)
 	}
 	st, _ := os.Stat(filepath.Join(tv.dir, "empty"))
@@ -209,7 +217,7 @@ func TestKMSCallsPerFile(t *testing.T) {
 			t.Fatal("read back")
 		}
 		h.Close()
-		if tv.kms.gen != tc.wantGen || tv.kms.dec != 0 {
+		if atomic.LoadInt64(&tv.kms.gen) != int64(tc.wantGen) || atomic.LoadInt64(&tv.kms.dec) != 0 {
 			t.Fatalf("%v: %d GenerateDataKey, %d Decrypt; want %d and 0", tc.mode, tv.kms.gen, tv.kms.dec, tc.wantGen)
 		}
 	}
@@ -318,5 +326,50 @@ func TestConfigRefusesUnknownFeature(t *testing.T) {
 	}
 	if _, err := Init(ctx, tv.Backend(), tv.ks, InitOptions{KeyID: tv.keyID}); err == nil {
 		t.Fatal("init over an existing volume accepted")
+	}
+}
+
+// The prefetch pool serves creates from keys fetched ahead, each key used
+// for exactly one file, and never fetches more than files + its bound.
+func TestPrefetchPool(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVolumeOpts(t, envelope.ModePerObject, Options{PrefetchMax: 8})
+	seen := map[[envelope.IDLen]byte]bool{}
+	const files = 100
+	for i := 0; i < files; i++ {
+		name := fmt.Sprintf("f%03d", i)
+		h := tv.open(t, name, syscall.O_RDWR|syscall.O_CREAT)
+		if _, err := h.WriteAt(ctx, []byte(name), 0); err != nil {
+			t.Fatal(err)
+		}
+		h.Close()
+		raw, _ := os.ReadFile(filepath.Join(tv.dir, name))
+		p, err := envelope.ParseHeader(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p.FileID] {
+			t.Fatalf("file ID (and data key) reused for %s", name)
+		}
+		seen[p.FileID] = true
+		time.Sleep(time.Millisecond) // give background fetches a chance, as real creates would
+	}
+	tv.pool.mu.Lock()
+	hits := tv.pool.hits
+	tv.pool.mu.Unlock()
+	if hits < files/2 {
+		t.Fatalf("only %d of %d creates were served from the pool", hits, files)
+	}
+	tv.Close()
+	if atomic.LoadInt64(&tv.kms.gen) > files+8 {
+		t.Fatalf("%d GenerateDataKey calls for %d files with an 8-key pool", tv.kms.gen, files)
+	}
+	for i := 0; i < files; i += 17 {
+		name := fmt.Sprintf("f%03d", i)
+		h := tv.open(t, name, syscall.O_RDONLY)
+		if string(readAll(t, h)) != name {
+			t.Fatalf("%s reads back wrong", name)
+		}
+		h.Close()
 	}
 }
