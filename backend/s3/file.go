@@ -32,9 +32,10 @@ type openFile struct {
 	syncMu sync.Mutex
 	mu     sync.RWMutex
 
-	refs     int    // guarded by Backend.mu
-	name     string // volume path; changed by rename under mu and Backend.mu
-	initErr  error  // opening failed; the handles waiting on it give up
+	refs     int         // guarded by Backend.mu
+	name     string      // volume path; changed by rename under mu and Backend.mu
+	initErr  error       // opening failed; the handles waiting on it give up
+	ready    atomic.Bool // loaded: listed by ReadDir
 	detached atomic.Bool
 
 	attrs      attrs
@@ -102,7 +103,9 @@ func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32,
 		b.open[name] = f
 		b.mu.Unlock()
 		err := f.init(ctx, key, flags, mode, b.owner(owner))
-		if err != nil {
+		if err == nil {
+			f.ready.Store(true)
+		} else {
 			f.initErr = err
 			b.mu.Lock()
 			if b.open[name] == f {
@@ -253,13 +256,24 @@ func (b *Backend) release(f *openFile) {
 	}
 }
 
-// acquire returns the open state of a path with a reference, or nil.
+// acquire returns the open state of a path with a reference, once it is
+// loaded, or nil (not open, or its open failed).
 func (b *Backend) acquire(name string) *openFile {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	f := b.open[name]
 	if f != nil {
 		f.refs++
+	}
+	b.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	f.mu.RLock() // waits for init
+	failed := f.initErr != nil
+	f.mu.RUnlock()
+	if failed {
+		b.release(f)
+		return nil
 	}
 	return f
 }

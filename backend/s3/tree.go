@@ -151,7 +151,10 @@ func (b *Backend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry,
 		}
 	}
 	b.mu.Lock()
-	for n := range b.open {
+	for n, f := range b.open {
+		if !f.ready.Load() || f.detached.Load() {
+			continue
+		}
 		if path.Dir(n) == name || (name == "" && !strings.Contains(n, "/")) {
 			found = true
 			add(path.Base(n), syscall.S_IFREG)
