@@ -28,7 +28,7 @@ func catCommand(ctx context.Context, args []string) error {
 	}
 	spec, name := fs.Arg(0), strings.Trim(fs.Arg(1), "/")
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	opened, err := openVolume(ctx, &c, spec, true, keycache.DefaultLimits(), log, volume.Options{})
+	opened, err := openVolume(ctx, &c, spec, true, keycache.DefaultLimits(), log, volume.Options{}, kmsChain{})
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ Usage:
   kmsfs mount [flags] BACKEND MOUNTPOINT  mount a volume (returns once mounted)
   kmsfs umount MOUNTPOINT                 unmount
   kmsfs cat [flags] BACKEND PATH          decrypt one file to stdout, without mounting
+  kmsfs stats [--json] MOUNTPOINT         KMS calls, key cache and I/O counters of a mount
   kmsfs kms SUBCOMMAND ...                KMS server and key administration (kmsfs kms help)
 
 Run 'kmsfs COMMAND --help' for a command's flags.
@@ -42,6 +43,8 @@ func main() {
 		err = umountCommand(ctx, args)
 	case "cat":
 		err = catCommand(ctx, args)
+	case "stats":
+		err = statsCommand(ctx, args)
 	case "kms":
 		err = kmsCommand(ctx, args, os.Stdout, os.Stderr)
 	case "help", "-h", "--help":

@@ -17,6 +17,8 @@ import (
 
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keycache"
+	"github.com/kmsfs/kmsfs/kms/kmsmw"
+	"github.com/kmsfs/kmsfs/metrics"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -36,6 +38,10 @@ type mountFlags struct {
 	cache        keycache.Limits
 	bucketAge    time.Duration
 	bucketFiles  int
+	prefetch     int
+	kmsLatency   time.Duration
+	kmsRPS       float64
+	metricsAddr  string
 	options      string
 }
 
@@ -57,6 +63,10 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&m.cache.Grace, "cache-grace", 0, "key cache: keep serving expired keys this long while the KMS is unreachable (0: off)")
 	fs.DurationVar(&m.bucketAge, "bucket-key-max-age", volume.DefaultBucketKeyMaxAge, "bucket-key mode: replace the volume-level key after this long")
 	fs.IntVar(&m.bucketFiles, "bucket-key-max-files", volume.DefaultBucketKeyMaxFiles, "bucket-key mode: replace the volume-level key after this many new files")
+	fs.IntVar(&m.prefetch, "prefetch", volume.DefaultPrefetchMax, "per-object mode: most data keys fetched ahead of file creation (-1: none)")
+	fs.DurationVar(&m.kmsLatency, "kms-latency", 0, "benchmarking: add this latency to every KMS call (a regional KMS is ~10ms)")
+	fs.Float64Var(&m.kmsRPS, "kms-rps", 0, "benchmarking: KMS request quota per second; beyond it calls are throttled and retried")
+	fs.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9310)")
 	fs.StringVarP(&m.options, "options", "o", "", "comma-separated mount options, as from /etc/fstab (allow_other, ro, debug, keystore=DIR, ...)")
 }
 
@@ -177,13 +187,19 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 	// sends (FUSE without DONT_MASK); ours must not mask them again.
 	syscall.Umask(0)
 
+	set := metrics.New()
 	opened, err := openVolume(ctx, &m.commonFlags, spec, m.readOnly, m.cache, log, volume.Options{
-		BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles,
-	})
+		BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles, PrefetchMax: m.prefetch,
+	}, kmsChain{simulate: kmsmw.SimulateOptions{Latency: m.kmsLatency, RPS: m.kmsRPS}, metrics: set})
 	if err != nil {
 		return err
 	}
 	defer opened.Close()
+	metricsCtx, stopMetrics := context.WithCancel(context.Background())
+	defer stopMetrics()
+	if err := set.Serve(metricsCtx, mnt, m.metricsAddr); err != nil {
+		return err
+	}
 
 	mo := kfs.DefaultMountOptions()
 	mo.AllowOther, mo.ReadOnly, mo.Debug = m.allowOther, m.readOnly, m.debug

@@ -7,6 +7,9 @@ import (
 
 	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/keycache"
+	"github.com/kmsfs/kmsfs/kms"
+	"github.com/kmsfs/kmsfs/kms/kmsmw"
+	"github.com/kmsfs/kmsfs/metrics"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -18,7 +21,29 @@ type openedVolume struct {
 	be    backend.Backend
 }
 
-func openVolume(ctx context.Context, c *commonFlags, spec string, readOnly bool, lim keycache.Limits, log *slog.Logger, vo volume.Options) (*openedVolume, error) {
+// kmsChain says how calls reach the KMS: an optional simulation of a
+// regional KMS (latency, quota), retried with backoff, observed for metrics.
+type kmsChain struct {
+	simulate kmsmw.SimulateOptions
+	metrics  *metrics.Set // nil: no observation
+}
+
+func (k kmsChain) wrap(base kms.Crypto) kms.Crypto {
+	c := base
+	if k.simulate.Latency > 0 || k.simulate.RPS > 0 {
+		c = kmsmw.Simulate(c, k.simulate)
+	}
+	var onRetry func(string, error)
+	if k.metrics != nil {
+		c = kmsmw.Observe(c, k.metrics.ObserveKMS)
+		onRetry = k.metrics.CountRetry
+	}
+	// The remote client retries inside the SDK too; this outer loop is what
+	// keeps a quota (ThrottlingException) from ever failing a file operation.
+	return kmsmw.Retry(c, kmsmw.RetryOptions{OnRetry: onRetry})
+}
+
+func openVolume(ctx context.Context, c *commonFlags, spec string, readOnly bool, lim keycache.Limits, log *slog.Logger, vo volume.Options, chain kmsChain) (*openedVolume, error) {
 	be, err := volume.OpenBackend(ctx, spec, c.backendOptions())
 	if err != nil {
 		return nil, err
@@ -38,7 +63,7 @@ func openVolume(ctx context.Context, c *commonFlags, spec string, readOnly bool,
 		be.Close()
 		return nil, err
 	}
-	cache, err := keycache.New(k, lim, time.Now)
+	cache, err := keycache.New(chain.wrap(k), lim, time.Now)
 	if err != nil {
 		k.Close()
 		be.Close()
@@ -51,6 +76,9 @@ func openVolume(ctx context.Context, c *commonFlags, spec string, readOnly bool,
 		k.Close()
 		be.Close()
 		return nil, err
+	}
+	if chain.metrics != nil {
+		chain.metrics.Attach(cache, vol)
 	}
 	return &openedVolume{vol: vol, cache: cache, kms: k, be: be}, nil
 }
