@@ -429,11 +429,15 @@ func (c *Cache) evictLocked(e *entry, reason int) {
 // context ec, so that the first Decrypt of dk.CiphertextBlob is a hit. It
 // copies dk.Plaintext; the caller still owns and zeroes dk. dk.KeyID, the key
 // ARN, is remembered as the key Decrypt may name. Put does not count as a use.
+// A DataKey without plaintext or wrapped key is ignored.
 func (c *Cache) Put(dk kms.DataKey, ec kms.EncryptionContext) {
 	c.put(dk, ec, "")
 }
 
 func (c *Cache) put(dk kms.DataKey, ec kms.EncryptionContext, alsoKeyID string) {
+	if len(dk.Plaintext) == 0 || len(dk.CiphertextBlob) == 0 {
+		return // nothing a later Decrypt could be answered with
+	}
 	k := keyFor(dk.CiphertextBlob, ec)
 	c.mu.Lock()
 	defer c.mu.Unlock()

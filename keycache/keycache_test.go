@@ -373,6 +373,14 @@ func TestCallerCopiesAreIndependent(t *testing.T) {
 	put.Zero()
 	e.decrypt("", dk2, "g")
 	e.wantKMSDecrypts(1)
+
+	// A key with no plaintext (as from GenerateDataKeyWithoutPlaintext)
+	// is not cached.
+	dk3 := e.newKey("h")
+	e.c.Put(kms.DataKey{KeyID: testARN, CiphertextBlob: dk3.CiphertextBlob}, ecFor("h"))
+	if e.internal(dk3, "h") != nil {
+		t.Fatal("Put cached an empty key")
+	}
 }
 
 func TestErrorsAreNotCached(t *testing.T) {
@@ -400,11 +408,17 @@ func TestErrorsAreNotCached(t *testing.T) {
 	}
 }
 
-// waitWaiters blocks until n callers wait on the in-flight Decrypt of dk.
+// waitWaiters blocks until n callers wait on the in-flight Decrypt of dk. It
+// gives up after a generous while so that a cache that stops coalescing
+// misses fails the test instead of hanging it.
 func (e *env) waitWaiters(dk kms.DataKey, file, keyID string, n int) *flight {
 	e.t.Helper()
 	fk := flightKey{key: keyFor(dk.CiphertextBlob, ecFor(file)), keyID: keyID}
+	giveUp := time.Now().Add(10 * time.Second)
 	for {
+		if time.Now().After(giveUp) {
+			e.t.Fatalf("never saw %d callers waiting on one KMS Decrypt", n)
+		}
 		e.c.mu.Lock()
 		f := e.c.flights[fk]
 		got := -1
