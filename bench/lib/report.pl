@@ -1,0 +1,157 @@
+#!/usr/bin/perl
+# report.pl SAMPLES.tsv JSON_OUT MD_OUT — turn bench/compare.sh's raw samples
+# into a JSON record and a markdown table (medians, targets from issue 3).
+#
+# Input lines (tab-separated):
+#   meta    KEY  VALUE
+#   sample  FS   ROW  REP  VALUE  LOAD1    (VALUE: MB/s or seconds; "error" if the command failed)
+#   note    FS   ROW  REP  TEXT
+use strict;
+use warnings;
+use JSON::PP;
+
+my ($in, $json_out, $md_out) = @ARGV;
+die "usage: report.pl SAMPLES.tsv JSON_OUT MD_OUT\n" unless defined $md_out;
+
+# Row order, labels and units; "higher" says which direction is better.
+my @rows = (
+	[seqwrite       => 'sequential write (dd bs=1M conv=fsync)',     'MB/s', 1],
+	[seqread        => 'sequential read, after remount + drop_caches', 'MB/s', 1],
+	[cp             => 'cp -a tree',                                 's',    0],
+	[rsync          => 'rsync -a tree (second copy)',                's',    0],
+	[rsync_checksum => 'rsync -a --checksum, no-op',                 's',    0],
+	[diff           => 'diff -r --no-dereference',                   's',    0],
+	[rm             => 'rm -rf tree',                                's',    0],
+);
+my @fss   = qw(ext4 kmsfs gocryptfs securefs);
+my @peers = qw(gocryptfs securefs);
+
+my (%meta, @meta_order, %samples, %loads, %errors, @notes);
+open(my $fh, '<', $in) or die "$in: $!";
+while (<$fh>) {
+	chomp;
+	my @f = split /\t/;
+	if ($f[0] eq 'meta') {
+		push @meta_order, $f[1] unless exists $meta{ $f[1] };
+		$meta{ $f[1] } = $f[2] // '';
+	} elsif ($f[0] eq 'sample') {
+		my (undef, $fs, $row, $rep, $v, $load) = @f;
+		if ($v eq 'error') {
+			$errors{$fs}{$row}++;
+		} else {
+			push @{ $samples{$fs}{$row} }, $v + 0;
+		}
+		push @{ $loads{$fs}{$row} }, $load + 0 if defined $load && $load ne '';
+	} elsif ($f[0] eq 'note') {
+		push @notes, { fs => $f[1], row => $f[2], rep => $f[3] + 0, text => $f[4] };
+	}
+}
+close $fh;
+
+sub median {
+	my @v = sort { $a <=> $b } @_;
+	return undef unless @v;
+	return @v % 2 ? $v[$#v / 2] : ($v[@v / 2 - 1] + $v[@v / 2]) / 2;
+}
+my %med;
+for my $fs (@fss) {
+	for my $r (@rows) {
+		my $s = $samples{$fs}{ $r->[0] };
+		# A row with any failed repetition has no median: a partial result would flatter it.
+		$med{$fs}{ $r->[0] } = ($s && !$errors{$fs}{ $r->[0] }) ? median(@$s) : undef;
+	}
+}
+
+# speed(fs, row): bigger is better whatever the unit, so ratios read alike.
+sub speed {
+	my ($fs, $r) = @_;
+	my $v = $med{$fs}{ $r->[0] };
+	return undef unless defined $v && $v > 0;
+	return $r->[3] ? $v : 1 / $v;
+}
+my (%ahead, $ahead_all);
+$ahead_all = 1;
+for my $r (@rows) {
+	my $k = speed('kmsfs', $r);
+	my $ok = defined $k ? 1 : 0;
+	for my $p (@peers) {
+		my $s = speed($p, $r);
+		$ok = 0 if defined $k && defined $s && !($k > $s);
+	}
+	$ahead{ $r->[0] } = $ok;
+	$ahead_all &&= $ok;
+}
+my ($kw, $ew) = (speed('kmsfs', $rows[0]), speed('ext4', $rows[0]));
+my $write_ratio = (defined $kw && defined $ew) ? $kw / $ew : undef;
+my $read        = $med{kmsfs}{seqread};
+my %targets = (
+	kmsfs_ahead_of_peers_every_row => $ahead_all ? JSON::PP::true : JSON::PP::false,
+	seqwrite_kmsfs_over_ext4       => $write_ratio,
+	seqwrite_at_least_0_9x_ext4    => (defined $write_ratio && $write_ratio >= 0.9) ? JSON::PP::true : JSON::PP::false,
+	seqread_kmsfs_mb_s             => $read,
+	seqread_at_least_600_mb_s      => (defined $read && $read >= 600) ? JSON::PP::true : JSON::PP::false,
+);
+
+my %json = (
+	meta    => { map { $_ => $meta{$_} } @meta_order },
+	rows    => [map { { id => $_->[0], label => $_->[1], unit => $_->[2], higher_is_better => $_->[3] ? JSON::PP::true : JSON::PP::false } } @rows],
+	samples => \%samples,
+	errors  => \%errors,
+	load1_at_start => \%loads,
+	median  => \%med,
+	kmsfs_ahead_by_row => { map { $_ => $ahead{$_} ? JSON::PP::true : JSON::PP::false } keys %ahead },
+	targets => \%targets,
+	notes   => \@notes,
+);
+open(my $jo, '>', $json_out) or die "$json_out: $!";
+print $jo JSON::PP->new->pretty->canonical->encode(\%json);
+close $jo;
+
+sub cell {
+	my ($fs, $r) = @_;
+	return 'error' if $errors{$fs}{ $r->[0] };
+	my $v = $med{$fs}{ $r->[0] };
+	return 'n/a' unless defined $v;
+	return $r->[2] eq 'MB/s' ? sprintf('%.0f', $v) : sprintf('%.2f', $v);
+}
+sub pf { return $_[0] ? 'pass' : '**fail**' }
+
+my $n   = $meta{repeat} // '?';
+my $out = '';
+$out .= "| row (median of $n) | unit | ext4 | kmsfs | gocryptfs | securefs | kmsfs speed ÷ ext4 | kmsfs ahead of both peers |\n";
+$out .= "|---|---|--:|--:|--:|--:|--:|:-:|\n";
+for my $r (@rows) {
+	my ($k, $e) = (speed('kmsfs', $r), speed('ext4', $r));
+	my $ratio = (defined $k && defined $e) ? sprintf('%.2f×', $k / $e) : 'n/a';
+	$out .= sprintf("| %s | %s | %s | %s | %s | %s | %s | %s |\n",
+		$r->[1], $r->[2], (map { cell($_, $r) } @fss), $ratio, pf($ahead{ $r->[0] }));
+}
+$out .= "\n| target (issue 3) | value | result |\n|---|--:|:-:|\n";
+$out .= sprintf("| kmsfs ahead of gocryptfs and securefs on every row | %d of %d rows | %s |\n",
+	scalar(grep { $ahead{ $_->[0] } } @rows), scalar(@rows), pf($ahead_all));
+$out .= sprintf("| sequential write ≥ 0.9× ext4 (kmsfs/ext4) | %s | %s |\n",
+	defined $write_ratio ? sprintf('%.2f×', $write_ratio) : 'n/a', pf(defined $write_ratio && $write_ratio >= 0.9));
+$out .= sprintf("| sequential read ≥ 600 MB/s | %s | %s |\n",
+	defined $read ? sprintf('%.0f MB/s', $read) : 'n/a', pf(defined $read && $read >= 600));
+
+$out .= "\nAll samples, in run order (MB/s or s; load1 at the start of each sample in brackets):\n\n";
+$out .= "| row | " . join(' | ', @fss) . " |\n|---|" . ('---|' x @fss) . "\n";
+for my $r (@rows) {
+	my @c;
+	for my $fs (@fss) {
+		my $s = $samples{$fs}{ $r->[0] } || [];
+		my $l = $loads{$fs}{ $r->[0] } || [];
+		my @parts = map { ($r->[2] eq 'MB/s' ? sprintf('%.0f', $s->[$_]) : sprintf('%.2f', $s->[$_])) . (defined $l->[$_] ? " [$l->[$_]]" : '') } 0 .. $#$s;
+		push @parts, "$errors{$fs}{$r->[0]}× error" if $errors{$fs}{ $r->[0] };
+		push @c, @parts ? join(', ', @parts) : 'n/a';
+	}
+	$out .= "| $r->[0] | " . join(' | ', @c) . " |\n";
+}
+if (@notes) {
+	$out .= "\nNotes:\n\n";
+	$out .= "- $_->{fs} $_->{row} (rep $_->{rep}): $_->{text}\n" for @notes;
+}
+open(my $mo, '>', $md_out) or die "$md_out: $!";
+print $mo $out;
+close $mo;
+print $out;
