@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -42,6 +43,7 @@ type mountFlags struct {
 	kmsLatency   time.Duration
 	kmsRPS       float64
 	metricsAddr  string
+	cpuProfile   string
 	options      string
 }
 
@@ -67,6 +69,7 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&m.kmsLatency, "kms-latency", 0, "benchmarking: add this latency to every KMS call (a regional KMS is ~10ms)")
 	fs.Float64Var(&m.kmsRPS, "kms-rps", 0, "benchmarking: KMS request quota per second; beyond it calls are throttled and retried")
 	fs.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9310)")
+	fs.StringVar(&m.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the mount to this file, until unmount")
 	fs.StringVarP(&m.options, "options", "o", "", "comma-separated mount options, as from /etc/fstab (allow_other, ro, debug, keystore=DIR, ...)")
 }
 
@@ -187,6 +190,17 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 	// sends (FUSE without DONT_MASK); ours must not mask them again.
 	syscall.Umask(0)
 
+	if m.cpuProfile != "" {
+		f, err := os.Create(m.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	set := metrics.New()
 	opened, err := openVolume(ctx, &m.commonFlags, spec, m.readOnly, m.cache, log, volume.Options{
 		BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles, PrefetchMax: m.prefetch,
