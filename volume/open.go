@@ -2,7 +2,6 @@ package volume
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -66,6 +65,9 @@ type BackendOptions struct {
 	S3Region    string
 	S3PathStyle bool
 	StagingDir  string
+	// OwnsPrefix: this process is the volume's mount, so multipart uploads
+	// found under the prefix are leftovers of a crash and are aborted.
+	OwnsPrefix bool
 }
 
 // OpenBackend opens a local directory, or an s3://bucket/prefix URL.
@@ -85,5 +87,3 @@ func OpenBackend(ctx context.Context, spec string, o BackendOptions) (backend.Ba
 	}
 	return local.New(spec)
 }
-
-var errNoS3 = errors.New("the S3 backend is not available in this build")

@@ -19,6 +19,9 @@ type commonFlags struct {
 	s3Endpoint     string
 	s3Region       string
 	s3PathStyle    bool
+	// mounting is set by `kmsfs mount` (read-write): the process owns the
+	// volume's S3 prefix and may abort multipart uploads a crash left.
+	mounting bool
 }
 
 func (c *commonFlags) register(fs *pflag.FlagSet) {
@@ -63,7 +66,7 @@ func (c *commonFlags) kmsOptions(cfg *volume.Config) (volume.KMSOptions, error) 
 }
 
 func (c *commonFlags) backendOptions() volume.BackendOptions {
-	return volume.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle}
+	return volume.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, OwnsPrefix: c.mounting}
 }
 
 func newFlagSet(name, usage string) *pflag.FlagSet {

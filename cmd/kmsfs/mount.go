@@ -201,6 +201,7 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
+	m.mounting = !m.readOnly
 	set := metrics.New()
 	opened, err := openVolume(ctx, &m.commonFlags, spec, m.readOnly, m.cache, log, volume.Options{
 		BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles, PrefetchMax: m.prefetch,
