@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 )
 
@@ -176,13 +177,11 @@ func (l *AuditLog) writeBatch(batch []*AuditEntry) error {
 	head := l.head
 	for _, e := range batch {
 		e.Prev = head
-		body, err := json.Marshal(e)
-		if err != nil {
-			return err
-		}
-		sum := sha256.Sum256(body)
+		start := len(b)
+		b = e.appendJSON(b)
+		sum := sha256.Sum256(b[start:])
 		head = hex.EncodeToString(sum[:])
-		b = append(b, body[:len(body)-1]...)
+		b = b[:len(b)-1] // reopen the object for the hash field
 		b = append(b, `,"hash":"`...)
 		b = append(b, head...)
 		b = append(b, "\"}\n"...)
@@ -282,4 +281,64 @@ func short(h string) string {
 		return h[:12] + "…"
 	}
 	return h
+}
+
+// appendJSON appends e as a JSON object, with the same field names and
+// order as encoding/json would use, without reflection: the audit writer
+// encodes every request on one goroutine, so this is on the hot path.
+func (e *AuditEntry) appendJSON(b []byte) []byte {
+	b = append(b, `{"time":`...)
+	b = appendJSONString(b, e.Time)
+	b = append(b, `,"requestId":`...)
+	b = appendJSONString(b, e.RequestID)
+	b = append(b, `,"operation":`...)
+	b = appendJSONString(b, e.Operation)
+	b = appendOptString(b, "principal", e.Principal)
+	b = appendOptString(b, "accessKeyId", e.AccessKeyID)
+	b = appendOptString(b, "keyArn", e.KeyARN)
+	b = appendOptString(b, "destinationKeyArn", e.DestKeyARN)
+	b = appendOptString(b, "grantId", e.GrantID)
+	b = appendOptMap(b, "encryptionContext", e.EncryptionContext)
+	b = appendOptMap(b, "destinationEncryptionContext", e.DestContext)
+	b = append(b, `,"sourceAddress":`...)
+	b = appendJSONString(b, e.SourceAddress)
+	b = append(b, `,"result":`...)
+	b = appendJSONString(b, e.Result)
+	b = appendOptString(b, "errorMessage", e.ErrorMessage)
+	b = append(b, `,"prev":`...)
+	b = appendJSONString(b, e.Prev)
+	return append(b, '}')
+}
+
+func appendOptString(b []byte, name, v string) []byte {
+	if v == "" {
+		return b
+	}
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, '"', ':')
+	return appendJSONString(b, v)
+}
+
+func appendOptMap(b []byte, name string, m map[string]string) []byte {
+	if len(m) == 0 {
+		return b
+	}
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, `":{`...)
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		b = appendJSONString(b, m[k])
+	}
+	return append(b, '}')
 }

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -91,4 +93,29 @@ func TestOpenAuditLogRefusesPartialLine(t *testing.T) {
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// TestAuditEntryJSONMatchesEncodingJSON: the hand-written encoder produces
+// what encoding/json does (so any JSON tool reads the log the same way).
+func TestAuditEntryJSONMatchesEncodingJSON(t *testing.T) {
+	for _, e := range []AuditEntry{
+		{Time: "t", RequestID: "r", Operation: "Decrypt", SourceAddress: "a", Result: "Success", Prev: genesisHash},
+		{Time: "t", RequestID: "r", Operation: "ReEncrypt", Principal: "p\"\\", AccessKeyID: "k\n", KeyARN: "arn<&>", DestKeyARN: "d",
+			GrantID: "g", EncryptionContext: map[string]string{"b": "2", "a": "ü\x01", "c": ""}, DestContext: map[string]string{"x": "y"},
+			SourceAddress: "s", Result: "AccessDeniedException", ErrorMessage: "m\t\u2028", Prev: "p"},
+	} {
+		want, err := json.Marshal(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gotV, wantV any
+		got := e.appendJSON(nil)
+		if err := json.Unmarshal(got, &gotV); err != nil {
+			t.Fatalf("invalid JSON %s: %v", got, err)
+		}
+		json.Unmarshal(want, &wantV)
+		if !reflect.DeepEqual(gotV, wantV) {
+			t.Errorf("got  %s\nwant %s", got, want)
+		}
+	}
 }

@@ -153,7 +153,7 @@ func (s *Server) updateAlias(c *call, body []byte) (response, error) {
 	if _, err := s.resolveAndAuthorize(c, in.AliasName, ""); err != nil {
 		return response{}, err
 	}
-	newARN, err := s.store.ARNForKey(in.TargetKeyId)
+	newARN, err := s.lookupARN(c, in.TargetKeyId)
 	if err != nil {
 		return response{}, err
 	}
@@ -228,7 +228,7 @@ func (s *Server) ciphertextKey(c *call, blob []byte, keyID string) (string, erro
 	}
 	c.entry.KeyARN = arn
 	if keyID != "" {
-		named, err := s.store.ARNForKey(keyID)
+		named, err := s.lookupARN(c, keyID)
 		if err != nil {
 			return "", err
 		}
@@ -292,7 +292,7 @@ func (s *Server) reEncrypt(c *call, body []byte) (response, error) {
 	if in.DestinationKeyId == "" {
 		return response{}, kms.Errorf(kms.CodeValidation, "1 validation error detected: Value null at 'destinationKeyId' failed to satisfy constraint: Member must not be null")
 	}
-	dest, err := s.store.ARNForKey(in.DestinationKeyId)
+	dest, err := s.lookupARN(c, in.DestinationKeyId)
 	if err != nil {
 		return response{}, err
 	}

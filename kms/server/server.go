@@ -49,7 +49,13 @@ type Config struct {
 	Logf func(format string, args ...any)
 	// CallTimeout bounds each store call; default 30s.
 	CallTimeout time.Duration
+	// CacheTTL is how long key name resolutions and key policies are
+	// reused (see lookupCache); 0 means the default, 1s; negative disables.
+	CacheTTL time.Duration
 }
+
+// DefaultCacheTTL is Config.CacheTTL's default.
+const DefaultCacheTTL = time.Second
 
 // Server is an http.Handler speaking the AWS KMS JSON 1.1 protocol.
 type Server struct {
@@ -67,6 +73,8 @@ type Server struct {
 
 	policyMu sync.Mutex
 	policies map[string]*Policy // parsed policy by document text
+
+	cache *lookupCache
 }
 
 // maxRequestBody bounds a request body: the largest legitimate one is a
@@ -105,6 +113,11 @@ func New(cfg Config) (*Server, error) {
 	if s.timeout <= 0 {
 		s.timeout = 30 * time.Second
 	}
+	ttl := cfg.CacheTTL
+	if ttl == 0 {
+		ttl = DefaultCacheTTL
+	}
+	s.cache = newLookupCache(ttl)
 	if cfg.Rate > 0 {
 		s.limiter = newRateLimiter(cfg.Rate, cfg.Burst)
 	}
@@ -121,6 +134,7 @@ func New(cfg Config) (*Server, error) {
 // call is one request in flight.
 type call struct {
 	ctx   context.Context
+	now   time.Time
 	op    string
 	cred  Credential
 	entry *AuditEntry
@@ -136,16 +150,19 @@ type response struct {
 type operation struct {
 	// crypto marks the cryptographic operations the per-account quota counts.
 	crypto bool
-	fn     func(s *Server, c *call, body []byte) (response, error)
+	// changesLookups marks operations that change what a key name resolves
+	// to or a key's policy: they clear the lookup cache.
+	changesLookups bool
+	fn             func(s *Server, c *call, body []byte) (response, error)
 }
 
 var operations = map[string]operation{
 	"CreateKey":                       {fn: (*Server).createKey},
 	"DescribeKey":                     {fn: (*Server).describeKey},
 	"ListKeys":                        {fn: (*Server).listKeys},
-	"CreateAlias":                     {fn: (*Server).createAlias},
-	"UpdateAlias":                     {fn: (*Server).updateAlias},
-	"DeleteAlias":                     {fn: (*Server).deleteAlias},
+	"CreateAlias":                     {changesLookups: true, fn: (*Server).createAlias},
+	"UpdateAlias":                     {changesLookups: true, fn: (*Server).updateAlias},
+	"DeleteAlias":                     {changesLookups: true, fn: (*Server).deleteAlias},
 	"ListAliases":                     {fn: (*Server).listAliases},
 	"Encrypt":                         {crypto: true, fn: (*Server).encrypt},
 	"Decrypt":                         {crypto: true, fn: (*Server).decrypt},
@@ -162,7 +179,7 @@ var operations = map[string]operation{
 	"GetKeyRotationStatus":            {fn: (*Server).getKeyRotationStatus},
 	"RotateKeyOnDemand":               {fn: (*Server).rotateKeyOnDemand},
 	"GetKeyPolicy":                    {fn: (*Server).getKeyPolicy},
-	"PutKeyPolicy":                    {fn: (*Server).putKeyPolicy},
+	"PutKeyPolicy":                    {changesLookups: true, fn: (*Server).putKeyPolicy},
 	"CreateGrant":                     {fn: (*Server).createGrant},
 	"ListGrants":                      {fn: (*Server).listGrants},
 	"RevokeGrant":                     {fn: (*Server).revokeGrant},
@@ -268,7 +285,11 @@ func (s *Server) handle(r *http.Request, op string, body []byte, now time.Time, 
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
-	return o.fn(s, &call{ctx: ctx, op: op, cred: cred, entry: entry}, body)
+	resp, err := o.fn(s, &call{ctx: ctx, now: now, op: op, cred: cred, entry: entry}, body)
+	if o.changesLookups {
+		s.cache.clear() // also on failure: the change may have half happened
+	}
+	return resp, err
 }
 
 // decode parses a JSON request body into v.
@@ -331,7 +352,21 @@ func (s *Server) writeError(w http.ResponseWriter, err error) {
 }
 
 // policyFor returns the parsed policy of keyARN.
-func (s *Server) policyFor(ctx context.Context, keyARN string) (*Policy, error) {
+func (s *Server) policyFor(c *call, keyARN string) (*Policy, error) {
+	if p, ok := s.cache.policy(keyARN, c.now); ok {
+		return p, nil
+	}
+	p, err := s.loadPolicy(c.ctx, keyARN)
+	if err != nil {
+		return nil, err
+	}
+	s.cache.putPolicy(keyARN, p, c.now)
+	return p, nil
+}
+
+// loadPolicy reads a key's policy and parses it, reusing the parse of an
+// identical document.
+func (s *Server) loadPolicy(ctx context.Context, keyARN string) (*Policy, error) {
 	doc, err := s.store.GetKeyPolicy(ctx, keyARN)
 	if err != nil {
 		return nil, err
@@ -358,7 +393,7 @@ func (s *Server) policyFor(ctx context.Context, keyARN string) (*Policy, error) 
 
 // decide evaluates the key policy of keyARN for the caller.
 func (s *Server) decide(c *call, action, keyARN string, ec kms.EncryptionContext, extra map[string][]string) (Decision, error) {
-	p, err := s.policyFor(c.ctx, keyARN)
+	p, err := s.policyFor(c, keyARN)
 	if err != nil {
 		return NoMatch, err
 	}
@@ -481,11 +516,25 @@ func (s *Server) resolve(c *call, keyID string) (string, error) {
 	if keyID == "" {
 		return "", kms.Errorf(kms.CodeValidation, "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null")
 	}
-	arn, err := s.store.ARNForKey(keyID)
+	arn, err := s.lookupARN(c, keyID)
 	if err != nil {
 		return "", err
 	}
 	c.entry.KeyARN = arn
+	return arn, nil
+}
+
+// lookupARN resolves a key name through the lookup cache. Only successes
+// are cached, so a key created elsewhere is found at once.
+func (s *Server) lookupARN(c *call, keyID string) (string, error) {
+	if arn, ok := s.cache.arn(keyID, c.now); ok {
+		return arn, nil
+	}
+	arn, err := s.store.ARNForKey(keyID)
+	if err != nil {
+		return "", err
+	}
+	s.cache.putARN(keyID, arn, c.now)
 	return arn, nil
 }
 
