@@ -174,7 +174,10 @@ func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint
 	if v.readOnly && (flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&(syscall.O_CREAT|syscall.O_TRUNC) != 0) {
 		return nil, syscall.EROFS
 	}
-	f, err := v.be.Open(ctx, name, flags&^syscall.O_APPEND, mode, owner)
+	// O_TRUNC is applied below under the file's content lock, not by the
+	// backend: a backend truncate would cut the header out from under a
+	// writer that holds the lock on another handle.
+	f, err := v.be.Open(ctx, name, flags&^(syscall.O_APPEND|syscall.O_TRUNC), mode, owner)
 	if err != nil {
 		return nil, err
 	}
@@ -186,15 +189,12 @@ func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint
 	h := &Handle{v: v, name: name, f: f, st: v.acquire(sst.Ino), append: flags&syscall.O_APPEND != 0}
 	v.stats.filesOpened.Add(1)
 	if flags&syscall.O_TRUNC != 0 && sst.Size != 0 {
-		// The backend open truncated the ciphertext (header included): the
-		// next write makes a new header with a new data key, as an S3 PUT
-		// over an object gets a new key.
-		h.st.keyMu.Lock()
-		if h.st.keys != nil {
-			h.st.keys.Zero()
-			h.st.keys = nil
+		// Truncating to 0 drops the header too: the next write makes a new
+		// header with a new data key, as an S3 PUT over an object gets one.
+		if err := h.Truncate(ctx, 0); err != nil {
+			h.Close()
+			return nil, err
 		}
-		h.st.keyMu.Unlock()
 	}
 	return h, nil
 }

@@ -373,3 +373,30 @@ func TestPrefetchPool(t *testing.T) {
 		h.Close()
 	}
 }
+
+// O_TRUNC empties the file and the next write starts a new data key.
+func TestOpenTruncNewKey(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVolume(t, envelope.ModePerObject)
+	h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+	h.WriteAt(ctx, bytes.Repeat([]byte("a"), 10000), 0)
+	h.Close()
+	before, _ := os.ReadFile(filepath.Join(tv.dir, "f"))
+	h = tv.open(t, "f", syscall.O_WRONLY|syscall.O_TRUNC)
+	if size, _ := h.Size(); size != 0 {
+		t.Fatalf("size after O_TRUNC: %d", size)
+	}
+	h.WriteAt(ctx, []byte("new"), 0)
+	h.Close()
+	after, _ := os.ReadFile(filepath.Join(tv.dir, "f"))
+	p1, _ := envelope.ParseHeader(before)
+	p2, _ := envelope.ParseHeader(after)
+	if p1.FileID == p2.FileID || bytes.Equal(p1.WrappedKey, p2.WrappedKey) {
+		t.Fatal("rewrite after O_TRUNC kept the old file ID and key")
+	}
+	h = tv.open(t, "f", syscall.O_RDONLY)
+	defer h.Close()
+	if got := readAll(t, h); string(got) != "new" {
+		t.Fatalf("content %q", got)
+	}
+}
