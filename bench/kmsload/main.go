@@ -37,6 +37,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -78,8 +79,19 @@ func main() {
 	flag.DurationVar(&c.duration, "duration", 10*time.Second, "measured time")
 	flag.DurationVar(&c.warmup, "warmup", 2*time.Second, "unmeasured warm-up time")
 	flag.IntVar(&c.blobs, "blobs", 256, "distinct ciphertexts replayed by Decrypt")
+	cpuProfile := flag.String("cpuprofile", "", "write the load generator's CPU profile here")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kmsload:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(c); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "kmsload:", err)
 		os.Exit(1)
 	}
