@@ -21,6 +21,7 @@ Usage:
   kmsfs umount MOUNTPOINT                 unmount
   kmsfs cat [flags] BACKEND PATH          decrypt one file to stdout, without mounting
   kmsfs stats [--json] MOUNTPOINT         KMS calls, key cache and I/O counters of a mount
+  kmsfs bench [flags]                     compare per-object and bucket-key modes (files/s, KMS calls)
   kmsfs kms SUBCOMMAND ...                KMS server and key administration (kmsfs kms help)
 
 Run 'kmsfs COMMAND --help' for a command's flags.
@@ -45,6 +46,8 @@ func main() {
 		err = catCommand(ctx, args)
 	case "stats":
 		err = statsCommand(ctx, args)
+	case "bench":
+		err = benchCommand(ctx, args)
 	case "kms":
 		err = kmsCommand(ctx, args, os.Stdout, os.Stderr)
 	case "help", "-h", "--help":
