@@ -203,7 +203,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if len(r.Findings) > 0 {
 		fmt.Fprintln(w)
 		for _, f := range r.Findings {
-			fmt.Fprintf(w, "%s  %s: %s\n", f.Verdict(), f.Target, f.Detail)
+			fmt.Fprintf(w, "%s  %s [%s]: %s\n", f.Verdict(), f.Target, f.Run, f.Detail)
 		}
 	}
 	return nil

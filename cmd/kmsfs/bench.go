@@ -42,7 +42,7 @@ func benchCommand(ctx context.Context, args []string) error {
 	prefetch := fs.Int("prefetch", 0, "per-object data key prefetch pool size (-1: off; 0: the mount's default)")
 	var mountArgs []string
 	fs.StringArrayVar(&mountArgs, "mount-flag", nil, "extra `kmsfs mount` flag, repeatable (e.g. --mount-flag=--cache-capacity=20000)")
-	scratch := fs.String("scratch", "", "directory for volumes, mount points and logs (default: a new temporary directory)")
+	scratch := fs.String("scratch", "", "make the bench's directory (volumes, mount points, logs) in this directory (default: the system temporary directory)")
 	keep := fs.Bool("keep", false, "keep the scratch directory (volumes, logs) afterwards")
 	cold := fs.Bool("cold", true, "read the files back after a remount (cold caches)")
 	warm := fs.Bool("warm", true, "read the files again in the same mount (warm caches)")
@@ -79,20 +79,20 @@ func benchCommand(ctx context.Context, args []string) error {
 		return errors.New("--cpuprofile profiles the bench process, which does the work only with --direct; for a mount use --mount-flag=--cpuprofile=FILE")
 	}
 
-	dir := *scratch
-	if dir == "" {
-		d, err := os.MkdirTemp("", "kmsfs-bench-")
-		if err != nil {
+	// Always a new directory (inside --scratch, if given), so that the
+	// cleanup removes only what the bench made.
+	if *scratch != "" {
+		if err := os.MkdirAll(*scratch, 0o700); err != nil {
 			return err
 		}
-		dir = d
-	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+	}
+	dir, err := os.MkdirTemp(*scratch, "kmsfs-bench-")
+	if err != nil {
 		return err
 	}
-	if dir, err := filepath.Abs(dir); err == nil {
-		*scratch = dir
+	if dir, err = filepath.Abs(dir); err != nil {
+		return err
 	}
-	dir = *scratch
 	if !*keep {
 		defer os.RemoveAll(dir)
 	}
