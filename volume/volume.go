@@ -28,6 +28,9 @@ type Options struct {
 	// new files one bucket key is used (bucket-key mode).
 	BucketKeyMaxAge   time.Duration
 	BucketKeyMaxFiles int
+	// Mode, if set, overrides the config's mode for new files. Every mount
+	// reads files of both modes, so a volume may hold a mix.
+	Mode envelope.Mode
 	// PrefetchMax bounds the per-object data key pool (0: DefaultPrefetchMax;
 	// negative: no prefetching).
 	PrefetchMax int
@@ -61,6 +64,9 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 	}
 	id, _ := cfg.ID()
 	mode, _ := cfg.mode()
+	if opt.Mode != 0 {
+		mode = opt.Mode
+	}
 	log := opt.Logger
 	if log == nil {
 		log = slog.Default()

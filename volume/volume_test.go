@@ -400,3 +400,41 @@ func TestOpenTruncNewKey(t *testing.T) {
 		t.Fatalf("content %q", got)
 	}
 }
+
+// A volume holds files of both modes: each mount reads what the other wrote.
+func TestMixedModes(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVolume(t, envelope.ModePerObject)
+	write := func(v *Volume, name string) {
+		h, err := v.OpenFile(ctx, name, syscall.O_RDWR|syscall.O_CREAT, 0o644, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.WriteAt(ctx, []byte("content of "+name), 0); err != nil {
+			t.Fatal(err)
+		}
+		h.Close()
+	}
+	write(tv.Volume, "po")
+	bk, err := Open(ctx, tv.Backend(), Options{Keys: tv.ks, Mode: envelope.ModeBucketKey, PrefetchMax: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(bk, "bk")
+	for _, v := range []*Volume{tv.Volume, bk} {
+		for _, name := range []string{"po", "bk"} {
+			h, err := v.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readAll(t, h); string(got) != "content of "+name {
+				t.Fatalf("%s: %q", name, got)
+			}
+			h.Close()
+		}
+	}
+	raw, _ := os.ReadFile(filepath.Join(tv.dir, "bk"))
+	if p, _ := envelope.ParseHeader(raw); p.Mode != envelope.ModeBucketKey {
+		t.Fatalf("file written by the bucket-key mount has mode %v", p.Mode)
+	}
+}

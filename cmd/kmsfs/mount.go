@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/keycache"
 	"github.com/kmsfs/kmsfs/kms/kmsmw"
@@ -40,6 +41,7 @@ type mountFlags struct {
 	bucketAge    time.Duration
 	bucketFiles  int
 	prefetch     int
+	mode         string
 	kmsLatency   time.Duration
 	kmsRPS       float64
 	metricsAddr  string
@@ -65,6 +67,7 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&m.cache.Grace, "cache-grace", 0, "key cache: keep serving expired keys this long while the KMS is unreachable (0: off)")
 	fs.DurationVar(&m.bucketAge, "bucket-key-max-age", volume.DefaultBucketKeyMaxAge, "bucket-key mode: replace the volume-level key after this long")
 	fs.IntVar(&m.bucketFiles, "bucket-key-max-files", volume.DefaultBucketKeyMaxFiles, "bucket-key mode: replace the volume-level key after this many new files")
+	fs.StringVar(&m.mode, "mode", "", "key mode for new files, overriding the volume's: per-object or bucket-key (every mount reads both)")
 	fs.IntVar(&m.prefetch, "prefetch", volume.DefaultPrefetchMax, "per-object mode: most data keys fetched ahead of file creation (-1: none)")
 	fs.DurationVar(&m.kmsLatency, "kms-latency", 0, "benchmarking: add this latency to every KMS call (a regional KMS is ~10ms)")
 	fs.Float64Var(&m.kmsRPS, "kms-rps", 0, "benchmarking: KMS request quota per second; beyond it calls are throttled and retried")
@@ -201,10 +204,20 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
+	var mode envelope.Mode
+	switch m.mode {
+	case "":
+	case "per-object":
+		mode = envelope.ModePerObject
+	case "bucket-key":
+		mode = envelope.ModeBucketKey
+	default:
+		return fmt.Errorf("--mode %q: want per-object or bucket-key", m.mode)
+	}
 	m.mounting = !m.readOnly
 	set := metrics.New()
 	opened, err := openVolume(ctx, &m.commonFlags, spec, m.readOnly, m.cache, log, volume.Options{
-		BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles, PrefetchMax: m.prefetch,
+		BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles, PrefetchMax: m.prefetch, Mode: mode,
 	}, kmsChain{simulate: kmsmw.SimulateOptions{Latency: m.kmsLatency, RPS: m.kmsRPS}, metrics: set})
 	if err != nil {
 		return err
