@@ -48,6 +48,11 @@ type Config struct {
 	Scratch string `json:"scratch"`
 	// Seed selects the file content.
 	Seed uint64 `json:"seed"`
+	// Repeat runs the whole matrix this many times, interleaved (every
+	// combination once, then again), so that a burst of load from elsewhere
+	// on a shared machine lands on different combinations; the report's
+	// Runs are then per-combination medians and Samples every repetition.
+	Repeat int `json:"repeat"`
 	// SkipCold and SkipWarm leave out the read phases.
 	SkipCold bool `json:"skip_cold,omitempty"`
 	SkipWarm bool `json:"skip_warm,omitempty"`
@@ -76,6 +81,9 @@ func (c *Config) validate() error {
 	if c.Scratch == "" {
 		return errors.New("no scratch directory")
 	}
+	if c.Repeat < 0 {
+		return errors.New("repeat must not be negative")
+	}
 	return nil
 }
 
@@ -103,37 +111,52 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	rep := &Report{Started: time.Now().UTC(), Host: hostInfo(), Config: cfg}
 	content := NewContent(cfg.Seed)
 	var errs []error
+	var samples []Run
 	n := 0
-	for _, lat := range cfg.KMSLatencies {
-		for _, rps := range cfg.KMSRPS {
-			for _, jobs := range cfg.Jobs {
-				for _, mode := range cfg.Modes {
-					n++
-					run := Run{
-						Name: fmt.Sprintf("run%02d-%s", n, mode), Mode: mode, Path: r.Harness.Path(),
-						KMSLatency: lat.String(), KMSRPS: rps, Jobs: jobs, Files: cfg.Files, FileSize: cfg.FileSize,
-					}
-					err := r.runOne(ctx, &run, content, lat, rps, jobs)
-					if err != nil {
-						run.Error = err.Error()
-						errs = append(errs, fmt.Errorf("%s: %w", run.Label(), err))
-					}
-					for _, p := range run.Phases {
-						if p.Failed > 0 {
-							errs = append(errs, fmt.Errorf("%s %s: %d file operations failed, first: %s", run.Label(), p.Name, p.Failed, p.FirstError))
+	for repeat := range max(1, cfg.Repeat) {
+		for _, lat := range cfg.KMSLatencies {
+			for _, rps := range cfg.KMSRPS {
+				for _, jobs := range cfg.Jobs {
+					for _, mode := range cfg.Modes {
+						n++
+						run := Run{
+							Name: fmt.Sprintf("run%02d-%s", n, mode), Mode: mode, Path: r.Harness.Path(), Repeat: repeat,
+							KMSLatency: lat.String(), KMSRPS: rps, Jobs: jobs, Files: cfg.Files, FileSize: cfg.FileSize,
 						}
-					}
-					rep.Runs = append(rep.Runs, run)
-					if ctx.Err() != nil {
-						rep.Findings = Findings(rep.Runs)
-						return rep, errors.Join(append(errs, ctx.Err())...)
+						err := r.runOne(ctx, &run, content, lat, rps, jobs)
+						if err != nil {
+							run.Error = err.Error()
+							errs = append(errs, fmt.Errorf("%s: %w", run.Label(), err))
+						}
+						for _, p := range run.Phases {
+							if p.Failed > 0 {
+								errs = append(errs, fmt.Errorf("%s %s: %d file operations failed, first: %s", run.Label(), p.Name, p.Failed, p.FirstError))
+							}
+						}
+						samples = append(samples, run)
+						if ctx.Err() != nil {
+							errs = append(errs, ctx.Err())
+							r.finish(rep, samples)
+							return rep, errors.Join(errs...)
+						}
 					}
 				}
 			}
 		}
 	}
-	rep.Findings = Findings(rep.Runs)
+	r.finish(rep, samples)
 	return rep, errors.Join(errs...)
+}
+
+// finish fills the report's runs (medians when repeated) and findings.
+func (r *Runner) finish(rep *Report, samples []Run) {
+	if r.Config.Repeat > 1 {
+		rep.Samples = samples
+		rep.Runs = Medians(samples)
+	} else {
+		rep.Runs = samples
+	}
+	rep.Findings = Findings(rep.Runs)
 }
 
 func (r *Runner) runOne(ctx context.Context, run *Run, content *Content, lat time.Duration, rps float64, jobs int) error {
@@ -226,7 +249,7 @@ const ioChunk = 1 << 20
 // file operations are counted, not fatal; the error is for a phase that
 // could not be measured at all (stats unavailable, context cancelled).
 func (r *Runner) phase(ctx context.Context, t Target, run *Run, name string, names []string, jobs int, op func(w *worker, i int) error) (Phase, error) {
-	p := Phase{Name: name, Files: len(names)}
+	p := Phase{Name: name, Files: len(names), LoadAvg: loadAvg()}
 	before, err := t.Stats(ctx)
 	if err != nil {
 		return p, fmt.Errorf("stats before %s: %w", name, err)
@@ -401,6 +424,18 @@ func (r *Runner) progressEvery(interval time.Duration, line func() string) (stop
 		}
 	}()
 	return func() { close(quit); <-finished }
+}
+
+// loadAvg is the 1-minute load average (0 if unknown): on a shared machine
+// it tells which figures were taken under someone else's load.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var v float64
+	fmt.Sscan(string(b), &v)
+	return v
 }
 
 func hostInfo() Host {

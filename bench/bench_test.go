@@ -251,3 +251,37 @@ func TestPercentiles(t *testing.T) {
 		t.Fatalf("p50 %v p99 %v max %v; want 100 198 200", p50, p99, mx)
 	}
 }
+
+func TestRunnerRepeatReportsMedians(t *testing.T) {
+	h := &memHarness{corrupt: "d000/f000002"}
+	r := &Runner{
+		Config: Config{Files: 10, FileSize: 100, Modes: []string{"per-object", "bucket-key"},
+			KMSLatencies: []time.Duration{0}, KMSRPS: []float64{0}, Jobs: []int{1}, Scratch: t.TempDir(), Repeat: 3},
+		Harness:    h,
+		DropCaches: func() bool { return false },
+	}
+	rep, err := r.Run(context.Background())
+	if err == nil {
+		t.Fatal("a corrupt file in every repetition went unreported")
+	}
+	if len(rep.Samples) != 6 || len(rep.Runs) != 2 {
+		t.Fatalf("%d samples and %d runs, want 6 and 2", len(rep.Samples), len(rep.Runs))
+	}
+	// Interleaved: per-object, bucket-key, per-object, ...
+	for i, s := range rep.Samples {
+		if want := []string{"per-object", "bucket-key"}[i%2]; s.Mode != want || s.Repeat != i/2 {
+			t.Errorf("sample %d: %s repeat %d, want %s repeat %d", i, s.Mode, s.Repeat, want, i/2)
+		}
+	}
+	cold := rep.Runs[0].Phase(PhaseReadCold)
+	if cold.Samples != 3 || cold.Failed != 3 || len(cold.FilesPerSecRange) != 2 || cold.FilesPerSecRange[0] > cold.FilesPerSec || cold.FilesPerSec > cold.FilesPerSecRange[1] {
+		t.Fatalf("median phase: %+v", cold)
+	}
+	var b strings.Builder
+	if err := rep.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "range") {
+		t.Errorf("repeated table has no range column:\n%s", b.String())
+	}
+}

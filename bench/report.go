@@ -23,7 +23,10 @@ type Report struct {
 	Started time.Time `json:"started"`
 	Host    Host      `json:"host"`
 	Config  Config    `json:"config"`
-	Runs    []Run     `json:"runs"`
+	// Runs are the measured combinations: with Config.Repeat > 1, each is
+	// the per-phase median of its repetitions, which are in Samples.
+	Runs    []Run `json:"runs"`
+	Samples []Run `json:"samples,omitempty"`
 	// Findings check the issue's targets against the runs that can answer
 	// them (see Findings).
 	Findings []Finding `json:"findings"`
@@ -47,6 +50,7 @@ type Run struct {
 	KMSLatency string  `json:"kms_latency"` // a Go duration
 	KMSRPS     float64 `json:"kms_rps"`     // 0: no quota
 	Jobs       int     `json:"jobs"`
+	Repeat     int     `json:"repeat"` // which repetition (0-based); a median run has the count
 	Files      int     `json:"files"`
 	FileSize   int64   `json:"file_size"`
 	Phases     []Phase `json:"phases"`
@@ -122,6 +126,12 @@ type Phase struct {
 	// MountErrors is the mount's own error counter (EIO/EACCES reported
 	// to applications) over the phase.
 	MountErrors uint64 `json:"mount_errors"`
+	// Samples is the number of repetitions a median phase stands for, and
+	// FilesPerSecRange their lowest and highest rate.
+	Samples          int       `json:"samples,omitempty"`
+	FilesPerSecRange []float64 `json:"files_per_sec_range,omitempty"`
+	// LoadAvg is the machine's 1-minute load average when the phase began.
+	LoadAvg float64 `json:"loadavg_1m"`
 	// CachesDropped says whether the kernel's page, dentry and inode
 	// caches were dropped before the phase (needs root).
 	CachesDropped bool `json:"caches_dropped"`
@@ -181,16 +191,35 @@ func (r *Report) WriteTable(w io.Writer) error {
 		labelW = max(labelW, len(run.Label()))
 	}
 	left := func(s string, w int) string { return s + strings.Repeat(" ", max(0, w-len(s))) }
+	repeated := false
+	for _, run := range r.Runs {
+		for _, p := range run.Phases {
+			repeated = repeated || len(p.FilesPerSecRange) == 2
+		}
+	}
+	rangeCol := func(p Phase) string {
+		if !repeated {
+			return ""
+		}
+		if len(p.FilesPerSecRange) != 2 {
+			return "-\t"
+		}
+		return fmt.Sprintf("%.0f-%.0f\t", p.FilesPerSecRange[0], p.FilesPerSecRange[1])
+	}
+	rangeHead := ""
+	if repeated {
+		rangeHead = "range\t"
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\t%s\tfiles\tfiles/s\tMB/s\tKMS calls\tcalls/file\thit rate\tp50 ms\tp99 ms\tretries\tfailed\t\n", left("run", labelW), left("phase", phaseW))
+	fmt.Fprintf(tw, "%s\t%s\tfiles\tfiles/s\t%sMB/s\tKMS calls\tcalls/file\thit rate\tp50 ms\tp99 ms\tretries\tfailed\t\n", left("run", labelW), left("phase", phaseW), rangeHead)
 	for _, run := range r.Runs {
 		for _, p := range run.Phases {
 			hit := "-"
 			if p.CacheHits+p.CacheMisses > 0 {
 				hit = fmt.Sprintf("%.1f%%", 100*p.HitRate)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.1f\t%s\t%s\t%s\t%.2f\t%.2f\t%d\t%d\t\n",
-				left(run.Label(), labelW), left(p.Name, phaseW), p.Files, p.FilesPerSec, p.MBPerSec, formatCalls(p.KMSCalls),
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s%.1f\t%s\t%s\t%s\t%.2f\t%.2f\t%d\t%d\t\n",
+				left(run.Label(), labelW), left(p.Name, phaseW), p.Files, p.FilesPerSec, rangeCol(p), p.MBPerSec, formatCalls(p.KMSCalls),
 				formatPerFile(p.CallsPerFile), hit, p.P50Ms, p.P99Ms, p.Retries, p.Failed)
 		}
 		if run.Error != "" {

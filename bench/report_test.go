@@ -272,3 +272,30 @@ func TestLabels(t *testing.T) {
 		}
 	}
 }
+
+func TestMedians(t *testing.T) {
+	mk := func(mode string, rep int, fps ...float64) Run {
+		r := Run{Mode: mode, KMSLatency: "0s", Jobs: 1, Repeat: rep}
+		for i, f := range fps {
+			r.Phases = append(r.Phases, Phase{Name: []string{PhaseCreate, PhaseReadCold, PhaseReadWarm}[i], FilesPerSec: f, Files: 10, Verified: 10, P50Ms: f / 100})
+		}
+		return r
+	}
+	samples := []Run{mk("per-object", 0, 100, 50), mk("bucket-key", 0, 300), mk("per-object", 1, 90, 70), mk("per-object", 2, 120, 10)}
+	samples[2].Phases[1].Failed, samples[2].Phases[1].FirstError = 2, "f1: boom"
+	runs := Medians(samples)
+	if len(runs) != 2 || runs[0].Mode != "per-object" || runs[1].Mode != "bucket-key" || runs[0].Repeat != 3 {
+		t.Fatalf("runs: %+v", runs)
+	}
+	c, r := runs[0].Phase(PhaseCreate), runs[0].Phase(PhaseReadCold)
+	if c.FilesPerSec != 100 || c.P50Ms != 1 || c.Samples != 3 || c.FilesPerSecRange[0] != 90 || c.FilesPerSecRange[1] != 120 {
+		t.Errorf("create median: %+v", c)
+	}
+	// The median is a whole sample (50 with its own p50), failures summed.
+	if r.FilesPerSec != 50 || r.P50Ms != 0.5 || r.Failed != 2 || r.FirstError != "f1: boom" {
+		t.Errorf("read median: %+v", r)
+	}
+	if b := runs[1].Phase(PhaseCreate); b.FilesPerSec != 300 || b.Samples != 1 {
+		t.Errorf("single sample: %+v", b)
+	}
+}

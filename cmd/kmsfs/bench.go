@@ -36,6 +36,7 @@ func benchCommand(ctx context.Context, args []string) error {
 	latencies := fs.DurationSlice("kms-latency", nil, "simulated KMS latency per call; several (e.g. 0,10ms) make one run each (default 0)")
 	rps := fs.Float64Slice("kms-rps", []float64{0}, "simulated KMS request quota per second (0: none); several make one run each")
 	jobs := fs.IntSlice("jobs", []int{1}, "parallel writers and readers; several (e.g. 1,8) make one run each")
+	repeat := fs.Int("repeat", 1, "run every combination this many times, interleaved, and report medians (for shared, noisy machines)")
 	direct := fs.Bool("direct", false, "drive the volume library in-process instead of a FUSE mount (isolates FUSE)")
 	backendURL := fs.String("backend", "", "s3://bucket/prefix to bench the S3 backend (default: a directory under --scratch)")
 	key := fs.String("key", "", "KMS key for the bench volumes (needed with --kms; default: new keys on the embedded KMS)")
@@ -133,7 +134,7 @@ func benchCommand(ctx context.Context, args []string) error {
 	runner := &bench.Runner{
 		Config: bench.Config{
 			Files: p.Files, FileSize: p.Size, Modes: *modes, KMSLatencies: *latencies, KMSRPS: *rps, Jobs: *jobs,
-			Backend: *backendURL, Scratch: dir, Seed: *seed, SkipCold: !*cold, SkipWarm: !*warm,
+			Backend: *backendURL, Scratch: dir, Seed: *seed, Repeat: *repeat, SkipCold: !*cold, SkipWarm: !*warm,
 		},
 		Harness: harness,
 	}
