@@ -12,6 +12,15 @@ import (
 	"github.com/aws/smithy-go"
 )
 
+// opContext keeps the values of a request's context but not its
+// cancellation. FUSE turns any signal the calling process receives into an
+// INTERRUPT, and Go programs receive one every few milliseconds (SIGURG,
+// asynchronous preemption): abandoning the S3 request would answer EINTR,
+// which callers of raw syscalls do not retry, for an operation that was
+// about to succeed, and could leave a rename half done. Stuck requests are
+// bounded by the SDK's retries instead.
+func opContext(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+
 // errorCode is the S3 error code of err ("NoSuchKey", "SlowDown", ...), or
 // the HTTP status text for bodiless responses (HEAD), or "".
 func errorCode(err error) string {

@@ -49,6 +49,8 @@ type openFile struct {
 	ra         readahead
 }
 
+var _ backend.Flusher = (*handle)(nil)
+
 // handle is one open of a file.
 type handle struct {
 	f      *openFile
@@ -69,6 +71,7 @@ func (b *Backend) owner(o *backend.Owner) *ownerIDs {
 // O_EXCL an empty object is created at once with a conditional PutObject
 // (If-None-Match: *) so that exactly one creator wins.
 func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32, owner *backend.Owner) (backend.File, error) {
+	ctx = opContext(ctx)
 	if name == "" {
 		return nil, pathErr("open", name, syscall.EISDIR)
 	}
@@ -495,6 +498,15 @@ func (h *handle) Truncate(size int64) error {
 }
 
 func (h *handle) Sync() error {
+	if h.closed.Load() {
+		return os.ErrClosed
+	}
+	return h.f.sync()
+}
+
+// Flush runs on every close(2) (backend.Flusher): it uploads what changed,
+// so that close reports an upload failure and other clients see the data.
+func (h *handle) Flush() error {
 	if h.closed.Load() {
 		return os.ErrClosed
 	}

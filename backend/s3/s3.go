@@ -143,11 +143,12 @@ type Backend struct {
 	copyLimit    int64
 	copyPartSize int64
 	// ctx is the context of File operations, whose interface carries none.
-	ctx    context.Context
-	cancel context.CancelFunc
-	uid    uint32
-	gid    uint32
-	log    *slog.Logger
+	ctx     context.Context
+	cancel  context.CancelFunc
+	uid     uint32
+	gid     uint32
+	started time.Time
+	log     *slog.Logger
 
 	mu   sync.Mutex
 	open map[string]*openFile // files open by path, shared by their handles
@@ -334,6 +335,7 @@ func (b *Backend) Statfs(_ context.Context, st *syscall.Statfs_t) error {
 // ReadMeta reads a volume metadata object; a missing one is ENOENT (so
 // errors.Is(err, fs.ErrNotExist)).
 func (b *Backend) ReadMeta(ctx context.Context, name string) ([]byte, error) {
+	ctx = opContext(ctx)
 	k := b.metaKey(name)
 	out, err := b.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(k)})
 	if err != nil {
@@ -350,6 +352,7 @@ func (b *Backend) ReadMeta(ctx context.Context, name string) ([]byte, error) {
 // WriteMeta replaces a metadata object; PutObject is atomic, so readers see
 // the old or the new content, never a mix.
 func (b *Backend) WriteMeta(ctx context.Context, name string, data []byte) error {
+	ctx = opContext(ctx)
 	k := b.metaKey(name)
 	_, err := b.client.PutObject(ctx, &s3.PutObjectInput{
 		Bucket: aws.String(b.bucket), Key: aws.String(k),

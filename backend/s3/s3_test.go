@@ -866,4 +866,45 @@ func TestErrorMapping(t *testing.T) {
 	}
 }
 
+// cp -a sets permissions through system.posix_acl_access (FUSE passes ACLs
+// to the filesystem as xattrs): a mode-equivalent ACL becomes the mode.
+func TestACLBecomesMode(t *testing.T) {
+	b := newTestBackend(t, testConfig(t))
+	create(t, b, "f", []byte("x"))
+	// user::rwx group::r-x other::--x
+	acl := []byte{2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 1, 0, 0xff, 0xff, 0xff, 0xff}
+	if err := b.Setxattr(bg, "f", xattrACLAccess, acl, 0); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := b.Lstat(bg, "f", &st); err != nil || st.Mode != syscall.S_IFREG|0o751 {
+		t.Fatalf("mode after ACL: %o, %v", st.Mode, err)
+	}
+	if _, err := b.Getxattr(bg, "f", xattrACLAccess); !errors.Is(err, syscall.ENODATA) {
+		t.Fatalf("getxattr ACL: %v", err)
+	}
+	if l, _ := b.Listxattr(bg, "f"); len(l) != 0 {
+		t.Fatalf("ACL stored as an xattr: %v", l)
+	}
+	// A named-user entry cannot be expressed by the mode.
+	ext := append(slices.Clone(acl), 2, 0, 7, 0, 0xe8, 3, 0, 0, 0x10, 0, 7, 0, 0xff, 0xff, 0xff, 0xff)
+	wantErrno(t, b.Setxattr(bg, "f", xattrACLAccess, ext, 0), syscall.ENOTSUP)
+}
+
+// A FUSE INTERRUPT (any signal to the caller, SIGURG in Go programs)
+// cancels the request context; the S3 operation still completes.
+func TestCancelledContextStillCompletes(t *testing.T) {
+	b := newTestBackend(t, testConfig(t))
+	create(t, b, "f", []byte("x"))
+	ctx, cancel := context.WithCancel(bg)
+	cancel()
+	var st syscall.Stat_t
+	if err := b.Lstat(ctx, "f", &st); err != nil {
+		t.Fatalf("Lstat with a cancelled context: %v", err)
+	}
+	if err := b.Rename(ctx, "f", "g", 0); err != nil {
+		t.Fatalf("Rename with a cancelled context: %v", err)
+	}
+}
+
 var _ backend.File = (*handle)(nil)

@@ -2,6 +2,7 @@ package s3
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -87,7 +88,8 @@ func (b *Backend) lookupRoot(ctx context.Context, op string) (*entry, error) {
 		if !isNotFound(err) {
 			return nil, b.fail(op, "", k, err)
 		}
-		return &entry{key: k, dir: true, implicit: true, attrs: b.decodeAttrs(nil, syscall.S_IFDIR|0o755, time.Time{})}, nil
+		// No attributes stored yet: the root is as old as the mount.
+		return &entry{key: k, dir: true, implicit: true, attrs: b.decodeAttrs(nil, syscall.S_IFDIR|0o755, b.started)}, nil
 	}
 	a := b.decodeAttrs(h.Metadata, syscall.S_IFDIR|0o755, aws.ToTime(h.LastModified))
 	a.mode = syscall.S_IFDIR | a.mode&07777
@@ -95,6 +97,7 @@ func (b *Backend) lookupRoot(ctx context.Context, op string) (*entry, error) {
 }
 
 func (b *Backend) Lstat(ctx context.Context, name string, st *syscall.Stat_t) error {
+	ctx = opContext(ctx)
 	if f := b.acquire(name); f != nil {
 		f.stat(st)
 		b.release(f)
@@ -115,6 +118,7 @@ func (b *Backend) Lstat(ctx context.Context, name string, st *syscall.Stat_t) er
 // S_IFREG and calling a symlink a file; Lstat (or READDIRPLUS) gives the
 // type. Files created here and not uploaded yet are listed too.
 func (b *Backend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry, error) {
+	ctx = opContext(ctx)
 	if name != "" {
 		if _, err := b.key("readdir", name); err != nil {
 			return nil, pathErr("readdir", name, syscall.ENOENT)
@@ -176,6 +180,7 @@ func (b *Backend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry,
 }
 
 func (b *Backend) Mkdir(ctx context.Context, name string, mode uint32, owner *backend.Owner) error {
+	ctx = opContext(ctx)
 	if name == "" {
 		return pathErr("mkdir", name, syscall.EEXIST)
 	}
@@ -215,6 +220,7 @@ func (b *Backend) Link(_ context.Context, _, to string) error {
 }
 
 func (b *Backend) Rmdir(ctx context.Context, name string) error {
+	ctx = opContext(ctx)
 	if name == "" {
 		return pathErr("rmdir", name, syscall.EBUSY)
 	}
@@ -264,6 +270,7 @@ func (b *Backend) hasOpenUnder(dir string) bool {
 // a staged copy (POSIX: an unlinked open file lives until closed), which is
 // downloaded first if need be; they no longer upload.
 func (b *Backend) Unlink(ctx context.Context, name string) error {
+	ctx = opContext(ctx)
 	key, err := b.key("unlink", name)
 	if err != nil {
 		return err
@@ -311,6 +318,7 @@ func (b *Backend) detach(f *openFile) {
 }
 
 func (b *Backend) Symlink(ctx context.Context, target, name string, owner *backend.Owner) error {
+	ctx = opContext(ctx)
 	key, err := b.key("symlink", name)
 	if err != nil {
 		return err
@@ -324,6 +332,7 @@ func (b *Backend) Symlink(ctx context.Context, target, name string, owner *backe
 }
 
 func (b *Backend) Readlink(ctx context.Context, name string) (string, error) {
+	ctx = opContext(ctx)
 	key, err := b.key("readlink", name)
 	if err != nil {
 		return "", pathErr("readlink", name, syscall.ENOENT)
@@ -357,6 +366,7 @@ func (b *Backend) Readlink(ctx context.Context, name string) (string, error) {
 // with MetadataDirective REPLACE (S3's only way to change metadata), pinned
 // to the version looked at and retried if that changed meanwhile.
 func (b *Backend) setAttrs(ctx context.Context, op, name string, change func(*attrs) error) error {
+	ctx = opContext(ctx)
 	if f := b.acquire(name); f != nil {
 		defer b.release(f)
 		f.mu.Lock()
@@ -446,6 +456,7 @@ func (b *Backend) Utimens(ctx context.Context, name string, atime, mtime *time.T
 
 // attrsOf reads the attributes of a path, open or not.
 func (b *Backend) attrsOf(ctx context.Context, op, name string) (attrs, error) {
+	ctx = opContext(ctx)
 	if f := b.acquire(name); f != nil {
 		defer b.release(f)
 		f.mu.RLock()
@@ -467,6 +478,10 @@ func (b *Backend) Getxattr(ctx context.Context, name, attr string) ([]byte, erro
 	a, err := b.attrsOf(ctx, "getxattr", name)
 	if err != nil {
 		return nil, err
+	}
+	if isACL(attr) {
+		// Only mode-equivalent ACLs are accepted, and those are the mode.
+		return nil, pathErr("getxattr", name, syscall.ENODATA)
 	}
 	v, ok := a.xattrs[attr]
 	if !ok {
@@ -492,6 +507,21 @@ func (b *Backend) Setxattr(ctx context.Context, name, attr string, value []byte,
 	if attr == "" {
 		return pathErr("setxattr", name, syscall.EINVAL)
 	}
+	if isACL(attr) {
+		// Without FUSE_POSIX_ACL the kernel hands ACLs to the filesystem
+		// as xattrs; a disk filesystem would fold a mode-equivalent one into
+		// the mode (cp -a sets permissions that way). Extended ACLs cannot
+		// be enforced here, so they are refused and callers fall back to
+		// chmod.
+		perm, ok := aclPerm(value)
+		if attr != xattrACLAccess || !ok {
+			return pathErr("setxattr", name, syscall.ENOTSUP)
+		}
+		return b.setAttrs(ctx, "setxattr", name, func(a *attrs) error {
+			a.mode = a.mode&^0o777 | perm
+			return nil
+		})
+	}
 	return b.setAttrs(ctx, "setxattr", name, func(a *attrs) error {
 		_, exists := a.xattrs[attr]
 		if flags&unix.XATTR_CREATE != 0 && exists {
@@ -509,6 +539,9 @@ func (b *Backend) Setxattr(ctx context.Context, name, attr string, value []byte,
 }
 
 func (b *Backend) Removexattr(ctx context.Context, name, attr string) error {
+	if isACL(attr) {
+		return pathErr("removexattr", name, syscall.ENODATA)
+	}
 	return b.setAttrs(ctx, "removexattr", name, func(a *attrs) error {
 		if _, ok := a.xattrs[attr]; !ok {
 			return pathErr("removexattr", name, syscall.ENODATA)
@@ -525,6 +558,7 @@ func (b *Backend) Removexattr(ctx context.Context, name, attr string) error {
 // RENAME_NOREPLACE is honoured (with a conditional copy for files);
 // RENAME_EXCHANGE is ENOTSUP.
 func (b *Backend) Rename(ctx context.Context, from, to string, flags uint32) error {
+	ctx = opContext(ctx)
 	if flags&unix.RENAME_EXCHANGE != 0 {
 		return pathErr("rename", from, syscall.ENOTSUP)
 	}
@@ -796,4 +830,42 @@ func (b *Backend) deleteKeys(ctx context.Context, keys []string) error {
 		keys = keys[n:]
 	}
 	return nil
+}
+
+// POSIX ACL xattrs (linux/posix_acl_xattr.h): a little-endian version 2
+// header, then {tag u16, perm u16, id u32} entries.
+const (
+	xattrACLAccess  = "system.posix_acl_access"
+	xattrACLDefault = "system.posix_acl_default"
+	aclVersion      = 2
+	aclUserObj      = 0x01
+	aclGroupObj     = 0x04
+	aclOther        = 0x20
+)
+
+func isACL(attr string) bool { return attr == xattrACLAccess || attr == xattrACLDefault }
+
+// aclPerm returns the permission bits of an ACL that has only the owner,
+// group and other entries (one the mode expresses exactly).
+func aclPerm(v []byte) (uint32, bool) {
+	if len(v) < 4 || (len(v)-4)%8 != 0 || binary.LittleEndian.Uint32(v) != aclVersion {
+		return 0, false
+	}
+	var perm uint32
+	seen := 0
+	for e := v[4:]; len(e) > 0; e = e[8:] {
+		tag, p := binary.LittleEndian.Uint16(e), uint32(binary.LittleEndian.Uint16(e[2:])&7)
+		switch tag {
+		case aclUserObj:
+			perm |= p << 6
+		case aclGroupObj:
+			perm |= p << 3
+		case aclOther:
+			perm |= p
+		default:
+			return 0, false
+		}
+		seen |= int(tag)
+	}
+	return perm, seen == aclUserObj|aclGroupObj|aclOther
 }
