@@ -107,6 +107,13 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	if cfg.Region == "" {
 		return nil, errors.New("kms client: no region: give --kms-region or set AWS_REGION")
 	}
+	// Fetch credentials now, so a missing or broken credential chain is one
+	// clear error at start-up rather than a failure of every later call.
+	cctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	if _, err := cfg.Credentials.Retrieve(cctx); err != nil {
+		return nil, fmt.Errorf("kms client: no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE): %w", err)
+	}
 	return newClient(cfg, opts), nil
 }
 

@@ -105,3 +105,16 @@ func TestJitterBackoffBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestNoCredentialsIsOneClearError(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	_, err := New(context.Background(), Options{Endpoint: "http://127.0.0.1:1", Region: "us-test-1"})
+	if err == nil || !strings.Contains(err.Error(), "no usable AWS credentials") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("got %v", err)
+	}
+}
