@@ -204,7 +204,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if len(p.FilesPerSecRange) != 2 {
 			return "-\t"
 		}
-		return fmt.Sprintf("%.0f-%.0f\t", p.FilesPerSecRange[0], p.FilesPerSecRange[1])
+		return formatRate(p.FilesPerSecRange[0]) + "-" + formatRate(p.FilesPerSecRange[1]) + "\t"
 	}
 	rangeHead := ""
 	if repeated {
@@ -218,8 +218,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if p.CacheHits+p.CacheMisses > 0 {
 				hit = fmt.Sprintf("%.1f%%", 100*p.HitRate)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s%.1f\t%s\t%s\t%s\t%.2f\t%.2f\t%d\t%d\t\n",
-				left(run.Label(), labelW), left(p.Name, phaseW), p.Files, p.FilesPerSec, rangeCol(p), p.MBPerSec, formatCalls(p.KMSCalls),
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s%.1f\t%s\t%s\t%s\t%.2f\t%.2f\t%d\t%d\t\n",
+				left(run.Label(), labelW), left(p.Name, phaseW), p.Files, formatRate(p.FilesPerSec), rangeCol(p), p.MBPerSec, formatCalls(p.KMSCalls),
 				formatPerFile(p.CallsPerFile), hit, p.P50Ms, p.P99Ms, p.Retries, p.Failed)
 		}
 		if run.Error != "" {
@@ -236,6 +236,18 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// formatRate prints files/s with the digits that matter: whole files for
+// thousands of small files, hundredths for a few large ones.
+func formatRate(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
 }
 
 // formatPerFile prints calls per file with enough digits to tell 0.0001

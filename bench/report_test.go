@@ -66,7 +66,7 @@ func TestWriteTable(t *testing.T) {
 	for _, want := range []string{
 		"per-object       create     10000     2000   8.2  GDK 10000       1.000         -    0.50    3.25        0       0",
 		"bucket-key       read-cold  10000     1900   7.8      Dec 1      0.0001    100.0%",
-		"per-object 10ms  read-cold  10000       95   0.4  Dec 10000       1.000      0.0%",
+		"per-object 10ms  read-cold  10000     95.0   0.4  Dec 10000       1.000      0.0%",
 		"FAIL  warm re-read makes no KMS call [bucket-key 10ms]: 2 KMS calls for 10000 files (Dec 2)",
 		"PASS  bucket-key makes <= 1% of per-object's KMS calls for 10000 new files [per-object 10ms / bucket-key 10ms]: 1 vs 10000 calls (0.010%)",
 	} {
@@ -297,5 +297,13 @@ func TestMedians(t *testing.T) {
 	}
 	if b := runs[1].Phase(PhaseCreate); b.FilesPerSec != 300 || b.Samples != 1 {
 		t.Errorf("single sample: %+v", b)
+	}
+}
+
+func TestFormatRate(t *testing.T) {
+	for v, want := range map[float64]string{2868.4: "2868", 95.04: "95.0", 0.373: "0.37", 0: "0.00"} {
+		if got := formatRate(v); got != want {
+			t.Errorf("formatRate(%v) = %q, want %q", v, got, want)
+		}
 	}
 }

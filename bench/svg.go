@@ -60,7 +60,7 @@ func WriteSVG(w io.Writer, rep *Report) error {
 	phases := chartPhases(rep.Runs)
 	colors := barColors(rep.Runs)
 	panels := []chartPanel{
-		{"Files per second (higher is better)", func(p Phase) float64 { return p.FilesPerSec }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
+		{"Files per second (higher is better)", func(p Phase) float64 { return p.FilesPerSec }, formatRate},
 		{"KMS calls per file (lower is better)", func(p Phase) float64 { return p.CallsPerFile }, formatPerFile},
 	}
 	perRow := max(1, (chartWidth-chartLeft-chartRight)/legendColumn)
