@@ -307,3 +307,15 @@ func TestFormatRate(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteSVGLargeFilesPlotsMBps(t *testing.T) {
+	rep := sampleReport()
+	rep.Config.Files, rep.Config.FileSize = 8, 256<<20
+	var b bytes.Buffer
+	if err := WriteSVG(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.String(); !strings.Contains(s, "MB per second") || strings.Contains(s, "Files per second") || !strings.Contains(s, "8 files x 256 MiB") {
+		t.Errorf("large-file chart should plot MB/s:\n%.600s", s)
+	}
+}

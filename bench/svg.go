@@ -17,6 +17,9 @@ const (
 	panelGap     = 70 // panel title and x labels
 	legendRow    = 22
 	legendColumn = 240
+	// largeFile is the file size from which the chart plots MB/s instead
+	// of files/s.
+	largeFile = 1 << 20
 )
 
 // modePalette gives each mode its own hue family (per-object blues,
@@ -52,15 +55,20 @@ type chartPanel struct {
 	format func(float64) string
 }
 
-// WriteSVG draws the report as grouped bars: files/s (top) and KMS calls
+// WriteSVG draws the report as grouped bars: files/s (MB/s for files of
+// 1 MiB and more) on top and KMS calls
 // per file (bottom), one group per phase, one bar per run, each bar
 // labelled with its value (so that bucket-key's near-zero calls per file
 // are still read as a number, not as a missing bar).
 func WriteSVG(w io.Writer, rep *Report) error {
 	phases := chartPhases(rep.Runs)
 	colors := barColors(rep.Runs)
-	panels := []chartPanel{
-		{"Files per second (higher is better)", func(p Phase) float64 { return p.FilesPerSec }, formatRate},
+	rate := chartPanel{"Files per second (higher is better)", func(p Phase) float64 { return p.FilesPerSec }, formatRate}
+	if rep.Config.FileSize >= largeFile {
+		// A few large files: throughput is the figure, files/s a fraction.
+		rate = chartPanel{"MB per second (higher is better)", func(p Phase) float64 { return p.MBPerSec }, formatRate}
+	}
+	panels := []chartPanel{rate,
 		{"KMS calls per file (lower is better)", func(p Phase) float64 { return p.CallsPerFile }, formatPerFile},
 	}
 	perRow := max(1, (chartWidth-chartLeft-chartRight)/legendColumn)
