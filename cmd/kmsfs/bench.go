@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -52,12 +53,16 @@ func benchCommand(ctx context.Context, args []string) error {
 	chartPath := fs.String("chart", "", "draw the results as an SVG chart into this file")
 	cpuProfile := fs.String("cpuprofile", "", "with --direct: write a CPU profile (pprof) of the bench to this file")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
+	render := fs.String("render", "", "run nothing: print the table (and --chart) of an earlier --json FILE")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		fs.Usage()
 		return errors.New("kmsfs bench takes no arguments")
+	}
+	if *render != "" {
+		return benchRender(*render, *chartPath)
 	}
 	p, ok := bench.LookupPreset(*preset)
 	if !ok {
@@ -157,16 +162,27 @@ func benchCommand(ctx context.Context, args []string) error {
 		return runErr
 	}
 	fmt.Println()
+	if err := benchOutput(rep, *jsonPath, *chartPath); err != nil {
+		return err
+	}
+	if *keep {
+		fmt.Fprintf(os.Stderr, "kmsfs bench: volumes and logs kept in %s\n", dir)
+	}
+	return runErr
+}
+
+// benchOutput prints the table and writes the JSON and chart files asked for.
+func benchOutput(rep *bench.Report, jsonPath, chartPath string) error {
 	if err := rep.WriteTable(os.Stdout); err != nil {
 		return err
 	}
-	if *jsonPath != "" {
-		if err := rep.WriteJSON(*jsonPath); err != nil {
+	if jsonPath != "" {
+		if err := rep.WriteJSON(jsonPath); err != nil {
 			return fmt.Errorf("--json: %w", err)
 		}
 	}
-	if *chartPath != "" {
-		f, err := os.Create(*chartPath)
+	if chartPath != "" {
+		f, err := os.Create(chartPath)
 		if err != nil {
 			return fmt.Errorf("--chart: %w", err)
 		}
@@ -178,10 +194,21 @@ func benchCommand(ctx context.Context, args []string) error {
 			return fmt.Errorf("--chart: %w", err)
 		}
 	}
-	if *keep {
-		fmt.Fprintf(os.Stderr, "kmsfs bench: volumes and logs kept in %s\n", dir)
+	return nil
+}
+
+// benchRender re-renders a saved report (a chart redrawn after a change of
+// style, without running the bench again).
+func benchRender(jsonPath, chartPath string) error {
+	raw, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return err
 	}
-	return runErr
+	var rep bench.Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		return fmt.Errorf("%s: %w", jsonPath, err)
+	}
+	return benchOutput(&rep, "", chartPath)
 }
 
 // args renders the flags init and mount share, for the bench's children.
