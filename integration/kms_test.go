@@ -73,6 +73,13 @@ func kmsAWS(t *testing.T) string {
 
 func kmsStartServer(t *testing.T, extra ...string) *kmsHarness {
 	t.Helper()
+	return kmsStartServerScheme(t, "http", extra...)
+}
+
+// kmsStartServerScheme starts the server; scheme is what it announces
+// (https with --tls-cert).
+func kmsStartServerScheme(t *testing.T, scheme string, extra ...string) *kmsHarness {
+	t.Helper()
 	dir := t.TempDir()
 	h := &kmsHarness{t: t, dir: dir, keystore: filepath.Join(dir, "keystore"), audit: filepath.Join(dir, "audit.log")}
 	creds := map[string]map[string]string{
@@ -110,7 +117,7 @@ func kmsStartServer(t *testing.T, extra ...string) *kmsHarness {
 	}()
 	select {
 	case line := <-lines:
-		m := regexp.MustCompile(`listening on (http://\S+)`).FindStringSubmatch(line)
+		m := regexp.MustCompile(`listening on (` + scheme + `://\S+)`).FindStringSubmatch(line)
 		if m == nil {
 			t.Fatalf("unexpected first line from kmsfs kms serve: %q", line)
 		}
