@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -57,7 +58,7 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&m.allowOther, "allow-other", false, "let other users access the mount (needs root or user_allow_other)")
 	fs.BoolVar(&m.readOnly, "read-only", false, "mount read-only")
 	fs.BoolVar(&m.debug, "debug", false, "log every FUSE request")
-	fs.StringVar(&m.logFile, "log", "", "append the mount's log to this file (default: stderr)")
+	fs.StringVar(&m.logFile, "log", "", "append the mount's log to this file (default: stderr with --foreground, else ~/.cache/kmsfs/mount-NAME-HASH.log)")
 	fs.DurationVar(&m.attrTimeout, "attr-timeout", d.AttrTimeout, "how long the kernel caches attributes")
 	fs.DurationVar(&m.entryTimeout, "entry-timeout", d.EntryTimeout, "how long the kernel caches name lookups")
 	fs.DurationVar(&m.cache.MaxAge, "cache-max-age", lim.MaxAge, "key cache: how long a plaintext data key is reused before asking the KMS again")
@@ -130,7 +131,12 @@ func mountCommand(ctx context.Context, args []string) error {
 		return err
 	}
 	if !m.foreground && os.Getenv(readyFDEnv) == "" {
-		return daemonize(args)
+		if m.logFile == "" {
+			if m.logFile, err = defaultLogPath(mnt); err != nil {
+				return err
+			}
+		}
+		return daemonize(args, m.logFile)
 	}
 	return runMount(ctx, &m, spec, mnt)
 }
@@ -138,7 +144,16 @@ func mountCommand(ctx context.Context, args []string) error {
 // daemonize re-executes kmsfs in the background with --foreground and waits
 // until the child reports that the mount is up (or why it failed), so that
 // `kmsfs mount` returns only once the mount is usable.
-func daemonize(args []string) error {
+//
+// The child's stdout and stderr go to the log file, never to ours: a caller
+// that captures our output through a pipe and stops reading after we exit
+// would otherwise block the mount on its next log line once the pipe fills.
+func daemonize(args []string, logPath string) error {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("log file: %w", err)
+	}
+	defer logf.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
@@ -147,12 +162,12 @@ func daemonize(args []string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(self, append([]string{"mount", "--foreground"}, args...)...)
+	cmd := exec.Command(self, append([]string{"mount", "--foreground", "--log", logPath}, args...)...)
 	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdin = nil
-	cmd.Stdout = nil
-	cmd.Stderr = os.Stderr
+	cmd.Stdout = logf
+	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return err
@@ -257,6 +272,20 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 	srv.Wait()
 	log.Info("unmounted", "mountpoint", mnt)
 	return nil
+}
+
+// defaultLogPath is where a daemonised mount logs when --log is not given.
+func defaultLogPath(mnt string) (string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("no --log and no cache directory: %w", err)
+	}
+	dir = filepath.Join(dir, "kmsfs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(mnt))
+	return filepath.Join(dir, fmt.Sprintf("mount-%s-%x.log", filepath.Base(mnt), sum[:4])), nil
 }
 
 func readyPipe() *os.File {
