@@ -368,3 +368,20 @@ func mountGrepBacking(t *testing.T, vault string, needle []byte) []string {
 	}
 	return hits
 }
+
+// mountSeed is the seed of a randomised test: $KMSFS_TEST_SEED when set
+// (to replay a failure), else fresh. The test logs it either way.
+func mountSeed(t *testing.T) uint64 {
+	t.Helper()
+	if s := os.Getenv("KMSFS_TEST_SEED"); s != "" {
+		seed, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("KMSFS_TEST_SEED=%q: %v", s, err)
+		}
+		t.Logf("seed %d (from KMSFS_TEST_SEED)", seed)
+		return seed
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d (replay with KMSFS_TEST_SEED=%d)", seed, seed)
+	return seed
+}
