@@ -79,6 +79,9 @@ func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32,
 	if err != nil {
 		return nil, err
 	}
+	if flags&syscall.O_CREAT != 0 {
+		b.created(name, false)
+	}
 	for attempt := 0; ; attempt++ {
 		b.mu.Lock()
 		if f := b.open[name]; f != nil {

@@ -907,4 +907,42 @@ func TestCancelledContextStillCompletes(t *testing.T) {
 	}
 }
 
+// A miss is remembered briefly (the kernel looks a name up again before
+// creating it); every way of creating the name here forgets it.
+func TestMissCacheForgetsCreations(t *testing.T) {
+	b := newTestBackend(t, testConfig(t))
+	var st syscall.Stat_t
+	for _, n := range []string{"f", "d", "l", "r", "dir2"} {
+		wantErrno(t, b.Lstat(bg, n, &st), syscall.ENOENT)
+	}
+	create(t, b, "f", []byte("x"))
+	if err := b.Mkdir(bg, "d", 0o755, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Symlink(bg, "f", "l", nil); err != nil {
+		t.Fatal(err)
+	}
+	create(t, b, "tmp", nil)
+	if err := b.Rename(bg, "tmp", "r", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Rename(bg, "d", "dir2", 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"f", "l", "r", "dir2"} {
+		if err := b.Lstat(bg, n, &st); err != nil {
+			t.Errorf("Lstat(%s) after creating it: %v", n, err)
+		}
+	}
+	// Another client's creation shows once the miss has expired.
+	wantErrno(t, b.Lstat(bg, "other", &st), syscall.ENOENT)
+	if _, err := b.client.PutObject(bg, &s3.PutObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(b.prefix + "other"), Body: strings.NewReader("x")}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(absentTTL + 100*time.Millisecond)
+	if err := b.Lstat(bg, "other", &st); err != nil {
+		t.Fatalf("Lstat after the miss expired: %v", err)
+	}
+}
+
 var _ backend.File = (*handle)(nil)

@@ -45,6 +45,10 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 	if err != nil {
 		return nil, pathErr(op, name, syscall.ENOENT)
 	}
+	gen, absent := b.knownAbsent(name)
+	if absent {
+		return nil, pathErr(op, name, syscall.ENOENT)
+	}
 	h, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
 	if err == nil {
 		return &entry{
@@ -64,6 +68,7 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 		return nil, b.fail(op, name, marker, err)
 	}
 	if len(l.Contents) == 0 {
+		b.noteAbsent(name, gen)
 		return nil, pathErr(op, name, syscall.ENOENT)
 	}
 	if aws.ToString(l.Contents[0].Key) != marker {
@@ -79,6 +84,44 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 	a := b.decodeAttrs(h.Metadata, syscall.S_IFDIR|0o755, aws.ToTime(h.LastModified))
 	a.mode = syscall.S_IFDIR | a.mode&07777
 	return &entry{key: marker, dir: true, attrs: a, etag: aws.ToString(h.ETag)}, nil
+}
+
+// knownAbsent reports a recent miss on name, and the invalidation count to
+// pass to noteAbsent.
+func (b *Backend) knownAbsent(name string) (uint64, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t, ok := b.absent[name]
+	if ok && time.Since(t) > absentTTL {
+		delete(b.absent, name)
+		ok = false
+	}
+	return b.absentGen, ok
+}
+
+func (b *Backend) noteAbsent(name string, gen uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if gen != b.absentGen {
+		return // something was created meanwhile
+	}
+	if len(b.absent) >= maxAbsent {
+		clear(b.absent)
+	}
+	b.absent[name] = time.Now()
+}
+
+// created forgets misses that a create or rename may have made wrong: the
+// name itself, or (dir true) everything, for a directory rename.
+func (b *Backend) created(name string, dir bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.absentGen++
+	if dir {
+		clear(b.absent)
+	} else {
+		delete(b.absent, name)
+	}
 }
 
 func (b *Backend) lookupRoot(ctx context.Context, op string) (*entry, error) {
@@ -181,6 +224,7 @@ func (b *Backend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry,
 
 func (b *Backend) Mkdir(ctx context.Context, name string, mode uint32, owner *backend.Owner) error {
 	ctx = opContext(ctx)
+	b.created(name, false)
 	if name == "" {
 		return pathErr("mkdir", name, syscall.EEXIST)
 	}
@@ -319,6 +363,7 @@ func (b *Backend) detach(f *openFile) {
 
 func (b *Backend) Symlink(ctx context.Context, target, name string, owner *backend.Owner) error {
 	ctx = opContext(ctx)
+	b.created(name, false)
 	key, err := b.key("symlink", name)
 	if err != nil {
 		return err
@@ -605,6 +650,7 @@ func (b *Backend) Rename(ctx context.Context, from, to string, flags uint32) err
 			}
 		}
 	}
+	b.created(to, src.dir)
 	if src.dir {
 		return b.renameDir(ctx, from, to, src)
 	}
