@@ -80,7 +80,7 @@ func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32,
 		return nil, err
 	}
 	if flags&syscall.O_CREAT != 0 {
-		b.created(name, false)
+		b.invalidate(name, false)
 	}
 	for attempt := 0; ; attempt++ {
 		b.mu.Lock()

@@ -81,11 +81,12 @@ const (
 	copyPartSize = 512 << 20
 	// maxKeyLen is S3's limit on an object key, in bytes.
 	maxKeyLen = 1024
-	// absentTTL bounds how long a miss is trusted; like the kernel's entry
-	// timeouts it assumes one writer (this mount) per volume.
-	absentTTL = time.Second
-	// maxAbsent caps the miss cache; it is emptied when full.
-	maxAbsent = 10000
+	// lookupTTL bounds how long a cached lookup (a miss, or a directory)
+	// is trusted; like the kernel's entry timeouts it assumes one writer
+	// (this mount) per volume.
+	lookupTTL = time.Second
+	// maxLookups caps the lookup cache; it is emptied when full.
+	maxLookups = 10000
 	// retryAttempts: throttling (SlowDown, 503) and 5xx are retried with
 	// exponential backoff this many times in all before an error surfaces.
 	retryAttempts = 10
@@ -157,13 +158,15 @@ type Backend struct {
 
 	mu   sync.Mutex
 	open map[string]*openFile // files open by path, shared by their handles
-	// absent remembers names a lookup just found missing, for absentTTL:
-	// the kernel looks a name up again right before creating it (cp does
-	// stat, then open O_CREAT|O_EXCL), and a miss costs two requests.
-	// absentGen counts invalidations, so that a lookup racing a create
-	// does not record a stale miss.
-	absent    map[string]time.Time
-	absentGen uint64
+	// lookups remembers, for lookupTTL, names a lookup found missing and
+	// directories found: the kernel looks a name up again right before
+	// creating it (cp does stat, then open O_CREAT|O_EXCL), and looks up or
+	// stats the parent directory around each create; a miss costs two
+	// requests, a directory three. Every change made here invalidates the
+	// names it touches; lookupGen counts invalidations, so that a lookup
+	// racing a change does not store a stale answer.
+	lookups   map[string]cachedLookup
+	lookupGen uint64
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -238,7 +241,7 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 		gid:          uint32(os.Getgid()),
 		log:          slog.Default(),
 		open:         make(map[string]*openFile),
-		absent:       make(map[string]time.Time),
+		lookups:      make(map[string]cachedLookup),
 	}
 	if p := strings.Trim(cfg.Prefix, "/"); p != "" {
 		b.prefix = p + "/"

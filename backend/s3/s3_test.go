@@ -939,7 +939,7 @@ func TestMissCacheForgetsCreations(t *testing.T) {
 	if _, err := b.client.PutObject(bg, &s3.PutObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(b.prefix + "other"), Body: strings.NewReader("x")}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(absentTTL + 100*time.Millisecond)
+	time.Sleep(lookupTTL + 100*time.Millisecond)
 	if err := b.Lstat(bg, "other", &st); err != nil {
 		t.Fatalf("Lstat after the miss expired: %v", err)
 	}

@@ -45,9 +45,14 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 	if err != nil {
 		return nil, pathErr(op, name, syscall.ENOENT)
 	}
-	gen, absent := b.knownAbsent(name)
-	if absent {
-		return nil, pathErr(op, name, syscall.ENOENT)
+	gen, cached := b.cachedEntry(name)
+	if cached != nil {
+		if cached.e == nil {
+			return nil, pathErr(op, name, syscall.ENOENT)
+		}
+		e := *cached.e
+		e.attrs = e.attrs.clone()
+		return &e, nil
 	}
 	h, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
 	if err == nil {
@@ -68,14 +73,16 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 		return nil, b.fail(op, name, marker, err)
 	}
 	if len(l.Contents) == 0 {
-		b.noteAbsent(name, gen)
+		b.remember(name, nil, gen)
 		return nil, pathErr(op, name, syscall.ENOENT)
 	}
 	if aws.ToString(l.Contents[0].Key) != marker {
-		return &entry{
+		e := &entry{
 			key: marker, dir: true, implicit: true,
 			attrs: b.decodeAttrs(nil, syscall.S_IFDIR|0o755, aws.ToTime(l.Contents[0].LastModified)),
-		}, nil
+		}
+		b.remember(name, e, gen)
+		return e, nil
 	}
 	h, err = b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(marker)})
 	if err != nil {
@@ -83,44 +90,55 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 	}
 	a := b.decodeAttrs(h.Metadata, syscall.S_IFDIR|0o755, aws.ToTime(h.LastModified))
 	a.mode = syscall.S_IFDIR | a.mode&07777
-	return &entry{key: marker, dir: true, attrs: a, etag: aws.ToString(h.ETag)}, nil
+	e := &entry{key: marker, dir: true, attrs: a, etag: aws.ToString(h.ETag)}
+	b.remember(name, e, gen)
+	return e, nil
 }
 
-// knownAbsent reports a recent miss on name, and the invalidation count to
-// pass to noteAbsent.
-func (b *Backend) knownAbsent(name string) (uint64, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	t, ok := b.absent[name]
-	if ok && time.Since(t) > absentTTL {
-		delete(b.absent, name)
-		ok = false
-	}
-	return b.absentGen, ok
+// cachedLookup is a lookup answer: e nil for "no such name".
+type cachedLookup struct {
+	e  *entry
+	at time.Time
 }
 
-func (b *Backend) noteAbsent(name string, gen uint64) {
+// cachedEntry returns a fresh cached answer, and the invalidation count to
+// pass to remember.
+func (b *Backend) cachedEntry(name string) (uint64, *cachedLookup) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if gen != b.absentGen {
-		return // something was created meanwhile
+	c, ok := b.lookups[name]
+	if !ok {
+		return b.lookupGen, nil
 	}
-	if len(b.absent) >= maxAbsent {
-		clear(b.absent)
+	if time.Since(c.at) > lookupTTL {
+		delete(b.lookups, name)
+		return b.lookupGen, nil
 	}
-	b.absent[name] = time.Now()
+	return b.lookupGen, &c
 }
 
-// created forgets misses that a create or rename may have made wrong: the
-// name itself, or (dir true) everything, for a directory rename.
-func (b *Backend) created(name string, dir bool) {
+func (b *Backend) remember(name string, e *entry, gen uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.absentGen++
-	if dir {
-		clear(b.absent)
+	if gen != b.lookupGen {
+		return // something changed meanwhile
+	}
+	if len(b.lookups) >= maxLookups {
+		clear(b.lookups)
+	}
+	b.lookups[name] = cachedLookup{e: e, at: time.Now()}
+}
+
+// invalidate forgets cached lookups a change may have made wrong: the name
+// itself, or (all) everything, for changes to whole directory trees.
+func (b *Backend) invalidate(name string, all bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lookupGen++
+	if all {
+		clear(b.lookups)
 	} else {
-		delete(b.absent, name)
+		delete(b.lookups, name)
 	}
 }
 
@@ -224,7 +242,7 @@ func (b *Backend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry,
 
 func (b *Backend) Mkdir(ctx context.Context, name string, mode uint32, owner *backend.Owner) error {
 	ctx = opContext(ctx)
-	b.created(name, false)
+	b.invalidate(name, false)
 	if name == "" {
 		return pathErr("mkdir", name, syscall.EEXIST)
 	}
@@ -265,6 +283,7 @@ func (b *Backend) Link(_ context.Context, _, to string) error {
 
 func (b *Backend) Rmdir(ctx context.Context, name string) error {
 	ctx = opContext(ctx)
+	defer b.invalidate(name, false)
 	if name == "" {
 		return pathErr("rmdir", name, syscall.EBUSY)
 	}
@@ -315,6 +334,7 @@ func (b *Backend) hasOpenUnder(dir string) bool {
 // downloaded first if need be; they no longer upload.
 func (b *Backend) Unlink(ctx context.Context, name string) error {
 	ctx = opContext(ctx)
+	defer b.invalidate(name, false)
 	key, err := b.key("unlink", name)
 	if err != nil {
 		return err
@@ -363,7 +383,7 @@ func (b *Backend) detach(f *openFile) {
 
 func (b *Backend) Symlink(ctx context.Context, target, name string, owner *backend.Owner) error {
 	ctx = opContext(ctx)
-	b.created(name, false)
+	b.invalidate(name, false)
 	key, err := b.key("symlink", name)
 	if err != nil {
 		return err
@@ -412,6 +432,7 @@ func (b *Backend) Readlink(ctx context.Context, name string) (string, error) {
 // to the version looked at and retried if that changed meanwhile.
 func (b *Backend) setAttrs(ctx context.Context, op, name string, change func(*attrs) error) error {
 	ctx = opContext(ctx)
+	defer b.invalidate(name, false)
 	if f := b.acquire(name); f != nil {
 		defer b.release(f)
 		f.mu.Lock()
@@ -650,7 +671,8 @@ func (b *Backend) Rename(ctx context.Context, from, to string, flags uint32) err
 			}
 		}
 	}
-	b.created(to, src.dir)
+	b.invalidate(from, src.dir)
+	b.invalidate(to, src.dir)
 	if src.dir {
 		return b.renameDir(ctx, from, to, src)
 	}
