@@ -315,6 +315,10 @@ func (r *Runner) phase(ctx context.Context, t Target, run *Run, name string, nam
 	return p, nil
 }
 
+// throttlingCode is the AWS error code of a throttled call, as the key
+// cache counts results.
+const throttlingCode = "ThrottlingException"
+
 // fillStats sets the KMS and cache figures of p from the counters before
 // and after it.
 func fillStats(p *Phase, before, after metrics.Snapshot) {
@@ -330,6 +334,9 @@ func fillStats(p *Phase, before, after metrics.Snapshot) {
 				p.KMSResults[op] = map[string]uint64{}
 			}
 			p.KMSResults[op][res] = d
+			if res == throttlingCode {
+				p.Throttled += d
+			}
 			p.KMSCalls[op] += d
 			p.KMSCallsTotal += d
 		}

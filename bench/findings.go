@@ -124,9 +124,7 @@ func Findings(runs []Run) []Finding {
 			failed += p.Failed
 			mountErrs += p.MountErrors
 			retries += p.Retries
-			for _, res := range p.KMSResults {
-				throttled += res["ThrottlingException"]
-			}
+			throttled += p.Throttled
 		}
 		out = append(out, Finding{
 			Target: fmt.Sprintf("at a %g/s KMS quota no file operation fails", r.KMSRPS),

@@ -5,8 +5,9 @@ import "sort"
 // Medians reduces repeated runs to one run per combination (mode, latency,
 // quota, jobs), in first-seen order. Each phase is the repetition with the
 // median files/s (the lower middle one for an even count), taken whole so that its figures stay consistent with one
-// another; failures are summed over every repetition, so that one failed
-// file in any of them still fails the report.
+// another; failures (failed files, throttled calls, mount errors) are summed
+// over every repetition, so that one failure in any of them still fails the
+// report.
 func Medians(samples []Run) []Run {
 	type combo struct {
 		mode, lat string
@@ -37,10 +38,13 @@ func Medians(samples []Run) []Run {
 		for _, name := range []string{PhaseCreate, PhaseReadCold, PhaseReadWarm} {
 			var ps []Phase
 			failed, firstErr := 0, ""
+			var throttled, mountErrs uint64
 			for _, s := range g {
 				if p := s.Phase(name); p != nil {
 					ps = append(ps, *p)
 					failed += p.Failed
+					throttled += p.Throttled
+					mountErrs += p.MountErrors
 					if firstErr == "" {
 						firstErr = p.FirstError
 					}
@@ -53,7 +57,7 @@ func Medians(samples []Run) []Run {
 			m := ps[(len(ps)-1)/2]
 			m.Samples = len(ps)
 			m.FilesPerSecRange = []float64{ps[0].FilesPerSec, ps[len(ps)-1].FilesPerSec}
-			m.Failed, m.FirstError = failed, firstErr
+			m.Failed, m.FirstError, m.Throttled, m.MountErrors = failed, firstErr, throttled, mountErrs
 			run.Phases = append(run.Phases, m)
 		}
 		out = append(out, run)

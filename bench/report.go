@@ -109,6 +109,9 @@ type Phase struct {
 	CacheHits   uint64  `json:"cache_hits"`
 	CacheMisses uint64  `json:"cache_misses"`
 	HitRate     float64 `json:"cache_hit_rate"`
+	// Throttled counts KMS calls that ended in ThrottlingException after
+	// kmsfs's own retries: throttling that reached the volume.
+	Throttled uint64 `json:"kms_throttled"`
 	// Retries counts KMS calls retried (throttled or unavailable) inside
 	// kmsfs: what a quota costs without failing a file operation.
 	Retries uint64 `json:"kms_retries"`

@@ -121,7 +121,7 @@ func TestFindingsQuota(t *testing.T) {
 	// 5000 calls in 4s against 1000/s (+100 burst) is over the quota; a
 	// throttle that reached the application is a failure.
 	run.Phases[0].Seconds = 4
-	run.Phases[0].KMSResults["GenerateDataKey"]["ThrottlingException"] = 3
+	run.Phases[0].Throttled = 3
 	fs = Findings([]Run{run})
 	if len(fs) != 2 || fs[0].Pass || fs[1].Pass {
 		t.Fatalf("over quota: %+v", fs)
@@ -183,7 +183,7 @@ func TestFillStats(t *testing.T) {
 		p.KMSResults["GenerateDataKey"]["ThrottlingException"] != 2 || p.KMSResults["GenerateDataKey"]["ok"] != 100 {
 		t.Fatalf("calls: %+v %+v", p.KMSCalls, p.KMSResults)
 	}
-	if p.CallsPerFile != 122.0/50 || p.CacheHits != 30 || p.CacheMisses != 20 || p.HitRate != 0.6 || p.Retries != 40 || p.MountErrors != 2 {
+	if p.CallsPerFile != 122.0/50 || p.CacheHits != 30 || p.CacheMisses != 20 || p.HitRate != 0.6 || p.Retries != 40 || p.MountErrors != 2 || p.Throttled != 2 {
 		t.Fatalf("figures: %+v", p)
 	}
 }
@@ -282,7 +282,7 @@ func TestMedians(t *testing.T) {
 		return r
 	}
 	samples := []Run{mk("per-object", 0, 100, 50), mk("bucket-key", 0, 300), mk("per-object", 1, 90, 70), mk("per-object", 2, 120, 10)}
-	samples[2].Phases[1].Failed, samples[2].Phases[1].FirstError = 2, "f1: boom"
+	samples[2].Phases[1].Failed, samples[2].Phases[1].FirstError, samples[2].Phases[1].Throttled = 2, "f1: boom", 1
 	runs := Medians(samples)
 	if len(runs) != 2 || runs[0].Mode != "per-object" || runs[1].Mode != "bucket-key" || runs[0].Repeat != 3 {
 		t.Fatalf("runs: %+v", runs)
@@ -292,7 +292,7 @@ func TestMedians(t *testing.T) {
 		t.Errorf("create median: %+v", c)
 	}
 	// The median is a whole sample (50 with its own p50), failures summed.
-	if r.FilesPerSec != 50 || r.P50Ms != 0.5 || r.Failed != 2 || r.FirstError != "f1: boom" {
+	if r.FilesPerSec != 50 || r.P50Ms != 0.5 || r.Failed != 2 || r.FirstError != "f1: boom" || r.Throttled != 1 {
 		t.Errorf("read median: %+v", r)
 	}
 	if b := runs[1].Phase(PhaseCreate); b.FilesPerSec != 300 || b.Samples != 1 {
