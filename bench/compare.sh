@@ -16,11 +16,13 @@
 # read once more so that its own disk reads are not part of any row. Zeros are
 # a fair write payload: none of the three encrypting filesystems compresses.
 #
-# Each (repetition, filesystem) pass runs all rows; the filesystem order rotates
-# between repetitions so that a burst of load from elsewhere on a shared machine
-# does not always land on the same one. The table gives medians; the JSON next
-# to it (bench/out/, gitignored) has every sample with the 1-minute load average
-# at its start.
+# Each row runs on all filesystems back to back (row-major), in an order that
+# rotates from row to row, so that a burst of load from elsewhere on a shared
+# machine hits the filesystems of one row alike. The table gives medians; the
+# JSON next to it (bench/out/, gitignored) has every sample with the 1-minute
+# load average at its start and the CPU seconds it cost (the row's commands,
+# kernel work in their system calls included, plus the FUSE daemon's
+# utime+stime), a figure that a busy machine disturbs far less than wall time.
 #
 # Needs: bash 5 ($EPOCHREALTIME), perl (JSON::PP), go, fuse3, gocryptfs,
 # securefs, rsync, diffutils; root for drop_caches and for apt-get install of
@@ -111,6 +113,7 @@ PERF_PID=
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
+	rm -f "${TIMES_FILE:-}"
 	if [[ -n $PERF_PID ]]; then
 		kill -INT "$PERF_PID" 2>/dev/null
 		wait "$PERF_PID" 2>/dev/null
@@ -256,9 +259,52 @@ fs_mount() {
 		# --log keeps its messages off syslog. Poll until the mount is there.
 		securefs mount -b --pass "$PW" --log "$d/mount.log" "$d/cipher" "$m" >>"$d/mount.err" 2>&1 || return 1 ;;
 	esac
-	wait_mounted "$m" 30
+	wait_mounted "$m" 30 || return 1
+	DAEMON_PID[$fs]=$(daemon_pid "$m")
 }
 KMSFS_MOUNT_EXTRA=()
+declare -A DAEMON_PID=()
+
+# daemon_pid MNT: the FUSE server serving MNT (kmsfs, gocryptfs and securefs
+# all keep the mountpoint as their last argument). Builtins only: it scans
+# every process of a busy machine.
+daemon_pid() {
+	local p args
+	for p in /proc/[0-9]*; do
+		mapfile -d '' args <"$p/cmdline" 2>/dev/null || continue
+		((${#args[@]} > 1)) || continue
+		[[ ${args[-1]} == "$1" ]] || continue
+		case ${args[0]##*/} in kmsfs | gocryptfs | securefs) echo "${p#/proc/}"; return 0 ;; esac
+	done
+	return 1
+}
+
+# CPU accounting, so that rows can be compared by cost as well as by wall
+# clock on a shared machine: the time a row's commands used (bash's
+# children times, kernel work in their syscalls included) plus the time
+# the FUSE daemon used (utime+stime from /proc/PID/stat, in clock ticks).
+CLK_TCK=$(getconf CLK_TCK)
+TIMES_FILE=$(mktemp)
+# children_cpu VAR: set VAR to the user+sys seconds of this shell's waited-for
+# children, as an awk expression. It must run in this shell, not in $(...):
+# a subshell's `times` knows only the subshell's own children.
+children_cpu() {
+	local line
+	times >"$TIMES_FILE"
+	{ read -r _; read -r line; } <"$TIMES_FILE"
+	if [[ $line =~ ^([0-9]+)m([0-9.]+)s\ ([0-9]+)m([0-9.]+)s$ ]]; then
+		printf -v "$1" '(%s*60+%s+%s*60+%s)' "${BASH_REMATCH[@]:1:4}"
+	else
+		printf -v "$1" 0
+	fi
+}
+daemon_ticks() { # PID: utime+stime in clock ticks (0 without a daemon)
+	local s
+	[[ -n ${1:-} ]] && read -r s <"/proc/$1/stat" 2>/dev/null || { echo 0; return; }
+	s=${s##*) }
+	local -a f=($s)
+	echo $((f[11] + f[12]))
+}
 
 fs_umount() {
 	local fs=$1 m i
@@ -300,13 +346,18 @@ loadavg() { cut -d' ' -f1 /proc/loadavg; }
 
 # timed FS ROW REP KIND CMD...: run CMD once, record MB/s (KIND=mbs) or s.
 timed() {
-	local fs=$1 row=$2 rep=$3 kind=$4 t0 t1 rc load v
+	local fs=$1 row=$2 rep=$3 kind=$4 t0 t1 rc load v c0 c1 d0 d1 cpu
 	shift 4
 	load=$(loadavg)
+	children_cpu c0
+	d0=$(daemon_ticks "${DAEMON_PID[$fs]:-}")
 	t0=$EPOCHREALTIME
 	"$@"
 	rc=$?
 	t1=$EPOCHREALTIME
+	d1=$(daemon_ticks "${DAEMON_PID[$fs]:-}")
+	children_cpu c1
+	cpu=$(awk "BEGIN {printf \"%.2f\", $c1 - $c0 + ($d1 - $d0) / $CLK_TCK}")
 	if ((rc != 0)); then
 		printf 'sample\t%s\t%s\t%s\terror\t%s\n' "$fs" "$row" "$rep" "$load" >>"$SAMPLES"
 		printf 'note\t%s\t%s\t%s\t%s\n' "$fs" "$row" "$rep" "command failed (exit $rc): $*" >>"$SAMPLES"
@@ -315,12 +366,12 @@ timed() {
 	fi
 	if [[ $kind == mbs ]]; then
 		v=$(awk -v b="$((SIZE_MIB * 1048576))" -v a="$t0" -v z="$t1" 'BEGIN {printf "%.1f", b / 1e6 / (z - a)}')
-		log "  $fs $row: $v MB/s (load $load)"
+		log "  $fs $row: $v MB/s, cpu $cpu s (load $load)"
 	else
 		v=$(awk -v a="$t0" -v z="$t1" 'BEGIN {printf "%.3f", z - a}')
-		log "  $fs $row: $v s (load $load)"
+		log "  $fs $row: $v s, cpu $cpu s (load $load)"
 	fi
-	printf 'sample\t%s\t%s\t%s\t%s\t%s\n' "$fs" "$row" "$rep" "$v" "$load" >>"$SAMPLES"
+	printf 'sample\t%s\t%s\t%s\t%s\t%s\t%s\n' "$fs" "$row" "$rep" "$v" "$load" "$cpu" >>"$SAMPLES"
 }
 
 # The commands of each row, so the profiled runs use exactly the same ones.
@@ -335,32 +386,42 @@ do_rm() { rm -rf "$1/cp"; }
 
 note() { printf 'note\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
 
-# One pass: every row once on FS. Returns non-zero only if the mount itself broke.
-pass() {
-	local fs=$1 rep=$2 m d n
+# run_row FS ROW REP: one timed run of ROW on FS, from cold. Returns non-zero
+# only if the mount itself broke (a failed command is recorded as an error).
+ROWS=(seqwrite seqread cp rsync rsync_checksum diff rm)
+run_row() {
+	local fs=$1 row=$2 rep=$3 m d n
 	m=$(mnt "$fs") d=$(fsdir "$fs")
-	log "rep $rep/$REPEAT: $fs"
-	cold "$fs" || return 1
-	timed "$fs" seqwrite "$rep" mbs do_seqwrite "$m"
-	cold "$fs" || return 1
-	timed "$fs" seqread "$rep" mbs do_seqread "$m"
-	rm -f "$m/seq"
-	cold "$fs" warm || return 1
-	timed "$fs" cp "$rep" s do_cp "$m"
-	cold "$fs" warm || return 1
-	timed "$fs" rsync "$rep" s do_rsync "$m"
-	cold "$fs" warm || return 1
-	if timed "$fs" rsync_checksum "$rep" s do_rsync_checksum "$m" "$d/checksum-$rep.out"; then
-		n=$(wc -l <"$d/checksum-$rep.out")
-		((n == 0)) || note "$fs" rsync_checksum "$rep" "not a no-op: rsync -i listed $n changes (first: $(head -1 "$d/checksum-$rep.out"))"
-	fi
-	cold "$fs" warm || return 1
-	if ! timed "$fs" diff "$rep" s do_diff "$m" "$d/diff-$rep.out"; then
-		note "$fs" diff "$rep" "copy differs from source: $(wc -l <"$d/diff-$rep.out") lines of diff output (first: $(head -1 "$d/diff-$rep.out"))"
-	fi
-	cold "$fs" || return 1
-	timed "$fs" rm "$rep" s do_rm "$m"
-	rm -rf "$m/rsync" "$m/cp"
+	case $row in
+	seqwrite)
+		cold "$fs" || return 1
+		timed "$fs" seqwrite "$rep" mbs do_seqwrite "$m" ;;
+	seqread)
+		cold "$fs" || return 1
+		timed "$fs" seqread "$rep" mbs do_seqread "$m"
+		rm -f "$m/seq" ;;
+	cp)
+		cold "$fs" warm || return 1
+		timed "$fs" cp "$rep" s do_cp "$m" ;;
+	rsync)
+		cold "$fs" warm || return 1
+		timed "$fs" rsync "$rep" s do_rsync "$m" ;;
+	rsync_checksum)
+		cold "$fs" warm || return 1
+		if timed "$fs" rsync_checksum "$rep" s do_rsync_checksum "$m" "$d/checksum-$rep.out"; then
+			n=$(wc -l <"$d/checksum-$rep.out")
+			((n == 0)) || note "$fs" rsync_checksum "$rep" "not a no-op: rsync -i listed $n changes (first: $(head -1 "$d/checksum-$rep.out"))"
+		fi ;;
+	diff)
+		cold "$fs" warm || return 1
+		if ! timed "$fs" diff "$rep" s do_diff "$m" "$d/diff-$rep.out"; then
+			note "$fs" diff "$rep" "copy differs from source: $(wc -l <"$d/diff-$rep.out") lines of diff output (first: $(head -1 "$d/diff-$rep.out"))"
+		fi ;;
+	rm)
+		cold "$fs" || return 1
+		timed "$fs" rm "$rep" s do_rm "$m"
+		rm -rf "$m/rsync" "$m/cp" ;;
+	esac
 	return 0
 }
 
@@ -377,30 +438,28 @@ for fs in "${FSS[@]}"; do
 done
 is_broken() { [[ " ${BROKEN[*]} " == *" $1 "* ]]; }
 
+# Row-major order: each row runs on every filesystem back to back before the
+# next row starts, so the filesystems compared in one row see the same load
+# from the rest of the machine; the order rotates from row to row and from
+# repetition to repetition so that none is always first or last.
+k=0
 for ((rep = 1; rep <= REPEAT; rep++)); do
-	# Rotate the order: rep 1 starts with the first filesystem, rep 2 with the second, ...
-	for ((i = 0; i < ${#FSS[@]}; i++)); do
-		fs=${FSS[$(((i + rep - 1) % ${#FSS[@]}))]}
-		is_broken "$fs" && continue
-		if ! pass "$fs" "$rep"; then
-			log "$fs: mount broke during rep $rep; skipping its remaining repetitions"
-			note "$fs" mount "$rep" "remount failed; remaining repetitions skipped: $(tail -2 "$(fsdir "$fs")"/*.err 2>/dev/null | tr '\n\t' '  ')"
-			BROKEN+=("$fs")
-		fi
+	for row in "${ROWS[@]}"; do
+		log "rep $rep/$REPEAT: $row"
+		for ((i = 0; i < ${#FSS[@]}; i++)); do
+			fs=${FSS[$(((i + k) % ${#FSS[@]}))]}
+			is_broken "$fs" && continue
+			if ! run_row "$fs" "$row" "$rep"; then
+				log "$fs: remount failed in rep $rep; skipping it from here on"
+				note "$fs" mount "$rep" "remount failed; remaining rows skipped: $(tail -2 "$(fsdir "$fs")"/*.err 2>/dev/null | tr '\n\t' '  ')"
+				BROKEN+=("$fs")
+			fi
+		done
+		k=$((k + 1))
 	done
 done
 
 # --- optional CPU profile of the kmsfs mount ------------------------------------
-kmsfs_pid() { # the daemonised "kmsfs mount --foreground ... MNT" serving MNT
-	local p cmd
-	for p in /proc/[0-9]*; do
-		[[ $(readlink "$p/exe" 2>/dev/null) == "$KMSFS_BIN" ]] || continue
-		cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)
-		[[ $cmd == *" mount "*" $1 " ]] && { echo "${p#/proc/}"; return 0; }
-	done
-	return 1
-}
-
 profile_row() { # KIND ROW: one untimed run of ROW on kmsfs under the profiler
 	local kind=$1 row=$2 m d base pid
 	m=$(mnt kmsfs) d=$(fsdir kmsfs) base=$OUT/compare-$STAMP-kmsfs-$row
@@ -417,7 +476,8 @@ profile_row() { # KIND ROW: one untimed run of ROW on kmsfs under the profiler
 		note kmsfs "profile_$row" 0 "pprof: $base.pprof (top: $base.pprof.txt)"
 	else
 		cold kmsfs $([[ $row == cp ]] && echo warm) || return 1
-		pid=$(kmsfs_pid "$m") || { log "cannot find the kmsfs mount process"; return 1; }
+		pid=${DAEMON_PID[kmsfs]:-}
+		[[ -n $pid ]] || { log "cannot find the kmsfs mount process"; return 1; }
 		# -g: Go keeps frame pointers on amd64, so call graphs are usable.
 		perf record -q -F 999 -g -p "$pid" -o "$base.perf.data" 2>"$base.perf.err" &
 		PERF_PID=$!

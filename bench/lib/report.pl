@@ -4,7 +4,8 @@
 #
 # Input lines (tab-separated):
 #   meta    KEY  VALUE
-#   sample  FS   ROW  REP  VALUE  LOAD1    (VALUE: MB/s or seconds; "error" if the command failed)
+#   sample  FS   ROW  REP  VALUE  LOAD1  CPU   (VALUE: MB/s or seconds, "error" if the
+#           command failed; CPU: seconds used by the row's commands plus the FUSE daemon)
 #   note    FS   ROW  REP  TEXT
 use strict;
 use warnings;
@@ -26,7 +27,7 @@ my @rows = (
 my @fss   = qw(ext4 kmsfs gocryptfs securefs);
 my @peers = qw(gocryptfs securefs);
 
-my (%meta, @meta_order, %samples, %loads, %errors, @notes);
+my (%meta, @meta_order, %samples, %loads, %cpu, %errors, @notes);
 open(my $fh, '<', $in) or die "$in: $!";
 while (<$fh>) {
 	chomp;
@@ -35,13 +36,14 @@ while (<$fh>) {
 		push @meta_order, $f[1] unless exists $meta{ $f[1] };
 		$meta{ $f[1] } = $f[2] // '';
 	} elsif ($f[0] eq 'sample') {
-		my (undef, $fs, $row, $rep, $v, $load) = @f;
+		my (undef, $fs, $row, $rep, $v, $load, $cpu) = @f;
 		if ($v eq 'error') {
 			$errors{$fs}{$row}++;
 		} else {
 			push @{ $samples{$fs}{$row} }, $v + 0;
 		}
 		push @{ $loads{$fs}{$row} }, $load + 0 if defined $load && $load ne '';
+		push @{ $cpu{$fs}{$row} }, $cpu + 0 if defined $cpu && $cpu ne '' && $v ne 'error';
 	} elsif ($f[0] eq 'note') {
 		push @notes, { fs => $f[1], row => $f[2], rep => $f[3] + 0, text => $f[4] };
 	}
@@ -53,9 +55,10 @@ sub median {
 	return undef unless @v;
 	return @v % 2 ? $v[$#v / 2] : ($v[@v / 2 - 1] + $v[@v / 2]) / 2;
 }
-my %med;
+my (%med, %cpu_med);
 for my $fs (@fss) {
 	for my $r (@rows) {
+		$cpu_med{$fs}{ $r->[0] } = $cpu{$fs}{ $r->[0] } ? median(@{ $cpu{$fs}{ $r->[0] } }) : undef;
 		my $s = $samples{$fs}{ $r->[0] };
 		# A row with any failed repetition has no median: a partial result would flatter it.
 		$med{$fs}{ $r->[0] } = ($s && !$errors{$fs}{ $r->[0] }) ? median(@$s) : undef;
@@ -98,6 +101,8 @@ my %json = (
 	samples => \%samples,
 	errors  => \%errors,
 	load1_at_start => \%loads,
+	cpu_seconds    => \%cpu,
+	cpu_median     => \%cpu_med,
 	median  => \%med,
 	kmsfs_ahead_by_row => { map { $_ => $ahead{$_} ? JSON::PP::true : JSON::PP::false } keys %ahead },
 	targets => \%targets,
@@ -133,6 +138,12 @@ $out .= sprintf("| sequential write ≥ 0.9× ext4 (kmsfs/ext4) | %s | %s |\n",
 	defined $write_ratio ? sprintf('%.2f×', $write_ratio) : 'n/a', pf(defined $write_ratio && $write_ratio >= 0.9));
 $out .= sprintf("| sequential read ≥ 600 MB/s | %s | %s |\n",
 	defined $read ? sprintf('%.0f MB/s', $read) : 'n/a', pf(defined $read && $read >= 600));
+
+$out .= "\nCPU seconds per row (median; the row's commands, kernel work in their system calls included, plus the FUSE daemon; ext4 has no daemon):\n\n";
+$out .= "| row | " . join(' | ', @fss) . " |\n|---|" . ('--:|' x @fss) . "\n";
+for my $r (@rows) {
+	$out .= "| $r->[0] | " . join(' | ', map { defined $cpu_med{$_}{ $r->[0] } ? sprintf('%.2f', $cpu_med{$_}{ $r->[0] }) : 'n/a' } @fss) . " |\n";
+}
 
 $out .= "\nAll samples, in run order (MB/s or s; load1 at the start of each sample in brackets):\n\n";
 $out .= "| row | " . join(' | ', @fss) . " |\n|---|" . ('---|' x @fss) . "\n";
