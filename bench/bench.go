@@ -208,7 +208,12 @@ func (r *Runner) runOne(ctx context.Context, run *Run, content *Content, lat tim
 	if t, err = r.Harness.Open(ctx, spec); err != nil {
 		return err
 	}
-	defer t.Close(ctx)
+	closed := false
+	defer func() {
+		if !closed { // a phase failed: unmount anyway, its error is the one to report
+			t.Close(ctx)
+		}
+	}()
 	read := func(w *worker, i int) error {
 		n, err := t.ReadFile(ctx, names[i], w.buf, func(b []byte, off int64) error { return content.Check(b, w.scratch, i, off) })
 		if err != nil {
@@ -234,6 +239,7 @@ func (r *Runner) runOne(ctx context.Context, run *Run, content *Content, lat tim
 			return err
 		}
 	}
+	closed = true
 	return t.Close(ctx)
 }
 

@@ -285,3 +285,40 @@ func TestRunnerRepeatReportsMedians(t *testing.T) {
 		t.Errorf("repeated table has no range column:\n%s", b.String())
 	}
 }
+
+// closeCounter wraps memHarness targets to count Close calls.
+type closeCounter struct {
+	memHarness
+	closes int
+}
+
+type countedTarget struct {
+	Target
+	c *closeCounter
+}
+
+func (t countedTarget) Close(ctx context.Context) error { t.c.closes++; return t.Target.Close(ctx) }
+
+func (c *closeCounter) Open(ctx context.Context, spec OpenSpec) (Target, error) {
+	t, err := c.memHarness.Open(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return countedTarget{t, c}, nil
+}
+
+func TestRunnerClosesEachOpenOnce(t *testing.T) {
+	h := &closeCounter{}
+	r := &Runner{
+		Config: Config{Files: 5, FileSize: 10, Modes: []string{"per-object"},
+			KMSLatencies: []time.Duration{0}, KMSRPS: []float64{0}, Jobs: []int{1}, Scratch: t.TempDir()},
+		Harness:    h,
+		DropCaches: func() bool { return false },
+	}
+	if _, err := r.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h.opens != 2 || h.closes != 2 {
+		t.Fatalf("%d opens, %d closes; want 2 and 2", h.opens, h.closes)
+	}
+}
