@@ -251,7 +251,8 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 	}
 	b.stagingDir = cfg.StagingDir
 	if b.stagingDir == "" {
-		b.stagingDir = filepath.Join(os.TempDir(), fmt.Sprintf("kmsfs-staging-%d", os.Getpid()))
+		removeDeadStaging(os.TempDir())
+		b.stagingDir = filepath.Join(os.TempDir(), fmt.Sprintf("%s%d", stagingPrefix, os.Getpid()))
 		b.ownStaging = true
 	}
 	if err := os.MkdirAll(b.stagingDir, 0o700); err != nil {
@@ -264,6 +265,32 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 		b.log.Info("s3: aborted stale multipart uploads", "bucket", b.bucket, "prefix", b.prefix, "count", n)
 	}
 	return b, nil
+}
+
+// stagingPrefix names default staging directories: kmsfs-staging-<pid>.
+const stagingPrefix = "kmsfs-staging-"
+
+// removeDeadStaging removes the default staging directories of processes
+// that are gone (killed: Close never ran). Staging files are unlinked when
+// created, so such a directory is empty and os.Remove, which only removes
+// empty directories, is enough.
+func removeDeadStaging(tmp string) {
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		pid, ok := strings.CutPrefix(e.Name(), stagingPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		if n, err := strconv.Atoi(pid); err != nil || n == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join("/proc", pid)); errors.Is(err, os.ErrNotExist) {
+			os.Remove(filepath.Join(tmp, e.Name()))
+		}
+	}
 }
 
 // Client is the S3 client the backend uses (for tools and tests).

@@ -945,4 +945,23 @@ func TestMissCacheForgetsCreations(t *testing.T) {
 	}
 }
 
+func TestRemoveDeadStaging(t *testing.T) {
+	tmp := t.TempDir()
+	dead, live, other := tmp+"/kmsfs-staging-999999999", fmt.Sprintf("%s/kmsfs-staging-%d", tmp, os.Getppid()), tmp+"/kmsfs-staging-x"
+	for _, d := range []string{dead, live, other} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removeDeadStaging(tmp)
+	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("dead process's staging dir kept: %v", err)
+	}
+	for _, d := range []string{live, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s removed: %v", d, err)
+		}
+	}
+}
+
 var _ backend.File = (*handle)(nil)
