@@ -9,6 +9,7 @@ import (
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/kms"
 	"github.com/kmsfs/kmsfs/volume"
 )
@@ -32,6 +33,12 @@ type fileHandle struct {
 }
 
 func kmsRelated(err error) bool { return kms.Code(err) != "" }
+
+// authFailure says whether err is a block or header that failed
+// authentication (tampering or corruption), for the counters.
+func authFailure(err error) bool {
+	return errors.Is(err, envelope.ErrAuth) || errors.Is(err, envelope.ErrBlockAuth)
+}
 
 func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	p := n.path()

@@ -59,6 +59,7 @@ func (t *tree) errno(op, name string, err error) syscall.Errno {
 	e := volume.Errno(err)
 	if e == syscall.EIO || (e == syscall.EACCES && kmsRelated(err)) {
 		t.log.Error(op+" failed", "path", "/"+name, "err", err)
+		t.vol.CountError(int(e), authFailure(err))
 	}
 	return e
 }

@@ -8,6 +8,7 @@ package kmsmw
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -173,7 +174,9 @@ func (r *retrying) do(ctx context.Context, op string, fn func() error) error {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return err
+			// The caller gave up: report that (EINTR at the FUSE boundary),
+			// not the throttling it gave up on (which would map to EIO).
+			return fmt.Errorf("%s abandoned while retrying (%v): %w", op, err, ctx.Err())
 		}
 	}
 }

@@ -127,3 +127,15 @@ func TestObserve(t *testing.T) {
 		t.Fatalf("observed %v", got)
 	}
 }
+
+// A caller that gives up while throttled gets its cancellation back, not the
+// throttling error (which the FUSE layer would turn into EIO).
+func TestRetryCancelledReturnsContextError(t *testing.T) {
+	k := Retry(errKMS{fn: func() error { return kms.Errorf(kms.CodeThrottling, "rate exceeded") }}, RetryOptions{Base: 50 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, _, err := k.Decrypt(ctx, "", nil, nil)
+	if !errors.Is(err, context.DeadlineExceeded) || kms.Code(err) != "" {
+		t.Fatalf("got %v (code %q), want the context's error and no KMS code", err, kms.Code(err))
+	}
+}
