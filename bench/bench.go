@@ -226,18 +226,18 @@ func (r *Runner) runOne(ctx context.Context, run *Run, content *Content, lat tim
 	}
 	if !r.Config.SkipCold {
 		p, err := r.phase(ctx, t, run, PhaseReadCold, names, jobs, read)
+		if err != nil {
+			return err // an unmeasured phase is left out, never reported as zeros
+		}
 		p.CachesDropped = dropped
 		run.Phases = append(run.Phases, p)
-		if err != nil {
-			return err
-		}
 	}
 	if !r.Config.SkipWarm {
 		p, err := r.phase(ctx, t, run, PhaseReadWarm, names, jobs, read)
-		run.Phases = append(run.Phases, p)
 		if err != nil {
 			return err
 		}
+		run.Phases = append(run.Phases, p)
 	}
 	closed = true
 	return t.Close(ctx)

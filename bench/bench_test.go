@@ -322,3 +322,58 @@ func TestRunnerClosesEachOpenOnce(t *testing.T) {
 		t.Fatalf("%d opens, %d closes; want 2 and 2", h.opens, h.closes)
 	}
 }
+
+// failingStats fails the stats snapshot after the warm phase, so that the
+// phase cannot be measured.
+type failingStats struct {
+	memHarness
+	opens int
+}
+
+type statsFailTarget struct {
+	Target
+	calls *int
+}
+
+func (t statsFailTarget) Stats(ctx context.Context) (metrics.Snapshot, error) {
+	*t.calls++
+	if *t.calls == 4 { // before cold, after cold, before warm, after warm
+		return metrics.Snapshot{}, errors.New("stats socket gone")
+	}
+	return t.Target.Stats(ctx)
+}
+
+func (f *failingStats) Open(ctx context.Context, spec OpenSpec) (Target, error) {
+	t, err := f.memHarness.Open(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	f.opens++
+	if f.opens == 2 {
+		calls := 0
+		return statsFailTarget{t, &calls}, nil
+	}
+	return t, nil
+}
+
+func TestRunnerLeavesOutUnmeasuredPhase(t *testing.T) {
+	r := &Runner{
+		Config: Config{Files: 5, FileSize: 10, Modes: []string{"bucket-key"},
+			KMSLatencies: []time.Duration{0}, KMSRPS: []float64{0}, Jobs: []int{1}, Scratch: t.TempDir()},
+		Harness:    &failingStats{},
+		DropCaches: func() bool { return false },
+	}
+	rep, err := r.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "stats after read-warm: stats socket gone") {
+		t.Fatalf("error %v", err)
+	}
+	run := rep.Runs[0]
+	if run.Phase(PhaseReadWarm) != nil || run.Phase(PhaseReadCold) == nil || run.Error == "" {
+		t.Fatalf("phases %+v, error %q: want create and read-cold only, and the error", run.Phases, run.Error)
+	}
+	for _, f := range rep.Findings {
+		if strings.HasPrefix(f.Target, "warm re-read") {
+			t.Errorf("a finding about a warm phase that was not measured: %+v", f)
+		}
+	}
+}
