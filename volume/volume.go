@@ -244,6 +244,15 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 	if st.keys != nil {
 		return st.keys, nil
 	}
+	// A FUSE request is interrupted (its context cancelled) whenever the
+	// calling thread gets any signal, Go's own preemption signals included,
+	// and applications do not expect EINTR from read(2) or write(2) on a
+	// regular file. So the KMS work for a file's key runs on a context
+	// detached from the request, bounded by its own timeout: throttling is
+	// waited out, not surfaced. (The key is shared by every handle of the
+	// file, so one caller's interrupt must not fail the others either.)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyTimeout)
+	defer cancel()
 	cs, err := h.cipherSize()
 	if err != nil {
 		return nil, err
@@ -271,19 +280,12 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 	return keys, nil
 }
 
-// newKeyTimeout bounds the KMS work for a new file's key once it is
-// detached from the request (see newHeader).
-const newKeyTimeout = 2 * time.Minute
+// keyTimeout bounds the KMS work for a file's key once it is detached from
+// the request (see fileKeys).
+const keyTimeout = 2 * time.Minute
 
 // newHeader creates a file's key and writes its header.
 func (v *Volume) newHeader(ctx context.Context, f backend.File, name string) (*envelope.FileKeys, error) {
-	// A FUSE request is interrupted (its context cancelled) whenever the
-	// writing thread gets any signal, Go's own preemption signals included,
-	// and applications do not expect EINTR from write(2) on a regular file.
-	// So the data key is fetched on a context detached from the request,
-	// bounded by its own timeout: throttling is waited out, not surfaced.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), newKeyTimeout)
-	defer cancel()
 	var fileID [envelope.IDLen]byte
 	var dk kms.DataKey
 	if v.mode == envelope.ModePerObject {
