@@ -36,6 +36,7 @@ type mountCrashWriter struct {
 	path    string
 	file    int
 	overlay bool  // overwrite a synced file (version 0) with version 1 in place
+	big     bool  // write 256 KiB..1 MiB per request
 	size    int64 // for overlay: the synced size
 	maxEnd  int64 // highest offset a write was attempted up to
 	writes  int
@@ -56,6 +57,9 @@ func (w *mountCrashWriter) run(rng *rand.Rand, stop <-chan struct{}) {
 		default:
 		}
 		n := 1 + rng.IntN(20000)
+		if w.big {
+			n = 256<<10 + rng.IntN(768<<10)
+		}
 		if w.overlay {
 			off = rng.Int64N(w.size)
 			n = min(n, int(w.size-off))
@@ -223,5 +227,76 @@ func mountCheckUnsynced(t *testing.T, w *mountCrashWriter) {
 			t.Errorf("%s: wrong byte at offset %d of %d: %#x", w.path, off, len(got), b)
 			return
 		}
+	}
+}
+
+// TestMountCrashTornBlocks holds kmsfs to the promise that a kill -9
+// "never leaves a block half written": files are written and fsynced, then
+// overwritten in place with large writes (many blocks per request) while
+// kmsfs is killed. Every block must afterwards read as its fsynced or its
+// new content; EIO would mean a block torn between the two, which loses
+// fsynced data the application never asked to replace successfully.
+func TestMountCrashTornBlocks(t *testing.T) {
+	v := mountNewVolume(t)
+	seed := mountSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 11))
+	const size = 8 << 20
+	rounds := 6
+	for round := 0; round < rounds; round++ {
+		proc := v.mountForeground()
+		var writers []*mountCrashWriter
+		for i := 0; i < 2; i++ {
+			fileNo := 1000*round + i
+			name := fmt.Sprintf("torn-%d-%d", round, i)
+			f, err := os.Create(v.path(name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Write(mountCrashContent(fileNo, 0, 0, size)); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			writers = append(writers, &mountCrashWriter{path: v.path(name), file: fileNo, overlay: true, size: size, big: true})
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, w := range writers {
+			wg.Add(1)
+			go func(w *mountCrashWriter, wrng *rand.Rand) {
+				defer wg.Done()
+				w.run(wrng, stop)
+			}(w, rand.New(rand.NewPCG(seed, uint64(10*round+i))))
+		}
+		time.Sleep(time.Duration(100+rng.IntN(400)) * time.Millisecond)
+		if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if done, _ := proc.wait(10 * time.Second); !done {
+			t.Fatal("kmsfs still running 10s after SIGKILL")
+		}
+		close(stop)
+		wg.Wait()
+		if out, err := exec.Command("fusermount3", "-u", "-z", v.mnt).CombinedOutput(); err != nil {
+			if out2, err2 := exec.Command("umount", "-l", v.mnt).CombinedOutput(); err2 != nil {
+				t.Fatalf("unmount the dead mount: %v %s; %v %s", err, out, err2, out2)
+			}
+		}
+		mountWaitUnmounted(v.mnt, 5*time.Second)
+		v.mount()
+		for _, w := range writers {
+			if _, err := os.ReadFile(w.path); err != nil {
+				t.Errorf("round %d: %s (fsynced, then overwritten in place when kmsfs was killed after %d writes): %v; want every block old or new",
+					round, w.path[len(v.mnt):], w.writes, err)
+				continue
+			}
+			mountCheckUnsynced(t, w)
+		}
+		v.unmount()
+	}
+	if t.Failed() {
+		t.Logf("log:\n%s", mountTail(v.log(), 20))
 	}
 }
