@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -63,7 +64,11 @@ func mountRunFio(t *testing.T, job, dir string, extra ...string) string {
 	if err := os.WriteFile(jobFile, []byte(strings.ReplaceAll(job, "%DIR%", dir)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := mountExecOut("fio", append(extra, jobFile)...)
+	// fio saves verify state files in its working directory.
+	cmd := exec.Command("fio", append(extra, jobFile)...)
+	cmd.Dir = filepath.Dir(jobFile)
+	outb, err := cmd.CombinedOutput()
+	out := string(outb)
 	if err != nil || regexp.MustCompile(`err=\s*[1-9]`).MatchString(out) || strings.Contains(out, "verify:") {
 		t.Fatalf("fio %s: %v\n%s", strings.Join(extra, " "), err, mountTail(out, 60))
 	}
