@@ -45,6 +45,7 @@ type openFile struct {
 	size       int64  // current size (staged or remote)
 	staging    *os.File
 	dirty      bool   // staged content or attrs not yet uploaded
+	exclusive  bool   // created with O_EXCL: the first upload must not replace an object
 	gen        uint64 // bumped by every change, to tell whether an upload is current
 	ra         readahead
 }
@@ -133,12 +134,19 @@ func (f *openFile) init(ctx context.Context, key string, flags int, mode uint32,
 	b := f.b
 	creat := flags&syscall.O_CREAT != 0
 	if creat && flags&syscall.O_EXCL != 0 {
-		f.attrs = b.newAttrs(syscall.S_IFREG|mode&07777, owner)
-		etag, err := b.putSmall(ctx, "create", f.name, key, nil, f.attrs.encode(), true)
-		if err != nil {
+		// Exclusive here and now against this mount (the lookup, usually
+		// answered by the miss the kernel's own lookup just cached), and
+		// against other clients atomically at the first upload, which is
+		// conditional (If-None-Match: *): the loser's Flush/Close fails with
+		// EEXIST and writes nothing. This saves an empty PutObject per
+		// created file, a third of the requests of a cp -a.
+		if _, err := b.lookup(ctx, "create", f.name); err == nil {
+			return pathErr("open", f.name, syscall.EEXIST)
+		} else if !errors.Is(err, syscall.ENOENT) {
 			return err
 		}
-		f.remote, f.etag = true, etag
+		f.attrs = b.newAttrs(syscall.S_IFREG|mode&07777, owner)
+		f.dirty, f.exclusive = true, true
 		return nil
 	}
 	if flags&syscall.O_TRUNC != 0 {
@@ -453,9 +461,15 @@ func (f *openFile) sync() error {
 	}
 	// Uploading under the shared lock lets reads go on; writes wait, so the
 	// object is one consistent snapshot.
-	etag, err := b.upload(b.ctx, "sync", name, b.prefix+name, src, size, f.attrs.encode())
+	exclusive := f.exclusive
+	etag, err := b.upload(b.ctx, "sync", name, b.prefix+name, src, size, f.attrs.encode(), exclusive)
 	f.mu.RUnlock()
+	// The object exists now (or changed): drop any remembered miss.
+	b.invalidate(name, false)
 	if err != nil {
+		if exclusive && errors.Is(err, syscall.EEXIST) {
+			b.log.Warn("s3: file created with O_EXCL was created meanwhile by another client; not uploaded", "key", b.prefix+name)
+		}
 		return err
 	}
 	f.mu.Lock()
@@ -463,6 +477,7 @@ func (f *openFile) sync() error {
 	if f.gen == gen {
 		f.dirty = false
 	}
+	f.exclusive = false
 	f.remote, f.remoteSize, f.etag = true, size, etag
 	return nil
 }

@@ -700,9 +700,13 @@ func TestConditionalCreate(t *testing.T) {
 	_, err := b.Open(bg, "exists", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
 	wantErrno(t, err, syscall.EEXIST)
 
-	// Several mounts race to create one name exclusively: one wins.
+	// Several mounts race to create one name exclusively: exactly one
+	// creator gets both open and close through; every other one is told
+	// EEXIST, at open or (if it opened before the winner uploaded) at
+	// close, and nothing of it lands.
 	const racers = 6
 	var wins, exists int
+	winner := byte(0)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for i := range racers {
@@ -711,13 +715,16 @@ func TestConditionalCreate(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			f, err := other.Open(bg, "race", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
+			if err == nil {
+				f.WriteAt([]byte{byte('a' + i)}, 0)
+				err = f.Close()
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case err == nil:
 				wins++
-				f.WriteAt([]byte{byte('a' + i)}, 0)
-				f.Close()
+				winner = byte('a' + i)
 			case errors.Is(err, syscall.EEXIST):
 				exists++
 			default:
@@ -729,6 +736,17 @@ func TestConditionalCreate(t *testing.T) {
 	if wins != 1 || exists != racers-1 {
 		t.Fatalf("%d creators won, %d got EEXIST", wins, exists)
 	}
+	if got := rawGet(t, b, b.prefix+"race"); len(got) != 1 || got[0] != winner {
+		t.Fatalf("race object %q, winner %c", got, winner)
+	}
+	// Within one mount the loser learns at open.
+	h, err := b.Open(bg, "excl", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Open(bg, "excl", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
+	wantErrno(t, err, syscall.EEXIST)
+	h.Close()
 
 	// Two writers of one key without O_EXCL: the last close wins, whole.
 	w1, w2 := newTestBackend(t, cfg), newTestBackend(t, cfg)

@@ -243,6 +243,7 @@ func (b *Backend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry,
 func (b *Backend) Mkdir(ctx context.Context, name string, mode uint32, owner *backend.Owner) error {
 	ctx = opContext(ctx)
 	b.invalidate(name, false)
+	defer b.invalidate(name, false) // and misses cached meanwhile
 	if name == "" {
 		return pathErr("mkdir", name, syscall.EEXIST)
 	}
@@ -384,6 +385,7 @@ func (b *Backend) detach(f *openFile) {
 func (b *Backend) Symlink(ctx context.Context, target, name string, owner *backend.Owner) error {
 	ctx = opContext(ctx)
 	b.invalidate(name, false)
+	defer b.invalidate(name, false) // and misses cached meanwhile
 	key, err := b.key("symlink", name)
 	if err != nil {
 		return err
@@ -673,6 +675,7 @@ func (b *Backend) Rename(ctx context.Context, from, to string, flags uint32) err
 	}
 	b.invalidate(from, src.dir)
 	b.invalidate(to, src.dir)
+	defer b.invalidate(to, src.dir) // and misses cached meanwhile
 	if src.dir {
 		return b.renameDir(ctx, from, to, src)
 	}
@@ -748,8 +751,10 @@ func (b *Backend) renameFile(ctx context.Context, from, to string, noReplace boo
 			f.etag = newETag
 		}
 	} else if !noReplace {
-		// Not uploaded yet: it will be uploaded under its new name; the
-		// object it replaces goes now, as rename(2) makes the old one vanish.
+		// Not uploaded yet: it will be uploaded under its new name, over
+		// whatever is there (rename replaces); the object it replaces goes
+		// now, as rename(2) makes the old one vanish.
+		f.exclusive = false
 		if _, err := b.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(toKey)}); err != nil {
 			return b.fail("rename", to, toKey, err)
 		}

@@ -21,11 +21,12 @@ const abortTimeout = time.Minute
 // upload stores size bytes of src as the object key with the given
 // metadata: one PutObject up to the part size, else a parallel multipart
 // upload. Either way S3 switches to the new object only when it is whole.
-func (b *Backend) upload(ctx context.Context, op, name, key string, src io.ReaderAt, size int64, meta map[string]string) (string, error) {
+// exclusive makes it conditional on the key not existing (EEXIST if it does).
+func (b *Backend) upload(ctx context.Context, op, name, key string, src io.ReaderAt, size int64, meta map[string]string, exclusive bool) (string, error) {
 	if size <= b.partSize {
-		return b.putSmall(ctx, op, name, key, io.NewSectionReader(src, 0, size), meta, false)
+		return b.putSmall(ctx, op, name, key, io.NewSectionReader(src, 0, size), meta, exclusive)
 	}
-	return b.putMultipart(ctx, op, name, key, src, size, meta)
+	return b.putMultipart(ctx, op, name, key, src, size, meta, exclusive)
 }
 
 // putSmall is one PutObject; exclusive adds If-None-Match: * (the object
@@ -67,7 +68,7 @@ func partLayout(size, partSize int64) (int64, int) {
 
 // putMultipart uploads parts in parallel and completes the upload; on any
 // failure it aborts the upload so that no parts are left behind.
-func (b *Backend) putMultipart(ctx context.Context, op, name, key string, src io.ReaderAt, size int64, meta map[string]string) (string, error) {
+func (b *Backend) putMultipart(ctx context.Context, op, name, key string, src io.ReaderAt, size int64, meta map[string]string, exclusive bool) (string, error) {
 	partSize, nparts := partLayout(size, b.partSize)
 	return b.multipart(ctx, op, name, key, meta, nparts, func(ctx context.Context, uploadID string, i int) (types.CompletedPart, error) {
 		off := int64(i) * partSize
@@ -81,7 +82,7 @@ func (b *Backend) putMultipart(ctx context.Context, op, name, key string, src io
 			return types.CompletedPart{}, err
 		}
 		return types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(int32(i + 1))}, nil
-	}, false)
+	}, exclusive)
 }
 
 // multipart runs one multipart upload whose parts come from part(i).
