@@ -110,6 +110,8 @@ esac
 
 # --- cleanup: every mount made here goes away on exit -----------------------
 PERF_PID=
+REPORT_DONE=0
+SAMPLES=
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
@@ -117,6 +119,11 @@ cleanup() {
 	if [[ -n $PERF_PID ]]; then
 		kill -INT "$PERF_PID" 2>/dev/null
 		wait "$PERF_PID" 2>/dev/null
+	fi
+	if [[ $REPORT_DONE == 0 && -s ${SAMPLES:-} ]] && grep -q '^sample' "$SAMPLES"; then
+		log "writing the report of the samples taken so far"
+		meta interrupted "yes: the table holds the samples taken before the run stopped"
+		write_report
 	fi
 	local m
 	for m in "$SCRATCH"/*/mnt; do
@@ -130,8 +137,8 @@ cleanup() {
 	exit "$rc"
 }
 trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+trap 'echo "compare.sh: interrupted" >&2; exit 130' INT
+trap 'echo "compare.sh: terminated" >&2; exit 143' TERM
 
 # --- tools --------------------------------------------------------------------
 need_pkgs=()
@@ -169,7 +176,24 @@ if has_fs kmsfs; then
 	[[ -x $KMSFS_BIN ]] || die "$KMSFS_BIN is not executable"
 fi
 
-# --- samples file ---------------------------------------------------------------
+# --- samples file and report ----------------------------------------------------
+# write_report renders the samples (also on interrupt, from cleanup).
+write_report() {
+	local json=$OUT/compare-$STAMP.json md=$OUT/compare-$STAMP.md
+	REPORT_DONE=1
+	meta uptime_after "$(uptime)"
+	log "load: $(uptime)"
+	perl "$LIB/report.pl" "$SAMPLES" "$json" "$md" || { log "report.pl failed"; return 1; }
+	{
+		echo
+		echo "Command: \`$COMMAND_LINE\` ($(date -u +%Y-%m-%d))"
+		echo "Load before: $(sed -n 's/^meta\tuptime_before\t//p' "$SAMPLES")"
+		echo "Load after:  $(sed -n 's/^meta\tuptime_after\t//p' "$SAMPLES" | tail -1)"
+	} | tee -a "$md"
+	log "table: $md"
+	log "raw:   $json (samples: $SAMPLES)"
+}
+
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 SAMPLES=$OUT/compare-$STAMP.tsv
 : >"$SAMPLES"
@@ -271,7 +295,8 @@ declare -A DAEMON_PID=()
 daemon_pid() {
 	local p args
 	for p in /proc/[0-9]*; do
-		mapfile -d '' args <"$p/cmdline" 2>/dev/null || continue
+		# 2>/dev/null first: a process that exits mid-scan fails the redirection.
+		mapfile -d '' args 2>/dev/null <"$p/cmdline" || continue
 		((${#args[@]} > 1)) || continue
 		[[ ${args[-1]} == "$1" ]] || continue
 		case ${args[0]##*/} in kmsfs | gocryptfs | securefs) echo "${p#/proc/}"; return 0 ;; esac
@@ -517,17 +542,5 @@ if [[ $PROFILE != none ]] && has_fs kmsfs && ! is_broken kmsfs; then
 fi
 
 for fs in "${FSS[@]}"; do is_broken "$fs" || fs_umount "$fs"; done
-meta uptime_after "$(uptime)"
-log "load: $(uptime)"
 
-JSON=$OUT/compare-$STAMP.json
-MD=$OUT/compare-$STAMP.md
-perl "$LIB/report.pl" "$SAMPLES" "$JSON" "$MD" || die "report.pl failed"
-{
-	echo
-	echo "Command: \`$COMMAND_LINE\` ($(date -u +%Y-%m-%d))"
-	echo "Load before: $(sed -n 's/^meta\tuptime_before\t//p' "$SAMPLES")"
-	echo "Load after:  $(sed -n 's/^meta\tuptime_after\t//p' "$SAMPLES")"
-} | tee -a "$MD"
-log "table: $MD"
-log "raw:   $JSON (samples: $SAMPLES)"
+write_report
