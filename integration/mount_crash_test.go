@@ -106,6 +106,7 @@ func TestMountCrash(t *testing.T) {
 			for off := 0; off < size; {
 				n := min(1+rng.IntN(100000), size-off)
 				if _, err := f.Write(data[off : off+n]); err != nil {
+					f.Close()
 					t.Fatal(err)
 				}
 				off += n
@@ -253,6 +254,7 @@ func TestMountCrashTornBlocks(t *testing.T) {
 				t.Fatal(err)
 			}
 			if _, err := f.Write(mountCrashContent(fileNo, 0, 0, size)); err != nil {
+				f.Close()
 				t.Fatal(err)
 			}
 			if err := f.Sync(); err != nil {
