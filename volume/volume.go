@@ -115,11 +115,14 @@ func (v *Volume) Close() error {
 
 // PlainSize converts a backend stat of a regular file to its plaintext
 // size. A stored size no sequence of blocks can produce is logged and
-// reported rounded down; reading such a file fails with EIO.
+// reported as the size of its whole blocks plus one byte, so that the file
+// does not look empty: the kernel then sends a read, which fails with EIO.
 func (v *Volume) PlainSize(name string, cipherSize int64) int64 {
 	n, err := v.layout.PlainSize(cipherSize)
 	if err != nil {
 		v.log.Warn("corrupt file size", "path", name, "err", err)
+		full := max(cipherSize-v.layout.HeaderSize, 0) / v.layout.SealedBlockSize()
+		return full*v.layout.BlockSize + 1
 	}
 	return n
 }
@@ -652,10 +655,13 @@ func (h *Handle) Sync(ctx context.Context) error { return h.f.Sync() }
 
 // Close releases the handle; the file's keys are zeroed when its last
 // handle closes.
+//
+// The shared state is released before the backing file is closed: once it
+// is closed the backend may hand its inode number to a new file, which must
+// not find this file's state (and keys) under that number.
 func (h *Handle) Close() error {
-	err := h.f.Close()
 	h.v.release(h.st)
-	return err
+	return h.f.Close()
 }
 
 // idString is for log lines.
