@@ -189,6 +189,7 @@ write_report() {
 		echo "Command: \`$COMMAND_LINE\` ($(date -u +%Y-%m-%d))"
 		echo "Load before: $(sed -n 's/^meta\tuptime_before\t//p' "$SAMPLES")"
 		echo "Load after:  $(sed -n 's/^meta\tuptime_after\t//p' "$SAMPLES" | tail -1)"
+		echo "FUSE readahead (read_ahead_kb seen at mount): $(sed -n 's/^meta\tread_ahead_kb_\([a-z]*\)\t/\1 /p' "$SAMPLES" | paste -sd ';' | sed 's/;/; /g')"
 	} | tee -a "$md"
 	log "table: $md"
 	log "raw:   $json (samples: $SAMPLES)"
@@ -285,9 +286,19 @@ fs_mount() {
 	esac
 	wait_mounted "$m" 30 || return 1
 	DAEMON_PID[$fs]=$(daemon_pid "$m")
+	# The kernel sizes buffered READ requests by the mount's readahead
+	# (/sys/class/bdi/MAJ:MIN/read_ahead_kb, 128 KiB by default for FUSE);
+	# record it, since a value left on a reused device number changes the
+	# read rows.
+	local ra
+	ra=$(cat "/sys/class/bdi/$(mountpoint -d "$m")/read_ahead_kb" 2>/dev/null) || ra=unknown
+	if [[ " ${READ_AHEAD_KB[$fs]:-} " != *" $ra "* ]]; then
+		READ_AHEAD_KB[$fs]="${READ_AHEAD_KB[$fs]:-}${READ_AHEAD_KB[$fs]:+ }$ra"
+		meta "read_ahead_kb_$fs" "${READ_AHEAD_KB[$fs]}"
+	fi
 }
 KMSFS_MOUNT_EXTRA=()
-declare -A DAEMON_PID=()
+declare -A DAEMON_PID=() READ_AHEAD_KB=()
 
 # daemon_pid MNT: the FUSE server serving MNT (kmsfs, gocryptfs and securefs
 # all keep the mountpoint as their last argument). Builtins only: it scans
