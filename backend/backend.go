@@ -86,3 +86,17 @@ type File interface {
 type Flusher interface {
 	Flush() error
 }
+
+// Intents is implemented by backends whose in-place writes a crash of kmsfs
+// can tear: a local file, where the kernel stops a write(2) of a killed
+// process at a page boundary, which falls inside a 4 KiB + 28-byte sealed
+// block. The volume records the bytes of an overwrite as an intent first and
+// replays it when the file is next opened, so a block reads as its old or
+// its new content, never a mix. An intent needs no fsync: it guards against
+// the death of the process, and the page cache outlives that.
+type Intents interface {
+	WriteIntent(ctx context.Context, id string, rec []byte) error
+	// ReadIntent returns fs.ErrNotExist when there is none.
+	ReadIntent(ctx context.Context, id string) ([]byte, error)
+	ClearIntent(ctx context.Context, id string) error
+}

@@ -213,3 +213,6 @@ func (l Layout) Blocks(off, n int64) (first, end uint64) {
 	}
 	return uint64(off / l.BlockSize), uint64((off + n + l.BlockSize - 1) / l.BlockSize)
 }
+
+// FileID is the ID of the file these keys belong to.
+func (k *FileKeys) FileID() [IDLen]byte { return k.fileID }

@@ -279,6 +279,10 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 	if err != nil {
 		return nil, err
 	}
+	if err := h.replayIntent(ctx, keys.FileID()); err != nil {
+		keys.Zero()
+		return nil, err
+	}
 	st.keys = keys
 	return keys, nil
 }
@@ -488,12 +492,12 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 		off = size
 	}
 	if off > size {
-		if err := h.extendLocked(keys, size, off); err != nil {
+		if err := h.extendLocked(ctx, keys, size, off); err != nil {
 			return 0, err
 		}
 		size = off
 	}
-	if err := h.writeLocked(keys, p, off, size); err != nil {
+	if err := h.writeLocked(ctx, keys, p, off, size); err != nil {
 		return 0, err
 	}
 	h.v.stats.bytesWritten.Add(uint64(len(p)))
@@ -502,7 +506,7 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 
 // writeLocked writes p at off <= size as whole sealed blocks: the first and
 // last blocks are read, modified and resealed when p covers them partly.
-func (h *Handle) writeLocked(keys *envelope.FileKeys, p []byte, off, size int64) error {
+func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []byte, off, size int64) error {
 	if len(p) == 0 {
 		return nil
 	}
@@ -555,18 +559,18 @@ func (h *Handle) writeLocked(keys *envelope.FileKeys, p []byte, off, size int64)
 	}
 	*sbp = sealed[:0]
 	*pbp = buf[:0]
-	_, err = h.f.WriteAt(sealed, l.BlockOffset(first))
-	return err
+	oldBytes := cs - l.BlockOffset(first) // stored bytes this write replaces
+	return h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, oldBytes, -1)
 }
 
 // extendLocked grows the file from size to newSize with zeros, in chunks so
 // that a large hole does not need a large buffer.
-func (h *Handle) extendLocked(keys *envelope.FileKeys, size, newSize int64) error {
+func (h *Handle) extendLocked(ctx context.Context, keys *envelope.FileKeys, size, newSize int64) error {
 	const chunk = 1 << 20
 	zeros := make([]byte, chunk)
 	for size < newSize {
 		n := min(newSize-size, chunk-size%h.v.layout.BlockSize)
-		if err := h.writeLocked(keys, zeros[:n], size, size); err != nil {
+		if err := h.writeLocked(ctx, keys, zeros[:n], size, size); err != nil {
 			return err
 		}
 		size += n
@@ -602,7 +606,7 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 		if err != nil {
 			return err
 		}
-		return h.extendLocked(keys, size, newSize)
+		return h.extendLocked(ctx, keys, size, newSize)
 	}
 	keys, err := h.fileKeys(ctx, false)
 	if err != nil {
@@ -620,11 +624,9 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 		if err != nil {
 			return err
 		}
-		if err := h.f.Truncate(l.CipherSize(newSize, true)); err != nil {
-			return err
-		}
-		_, err = h.f.WriteAt(sealed, l.BlockOffset(blockNo))
-		return err
+		// Truncate, then rewrite the new last block: a crash between the
+		// two would leave a cut block, so the pair is one intent.
+		return h.changeInPlace(ctx, keys, l.BlockOffset(blockNo), sealed, int64(len(sealed)), l.CipherSize(newSize, true))
 	}
 	return h.f.Truncate(l.CipherSize(newSize, true))
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"io"
 	"os"
 	"path/filepath"
@@ -394,6 +395,37 @@ func wrap(op, name string, err error) error {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		return &os.PathError{Op: op, Path: name, Err: errno}
+	}
+	return err
+}
+
+// intentPath is where the intent of the file with this (hex) ID lives.
+func (b *Backend) intentPath(id string) string {
+	return filepath.Join(b.root, MetaDir, "intents", id)
+}
+
+var _ backend.Intents = (*Backend)(nil)
+
+// WriteIntent records an overwrite about to happen (see backend.Intents).
+func (b *Backend) WriteIntent(_ context.Context, id string, rec []byte) error {
+	p := b.intentPath(id)
+	err := os.WriteFile(p, rec, 0o600)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(filepath.Dir(p), 0o700); err == nil {
+			err = os.WriteFile(p, rec, 0o600)
+		}
+	}
+	return err
+}
+
+func (b *Backend) ReadIntent(_ context.Context, id string) ([]byte, error) {
+	return os.ReadFile(b.intentPath(id))
+}
+
+func (b *Backend) ClearIntent(_ context.Context, id string) error {
+	err := os.Remove(b.intentPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
 	return err
 }
