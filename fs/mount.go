@@ -54,9 +54,8 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 		FsName:     opt.FsName,
 		Name:       "kmsfs",
 		MaxWrite:   opt.MaxWrite,
-		// Let the kernel check permissions from the attributes we report:
-		// the daemon often runs as root and the backend would allow anything.
-		Options:     []string{"default_permissions"},
+		// Permission checks: see below.
+		Options:     nil,
 		DirectMount: true,
 		// Readahead as large as a write, so sequential reads reach us in
 		// big requests (one pread, many blocks).
@@ -66,6 +65,15 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 		// its header does not fit the default 1 MiB pipe-max-size (go-fuse
 		// then logs and falls back for every read).
 		DisableSplice: true,
+	}
+	// With --allow-other, let the kernel check permissions from the
+	// attributes we report: the daemon often runs as root and the backend
+	// would allow anything. Without it only the mounting user gets in, and
+	// the backing filesystem checks that user's own calls, so the kernel's
+	// check would only cost a GETATTR of the parent on every create and
+	// rename (the create invalidates the attributes it needs).
+	if opt.AllowOther {
+		mopts.Options = append(mopts.Options, "default_permissions")
 	}
 	if opt.ReadOnly {
 		mopts.Options = append(mopts.Options, "ro")

@@ -323,27 +323,85 @@ func (b *Backend) Open(_ context.Context, name string, flags int, mode uint32, o
 		flags = flags&^syscall.O_ACCMODE | syscall.O_RDWR
 	}
 	flags &^= syscall.O_APPEND
-	f, err := os.OpenFile(p, flags|syscall.O_CLOEXEC, os.FileMode(mode))
+	// A raw descriptor, not an *os.File: os.OpenFile registers every file
+	// with the netpoller (fcntl calls and a failing epoll_ctl per open, a
+	// real cost when cp -a creates thousands of files), and its FileMode
+	// conversion would drop the setuid/setgid/sticky bits of mode.
+	fd, err := openRetry(p, flags|syscall.O_CLOEXEC, mode)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: name, Err: err}
 	}
 	if flags&syscall.O_CREAT != 0 {
 		if err := chown(p, owner); err != nil {
-			f.Close()
+			syscall.Close(fd)
 			return nil, err
 		}
 	}
-	return &file{f: f}, nil
+	return &file{fd: fd}, nil
 }
 
-type file struct{ f *os.File }
+func openRetry(p string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := syscall.Open(p, flags, mode)
+		if err != syscall.EINTR {
+			return fd, err
+		}
+	}
+}
 
-func (f *file) ReadAt(p []byte, off int64) (int, error)  { return f.f.ReadAt(p, off) }
-func (f *file) WriteAt(p []byte, off int64) (int, error) { return f.f.WriteAt(p, off) }
-func (f *file) Truncate(size int64) error                { return f.f.Truncate(size) }
-func (f *file) Sync() error                              { return f.f.Sync() }
-func (f *file) Close() error                             { return f.f.Close() }
-func (f *file) Stat(st *syscall.Stat_t) error            { return syscall.Fstat(int(f.f.Fd()), st) }
+// file is an open backing file on a raw descriptor. Its methods retry
+// EINTR and complete short transfers, as *os.File's do.
+type file struct{ fd int }
+
+func (f *file) ReadAt(p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := syscall.Pread(f.fd, p[n:], off+int64(n))
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			return n, io.EOF
+		}
+		n += m
+	}
+	return n, nil
+}
+
+func (f *file) WriteAt(p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := syscall.Pwrite(f.fd, p[n:], off+int64(n))
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n += m
+	}
+	return n, nil
+}
+
+func (f *file) Truncate(size int64) error {
+	return retry(func() error { return syscall.Ftruncate(f.fd, size) })
+}
+func (f *file) Sync() error  { return retry(func() error { return syscall.Fsync(f.fd) }) }
+func (f *file) Close() error { return syscall.Close(f.fd) }
+func (f *file) Stat(st *syscall.Stat_t) error {
+	return retry(func() error { return syscall.Fstat(f.fd, st) })
+}
+
+func retry(call func() error) error {
+	for {
+		if err := call(); err != syscall.EINTR {
+			return err
+		}
+	}
+}
 
 func (b *Backend) metaPath(name string) string { return filepath.Join(b.root, MetaDir, name) }
 
