@@ -23,7 +23,11 @@ var (
 )
 
 func (n *Node) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) {
-	ents, err := n.t.be.ReadDir(ctx, n.path())
+	p, errno := n.path()
+	if errno != 0 {
+		return nil, errno
+	}
+	ents, err := n.t.be.ReadDir(ctx, p)
 	if err != nil {
 		return nil, volume.Errno(err)
 	}
@@ -47,7 +51,10 @@ func (n *Node) entry(ctx context.Context, p string, out *fuse.EntryOut) (*fusefs
 }
 
 func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	p := n.child(name)
+	p, errno := n.child(name)
+	if errno != 0 {
+		return nil, errno
+	}
 	if err := n.t.be.Mkdir(ctx, p, mode, owner(ctx)); err != nil {
 		return nil, volume.Errno(err)
 	}
@@ -55,7 +62,10 @@ func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 }
 
 func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	p := n.child(name)
+	p, errno := n.child(name)
+	if errno != 0 {
+		return nil, errno
+	}
 	if err := n.t.be.Mknod(ctx, p, mode, uint64(dev), owner(ctx)); err != nil {
 		return nil, volume.Errno(err)
 	}
@@ -63,11 +73,19 @@ func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 }
 
 func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	return volume.Errno(n.t.be.Rmdir(ctx, n.child(name)))
+	p, errno := n.child(name)
+	if errno != 0 {
+		return errno
+	}
+	return volume.Errno(n.t.be.Rmdir(ctx, p))
 }
 
 func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
-	return volume.Errno(n.t.be.Unlink(ctx, n.child(name)))
+	p, errno := n.child(name)
+	if errno != 0 {
+		return errno
+	}
+	return volume.Errno(n.t.be.Unlink(ctx, p))
 }
 
 // Rename passes RENAME_NOREPLACE and RENAME_EXCHANGE through to backends
@@ -81,11 +99,22 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	if flags != 0 && !n.t.be.Caps().Rename2 {
 		return syscall.ENOTSUP
 	}
-	return volume.Errno(n.t.be.Rename(ctx, n.child(name), np.child(newName), flags))
+	from, errno := n.child(name)
+	if errno != 0 {
+		return errno
+	}
+	to, errno := np.child(newName)
+	if errno != 0 {
+		return errno
+	}
+	return volume.Errno(n.t.be.Rename(ctx, from, to, flags))
 }
 
 func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	p := n.child(name)
+	p, errno := n.child(name)
+	if errno != 0 {
+		return nil, errno
+	}
 	if err := n.t.be.Symlink(ctx, target, p, owner(ctx)); err != nil {
 		return nil, volume.Errno(err)
 	}
@@ -93,7 +122,11 @@ func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 }
 
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	target, err := n.t.be.Readlink(ctx, n.path())
+	p, errno := n.path()
+	if errno != 0 {
+		return nil, errno
+	}
+	target, err := n.t.be.Readlink(ctx, p)
 	if err != nil {
 		return nil, volume.Errno(err)
 	}
@@ -108,8 +141,15 @@ func (n *Node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 	if !n.t.be.Caps().HardLinks {
 		return nil, syscall.ENOTSUP
 	}
-	p := n.child(name)
-	if err := n.t.be.Link(ctx, tn.path(), p); err != nil {
+	p, errno := n.child(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	from, errno := tn.path()
+	if errno != 0 {
+		return nil, errno
+	}
+	if err := n.t.be.Link(ctx, from, p); err != nil {
 		return nil, volume.Errno(err)
 	}
 	return n.entry(ctx, p, out)

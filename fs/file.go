@@ -41,7 +41,10 @@ func authFailure(err error) bool {
 }
 
 func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	p := n.path()
+	p, errno := n.path()
+	if errno != 0 {
+		return nil, 0, errno
+	}
 	h, err := n.t.vol.OpenFile(ctx, p, int(flags)&^fuse.FMODE_EXEC, 0, nil)
 	if err != nil {
 		return nil, 0, n.t.errno("open", p, err)
@@ -53,7 +56,10 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 }
 
 func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
-	p := n.child(name)
+	p, errno := n.child(name)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
 	h, err := n.t.vol.OpenFile(ctx, p, int(flags)|syscall.O_CREAT, mode, owner(ctx))
 	if err != nil {
 		return nil, nil, 0, n.t.errno("create", p, err)

@@ -49,9 +49,21 @@ var (
 )
 
 // path is the node's path relative to the volume root ("" for the root).
-func (n *Node) path() string { return n.Path(nil) }
+// A node that was unlinked while open (or a removed directory someone is
+// still in) has no path any more: go-fuse then gives "", the root's path,
+// and operating on that would change the root, so it is ENOENT instead.
+func (n *Node) path() (string, syscall.Errno) {
+	p := n.Path(nil)
+	if p == "" && !n.IsRoot() {
+		return "", syscall.ENOENT
+	}
+	return p, 0
+}
 
-func (n *Node) child(name string) string { return path.Join(n.path(), name) }
+func (n *Node) child(name string) (string, syscall.Errno) {
+	p, errno := n.path()
+	return path.Join(p, name), errno
+}
 
 // errno maps err and logs the failures a user must be able to trace to a
 // file: authentication failures (tampering) and KMS refusals or outages.
@@ -78,7 +90,10 @@ func (n *Node) newChild(ctx context.Context, st *syscall.Stat_t) *fusefs.Inode {
 }
 
 func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	p := n.child(name)
+	p, errno := n.child(name)
+	if errno != 0 {
+		return nil, errno
+	}
 	var st syscall.Stat_t
 	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
 		return nil, volume.Errno(err)
@@ -91,12 +106,15 @@ func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrO
 	if fh, ok := f.(*fileHandle); ok {
 		var st syscall.Stat_t
 		if err := fh.h.Stat(&st); err != nil {
-			return n.t.errno("getattr", n.path(), err)
+			return n.t.errno("getattr", fh.h.Name(), err)
 		}
 		out.FromStat(&st)
 		return 0
 	}
-	p := n.path()
+	p, errno := n.path()
+	if errno != 0 {
+		return errno
+	}
 	var st syscall.Stat_t
 	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
 		return volume.Errno(err)
@@ -106,10 +124,23 @@ func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrO
 }
 
 func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	p := n.path()
 	be := n.t.be
 	if n.t.vol.ReadOnly() {
 		return syscall.EROFS
+	}
+	p, errno := n.path()
+	if errno != 0 {
+		// Unlinked but open: only the size can still change, through the
+		// open file; metadata went with the name (as in gocryptfs).
+		if size, ok := in.GetSize(); ok && in.Valid&^(fuse.FATTR_SIZE|fuse.FATTR_FH|fuse.FATTR_LOCKOWNER) == 0 {
+			if fh, ok := f.(*fileHandle); ok {
+				if err := fh.h.Truncate(ctx, int64(size)); err != nil {
+					return n.t.errno("truncate", fh.h.Name(), err)
+				}
+				return n.Getattr(ctx, f, out)
+			}
+		}
+		return errno
 	}
 	if mode, ok := in.GetMode(); ok {
 		if err := be.Chmod(ctx, p, mode&07777); err != nil {

@@ -23,7 +23,10 @@ func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if !n.t.be.Caps().Xattrs {
 		return 0, syscall.ENOTSUP
 	}
-	p := n.path()
+	p, errno := n.path()
+	if errno != 0 {
+		return 0, errno
+	}
 	stored, err := n.t.be.Getxattr(ctx, p, attr)
 	if err != nil {
 		return 0, volume.Errno(err)
@@ -48,7 +51,10 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if n.t.vol.ReadOnly() {
 		return syscall.EROFS
 	}
-	p := n.path()
+	p, errno := n.path()
+	if errno != 0 {
+		return errno
+	}
 	stored, err := n.t.vol.SealXattr(ctx, attr, data)
 	if err != nil {
 		return n.t.errno("setxattr "+attr, p, err)
@@ -60,7 +66,11 @@ func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	if !n.t.be.Caps().Xattrs {
 		return 0, 0
 	}
-	names, err := n.t.be.Listxattr(ctx, n.path())
+	p, errno := n.path()
+	if errno != 0 {
+		return 0, errno
+	}
+	names, err := n.t.be.Listxattr(ctx, p)
 	if err != nil {
 		return 0, volume.Errno(err)
 	}
@@ -85,5 +95,9 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if n.t.vol.ReadOnly() {
 		return syscall.EROFS
 	}
-	return volume.Errno(n.t.be.Removexattr(ctx, n.path(), attr))
+	p, errno := n.path()
+	if errno != 0 {
+		return errno
+	}
+	return volume.Errno(n.t.be.Removexattr(ctx, p, attr))
 }

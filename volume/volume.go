@@ -491,6 +491,9 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if h.append {
 		off = size
 	}
+	if off+int64(len(p)) > MaxFileSize {
+		return 0, syscall.EFBIG
+	}
 	if off > size {
 		if err := h.extendLocked(ctx, keys, size, off); err != nil {
 			return 0, err
@@ -563,13 +566,34 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 	return h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, oldBytes, -1)
 }
 
+// MaxFileSize is the largest plaintext file kmsfs makes: ext4's limit with
+// 4 KiB blocks (16 TiB). Beyond it writes and truncates fail with EFBIG, as
+// on ext4, instead of starting to fill an impossible hole.
+const MaxFileSize = 1 << 44
+
 // extendLocked grows the file from size to newSize with zeros, in chunks so
-// that a large hole does not need a large buffer.
+// that a large hole does not need a large buffer. Holes are stored as
+// encrypted zeros, so a large one is checked against the free space first
+// (ENOSPC before writing, not after filling the disk) and the filling stops
+// when the request is cancelled.
 func (h *Handle) extendLocked(ctx context.Context, keys *envelope.FileKeys, size, newSize int64) error {
+	if newSize > MaxFileSize {
+		return syscall.EFBIG
+	}
+	l := h.v.layout
+	if need := l.CipherSize(newSize, true) - l.CipherSize(size, true); need > 64<<20 {
+		var st syscall.Statfs_t
+		if err := h.v.be.Statfs(ctx, &st); err == nil && uint64(need) > st.Bavail*uint64(st.Bsize) {
+			return syscall.ENOSPC
+		}
+	}
 	const chunk = 1 << 20
 	zeros := make([]byte, chunk)
 	for size < newSize {
-		n := min(newSize-size, chunk-size%h.v.layout.BlockSize)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := min(newSize-size, chunk-size%l.BlockSize)
 		if err := h.writeLocked(ctx, keys, zeros[:n], size, size); err != nil {
 			return err
 		}

@@ -499,3 +499,19 @@ func must(h *Handle, err error) *Handle {
 	}
 	return h
 }
+
+func TestTruncateBeyondMaxIsEFBIG(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVolume(t, envelope.ModePerObject)
+	h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+	defer h.Close()
+	if err := h.Truncate(ctx, MaxFileSize+1); err != syscall.EFBIG {
+		t.Fatalf("truncate past the maximum: %v, want EFBIG", err)
+	}
+	if _, err := h.WriteAt(ctx, []byte("x"), MaxFileSize); err != syscall.EFBIG {
+		t.Fatalf("write past the maximum: %v, want EFBIG", err)
+	}
+	if size, _ := h.Size(); size != 0 {
+		t.Fatalf("size %d after refused growth", size)
+	}
+}

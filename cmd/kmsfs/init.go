@@ -36,7 +36,10 @@ func initCommand(ctx context.Context, args []string) error {
 		return fmt.Errorf("--mode %q: want per-object or bucket-key", *mode)
 	}
 	if !isS3(spec) {
-		if err := os.MkdirAll(spec, 0o700); err != nil {
+		// The volume root is the mount's root directory: 0755 like any
+		// new directory (chmod it as you like); volume metadata and the
+		// keystore have their own 0700 directories.
+		if err := os.MkdirAll(spec, 0o755); err != nil {
 			return err
 		}
 	}
