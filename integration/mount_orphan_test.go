@@ -33,9 +33,11 @@ func TestMountOrphanedFileLeavesRootAlone(t *testing.T) {
 	}
 	fd := int(f.Fd())
 	for name, call := range map[string]func() error{
-		"fchmod":    func() error { return unix.Fchmod(fd, 0o600) },
-		"fchown":    func() error { return unix.Fchown(fd, 65534, 65534) },
-		"futimens":  func() error { return unix.UtimesNanoAt(fd, "", []unix.Timespec{{Sec: 2}, {Sec: 2}}, unix.AT_EMPTY_PATH) },
+		"fchmod": func() error { return unix.Fchmod(fd, 0o600) },
+		"fchown": func() error { return unix.Fchown(fd, 65534, 65534) },
+		"futimens": func() error {
+			return unix.UtimesNanoAt(fd, "", []unix.Timespec{{Sec: 2}, {Sec: 2}}, unix.AT_EMPTY_PATH)
+		},
 		"fsetxattr": func() error { return unix.Fsetxattr(fd, "user.x", []byte("v"), 0) },
 	} {
 		if err := call(); err != nil && !errors.Is(err, syscall.ENOENT) {
