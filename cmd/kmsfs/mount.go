@@ -258,18 +258,31 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 		ready.Close()
 		ready = nil
 	}
+	served := make(chan struct{})
 	go func() {
-		<-ctx.Done()
+		select {
+		case <-served:
+			// Unmounted from outside (umount, fusermount3 -u): nothing to
+			// do. Unmounting by path now could take down a new mount that
+			// already sits on the same mount point.
+			return
+		case <-ctx.Done():
+		}
 		// SIGINT/SIGTERM: unmount cleanly; retry while the mount is busy.
 		for i := 0; i < 50; i++ {
 			if err := srv.Unmount(); err == nil {
 				return
 			}
-			time.Sleep(100 * time.Millisecond)
+			select {
+			case <-served:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 		log.Error("unmount on signal failed: mount busy")
 	}()
 	srv.Wait()
+	close(served)
 	log.Info("unmounted", "mountpoint", mnt)
 	return nil
 }
