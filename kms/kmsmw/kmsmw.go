@@ -1,7 +1,7 @@
 // Package kmsmw holds decorators around a kms.Crypto: Simulate (injected
 // latency and a request quota, to benchmark against an embedded KMS that
-// behaves like a regional one), Retry (jittered backoff on throttling and
-// outages, so a quota never surfaces to the user), and Observe (a hook per
+// behaves like a regional one), Retry (jittered backoff on throttling, so a
+// quota never surfaces to the user), and Observe (a hook per
 // call, for latency histograms).
 package kmsmw
 
@@ -131,9 +131,12 @@ type RetryOptions struct {
 	OnRetry func(op string, err error)
 }
 
-// Retry wraps inner so that ThrottlingException, DependencyTimeout and an
-// unreachable KMS are retried with jittered backoff until MaxElapsed, as
-// the AWS SDKs do, instead of failing the file operation.
+// Retry wraps inner so that ThrottlingException is retried with jittered
+// backoff until MaxElapsed, as the AWS SDKs do, instead of failing the file
+// operation: a request quota slows kmsfs down, never breaks it. An
+// unreachable KMS is not retried here: the remote client's SDK already
+// retries it, and beyond that the key cache's grace period (or a clear
+// error) is the answer, not a longer wait.
 func Retry(inner kms.Crypto, o RetryOptions) kms.Crypto {
 	if o.MaxElapsed <= 0 {
 		o.MaxElapsed = 30 * time.Second
@@ -152,10 +155,7 @@ type retrying struct {
 	o     RetryOptions
 }
 
-func retryable(err error) bool {
-	return errors.Is(err, kms.ErrThrottling) || errors.Is(err, kms.ErrUnavailable) ||
-		kms.Code(err) == kms.CodeDependencyTimeout || kms.Code(err) == kms.CodeInternal
-}
+func retryable(err error) bool { return errors.Is(err, kms.ErrThrottling) }
 
 // do runs fn until it succeeds, fails for good, or the budget runs out.
 func (r *retrying) do(ctx context.Context, op string, fn func() error) error {

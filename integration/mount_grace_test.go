@@ -1,0 +1,57 @@
+package integration
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// With --cache-grace, a mount whose KMS becomes unreachable keeps reading
+// the files whose keys it had cached, past the keys' max age, while new
+// files fail with a clear error instead of hanging or writing garbage.
+func TestMountGraceWhenKMSUnreachable(t *testing.T) {
+	kmsAWS(t)
+	mountRequireFuse(t)
+	if os.Getuid() != 0 {
+		t.Skip("needs root to drop the page cache")
+	}
+	h := kmsStartServer(t)
+	keyID, _ := h.createKey(kmsAliceKey)
+	for _, kv := range kmsAWSEnv(kmsAliceKey, kmsAliceSecret) {
+		k, val, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "AWS_") {
+			t.Setenv(k, val)
+		}
+	}
+	v := mountNewVolume(t, "--kms", h.url, "--kms-region", kmsRegion, "--key", keyID)
+	v.mount()
+	for _, name := range []string{"cached", "uncached"} {
+		if err := os.WriteFile(v.path(name), []byte("content of "+name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.remount("--cache-max-age", "1s", "--cache-grace", "1h")
+	if b, err := os.ReadFile(v.path("cached")); err != nil || string(b) != "content of cached" {
+		t.Fatalf("read before the outage: %q, %v", b, err)
+	}
+	h.stop()
+	time.Sleep(1500 * time.Millisecond) // the cached key is now past its max age
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(v.path("cached")); err != nil || string(b) != "content of cached" {
+		t.Fatalf("read of a cached file during the outage, within grace: %q, %v", b, err)
+	}
+	if _, err := os.ReadFile(v.path("uncached")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read of a file whose key was never cached: %v, want EIO", err)
+	}
+	if err := os.WriteFile(v.path("new"), []byte("x"), 0o644); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("new file during the outage: %v, want EIO", err)
+	}
+	if log := v.log(); !strings.Contains(log, "KMSUnavailable") {
+		t.Errorf("the mount log does not name the unreachable KMS:\n%s", mountTail(log, 20))
+	}
+}
