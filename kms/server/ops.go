@@ -337,25 +337,33 @@ func dataKeySize(in generateDataKeyInput) (int, error) {
 	return in.NumberOfBytes, nil
 }
 
-func (s *Server) generateDataKey(c *call, body []byte) (response, error) {
-	var in generateDataKeyInput
-	if err := decode(body, &in); err != nil {
-		return response{}, err
+// dataKeyRequest is what GenerateDataKey and GenerateDataKeyWithoutPlaintext
+// share before they call the store: decode, size check, key resolution,
+// authorisation of op, and DryRun.
+func (s *Server) dataKeyRequest(c *call, body []byte, op string) (in generateDataKeyInput, n int, arn string, err error) {
+	if err = decode(body, &in); err != nil {
+		return in, 0, "", err
 	}
 	c.entry.EncryptionContext = in.EncryptionContext
-	n, err := dataKeySize(in)
-	if err != nil {
-		return response{}, err
+	if n, err = dataKeySize(in); err != nil {
+		return in, 0, "", err
 	}
-	arn, err := s.resolve(c, in.KeyId)
-	if err != nil {
-		return response{}, err
+	if arn, err = s.resolve(c, in.KeyId); err != nil {
+		return in, 0, "", err
 	}
-	if err := s.authorize(c, "kms:GenerateDataKey", arn, in.EncryptionContext, "GenerateDataKey", nil); err != nil {
-		return response{}, err
+	if err = s.authorize(c, "kms:"+op, arn, in.EncryptionContext, op, nil); err != nil {
+		return in, 0, "", err
 	}
 	if in.DryRun {
-		return response{}, errDryRun
+		return in, 0, "", errDryRun
+	}
+	return in, n, arn, nil
+}
+
+func (s *Server) generateDataKey(c *call, body []byte) (response, error) {
+	in, n, arn, err := s.dataKeyRequest(c, body, "GenerateDataKey")
+	if err != nil {
+		return response{}, err
 	}
 	dk, err := s.store.GenerateDataKey(c.ctx, arn, n, in.EncryptionContext)
 	if err != nil {
@@ -372,24 +380,9 @@ func (s *Server) generateDataKey(c *call, body []byte) (response, error) {
 }
 
 func (s *Server) generateDataKeyWithoutPlaintext(c *call, body []byte) (response, error) {
-	var in generateDataKeyInput
-	if err := decode(body, &in); err != nil {
-		return response{}, err
-	}
-	c.entry.EncryptionContext = in.EncryptionContext
-	n, err := dataKeySize(in)
+	in, n, arn, err := s.dataKeyRequest(c, body, "GenerateDataKeyWithoutPlaintext")
 	if err != nil {
 		return response{}, err
-	}
-	arn, err := s.resolve(c, in.KeyId)
-	if err != nil {
-		return response{}, err
-	}
-	if err := s.authorize(c, "kms:GenerateDataKeyWithoutPlaintext", arn, in.EncryptionContext, "GenerateDataKeyWithoutPlaintext", nil); err != nil {
-		return response{}, err
-	}
-	if in.DryRun {
-		return response{}, errDryRun
 	}
 	ct, keyARN, err := s.store.GenerateDataKeyWithoutPlaintext(c.ctx, arn, n, in.EncryptionContext)
 	if err != nil {
