@@ -36,13 +36,7 @@ func TestKMSRemoteMountCopyTree(t *testing.T) {
 	mountExec(t, "rsync", "-aHX", src+"/", rsDst+"/")
 	check := func(stage string) {
 		t.Helper()
-		for _, dst := range []string{cpDst, rsDst} {
-			name := stage + " " + filepath.Base(dst)
-			mountCompareSnapshots(t, name, want, mountSnapshot(t, dst))
-			if out, err := mountExecOut("diff", "-r", "--no-dereference", src, dst); err != nil {
-				t.Errorf("%s: diff -r: %v\n%s", name, err, mountTail(out, 20))
-			}
-		}
+		mountCheckCopies(t, stage, src, want, cpDst, rsDst)
 	}
 	check("after copy")
 	v.remount()

@@ -31,16 +31,12 @@ func TestMountCopyTree(t *testing.T) {
 
 	check := func(stage string) {
 		t.Helper()
+		mountCheckCopies(t, stage, src, want, cpDst, rsDst)
+		// rsync's own view: nothing differs in content, size, times,
+		// permissions, owner, links or xattrs.
 		for _, dst := range []string{cpDst, rsDst} {
-			name := stage + " " + filepath.Base(dst)
-			mountCompareSnapshots(t, name, want, mountSnapshot(t, dst))
-			if out, err := mountExecOut("diff", "-r", "--no-dereference", src, dst); err != nil {
-				t.Errorf("%s: diff -r --no-dereference: %v\n%s", name, err, mountTail(out, 20))
-			}
-			// rsync's own view: nothing differs in content, size, times,
-			// permissions, owner, links or xattrs.
 			if out := mountExec(t, "rsync", "-aHX", "--dry-run", "--itemize-changes", src+"/", dst+"/"); strings.TrimSpace(out) != "" {
-				t.Errorf("%s: rsync --dry-run --itemize-changes wants changes:\n%s", name, mountTail(out, 20))
+				t.Errorf("%s %s: rsync --dry-run --itemize-changes wants changes:\n%s", stage, filepath.Base(dst), mountTail(out, 20))
 			}
 		}
 		// A real --checksum run: every file is read and hashed on both
@@ -89,5 +85,18 @@ func TestMountCopyTree(t *testing.T) {
 	}
 	if bytes.Contains(val[:n], []byte(mountMarker)) || string(val[:n]) == info.xattrVal {
 		t.Errorf("backing xattr value holds the plaintext %q", val[:n])
+	}
+}
+
+// mountCheckCopies compares each copy of src with the snapshot taken of src
+// (modes, owners, times, links, xattrs) and with diff -r.
+func mountCheckCopies(t *testing.T, stage, src string, want map[string]mountEntry, dsts ...string) {
+	t.Helper()
+	for _, dst := range dsts {
+		name := stage + " " + filepath.Base(dst)
+		mountCompareSnapshots(t, name, want, mountSnapshot(t, dst))
+		if out, err := mountExecOut("diff", "-r", "--no-dereference", src, dst); err != nil {
+			t.Errorf("%s: diff -r --no-dereference: %v\n%s", name, err, mountTail(out, 20))
+		}
 	}
 }
