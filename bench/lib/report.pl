@@ -121,7 +121,14 @@ sub cell {
 }
 sub pf { return $_[0] ? 'pass' : '**fail**' }
 
-my $n   = $meta{repeat} // '?';
+# Repetitions actually taken (fewer than asked when the run was interrupted).
+my $n = 0;
+for my $fs (keys %samples) {
+	for my $row (keys %{ $samples{$fs} }) {
+		my $k = @{ $samples{$fs}{$row} } + ($errors{$fs}{$row} // 0);
+		$n = $k if $k > $n;
+	}
+}
 my $out = '';
 $out .= "| row (median of $n) | unit | ext4 | kmsfs | gocryptfs | securefs | kmsfs speed ÷ ext4 | kmsfs ahead of both peers |\n";
 $out .= "|---|---|--:|--:|--:|--:|--:|:-:|\n";
