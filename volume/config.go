@@ -92,14 +92,12 @@ func (c *Config) validate() error {
 	if c.KeyID == "" {
 		return errors.New("volume config: no kms_key_id")
 	}
-	l := envelope.Layout{HeaderSize: int64(c.HeaderSize), BlockSize: int64(c.BlockSize)}
 	if c.HeaderSize < envelope.MinHeaderSize || c.HeaderSize > envelope.MaxHeaderSize {
 		return fmt.Errorf("volume config: header_size %d outside %d..%d", c.HeaderSize, envelope.MinHeaderSize, envelope.MaxHeaderSize)
 	}
 	if c.BlockSize < envelope.MinBlockSize || c.BlockSize > envelope.MaxBlockSize || c.BlockSize&(c.BlockSize-1) != 0 {
 		return fmt.Errorf("volume config: block_size %d is not a power of two in %d..%d", c.BlockSize, envelope.MinBlockSize, envelope.MaxBlockSize)
 	}
-	_ = l
 	return nil
 }
 

@@ -3,7 +3,6 @@ package volume
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -689,9 +688,6 @@ func (h *Handle) Close() error {
 	h.v.release(h.st)
 	return h.f.Close()
 }
-
-// idString is for log lines.
-func idString(id [envelope.IDLen]byte) string { return hex.EncodeToString(id[:]) }
 
 // Flush runs at close(2): backends that stage writes (S3) upload here, so a
 // failed upload is reported to the closing application.
