@@ -28,8 +28,9 @@ var (
 
 // fileHandle is an open file of the mount.
 type fileHandle struct {
-	t *tree
-	h *volume.Handle
+	t    *tree
+	h    *volume.Handle
+	node *Node // the node it was opened on (set by addOpen)
 }
 
 func kmsRelated(err error) bool { return kms.Code(err) != "" }
@@ -52,7 +53,9 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	// FOPEN_KEEP_CACHE: only this mount writes the backing files, so the
 	// kernel's page cache of a file stays valid across opens; a warm re-read
 	// is then served without decrypting again.
-	return &fileHandle{t: n.t, h: h}, fuse.FOPEN_KEEP_CACHE, 0
+	fh := &fileHandle{t: n.t, h: h}
+	n.addOpen(fh)
+	return fh, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
@@ -70,7 +73,12 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, n.t.errno("create", p, err)
 	}
 	out.Attr.FromStat(&st)
-	return n.newChild(ctx, &st), &fileHandle{t: n.t, h: h}, 0, 0
+	ch := n.newChild(ctx, &st)
+	fh := &fileHandle{t: n.t, h: h}
+	if cn, ok := ch.Operations().(*Node); ok {
+		cn.addOpen(fh)
+	}
+	return ch, fh, 0, 0
 }
 
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -106,6 +114,9 @@ func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
 }
 
 func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
+	if f.node != nil {
+		f.node.removeOpen(f)
+	}
 	if err := f.h.Close(); err != nil {
 		return f.t.errno("release", f.h.Name(), err)
 	}

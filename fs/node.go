@@ -11,6 +11,7 @@ import (
 	"context"
 	"log/slog"
 	"path"
+	"sync"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -31,6 +32,39 @@ type tree struct {
 type Node struct {
 	fusefs.Inode
 	t *tree
+
+	// open holds the node's open files, so that the attributes of a file
+	// unlinked while open (it has no path any more) can still be read
+	// through one of them: the kernel asks for them without a handle, e.g.
+	// for lseek(SEEK_HOLE) and fstat.
+	openMu sync.Mutex
+	open   map[*fileHandle]struct{}
+}
+
+func (n *Node) addOpen(f *fileHandle) {
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	if n.open == nil {
+		n.open = map[*fileHandle]struct{}{}
+	}
+	n.open[f] = struct{}{}
+	f.node = n
+}
+
+func (n *Node) removeOpen(f *fileHandle) {
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	delete(n.open, f)
+}
+
+// anyOpen returns one of the node's open files, or nil.
+func (n *Node) anyOpen() *fileHandle {
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	for f := range n.open {
+		return f
+	}
+	return nil
 }
 
 // NewRoot returns the root node of a mount of vol.
@@ -113,6 +147,9 @@ func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrO
 	}
 	p, errno := n.path()
 	if errno != 0 {
+		if fh := n.anyOpen(); fh != nil {
+			return n.Getattr(ctx, fh, out)
+		}
 		return errno
 	}
 	var st syscall.Stat_t

@@ -55,6 +55,14 @@ func TestMountOrphanedFileLeavesRootAlone(t *testing.T) {
 	if _, err := unix.Getxattr(v.mnt, "user.x", make([]byte, 8)); err == nil {
 		t.Fatal("an xattr set on an unlinked file landed on the mount root")
 	}
+	// The kernel asks for attributes without a handle (fstat, lseek
+	// SEEK_HOLE/SEEK_DATA); they come from the open file.
+	if st, err := f.Stat(); err != nil || st.Size() != int64(len("still here")) {
+		t.Fatalf("fstat of the unlinked file: %v, %v", st, err)
+	}
+	if _, err := unix.Seek(fd, 0, unix.SEEK_DATA); err != nil {
+		t.Fatalf("lseek SEEK_DATA on the unlinked file: %v", err)
+	}
 	buf := make([]byte, 32)
 	n, err := f.ReadAt(buf, 0)
 	if string(buf[:n]) != "still here" {
