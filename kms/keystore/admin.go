@@ -341,31 +341,27 @@ func (k *Keystore) ListAliases(ctx context.Context, keyID string) ([]kms.Alias, 
 // EnableKey makes a Disabled key usable again. A key pending deletion must
 // first have its deletion cancelled (KMSInvalidStateException).
 func (k *Keystore) EnableKey(ctx context.Context, keyID string) error {
-	return k.changeKey(ctx, keyID, func(st *state, rec *keyRecord, now time.Time) (bool, error) {
-		switch rec.State {
-		case kms.KeyEnabled:
-			return false, nil
-		case kms.KeyDisabled:
-			rec.State = kms.KeyEnabled
-			return true, nil
-		default:
-			return false, kms.Errorf(kms.CodeInvalidState, "key %s is %s and cannot be enabled", rec.ID, rec.State)
-		}
-	})
+	return k.switchState(ctx, keyID, kms.KeyDisabled, kms.KeyEnabled, "enabled")
 }
 
 // DisableKey stops every cryptographic use of the key at once, in this and
 // every other process sharing the keystore.
 func (k *Keystore) DisableKey(ctx context.Context, keyID string) error {
+	return k.switchState(ctx, keyID, kms.KeyEnabled, kms.KeyDisabled, "disabled")
+}
+
+// switchState moves a key from state from to state to; a key already in to
+// is left alone, a key in any other state is KMSInvalidStateException.
+func (k *Keystore) switchState(ctx context.Context, keyID string, from, to kms.KeyState, verb string) error {
 	return k.changeKey(ctx, keyID, func(st *state, rec *keyRecord, now time.Time) (bool, error) {
 		switch rec.State {
-		case kms.KeyDisabled:
+		case to:
 			return false, nil
-		case kms.KeyEnabled:
-			rec.State = kms.KeyDisabled
+		case from:
+			rec.State = to
 			return true, nil
 		default:
-			return false, kms.Errorf(kms.CodeInvalidState, "key %s is %s and cannot be disabled", rec.ID, rec.State)
+			return false, kms.Errorf(kms.CodeInvalidState, "key %s is %s and cannot be %s", rec.ID, rec.State, verb)
 		}
 	})
 }

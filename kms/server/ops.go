@@ -146,8 +146,8 @@ func (s *Server) updateAlias(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
-	if !strings.HasPrefix(in.AliasName, "alias/") {
-		return response{}, kms.Errorf(kms.CodeInvalidAliasName, "alias name %q must begin with alias/", in.AliasName)
+	if err := checkAliasPrefix(in.AliasName); err != nil {
+		return response{}, err
 	}
 	// UpdateAlias needs kms:UpdateAlias on both the current and the new key.
 	if _, err := s.resolveAndAuthorize(c, in.AliasName, ""); err != nil {
@@ -169,8 +169,8 @@ func (s *Server) deleteAlias(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
-	if !strings.HasPrefix(in.AliasName, "alias/") {
-		return response{}, kms.Errorf(kms.CodeInvalidAliasName, "alias name %q must begin with alias/", in.AliasName)
+	if err := checkAliasPrefix(in.AliasName); err != nil {
+		return response{}, err
 	}
 	if _, err := s.resolveAndAuthorize(c, in.AliasName, ""); err != nil {
 		return response{}, err
@@ -807,4 +807,13 @@ func (s *Server) findGrant(c *call, in grantIDInput) (kms.Grant, error) {
 		return kms.Grant{}, kms.Errorf(kms.CodeNotFound, "grant %s not found", in.GrantId)
 	}
 	return kms.Grant{}, kms.Errorf(kms.CodeInvalidGrantToken, "grant token is not valid")
+}
+
+// checkAliasPrefix refuses an alias name that does not start with "alias/"
+// before any lookup, as AWS does (InvalidAliasNameException).
+func checkAliasPrefix(name string) error {
+	if !strings.HasPrefix(name, "alias/") {
+		return kms.Errorf(kms.CodeInvalidAliasName, "alias name %q must begin with alias/", name)
+	}
+	return nil
 }
