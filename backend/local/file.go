@@ -1,0 +1,52 @@
+package local
+
+import (
+	"io"
+	"syscall"
+)
+
+// file is an open backing file on a raw descriptor. Its methods retry
+// EINTR and complete short transfers, as *os.File's do.
+type file struct{ fd int }
+
+func (f *file) ReadAt(p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := syscall.Pread(f.fd, p[n:], off+int64(n))
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			return n, io.EOF
+		}
+		n += m
+	}
+	return n, nil
+}
+
+func (f *file) WriteAt(p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := syscall.Pwrite(f.fd, p[n:], off+int64(n))
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n += m
+	}
+	return n, nil
+}
+
+func (f *file) Truncate(size int64) error {
+	return retry(func() error { return syscall.Ftruncate(f.fd, size) })
+}
+func (f *file) Sync() error  { return retry(func() error { return syscall.Fsync(f.fd) }) }
+func (f *file) Close() error { return syscall.Close(f.fd) }
+func (f *file) Stat(st *syscall.Stat_t) error {
+	return retry(func() error { return syscall.Fstat(f.fd, st) })
+}
