@@ -100,3 +100,12 @@ type Intents interface {
 	ReadIntent(ctx context.Context, id string) ([]byte, error)
 	ClearIntent(ctx context.Context, id string) error
 }
+
+// WriteBehinder is implemented by files whose written data sits in a cache
+// until it is written out (a local file in the page cache). WriteBehind
+// starts writing out the stored range [off, off+n) without waiting for it,
+// so that a long sequential write keeps the disk busy while it runs and
+// a final fsync finds little left to do.
+type WriteBehinder interface {
+	WriteBehind(off, n int64) error
+}

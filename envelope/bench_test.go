@@ -71,3 +71,18 @@ func BenchmarkRandomWrite4K(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkOpenBlocks measures OpenBlocks on a FUSE-sized 1 MiB read at the
+// default block size (split across cores).
+func BenchmarkOpenBlocks(b *testing.B) {
+	keys := testKeys(b, id(1))
+	plain := make([]byte, 1<<20)
+	sealed, _ := keys.SealBlocks(nil, plain, 0, DefaultBlockSize)
+	dst := make([]byte, 0, len(plain))
+	b.SetBytes(int64(len(plain)))
+	for b.Loop() {
+		if _, err := keys.OpenBlocks(dst[:0], sealed, 0, DefaultBlockSize+BlockOverhead); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

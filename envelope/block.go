@@ -110,22 +110,6 @@ func (k *FileKeys) SealBlock(dst, plain []byte, blockNo uint64) ([]byte, error) 
 	return k.sealWithNonce(dst, plain, blockNo, nonce[:]), nil
 }
 
-// SealBlocks encrypts consecutive blocks starting at firstBlock: plain is
-// split into blockSize pieces (the last may be short). One call to the
-// random source serves all nonces, which matters at 4 KiB blocks.
-func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize int) ([]byte, error) {
-	n := (len(plain) + blockSize - 1) / blockSize
-	nonces := make([]byte, n*NonceSize)
-	if _, err := rand.Read(nonces); err != nil {
-		return nil, err
-	}
-	for i := 0; i < n; i++ {
-		end := min((i+1)*blockSize, len(plain))
-		dst = k.sealWithNonce(dst, plain[i*blockSize:end], firstBlock+uint64(i), nonces[i*NonceSize:(i+1)*NonceSize])
-	}
-	return dst, nil
-}
-
 func (k *FileKeys) sealWithNonce(dst, plain []byte, blockNo uint64, nonce []byte) []byte {
 	ad := k.blockAAD(blockNo)
 	dst = append(dst, nonce...)

@@ -138,7 +138,16 @@ type fileState struct {
 
 	keyMu sync.Mutex
 	keys  *envelope.FileKeys // nil until the header is read or created
+
+	// behindTo is the stored offset up to which writeback of a sequential
+	// write has been started (see writeBehind); guarded by content.
+	behindTo int64
 }
+
+// writeBehindBytes is how much sequentially written ciphertext accumulates
+// before its writeback is started: large enough that the disk gets long
+// runs, small enough that the final fsync of a large file waits for little.
+const writeBehindBytes = 8 << 20
 
 func (v *Volume) acquire(ino uint64) *fileState {
 	v.mu.Lock()
@@ -416,15 +425,7 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 		}
 		cbuf = cbuf[:n]
 	}
-	sb := int(l.SealedBlockSize())
-	for i, blockNo := 0, first; i < len(cbuf); i, blockNo = i+sb, blockNo+1 {
-		sealed := cbuf[i:min(i+sb, len(cbuf))]
-		dst, err = keys.OpenBlock(dst, sealed, blockNo)
-		if err != nil {
-			return nil, err
-		}
-	}
-	return dst, nil
+	return keys.OpenBlocks(dst, cbuf, first, int(l.SealedBlockSize()))
 }
 
 // ReadAt reads plaintext at off. It returns io.EOF at the end of the file.
@@ -450,19 +451,32 @@ func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if keys == nil {
 		return 0, io.EOF
 	}
+	bs := h.v.layout.BlockSize
 	first, end := h.v.layout.Blocks(off, n)
-	pbp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(pbp)
-	plain, err := h.readBlocks(keys, (*pbp)[:0], first, end, cs)
-	if err != nil {
-		return 0, err
+	if off%bs == 0 && (n%bs == 0 || off+n == size) {
+		// The blocks decrypt to exactly p[:n] (the kernel's page-aligned
+		// reads): decrypt straight into the reply, no bounce buffer.
+		plain, err := h.readBlocks(keys, p[:0], first, end, cs)
+		if err != nil {
+			return 0, err
+		}
+		if int64(len(plain)) != n {
+			return 0, fmt.Errorf("%w: file shorter than its size", envelope.ErrCorrupt)
+		}
+	} else {
+		pbp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(pbp)
+		plain, err := h.readBlocks(keys, (*pbp)[:0], first, end, cs)
+		if err != nil {
+			return 0, err
+		}
+		*pbp = plain[:0]
+		skip := off - int64(first)*bs
+		if int64(len(plain)) < skip+n {
+			return 0, fmt.Errorf("%w: file shorter than its size", envelope.ErrCorrupt)
+		}
+		copy(p, plain[skip:skip+n])
 	}
-	*pbp = plain[:0]
-	skip := off - int64(first)*h.v.layout.BlockSize
-	if int64(len(plain)) < skip+n {
-		return 0, fmt.Errorf("%w: file shorter than its size", envelope.ErrCorrupt)
-	}
-	copy(p, plain[skip:skip+n])
 	h.v.stats.bytesRead.Add(uint64(n))
 	if n < int64(len(p)) {
 		return int(n), io.EOF
@@ -502,8 +516,36 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if err := h.writeLocked(ctx, keys, p, off, size); err != nil {
 		return 0, err
 	}
+	if end := off + int64(len(p)); end >= size {
+		h.writeBehind(h.v.layout.CipherSize(end, true))
+	}
 	h.v.stats.bytesWritten.Add(uint64(len(p)))
 	return len(p), nil
+}
+
+// writeBehind starts writeback of what a write that ended at the end of the
+// file (stored size cipherEnd) added, once that is writeBehindBytes: a file
+// written front to back is then on its way to the disk while it is being
+// written, as with a plain file written by cp or dd, instead of all at the
+// fsync or close. Random writes inside a file are left to the page cache.
+// The content lock is held.
+func (h *Handle) writeBehind(cipherEnd int64) {
+	wb, ok := h.f.(backend.WriteBehinder)
+	if !ok {
+		return
+	}
+	st := h.st
+	if st.behindTo > cipherEnd {
+		st.behindTo = cipherEnd // truncated since
+	}
+	if cipherEnd-st.behindTo < writeBehindBytes {
+		return
+	}
+	// Failure only means the data waits for the kernel's own writeback.
+	if err := wb.WriteBehind(st.behindTo, cipherEnd-st.behindTo); err != nil {
+		h.v.log.Debug("write-behind failed", "path", h.name, "err", err)
+	}
+	st.behindTo = cipherEnd
 }
 
 // writeLocked writes p at off <= size as whole sealed blocks: the first and
@@ -612,6 +654,8 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 	if err != nil {
 		return err
 	}
+	// A sequential run written after a cut starts at the cut.
+	h.st.behindTo = min(h.st.behindTo, h.v.layout.CipherSize(newSize, true))
 	switch {
 	case newSize == size:
 		return nil
@@ -687,6 +731,13 @@ func (h *Handle) Sync(ctx context.Context) error { return h.f.Sync() }
 func (h *Handle) Close() error {
 	h.v.release(h.st)
 	return h.f.Close()
+}
+
+// NeedsFlush says whether Flush does anything for this file: only for
+// backends that stage writes until close.
+func (h *Handle) NeedsFlush() bool {
+	_, ok := h.f.(backend.Flusher)
+	return ok
 }
 
 // Flush runs at close(2): backends that stage writes (S3) upload here, so a

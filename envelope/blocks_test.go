@@ -1,0 +1,92 @@
+package envelope
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"testing"
+)
+
+// TestBlocksParallelMatchesSerial seals runs large enough to be split
+// across goroutines (and small ones that are not) and checks that every
+// block sits where the format says, opens on its own with OpenBlock, and
+// that OpenBlocks returns the plaintext, including a short last block.
+func TestBlocksParallelMatchesSerial(t *testing.T) {
+	keys := testKeys(t, id(7))
+	const bs = 4096
+	sb := bs + BlockOverhead
+	for _, size := range []int{1, bs, bs + 1, parallelMinBytes - 1, 2*parallelMinBytes + 17, 1 << 20, 3<<20 + 5} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			plain := make([]byte, size)
+			for i := range plain {
+				plain[i] = byte(i*131 + i>>12)
+			}
+			prefix := []byte("keep")
+			sealed, err := keys.SealBlocks(append([]byte(nil), prefix...), plain, 5, bs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(sealed[:len(prefix)], prefix) {
+				t.Fatal("SealBlocks overwrote what dst held")
+			}
+			sealed = sealed[len(prefix):]
+			n := (size + bs - 1) / bs
+			if want := size + n*BlockOverhead; len(sealed) != want {
+				t.Fatalf("sealed %d bytes, want %d", len(sealed), want)
+			}
+			for i := 0; i < n; i++ {
+				got, err := keys.OpenBlock(nil, sealed[i*sb:min((i+1)*sb, len(sealed))], 5+uint64(i))
+				if err != nil {
+					t.Fatalf("block %d: %v", i, err)
+				}
+				if !bytes.Equal(got, plain[i*bs:min((i+1)*bs, size)]) {
+					t.Fatalf("block %d: wrong plaintext", i)
+				}
+			}
+			opened, err := keys.OpenBlocks([]byte("x"), sealed, 5, sb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if opened[0] != 'x' || !bytes.Equal(opened[1:], plain) {
+				t.Fatal("OpenBlocks: wrong plaintext")
+			}
+		})
+	}
+}
+
+// TestOpenBlocksTamperInLaterShare flips a byte in a block that a second
+// goroutine opens: the call must fail, name that block, and return nothing.
+func TestOpenBlocksTamperInLaterShare(t *testing.T) {
+	keys := testKeys(t, id(8))
+	const bs = 4096
+	sb := bs + BlockOverhead
+	plain := bytes.Repeat([]byte{0xab}, 1<<20)
+	sealed, err := keys.SealBlocks(nil, plain, 0, bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []int{0, 200, 255} {
+		c := bytes.Clone(sealed)
+		c[bad*sb+NonceSize+3] ^= 1
+		out, err := keys.OpenBlocks(nil, c, 0, sb)
+		if !errors.Is(err, ErrBlockAuth) {
+			t.Fatalf("block %d tampered: err = %v, want ErrBlockAuth", bad, err)
+		}
+		if want := fmt.Sprintf("block %d:", bad); !bytes.Contains([]byte(err.Error()), []byte(want)) {
+			t.Fatalf("error %q does not name %q", err, want)
+		}
+		if out != nil {
+			t.Fatal("OpenBlocks returned plaintext with an error")
+		}
+	}
+	// Blocks swapped between the two halves fail too.
+	c := bytes.Clone(sealed)
+	copy(c[10*sb:11*sb], sealed[200*sb:201*sb])
+	if _, err := keys.OpenBlocks(nil, c, 0, sb); !errors.Is(err, ErrBlockAuth) {
+		t.Fatalf("swapped block: err = %v", err)
+	}
+	// A last block too short to hold a tag.
+	if _, err := keys.OpenBlocks(nil, sealed[:sb+BlockOverhead], 0, sb); !errors.Is(err, ErrBlockAuth) {
+		t.Fatalf("short last block: err = %v", err)
+	}
+}
