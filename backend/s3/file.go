@@ -177,7 +177,7 @@ func (f *openFile) init(ctx context.Context, key string, flags int, mode uint32,
 	// open and the first reads (the header) of most files.
 	out, err := b.client.GetObject(ctx, &s3.GetObjectInput{
 		Bucket: aws.String(b.bucket), Key: aws.String(key),
-		Range: aws.String(fmt.Sprintf("bytes=0-%d", minWindow-1)),
+		Range: aws.String(fmt.Sprintf("bytes=0-%d", firstRange-1)),
 	})
 	if err != nil && (isCode(err, "InvalidRange") || httpStatus(err) == 416) {
 		// An empty object has no byte 0.
@@ -209,12 +209,12 @@ func (f *openFile) init(ctx context.Context, key string, flags int, mode uint32,
 	if err := f.checkRegular(); err != nil {
 		return err
 	}
-	n := min(f.remoteSize, minWindow)
+	n := min(f.remoteSize, firstRange)
 	buf := make([]byte, n)
 	if _, err := io.ReadFull(out.Body, buf); err != nil {
 		return b.fail("open", f.name, key, err)
 	}
-	f.ra.seed(0, buf)
+	f.ra.seedWith(0, buf)
 	return nil
 }
 
@@ -343,6 +343,21 @@ func (b *Backend) download(ctx context.Context, name, key, etag string, w io.Wri
 
 // getRange reads n bytes at off of the object version etag ("" any).
 func (b *Backend) getRange(ctx context.Context, name, key, etag string, off, n int64) ([]byte, error) {
+	body, err := b.getBody(ctx, name, key, etag, off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(body, buf); err != nil {
+		return nil, b.fail("read", name, key, err)
+	}
+	return buf, nil
+}
+
+// getBody starts a GET of n bytes at off of the object version etag (""
+// any) and returns its response body.
+func (b *Backend) getBody(ctx context.Context, name, key, etag string, off, n int64) (io.ReadCloser, error) {
 	in := &s3.GetObjectInput{
 		Bucket: aws.String(b.bucket), Key: aws.String(key),
 		Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+n-1)),
@@ -360,12 +375,7 @@ func (b *Backend) getRange(ctx context.Context, name, key, etag string, off, n i
 		}
 		return nil, b.fail("read", name, key, err)
 	}
-	defer out.Body.Close()
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(out.Body, buf); err != nil {
-		return nil, b.fail("read", name, key, err)
-	}
-	return buf, nil
+	return out.Body, nil
 }
 
 func (f *openFile) readAt(p []byte, off int64) (int, error) {
@@ -391,10 +401,14 @@ func (f *openFile) readAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	b, name, key, etag := f.b, f.name, f.b.prefix+f.name, f.etag
-	fetch := func(ctx context.Context, off, n int64) ([]byte, error) {
-		return b.getRange(ctx, name, key, etag, off, n)
+	get := func(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+		return b.getBody(ctx, name, key, etag, off, n)
 	}
-	return f.ra.readAt(b.ctx, fetch, p, off, f.remoteSize)
+	n, err := f.ra.readAt(b.ctx, get, p, off, f.remoteSize)
+	if err != nil && err != io.EOF {
+		err = b.fail("read", name, key, err)
+	}
+	return n, err
 }
 
 func (f *openFile) writeAt(p []byte, off int64) (int, error) {

@@ -3,141 +3,286 @@ package s3
 import (
 	"context"
 	"io"
+	"slices"
 	"sync"
+	"time"
 )
 
-// Readahead sizes. A miss near the offset where the previous read ended is
-// a sequential read: it fetches a window that doubles from minWindow up to
-// maxWindow and starts fetching the next aheadChunks windows in the
-// background, so a sequential reader keeps that many ranged GETs in flight
-// (parallel GETs beat one stream: on a local versitygw 4 ahead read 3-4x
-// faster than 2). "Near" is within seqSlack either way: FUSE serves the
-// kernel's readahead requests concurrently, so they arrive out of order. A
-// random miss fetches only the bytes asked for.
+// Reads of an object are served from ranged GETs whose response bodies are
+// read straight into the caller's buffer: a sequential reader consumes one
+// GET body after another, and the bytes go from the socket to the volume's
+// block buffer, which it decrypts at once while the data is still in the
+// CPU cache. (The previous design fetched 8 MiB windows into memory and
+// copied them out later: on the 256 MiB cold read through FUSE, the copy
+// out of DRAM, zeroing and page faults of those windows were a third of the
+// mount's CPU time, and this machine is CPU-bound.)
+//
+// Readahead is the GETs already open past the one being read: each has its
+// response under way, and the kernel's socket buffer holds what the server
+// sent ahead (TCP flow control stops the server when it is full, so an
+// abandoned stream costs a socket buffer, not the whole range). Against a
+// remote S3, where a GET takes tens of milliseconds to its first byte,
+// those open streams hide the latency.
 const (
-	minWindow   = 1 << 20
-	maxWindow   = 8 << 20
-	aheadChunks = 4
-	seqSlack    = 4 << 20
+	// firstRange is read at open, with the object's metadata: the header
+	// and first blocks of most files.
+	firstRange = 1 << 20
+	// streamWindow is the range of one sequential GET.
+	streamWindow = 8 << 20
+	// aheadStreams is how many GETs a sequential reader keeps open past the
+	// one it is reading.
+	aheadStreams = 2
+	// seqSlack: a read starting within this distance of where the last one
+	// ended (either way) is sequential. FUSE serves the kernel's readahead
+	// requests (up to read_ahead_kb, 4 MiB on kmsfs mounts) concurrently, so
+	// they arrive slightly out of order.
+	seqSlack = 4 << 20
+	// orderWait is how long a read that arrived ahead of its predecessor
+	// waits for it to consume the bytes in between while other reads are
+	// under way; soloWait, when none is (the predecessor may still be on
+	// its way through FUSE, or may never come: a reader seeking forward).
+	// After that it skips them (the predecessor, if it comes, opens a GET
+	// of its own).
+	orderWait = 20 * time.Millisecond
+	soloWait  = 2 * time.Millisecond
+	// maxStreams bounds the open GETs of one file (several readers at
+	// different offsets each keep a few open).
+	maxStreams = 8
+	// maxBodyRetries: a response body that fails mid-way (connection
+	// reset) is replaced by a new GET this many times per read.
+	maxBodyRetries = 3
 )
 
-// chunk is one ranged GET, in flight or done.
-type chunk struct {
-	off  int64
-	n    int64 // bytes requested
-	data []byte
-	err  error
-	done chan struct{}
+// openFunc starts a GET of n bytes at off of the object version being
+// read; the caller reads the body (exactly n bytes) and closes it.
+type openFunc func(ctx context.Context, off, n int64) (io.ReadCloser, error)
+
+// stream is one ranged GET: [start, end) requested, pos the next byte its
+// body yields.
+type stream struct {
+	start, end int64
+	pos        int64
+	ready      chan struct{} // closed once the GET answered: body or err set
+	body       io.ReadCloser
+	err        error
+	busy       bool // a reader is reading the body (without readahead.mu)
+	closed     bool // dropped; the busy reader, if any, closes the body
 }
 
-func (c *chunk) covers(off int64) bool { return off >= c.off && off < c.off+c.n }
-
-// fetchFunc reads n bytes at off of the object version being read.
-type fetchFunc func(ctx context.Context, off, n int64) ([]byte, error)
-
-// readahead serves reads of one object version from ranged GETs.
+// readahead serves reads of one object version.
 type readahead struct {
-	mu     sync.Mutex
-	chunks []*chunk
-	next   int64 // where the last read ended
-	window int64
+	mu      sync.Mutex
+	streams []*stream
+	moved   chan struct{} // closed and replaced whenever a stream advances or goes
+	seedOff int64         // bytes already fetched (the first range, read at open)
+	seed    []byte
+	next    int64 // where the last read ended
+	active  int   // readAt calls under way
 }
 
 // seed records bytes already fetched (the first range, read at open).
-func (r *readahead) seed(off int64, data []byte) {
+func (r *readahead) seedWith(off int64, data []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	done := make(chan struct{})
-	close(done)
-	r.chunks = append(r.chunks, &chunk{off: off, n: int64(len(data)), data: data, done: done})
+	r.seedOff, r.seed = off, data
 }
 
-// reset drops every chunk (the object changed).
+// reset drops every stream and the seed (the object changed, or the last
+// handle closed).
 func (r *readahead) reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.chunks, r.next, r.window = nil, 0, 0
+	for len(r.streams) > 0 {
+		r.close(r.streams[0])
+	}
+	r.seed, r.seedOff, r.next = nil, 0, 0
+	r.notify()
 }
 
-func (r *readahead) start(ctx context.Context, fetch fetchFunc, off, n int64) *chunk {
-	c := &chunk{off: off, n: n, done: make(chan struct{})}
-	r.chunks = append(r.chunks, c)
-	go func() {
-		defer close(c.done)
-		c.data, c.err = fetch(ctx, off, n)
-		if c.err == nil && int64(len(c.data)) < n {
-			c.err = io.ErrUnexpectedEOF
-		}
-	}()
-	return c
+// notify wakes the reads waiting for a stream to move. r.mu held.
+func (r *readahead) notify() {
+	if r.moved != nil {
+		close(r.moved)
+		r.moved = nil
+	}
 }
 
-func (r *readahead) find(off int64) *chunk {
-	for _, c := range r.chunks {
-		if c.covers(off) {
-			return c
+// changed returns a channel closed at the next notify. r.mu held.
+func (r *readahead) changed() <-chan struct{} {
+	if r.moved == nil {
+		r.moved = make(chan struct{})
+	}
+	return r.moved
+}
+
+// close drops s from the list and closes its body unless a reader holds
+// it (that reader closes it). r.mu held.
+func (r *readahead) close(s *stream) {
+	for i, k := range r.streams {
+		if k == s {
+			r.streams = slices.Delete(r.streams, i, i+1)
+			break
 		}
 	}
-	return nil
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if !s.busy {
+		go s.closeBody()
+	}
+}
+
+// closeBody closes the body once the GET has answered. Closing a body not
+// read to its end closes the connection (net/http cannot reuse it).
+func (s *stream) closeBody() {
+	<-s.ready
+	if s.body != nil {
+		s.body.Close()
+	}
+}
+
+// open starts a GET of [off, off+n) and adds its stream. r.mu held.
+func (r *readahead) open(ctx context.Context, get openFunc, off, n int64) *stream {
+	s := &stream{start: off, end: off + n, pos: off, ready: make(chan struct{})}
+	r.streams = append(r.streams, s)
+	go func() {
+		s.body, s.err = get(ctx, off, n)
+		close(s.ready)
+	}()
+	// Too many open: close the one whose position is farthest behind.
+	for len(r.streams) > maxStreams {
+		var oldest *stream
+		for _, k := range r.streams {
+			if !k.busy && k != s && (oldest == nil || k.pos < oldest.pos) {
+				oldest = k
+			}
+		}
+		if oldest == nil {
+			break
+		}
+		r.close(oldest)
+	}
+	return s
+}
+
+// find returns the stream that will yield off soonest: one at off, or one
+// a little before it. r.mu held.
+func (r *readahead) find(off int64) *stream {
+	var best *stream
+	for _, s := range r.streams {
+		if off < s.pos || off >= s.end || off-s.pos > seqSlack {
+			continue
+		}
+		if best == nil || s.pos > best.pos {
+			best = s
+		}
+	}
+	return best
 }
 
 // readAt fills p from offset off of an object of the given size.
-func (r *readahead) readAt(ctx context.Context, fetch fetchFunc, p []byte, off, size int64) (int, error) {
+func (r *readahead) readAt(ctx context.Context, get openFunc, p []byte, off, size int64) (int, error) {
 	if off >= size {
 		return 0, io.EOF
 	}
-	want := int64(len(p))
-	if off+want > size {
-		want = size - off
-	}
+	want := min(int64(len(p)), size-off)
+	r.mu.Lock()
+	r.active++
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.active--
+		r.mu.Unlock()
+	}()
 	var total int64
+	retries := 0
+	var waitSince time.Time
 	for total < want {
 		o := off + total
 		r.mu.Lock()
-		c := r.find(o)
-		sequential := c != nil || (o >= r.next-seqSlack && o <= r.next+seqSlack)
-		if c == nil {
+		if o >= r.seedOff && o < r.seedOff+int64(len(r.seed)) {
+			total += int64(copy(p[total:want], r.seed[o-r.seedOff:]))
+			r.mu.Unlock()
+			continue
+		}
+		// Sequential: at or a little past the furthest read so far. A read
+		// behind it (one that arrived after its successors and found its
+		// bytes skipped) fetches only what it needs.
+		sequential := o >= r.next && o <= r.next+seqSlack
+		s := r.find(o)
+		if s != nil && (s.busy || s.pos < o) {
+			// A read of the bytes before ours is under way or (FUSE
+			// reordering) about to be: wait for the stream to get here.
+			if waitSince.IsZero() {
+				waitSince = time.Now()
+			}
+			limit := soloWait
+			if r.active > 1 {
+				limit = orderWait
+			}
+			if left := limit - time.Since(waitSince); s.busy || left > 0 {
+				ch := r.changed()
+				r.mu.Unlock()
+				t := time.NewTimer(max(left, time.Millisecond))
+				select {
+				case <-ch:
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
+				if err := ctx.Err(); err != nil {
+					return int(total), err
+				}
+				continue
+			}
+			// Waited long enough: skip the bytes in between.
+		}
+		if s == nil {
 			n := want - total
 			if sequential {
-				n = max(n, r.grow())
-			} else {
-				r.window = 0
+				n = max(n, streamWindow)
 			}
-			c = r.start(ctx, fetch, o, min(n, size-o))
+			s = r.open(ctx, get, o, min(n, size-o))
 		}
+		s.busy = true
 		if sequential {
-			// Keep aheadChunks windows in flight past the one being read.
-			end := c.off + c.n
-			for i := 0; i < aheadChunks && end < size; i++ {
+			// Keep aheadStreams GETs open past this one.
+			end := s.end
+			for i := 0; i < aheadStreams && end < size; i++ {
 				next := r.find(end)
 				if next == nil {
-					next = r.start(ctx, fetch, end, min(r.grow(), size-end))
+					next = r.open(ctx, get, end, min(streamWindow, size-end))
 				}
-				end = next.off + next.n
+				end = next.end
 			}
 		}
-		// Drop chunks wholly behind this read.
-		kept := r.chunks[:0]
-		for _, k := range r.chunks {
-			if k.off+k.n > o || k == c {
-				kept = append(kept, k)
-			}
-		}
-		clear(r.chunks[len(kept):])
-		r.chunks = kept
 		r.mu.Unlock()
 
-		<-c.done
-		if c.err != nil {
-			r.mu.Lock()
-			r.drop(c)
-			r.mu.Unlock()
-			return int(total), c.err
+		n, err, retry := s.read(p[total:min(want, total+s.end-o)], o)
+		total += int64(n)
+
+		r.mu.Lock()
+		s.busy = false
+		s.pos = o + int64(n)
+		if s.closed {
+			go s.closeBody()
+		} else if err != nil || s.pos == s.end {
+			r.close(s)
 		}
-		total += int64(copy(p[total:want], c.data[o-c.off:]))
+		r.notify()
+		r.mu.Unlock()
+		waitSince = time.Time{}
+		if err != nil {
+			if !retry || ctx.Err() != nil || retries >= maxBodyRetries {
+				return int(total), err
+			}
+			retries++ // a body cut mid-way: the next turn opens a new GET
+		}
 	}
 	r.mu.Lock()
 	if end := off + total; end > r.next || end < r.next-seqSlack {
+		// Furthest read so far, or a jump back (a new sequential pass).
 		r.next = end
 	}
 	r.mu.Unlock()
@@ -147,17 +292,33 @@ func (r *readahead) readAt(ctx context.Context, fetch fetchFunc, p []byte, off, 
 	return int(total), nil
 }
 
-// grow doubles the window, from minWindow up to maxWindow.
-func (r *readahead) grow() int64 {
-	r.window = min(max(2*r.window, minWindow), maxWindow)
-	return r.window
-}
-
-func (r *readahead) drop(c *chunk) {
-	for i, k := range r.chunks {
-		if k == c {
-			r.chunks = append(r.chunks[:i], r.chunks[i+1:]...)
-			return
+// read reads len(p) bytes at off from the stream, which the caller holds
+// (busy), first discarding the bytes between its position and off. retry
+// says whether the error is of the response body (cut mid-way: a new GET
+// may succeed) rather than of the GET itself (already retried by the SDK,
+// or final, like a changed object).
+func (s *stream) read(p []byte, off int64) (n int, err error, retry bool) {
+	<-s.ready
+	if s.err != nil {
+		return 0, s.err, false
+	}
+	if gap := off - s.pos; gap > 0 {
+		if _, err := io.CopyN(io.Discard, s.body, gap); err != nil {
+			return 0, bodyErr(err), true
 		}
 	}
+	n, err = io.ReadFull(s.body, p)
+	if err != nil {
+		return n, bodyErr(err), true
+	}
+	return n, nil, false
+}
+
+// bodyErr: a body that ends early is an unexpected EOF, never the EOF that
+// readAt returns at the end of the object.
+func bodyErr(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
