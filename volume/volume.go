@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -142,7 +143,38 @@ type fileState struct {
 	// behindTo is the stored offset up to which writeback of a sequential
 	// write has been started (see writeBehind); guarded by content.
 	behindTo int64
+
+	// writers counts WriteAt calls in progress (waiting for content
+	// included); written is closed, and cleared, whenever one ends. Both
+	// serve awaitGap.
+	writers   atomic.Int32
+	writtenMu sync.Mutex
+	written   chan struct{}
 }
+
+// writeEnded wakes the writes waiting in awaitGap.
+func (st *fileState) writeEnded() {
+	st.writtenMu.Lock()
+	defer st.writtenMu.Unlock()
+	if st.written != nil {
+		close(st.written)
+		st.written = nil
+	}
+}
+
+// nextWriteEnd returns a channel closed when the next write ends.
+func (st *fileState) nextWriteEnd() <-chan struct{} {
+	st.writtenMu.Lock()
+	defer st.writtenMu.Unlock()
+	if st.written == nil {
+		st.written = make(chan struct{})
+	}
+	return st.written
+}
+
+// gapWait bounds how long a write past the end waits for concurrent writes
+// to reach its offset (awaitGap).
+const gapWait = 20 * time.Millisecond
 
 // writeBehindBytes is how much sequentially written ciphertext accumulates
 // before its writeback is started: large enough that the disk gets long
@@ -491,12 +523,11 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if h.v.readOnly {
 		return 0, syscall.EROFS
 	}
+	h.st.writers.Add(1)
+	defer h.st.writeEnded()
+	defer h.st.writers.Add(-1)
 	h.st.content.Lock()
 	defer h.st.content.Unlock()
-	keys, err := h.fileKeys(ctx, true)
-	if err != nil {
-		return 0, err
-	}
 	size, err := h.Size()
 	if err != nil {
 		return 0, err
@@ -506,6 +537,17 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	}
 	if off+int64(len(p)) > MaxFileSize {
 		return 0, syscall.EFBIG
+	}
+	if off > size {
+		// Before taking the keys: awaitGap lets go of the lock, and a
+		// truncation to 0 meanwhile drops them.
+		if size, err = h.awaitGap(off, size); err != nil {
+			return 0, err
+		}
+	}
+	keys, err := h.fileKeys(ctx, true)
+	if err != nil {
+		return 0, err
 	}
 	if off > size {
 		if err := h.extendLocked(ctx, keys, size, off); err != nil {
@@ -521,6 +563,40 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	}
 	h.v.stats.bytesWritten.Add(uint64(len(p)))
 	return len(p), nil
+}
+
+// awaitGap is called for a write at off past the end of the file (size)
+// with the content lock held. With the writeback cache the kernel keeps
+// several WRITEs of one file in flight, and they reach us in any order: a
+// sequential stream shows up as 2 MiB before 1 MiB. Handled as it comes,
+// the later write would fill the gap with encrypted zeros, and the earlier
+// one would then overwrite them in place (journaled as an intent): three
+// times the work of writing the stream in order. So while other writes of
+// the file are in progress, wait for them, at most gapWait, with the lock
+// released; a write that truly leaves a hole, alone, does not wait. It
+// returns the size when the wait ends.
+func (h *Handle) awaitGap(off, size int64) (int64, error) {
+	if h.st.writers.Load() <= 1 {
+		return size, nil
+	}
+	deadline := time.NewTimer(gapWait)
+	defer deadline.Stop()
+	for off > size && h.st.writers.Load() > 1 {
+		ended := h.st.nextWriteEnd()
+		h.st.content.Unlock()
+		timedOut := false
+		select {
+		case <-ended:
+		case <-deadline.C:
+			timedOut = true
+		}
+		h.st.content.Lock()
+		var err error
+		if size, err = h.Size(); err != nil || timedOut {
+			return size, err
+		}
+	}
+	return size, nil
 }
 
 // writeBehind starts writeback of what a write that ended at the end of the
