@@ -26,7 +26,9 @@ import (
 //
 // Locking: mu guards everything below it. Reads of staged data and uploads
 // take it shared; writes, truncation and attribute changes take it
-// exclusively. syncMu serialises uploads. Lock order: syncMu, mu, Backend.mu.
+// exclusively. syncMu serialises uploads. upMu guards the streamed upload
+// (stream_upload.go), whose background goroutines take only upMu. Lock
+// order: syncMu, mu, upMu, Backend.mu.
 type openFile struct {
 	b      *Backend
 	syncMu sync.Mutex
@@ -48,6 +50,11 @@ type openFile struct {
 	exclusive  bool   // created with O_EXCL: the first upload must not replace an object
 	gen        uint64 // bumped by every change, to tell whether an upload is current
 	ra         readahead
+
+	upMu             sync.Mutex
+	up               *streamUpload // multipart upload being filled, or nil
+	runStart, runEnd int64         // the current sequential run of writes
+	staged           int64         // size as of the last write or truncation
 }
 
 var _ backend.Flusher = (*handle)(nil)
@@ -261,6 +268,9 @@ func (b *Backend) release(f *openFile) {
 	b.mu.Unlock()
 	if last {
 		f.mu.Lock()
+		// An upload still open here was not completed (the file was
+		// unlinked, or its last sync failed): nobody will complete it.
+		f.dropUpload()
 		if f.staging != nil {
 			f.staging.Close()
 			f.staging = nil
@@ -426,6 +436,7 @@ func (f *openFile) writeAt(p []byte, off int64) (int, error) {
 	}
 	if n > 0 {
 		f.touch()
+		f.noteWrite(off, int64(n), f.size)
 	}
 	return n, err
 }
@@ -453,6 +464,7 @@ func (f *openFile) truncate(size int64) error {
 		f.size = size
 		f.touch()
 	}
+	f.noteTruncate(size)
 	return nil
 }
 
@@ -475,8 +487,16 @@ func (f *openFile) sync() error {
 	}
 	// Uploading under the shared lock lets reads go on; writes wait, so the
 	// object is one consistent snapshot.
-	exclusive := f.exclusive
-	etag, err := b.upload(b.ctx, "sync", name, b.prefix+name, src, size, f.attrs.encode(), exclusive)
+	exclusive, meta := f.exclusive, f.attrs.encode()
+	var etag string
+	var err error
+	streamed := false
+	if up := f.takeUpload(); up != nil {
+		etag, streamed, err = b.finishUpload(b.ctx, up, name, b.prefix+name, size, meta, exclusive)
+	}
+	if !streamed {
+		etag, err = b.upload(b.ctx, "sync", name, b.prefix+name, src, size, meta, exclusive)
+	}
 	f.mu.RUnlock()
 	// The object exists now (or changed): drop any remembered miss.
 	b.invalidate(name, false)

@@ -149,12 +149,14 @@ type Backend struct {
 	copyLimit    int64
 	copyPartSize int64
 	// ctx is the context of File operations, whose interface carries none.
-	ctx     context.Context
-	cancel  context.CancelFunc
-	uid     uint32
-	gid     uint32
-	started time.Time
-	log     *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	// partBufs holds the parts of streamed uploads being sent.
+	partBufs *bufferPool
+	uid      uint32
+	gid      uint32
+	started  time.Time
+	log      *slog.Logger
 
 	mu   sync.Mutex
 	open map[string]*openFile // files open by path, shared by their handles
@@ -241,6 +243,7 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 		gid:          uint32(os.Getgid()),
 		log:          slog.Default(),
 		open:         make(map[string]*openFile),
+		partBufs:     newBufferPool(cfg.PartSize, cfg.Concurrency),
 		lookups:      make(map[string]cachedLookup),
 	}
 	if p := strings.Trim(cfg.Prefix, "/"); p != "" {
