@@ -32,11 +32,12 @@ const (
 	// aheadStreams is how many GETs a sequential reader keeps open past the
 	// one it is reading.
 	aheadStreams = 2
-	// seqSlack: a read starting within this distance of where the last one
-	// ended (either way) is sequential. FUSE serves the kernel's readahead
-	// requests (up to read_ahead_kb, 4 MiB on kmsfs mounts) concurrently, so
-	// they arrive slightly out of order.
-	seqSlack = 4 << 20
+	// seqSlack: a read starting within this distance of the furthest end
+	// asked for so far (either way) is sequential. FUSE serves the kernel's
+	// readahead requests concurrently (a cold dd through a kmsfs mount has
+	// up to 7 reads of 1 MiB under way at once), so they arrive out of
+	// order and far apart.
+	seqSlack = 16 << 20
 	// orderWait is how long a read that arrived ahead of its predecessor
 	// waits for it to consume the bytes in between while other reads are
 	// under way; soloWait, when none is (the predecessor may still be on
@@ -45,6 +46,9 @@ const (
 	// of its own).
 	orderWait = 20 * time.Millisecond
 	soloWait  = 2 * time.Millisecond
+	// orderSlack: a read that is not sequential uses a stream only within
+	// this distance past the stream's position.
+	orderSlack = 1 << 20
 	// maxStreams bounds the open GETs of one file (several readers at
 	// different offsets each keep a few open).
 	maxStreams = 8
@@ -76,8 +80,9 @@ type readahead struct {
 	moved   chan struct{} // closed and replaced whenever a stream advances or goes
 	seedOff int64         // bytes already fetched (the first range, read at open)
 	seed    []byte
-	next    int64 // where the last read ended
+	next    int64 // the furthest end a sequential read asked for
 	active  int   // readAt calls under way
+	moves   int64 // streams advanced so far (notify calls)
 }
 
 // seed records bytes already fetched (the first range, read at open).
@@ -101,6 +106,7 @@ func (r *readahead) reset() {
 
 // notify wakes the reads waiting for a stream to move. r.mu held.
 func (r *readahead) notify() {
+	r.moves++
 	if r.moved != nil {
 		close(r.moved)
 		r.moved = nil
@@ -167,11 +173,12 @@ func (r *readahead) open(ctx context.Context, get openFunc, off, n int64) *strea
 }
 
 // find returns the stream that will yield off soonest: one at off, or one
-// a little before it. r.mu held.
-func (r *readahead) find(off int64) *stream {
+// before it within reach (its whole range for a sequential read, else
+// orderSlack). r.mu held.
+func (r *readahead) find(off int64, sequential bool) *stream {
 	var best *stream
 	for _, s := range r.streams {
-		if off < s.pos || off >= s.end || off-s.pos > seqSlack {
+		if off < s.pos || off >= s.end || (!sequential && off-s.pos > orderSlack) {
 			continue
 		}
 		if best == nil || s.pos > best.pos {
@@ -179,6 +186,16 @@ func (r *readahead) find(off int64) *stream {
 		}
 	}
 	return best
+}
+
+// passed says whether a stream has gone past off. r.mu held.
+func (r *readahead) passed(off int64) bool {
+	for _, s := range r.streams {
+		if s.pos > off {
+			return true
+		}
+	}
+	return false
 }
 
 // readAt fills p from offset off of an object of the given size.
@@ -189,6 +206,11 @@ func (r *readahead) readAt(ctx context.Context, get openFunc, p []byte, off, siz
 	want := min(int64(len(p)), size-off)
 	r.mu.Lock()
 	r.active++
+	sequential := off >= r.next-seqSlack && off <= r.next+seqSlack
+	if !sequential || off+want > r.next {
+		// Furthest so far, or a jump (a new pass from elsewhere).
+		r.next = off + want
+	}
 	r.mu.Unlock()
 	defer func() {
 		r.mu.Lock()
@@ -198,6 +220,7 @@ func (r *readahead) readAt(ctx context.Context, get openFunc, p []byte, off, siz
 	var total int64
 	retries := 0
 	var waitSince time.Time
+	var waitMoves int64
 	for total < want {
 		o := off + total
 		r.mu.Lock()
@@ -206,16 +229,14 @@ func (r *readahead) readAt(ctx context.Context, get openFunc, p []byte, off, siz
 			r.mu.Unlock()
 			continue
 		}
-		// Sequential: at or a little past the furthest read so far. A read
-		// behind it (one that arrived after its successors and found its
-		// bytes skipped) fetches only what it needs.
-		sequential := o >= r.next && o <= r.next+seqSlack
-		s := r.find(o)
+		s := r.find(o, sequential)
 		if s != nil && (s.busy || s.pos < o) {
 			// A read of the bytes before ours is under way or (FUSE
-			// reordering) about to be: wait for the stream to get here.
-			if waitSince.IsZero() {
-				waitSince = time.Now()
+			// reordering) about to be: wait for the stream to get here, as
+			// long as the reads of this file make progress (the one before
+			// ours may be finishing the previous stream).
+			if waitSince.IsZero() || r.moves != waitMoves {
+				waitSince, waitMoves = time.Now(), r.moves
 			}
 			limit := soloWait
 			if r.active > 1 {
@@ -238,19 +259,24 @@ func (r *readahead) readAt(ctx context.Context, get openFunc, p []byte, off, siz
 			}
 			// Waited long enough: skip the bytes in between.
 		}
+		ahead := sequential
 		if s == nil {
 			n := want - total
-			if sequential {
+			if sequential && !r.passed(o) {
 				n = max(n, streamWindow)
+			} else {
+				// Random, or a read that arrived after its successors
+				// and found its bytes skipped: only what it needs.
+				ahead = false
 			}
 			s = r.open(ctx, get, o, min(n, size-o))
 		}
 		s.busy = true
-		if sequential {
+		if ahead {
 			// Keep aheadStreams GETs open past this one.
 			end := s.end
 			for i := 0; i < aheadStreams && end < size; i++ {
-				next := r.find(end)
+				next := r.find(end, true)
 				if next == nil {
 					next = r.open(ctx, get, end, min(streamWindow, size-end))
 				}
@@ -280,12 +306,6 @@ func (r *readahead) readAt(ctx context.Context, get openFunc, p []byte, off, siz
 			retries++ // a body cut mid-way: the next turn opens a new GET
 		}
 	}
-	r.mu.Lock()
-	if end := off + total; end > r.next || end < r.next-seqSlack {
-		// Furthest read so far, or a jump back (a new sequential pass).
-		r.next = end
-	}
-	r.mu.Unlock()
 	if total < int64(len(p)) {
 		return int(total), io.EOF
 	}
