@@ -42,6 +42,7 @@ Usage: bench/compare.sh [flags]
   --fs LIST         comma-separated subset of ext4,kmsfs,gocryptfs,securefs (default all)
   --mode MODE       kmsfs key mode for init: per-object (default) or bucket-key
   --kmsfs-bin PATH  use this kmsfs binary instead of building ./cmd/kmsfs
+  --kmsfs-flags STR extra `kmsfs mount` flags, split on spaces (e.g. "--writeback-cache=false")
   --profile KIND    after the timed runs, profile the kmsfs mount during one seq write
                     and one cp -a: none (default), perf, pprof (needs kmsfs mount
                     --cpuprofile), or auto (pprof if kmsfs has it, else perf)
@@ -60,6 +61,7 @@ FILES=10000
 FSLIST=ext4,kmsfs,gocryptfs,securefs
 MODE=per-object
 KMSFS_BIN=
+KMSFS_FLAGS=
 PROFILE=none
 OUT=$REPO/bench/out
 COMMAND_LINE="bench/compare.sh $*"
@@ -73,6 +75,7 @@ while (($#)); do
 	--fs) FSLIST=$2; shift 2 ;;
 	--mode) MODE=$2; shift 2 ;;
 	--kmsfs-bin) KMSFS_BIN=$2; shift 2 ;;
+	--kmsfs-flags) KMSFS_FLAGS=$2; shift 2 ;;
 	--profile) PROFILE=$2; shift 2 ;;
 	--out) OUT=$2; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
@@ -297,7 +300,8 @@ fs_mount() {
 		meta "read_ahead_kb_$fs" "${READ_AHEAD_KB[$fs]}"
 	fi
 }
-KMSFS_MOUNT_EXTRA=()
+read -r -a KMSFS_FLAGS_ARR <<<"$KMSFS_FLAGS"
+KMSFS_MOUNT_EXTRA=("${KMSFS_FLAGS_ARR[@]}")
 declare -A DAEMON_PID=() READ_AHEAD_KB=()
 
 # daemon_pid MNT: the FUSE server serving MNT (kmsfs, gocryptfs and securefs
@@ -502,9 +506,9 @@ profile_row() { # KIND ROW: one untimed run of ROW on kmsfs under the profiler
 	log "profiling kmsfs $row with $kind"
 	if [[ $kind == pprof ]]; then
 		fs_umount kmsfs
-		KMSFS_MOUNT_EXTRA=(--cpuprofile "$base.pprof")
-		cold kmsfs $([[ $row == cp ]] && echo warm) || { KMSFS_MOUNT_EXTRA=(); return 1; }
-		KMSFS_MOUNT_EXTRA=()
+		KMSFS_MOUNT_EXTRA=("${KMSFS_FLAGS_ARR[@]}" --cpuprofile "$base.pprof")
+		cold kmsfs $([[ $row == cp ]] && echo warm) || { KMSFS_MOUNT_EXTRA=("${KMSFS_FLAGS_ARR[@]}"); return 1; }
+		KMSFS_MOUNT_EXTRA=("${KMSFS_FLAGS_ARR[@]}")
 		"do_$row" "$m"
 		fs_umount kmsfs # the profile is written when the mount exits
 		sleep 1

@@ -33,20 +33,29 @@ type MountOptions struct {
 	// reads then arrive as large requests, one pread and many blocks each.
 	// 0 leaves the kernel default.
 	ReadAheadKB int
-	FsName      string
+	// WritebackCache lets the kernel keep written pages in its page cache
+	// and send them to us in the background (FUSE_WRITEBACK_CACHE): write(2)
+	// returns after a memory copy, and encryption and the backing write run
+	// beside the writer instead of in series with it. The kernel then owns
+	// the file size, mtime and O_APPEND of files written through this mount,
+	// which is safe because nothing else writes the backend while it is
+	// mounted. Ignored on read-only mounts.
+	WritebackCache bool
+	FsName         string
 }
 
 // DefaultMountOptions: one second of attribute and entry caching, the
 // go-fuse default and what gocryptfs uses: the backing store changes only
 // through this mount.
 func DefaultMountOptions() MountOptions {
-	return MountOptions{AttrTimeout: time.Second, EntryTimeout: time.Second, MaxWrite: 1 << 20, ReadAheadKB: 4096, FsName: "kmsfs"}
+	return MountOptions{AttrTimeout: time.Second, EntryTimeout: time.Second, MaxWrite: 1 << 20, ReadAheadKB: 4096, WritebackCache: true, FsName: "kmsfs"}
 }
 
 // Mount mounts vol at mountpoint and returns the running server; call
 // Wait on it, and Unmount to stop.
 func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Logger) (*fuse.Server, error) {
 	root := NewRoot(vol, log)
+	root.t.writeback = opt.WritebackCache && !opt.ReadOnly
 	attr, entry, neg := opt.AttrTimeout, opt.EntryTimeout, opt.NegativeTimeout
 	mopts := fuse.MountOptions{
 		AllowOther: opt.AllowOther,
@@ -72,6 +81,9 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 	// the backing filesystem checks that user's own calls, so the kernel's
 	// check would only cost a GETATTR of the parent on every create and
 	// rename (the create invalidates the attributes it needs).
+	if root.t.writeback {
+		mopts.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
+	}
 	if opt.AllowOther {
 		mopts.Options = append(mopts.Options, "default_permissions")
 	}

@@ -26,6 +26,8 @@ type tree struct {
 	vol *volume.Volume
 	be  backend.Backend
 	log *slog.Logger
+	// writeback: the kernel caches writes (MountOptions.WritebackCache).
+	writeback bool
 }
 
 // Node is one file, directory or symlink of the mount.
@@ -168,16 +170,25 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	p, errno := n.path()
 	if errno != 0 {
 		// Unlinked but open: only the size can still change, through the
-		// open file; metadata went with the name (as in gocryptfs).
-		if size, ok := in.GetSize(); ok && in.Valid&^(fuse.FATTR_SIZE|fuse.FATTR_FH|fuse.FATTR_LOCKOWNER) == 0 {
-			if fh, ok := f.(*fileHandle); ok {
-				if err := fh.h.Truncate(ctx, int64(size)); err != nil {
-					return n.t.errno("truncate", fh.h.Name(), err)
-				}
-				return n.Getattr(ctx, f, out)
+		// open file; metadata went with the name (as in gocryptfs). Times
+		// are accepted and dropped: with the writeback cache the kernel
+		// sends the mtime of written pages after the writes, unlinked or
+		// not, and keeps showing its own copy.
+		const orphanOK = fuse.FATTR_SIZE | fuse.FATTR_FH | fuse.FATTR_LOCKOWNER |
+			fuse.FATTR_ATIME | fuse.FATTR_MTIME | fuse.FATTR_ATIME_NOW | fuse.FATTR_MTIME_NOW | fuse.FATTR_CTIME
+		fh, ok := f.(*fileHandle)
+		if !ok {
+			fh = n.anyOpen()
+		}
+		if fh == nil || in.Valid&^orphanOK != 0 {
+			return errno
+		}
+		if size, ok := in.GetSize(); ok {
+			if err := fh.h.Truncate(ctx, int64(size)); err != nil {
+				return n.t.errno("truncate", fh.h.Name(), err)
 			}
 		}
-		return errno
+		return n.Getattr(ctx, fh, out)
 	}
 	if mode, ok := in.GetMode(); ok {
 		if err := be.Chmod(ctx, p, mode&07777); err != nil {

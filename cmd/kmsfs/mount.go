@@ -48,6 +48,7 @@ type mountFlags struct {
 	metricsAddr  string
 	cpuProfile   string
 	options      string
+	writeback    bool
 }
 
 func (m *mountFlags) register(fs *pflag.FlagSet) {
@@ -61,6 +62,7 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.logFile, "log", "", "append the mount's log to this file (default: stderr with --foreground, else ~/.cache/kmsfs/mount-NAME-HASH.log)")
 	fs.DurationVar(&m.attrTimeout, "attr-timeout", d.AttrTimeout, "how long the kernel caches attributes")
 	fs.DurationVar(&m.entryTimeout, "entry-timeout", d.EntryTimeout, "how long the kernel caches name lookups")
+	fs.BoolVar(&m.writeback, "writeback-cache", d.WritebackCache, "let the kernel cache writes and send them in the background (--writeback-cache=false: every write(2) waits for encryption)")
 	fs.DurationVar(&m.cache.MaxAge, "cache-max-age", lim.MaxAge, "key cache: how long a plaintext data key is reused before asking the KMS again")
 	fs.Uint64Var(&m.cache.MaxUses, "cache-max-uses", lim.MaxUses, "key cache: how many times a cached key is served")
 	fs.Uint64Var(&m.cache.MaxBytes, "cache-max-bytes", lim.MaxBytes, "key cache: bytes processed under a cached key")
@@ -89,6 +91,10 @@ func (m *mountFlags) applyOptions() error {
 			m.readOnly = true
 		case "debug":
 			m.debug = true
+		case "writeback_cache":
+			m.writeback = true
+		case "no_writeback_cache":
+			m.writeback = false
 		case "keystore":
 			m.keystore = v
 		case "passphrase_file":
@@ -247,6 +253,7 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 	mo := kfs.DefaultMountOptions()
 	mo.AllowOther, mo.ReadOnly, mo.Debug = m.allowOther, m.readOnly, m.debug
 	mo.AttrTimeout, mo.EntryTimeout = m.attrTimeout, m.entryTimeout
+	mo.WritebackCache = m.writeback
 	mo.FsName = spec
 	srv, err := kfs.Mount(opened.vol, mnt, mo, log)
 	if err != nil {
