@@ -91,6 +91,9 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	fh := &fileHandle{t: n.t, h: h}
 	if cn, ok := ch.Operations().(*Node); ok {
 		cn.addOpen(fh)
+		if flags&syscall.O_EXCL != 0 {
+			cn.noCaps.Store(true)
+		}
 	}
 	return ch, fh, 0, 0
 }

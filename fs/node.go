@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"path"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -41,6 +42,11 @@ type Node struct {
 	// for lseek(SEEK_HOLE) and fstat.
 	openMu sync.Mutex
 	open   map[*fileHandle]struct{}
+
+	// noCaps: the backing file is known to have no security.capability
+	// attribute, because this mount created it (O_EXCL) and no security.*
+	// attribute was set on it since. See Getxattr.
+	noCaps atomic.Bool
 }
 
 func (n *Node) addOpen(f *fileHandle) {

@@ -19,9 +19,17 @@ var (
 
 // Getxattr returns the decrypted value of a user.* attribute (others are
 // stored as they are). A zero-length dest asks for the size only.
+//
+// The kernel asks for security.capability before every write(2) (to drop
+// file capabilities on write, file_remove_privs); FUSE does not cache the
+// answer. For a file this mount created and gave no security.* attribute,
+// the answer is known without asking the backend.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	if !n.t.be.Caps().Xattrs {
 		return 0, syscall.ENOTSUP
+	}
+	if attr == "security.capability" && n.noCaps.Load() {
+		return 0, syscall.ENODATA
 	}
 	p, errno := n.path()
 	if errno != 0 {
@@ -54,6 +62,9 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	p, errno := n.path()
 	if errno != 0 {
 		return errno
+	}
+	if strings.HasPrefix(attr, "security.") {
+		n.noCaps.Store(false)
 	}
 	stored, err := n.t.vol.SealXattr(ctx, attr, data)
 	if err != nil {

@@ -99,3 +99,50 @@ func TestMountWritebackCache(t *testing.T) {
 		})
 	}
 }
+
+// TestMountFileCapabilities: kmsfs answers the kernel's per-write
+// security.capability question itself for files it created, so a
+// capability set afterwards (setcap) must still be stored, read back, and
+// dropped by the kernel when the file is written.
+func TestMountFileCapabilities(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("setting security.capability needs root")
+	}
+	v := mountNewVolume(t)
+	v.mount()
+	p := v.path("tool")
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("#!/bin/sh\n")); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	buf := make([]byte, 64)
+	if _, err := unix.Getxattr(p, "security.capability", buf); err != unix.ENODATA {
+		t.Fatalf("new file: getxattr security.capability = %v, want ENODATA", err)
+	}
+	// struct vfs_cap_data, revision 2, effective, CAP_NET_BIND_SERVICE (10)
+	// permitted: what `setcap cap_net_bind_service+ep` writes.
+	capv := []byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	if err := unix.Setxattr(p, "security.capability", capv, 0); err != nil {
+		t.Fatalf("setxattr security.capability: %v", err)
+	}
+	n, err := unix.Getxattr(p, "security.capability", buf)
+	if err != nil || !bytes.Equal(buf[:n], capv) {
+		t.Fatalf("getxattr after set: %x, %v; want %x", buf[:max(n, 0)], err, capv)
+	}
+	// A write by the owner drops the capability (file_remove_privs).
+	f, err = os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("exit 0\n")); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := unix.Getxattr(p, "security.capability", buf); err != unix.ENODATA {
+		t.Fatalf("after a write: getxattr security.capability = %v, want ENODATA (dropped)", err)
+	}
+}
