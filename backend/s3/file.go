@@ -87,9 +87,6 @@ func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32,
 	if err != nil {
 		return nil, err
 	}
-	if flags&syscall.O_CREAT != 0 {
-		b.invalidate(name, false)
-	}
 	for attempt := 0; ; attempt++ {
 		b.mu.Lock()
 		if f := b.open[name]; f != nil {
@@ -117,6 +114,13 @@ func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32,
 		b.open[name] = f
 		b.mu.Unlock()
 		err := f.init(ctx, key, flags, mode, b.owner(owner))
+		if flags&syscall.O_CREAT != 0 {
+			// Only now: init's O_EXCL check trusts a miss cached by the
+			// kernel's lookup just before (cp: stat, then open O_CREAT|
+			// O_EXCL); forgetting it first cost a HEAD and a LIST per
+			// created file. The name exists from here on.
+			b.invalidate(name, false)
+		}
 		if err == nil {
 			f.ready.Store(true)
 		} else {

@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -55,6 +56,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -90,6 +92,8 @@ const (
 	// retryAttempts: throttling (SlowDown, 503) and 5xx are retried with
 	// exponential backoff this many times in all before an error surfaces.
 	retryAttempts = 10
+	// idleConns is how many idle connections to the server are kept.
+	idleConns = 64
 )
 
 // Config says where the volume lives and how to talk to the server.
@@ -215,6 +219,16 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 	}
 	if awsCfg.Region == "" {
 		awsCfg.Region = "us-east-1"
+	}
+	if hc, ok := awsCfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		// One file read sequentially keeps 1+aheadStreams GETs open and
+		// one being written sends Concurrency parts; several files at once
+		// need more idle connections than the SDK's 10 per host, or each
+		// request beyond them pays a new TCP (and TLS) handshake.
+		awsCfg.HTTPClient = hc.WithTransportOptions(func(tr *http.Transport) {
+			tr.MaxIdleConnsPerHost = idleConns
+			tr.MaxIdleConns = max(tr.MaxIdleConns, idleConns)
+		})
 	}
 	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		o.UsePathStyle = cfg.PathStyle

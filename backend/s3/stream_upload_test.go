@@ -2,12 +2,17 @@ package s3
 
 import (
 	"bytes"
+	"context"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go/middleware"
 
 	"github.com/kmsfs/kmsfs/backend"
 )
@@ -222,5 +227,77 @@ func TestStreamedUploadKilled(t *testing.T) {
 	}
 	if got := readFile(t, good, "k"); !bytes.Equal(got, old) {
 		t.Fatal("the old file reads back different")
+	}
+}
+
+// countOps counts the S3 operations a client makes, by name.
+type countOps struct {
+	mu  sync.Mutex
+	ops map[string]int
+}
+
+func (c *countOps) option(o *s3.Options) {
+	o.APIOptions = append(o.APIOptions, func(stack *middleware.Stack) error {
+		return stack.Initialize.Add(middleware.InitializeMiddlewareFunc("countOps",
+			func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+				c.mu.Lock()
+				c.ops[awsmiddleware.GetOperationName(ctx)]++
+				c.mu.Unlock()
+				return next.HandleInitialize(ctx, in)
+			}), middleware.After)
+	})
+}
+
+func (c *countOps) take() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.ops
+	c.ops = map[string]int{}
+	return m
+}
+
+// cp -a creates a file as stat (a miss: HEAD + LIST), then open with
+// O_CREAT|O_EXCL, which trusts that miss for a second instead of asking
+// again, and close (one PutObject).
+func TestExclusiveCreateUsesCachedMiss(t *testing.T) {
+	ops := &countOps{ops: map[string]int{}}
+	b := newTestBackend(t, testConfig(t), ops.option)
+	var st syscall.Stat_t
+	wantErrno(t, b.Lstat(bg, "new", &st), syscall.ENOENT)
+	if got := ops.take(); got["HeadObject"] != 1 || got["ListObjectsV2"] != 1 {
+		t.Fatalf("lookup of a missing name: %v", got)
+	}
+	f, err := b.Open(bg, "new", syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("content"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := ops.take(); len(got) != 1 || got["PutObject"] != 1 {
+		t.Fatalf("create + write + close: %v, want one PutObject", got)
+	}
+	// The miss is forgotten: the name is found, and a second exclusive
+	// create fails.
+	if err := b.Lstat(bg, "new", &st); err != nil || st.Size != 7 {
+		t.Fatalf("Lstat after create: size %d, %v", st.Size, err)
+	}
+	_, err = b.Open(bg, "new", syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
+	wantErrno(t, err, syscall.EEXIST)
+}
+
+// The client keeps enough idle connections for several files' streams
+// and parts (the SDK's default is 10 per host).
+func TestIdleConnections(t *testing.T) {
+	b := newTestBackend(t, testConfig(t))
+	hc, ok := b.client.Options().HTTPClient.(*awshttp.BuildableClient)
+	if !ok {
+		t.Fatalf("HTTP client is %T", b.client.Options().HTTPClient)
+	}
+	if n := hc.GetTransport().MaxIdleConnsPerHost; n != idleConns {
+		t.Fatalf("MaxIdleConnsPerHost = %d, want %d", n, idleConns)
 	}
 }
