@@ -12,7 +12,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
-	"golang.org/x/sync/errgroup"
 )
 
 // Streamed multipart uploads. A file written sequentially past two parts
@@ -203,8 +202,11 @@ func (f *openFile) uploadPart(up *streamUpload, k int, gen uint64, size int64) {
 func (b *Backend) sendPart(ctx context.Context, up *streamUpload, k int, size int64) (string, error) {
 	buf := b.partBufs.get(size)
 	defer b.partBufs.put(buf)
-	if _, err := up.staging.ReadAt(buf, int64(k)*up.partSize); err != nil {
-		return "", fmt.Errorf("s3 staging for %s: %w", up.name, err)
+	// A short read (the file was truncated meanwhile: the part's generation
+	// moved, so this upload will not count) must not send stale bytes of
+	// the pooled buffer either way.
+	if got, err := up.staging.ReadAt(buf, int64(k)*up.partSize); int64(got) < size {
+		return "", fmt.Errorf("s3 staging for %s: part %d: %d of %d bytes: %w", up.name, k+1, got, size, err)
 	}
 	out, err := b.client.UploadPart(ctx, &s3.UploadPartInput{
 		Bucket: aws.String(b.bucket), Key: aws.String(up.key), UploadId: aws.String(up.id),
@@ -308,8 +310,7 @@ func (b *Backend) finishUpload(ctx context.Context, up *streamUpload, name, key 
 	}
 	nparts := int((size + up.partSize - 1) / up.partSize)
 	completed := make([]types.CompletedPart, nparts)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(b.concurrency)
+	g := b.partGroup()
 	for k := range nparts {
 		n := min(up.partSize, size-int64(k)*up.partSize)
 		if k < len(up.parts) && up.parts[k].etag != "" && up.parts[k].size == n {
@@ -317,7 +318,7 @@ func (b *Backend) finishUpload(ctx context.Context, up *streamUpload, name, key 
 			continue
 		}
 		g.Go(func() error {
-			etag, err := b.sendPart(gctx, up, k, n)
+			etag, err := b.sendPart(ctx, up, k, n)
 			completed[k] = types.CompletedPart{ETag: aws.String(etag), PartNumber: aws.Int32(int32(k + 1))}
 			return err
 		})

@@ -3,8 +3,10 @@ package s3
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"sort"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,10 +75,17 @@ func (b *Backend) putMultipart(ctx context.Context, op, name, key string, src io
 	return b.multipart(ctx, op, name, key, meta, nparts, func(ctx context.Context, uploadID string, i int) (types.CompletedPart, error) {
 		off := int64(i) * partSize
 		n := min(partSize, size-off)
+		// One read of the part, then the SDK hashes and sends it from
+		// memory (see sendPart).
+		buf := b.partBufs.get(n)
+		defer b.partBufs.put(buf)
+		if got, err := src.ReadAt(buf, off); int64(got) < n {
+			return types.CompletedPart{}, fmt.Errorf("s3 staging for %s: part %d: %d of %d bytes: %w", name, i+1, got, n, err)
+		}
 		out, err := b.client.UploadPart(ctx, &s3.UploadPartInput{
 			Bucket: aws.String(b.bucket), Key: aws.String(key), UploadId: aws.String(uploadID),
 			PartNumber: aws.Int32(int32(i + 1)), ContentLength: aws.Int64(n),
-			Body: io.NewSectionReader(src, off, n),
+			Body: bytes.NewReader(buf),
 		})
 		if err != nil {
 			return types.CompletedPart{}, err
@@ -84,6 +93,38 @@ func (b *Backend) putMultipart(ctx context.Context, op, name, key string, src io
 		return types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(int32(i + 1))}, nil
 	}, exclusive)
 }
+
+// partGroup runs part uploads, b.concurrency at a time. A failure stops
+// the parts not started yet but does not cancel those in flight: a
+// request the client gives up on may still complete on the server after
+// the AbortMultipartUpload that follows, and re-create the upload it
+// aborted (AWS: "it might be necessary to abort a given multipart upload
+// multiple times"); seen with versitygw as an upload left behind.
+func (b *Backend) partGroup() *partGroup {
+	g := &partGroup{}
+	g.g.SetLimit(b.concurrency)
+	return g
+}
+
+type partGroup struct {
+	g      errgroup.Group
+	failed atomic.Bool
+}
+
+func (g *partGroup) Go(fn func() error) {
+	g.g.Go(func() error {
+		if g.failed.Load() {
+			return nil
+		}
+		err := fn()
+		if err != nil {
+			g.failed.Store(true)
+		}
+		return err
+	})
+}
+
+func (g *partGroup) Wait() error { return g.g.Wait() }
 
 // multipart runs one multipart upload whose parts come from part(i).
 func (b *Backend) multipart(ctx context.Context, op, name, key string, meta map[string]string, nparts int,
@@ -108,11 +149,10 @@ func (b *Backend) multipart(ctx context.Context, op, name, key string, meta map[
 		return b.fail(op, name, key, cause)
 	}
 	parts := make([]types.CompletedPart, nparts)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(b.concurrency)
+	g := b.partGroup()
 	for i := range nparts {
 		g.Go(func() error {
-			p, err := part(gctx, uploadID, i)
+			p, err := part(ctx, uploadID, i)
 			parts[i] = p
 			return err
 		})
