@@ -10,6 +10,7 @@
 # Env:   SIZE_MB (256)  TREE_FILES (300)  RUNS (3, the median is reported)
 #        VERSITYGW (versitygw in PATH or ~/go/bin)
 #        KMSFS_BIN (a kmsfs binary to use instead of building ./cmd/kmsfs)
+#        GW_FLAGS (extra versitygw flags; default "--keep-alive --quiet")
 set -euo pipefail
 
 SIZE_MB=${SIZE_MB:-256}
@@ -22,6 +23,7 @@ for tool in "$VERSITYGW" rclone fusermount3 dd cp; do
 	command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
 done
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d /tmp/kmsfs-s3bench.XXXXXX)
 GW_PID=
 cleanup() {
@@ -46,6 +48,7 @@ fi
 # paid a TCP handshake (a cp -a through kmsfs left 4,000 sockets in
 # TIME_WAIT); AWS S3 and other production servers keep connections open.
 # --quiet: no log line per request. Both apply to all three clients.
+GW_FLAGS=${GW_FLAGS---keep-alive --quiet}
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ENDPOINT=http://127.0.0.1:$PORT
 BUCKET=bench
@@ -53,7 +56,7 @@ mkdir -p "$WORK/gw/$BUCKET"
 export AWS_ACCESS_KEY_ID=kmsfsbench AWS_SECRET_ACCESS_KEY=kmsfs-bench-secret-0123456789 AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 ROOT_ACCESS_KEY=$AWS_ACCESS_KEY_ID ROOT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
-	"$VERSITYGW" --keep-alive --quiet --port "127.0.0.1:$PORT" posix "$WORK/gw" >"$WORK/gw.log" 2>&1 &
+	"$VERSITYGW" $GW_FLAGS --port "127.0.0.1:$PORT" posix "$WORK/gw" >"$WORK/gw.log" 2>&1 &
 GW_PID=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 
@@ -151,7 +154,7 @@ report() {
 	echo "| sequential read ${SIZE_MB} MiB, cold (MB/s) | ${RESULT[kmsfs,read]} | ${RESULT[raw,read]} | ${RESULT[rclone,read]} | $(ratio "${RESULT[kmsfs,read]}" "${RESULT[raw,read]}") | $(ratio "${RESULT[kmsfs,read]}" "${RESULT[rclone,read]}") |"
 	echo "| cp -a of ${TREE_FILES} files, $((TREE_BYTES >> 20)) MiB (files/s) | ${RESULT[kmsfs,tree]} | | ${RESULT[rclone,tree]} | | $(ratio "${RESULT[kmsfs,tree]}" "${RESULT[rclone,tree]}") |"
 	echo
-	echo "median of $RUNS runs; $(nproc) cores; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "median of $RUNS runs; $(nproc) cores; versitygw flags: ${GW_FLAGS:-none}; load average at the start: $LOAD_START, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 	for fs in kmsfs rclone; do
 		[ -s "$WORK/cp-$fs.err" ] && echo "cp -a errors on $fs: $(sort -u "$WORK/cp-$fs.err" | head -3 | tr '\n' ' ')"
 		[ -s "$WORK/sync-$fs.err" ] && echo "sync -f errors on $fs: $(sort -u "$WORK/sync-$fs.err" | head -3 | tr '\n' ' ')"
