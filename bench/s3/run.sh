@@ -105,46 +105,52 @@ umount_fs() {
 	for _ in $(seq 100); do mountpoint -q "$2" || break; sleep 0.1; done
 }
 
-declare -A RESULT
-for fs in kmsfs rclone; do
-	mnt=$WORK/mnt-$fs
-	w=() r=() c=()
-	for run in $(seq "$RUNS"); do
-		echo "$fs run $run..." >&2
-		mount_fs "$fs" "$mnt"
-		rm -rf "${mnt:?}/big" "${mnt:?}/tree"
-		t0=$(now); dd if="$WORK/data" of="$mnt/big" bs=1M conv=fsync status=none; t1=$(now)
-		w+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
-		# sync -f reports writeback errors of earlier inodes too (the rm -rf
-		# above): the sync is done either way, so that is not this row's failure.
-		t0=$(now); cp -a "$WORK/tree" "$mnt/tree" 2>>"$WORK/cp-$fs.err" || true; sync -f "$mnt" 2>>"$WORK/sync-$fs.err" || true; t1=$(now)
-		c+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
-		umount_fs "$fs" "$mnt"
-		drop_caches
-		mount_fs "$fs" "$mnt"
-		t0=$(now); dd if="$mnt/big" of=/dev/null bs=1M status=none; t1=$(now)
-		r+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
-		cmp -s "$WORK/data" "$mnt/big" || echo "WARNING: $fs read back different bytes" >&2
-		diff -r "$WORK/tree" "$mnt/tree" >/dev/null 2>&1 || echo "WARNING: $fs tree differs after copy" >&2
-		umount_fs "$fs" "$mnt"
-	done
-	RESULT[$fs,write]=$(mbps $((SIZE_MB << 20)) "$(printf '%s\n' "${w[@]}" | median)")
-	RESULT[$fs,read]=$(mbps $((SIZE_MB << 20)) "$(printf '%s\n' "${r[@]}" | median)")
-	tc=$(printf '%s\n' "${c[@]}" | median)
-	RESULT[$fs,tree]=$(awk -v n="$TREE_FILES" -v s="$tc" 'BEGIN { printf "%.0f", n / s }')
-	RESULT[$fs,treemb]=$(mbps "$TREE_BYTES" "$tc")
-done
-
-pw=() gr=()
-for run in $(seq "$RUNS"); do
-	echo "raw SDK run $run..." >&2
+# One repetition runs kmsfs, rclone and the raw SDK back to back (the
+# order rotating), so that the three see the same load from the rest of a
+# shared machine; the table has the medians, and every sample follows it.
+declare -A RESULT SAMPLES
+run_fs() { # run_fs FS: one repetition of the three rows on a mount
+	local fs=$1 mnt=$WORK/mnt-$1 t0 t1
+	mount_fs "$fs" "$mnt"
+	rm -rf "${mnt:?}/big" "${mnt:?}/tree"
+	t0=$(now); dd if="$WORK/data" of="$mnt/big" bs=1M conv=fsync status=none; t1=$(now)
+	SAMPLES[$fs,write]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+	# sync -f reports writeback errors of earlier inodes too (the rm -rf
+	# above): the sync is done either way, so that is not this row's failure.
+	t0=$(now); cp -a "$WORK/tree" "$mnt/tree" 2>>"$WORK/cp-$fs.err" || true; sync -f "$mnt" 2>>"$WORK/sync-$fs.err" || true; t1=$(now)
+	SAMPLES[$fs,tree]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+	umount_fs "$fs" "$mnt"
+	drop_caches
+	mount_fs "$fs" "$mnt"
+	t0=$(now); dd if="$mnt/big" of=/dev/null bs=1M status=none; t1=$(now)
+	SAMPLES[$fs,read]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+	cmp -s "$WORK/data" "$mnt/big" || echo "WARNING: $fs read back different bytes" >&2
+	diff -r "$WORK/tree" "$mnt/tree" >/dev/null 2>&1 || echo "WARNING: $fs tree differs after copy" >&2
+	umount_fs "$fs" "$mnt"
+}
+run_raw() {
+	local j
 	drop_caches
 	j=$("$WORK/rawsdk" -endpoint "$ENDPOINT" -bucket "$BUCKET" -key "raw/obj" -file "$WORK/data")
-	pw+=("$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["put_s"])')")
-	gr+=("$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["get_s"])')")
+	SAMPLES[raw,write]+="$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["put_s"])') "
+	SAMPLES[raw,read]+="$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["get_s"])') "
+}
+order=(kmsfs rclone raw)
+for run in $(seq "$RUNS"); do
+	for i in 0 1 2; do
+		fs=${order[(i + run - 1) % 3]}
+		echo "run $run: $fs (load $(cut -d' ' -f1 /proc/loadavg))..." >&2
+		case $fs in raw) run_raw ;; *) run_fs "$fs" ;; esac
+	done
 done
-RESULT[raw,write]=$(mbps $((SIZE_MB << 20)) "$(printf '%s\n' "${pw[@]}" | median)")
-RESULT[raw,read]=$(mbps $((SIZE_MB << 20)) "$(printf '%s\n' "${gr[@]}" | median)")
+secs_to_mbps() { for s in $1; do mbps $((SIZE_MB << 20)) "$s"; echo -n " "; done; }
+for fs in kmsfs rclone raw; do
+	RESULT[$fs,write]=$(mbps $((SIZE_MB << 20)) "$(printf '%s\n' ${SAMPLES[$fs,write]} | median)")
+	RESULT[$fs,read]=$(mbps $((SIZE_MB << 20)) "$(printf '%s\n' ${SAMPLES[$fs,read]} | median)")
+	[ "$fs" = raw ] && continue
+	tc=$(printf '%s\n' ${SAMPLES[$fs,tree]} | median)
+	RESULT[$fs,tree]=$(awk -v n="$TREE_FILES" -v s="$tc" 'BEGIN { printf "%.0f", n / s }')
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 report() {
@@ -153,6 +159,12 @@ report() {
 	echo "| sequential write ${SIZE_MB} MiB (MB/s, incl. upload) | ${RESULT[kmsfs,write]} | ${RESULT[raw,write]} | ${RESULT[rclone,write]} | $(ratio "${RESULT[kmsfs,write]}" "${RESULT[raw,write]}") | $(ratio "${RESULT[kmsfs,write]}" "${RESULT[rclone,write]}") |"
 	echo "| sequential read ${SIZE_MB} MiB, cold (MB/s) | ${RESULT[kmsfs,read]} | ${RESULT[raw,read]} | ${RESULT[rclone,read]} | $(ratio "${RESULT[kmsfs,read]}" "${RESULT[raw,read]}") | $(ratio "${RESULT[kmsfs,read]}" "${RESULT[rclone,read]}") |"
 	echo "| cp -a of ${TREE_FILES} files, $((TREE_BYTES >> 20)) MiB (files/s) | ${RESULT[kmsfs,tree]} | | ${RESULT[rclone,tree]} | | $(ratio "${RESULT[kmsfs,tree]}" "${RESULT[rclone,tree]}") |"
+	echo
+	echo "Samples in run order (MB/s; cp -a in files/s):"
+	echo
+	for fs in kmsfs raw rclone; do
+		echo "- $fs: write $(secs_to_mbps "${SAMPLES[$fs,write]}")| read $(secs_to_mbps "${SAMPLES[$fs,read]}")$([ "$fs" = raw ] || for s in ${SAMPLES[$fs,tree]}; do awk -v n="$TREE_FILES" -v s="$s" 'BEGIN { printf "| cp %.0f ", n / s }'; done)"
+	done
 	echo
 	echo "median of $RUNS runs; $(nproc) cores; versitygw flags: ${GW_FLAGS:-none}; load average at the start: $LOAD_START, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 	for fs in kmsfs rclone; do
