@@ -18,12 +18,20 @@
 //
 // S3 cannot modify part of an object, so a file opened for writing is staged
 // in a local file (ciphertext only: the bytes given to File are already
-// encrypted) and uploaded whole on Sync and on Close: one PutObject up to
-// PartSize, a parallel multipart upload above it. Both are atomic in S3, so
-// a failed or killed upload never leaves a truncated object where the old one
-// was; a failed multipart upload is aborted, and CleanupUploads (run by New)
+// encrypted) and uploaded on Sync and on Close: one PutObject up to
+// PartSize, a parallel multipart upload above it. A file written
+// sequentially has its multipart upload started while it is written, each
+// completed part going up in the background (stream_upload.go), so Sync
+// and Close only send the rest. Both kinds are atomic in S3, so a failed or
+// killed upload never leaves a truncated object where the old one was; a
+// failed multipart upload is aborted, and CleanupUploads (run by New)
 // aborts uploads a killed process left behind. Staging files are unlinked as
 // soon as they are created, so a crash leaves nothing on local disk either.
+//
+// # Reads
+//
+// Reads are ranged GETs whose bodies are read straight into the caller's
+// buffer; a sequential reader keeps a few GETs open ahead (readahead.go).
 //
 // # Costs the POSIX view hides
 //
