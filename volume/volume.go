@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -144,37 +143,14 @@ type fileState struct {
 	// write has been started (see writeBehind); guarded by content.
 	behindTo int64
 
-	// writers counts WriteAt calls in progress (waiting for content
-	// included); written is closed, and cleared, whenever one ends. Both
-	// serve awaitGap.
-	writers   atomic.Int32
-	writtenMu sync.Mutex
-	written   chan struct{}
+	// gaps are runs of blocks inside the file never written (see gaps.go);
+	// guarded by content.
+	gaps []gapRange
+	// gapWriter is the handle that last left a gap: writable, and open
+	// while any gap is (a writable handle fills them all when it closes),
+	// so a reader on a read-only handle can fill gaps through it.
+	gapWriter *Handle
 }
-
-// writeEnded wakes the writes waiting in awaitGap.
-func (st *fileState) writeEnded() {
-	st.writtenMu.Lock()
-	defer st.writtenMu.Unlock()
-	if st.written != nil {
-		close(st.written)
-		st.written = nil
-	}
-}
-
-// nextWriteEnd returns a channel closed when the next write ends.
-func (st *fileState) nextWriteEnd() <-chan struct{} {
-	st.writtenMu.Lock()
-	defer st.writtenMu.Unlock()
-	if st.written == nil {
-		st.written = make(chan struct{})
-	}
-	return st.written
-}
-
-// gapWait bounds how long a write past the end waits for concurrent writes
-// to reach its offset (awaitGap).
-const gapWait = 20 * time.Millisecond
 
 // writeBehindBytes is how much sequentially written ciphertext accumulates
 // before its writeback is started: large enough that the disk gets long
@@ -215,6 +191,8 @@ type Handle struct {
 	f      backend.File
 	st     *fileState
 	append bool
+	// writable: opened for writing (the backend file accepts writes).
+	writable bool
 }
 
 // OpenFile opens (or with O_CREAT creates) the regular file name. flags are
@@ -235,7 +213,8 @@ func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint
 		f.Close()
 		return nil, err
 	}
-	h := &Handle{v: v, name: name, f: f, st: v.acquire(sst.Ino), append: flags&syscall.O_APPEND != 0}
+	h := &Handle{v: v, name: name, f: f, st: v.acquire(sst.Ino), append: flags&syscall.O_APPEND != 0,
+		writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
 	v.stats.filesOpened.Add(1)
 	if flags&syscall.O_TRUNC != 0 && sst.Size != 0 {
 		// Truncating to 0 drops the header too: the next write makes a new
@@ -464,6 +443,12 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	h.st.content.RLock()
 	defer h.st.content.RUnlock()
+	bs := h.v.layout.BlockSize
+	for h.st.gapsOverlap(off-off%bs, off+int64(len(p))) {
+		if err := h.fillGapsShared(ctx, off-off%bs, off+int64(len(p))); err != nil {
+			return 0, err
+		}
+	}
 	cs, err := h.cipherSize()
 	if err != nil {
 		return 0, err
@@ -483,7 +468,6 @@ func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if keys == nil {
 		return 0, io.EOF
 	}
-	bs := h.v.layout.BlockSize
 	first, end := h.v.layout.Blocks(off, n)
 	if off%bs == 0 && (n%bs == 0 || off+n == size) {
 		// The blocks decrypt to exactly p[:n] (the kernel's page-aligned
@@ -518,14 +502,13 @@ func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 
 // WriteAt writes plaintext at off (at the end with O_APPEND). Writing past
 // the end fills the gap with encrypted zero blocks: holes are stored, so a
-// zeroed-out block is still detected as tampering.
+// zeroed-out block is still detected as tampering. A gap of up to
+// maxDeferredGap is filled later, or by the writes it is waiting for (see
+// gaps.go).
 func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if h.v.readOnly {
 		return 0, syscall.EROFS
 	}
-	h.st.writers.Add(1)
-	defer h.st.writeEnded()
-	defer h.st.writers.Add(-1)
 	h.st.content.Lock()
 	defer h.st.content.Unlock()
 	size, err := h.Size()
@@ -535,69 +518,59 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if h.append {
 		off = size
 	}
-	if off+int64(len(p)) > MaxFileSize {
+	end := off + int64(len(p))
+	if end > MaxFileSize {
 		return 0, syscall.EFBIG
-	}
-	if off > size {
-		// Before taking the keys: awaitGap lets go of the lock, and a
-		// truncation to 0 meanwhile drops them.
-		if size, err = h.awaitGap(off, size); err != nil {
-			return 0, err
-		}
 	}
 	keys, err := h.fileKeys(ctx, true)
 	if err != nil {
 		return 0, err
 	}
-	if off > size {
+	if len(h.st.gaps) > 0 && len(p) > 0 {
+		bs := h.v.layout.BlockSize
+		lo, hi := off-off%bs, (end+bs-1)/bs*bs
+		if h.st.gapsOverlap(lo, hi) {
+			done, err := h.writeIntoGap(ctx, keys, p, off)
+			if err != nil {
+				return 0, err
+			}
+			if done {
+				h.v.stats.bytesWritten.Add(uint64(len(p)))
+				return len(p), nil
+			}
+			if err := h.fillGaps(ctx, lo, hi); err != nil {
+				return 0, err
+			}
+		}
+	}
+	switch {
+	case off > size && off-size <= maxDeferredGap && len(p) > 0:
+		if err := h.writePastEnd(ctx, keys, p, off, size); err != nil {
+			return 0, err
+		}
+	case off > size:
 		if err := h.extendLocked(ctx, keys, size, off); err != nil {
 			return 0, err
 		}
 		size = off
+		fallthrough
+	default:
+		if err := h.writeLocked(ctx, keys, p, off, size); err != nil {
+			return 0, err
+		}
 	}
-	if err := h.writeLocked(ctx, keys, p, off, size); err != nil {
-		return 0, err
-	}
-	if end := off + int64(len(p)); end >= size {
+	if end >= size {
 		h.writeBehind(h.v.layout.CipherSize(end, true))
 	}
 	h.v.stats.bytesWritten.Add(uint64(len(p)))
 	return len(p), nil
 }
 
-// awaitGap is called for a write at off past the end of the file (size)
-// with the content lock held. With the writeback cache the kernel keeps
-// several WRITEs of one file in flight, and they reach us in any order: a
-// sequential stream shows up as 2 MiB before 1 MiB. Handled as it comes,
-// the later write would fill the gap with encrypted zeros, and the earlier
-// one would then overwrite them in place (journaled as an intent): three
-// times the work of writing the stream in order. So while other writes of
-// the file are in progress, wait for them, at most gapWait, with the lock
-// released; a write that truly leaves a hole, alone, does not wait. It
-// returns the size when the wait ends.
-func (h *Handle) awaitGap(off, size int64) (int64, error) {
-	if h.st.writers.Load() <= 1 {
-		return size, nil
-	}
-	deadline := time.NewTimer(gapWait)
-	defer deadline.Stop()
-	for off > size && h.st.writers.Load() > 1 {
-		ended := h.st.nextWriteEnd()
-		h.st.content.Unlock()
-		timedOut := false
-		select {
-		case <-ended:
-		case <-deadline.C:
-			timedOut = true
-		}
-		h.st.content.Lock()
-		var err error
-		if size, err = h.Size(); err != nil || timedOut {
-			return size, err
-		}
-	}
-	return size, nil
-}
+// maxDeferredGap is the largest gap a write past the end leaves to be
+// filled later: ample for the writeback cache's reordering (about 12 MiB),
+// small enough that filling it at close is quick. A larger hole is filled
+// at once, after a free-space check (extendLocked).
+const maxDeferredGap = 64 << 20
 
 // writeBehind starts writeback of what a write that ended at the end of the
 // file (stored size cipherEnd) added, once that is writeBehindBytes: a file
@@ -649,13 +622,20 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 		}
 	}
 	need := int(regionEnd - regionStart)
-	if cap(buf) < need {
+	// When p is exactly the blocks (page-aligned writes, appends of whole
+	// blocks), it is sealed as it is, without a copy.
+	whole := off == regionStart && end == regionEnd
+	if whole {
+		buf = p
+	} else if cap(buf) < need {
 		nb := make([]byte, len(buf), need)
 		copy(nb, buf)
 		buf = nb
 	}
-	buf = buf[:need]
-	copy(buf[off-regionStart:], p)
+	if !whole {
+		buf = buf[:need]
+		copy(buf[off-regionStart:], p)
+	}
 	// Existing plaintext after p in the last block, unless that block is the
 	// first one and was read above (p overwrote only its middle then). Every
 	// other byte of buf comes from p: off <= size, so nothing stale from the
@@ -678,7 +658,9 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 		return err
 	}
 	*sbp = sealed[:0]
-	*pbp = buf[:0]
+	if !whole {
+		*pbp = buf[:0]
+	}
 	oldBytes := cs - l.BlockOffset(first) // stored bytes this write replaces
 	return h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, oldBytes, -1)
 }
@@ -732,6 +714,11 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 	}
 	// A sequential run written after a cut starts at the cut.
 	h.st.behindTo = min(h.st.behindTo, h.v.layout.CipherSize(newSize, true))
+	if newSize == 0 {
+		h.st.gaps = nil
+	} else if err := h.fillGaps(ctx, 0, -1); err != nil {
+		return err
+	}
 	switch {
 	case newSize == size:
 		return nil
@@ -796,7 +783,20 @@ func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error 
 }
 
 // Sync makes written data durable.
-func (h *Handle) Sync(ctx context.Context) error { return h.f.Sync() }
+func (h *Handle) Sync(ctx context.Context) error {
+	if err := h.fillAllGaps(ctx); err != nil {
+		return err
+	}
+	return h.f.Sync()
+}
+
+// fillAllGaps fills the file's gaps (gaps.go) before the backend must hold
+// the whole file.
+func (h *Handle) fillAllGaps(ctx context.Context) error {
+	h.st.content.Lock()
+	defer h.st.content.Unlock()
+	return h.fillGaps(ctx, 0, -1)
+}
 
 // Close releases the handle; the file's keys are zeroed when its last
 // handle closes.
@@ -805,6 +805,12 @@ func (h *Handle) Sync(ctx context.Context) error { return h.f.Sync() }
 // is closed the backend may hand its inode number to a new file, which must
 // not find this file's state (and keys) under that number.
 func (h *Handle) Close() error {
+	if h.writable {
+		// Release has no request context; the keys are loaded already.
+		if err := h.fillAllGaps(context.Background()); err != nil {
+			h.v.log.Error("close: holes left unfilled read as EIO", "path", "/"+h.name, "err", err)
+		}
+	}
 	h.v.release(h.st)
 	return h.f.Close()
 }
@@ -820,6 +826,9 @@ func (h *Handle) NeedsFlush() bool {
 // failed upload is reported to the closing application.
 func (h *Handle) Flush(ctx context.Context) error {
 	if fl, ok := h.f.(backend.Flusher); ok {
+		if err := h.fillAllGaps(ctx); err != nil {
+			return err
+		}
 		return fl.Flush()
 	}
 	return nil

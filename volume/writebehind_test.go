@@ -3,12 +3,8 @@ package volume
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/envelope"
@@ -88,72 +84,5 @@ func TestWriteBehindSequentialOnly(t *testing.T) {
 	got := readAll(t, h)
 	if len(got) != 12<<20 {
 		t.Fatalf("size %d after the writes", len(got))
-	}
-}
-
-// countingFile counts the stored bytes written through it.
-type countingFile struct {
-	backend.File
-	written atomic.Int64
-}
-
-func (c *countingFile) WriteAt(p []byte, off int64) (int, error) {
-	c.written.Add(int64(len(p)))
-	return c.File.WriteAt(p, off)
-}
-
-// TestOutOfOrderAppendsNotZeroFilled sends two 1 MiB writes of a fresh
-// file at once, as the kernel's writeback does, in whichever order the
-// scheduler picks: the one past the end must wait for the other instead of
-// filling the gap with encrypted zeros that are then overwritten, so the
-// file is written once.
-func TestOutOfOrderAppendsNotZeroFilled(t *testing.T) {
-	tv := newTestVolume(t, envelope.ModePerObject)
-	ctx := context.Background()
-	a := bytes.Repeat([]byte{1}, 1<<20)
-	b := bytes.Repeat([]byte{2}, 1<<20)
-	for i := 0; i < 20; i++ {
-		h := tv.open(t, fmt.Sprintf("f%d", i), syscall.O_RDWR|syscall.O_CREAT)
-		cf := &countingFile{File: h.f}
-		h.f = cf
-		st := h.st
-		// Hold the content lock until both writes are queued on it.
-		st.content.Lock()
-		var wg sync.WaitGroup
-		errs := make(chan error, 2)
-		for _, w := range []struct {
-			p   []byte
-			off int64
-		}{{b, 1 << 20}, {a, 0}} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, err := h.WriteAt(ctx, w.p, w.off)
-				errs <- err
-			}()
-			for want := int32(1); st.writers.Load() < want; {
-				time.Sleep(time.Millisecond)
-			}
-		}
-		for st.writers.Load() < 2 {
-			time.Sleep(time.Millisecond)
-		}
-		st.content.Unlock()
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-		got := readAll(t, h)
-		if !bytes.Equal(got[:1<<20], a) || !bytes.Equal(got[1<<20:], b) {
-			t.Fatalf("file %d: wrong content", i)
-		}
-		want := tv.layout.CipherSize(2<<20, true)
-		if n := cf.written.Load(); n != want {
-			t.Fatalf("file %d: %d stored bytes written for a %d-byte file: the gap was filled", i, n, want)
-		}
-		h.Close()
 	}
 }
