@@ -305,3 +305,33 @@ func TestIdleConnections(t *testing.T) {
 		t.Fatalf("MaxIdleConnsPerHost = %d, want %d", n, idleConns)
 	}
 }
+
+// A file renamed while its parts are going up lands whole under its new
+// name; the upload begun under the old one is aborted.
+func TestStreamedUploadRenamed(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.PartSize = testPart
+	b := newTestBackend(t, cfg)
+	f, err := b.Open(bg, "before", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(60, 3*testPart+5)
+	writeSeq(t, f, data, 0)
+	uploadedParts(t, b, 1)
+	if err := b.Rename(bg, "before", "after", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := rawGet(t, b, b.prefix+"after"); !bytes.Equal(got, data) {
+		t.Fatal("renamed file's object differs")
+	}
+	if keys := rawKeys(t, b); len(keys) != 1 {
+		t.Fatalf("objects: %v, want only after", keys)
+	}
+	if ups := pendingUploads(t, b); len(ups) != 0 {
+		t.Fatalf("uploads left: %v", ups)
+	}
+}
