@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,6 +97,9 @@ func runWithGateway(m *testing.M) int {
 	cmd := exec.Command(bin, "--port", addr, "posix", root)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+testAccessKey, "ROOT_SECRET_KEY="+testSecretKey)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// A test that panics ends the process without running the deferred
+	// Kill below; the server must not outlive it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "start versitygw:", err)
 		return 1
