@@ -181,6 +181,9 @@ type Backend struct {
 	// racing a change does not store a stale answer.
 	lookups   map[string]cachedLookup
 	lookupGen uint64
+	// missDirs holds the directories whose last name lookup was a miss:
+	// the next lookup there sends its LIST beside its HEAD.
+	missDirs map[string]bool
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -267,6 +270,7 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 		open:         make(map[string]*openFile),
 		partBufs:     newBufferPool(cfg.PartSize, cfg.Concurrency),
 		lookups:      make(map[string]cachedLookup),
+		missDirs:     make(map[string]bool),
 	}
 	if p := strings.Trim(cfg.Prefix, "/"); p != "" {
 		b.prefix = p + "/"

@@ -335,3 +335,36 @@ func TestStreamedUploadRenamed(t *testing.T) {
 		t.Fatalf("uploads left: %v", ups)
 	}
 }
+
+// After a miss in a directory the next lookup there sends its LIST beside
+// its HEAD; the answers are the same, and a hit stops the speculation.
+func TestLookupAfterMiss(t *testing.T) {
+	ops := &countOps{ops: map[string]int{}}
+	b := newTestBackend(t, testConfig(t), ops.option)
+	if err := b.Mkdir(bg, "d", 0o755, nil); err != nil {
+		t.Fatal(err)
+	}
+	create(t, b, "d/file", []byte("x"))
+	if err := b.Mkdir(bg, "d/sub", 0o750, nil); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	for _, n := range []string{"d/m1", "d/m2"} {
+		wantErrno(t, b.Lstat(bg, n, &st), syscall.ENOENT)
+	}
+	if err := b.Lstat(bg, "d/sub", &st); err != nil || st.Mode != syscall.S_IFDIR|0o750 {
+		t.Fatalf("Lstat(d/sub) after misses: mode %o, %v", st.Mode, err)
+	}
+	wantErrno(t, b.Lstat(bg, "d/m3", &st), syscall.ENOENT)
+	if err := b.Lstat(bg, "d/file", &st); err != nil || st.Mode != syscall.S_IFREG|0o644 || st.Size != 1 {
+		t.Fatalf("Lstat(d/file) after a miss: %+v, %v", st, err)
+	}
+	time.Sleep(200 * time.Millisecond) // the speculative LIST, if still under way
+	ops.take()
+	if err := b.Lstat(bg, "d/file", &st); err != nil {
+		t.Fatal(err)
+	}
+	if got := ops.take(); got["HeadObject"] != 1 || got["ListObjectsV2"] != 0 {
+		t.Fatalf("lookup of a file after a hit: %v, want one HEAD", got)
+	}
+}

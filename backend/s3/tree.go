@@ -54,8 +54,28 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 		e.attrs = e.attrs.clone()
 		return &e, nil
 	}
+	marker := key + "/"
+	list := func() (*s3.ListObjectsV2Output, error) {
+		return b.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{
+			Bucket: aws.String(b.bucket), Prefix: aws.String(marker), MaxKeys: aws.Int32(1),
+		})
+	}
+	// A name that is not a file needs a LIST to tell a directory from
+	// nothing. When the last lookup in the same directory was a miss (cp -a
+	// or tar filling a new directory), send that LIST beside the HEAD
+	// rather than after it: one round trip per created file instead of two.
+	parent := path.Dir(name)
+	var listed chan listAnswer
+	if b.missLikely(parent) {
+		listed = make(chan listAnswer, 1)
+		go func() {
+			out, err := list()
+			listed <- listAnswer{out, err}
+		}()
+	}
 	h, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
 	if err == nil {
+		b.noteMiss(parent, false)
 		return &entry{
 			key:   key,
 			attrs: b.decodeAttrs(h.Metadata, syscall.S_IFREG|0o644, aws.ToTime(h.LastModified)),
@@ -65,13 +85,17 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 	if !isNotFound(err) {
 		return nil, b.fail(op, name, key, err)
 	}
-	marker := key + "/"
-	l, err := b.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{
-		Bucket: aws.String(b.bucket), Prefix: aws.String(marker), MaxKeys: aws.Int32(1),
-	})
+	var l *s3.ListObjectsV2Output
+	if listed != nil {
+		a := <-listed
+		l, err = a.out, a.err
+	} else {
+		l, err = list()
+	}
 	if err != nil {
 		return nil, b.fail(op, name, marker, err)
 	}
+	b.noteMiss(parent, len(l.Contents) == 0)
 	if len(l.Contents) == 0 {
 		b.remember(name, nil, gen)
 		return nil, pathErr(op, name, syscall.ENOENT)
@@ -93,6 +117,33 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 	e := &entry{key: marker, dir: true, attrs: a, etag: aws.ToString(h.ETag)}
 	b.remember(name, e, gen)
 	return e, nil
+}
+
+type listAnswer struct {
+	out *s3.ListObjectsV2Output
+	err error
+}
+
+// missLikely says whether the last lookup of a name in directory dir found
+// nothing.
+func (b *Backend) missLikely(dir string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.missDirs[dir]
+}
+
+// noteMiss records whether a lookup in directory dir found nothing.
+func (b *Backend) noteMiss(dir string, miss bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !miss {
+		delete(b.missDirs, dir)
+		return
+	}
+	if len(b.missDirs) >= maxLookups {
+		clear(b.missDirs)
+	}
+	b.missDirs[dir] = true
 }
 
 // cachedLookup is a lookup answer: e nil for "no such name".
