@@ -186,8 +186,22 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 		if !ok {
 			fh = n.anyOpen()
 		}
-		if fh == nil || in.Valid&^orphanOK != 0 {
+		if in.Valid&^orphanOK != 0 {
 			return errno
+		}
+		if fh == nil {
+			// Unlinked and closed: the kernel still writes back the
+			// mtime of pages it cached (syncfs, inode eviction). There is
+			// nothing left to set or to stat; answering ENOENT would fail
+			// sync(1) -f on the whole mount.
+			if _, ok := in.GetSize(); ok {
+				return errno
+			}
+			out.Attr.Mode = n.Mode()
+			if mtime, ok := in.GetMTime(); ok {
+				out.Attr.SetTimes(nil, &mtime, nil)
+			}
+			return 0
 		}
 		if size, ok := in.GetSize(); ok {
 			if err := fh.h.Truncate(ctx, int64(size)); err != nil {

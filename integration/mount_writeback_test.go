@@ -84,6 +84,22 @@ func TestMountWritebackCache(t *testing.T) {
 			}
 			bf.Close()
 
+			// Files written, closed and removed before their cached mtime
+			// went back: syncfs of the mount must still succeed (the kernel
+			// then sends SETATTR for inodes that have no name any more).
+			if err := os.MkdirAll(v.path("gone"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 5; i++ {
+				mountWriteFile(t, v.path("gone/f"+string(rune('a'+i))), []byte("x"))
+			}
+			if err := os.RemoveAll(v.path("gone")); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := mountExecOut("sync", "-f", v.mnt); err != nil {
+				t.Fatalf("sync -f after rm -rf: %v: %s", err, out)
+			}
+
 			v.remount(mode.flags...)
 			mountExpectContent(t, p, data)
 			mountExpectContent(t, mp, want)
