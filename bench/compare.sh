@@ -314,7 +314,7 @@ daemon_pid() {
 		mapfile -d '' args 2>/dev/null <"$p/cmdline" || continue
 		((${#args[@]} > 1)) || continue
 		[[ ${args[-1]} == "$1" ]] || continue
-		case ${args[0]##*/} in kmsfs | gocryptfs | securefs) echo "${p#/proc/}"; return 0 ;; esac
+		case ${args[0]##*/} in kmsfs* | gocryptfs | securefs) echo "${p#/proc/}"; return 0 ;; esac
 	done
 	return 1
 }

@@ -39,7 +39,10 @@ type MountOptions struct {
 	// beside the writer instead of in series with it. The kernel then owns
 	// the file size, mtime and O_APPEND of files written through this mount,
 	// which is safe because nothing else writes the backend while it is
-	// mounted. Ignored on read-only mounts.
+	// mounted. Ignored on read-only mounts. Off by default: on this
+	// project's benchmark (docs/BENCHMARKS.md, issue 3 run 5) it doubles
+	// small write(2)s but costs rsync -a 15% and gains nothing on large
+	// sequential writes.
 	WritebackCache bool
 	FsName         string
 }
@@ -48,7 +51,7 @@ type MountOptions struct {
 // go-fuse default and what gocryptfs uses: the backing store changes only
 // through this mount.
 func DefaultMountOptions() MountOptions {
-	return MountOptions{AttrTimeout: time.Second, EntryTimeout: time.Second, MaxWrite: 1 << 20, ReadAheadKB: 4096, WritebackCache: true, FsName: "kmsfs"}
+	return MountOptions{AttrTimeout: time.Second, EntryTimeout: time.Second, MaxWrite: 1 << 20, ReadAheadKB: 4096, FsName: "kmsfs"}
 }
 
 // Mount mounts vol at mountpoint and returns the running server; call

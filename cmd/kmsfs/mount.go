@@ -62,7 +62,7 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.logFile, "log", "", "append the mount's log to this file (default: stderr with --foreground, else ~/.cache/kmsfs/mount-NAME-HASH.log)")
 	fs.DurationVar(&m.attrTimeout, "attr-timeout", d.AttrTimeout, "how long the kernel caches attributes")
 	fs.DurationVar(&m.entryTimeout, "entry-timeout", d.EntryTimeout, "how long the kernel caches name lookups")
-	fs.BoolVar(&m.writeback, "writeback-cache", d.WritebackCache, "let the kernel cache writes and send them in the background (--writeback-cache=false: every write(2) waits for encryption)")
+	fs.BoolVar(&m.writeback, "writeback-cache", d.WritebackCache, "let the kernel cache writes and send them in the background: small write(2)s 2-3x faster, rsync -a slower (see docs/BENCHMARKS.md)")
 	fs.DurationVar(&m.cache.MaxAge, "cache-max-age", lim.MaxAge, "key cache: how long a plaintext data key is reused before asking the KMS again")
 	fs.Uint64Var(&m.cache.MaxUses, "cache-max-uses", lim.MaxUses, "key cache: how many times a cached key is served")
 	fs.Uint64Var(&m.cache.MaxBytes, "cache-max-bytes", lim.MaxBytes, "key cache: bytes processed under a cached key")
