@@ -156,6 +156,10 @@ func (h *Handle) fillGaps(ctx context.Context, lo, hi int64) error {
 	if !h.writable {
 		w = h.st.gapWriter
 	}
+	if w == nil {
+		// Its writer closed without managing to fill it (see Close).
+		return fmt.Errorf("%w: hole left by a failed fill", envelope.ErrCorrupt)
+	}
 	l := h.v.layout
 	const chunk = 1 << 20
 	var zeros []byte

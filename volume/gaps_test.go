@@ -219,3 +219,35 @@ func TestUnfilledGapIsEIOAfterCrash(t *testing.T) {
 	h.st.gaps = nil // the crashed writer must not fill it at cleanup
 	h.Close()
 }
+
+// failingWrites fails every write.
+type failingWrites struct{ backend.File }
+
+func (failingWrites) WriteAt(p []byte, off int64) (int, error) { return 0, syscall.ENOSPC }
+
+// TestGapWriterClosedWithoutFill: when the handle that left a gap cannot
+// fill it at close, a reader on another handle gets an error for the gap,
+// and nothing is written through the closed handle's descriptor.
+func TestGapWriterClosedWithoutFill(t *testing.T) {
+	tv := newTestVolume(t, envelope.ModePerObject)
+	ctx := context.Background()
+	w := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+	r := tv.open(t, "f", syscall.O_RDONLY)
+	defer r.Close()
+	if _, err := w.WriteAt(ctx, []byte("x"), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	inner := w.f
+	w.f = failingWrites{inner}
+	w.Close() // the fill fails (logged); the descriptor is closed
+	if r.st.gapWriter != nil {
+		t.Fatal("a closed handle is still the gap writer")
+	}
+	buf := make([]byte, 4096)
+	if _, err := r.ReadAt(ctx, buf, 8192); !errors.Is(err, envelope.ErrCorrupt) {
+		t.Fatalf("read of the unfilled gap: err = %v, want ErrCorrupt", err)
+	}
+	if n, err := r.ReadAt(ctx, buf[:1], 1<<20); n != 1 || buf[0] != 'x' {
+		t.Fatalf("byte after the gap: %q, %v", buf[:n], err)
+	}
+}

@@ -810,6 +810,13 @@ func (h *Handle) Close() error {
 		if err := h.fillAllGaps(context.Background()); err != nil {
 			h.v.log.Error("close: holes left unfilled read as EIO", "path", "/"+h.name, "err", err)
 		}
+		// Never fill through this handle once its descriptor is closed:
+		// the number may then belong to another file.
+		h.st.content.Lock()
+		if h.st.gapWriter == h {
+			h.st.gapWriter = nil
+		}
+		h.st.content.Unlock()
 	}
 	h.v.release(h.st)
 	return h.f.Close()
