@@ -806,17 +806,18 @@ func (h *Handle) fillAllGaps(ctx context.Context) error {
 // not find this file's state (and keys) under that number.
 func (h *Handle) Close() error {
 	if h.writable {
+		h.st.content.Lock()
 		// Release has no request context; the keys are loaded already.
-		if err := h.fillAllGaps(context.Background()); err != nil {
-			h.v.log.Error("close: holes left unfilled read as EIO", "path", "/"+h.name, "err", err)
-		}
+		err := h.fillGaps(context.Background(), 0, -1)
 		// Never fill through this handle once its descriptor is closed:
 		// the number may then belong to another file.
-		h.st.content.Lock()
 		if h.st.gapWriter == h {
 			h.st.gapWriter = nil
 		}
 		h.st.content.Unlock()
+		if err != nil {
+			h.v.log.Error("close: holes left unfilled read as EIO", "path", "/"+h.name, "err", err)
+		}
 	}
 	h.v.release(h.st)
 	return h.f.Close()
