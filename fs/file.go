@@ -94,6 +94,9 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if flags&syscall.O_EXCL != 0 {
 			cn.noCaps.Store(true)
 		}
+		cn.setidMu.Lock()
+		cn.knowMode(st.Mode)
+		cn.setidMu.Unlock()
 	}
 	return ch, fh, 0, 0
 }

@@ -93,14 +93,23 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 	if opt.ReadOnly {
 		mopts.Options = append(mopts.Options, "ro")
 	}
-	srv, err := fusefs.Mount(mountpoint, root, &fusefs.Options{
+	// The kernel leaves dropping suid/sgid on write to us, and stops asking
+	// for security.capability before every write (killpriv.go).
+	mopts.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
+	rawFS := fusefs.NewNodeFS(root, &fusefs.Options{
 		MountOptions:    mopts,
 		AttrTimeout:     &attr,
 		EntryTimeout:    &entry,
 		NegativeTimeout: &neg,
 		NullPermissions: true,
 	})
+	srv, err := fuse.NewServer(killPrivFS{rawFS}, mountpoint, &mopts)
 	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		// Serve ends by itself when the mount did not happen.
 		return nil, err
 	}
 	if opt.ReadAheadKB > 0 {

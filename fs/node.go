@@ -47,6 +47,11 @@ type Node struct {
 	// attribute, because this mount created it (O_EXCL) and no security.*
 	// attribute was set on it since. See Getxattr.
 	noCaps atomic.Bool
+
+	// noSetid: the file is known to have no mode bit an unprivileged
+	// write drops (killpriv.go); setidMu orders its updates.
+	setidMu sync.Mutex
+	noSetid atomic.Bool
 }
 
 func (n *Node) addOpen(f *fileHandle) {
@@ -180,8 +185,11 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 		// are accepted and dropped: with the writeback cache the kernel
 		// sends the mtime of written pages after the writes, unlinked or
 		// not, and keeps showing its own copy.
+		//
+		// FATTR_KILL_SUIDGID is dropped too: the mode went with the name.
 		const orphanOK = fuse.FATTR_SIZE | fuse.FATTR_FH | fuse.FATTR_LOCKOWNER |
-			fuse.FATTR_ATIME | fuse.FATTR_MTIME | fuse.FATTR_ATIME_NOW | fuse.FATTR_MTIME_NOW | fuse.FATTR_CTIME
+			fuse.FATTR_ATIME | fuse.FATTR_MTIME | fuse.FATTR_ATIME_NOW | fuse.FATTR_MTIME_NOW | fuse.FATTR_CTIME |
+			fuse.FATTR_KILL_SUIDGID
 		fh, ok := f.(*fileHandle)
 		if !ok {
 			fh = n.anyOpen()
@@ -210,8 +218,23 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 		}
 		return n.Getattr(ctx, fh, out)
 	}
+	// Set-id bits first, as the VFS drops them before a truncate or write
+	// goes ahead (killpriv.go).
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
+		if errno := n.killSetid(ctx, f, p); errno != 0 {
+			return errno
+		}
+	}
 	if mode, ok := in.GetMode(); ok {
-		if err := be.Chmod(ctx, p, mode&07777); err != nil {
+		n.setidMu.Lock()
+		err := be.Chmod(ctx, p, mode&07777)
+		if err == nil {
+			n.knowMode(mode)
+		} else {
+			n.noSetid.Store(false) // unknown: stat at the next kill
+		}
+		n.setidMu.Unlock()
+		if err != nil {
 			return volume.Errno(err)
 		}
 	}
