@@ -85,6 +85,11 @@ func (b *Backend) rel(op, name string) (string, error) {
 		return "", &os.PathError{Op: op, Path: name, Err: syscall.EPERM}
 	case name[0] == '/' || hasDotDot(name):
 		return "", &os.PathError{Op: op, Path: name, Err: syscall.EINVAL}
+	case len(name) >= unix.PathMax:
+		// What the kernel says of such a path in one call; the calls
+		// made relative to the parent (resolve.go) would otherwise take
+		// some of them and not others.
+		return "", &os.PathError{Op: op, Path: name, Err: syscall.ENAMETOOLONG}
 	}
 	return name, nil
 }
@@ -103,93 +108,107 @@ func hasDotDot(p string) bool {
 }
 
 func (b *Backend) Lstat(_ context.Context, name string, st *syscall.Stat_t) error {
-	p, err := b.rel("lstat", name)
-	if err != nil {
+	// The metadata directory and paths leaving the root do not exist as
+	// far as the mount can tell.
+	if _, err := b.rel("lstat", name); err != nil && !errors.Is(err, syscall.ENAMETOOLONG) {
 		return &os.PathError{Op: "lstat", Path: name, Err: syscall.ENOENT}
 	}
-	return wrap("lstat", name, fstatat(b.rootFd, p, st, unix.AT_SYMLINK_NOFOLLOW))
+	a, err := b.at("lstat", name)
+	if err != nil {
+		return err
+	}
+	defer a.done()
+	return wrap("lstat", name, fstatat(a.dirfd, a.leaf, st, unix.AT_SYMLINK_NOFOLLOW))
 }
 
 // setOwner gives a new entry its creator's ownership when we run as root
 // (the loopback convention: otherwise every file would belong to root).
-func (b *Backend) setOwner(op, name, p string, owner *backend.Owner) error {
+func (b *Backend) setOwner(op, name string, a atName, owner *backend.Owner) error {
 	if owner == nil || !b.asRoot {
 		return nil
 	}
-	return wrap(op, name, unix.Fchownat(b.rootFd, p, int(owner.Uid), int(owner.Gid), unix.AT_SYMLINK_NOFOLLOW))
+	return wrap(op, name, unix.Fchownat(a.dirfd, a.leaf, int(owner.Uid), int(owner.Gid), unix.AT_SYMLINK_NOFOLLOW))
 }
 
 func (b *Backend) Mkdir(_ context.Context, name string, mode uint32, owner *backend.Owner) error {
-	p, err := b.rel("mkdir", name)
+	a, err := b.at("mkdir", name)
 	if err != nil {
 		return err
 	}
-	if err := unix.Mkdirat(b.rootFd, p, mode); err != nil {
+	defer a.done()
+	if err := unix.Mkdirat(a.dirfd, a.leaf, mode); err != nil {
 		return wrap("mkdir", name, err)
 	}
-	return b.setOwner("mkdir", name, p, owner)
+	return b.setOwner("mkdir", name, a, owner)
 }
 
 func (b *Backend) Mknod(_ context.Context, name string, mode uint32, dev uint64, owner *backend.Owner) error {
-	p, err := b.rel("mknod", name)
+	a, err := b.at("mknod", name)
 	if err != nil {
 		return err
 	}
-	if err := unix.Mknodat(b.rootFd, p, mode, int(dev)); err != nil {
+	defer a.done()
+	if err := unix.Mknodat(a.dirfd, a.leaf, mode, int(dev)); err != nil {
 		return wrap("mknod", name, err)
 	}
-	return b.setOwner("mknod", name, p, owner)
+	return b.setOwner("mknod", name, a, owner)
 }
 
 func (b *Backend) Rmdir(_ context.Context, name string) error {
-	p, err := b.rel("rmdir", name)
+	a, err := b.at("rmdir", name)
 	if err != nil {
 		return err
 	}
-	return wrap("rmdir", name, unix.Unlinkat(b.rootFd, p, unix.AT_REMOVEDIR))
+	defer a.done()
+	return wrap("rmdir", name, unix.Unlinkat(a.dirfd, a.leaf, unix.AT_REMOVEDIR))
 }
 
 func (b *Backend) Unlink(_ context.Context, name string) error {
-	p, err := b.rel("unlink", name)
+	a, err := b.at("unlink", name)
 	if err != nil {
 		return err
 	}
-	return wrap("unlink", name, unix.Unlinkat(b.rootFd, p, 0))
+	defer a.done()
+	return wrap("unlink", name, unix.Unlinkat(a.dirfd, a.leaf, 0))
 }
 
 func (b *Backend) Rename(_ context.Context, from, to string, flags uint32) error {
-	p1, err := b.rel("rename", from)
+	a1, err := b.at("rename", from)
 	if err != nil {
 		return err
 	}
-	p2, err := b.rel("rename", to)
+	defer a1.done()
+	a2, err := b.at("rename", to)
 	if err != nil {
 		return err
 	}
-	return wrap("rename", from, unix.Renameat2(b.rootFd, p1, b.rootFd, p2, uint(flags)))
+	defer a2.done()
+	return wrap("rename", from, unix.Renameat2(a1.dirfd, a1.leaf, a2.dirfd, a2.leaf, uint(flags)))
 }
 
 func (b *Backend) Symlink(_ context.Context, target, name string, owner *backend.Owner) error {
-	p, err := b.rel("symlink", name)
+	a, err := b.at("symlink", name)
 	if err != nil {
 		return err
 	}
-	if err := unix.Symlinkat(target, b.rootFd, p); err != nil {
+	defer a.done()
+	if err := unix.Symlinkat(target, a.dirfd, a.leaf); err != nil {
 		return wrap("symlink", name, err)
 	}
-	return b.setOwner("symlink", name, p, owner)
+	return b.setOwner("symlink", name, a, owner)
 }
 
 func (b *Backend) Readlink(_ context.Context, name string) (string, error) {
-	p, err := b.rel("readlink", name)
+	a, err := b.at("readlink", name)
 	if err != nil {
 		return "", err
 	}
+	defer a.done()
 	// readlink(2) truncates silently: a target that fills the buffer may
 	// be longer, so grow until one does not.
 	for size := 256; ; size *= 2 {
 		buf := make([]byte, size)
-		n, err := unix.Readlinkat(b.rootFd, p, buf)
+		n, err := unix.Readlinkat(a.dirfd, a.leaf, buf)
 		if err != nil {
 			return "", wrap("readlink", name, err)
 		}
@@ -200,42 +219,47 @@ func (b *Backend) Readlink(_ context.Context, name string) (string, error) {
 }
 
 func (b *Backend) Link(_ context.Context, from, to string) error {
-	p1, err := b.rel("link", from)
+	a1, err := b.at("link", from)
 	if err != nil {
 		return err
 	}
-	p2, err := b.rel("link", to)
+	defer a1.done()
+	a2, err := b.at("link", to)
 	if err != nil {
 		return err
 	}
+	defer a2.done()
 	// Flags 0: like link(2), a symlink source is linked itself, not followed.
-	return wrap("link", to, unix.Linkat(b.rootFd, p1, b.rootFd, p2, 0))
+	return wrap("link", to, unix.Linkat(a1.dirfd, a1.leaf, a2.dirfd, a2.leaf, 0))
 }
 
 func (b *Backend) Chmod(_ context.Context, name string, mode uint32) error {
-	p, err := b.rel("chmod", name)
+	a, err := b.at("chmod", name)
 	if err != nil {
 		return err
 	}
-	// Flags 0 follows a final symlink, as chmod(2) does; fchmodat has no
-	// working AT_SYMLINK_NOFOLLOW before fchmodat2 (Linux 6.6), and a
-	// symlink's mode means nothing on Linux anyway.
-	return wrap("chmod", name, unix.Fchmodat(b.rootFd, p, mode, 0))
+	defer a.done()
+	// Never through a final symlink either: the entry may have been
+	// swapped for one (resolve.go); the kernel never asks to chmod a
+	// symlink of the mount itself.
+	return wrap("chmod", name, chmodNoFollow(a.dirfd, a.leaf, mode))
 }
 
 func (b *Backend) Lchown(_ context.Context, name string, uid, gid int) error {
-	p, err := b.rel("chown", name)
+	a, err := b.at("chown", name)
 	if err != nil {
 		return err
 	}
-	return wrap("chown", name, unix.Fchownat(b.rootFd, p, uid, gid, unix.AT_SYMLINK_NOFOLLOW))
+	defer a.done()
+	return wrap("chown", name, unix.Fchownat(a.dirfd, a.leaf, uid, gid, unix.AT_SYMLINK_NOFOLLOW))
 }
 
 func (b *Backend) Utimens(_ context.Context, name string, atime, mtime *time.Time) error {
-	p, err := b.rel("utimens", name)
+	a, err := b.at("utimens", name)
 	if err != nil {
 		return err
 	}
+	defer a.done()
 	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
 	if atime != nil {
 		ts[0] = unix.NsecToTimespec(atime.UnixNano())
@@ -243,7 +267,7 @@ func (b *Backend) Utimens(_ context.Context, name string, atime, mtime *time.Tim
 	if mtime != nil {
 		ts[1] = unix.NsecToTimespec(mtime.UnixNano())
 	}
-	return wrap("utimens", name, unix.UtimesNanoAt(b.rootFd, p, ts, unix.AT_SYMLINK_NOFOLLOW))
+	return wrap("utimens", name, unix.UtimesNanoAt(a.dirfd, a.leaf, ts, unix.AT_SYMLINK_NOFOLLOW))
 }
 
 func (b *Backend) Statfs(_ context.Context, st *syscall.Statfs_t) error {
@@ -266,7 +290,9 @@ func (b *Backend) Open(_ context.Context, name string, flags int, mode uint32, o
 	// with the netpoller (fcntl calls and a failing epoll_ctl per open, a
 	// real cost when cp -a creates thousands of files), and its FileMode
 	// conversion would drop the setuid/setgid/sticky bits of mode.
-	fd, err := openRetry(b.rootFd, p, flags|syscall.O_CLOEXEC, mode)
+	// No symlink anywhere on the way, the file itself included
+	// (resolve.go): the kernel opens only regular files through us.
+	fd, err := openBeneath(b.rootFd, p, flags, mode)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: name, Err: err}
 	}

@@ -1,0 +1,112 @@
+package local
+
+import (
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Paths inside the backing directory are resolved without following
+// symlinks in any directory on the way.
+//
+// The mount names entries by the paths go-fuse keeps for its inodes, and the
+// daemon (often root) acts on them later. A user of the mount can rename a
+// directory away and put a symlink in its place between the two, e.g. "d" ->
+// /etc: a plain openat(root, "d/passwd", O_RDWR) would then open /etc/passwd,
+// and a chmod, chown or unlink would act there too (the symlink-race class
+// of bugs gocryptfs fixed in 2.0). The kernel resolves every symlink of the
+// mount itself, so a path the daemon gets never legitimately crosses one:
+// directories are opened with openat2(2) RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS
+// (fails with ELOOP at a symlink, EXDEV on the way out), and the operation
+// then acts on the last component relative to that directory, with its own
+// no-follow flag.
+
+// resolveBeneath is the openat2 resolution for every path below the root.
+const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS
+
+// openBeneath is openat2(dirfd, p, flags, resolveBeneath). EAGAIN means a
+// rename elsewhere raced with the lookup (openat2(2)), EINTR a signal: both
+// are retried, a bounded number of times. Without openat2 (Linux before
+// 5.6) it falls back to openat with O_NOFOLLOW, which guards the last
+// component only.
+func openBeneath(dirfd int, p string, flags int, mode uint32) (int, error) {
+	how := unix.OpenHow{Flags: uint64(flags) | unix.O_CLOEXEC, Resolve: resolveBeneath}
+	if flags&(unix.O_CREAT|unix.O_TMPFILE) != 0 {
+		how.Mode = uint64(mode)
+	}
+	var err error
+	for range 64 {
+		var fd int
+		fd, err = unix.Openat2(dirfd, p, &how)
+		switch err {
+		case nil:
+			return fd, nil
+		case syscall.EINTR, syscall.EAGAIN:
+			continue
+		case syscall.ENOSYS:
+			return openRetry(dirfd, p, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
+		}
+		return -1, err
+	}
+	return -1, err
+}
+
+// atName is an entry as the *at calls take it: a directory descriptor and
+// the entry's name in it (no slash).
+type atName struct {
+	dirfd int
+	leaf  string
+	own   bool // dirfd was opened for this call and is closed by done
+}
+
+// at resolves the directory part of a volume path (see above) and returns
+// where the *at call acts. Entries directly in the root use the root's
+// descriptor, with no extra system call. Call done when finished.
+func (b *Backend) at(op, name string) (atName, error) {
+	p, err := b.rel(op, name)
+	if err != nil {
+		return atName{}, err
+	}
+	i := strings.LastIndexByte(p, '/')
+	if i < 0 {
+		return atName{dirfd: b.rootFd, leaf: p}, nil
+	}
+	fd, err := openBeneath(b.rootFd, p[:i], unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return atName{}, wrap(op, name, err)
+	}
+	return atName{dirfd: fd, leaf: p[i+1:], own: true}, nil
+}
+
+func (a atName) done() {
+	if a.own {
+		syscall.Close(a.dirfd)
+	}
+}
+
+// chmodNoFollow changes the mode of leaf in dirfd without following it if
+// it is a symlink (EOPNOTSUPP then: Linux symlinks have no mode of their
+// own). fchmodat2 (Linux 6.6) does it in one call; x/sys reports its absence
+// as EOPNOTSUPP too, so on that answer the entry is opened
+// O_PATH|O_NOFOLLOW, and a non-symlink is changed through its /proc
+// descriptor link.
+func chmodNoFollow(dirfd int, leaf string, mode uint32) error {
+	err := retry(func() error { return unix.Fchmodat(dirfd, leaf, mode, unix.AT_SYMLINK_NOFOLLOW) })
+	if err != syscall.EOPNOTSUPP {
+		return err
+	}
+	fd, err := openRetry(dirfd, leaf, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := retry(func() error { return syscall.Fstat(fd, &st) }); err != nil {
+		return err
+	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFLNK {
+		return syscall.EOPNOTSUPP
+	}
+	return retry(func() error { return syscall.Chmod(procFd(fd), mode) })
+}
