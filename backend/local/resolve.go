@@ -32,8 +32,10 @@ const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS
 // component only.
 func openBeneath(dirfd int, p string, flags int, mode uint32) (int, error) {
 	how := unix.OpenHow{Flags: uint64(flags) | unix.O_CLOEXEC, Resolve: resolveBeneath}
+	// openat2 refuses what openat ignores: a mode without O_CREAT, and
+	// file-type bits in it (the mode of a FUSE CREATE has S_IFREG).
 	if flags&(unix.O_CREAT|unix.O_TMPFILE) != 0 {
-		how.Mode = uint64(mode)
+		how.Mode = uint64(mode & 07777)
 	}
 	var err error
 	for range 64 {

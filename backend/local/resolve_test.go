@@ -126,7 +126,8 @@ func TestOperationsBelowRealDirectories(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f, err := b.Open(ctx, "a/b/c/f", os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644, nil)
+	// The mode as FUSE's CREATE passes it, with the file type.
+	f, err := b.Open(ctx, "a/b/c/f", os.O_RDWR|os.O_CREATE|os.O_EXCL, syscall.S_IFREG|0o644, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
