@@ -16,6 +16,13 @@
 # read once more so that its own disk reads are not part of any row. Zeros are
 # a fair write payload: none of the three encrypting filesystems compresses.
 #
+# A fifth column, gofuse, is go-fuse's own example loopback filesystem (the
+# FUSE library kmsfs is built on) passing the same operations straight to
+# a backing directory, without encryption: the floor of what a Go FUSE
+# daemon costs per request on this machine, beside which kmsfs's own costs
+# (crypto, headers, keys) can be read. It is built from the go-fuse module
+# kmsfs pins.
+#
 # Each row runs on all filesystems back to back (row-major), in an order that
 # rotates from row to row, so that a burst of load from elsewhere on a shared
 # machine hits the filesystems of one row alike. The table gives medians; the
@@ -39,7 +46,7 @@ Usage: bench/compare.sh [flags]
   --repeat N        repetitions per measurement; the table shows the median (default 3)
   --size MIB        sequential write/read size in MiB (default 512)
   --files N         files in the generated source tree (default 10000)
-  --fs LIST         comma-separated subset of ext4,kmsfs,gocryptfs,securefs (default all)
+  --fs LIST         comma-separated subset of ext4,kmsfs,gocryptfs,securefs,gofuse (default all)
   --mode MODE       kmsfs key mode for init: per-object (default) or bucket-key
   --kmsfs-bin PATH  use this kmsfs binary instead of building ./cmd/kmsfs
   --kmsfs-flags STR extra `kmsfs mount` flags, split on spaces (e.g. "--writeback-cache=false")
@@ -58,7 +65,7 @@ SCRATCH=${KMSFS_BENCH_DIR:-/var/tmp/kmsfs-bench}
 REPEAT=3
 SIZE_MIB=512
 FILES=10000
-FSLIST=ext4,kmsfs,gocryptfs,securefs
+FSLIST=ext4,kmsfs,gocryptfs,securefs,gofuse
 MODE=per-object
 KMSFS_BIN=
 KMSFS_FLAGS=
@@ -93,7 +100,7 @@ die() { log "error: $*"; exit 1; }
 [[ $PROFILE =~ ^(none|perf|pprof|auto)$ ]] || die "--profile wants none, perf, pprof or auto"
 IFS=, read -r -a FSS <<<"$FSLIST"
 for f in "${FSS[@]}"; do
-	[[ $f =~ ^(ext4|kmsfs|gocryptfs|securefs)$ ]] || die "--fs: unknown filesystem $f"
+	[[ $f =~ ^(ext4|kmsfs|gocryptfs|securefs|gofuse)$ ]] || die "--fs: unknown filesystem $f"
 done
 has_fs() { [[ ,$FSLIST, == *,$1,* ]]; }
 
@@ -179,6 +186,16 @@ if has_fs kmsfs; then
 	[[ -x $KMSFS_BIN ]] || die "$KMSFS_BIN is not executable"
 fi
 
+# go-fuse's example loopback, from the module version kmsfs builds with.
+GOFUSE_BIN=
+if has_fs gofuse; then
+	GOFUSE_BIN=$SCRATCH/bin/gofuse-loopback
+	mkdir -p "$SCRATCH/bin"
+	log "building go-fuse's example loopback"
+	(cd "$REPO" && go build -o "$GOFUSE_BIN" github.com/hanwen/go-fuse/v2/example/loopback) >&2 ||
+		die "go build github.com/hanwen/go-fuse/v2/example/loopback failed"
+fi
+
 # --- samples file and report ----------------------------------------------------
 # write_report renders the samples (also on interrupt, from cleanup).
 write_report() {
@@ -217,6 +234,7 @@ meta pkg_fuse3 "$(pkgver fuse3)"
 meta pkg_gocryptfs "$(pkgver gocryptfs)"
 meta pkg_securefs "$(pkgver securefs)"
 meta pkg_rsync "$(pkgver rsync)"
+meta gofuse_version "$(cd "$REPO" && go list -m -f '{{.Version}}' github.com/hanwen/go-fuse/v2 2>/dev/null)"
 meta kmsfs_commit "$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD -- . 2>/dev/null || echo ' (+ uncommitted changes in the work tree)')"
 meta kmsfs_build_tags "$BUILD_TAGS"
 meta kmsfs_mode "$MODE"
@@ -268,6 +286,7 @@ fs_prepare() {
 		mkdir -p "$d/cipher" && gocryptfs -init -extpass "echo $PW" -q "$d/cipher" >"$d/init.log" 2>&1 ;;
 	securefs)
 		mkdir -p "$d/cipher" && securefs create --pass "$PW" "$d/cipher" >"$d/init.log" 2>&1 ;;
+	gofuse) mkdir -p "$d/back" ;;
 	esac
 }
 
@@ -286,6 +305,10 @@ fs_mount() {
 		# -b: run in the background (without it securefs stays attached);
 		# --log keeps its messages off syslog. Poll until the mount is there.
 		securefs mount -b --pass "$PW" --log "$d/mount.log" "$d/cipher" "$m" >>"$d/mount.err" 2>&1 || return 1 ;;
+	gofuse)
+		# It stays attached: run it in the background, in its own session.
+		setsid "$GOFUSE_BIN" -q -directmount "$m" "$d/back" >>"$d/mount.log" 2>>"$d/mount.err" </dev/null &
+		;;
 	esac
 	wait_mounted "$m" 30 || return 1
 	DAEMON_PID[$fs]=$(daemon_pid "$m")
@@ -305,16 +328,18 @@ KMSFS_MOUNT_EXTRA=("${KMSFS_FLAGS_ARR[@]}")
 declare -A DAEMON_PID=() READ_AHEAD_KB=()
 
 # daemon_pid MNT: the FUSE server serving MNT (kmsfs, gocryptfs and securefs
-# all keep the mountpoint as their last argument). Builtins only: it scans
-# every process of a busy machine.
+# all keep the mountpoint as their last argument, go-fuse's loopback as the
+# one before). Builtins only: it scans every process of a busy machine.
 daemon_pid() {
 	local p args
 	for p in /proc/[0-9]*; do
 		# 2>/dev/null first: a process that exits mid-scan fails the redirection.
 		mapfile -d '' args 2>/dev/null <"$p/cmdline" || continue
 		((${#args[@]} > 1)) || continue
-		[[ ${args[-1]} == "$1" ]] || continue
-		case ${args[0]##*/} in kmsfs* | gocryptfs | securefs) echo "${p#/proc/}"; return 0 ;; esac
+		case ${args[0]##*/} in
+		kmsfs* | gocryptfs | securefs) [[ ${args[-1]} == "$1" ]] && { echo "${p#/proc/}"; return 0; } ;;
+		gofuse-loopback) [[ ${args[-2]} == "$1" ]] && { echo "${p#/proc/}"; return 0; } ;; # MNT ORIG
+		esac
 	done
 	return 1
 }
