@@ -2,7 +2,12 @@
 // PutObject and one GetObject of the same bytes with aws-sdk-go-v2, the
 // baseline the kmsfs S3 mount is compared with (bench/s3/run.sh).
 //
-//	rawsdk -endpoint http://127.0.0.1:7070 -bucket b -key k -file data
+//	rawsdk -endpoint http://127.0.0.1:7070 -bucket b -key k -file data [-cold]
+//
+// With -cold (root only) the page cache is dropped between the two, so that
+// the server reads the object from disk, as it does for the cold read of the
+// kmsfs mount it is compared with; without it the GET is served from the
+// pages the PUT just wrote.
 //
 // It prints one JSON line: {"bytes":N,"put_s":..,"get_s":..,"put_mbps":..,"get_mbps":..}.
 package main
@@ -15,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -27,14 +33,15 @@ func main() {
 	bucket := flag.String("bucket", "", "bucket")
 	key := flag.String("key", "rawsdk/object", "object key")
 	file := flag.String("file", "", "file whose bytes are uploaded")
+	cold := flag.Bool("cold", false, "drop the page cache between PUT and GET (needs root)")
 	flag.Parse()
-	if err := run(context.Background(), *endpoint, *bucket, *key, *file); err != nil {
+	if err := run(context.Background(), *endpoint, *bucket, *key, *file, *cold); err != nil {
 		fmt.Fprintln(os.Stderr, "rawsdk:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, endpoint, bucket, key, file string) error {
+func run(ctx context.Context, endpoint, bucket, key, file string, cold bool) error {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return err
@@ -62,6 +69,12 @@ func run(ctx context.Context, endpoint, bucket, key, file string) error {
 		return fmt.Errorf("put: %w", err)
 	}
 	put := time.Since(start)
+	if cold {
+		syscall.Sync()
+		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+			return fmt.Errorf("drop caches: %w", err)
+		}
+	}
 	start = time.Now()
 	out, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
 	if err != nil {
