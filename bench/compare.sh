@@ -16,12 +16,12 @@
 # read once more so that its own disk reads are not part of any row. Zeros are
 # a fair write payload: none of the three encrypting filesystems compresses.
 #
-# A fifth column, gofuse, is go-fuse's own example loopback filesystem (the
-# FUSE library kmsfs is built on) passing the same operations straight to
-# a backing directory, without encryption: the floor of what a Go FUSE
-# daemon costs per request on this machine, beside which kmsfs's own costs
-# (crypto, headers, keys) can be read. It is built from the go-fuse module
-# kmsfs pins.
+# A fifth column, gofuse, is go-fuse's loopback node tree (the FUSE library
+# kmsfs is built on) passing the same operations to a backing directory,
+# without encryption, mounted with kmsfs's settings and FUSE passthrough off
+# (bench/gofuse-loopback): the floor of what a Go FUSE daemon costs per
+# request on this machine, beside which kmsfs's own costs (crypto, headers,
+# keys) can be read.
 #
 # Each row runs on all filesystems back to back (row-major), in an order that
 # rotates from row to row, so that a burst of load from elsewhere on a shared
@@ -186,14 +186,14 @@ if has_fs kmsfs; then
 	[[ -x $KMSFS_BIN ]] || die "$KMSFS_BIN is not executable"
 fi
 
-# go-fuse's example loopback, from the module version kmsfs builds with.
+# go-fuse's loopback with kmsfs's mount settings, passthrough off.
 GOFUSE_BIN=
 if has_fs gofuse; then
 	GOFUSE_BIN=$SCRATCH/bin/gofuse-loopback
 	mkdir -p "$SCRATCH/bin"
-	log "building go-fuse's example loopback"
-	(cd "$REPO" && go build -o "$GOFUSE_BIN" github.com/hanwen/go-fuse/v2/example/loopback) >&2 ||
-		die "go build github.com/hanwen/go-fuse/v2/example/loopback failed"
+	log "building bench/gofuse-loopback"
+	(cd "$REPO" && go build -o "$GOFUSE_BIN" ./bench/gofuse-loopback) >&2 ||
+		die "go build ./bench/gofuse-loopback failed"
 fi
 
 # --- samples file and report ----------------------------------------------------
@@ -307,7 +307,7 @@ fs_mount() {
 		securefs mount -b --pass "$PW" --log "$d/mount.log" "$d/cipher" "$m" >>"$d/mount.err" 2>&1 || return 1 ;;
 	gofuse)
 		# It stays attached: run it in the background, in its own session.
-		setsid "$GOFUSE_BIN" -q -directmount "$m" "$d/back" >>"$d/mount.log" 2>>"$d/mount.err" </dev/null &
+		setsid "$GOFUSE_BIN" "$m" "$d/back" >>"$d/mount.log" 2>>"$d/mount.err" </dev/null &
 		;;
 	esac
 	wait_mounted "$m" 30 || return 1
