@@ -122,6 +122,19 @@ func (v *mountVolume) path(name string) string { return filepath.Join(v.mnt, nam
 // backing is name inside the backing directory.
 func (v *mountVolume) backing(name string) string { return filepath.Join(v.vault, name) }
 
+// letOthersReach makes the directories above the mount point traversable
+// (the tests' temporary directories are 0700), so that another user can
+// reach the mount point; whether the mount lets them in is --allow-other's
+// business.
+func (v *mountVolume) letOthersReach() {
+	v.t.Helper()
+	for d := filepath.Dir(v.mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			v.t.Fatal(err)
+		}
+	}
+}
+
 // mount runs `kmsfs mount` (which returns once the mount is up) with extra
 // flags before the positional arguments.
 func (v *mountVolume) mount(extra ...string) {

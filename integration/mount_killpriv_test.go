@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
 )
@@ -13,18 +12,14 @@ import (
 // without CAP_FSETID drops S_ISUID, and S_ISGID when the file is group
 // executable, as on ext4. kmsfs does it itself (FUSE_HANDLE_KILLPRIV_V2,
 // fs/killpriv.go); root keeps the bits; a chmod that sets them again is seen
-// by the next write; a file written many times is checked once for
-// security.capability but still loses a capability set after a write.
+// by the next write; a file written in many requests loses them at the
+// first. (File capabilities: TestMountFileCapabilities.)
 func TestMountKillSetid(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to act as another user")
 	}
 	v := mountNewVolume(t)
-	for d := filepath.Dir(v.mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	v.letOthersReach()
 	v.mount("--allow-other")
 	if err := os.Chmod(v.mnt, 0o777); err != nil {
 		t.Fatal(err)

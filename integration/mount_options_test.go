@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -184,12 +183,7 @@ func TestMountAllowOther(t *testing.T) {
 		t.Skip("needs root to act as another user")
 	}
 	v := mountNewVolume(t)
-	// Let uid 65534 reach the mount point through the test's temp dirs.
-	for d := filepath.Dir(v.mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	v.letOthersReach()
 	asNobody := func(args ...string) error {
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
