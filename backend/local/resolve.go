@@ -31,7 +31,7 @@ const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS
 // 5.6) it falls back to openat with O_NOFOLLOW, which guards the last
 // component only.
 func openBeneath(dirfd int, p string, flags int, mode uint32) (int, error) {
-	how := unix.OpenHow{Flags: uint64(flags) | unix.O_CLOEXEC, Resolve: resolveBeneath}
+	how := unix.OpenHow{Flags: uint64(flags&validOpenFlags) | unix.O_CLOEXEC, Resolve: resolveBeneath}
 	// openat2 refuses what openat ignores: a mode without O_CREAT, and
 	// file-type bits in it (the mode of a FUSE CREATE has S_IFREG).
 	if flags&(unix.O_CREAT|unix.O_TMPFILE) != 0 {
@@ -53,6 +53,16 @@ func openBeneath(dirfd int, p string, flags int, mode uint32) (int, error) {
 	}
 	return -1, err
 }
+
+// validOpenFlags are the flags open(2) knows (the kernel's
+// VALID_OPEN_FLAGS). openat drops any other bit silently; openat2 refuses
+// the call. FUSE hands on the opener's f_flags, which can carry the
+// kernel's internal bits (__FMODE_EXEC for an exec, __FMODE_NONOTIFY for a
+// fanotify listener's open).
+const validOpenFlags = unix.O_ACCMODE | unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY |
+	unix.O_TRUNC | unix.O_APPEND | unix.O_NONBLOCK | unix.O_SYNC | unix.O_DSYNC |
+	unix.O_ASYNC | unix.O_DIRECT | unix.O_LARGEFILE | unix.O_DIRECTORY | unix.O_NOFOLLOW |
+	unix.O_NOATIME | unix.O_CLOEXEC | unix.O_PATH | unix.O_TMPFILE
 
 // atName is an entry as the *at calls take it: a directory descriptor and
 // the entry's name in it (no slash).
