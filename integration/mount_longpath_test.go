@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strconv"
@@ -202,5 +204,91 @@ func TestMountLongPaths(t *testing.T) {
 	}
 	if err := unix.Fstatat(vault, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != syscall.ENOENT {
 		t.Fatalf("backing file after unlink: %v, want ENOENT", err)
+	}
+}
+
+// A process whose working directory is deep inside the mount can name
+// entries more than PATH_MAX bytes below the mount root: each system call's
+// own path is short, only the whole is long. ext4 takes such trees, and so
+// does kmsfs (the backend resolves the path in pieces). The test walks down
+// by directory descriptors, as such a process does, and reads its file back
+// after a remount.
+func TestMountPathsDeeperThanPathMax(t *testing.T) {
+	v := mountNewVolume(t)
+	v.mount()
+	const levels, compLen = 25, 200 // 25 × 201 = 5,025 bytes below the root
+	comp := func(i int) string { return strings.Repeat(string(rune('a'+i%26)), compLen) }
+	// walk opens the directory chain from the mount root, creating it with
+	// create, and returns a descriptor of the deepest directory.
+	walk := func(create bool) int {
+		t.Helper()
+		fd, err := unix.Open(v.mnt, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range levels {
+			if create {
+				if err := unix.Mkdirat(fd, comp(i), 0o755); err != nil {
+					t.Fatalf("mkdir at depth %d (%d bytes below the root): %v", i, (i+1)*(compLen+1), err)
+				}
+			}
+			next, err := unix.Openat(fd, comp(i), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			unix.Close(fd)
+			if err != nil {
+				t.Fatalf("open at depth %d: %v", i, err)
+			}
+			fd = next
+		}
+		return fd
+	}
+	deep := walk(true)
+	plain := bytes.Repeat([]byte("deep below "), 3000)
+	fd, err := unix.Openat(deep, "f", unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		t.Fatalf("create %d bytes below the root: %v", levels*(compLen+1)+1, err)
+	}
+	f := os.NewFile(uintptr(fd), "deep")
+	if _, err := f.Write(plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Renameat(deep, "f", deep, "g"); err != nil {
+		t.Fatalf("rename: %v", err)
+	}
+	if err := unix.Symlinkat("g", deep, "s"); err != nil {
+		t.Fatalf("symlink: %v", err)
+	}
+	if err := unix.Setxattr(fmt.Sprintf("/proc/self/fd/%d/g", deep), "user.k", []byte("v"), 0); err != nil {
+		t.Fatalf("setxattr: %v", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(deep, "g", &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Size != int64(len(plain)) {
+		t.Fatalf("stat: size %d, %v; want %d", st.Size, err, len(plain))
+	}
+	unix.Close(deep)
+
+	v.remount()
+	deep = walk(false)
+	defer unix.Close(deep)
+	fd, err = unix.Openat(deep, "s", unix.O_RDONLY|unix.O_CLOEXEC, 0) // through the symlink
+	if err != nil {
+		t.Fatalf("reopen after remount: %v", err)
+	}
+	rf := os.NewFile(uintptr(fd), "deep")
+	got, err := io.ReadAll(rf)
+	rf.Close()
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("read back %d bytes, %v; want the %d written", len(got), err, len(plain))
+	}
+	buf := make([]byte, 8)
+	if n, err := unix.Getxattr(fmt.Sprintf("/proc/self/fd/%d/g", deep), "user.k", buf); err != nil || string(buf[:n]) != "v" {
+		t.Fatalf("getxattr after remount: %q, %v", buf[:max(n, 0)], err)
+	}
+	for _, n := range []string{"s", "g"} {
+		if err := unix.Unlinkat(deep, n, 0); err != nil {
+			t.Fatalf("unlink %s: %v", n, err)
+		}
 	}
 }

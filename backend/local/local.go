@@ -85,11 +85,6 @@ func (b *Backend) rel(op, name string) (string, error) {
 		return "", &os.PathError{Op: op, Path: name, Err: syscall.EPERM}
 	case name[0] == '/' || hasDotDot(name):
 		return "", &os.PathError{Op: op, Path: name, Err: syscall.EINVAL}
-	case len(name) >= unix.PathMax:
-		// What the kernel says of such a path in one call; the calls
-		// made relative to the parent (resolve.go) would otherwise take
-		// some of them and not others.
-		return "", &os.PathError{Op: op, Path: name, Err: syscall.ENAMETOOLONG}
 	}
 	return name, nil
 }
@@ -110,7 +105,7 @@ func hasDotDot(p string) bool {
 func (b *Backend) Lstat(_ context.Context, name string, st *syscall.Stat_t) error {
 	// The metadata directory and paths leaving the root do not exist as
 	// far as the mount can tell.
-	if _, err := b.rel("lstat", name); err != nil && !errors.Is(err, syscall.ENAMETOOLONG) {
+	if _, err := b.rel("lstat", name); err != nil {
 		return &os.PathError{Op: "lstat", Path: name, Err: syscall.ENOENT}
 	}
 	a, err := b.at("lstat", name)
@@ -292,7 +287,7 @@ func (b *Backend) Open(_ context.Context, name string, flags int, mode uint32, o
 	// conversion would drop the setuid/setgid/sticky bits of mode.
 	// No symlink anywhere on the way, the file itself included
 	// (resolve.go): the kernel opens only regular files through us.
-	fd, err := openBeneath(b.rootFd, p, flags, mode)
+	fd, err := b.openPath(p, flags, mode)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: name, Err: err}
 	}

@@ -20,7 +20,7 @@ func (b *Backend) ReadDir(_ context.Context, name string) ([]backend.DirEntry, e
 	if err != nil {
 		return nil, err
 	}
-	fd, err := openBeneath(b.rootFd, p, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	fd, err := b.openPath(p, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return nil, wrap("readdir", name, err)
 	}

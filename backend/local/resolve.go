@@ -84,11 +84,62 @@ func (b *Backend) at(op, name string) (atName, error) {
 	if i < 0 {
 		return atName{dirfd: b.rootFd, leaf: p}, nil
 	}
-	fd, err := openBeneath(b.rootFd, p[:i], unix.O_PATH|unix.O_DIRECTORY, 0)
+	fd, err := openDirBeneath(b.rootFd, p[:i])
 	if err != nil {
 		return atName{}, wrap(op, name, err)
 	}
 	return atName{dirfd: fd, leaf: p[i+1:], own: true}, nil
+}
+
+// openDirBeneath opens directory p below dirfd O_PATH (p relative, without
+// ".." components: rel checked). A path the kernel would refuse in one
+// call, PATH_MAX bytes or more, is resolved in pieces, each from the
+// directory the previous one reached and under the same no-symlink rule:
+// a process whose working directory is deep inside the mount can name
+// entries more than PATH_MAX bytes below its root, as on ext4.
+func openDirBeneath(dirfd int, p string) (int, error) {
+	fd, own := dirfd, false
+	defer func() {
+		if own {
+			syscall.Close(fd)
+		}
+	}()
+	for len(p) >= unix.PathMax {
+		// Components are at most NAME_MAX (255) bytes, so a piece of
+		// PATH_MAX-1 bytes always ends at a slash.
+		i := strings.LastIndexByte(p[:unix.PathMax-1], '/')
+		if i <= 0 {
+			return -1, syscall.ENAMETOOLONG
+		}
+		next, err := openBeneath(fd, p[:i], unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return -1, err
+		}
+		if own {
+			syscall.Close(fd)
+		}
+		fd, own = next, true
+		p = p[i+1:]
+	}
+	return openBeneath(fd, p, unix.O_PATH|unix.O_DIRECTORY, 0)
+}
+
+// openPath opens the entry at volume path p (from rel) with flags: in one
+// openat2 call, or below its resolved directory when p is too long for one.
+func (b *Backend) openPath(p string, flags int, mode uint32) (int, error) {
+	if len(p) < unix.PathMax {
+		return openBeneath(b.rootFd, p, flags, mode)
+	}
+	i := strings.LastIndexByte(p, '/')
+	if i < 0 {
+		return -1, syscall.ENAMETOOLONG // one component longer than NAME_MAX
+	}
+	dir, err := openDirBeneath(b.rootFd, p[:i])
+	if err != nil {
+		return -1, err
+	}
+	defer syscall.Close(dir)
+	return openBeneath(dir, p[i+1:], flags, mode)
 }
 
 func (a atName) done() {

@@ -36,7 +36,7 @@ func (b *Backend) openXattrTarget(op, name string) (xattrTarget, error) {
 	if i < 0 {
 		return xattrTarget{path: procFd(b.rootFd) + "/" + p, parent: -1}, nil
 	}
-	dir, err := openBeneath(b.rootFd, p[:i], unix.O_PATH|unix.O_DIRECTORY, 0)
+	dir, err := openDirBeneath(b.rootFd, p[:i])
 	if err != nil {
 		return xattrTarget{}, wrap(op, name, err)
 	}
