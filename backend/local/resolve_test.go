@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -168,5 +169,48 @@ func TestOperationsBelowRealDirectories(t *testing.T) {
 	}
 	if err := b.Rmdir(ctx, "a/b/c"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The same below a path longer than PATH_MAX, resolved in pieces: a
+// directory in the last piece swapped for a symlink stops every call.
+func TestSymlinkDeepInALongPathIsNotFollowed(t *testing.T) {
+	ctx := context.Background()
+	b := newBackendAt(t, 0)
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("not yours"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := makeDeepDir(t, b, 2*pathMax, 100)
+	if len(dir) < pathMax {
+		t.Fatalf("directory path of %d bytes: not the case under test", len(dir))
+	}
+	moved := dir[:strings.LastIndexByte(dir, '/')] + "/moved"
+	if err := b.Rename(ctx, dir, moved, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Symlink(ctx, outside, dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	name := dir + "/victim"
+	var st syscall.Stat_t
+	errs := map[string]error{
+		"lstat":  b.Lstat(ctx, name, &st),
+		"chmod":  b.Chmod(ctx, name, 0o666),
+		"unlink": b.Unlink(ctx, name),
+	}
+	_, errs["open"] = b.Open(ctx, name, os.O_RDWR|os.O_TRUNC, 0, nil)
+	_, errs["readdir"] = b.ReadDir(ctx, dir)
+	for op, err := range errs {
+		if e := errno(err); e != syscall.ELOOP && e != syscall.ENOTDIR {
+			t.Errorf("%s below a swapped directory %d bytes down: %v, want ELOOP", op, len(dir), err)
+		}
+	}
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "not yours" {
+		t.Errorf("victim: %q, %v", b, err)
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("victim mode: %v, %v", fi, err)
 	}
 }
