@@ -18,11 +18,7 @@ import (
 func TestSymlinkInPlaceOfADirectoryIsNotFollowed(t *testing.T) {
 	ctx := context.Background()
 	b := newBackendAt(t, 0)
-	outside := t.TempDir()
-	victim := filepath.Join(outside, "victim")
-	if err := os.WriteFile(victim, []byte("not yours"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	outside, victim := outsideVictim(t)
 	if err := os.Mkdir(filepath.Join(outside, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -177,11 +173,7 @@ func TestOperationsBelowRealDirectories(t *testing.T) {
 func TestSymlinkDeepInALongPathIsNotFollowed(t *testing.T) {
 	ctx := context.Background()
 	b := newBackendAt(t, 0)
-	outside := t.TempDir()
-	victim := filepath.Join(outside, "victim")
-	if err := os.WriteFile(victim, []byte("not yours"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	outside, victim := outsideVictim(t)
 	dir := makeDeepDir(t, b, 2*pathMax, 100)
 	if len(dir) < pathMax {
 		t.Fatalf("directory path of %d bytes: not the case under test", len(dir))
@@ -213,4 +205,16 @@ func TestSymlinkDeepInALongPathIsNotFollowed(t *testing.T) {
 	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("victim mode: %v, %v", fi, err)
 	}
+}
+
+// outsideVictim makes a directory outside any backend root holding one file
+// (mode 0600, "not yours") that a symlink in the backing tree may point at.
+func outsideVictim(t *testing.T) (dir, victim string) {
+	t.Helper()
+	dir = t.TempDir()
+	victim = filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("not yours"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir, victim
 }
