@@ -4,7 +4,6 @@ import (
 	"context"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,36 +17,24 @@ import (
 // the descriptor, not through the backing root's path.
 type xattrTarget struct {
 	path   string
-	follow bool // path is the root's descriptor link itself, which must be followed
-	parent int  // descriptor to close, or -1
+	follow bool   // path is the root's descriptor link itself, which must be followed
+	dir    atName // the parent directory, closed by close
 }
 
 func (b *Backend) openXattrTarget(op, name string) (xattrTarget, error) {
-	p, err := b.rel(op, name)
+	a, err := b.at(op, name)
 	if err != nil {
 		return xattrTarget{}, err
 	}
-	if p == "." {
+	if a.leaf == "." {
 		// The magic link /proc/self/fd/N resolves to the directory the
 		// descriptor names; the l* calls would act on the link itself.
-		return xattrTarget{path: procFd(b.rootFd), follow: true, parent: -1}, nil
+		return xattrTarget{path: procFd(a.dirfd), follow: true, dir: a}, nil
 	}
-	i := strings.LastIndexByte(p, '/')
-	if i < 0 {
-		return xattrTarget{path: procFd(b.rootFd) + "/" + p, parent: -1}, nil
-	}
-	dir, err := openDirBeneath(b.rootFd, p[:i])
-	if err != nil {
-		return xattrTarget{}, wrap(op, name, err)
-	}
-	return xattrTarget{path: procFd(dir) + "/" + p[i+1:], parent: dir}, nil
+	return xattrTarget{path: procFd(a.dirfd) + "/" + a.leaf, dir: a}, nil
 }
 
-func (t xattrTarget) close() {
-	if t.parent >= 0 {
-		syscall.Close(t.parent)
-	}
-}
+func (t xattrTarget) close() { t.dir.done() }
 
 func procFd(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
