@@ -95,6 +95,8 @@ func (m *metaKey) xattrAEAD(ctx context.Context, v *Volume) (cipher.AEAD, error)
 	if m.aead != nil {
 		return m.aead, nil
 	}
+	ctx, cancel := detachKeyWork(ctx)
+	defer cancel()
 	plain, _, err := v.keys.Decrypt(ctx, v.cfg.KeyID, v.cfg.WrappedMetaKey, metaContext(v.cfg.VolumeID))
 	if err != nil {
 		return nil, fmt.Errorf("unwrap volume metadata key: %w", err)

@@ -266,14 +266,7 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 	if st.keys != nil {
 		return st.keys, nil
 	}
-	// A FUSE request is interrupted (its context cancelled) whenever the
-	// calling thread gets any signal, Go's own preemption signals included,
-	// and applications do not expect EINTR from read(2) or write(2) on a
-	// regular file. So the KMS work for a file's key runs on a context
-	// detached from the request, bounded by its own timeout: throttling is
-	// waited out, not surfaced. (The key is shared by every handle of the
-	// file, so one caller's interrupt must not fail the others either.)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyTimeout)
+	ctx, cancel := detachKeyWork(ctx)
 	defer cancel()
 	cs, err := h.cipherSize()
 	if err != nil {
@@ -306,8 +299,23 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 	return keys, nil
 }
 
-// keyTimeout bounds the KMS work for a file's key once it is detached from
-// the request (see fileKeys).
+// detachKeyWork gives the KMS work for a shared key (a file's data key, the
+// volume's metadata key) a context of its own. A FUSE request is interrupted
+// (its context cancelled) whenever the calling thread gets any signal, Go's
+// own preemption signals and SIGCHLD included, and applications do not
+// expect EINTR from read(2), write(2) or getxattr(2) on a regular file: the
+// kernel passes the daemon's EINTR straight back, SA_RESTART or not, which is
+// why libfuse leaves interrupts off unless mounted with -o intr. So the work
+// runs detached from the request, bounded by keyTimeout: throttling is waited
+// out, not surfaced, and the key it yields is cached for the retry. The key
+// is shared by every handle of the file (or every file, for the metadata
+// key), so one caller's interrupt must not fail the others either.
+func detachKeyWork(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), keyTimeout)
+}
+
+// keyTimeout bounds the KMS work for a shared key once it is detached from
+// the request.
 const keyTimeout = 2 * time.Minute
 
 // newHeader creates a file's key and writes its header.

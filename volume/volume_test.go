@@ -515,3 +515,67 @@ func TestTruncateBeyondMaxIsEFBIG(t *testing.T) {
 		t.Fatalf("size %d after refused growth", size)
 	}
 }
+
+// reopen opens the same vault again with an empty key cache, as a new mount
+// would, so the next key use has to reach the KMS.
+func (tv *testVol) reopen(t *testing.T) *testVol {
+	t.Helper()
+	be, err := local.New(tv.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck := &countingKMS{Crypto: tv.ks}
+	cache, err := keycache.New(ck, keycache.DefaultLimits(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	v, err := Open(context.Background(), be, Options{Keys: cache, PrefetchMax: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testVol{Volume: v, dir: tv.dir, ks: tv.ks, kms: ck, keyID: tv.keyID}
+}
+
+// TestInterruptedRequestStillGetsItsKey: the kernel interrupts a FUSE request
+// (cancelling its context) whenever the caller gets any signal, and passes an
+// EINTR reply straight back to getxattr(2) or read(2). A CI run failed that
+// way: a Go test's getxattr of a user xattr on a remote-KMS mount got EINTR
+// while the volume's metadata key was being unwrapped under throttling. The
+// KMS work for a shared key must therefore finish whatever the request's
+// context says, for the metadata key, a new file's key and an existing one's.
+func TestInterruptedRequestStillGetsItsKey(t *testing.T) {
+	for _, mode := range []envelope.Mode{envelope.ModePerObject, envelope.ModeBucketKey} {
+		t.Run(mode.String(), func(t *testing.T) {
+			interrupted, cancel := context.WithCancel(context.Background())
+			cancel()
+			tv := newTestVolume(t, mode)
+			stored, err := tv.SealXattr(interrupted, "user.note", []byte("kept"))
+			if err != nil {
+				t.Fatalf("seal an xattr in an interrupted request: %v (errno %v)", err, Errno(err))
+			}
+			h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+			if _, err := h.WriteAt(interrupted, []byte("data"), 0); err != nil {
+				t.Fatalf("first write in an interrupted request: %v (errno %v)", err, Errno(err))
+			}
+			if err := h.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			fresh := tv.reopen(t)
+			if got, err := fresh.OpenXattr(interrupted, "user.note", stored); err != nil || string(got) != "kept" {
+				t.Fatalf("open an xattr in an interrupted request: %q, %v (errno %v)", got, err, Errno(err))
+			}
+			h = fresh.open(t, "f", syscall.O_RDONLY)
+			defer h.Close()
+			buf := make([]byte, 16)
+			n, err := h.ReadAt(interrupted, buf, 0)
+			if err != nil && !errors.Is(err, io.EOF) || string(buf[:n]) != "data" {
+				t.Fatalf("first read in an interrupted request: %q, %v (errno %v)", buf[:n], err, Errno(err))
+			}
+			if atomic.LoadInt64(&fresh.kms.dec) < 2 {
+				t.Fatalf("%d Decrypt calls after reopening; the test did not reach the KMS", fresh.kms.dec)
+			}
+		})
+	}
+}
