@@ -10,6 +10,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"syscall"
 	"time"
 )
@@ -109,3 +110,18 @@ type Intents interface {
 type WriteBehinder interface {
 	WriteBehind(off, n int64) error
 }
+
+// Locker is implemented by backends that can keep two kmsfs processes from
+// changing one volume at once. A read-write mount and `kmsfs rewrap` each
+// hold the lock while they run: a rewrap rewrites headers in place, and a
+// mount that truncated a file to 0 and gave it a new header in between would
+// have that header overwritten with the old file's key slot.
+type Locker interface {
+	// LockVolume takes the lock, waiting while ctx allows; if another
+	// process still holds it then, the error wraps ErrVolumeBusy. The lock
+	// is released by the returned func, or when the process dies.
+	LockVolume(ctx context.Context) (release func() error, err error)
+}
+
+// ErrVolumeBusy says another kmsfs process holds the volume's lock.
+var ErrVolumeBusy = errors.New("volume is in use by another kmsfs process (a read-write mount or a rewrap)")

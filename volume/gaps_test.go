@@ -131,7 +131,7 @@ func TestGapsFilledAtSyncCloseTruncate(t *testing.T) {
 	reopen := func(name string) []byte {
 		t.Helper()
 		// A second volume on the same backend sees only what is stored.
-		v2, err := Open(ctx, tv.be, Options{Keys: tv.kms, PrefetchMax: -1})
+		v2, err := Open(ctx, unlocked(tv.be), Options{Keys: tv.kms, PrefetchMax: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +197,7 @@ func TestUnfilledGapIsEIOAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// "Crash": the handle is never closed; read through a second volume.
-	v2, err := Open(ctx, tv.be, Options{Keys: tv.kms, PrefetchMax: -1})
+	v2, err := Open(ctx, unlocked(tv.be), Options{Keys: tv.kms, PrefetchMax: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

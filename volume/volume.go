@@ -53,6 +53,8 @@ type Volume struct {
 	meta   metaKey
 	pool   *keyPool // per-object mode: data keys fetched ahead
 	stats  counters
+
+	unlock func() error // releases the backend's volume lock (read-write only)
 }
 
 // Open opens the volume stored in be.
@@ -60,6 +62,12 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 	cfg, err := ReadConfig(ctx, be)
 	if err != nil {
 		return nil, err
+	}
+	var unlock func() error
+	if !opt.ReadOnly {
+		if unlock, err = lockVolume(ctx, be); err != nil {
+			return nil, err
+		}
 	}
 	id, _ := cfg.ID()
 	mode, _ := cfg.mode()
@@ -73,7 +81,7 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 	v := &Volume{
 		cfg: cfg, id: id, mode: mode, be: be, keys: opt.Keys, log: log, readOnly: opt.ReadOnly,
 		layout: envelope.Layout{HeaderSize: int64(cfg.HeaderSize), BlockSize: int64(cfg.BlockSize)},
-		files:  map[uint64]*fileState{},
+		files:  map[uint64]*fileState{}, unlock: unlock,
 	}
 	v.bucket = bucketKeySource{maxAge: opt.BucketKeyMaxAge, maxFiles: opt.BucketKeyMaxFiles}
 	if v.bucket.maxAge <= 0 {
@@ -109,7 +117,26 @@ func (v *Volume) Close() error {
 	v.bucket.zero()
 	v.meta.zero()
 	v.pool.close()
+	if v.unlock != nil {
+		return v.unlock()
+	}
 	return nil
+}
+
+// lockWait is how long opening a volume read-write waits for another
+// process's lock: long enough for a mount being unmounted to finish closing.
+const lockWait = 5 * time.Second
+
+// lockVolume takes the backend's volume lock, if it has one (the local
+// backend; S3 has no lock to take). Without a Locker it returns nil.
+func lockVolume(ctx context.Context, be backend.Backend) (func() error, error) {
+	l, ok := be.(backend.Locker)
+	if !ok {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, lockWait)
+	defer cancel()
+	return l.LockVolume(ctx)
 }
 
 // PlainSize converts a backend stat of a regular file to its plaintext

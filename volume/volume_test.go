@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/backend/local"
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/keycache"
@@ -246,7 +247,7 @@ func TestTamperedFileFails(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(tv.dir, "b"))
 		os.WriteFile(filepath.Join(tv.dir, "t"), mutate(bytes.Clone(a), b), 0o644)
 		// A fresh volume: no cached keys, no open state.
-		v2, err := Open(ctx, tv.Backend(), Options{Keys: tv.ks})
+		v2, err := Open(ctx, unlocked(tv.Backend()), Options{Keys: tv.ks})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,7 +289,7 @@ func TestDisabledKeyIsEACCES(t *testing.T) {
 	if err := tv.ks.DisableKey(ctx, tv.keyID); err != nil {
 		t.Fatal(err)
 	}
-	v2, _ := Open(ctx, tv.Backend(), Options{Keys: tv.ks})
+	v2, _ := Open(ctx, unlocked(tv.Backend()), Options{Keys: tv.ks})
 	h2, _ := v2.OpenFile(ctx, "a", syscall.O_RDONLY, 0, nil)
 	defer h2.Close()
 	_, err := h2.ReadAt(ctx, make([]byte, 1), 0)
@@ -416,7 +417,7 @@ func TestMixedModes(t *testing.T) {
 		h.Close()
 	}
 	write(tv.Volume, "po")
-	bk, err := Open(ctx, tv.Backend(), Options{Keys: tv.ks, Mode: envelope.ModeBucketKey, PrefetchMax: -1})
+	bk, err := Open(ctx, unlocked(tv.Backend()), Options{Keys: tv.ks, Mode: envelope.ModeBucketKey, PrefetchMax: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,7 +470,7 @@ func TestIntentReplayAfterTornWrite(t *testing.T) {
 		f.Close()
 	}
 	reopen := func() []byte {
-		v2, err := Open(ctx, tv.Backend(), Options{Keys: tv.ks, PrefetchMax: -1})
+		v2, err := Open(ctx, unlocked(tv.Backend()), Options{Keys: tv.ks, PrefetchMax: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -530,7 +531,7 @@ func (tv *testVol) reopen(t *testing.T) *testVol {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cache.Close() })
-	v, err := Open(context.Background(), be, Options{Keys: cache, PrefetchMax: -1})
+	v, err := Open(context.Background(), unlocked(be), Options{Keys: cache, PrefetchMax: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,4 +579,44 @@ func TestInterruptedRequestStillGetsItsKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// unlockedBackend hides the backend's volume lock: for tests that open a
+// second read-write Volume on one backend in one process, which the lock is
+// there to stop between processes.
+type unlockedBackend struct {
+	backend.Backend
+	backend.Intents
+}
+
+func unlocked(be backend.Backend) backend.Backend {
+	return unlockedBackend{be, be.(backend.Intents)}
+}
+
+// TestReadWriteOpenTakesTheVolumeLock: a second read-write opener is refused
+// while the first holds the volume; read-only openers are not; closing the
+// first lets the next one in.
+func TestReadWriteOpenTakesTheVolumeLock(t *testing.T) {
+	tv := newTestVolume(t, envelope.ModePerObject)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if v, err := Open(ctx, tv.Backend(), Options{Keys: tv.ks, PrefetchMax: -1}); !errors.Is(err, backend.ErrVolumeBusy) {
+		if v != nil {
+			v.Close()
+		}
+		t.Fatalf("second read-write open while the first is open: %v, want ErrVolumeBusy", err)
+	}
+	ro, err := Open(context.Background(), tv.Backend(), Options{Keys: tv.ks, ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only open beside a read-write one: %v", err)
+	}
+	ro.Close()
+	if err := tv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v, err := Open(context.Background(), tv.Backend(), Options{Keys: tv.ks, PrefetchMax: -1})
+	if err != nil {
+		t.Fatalf("read-write open after the first closed: %v", err)
+	}
+	v.Close()
 }

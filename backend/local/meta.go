@@ -2,12 +2,14 @@ package local
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -180,4 +182,39 @@ func (b *Backend) ClearIntent(_ context.Context, id string) error {
 		return nil
 	}
 	return &os.PathError{Op: "remove", Path: b.show(p), Err: err}
+}
+
+// lockName is the file a read-write mount and a rewrap flock (see
+// backend.Locker). flock, not a PID file: the kernel drops it when the
+// holder dies, so a crashed mount never leaves the volume locked.
+const lockName = MetaDir + "/lock"
+
+var _ backend.Locker = (*Backend)(nil)
+
+// LockVolume takes an exclusive flock on the volume's lock file, polling
+// while ctx allows (a mount that was just unmounted may still be closing).
+func (b *Backend) LockVolume(ctx context.Context) (func() error, error) {
+	if err := b.mkdirMeta(MetaDir); err != nil {
+		return nil, err
+	}
+	fd, err := openRetry(b.rootFd, lockName, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: b.show(lockName), Err: err}
+	}
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() error { return unix.Close(fd) }, nil
+		}
+		if err != unix.EWOULDBLOCK && err != unix.EINTR {
+			unix.Close(fd)
+			return nil, &os.PathError{Op: "flock", Path: b.show(lockName), Err: err}
+		}
+		select {
+		case <-ctx.Done():
+			unix.Close(fd)
+			return nil, fmt.Errorf("%s: %w", b.root, backend.ErrVolumeBusy)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
