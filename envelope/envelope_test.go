@@ -251,6 +251,37 @@ func TestKeySlotNotMACed(t *testing.T) {
 	}
 }
 
+// TestHeaderFileIDSurvivesATornRewrap: a region whose first part is the
+// rewrapped header and whose rest is the old one (a write torn between
+// them) still names its file, so the intent that completes it is found.
+func TestHeaderFileIDSurvivesATornRewrap(t *testing.T) {
+	h := testHeader(ModeBucketKey)
+	keys := testKeys(t, h.FileID)
+	region, _ := h.Marshal(keys.MACKey())
+	p, _ := ParseHeader(region)
+	rewrapped, err := p.ReplaceKeySlot("arn:aws:kms:local:000000000000:key/other", bytes.Repeat([]byte{0xCD}, 300))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cut := range []int{0, 9, 11, 40, 200, len(region)} {
+		torn := append(bytes.Clone(rewrapped[:cut]), region[cut:]...)
+		if id, ok := HeaderFileID(torn); !ok || id != h.FileID {
+			t.Fatalf("torn at %d: file ID %x, %v; want %x", cut, id, ok, h.FileID)
+		}
+	}
+	for name, bad := range map[string][]byte{
+		"empty":       nil,
+		"short":       region[:20],
+		"zeroed":      make([]byte, len(region)),
+		"bad magic":   append([]byte("XMFS"), region[4:]...),
+		"bad version": append(append(bytes.Clone(region[:4]), 2), region[5:]...),
+	} {
+		if _, ok := HeaderFileID(bad); ok {
+			t.Fatalf("%s region gave a file ID", name)
+		}
+	}
+}
+
 func TestCriticalUnknownFieldRefused(t *testing.T) {
 	h := testHeader(ModePerObject)
 	keys := testKeys(t, h.FileID)

@@ -352,6 +352,22 @@ func (p *ParsedHeader) ReplaceKeySlot(keyID string, wrapped []byte) ([]byte, err
 	return out[:p.RegionSize], nil
 }
 
+// HeaderFileID reads the file ID of a header region without parsing or
+// authenticating the rest. Writers put field 0x01 first, and a rewrap
+// changes only the fields length and the key slot, so the file ID can be
+// read even from a region torn between its old and new versions: enough to
+// find the intent that completes it. ok is false when the region does not
+// start like a version 1 header.
+func HeaderFileID(region []byte) (id [IDLen]byte, ok bool) {
+	const at = prefixLen + 3
+	if len(region) < at+IDLen || string(region[:4]) != Magic || region[4] != Version ||
+		region[prefixLen] != fieldFileID || binary.BigEndian.Uint16(region[prefixLen+1:]) != IDLen {
+		return id, false
+	}
+	copy(id[:], region[at:])
+	return id, true
+}
+
 func allZero(b []byte) bool {
 	for _, c := range b {
 		if c != 0 {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"syscall"
 
 	"github.com/kmsfs/kmsfs/backend"
@@ -72,19 +73,17 @@ func parseIntent(b []byte) (*intent, error) {
 // that existed before (the first oldBytes of sealed, or a truncation) and
 // the backend can tear such a write, it is announced as an intent first.
 func (h *Handle) changeInPlace(ctx context.Context, keys *envelope.FileKeys, off int64, sealed []byte, oldBytes int64, truncateTo int64) error {
-	ints, journal := h.v.be.(backend.Intents)
-	journal = journal && (oldBytes > 0 || truncateTo >= 0)
-	var id string
-	if journal {
+	done := func() error { return nil }
+	if oldBytes > 0 || truncateTo >= 0 {
 		// Only the bytes that held data before need the protection: a torn
 		// write past the old end destroys nothing that was there.
 		in := &intent{fileID: keys.FileID(), off: off, truncateTo: truncateTo, data: sealed[:min(int64(len(sealed)), max(oldBytes, 0))]}
 		if truncateTo >= 0 {
 			in.data = sealed
 		}
-		id = hex.EncodeToString(in.fileID[:])
-		if err := ints.WriteIntent(ctx, id, in.marshal()); err != nil {
-			return fmt.Errorf("record intent: %w", err)
+		var err error
+		if done, err = announce(ctx, h.v.be, in); err != nil {
+			return err
 		}
 	}
 	if truncateTo >= 0 {
@@ -97,48 +96,83 @@ func (h *Handle) changeInPlace(ctx context.Context, keys *envelope.FileKeys, off
 			return err
 		}
 	}
-	if journal {
-		return ints.ClearIntent(ctx, id)
+	return done()
+}
+
+// announce records in as its file's intent when the backend keeps intents
+// (backend.Intents), and returns what clears it once the change is made.
+func announce(ctx context.Context, be backend.Backend, in *intent) (done func() error, err error) {
+	ints, ok := be.(backend.Intents)
+	if !ok {
+		return func() error { return nil }, nil
 	}
-	return nil
+	id := hex.EncodeToString(in.fileID[:])
+	if err := ints.WriteIntent(ctx, id, in.marshal()); err != nil {
+		return nil, fmt.Errorf("record intent: %w", err)
+	}
+	return func() error { return ints.ClearIntent(ctx, id) }, nil
 }
 
 // replayIntent finishes a change that a crash interrupted, before the
-// file's blocks are read. Called with the file's keys just loaded.
-func (h *Handle) replayIntent(ctx context.Context, fileID [envelope.IDLen]byte) error {
-	ints, ok := h.v.be.(backend.Intents)
+// file's blocks are read (or, for a header rewrite, before its header can
+// be parsed). It reports whether it wrote anything.
+func (h *Handle) replayIntent(ctx context.Context, fileID [envelope.IDLen]byte) (bool, error) {
+	return finishIntent(ctx, h.v.be, h.v.log, h.name, fileID, h.v.readOnly)
+}
+
+// finishIntent replays the intent recorded for fileID, if there is one, on
+// the stored file name, and clears it. A torn record (the change never
+// started) is only cleared. readOnly leaves a pending intent in place.
+func finishIntent(ctx context.Context, be backend.Backend, log *slog.Logger, name string, fileID [envelope.IDLen]byte, readOnly bool) (bool, error) {
+	ints, ok := be.(backend.Intents)
 	if !ok {
-		return nil
+		return false, nil
 	}
 	id := hex.EncodeToString(fileID[:])
 	rec, err := ints.ReadIntent(ctx, id)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read intent: %w", err)
+		return false, fmt.Errorf("read intent: %w", err)
 	}
-	if h.v.readOnly {
-		h.v.log.Warn("a write interrupted by a crash is pending; mount read-write to finish it", "path", "/"+h.name)
-		return nil
+	if readOnly {
+		log.Warn("a write interrupted by a crash is pending; mount read-write to finish it", "path", "/"+name)
+		return false, nil
 	}
 	in, perr := parseIntent(rec)
+	replayed := false
 	if perr == nil && in.fileID == fileID {
-		h.v.log.Warn("finishing a write interrupted by a crash", "path", "/"+h.name, "offset", in.off, "bytes", len(in.data))
-		// This handle may be read-only: replay through one of our own.
-		f, err := h.v.be.Open(ctx, h.name, syscall.O_RDWR, 0, nil)
+		log.Warn("finishing a write interrupted by a crash", "path", "/"+name, "offset", in.off, "bytes", len(in.data))
+		// The caller's handle may be read-only: replay through one of our own.
+		f, err := be.Open(ctx, name, syscall.O_RDWR, 0, nil)
 		if err != nil {
-			return fmt.Errorf("replay intent: %w", err)
+			return false, fmt.Errorf("replay intent: %w", err)
 		}
-		defer f.Close()
-		if in.truncateTo >= 0 {
-			if err := f.Truncate(in.truncateTo); err != nil {
-				return err
-			}
+		err = in.apply(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
 		}
+		if err != nil {
+			return false, fmt.Errorf("replay intent: %w", err)
+		}
+		replayed = true
+	}
+	return replayed, ints.ClearIntent(ctx, id)
+}
+
+// apply makes the change an intent describes: truncate first (if asked),
+// then write the data at its offset.
+func (in *intent) apply(f backend.File) error {
+	if in.truncateTo >= 0 {
+		if err := f.Truncate(in.truncateTo); err != nil {
+			return err
+		}
+	}
+	if len(in.data) > 0 {
 		if _, err := f.WriteAt(in.data, in.off); err != nil {
 			return err
 		}
 	}
-	return ints.ClearIntent(ctx, id)
+	return nil
 }

@@ -117,8 +117,9 @@ func (v *Volume) Close() error {
 	v.bucket.zero()
 	v.meta.zero()
 	v.pool.close()
-	if v.unlock != nil {
-		return v.unlock()
+	if unlock := v.unlock; unlock != nil {
+		v.unlock = nil // a second Close must not close a reused descriptor
+		return unlock()
 	}
 	return nil
 }
@@ -316,9 +317,23 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 	}
 	keys, err := h.v.openHeader(ctx, region)
 	if err != nil {
-		return nil, err
+		// A header rewrite (kmsfs rewrap) that a crash tore leaves a
+		// header that does not parse or unwrap; its intent completes it.
+		id, ok := envelope.HeaderFileID(region)
+		if !ok {
+			return nil, err
+		}
+		if replayed, rerr := h.replayIntent(ctx, id); rerr != nil || !replayed {
+			return nil, err
+		}
+		if _, err := h.f.ReadAt(region, 0); err != nil {
+			return nil, fmt.Errorf("read header: %w", err)
+		}
+		if keys, err = h.v.openHeader(ctx, region); err != nil {
+			return nil, err
+		}
 	}
-	if err := h.replayIntent(ctx, keys.FileID()); err != nil {
+	if _, err := h.replayIntent(ctx, keys.FileID()); err != nil {
 		keys.Zero()
 		return nil, err
 	}

@@ -20,6 +20,7 @@ Usage:
   kmsfs mount [flags] BACKEND MOUNTPOINT  mount a volume (returns once mounted)
   kmsfs umount MOUNTPOINT                 unmount
   kmsfs cat [flags] BACKEND PATH          decrypt one file to stdout, without mounting
+  kmsfs rewrap [flags] BACKEND            re-wrap every file key under another KMS key (ReEncrypt; data untouched)
   kmsfs stats [--json] MOUNTPOINT         KMS calls, key cache and I/O counters of a mount
   kmsfs bench [flags]                     compare per-object and bucket-key modes (files/s, KMS calls)
   kmsfs kms SUBCOMMAND ...                KMS server and key administration (kmsfs kms help)
@@ -44,6 +45,8 @@ func main() {
 		err = umountCommand(ctx, args)
 	case "cat":
 		err = catCommand(ctx, args)
+	case "rewrap":
+		err = rewrapCommand(ctx, args, os.Stdout, os.Stderr)
 	case "stats":
 		err = statsCommand(ctx, args)
 	case "bench":
