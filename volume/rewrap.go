@@ -507,7 +507,17 @@ func walkFiles(ctx context.Context, be backend.Backend, dir string, fn func(name
 		if dir != "" {
 			name = dir + "/" + e.Name
 		}
-		switch e.Mode & syscall.S_IFMT {
+		typ := e.Mode & syscall.S_IFMT
+		if typ == 0 {
+			// Type unknown from the listing (S3 lists objects without
+			// saying file or symlink; some filesystems give DT_UNKNOWN).
+			var st syscall.Stat_t
+			if err := be.Lstat(ctx, name, &st); err != nil {
+				return fmt.Errorf("stat /%s: %w", name, err)
+			}
+			typ = st.Mode & syscall.S_IFMT
+		}
+		switch typ {
 		case syscall.S_IFDIR:
 			if err := walkFiles(ctx, be, name, fn); err != nil {
 				return err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/kmsfs/kmsfs/volume"
 )
@@ -19,6 +20,7 @@ func rewrapCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	toKey := fs.String("to-key", "", "KMS key (ID, ARN or alias) to re-wrap under (default: the volume's key, re-wrapping under its current material after a rotation)")
 	parallel := fs.Int("parallel", 8, "files in flight at once (hides KMS latency)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
+	every := fs.Duration("progress-interval", time.Second, "time between progress lines (and saved checkpoints)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,7 +53,7 @@ func rewrapCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 	}
 	prog, err := volume.Rewrap(ctx, be, kmsChain{}.wrap(k), volume.RewrapOptions{
-		ToKey: *toKey, Parallel: *parallel, Progress: progress,
+		ToKey: *toKey, Parallel: *parallel, Progress: progress, ProgressEvery: *every,
 		Logger: slog.New(slog.NewTextHandler(stderr, nil)),
 	})
 	if prog.KeyARN != "" { // it got as far as the KMS
