@@ -122,6 +122,49 @@ type KeyMetadata struct {
 	Versions             int       // number of backing material versions kept
 	LastRotationDate     time.Time
 	CreatingPrincipalARN string
+	// Imported material (Origin EXTERNAL): "KEY_MATERIAL_EXPIRES" or
+	// "KEY_MATERIAL_DOES_NOT_EXPIRE" once imported, and when it expires.
+	ExpirationModel string
+	ValidTo         time.Time
+}
+
+// Wrapping algorithms and key specs for GetParametersForImport, with AWS's
+// names. Key material is 256 bits, RSA-OAEP encrypted to the public key.
+const (
+	WrappingRSAOAEPSHA1   = "RSAES_OAEP_SHA_1"
+	WrappingRSAOAEPSHA256 = "RSAES_OAEP_SHA_256"
+	WrappingKeyRSA2048    = "RSA_2048"
+	WrappingKeyRSA3072    = "RSA_3072"
+	WrappingKeyRSA4096    = "RSA_4096"
+)
+
+// ImportParametersValidity is how long a public key and import token from
+// GetParametersForImport can be used, as in AWS.
+const ImportParametersValidity = 24 * time.Hour
+
+// ImportParameters is the result of GetParametersForImport: a public key to
+// encrypt key material to, and the token that names the matching private
+// key in ImportKeyMaterial.
+type ImportParameters struct {
+	KeyARN      string
+	ImportToken []byte
+	PublicKey   []byte // DER, PKIX (SubjectPublicKeyInfo)
+	ValidTo     time.Time
+}
+
+// Importer is the bring-your-own-key surface of AWS KMS: keys created with
+// origin EXTERNAL get their 256-bit material from the caller, encrypted to a
+// one-off RSA public key so that it never travels in the clear. Such a key
+// cannot be rotated; its material can be deleted (the key becomes
+// PendingImport and everything under it is unreadable) and imported again,
+// but only the same material.
+type Importer interface {
+	GetParametersForImport(ctx context.Context, keyID, wrappingAlgorithm, wrappingKeySpec string) (ImportParameters, error)
+	// ImportKeyMaterial imports material encrypted to the public key that
+	// importToken names. A zero validTo means the material does not expire
+	// (KEY_MATERIAL_DOES_NOT_EXPIRE); otherwise it is deleted at validTo.
+	ImportKeyMaterial(ctx context.Context, keyID string, importToken, encryptedMaterial []byte, validTo time.Time) error
+	DeleteImportedKeyMaterial(ctx context.Context, keyID string) error
 }
 
 // Alias maps a friendly name ("alias/...") to a key.
@@ -213,6 +256,11 @@ const (
 	CodeUnrecognizedClient = "UnrecognizedClientException"
 	CodeInvalidSignature   = "InvalidSignatureException"
 	CodeUnavailable        = "KMSUnavailable" // client side: the KMS could not be reached
+
+	CodeUnsupportedOperation = "UnsupportedOperationException"
+	CodeInvalidImportToken   = "InvalidImportTokenException"
+	CodeExpiredImportToken   = "ExpiredImportTokenException"
+	CodeIncorrectKeyMaterial = "IncorrectKeyMaterialException"
 )
 
 // Error is a KMS failure with an AWS error code. Compare codes with errors.Is
@@ -251,6 +299,10 @@ var (
 	ErrAccessDenied      = &Error{Code: CodeAccessDenied}
 	ErrThrottling        = &Error{Code: CodeThrottling}
 	ErrUnavailable       = &Error{Code: CodeUnavailable}
+
+	ErrInvalidImportToken   = &Error{Code: CodeInvalidImportToken}
+	ErrExpiredImportToken   = &Error{Code: CodeExpiredImportToken}
+	ErrIncorrectKeyMaterial = &Error{Code: CodeIncorrectKeyMaterial}
 )
 
 // Code returns the AWS error code carried by err, or "" if it has none.

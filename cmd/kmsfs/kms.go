@@ -30,7 +30,9 @@ Serve a KMS:
 Administer keys, on a keystore directly (--keystore DIR, default $KMSFS_KEYSTORE
 or ~/.config/kmsfs/keystore) or through a KMS server (--kms URL, credentials from
 the standard AWS chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, ...):
-  create-key [--description D] [--policy-file F] [--alias alias/NAME]
+  create-key [--description D] [--policy-file F] [--alias alias/NAME] [--origin EXTERNAL]
+  import-key-material KEY FILE [--valid-for DUR]   BYOK: 32 bytes of key material into an EXTERNAL key
+  delete-key-material KEY           the key becomes PendingImport: unusable until the same material is imported
   list-keys
   describe-key KEY
   rotate KEY                        new backing material now; old ciphertext still decrypts
@@ -151,6 +153,7 @@ var kmsAdminCommands = map[string]kmsAdminCommand{
 		desc := fs.String("description", "", "key description")
 		policyFile := fs.String("policy-file", "", "JSON key policy (default: the owning account may administer and use the key)")
 		alias := fs.String("alias", "", "also create this alias (alias/NAME) for the key")
+		origin := fs.String("origin", "AWS_KMS", "AWS_KMS: the KMS generates the material; EXTERNAL: import it (import-key-material)")
 		return func(ctx context.Context, a kms.Admin, _ []string, out io.Writer) error {
 			var policy string
 			if *policyFile != "" {
@@ -160,7 +163,7 @@ var kmsAdminCommands = map[string]kmsAdminCommand{
 				}
 				policy = string(b)
 			}
-			md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy})
+			md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin})
 			if err != nil {
 				return err
 			}
@@ -241,10 +244,12 @@ var kmsAdminCommands = map[string]kmsAdminCommand{
 			return nil
 		}
 	}},
-	"disable-rotation": kmsSimple(func(ctx context.Context, a kms.Admin, key string) error { return a.DisableKeyRotation(ctx, key) }, "automatic rotation of %s disabled"),
-	"disable":          kmsSimple(func(ctx context.Context, a kms.Admin, key string) error { return a.DisableKey(ctx, key) }, "%s disabled"),
-	"enable":           kmsSimple(func(ctx context.Context, a kms.Admin, key string) error { return a.EnableKey(ctx, key) }, "%s enabled"),
-	"cancel-deletion":  kmsSimple(func(ctx context.Context, a kms.Admin, key string) error { return a.CancelKeyDeletion(ctx, key) }, "deletion of %s cancelled; the key is disabled ('kmsfs kms enable' to use it)"),
+	"disable-rotation":    kmsSimple(func(ctx context.Context, a kms.Admin, key string) error { return a.DisableKeyRotation(ctx, key) }, "automatic rotation of %s disabled"),
+	"import-key-material": {args: "KEY FILE", nargs: 2, flags: kmsImportCommand},
+	"delete-key-material": kmsSimple(kmsDeleteMaterial, "key material of %s deleted; the key is PendingImport until the same material is imported again"),
+	"disable":             kmsSimple(func(ctx context.Context, a kms.Admin, key string) error { return a.DisableKey(ctx, key) }, "%s disabled"),
+	"enable":              kmsSimple(func(ctx context.Context, a kms.Admin, key string) error { return a.EnableKey(ctx, key) }, "%s enabled"),
+	"cancel-deletion":     kmsSimple(func(ctx context.Context, a kms.Admin, key string) error { return a.CancelKeyDeletion(ctx, key) }, "deletion of %s cancelled; the key is disabled ('kmsfs kms enable' to use it)"),
 	"schedule-deletion": {args: "KEY", nargs: 1, flags: func(fs *pflag.FlagSet) func(context.Context, kms.Admin, []string, io.Writer) error {
 		days := fs.Int("days", kms.DefaultDeletionWindowDays, fmt.Sprintf("waiting period in days (%d..%d)", kms.MinDeletionWindowDays, kms.MaxDeletionWindowDays))
 		return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
@@ -296,7 +301,14 @@ func kmsPrintMetadata(out io.Writer, k kms.KeyMetadata) {
 	} else {
 		row("Rotation", "off")
 	}
-	if k.CurrentVersion > 0 {
+	switch {
+	case k.ExpirationModel == "KEY_MATERIAL_DOES_NOT_EXPIRE":
+		row("Material", "imported, does not expire")
+	case k.ExpirationModel != "":
+		row("Material", "imported, expires "+k.ValidTo.UTC().Format(time.RFC3339))
+	case k.Origin == "EXTERNAL":
+		row("Material", "none (import it with import-key-material)")
+	case k.CurrentVersion > 0:
 		row("Material", fmt.Sprintf("version %d current, %d kept", k.CurrentVersion, k.Versions))
 	}
 	row("Last rotation", date(k.LastRotationDate))

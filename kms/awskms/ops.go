@@ -117,14 +117,16 @@ func metadata(m *types.KeyMetadata) kms.KeyMetadata {
 		return kms.KeyMetadata{}
 	}
 	return kms.KeyMetadata{
-		KeyID:        aws.ToString(m.KeyId),
-		ARN:          aws.ToString(m.Arn),
-		Description:  aws.ToString(m.Description),
-		State:        kms.KeyState(m.KeyState),
-		CreationDate: aws.ToTime(m.CreationDate),
-		DeletionDate: aws.ToTime(m.DeletionDate),
-		Origin:       string(m.Origin),
-		KeyManager:   string(m.KeyManager),
+		KeyID:           aws.ToString(m.KeyId),
+		ARN:             aws.ToString(m.Arn),
+		Description:     aws.ToString(m.Description),
+		State:           kms.KeyState(m.KeyState),
+		CreationDate:    aws.ToTime(m.CreationDate),
+		DeletionDate:    aws.ToTime(m.DeletionDate),
+		Origin:          string(m.Origin),
+		KeyManager:      string(m.KeyManager),
+		ExpirationModel: string(m.ExpirationModel),
+		ValidTo:         aws.ToTime(m.ValidTo),
 	}
 }
 
@@ -411,6 +413,51 @@ func (c *Client) RevokeGrant(ctx context.Context, keyID, grantID string) error {
 func (c *Client) RetireGrant(ctx context.Context, token, keyID, grantID string) error {
 	_, err := call(c, ctx, "RetireGrant", keyID, func(ctx context.Context) (*awskms.RetireGrantOutput, error) {
 		return c.api.RetireGrant(ctx, &awskms.RetireGrantInput{GrantToken: optString(token), KeyId: optString(keyID), GrantId: optString(grantID)})
+	})
+	return err
+}
+
+var _ kms.Importer = (*Client)(nil)
+
+// GetParametersForImport fetches a wrapping public key and import token for
+// an EXTERNAL key.
+func (c *Client) GetParametersForImport(ctx context.Context, keyID, wrappingAlgorithm, wrappingKeySpec string) (kms.ImportParameters, error) {
+	out, err := call(c, ctx, "GetParametersForImport", keyID, func(ctx context.Context) (*awskms.GetParametersForImportOutput, error) {
+		return c.api.GetParametersForImport(ctx, &awskms.GetParametersForImportInput{
+			KeyId:             &keyID,
+			WrappingAlgorithm: types.AlgorithmSpec(wrappingAlgorithm),
+			WrappingKeySpec:   types.WrappingKeySpec(wrappingKeySpec),
+		})
+	})
+	if err != nil {
+		return kms.ImportParameters{}, err
+	}
+	return kms.ImportParameters{
+		KeyARN: aws.ToString(out.KeyId), ImportToken: out.ImportToken,
+		PublicKey: out.PublicKey, ValidTo: aws.ToTime(out.ParametersValidTo),
+	}, nil
+}
+
+// ImportKeyMaterial imports material encrypted to the import token's public
+// key; a zero validTo is KEY_MATERIAL_DOES_NOT_EXPIRE.
+func (c *Client) ImportKeyMaterial(ctx context.Context, keyID string, importToken, encryptedMaterial []byte, validTo time.Time) error {
+	in := &awskms.ImportKeyMaterialInput{
+		KeyId: &keyID, ImportToken: importToken, EncryptedKeyMaterial: encryptedMaterial,
+		ExpirationModel: types.ExpirationModelTypeKeyMaterialDoesNotExpire,
+	}
+	if !validTo.IsZero() {
+		in.ExpirationModel, in.ValidTo = types.ExpirationModelTypeKeyMaterialExpires, &validTo
+	}
+	_, err := call(c, ctx, "ImportKeyMaterial", keyID, func(ctx context.Context) (*awskms.ImportKeyMaterialOutput, error) {
+		return c.api.ImportKeyMaterial(ctx, in)
+	})
+	return err
+}
+
+// DeleteImportedKeyMaterial deletes an EXTERNAL key's material.
+func (c *Client) DeleteImportedKeyMaterial(ctx context.Context, keyID string) error {
+	_, err := call(c, ctx, "DeleteImportedKeyMaterial", keyID, func(ctx context.Context) (*awskms.DeleteImportedKeyMaterialOutput, error) {
+		return c.api.DeleteImportedKeyMaterial(ctx, &awskms.DeleteImportedKeyMaterialInput{KeyId: &keyID})
 	})
 	return err
 }

@@ -130,6 +130,12 @@ func (k *Keystore) metadata(rec *keyRecord) kms.KeyMetadata {
 	if rec.State == kms.KeyPendingDeletion {
 		md.DeletionDate = rec.DeletionDate
 	}
+	if rec.Import != nil && rec.hasMaterial() {
+		md.ExpirationModel = "KEY_MATERIAL_DOES_NOT_EXPIRE"
+		if !rec.Import.ValidTo.IsZero() {
+			md.ExpirationModel, md.ValidTo = "KEY_MATERIAL_EXPIRES", rec.Import.ValidTo
+		}
+	}
 	if rec.Rotation.Enabled {
 		md.RotationPeriodDays = rec.Rotation.PeriodDays
 		md.NextRotationDate = rec.Rotation.next()
@@ -397,7 +403,7 @@ func (k *Keystore) CancelKeyDeletion(ctx context.Context, keyID string) error {
 			return false, kms.Errorf(kms.CodeInvalidState, "key %s is %s, not pending deletion", rec.ID, rec.State)
 		}
 		rec.State = kms.KeyDisabled
-		if len(rec.Versions) == 0 {
+		if !rec.hasMaterial() {
 			rec.State = kms.KeyPendingImport
 		}
 		rec.DeletionDate = time.Time{}

@@ -445,11 +445,22 @@ func (k *Keystore) maintain(st *state, now time.Time) (bool, error) {
 			changed = true
 			continue
 		}
+		if rec.materialExpires() && !now.Before(rec.Import.ValidTo) && rec.hasMaterial() {
+			k.deleteMaterial(rec)
+			changed = true
+		}
 		if rec.rotationDue(now) {
 			if err := k.addVersion(rec, now); err != nil {
 				return false, err
 			}
 			rec.Rotation.Base = now
+			changed = true
+		}
+	}
+	for id, p := range st.Imports {
+		// Kept a day past expiry, so that using one says it expired.
+		if !now.Before(p.ValidTo.Add(kms.ImportParametersValidity)) {
+			delete(st.Imports, id)
 			changed = true
 		}
 	}

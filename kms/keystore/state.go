@@ -49,6 +49,9 @@ type state struct {
 	Keys       map[string]*keyRecord `json:"keys"`    // by key ID (UUID)
 	Aliases    map[string]string     `json:"aliases"` // "alias/name" -> key ID
 	Grants     map[string]*kms.Grant `json:"grants"`  // by grant ID
+	// Imports are the outstanding GetParametersForImport results, by token
+	// ID: a private key each, sealed, until used or 24 hours old.
+	Imports map[string]*pendingImport `json:"imports,omitempty"`
 }
 
 type keyRecord struct {
@@ -67,6 +70,10 @@ type keyRecord struct {
 	// the key has no material (origin EXTERNAL before import).
 	CurrentVersion int             `json:"current_version"`
 	Versions       []versionRecord `json:"versions"` // Versions[i].Version == i+1
+	// Import describes imported material (origin EXTERNAL), once there has
+	// been any: after DeleteImportedKeyMaterial the version keeps no
+	// material, and only material with this digest may be imported again.
+	Import *importedMaterial `json:"import,omitempty"`
 
 	uuid keyUUID // parsed ID, set by index
 }
@@ -127,6 +134,9 @@ func decodeState(data []byte) (*state, error) {
 	if st.Grants == nil {
 		st.Grants = map[string]*kms.Grant{}
 	}
+	if st.Imports == nil {
+		st.Imports = map[string]*pendingImport{}
+	}
 	if err := st.index(); err != nil {
 		return nil, err
 	}
@@ -176,11 +186,20 @@ func (st *state) clone() *state {
 		Keys:       make(map[string]*keyRecord, len(st.Keys)),
 		Aliases:    maps.Clone(st.Aliases),
 		Grants:     make(map[string]*kms.Grant, len(st.Grants)),
+		Imports:    make(map[string]*pendingImport, len(st.Imports)),
 	}
 	for id, rec := range st.Keys {
 		r := *rec
 		r.Versions = append([]versionRecord(nil), rec.Versions...)
+		if rec.Import != nil {
+			im := *rec.Import
+			r.Import = &im
+		}
 		c.Keys[id] = &r
+	}
+	for id, p := range st.Imports {
+		pi := *p
+		c.Imports[id] = &pi
 	}
 	for id, g := range st.Grants {
 		c.Grants[id] = cloneGrant(g)
@@ -222,6 +241,9 @@ func (st *state) nextDue() time.Time {
 		if rec.State == kms.KeyPendingDeletion {
 			consider(rec.DeletionDate)
 		}
+		if rec.materialExpires() {
+			consider(rec.Import.ValidTo)
+		}
 		if rec.State == kms.KeyEnabled && rec.Origin == originAWSKMS && rec.Rotation.Enabled {
 			consider(rec.Rotation.next())
 		}
@@ -241,6 +263,11 @@ func (st *state) purge(id string) {
 	for gid, g := range st.Grants {
 		if g.KeyID == id {
 			delete(st.Grants, gid)
+		}
+	}
+	for tid, p := range st.Imports {
+		if p.KeyID == id {
+			delete(st.Imports, tid)
 		}
 	}
 }

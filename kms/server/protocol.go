@@ -45,6 +45,33 @@ type keyMetadataJSON struct {
 	KeySpec               string   `json:"KeySpec"`
 	EncryptionAlgorithms  []string `json:"EncryptionAlgorithms"`
 	MultiRegion           bool     `json:"MultiRegion"`
+	ExpirationModel       string   `json:"ExpirationModel,omitempty"`
+	ValidTo               float64  `json:"ValidTo,omitempty"`
+}
+
+type getParametersForImportInput struct {
+	KeyId             string `json:"KeyId"`
+	WrappingAlgorithm string `json:"WrappingAlgorithm"`
+	WrappingKeySpec   string `json:"WrappingKeySpec"`
+}
+
+type getParametersForImportOutput struct {
+	KeyId             string  `json:"KeyId"`
+	ImportToken       []byte  `json:"ImportToken"`
+	PublicKey         []byte  `json:"PublicKey"`
+	ParametersValidTo float64 `json:"ParametersValidTo"`
+}
+
+type importKeyMaterialInput struct {
+	KeyId                string  `json:"KeyId"`
+	ImportToken          []byte  `json:"ImportToken"`
+	EncryptedKeyMaterial []byte  `json:"EncryptedKeyMaterial"`
+	ValidTo              float64 `json:"ValidTo"`
+	ExpirationModel      string  `json:"ExpirationModel"`
+}
+
+type importKeyMaterialOutput struct {
+	KeyId string `json:"KeyId"`
 }
 
 type keyMetadataOutput struct {
@@ -276,6 +303,8 @@ func metadataJSON(m kms.KeyMetadata) keyMetadataJSON {
 		CustomerMasterKeySpec: symmetricDefault,
 		KeySpec:               symmetricDefault,
 		EncryptionAlgorithms:  []string{symmetricDefault},
+		ExpirationModel:       m.ExpirationModel,
+		ValidTo:               epoch(m.ValidTo),
 	}
 }
 

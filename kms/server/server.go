@@ -23,6 +23,7 @@ import (
 type Store interface {
 	kms.Crypto
 	kms.Admin
+	kms.Importer
 	// ARNForKey resolves a key ID, key ARN, alias name or alias ARN to the
 	// key's ARN in any state; NotFoundException if there is no such key.
 	ARNForKey(keyID string) (string, error)
@@ -184,6 +185,9 @@ var operations = map[string]operation{
 	"ListGrants":                      {fn: (*Server).listGrants},
 	"RevokeGrant":                     {fn: (*Server).revokeGrant},
 	"RetireGrant":                     {fn: (*Server).retireGrant},
+	"GetParametersForImport":          {fn: (*Server).getParametersForImport},
+	"ImportKeyMaterial":               {fn: (*Server).importKeyMaterial},
+	"DeleteImportedKeyMaterial":       {fn: (*Server).deleteImportedKeyMaterial},
 }
 
 const targetPrefix = "TrentService."
