@@ -33,9 +33,18 @@ const (
 //	              rotation: {enabled, period_days, base, last},
 //	              current_version,
 //	              versions: [{version, created,
-//	                          material: base64(nonce || AES-GCM_KEK(256-bit key))}]}}
+//	                          material: base64(nonce || AES-GCM_KEK(256-bit key))
+//	                                    (absent: imported material deleted)}],
+//	              import: {digest, valid_to} (origin EXTERNAL, once imported)}}
 //	aliases      {"alias/<name>": "<uuid>"}
 //	grants       {"<grant id>": kms.Grant fields; KeyID is the key UUID}
+//	imports      {"<token id>": {key_id, algorithm, valid_to,
+//	              private_key: base64(nonce || AES-GCM_KEK(PKCS #8 RSA key))}}
+//
+// A wrapping private key's additional data is "kmsfs/keystore/import/v1" NUL
+// <token id>; an import's digest is SHA-256("kmsfs keystore imported
+// material v1" NUL <uuid> NUL material), so a re-import can be checked to be
+// the same material without keeping it.
 //
 // Sealed material's additional data is "kmsfs/keystore/material/v1" NUL
 // <uuid> NUL uint32(version), so material cannot be moved between keys or
