@@ -24,7 +24,9 @@ func TestKMSImportedKeyMaterialGuardsAVolume(t *testing.T) {
 	mountRequireFuse(t)
 	mountRequireTool(t, "openssl")
 	h := kmsStartServer(t)
-	var created struct{ KeyMetadata struct{ KeyId, Arn, KeyState, Origin string } }
+	var created struct {
+		KeyMetadata struct{ KeyId, Arn, KeyState, Origin string }
+	}
 	h.awsJSON(kmsAliceKey, &created, "create-key", "--origin", "EXTERNAL", "--description", t.Name())
 	key := created.KeyMetadata.KeyId
 	if created.KeyMetadata.KeyState != "PendingImport" || created.KeyMetadata.Origin != "EXTERNAL" {
@@ -58,7 +60,9 @@ func TestKMSImportedKeyMaterialGuardsAVolume(t *testing.T) {
 		"--encrypted-key-material", "fileb://"+encrypted, "--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE"); err != nil {
 		t.Fatal(err)
 	}
-	var described struct{ KeyMetadata struct{ KeyState, ExpirationModel string } }
+	var described struct {
+		KeyMetadata struct{ KeyState, ExpirationModel string }
+	}
 	h.awsJSON(kmsAliceKey, &described, "describe-key", "--key-id", key)
 	if described.KeyMetadata.KeyState != "Enabled" || described.KeyMetadata.ExpirationModel != "KEY_MATERIAL_DOES_NOT_EXPIRE" {
 		t.Fatalf("after import: %+v", described.KeyMetadata)
