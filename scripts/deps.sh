@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what kmsfs's build and tests need on a fresh Debian machine:
-# FUSE, the copy/verify tools the integration tests drive, the peers the
+# FUSE, the copy/verify tools the integration tests drive (openssl wraps
+# imported key material), the peers the
 # benchmarks compare against, and versitygw (the S3 server the tests start).
 # Idempotent: does nothing for what is already there.
 set -euo pipefail
 
 need=()
 for pair in fusermount3:fuse3 rsync:rsync setfattr:attr fio:fio stress-ng:stress-ng \
-	gocryptfs:gocryptfs securefs:securefs softhsm2-util:softhsm2; do
+	gocryptfs:gocryptfs securefs:securefs softhsm2-util:softhsm2 openssl:openssl; do
 	cmd=${pair%%:*} pkg=${pair##*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
