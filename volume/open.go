@@ -21,6 +21,8 @@ type KMSOptions struct {
 	Region     string
 	Keystore   string // embedded keystore directory; "" = keystore.DefaultDir()
 	Passphrase []byte // embedded keystore passphrase, if it has one
+	// PKCS11 names the token holding the embedded keystore's KEK, if any.
+	PKCS11 *keystore.PKCS11Options
 	Warn       func(string)
 }
 
@@ -46,7 +48,7 @@ func OpenKMS(ctx context.Context, o KMSOptions) (KMS, error) {
 				return nil, err
 			}
 		}
-		ks, err := keystore.Open(dir, keystore.Options{Passphrase: o.Passphrase, Warn: o.Warn})
+		ks, err := keystore.Open(dir, keystore.Options{Passphrase: o.Passphrase, PKCS11: o.PKCS11, Warn: o.Warn})
 		if err != nil {
 			return nil, fmt.Errorf("embedded KMS keystore %s: %w", dir, err)
 		}

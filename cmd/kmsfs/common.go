@@ -19,6 +19,7 @@ type commonFlags struct {
 	s3Endpoint     string
 	s3Region       string
 	s3PathStyle    bool
+	pkcs11         pkcs11Flags
 	// mounting is set by `kmsfs mount` (read-write): the process owns the
 	// volume's S3 prefix and may abort multipart uploads a crash left.
 	mounting bool
@@ -32,6 +33,7 @@ func (c *commonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.s3Endpoint, "s3-endpoint", "", "S3 endpoint URL for s3:// backends (default AWS)")
 	fs.StringVar(&c.s3Region, "s3-region", "", "S3 region (default from the AWS config chain)")
 	fs.BoolVar(&c.s3PathStyle, "s3-path-style", false, "use path-style S3 addressing (most non-AWS servers)")
+	c.pkcs11.register(fs)
 }
 
 func (c *commonFlags) passphrase() ([]byte, error) {
@@ -54,7 +56,11 @@ func (c *commonFlags) kmsOptions(cfg *volume.Config) (volume.KMSOptions, error) 
 	if err != nil {
 		return volume.KMSOptions{}, err
 	}
-	o := volume.KMSOptions{URL: c.kmsURL, Region: c.kmsRegion, Keystore: c.keystore, Passphrase: pass,
+	hsm, err := c.pkcs11.options()
+	if err != nil {
+		return volume.KMSOptions{}, err
+	}
+	o := volume.KMSOptions{URL: c.kmsURL, Region: c.kmsRegion, Keystore: c.keystore, Passphrase: pass, PKCS11: hsm,
 		Warn: func(msg string) { fmt.Fprintln(os.Stderr, "kmsfs: warning:", msg) }}
 	if o.URL == "" && cfg != nil {
 		o.URL = cfg.KMS

@@ -83,6 +83,7 @@ type kmsTarget struct {
 	account        string
 	url            string
 	urlRegion      string
+	pkcs11         pkcs11Flags
 }
 
 func (t *kmsTarget) register(fs *pflag.FlagSet) {
@@ -92,6 +93,7 @@ func (t *kmsTarget) register(fs *pflag.FlagSet) {
 	fs.StringVar(&t.account, "account", "", "account ID in the keystore's key ARNs (default 000000000000)")
 	fs.StringVar(&t.url, "kms", "", "work through this KMS server (AWS KMS API URL) instead of a keystore")
 	fs.StringVar(&t.urlRegion, "kms-region", "", "region of the --kms server (default from the AWS config chain)")
+	t.pkcs11.register(fs)
 }
 
 // kmsPassphrase reads the keystore passphrase from a file or $KMSFS_PASSPHRASE.
@@ -109,7 +111,7 @@ func kmsPassphrase(file string) ([]byte, error) {
 	return nil, nil
 }
 
-func kmsOpenKeystore(dir, passphraseFile, region, account string, stderr io.Writer) (*keystore.Keystore, error) {
+func kmsOpenKeystore(dir, passphraseFile, region, account string, hsmFlags *pkcs11Flags, stderr io.Writer) (*keystore.Keystore, error) {
 	if dir == "" {
 		var err error
 		if dir, err = keystore.DefaultDir(); err != nil {
@@ -121,7 +123,14 @@ func kmsOpenKeystore(dir, passphraseFile, region, account string, stderr io.Writ
 		return nil, err
 	}
 	defer kms.Zero(pass)
-	return keystore.Open(dir, keystore.Options{Passphrase: pass, Region: region, Account: account,
+	hsm, err := hsmFlags.options()
+	if err != nil {
+		return nil, err
+	}
+	if hsm != nil {
+		defer kms.Zero(hsm.PIN)
+	}
+	return keystore.Open(dir, keystore.Options{Passphrase: pass, Region: region, Account: account, PKCS11: hsm,
 		Warn: func(msg string) { fmt.Fprintln(stderr, "kmsfs: warning:", msg) }})
 }
 
@@ -134,7 +143,7 @@ func (t *kmsTarget) open(ctx context.Context, stderr io.Writer) (kms.Admin, func
 		}
 		return c, func() {}, nil
 	}
-	ks, err := kmsOpenKeystore(t.keystore, t.passphraseFile, t.region, t.account, stderr)
+	ks, err := kmsOpenKeystore(t.keystore, t.passphraseFile, t.region, t.account, &t.pkcs11, stderr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -466,6 +475,8 @@ func kmsServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	listen := fs.String("listen", "127.0.0.1:8900", "address to listen on (port 0: any free port; the address is printed)")
 	ksDir := fs.String("keystore", "", "keystore directory (default $KMSFS_KEYSTORE or ~/.config/kmsfs/keystore)")
 	passFile := fs.String("passphrase-file", "", "file holding the keystore passphrase (or set $KMSFS_PASSPHRASE)")
+	var hsmFlags pkcs11Flags
+	hsmFlags.register(fs)
 	credFile := fs.String("credentials", "", "JSON file of access keys and their principals (required; format below)")
 	auditPath := fs.String("audit-log", "", "audit log file (default KEYSTORE/audit.log)")
 	auditFsync := fs.Bool("audit-fsync", false, "fsync the audit log before answering (group commit) instead of only writing it")
@@ -497,7 +508,7 @@ func kmsServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("kms serve: %w", err)
 	}
-	ks, err := kmsOpenKeystore(*ksDir, *passFile, *region, *account, stderr)
+	ks, err := kmsOpenKeystore(*ksDir, *passFile, *region, *account, &hsmFlags, stderr)
 	if err != nil {
 		return fmt.Errorf("kms serve: %w", err)
 	}

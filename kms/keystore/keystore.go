@@ -60,6 +60,11 @@ type Options struct {
 	Region string
 	// Account is the 12-digit account ID for ARNs; default "000000000000".
 	Account string
+	// PKCS11, if set, keeps the KEK in a PKCS#11 token (an HSM, SoftHSM2
+	// in tests): a non-extractable AES-256 key that seals and opens the
+	// key material inside the token. Set it when the keystore is created
+	// to take effect, and on every later Open.
+	PKCS11 *PKCS11Options
 	// Now is the clock (tests advance it); default time.Now.
 	Now func() time.Time
 	// Warn receives warnings; default writes them to stderr. It is called
@@ -88,7 +93,7 @@ type Keystore struct {
 
 	mu      sync.Mutex
 	closed  bool
-	mk      *masterKey
+	mk      kek
 	st      *state
 	held    *os.File // the state file st was read from or written as
 	heldID  fileID
@@ -160,7 +165,7 @@ func Open(dir string, opts Options) (*Keystore, error) {
 		lock:      lock,
 		aeads:     map[aeadKey]cipher.AEAD{},
 	}
-	if err := k.init(opts.Passphrase); err != nil {
+	if err := k.init(opts.Passphrase, opts.PKCS11); err != nil {
 		lock.close()
 		return nil, fmt.Errorf("open keystore %s: %w", dir, err)
 	}
@@ -205,7 +210,7 @@ func ensureDir(dir string, warn func(string)) error {
 }
 
 // init loads or creates the state under the lock.
-func (k *Keystore) init(passphrase []byte) error {
+func (k *Keystore) init(passphrase []byte, hsm *PKCS11Options) error {
 	if err := k.lock.lock(context.Background()); err != nil {
 		return err
 	}
@@ -215,7 +220,7 @@ func (k *Keystore) init(passphrase []byte) error {
 	}
 	f, err := os.Open(k.statePath)
 	if errors.Is(err, fs.ErrNotExist) {
-		p, mk, err := newProtection(k.dir, passphrase)
+		p, mk, err := newProtection(k.dir, passphrase, hsm)
 		if err != nil {
 			return err
 		}
@@ -234,7 +239,7 @@ func (k *Keystore) init(passphrase []byte) error {
 		f.Close()
 		return err
 	}
-	mk, err := unlock(k.dir, st.Protection, passphrase)
+	mk, err := unlock(k.dir, st.Protection, passphrase, hsm)
 	if err != nil {
 		f.Close()
 		return err
@@ -382,7 +387,7 @@ func (k *Keystore) reload() error {
 	if !st.Protection.equal(k.st.Protection) {
 		// Someone re-created the keystore in place. Our KEK must still
 		// open it, else nothing in it is usable by us.
-		if err := k.mk.verify(st.Protection); err != nil {
+		if err := verifyKEK(k.mk, st.Protection); err != nil {
 			f.Close()
 			return fmt.Errorf("keystore %s was replaced by one with a different passphrase or root key; reopen it", k.dir)
 		}

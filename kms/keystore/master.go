@@ -25,6 +25,7 @@ import (
 const (
 	protectionPassphrase = "passphrase-argon2id"
 	protectionRootKey    = "root-key-file"
+	protectionPKCS11     = "pkcs11"
 
 	rootKeyName = "root.key"
 	kekLen      = 32
@@ -54,7 +55,27 @@ const (
 type protection struct {
 	Kind   string        `json:"kind"`
 	Argon2 *argon2Params `json:"argon2id,omitempty"`
+	PKCS11 *pkcs11Params `json:"pkcs11,omitempty"`
 	Check  []byte        `json:"check"`
+}
+
+// pkcs11Params name the token and the AES key in it that is the KEK. The
+// module path and the PIN are not stored: they belong to the machine and the
+// operator (Options.PKCS11).
+type pkcs11Params struct {
+	Token string `json:"token"`
+	Key   string `json:"key"`
+}
+
+// kek is the key-encryption key in usable form: software AES-GCM (a
+// passphrase-derived or root-file key) or an AES key inside a PKCS#11 token
+// that never leaves it.
+type kek interface {
+	// seal returns nonce || AES-GCM(plaintext) bound to aad.
+	seal(plaintext, aad []byte) ([]byte, error)
+	open(sealed, aad []byte) ([]byte, error)
+	// zero forgets the key (software) or logs out of the token.
+	zero()
 }
 
 type argon2Params struct {
@@ -65,7 +86,10 @@ type argon2Params struct {
 }
 
 func (p protection) equal(o protection) bool {
-	if p.Kind != o.Kind || !bytes.Equal(p.Check, o.Check) || (p.Argon2 == nil) != (o.Argon2 == nil) {
+	if p.Kind != o.Kind || !bytes.Equal(p.Check, o.Check) || (p.Argon2 == nil) != (o.Argon2 == nil) || (p.PKCS11 == nil) != (o.PKCS11 == nil) {
+		return false
+	}
+	if p.PKCS11 != nil && *p.PKCS11 != *o.PKCS11 {
 		return false
 	}
 	if p.Argon2 == nil {
@@ -130,9 +154,25 @@ func materialAADFor(key string, version int) []byte {
 // derived with argon2id under a fresh salt; without one it is the root key in
 // dir/root.key, created if absent (an existing root.key is reused: it is what
 // a crash between writing root.key and the first state file leaves behind).
-func newProtection(dir string, passphrase []byte) (protection, *masterKey, error) {
+func newProtection(dir string, passphrase []byte, hsm *PKCS11Options) (protection, kek, error) {
 	var p protection
 	var raw []byte
+	if hsm != nil {
+		if len(passphrase) > 0 {
+			return p, nil, errors.New("a keystore is protected by a PKCS#11 token or by a passphrase, not both")
+		}
+		p.Kind = protectionPKCS11
+		p.PKCS11 = &pkcs11Params{Token: hsm.Token, Key: hsm.keyLabel()}
+		mk, err := openTokenKEK(hsm, true)
+		if err != nil {
+			return p, nil, err
+		}
+		if p.Check, err = mk.seal([]byte(checkPlaintext), checkAAD(p.Kind)); err != nil {
+			mk.zero()
+			return p, nil, err
+		}
+		return p, mk, nil
+	}
 	if len(passphrase) > 0 {
 		salt := make([]byte, argonSaltLen)
 		if _, err := rand.Read(salt); err != nil {
@@ -167,9 +207,30 @@ func newProtection(dir string, passphrase []byte) (protection, *masterKey, error
 
 // unlock obtains the KEK of an existing keystore and verifies it against the
 // stored check value.
-func unlock(dir string, p protection, passphrase []byte) (*masterKey, error) {
+func unlock(dir string, p protection, passphrase []byte, hsm *PKCS11Options) (kek, error) {
 	var raw []byte
+	if p.Kind != protectionPKCS11 && hsm != nil {
+		return nil, fmt.Errorf("keystore %s is not protected by a PKCS#11 token (it uses %s); PKCS#11 options were given", dir, p.Kind)
+	}
 	switch p.Kind {
+	case protectionPKCS11:
+		if hsm == nil {
+			return nil, fmt.Errorf("keystore %s is protected by PKCS#11 token %q; give the module and PIN (--pkcs11-module, --pkcs11-pin-file)", dir, p.PKCS11.tokenLabel())
+		}
+		if p.PKCS11 == nil || p.PKCS11.Token != hsm.Token {
+			return nil, fmt.Errorf("keystore %s is protected by PKCS#11 token %q, not %q", dir, p.PKCS11.tokenLabel(), hsm.Token)
+		}
+		o := *hsm
+		o.KeyLabel = p.PKCS11.Key
+		mk, err := openTokenKEK(&o, false)
+		if err != nil {
+			return nil, err
+		}
+		if err := verifyKEK(mk, p); err != nil {
+			mk.zero()
+			return nil, fmt.Errorf("keystore %s: the key %q in PKCS#11 token %q does not match this keystore", dir, p.PKCS11.Key, p.PKCS11.Token)
+		}
+		return mk, nil
 	case protectionPassphrase:
 		if len(passphrase) == 0 {
 			return nil, fmt.Errorf("keystore %s is protected by a passphrase and none was given", dir)
@@ -201,7 +262,7 @@ func unlock(dir string, p protection, passphrase []byte) (*masterKey, error) {
 		kms.Zero(raw)
 		return nil, err
 	}
-	if err := mk.verify(p); err != nil {
+	if err := verifyKEK(mk, p); err != nil {
 		mk.zero()
 		if p.Kind == protectionPassphrase {
 			return nil, fmt.Errorf("keystore %s: wrong passphrase", dir)
@@ -211,8 +272,8 @@ func unlock(dir string, p protection, passphrase []byte) (*masterKey, error) {
 	return mk, nil
 }
 
-// verify checks that mk opens p's check value.
-func (m *masterKey) verify(p protection) error {
+// verifyKEK checks that m opens p's check value.
+func verifyKEK(m kek, p protection) error {
 	pt, err := m.open(p.Check, checkAAD(p.Kind))
 	if err != nil {
 		return err
@@ -260,4 +321,28 @@ func createRootKey(dir string) ([]byte, error) {
 	}
 	f.Close()
 	return raw, nil
+}
+
+func (p *pkcs11Params) tokenLabel() string {
+	if p == nil {
+		return ""
+	}
+	return p.Token
+}
+
+// PKCS11Options say where the KEK of a PKCS#11-protected keystore lives.
+type PKCS11Options struct {
+	Module   string // the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so
+	Token    string // token label
+	PIN      []byte // user PIN
+	KeyLabel string // label of the AES key in the token; default "kmsfs-keystore-kek"
+}
+
+const defaultKEKLabel = "kmsfs-keystore-kek"
+
+func (o *PKCS11Options) keyLabel() string {
+	if o.KeyLabel == "" {
+		return defaultKEKLabel
+	}
+	return o.KeyLabel
 }

@@ -72,7 +72,7 @@ func TestRootKeyKeystoreFilesAndNoPlaintextKeys(t *testing.T) {
 		}
 		secrets = append(secrets, raw)
 	}
-	secrets = append(secrets, bytes.Clone(f.ks.mk.raw))
+	secrets = append(secrets, bytes.Clone(f.ks.mk.(*masterKey).raw))
 	f.ks.mu.Unlock()
 	for i, s := range secrets {
 		for _, enc := range encodings(s) {
