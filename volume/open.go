@@ -23,7 +23,7 @@ type KMSOptions struct {
 	Passphrase []byte // embedded keystore passphrase, if it has one
 	// PKCS11 names the token holding the embedded keystore's KEK, if any.
 	PKCS11 *keystore.PKCS11Options
-	Warn       func(string)
+	Warn   func(string)
 }
 
 // KMS is an opened key source: the operations a mount needs, the admin
