@@ -25,8 +25,10 @@ const (
 //
 //	format       1 (stateFormat); any other value is refused
 //	generation   write counter
-//	protection   {kind: "passphrase-argon2id" | "root-key-file",
+//	protection   {kind: "passphrase-argon2id" | "root-key-file" | "pkcs11",
 //	              argon2id: {salt, time, memory_kib, threads} (passphrase only),
+//	              pkcs11: {token, key} (labels of the token and of the AES key
+//	                       in it that is the KEK; pkcs11 only),
 //	              check: base64(nonce || AES-GCM_KEK("kmsfs keystore check v1"))}
 //	keys         {"<uuid>": {id, description, state, created, deletion_date,
 //	              origin, key_manager, creating_principal, policy (verbatim),
