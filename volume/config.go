@@ -31,9 +31,15 @@ const ConfigFormat = 1
 const (
 	FeatureBucketKey    = "bucket-key"
 	FeatureXattrEncrypt = "xattr-encryption"
+	// FeatureNameEncrypt: names and symlink targets are stored encrypted
+	// (docs/FORMAT.md section 10).
+	FeatureNameEncrypt = "name-encryption"
 )
 
-var knownFeatures = []string{FeatureBucketKey, FeatureXattrEncrypt}
+var knownFeatures = []string{FeatureBucketKey, FeatureXattrEncrypt, FeatureNameEncrypt}
+
+// HasFeature reports whether the volume uses feature f.
+func (c *Config) HasFeature(f string) bool { return slices.Contains(c.Features, f) }
 
 // Config is the volume config, stored as JSON in the backend's metadata
 // area. It holds no secret: the metadata key is wrapped by the KMS.
@@ -109,6 +115,8 @@ type InitOptions struct {
 	Mode       envelope.Mode
 	BlockSize  int // 0: envelope.DefaultBlockSize
 	HeaderSize int // 0: envelope.DefaultHeaderSize
+	// EncryptNames stores names and symlink targets encrypted.
+	EncryptNames bool
 }
 
 // Init creates a new volume on an empty backend: a random volume ID and a
@@ -139,6 +147,15 @@ func Init(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt InitOp
 	case envelope.ModeBucketKey:
 		cfg.Mode = "bucket-key"
 		cfg.Features = append(cfg.Features, FeatureBucketKey)
+	}
+	if opt.EncryptNames {
+		// Entries already there would be hidden: their names do not decrypt.
+		if ents, err := be.ReadDir(ctx, ""); err != nil {
+			return nil, fmt.Errorf("list the backend: %w", err)
+		} else if len(ents) > 0 {
+			return nil, fmt.Errorf("the backend is not empty (%q, ...); a volume with encrypted names starts empty", ents[0].Name)
+		}
+		cfg.Features = append(cfg.Features, FeatureNameEncrypt)
 	}
 	var id [envelope.IDLen]byte
 	if _, err := rand.Read(id[:]); err != nil {

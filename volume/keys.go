@@ -81,43 +81,70 @@ func (s *bucketKeySource) zero() {
 }
 
 // metaKey is the volume metadata key (unwrapped on first use), from which
-// the xattr value key is derived.
+// the xattr value key and the name keys are derived.
 type metaKey struct {
-	mu   sync.Mutex
-	aead cipher.AEAD
+	mu    sync.Mutex
+	aead  cipher.AEAD
+	names *envelope.NameCipher
 }
 
 const labelXattrKey = "kmsfs v1 xattr key"
 
-func (m *metaKey) xattrAEAD(ctx context.Context, v *Volume) (cipher.AEAD, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+// unwrap unwraps the metadata key once and derives what is kept of it.
+// Called with m.mu held.
+func (m *metaKey) unwrap(ctx context.Context, v *Volume) error {
 	if m.aead != nil {
-		return m.aead, nil
+		return nil
 	}
 	ctx, cancel := detachKeyWork(ctx)
 	defer cancel()
 	plain, _, err := v.keys.Decrypt(ctx, v.cfg.KeyID, v.cfg.WrappedMetaKey, metaContext(v.cfg.VolumeID))
 	if err != nil {
-		return nil, fmt.Errorf("unwrap volume metadata key: %w", err)
+		return fmt.Errorf("unwrap volume metadata key: %w", err)
 	}
 	defer kms.Zero(plain)
 	key, err := hkdf.Key(sha256.New, plain, v.id[:], labelXattrKey, envelope.KeySize)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer kms.Zero(key)
 	blk, err := aes.NewCipher(key)
 	if err != nil {
+		return err
+	}
+	aead, err := cipher.NewGCM(blk)
+	if err != nil {
+		return err
+	}
+	names, err := envelope.NewNameCipher(plain, v.id)
+	if err != nil {
+		return err
+	}
+	m.aead, m.names = aead, names
+	return nil
+}
+
+func (m *metaKey) xattrAEAD(ctx context.Context, v *Volume) (cipher.AEAD, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.unwrap(ctx, v); err != nil {
 		return nil, err
 	}
-	m.aead, err = cipher.NewGCM(blk)
-	return m.aead, err
+	return m.aead, nil
+}
+
+func (m *metaKey) nameCipher(ctx context.Context, v *Volume) (*envelope.NameCipher, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.unwrap(ctx, v); err != nil {
+		return nil, err
+	}
+	return m.names, nil
 }
 
 func (m *metaKey) zero() {
 	m.mu.Lock()
-	m.aead = nil
+	m.aead, m.names = nil, nil
 	m.mu.Unlock()
 }
 

@@ -90,6 +90,17 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 	if v.bucket.maxFiles <= 0 {
 		v.bucket.maxFiles = DefaultBucketKeyMaxFiles
 	}
+	if cfg.HasFeature(FeatureNameEncrypt) {
+		// Every path operation needs the name keys: unwrap them now.
+		names, err := v.meta.nameCipher(ctx, v)
+		if err != nil {
+			if unlock != nil {
+				unlock()
+			}
+			return nil, err
+		}
+		v.be = newNameBackend(be, names, log)
+	}
 	if mode == envelope.ModePerObject && !opt.ReadOnly && opt.PrefetchMax >= 0 {
 		n := opt.PrefetchMax
 		if n == 0 {

@@ -15,6 +15,7 @@ func initCommand(ctx context.Context, args []string) error {
 	fs := newFlagSet("init", "kmsfs init [flags] BACKEND   (a directory or s3://bucket/prefix)")
 	c.register(fs)
 	keyID := fs.String("key", "", "KMS key (ID, ARN or alias); default: create a new key on the embedded KMS")
+	encryptNames := fs.Bool("encrypt-names", false, "store file, directory and symlink target names encrypted (names up to 175 bytes)")
 	mode := fs.String("mode", "per-object", "key mode: per-object (one KMS data key per file, like SSE-KMS) or bucket-key (a volume-level key, per-file keys derived locally, like S3 Bucket Keys)")
 	blockSize := fs.Int("block-size", envelope.DefaultBlockSize, "plaintext bytes per encrypted block (power of two)")
 	headerSize := fs.Int("header-size", envelope.DefaultHeaderSize, "bytes reserved for each file header")
@@ -70,7 +71,7 @@ func initCommand(ctx context.Context, args []string) error {
 		fmt.Fprintf(os.Stderr, "kmsfs: created KMS key %s\n", key)
 	}
 	cfg, err := volume.Init(ctx, be, k, volume.InitOptions{
-		KeyID: key, KMS: ko.URL, KMSRegion: ko.Region, Mode: m, BlockSize: *blockSize, HeaderSize: *headerSize,
+		KeyID: key, KMS: ko.URL, KMSRegion: ko.Region, Mode: m, BlockSize: *blockSize, HeaderSize: *headerSize, EncryptNames: *encryptNames,
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", spec, err)

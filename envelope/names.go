@@ -1,0 +1,157 @@
+package envelope
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Name encryption (docs/FORMAT.md section 10). A name is encrypted
+// deterministically under its directory's ID, so that a lookup can compute
+// the stored name without listing the directory, while equal names in two
+// directories look unrelated:
+//
+//	tag    = HMAC-SHA256(nameMACKey, dirID || name)[:16]
+//	stored = base64url-nopad(tag || AES-256-CTR(nameEncKey, iv = tag, name))
+//
+// the SIV construction (RFC 5297) with HMAC in place of CMAC: the tag is
+// both the synthetic IV and the authenticator. Symlink targets need no
+// determinism; they are nonce || AES-GCM(targetKey, target), base64url.
+
+// DirIDLen is the length of a directory ID.
+const DirIDLen = 16
+
+// MaxStoredName is the longest stored name component (NAME_MAX of the
+// backing filesystem); MaxPlainName the longest plaintext name that fits.
+const (
+	MaxStoredName = 255
+	MaxPlainName  = MaxStoredName*3/4 - nameTagLen
+)
+
+const (
+	nameTagLen       = 16
+	labelNameKeys    = "kmsfs v1 name keys"
+	labelRootDirID   = "kmsfs v1 root directory"
+	labelTargetKey   = "kmsfs v1 symlink target key"
+	maxSymlinkTarget = 4095 // PATH_MAX - 1: what the backend can store
+)
+
+// ErrNameTooLong is returned for a name whose stored form would exceed
+// MaxStoredName (ENAMETOOLONG at the FUSE boundary).
+var ErrNameTooLong = errors.New("name too long to encrypt")
+
+var b64 = base64.RawURLEncoding
+
+// NameCipher encrypts and decrypts the names and symlink targets of a volume.
+type NameCipher struct {
+	enc    cipher.Block
+	macKey []byte
+	target cipher.AEAD
+	root   [DirIDLen]byte
+}
+
+// NewNameCipher derives the name keys from the volume's metadata key.
+func NewNameCipher(metaKey []byte, volumeID [IDLen]byte) (*NameCipher, error) {
+	keys, err := hkdf.Key(sha256.New, metaKey, volumeID[:], labelNameKeys, 3*KeySize)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(keys)
+	blk, err := aes.NewCipher(keys[:KeySize])
+	if err != nil {
+		return nil, err
+	}
+	tblk, err := aes.NewCipher(keys[2*KeySize:])
+	if err != nil {
+		return nil, err
+	}
+	target, err := cipher.NewGCM(tblk)
+	if err != nil {
+		return nil, err
+	}
+	c := &NameCipher{enc: blk, macKey: append([]byte(nil), keys[KeySize:2*KeySize]...), target: target}
+	m := hmac.New(sha256.New, c.macKey)
+	m.Write([]byte(labelRootDirID))
+	copy(c.root[:], m.Sum(nil))
+	return c, nil
+}
+
+// RootDirID is the ID of the volume's root directory, which has no ID file.
+func (c *NameCipher) RootDirID() [DirIDLen]byte { return c.root }
+
+func (c *NameCipher) tag(dirID [DirIDLen]byte, name string) []byte {
+	m := hmac.New(sha256.New, c.macKey)
+	m.Write(dirID[:])
+	m.Write([]byte(name))
+	return m.Sum(nil)[:nameTagLen]
+}
+
+// EncryptName returns the stored form of name in the directory dirID.
+func (c *NameCipher) EncryptName(dirID [DirIDLen]byte, name string) (string, error) {
+	if err := checkPlainName(name); err != nil {
+		return "", err
+	}
+	if len(name) > MaxPlainName {
+		return "", fmt.Errorf("%w: %d bytes, at most %d", ErrNameTooLong, len(name), MaxPlainName)
+	}
+	out := make([]byte, nameTagLen+len(name))
+	copy(out, c.tag(dirID, name))
+	cipher.NewCTR(c.enc, out[:nameTagLen]).XORKeyStream(out[nameTagLen:], []byte(name))
+	return b64.EncodeToString(out), nil
+}
+
+// DecryptName returns the plaintext of a stored name of directory dirID;
+// ErrAuth if it was not made by EncryptName with this key and directory.
+func (c *NameCipher) DecryptName(dirID [DirIDLen]byte, stored string) (string, error) {
+	raw, err := b64.DecodeString(stored)
+	if err != nil || len(raw) <= nameTagLen {
+		return "", fmt.Errorf("name %q: %w", stored, ErrAuth)
+	}
+	plain := make([]byte, len(raw)-nameTagLen)
+	cipher.NewCTR(c.enc, raw[:nameTagLen]).XORKeyStream(plain, raw[nameTagLen:])
+	if !hmac.Equal(c.tag(dirID, string(plain)), raw[:nameTagLen]) || checkPlainName(string(plain)) != nil {
+		return "", fmt.Errorf("name %q: %w", stored, ErrAuth)
+	}
+	return string(plain), nil
+}
+
+func checkPlainName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("invalid name %q", name)
+	}
+	return nil
+}
+
+// EncryptTarget returns the stored form of a symlink target.
+func (c *NameCipher) EncryptTarget(target string) (string, error) {
+	sealed := make([]byte, NonceSize, NonceSize+len(target)+TagSize)
+	if _, err := rand.Read(sealed); err != nil {
+		return "", err
+	}
+	sealed = c.target.Seal(sealed, sealed[:NonceSize], []byte(target), nil)
+	out := b64.EncodeToString(sealed)
+	if len(out) > maxSymlinkTarget {
+		return "", fmt.Errorf("%w: symlink target of %d bytes", ErrNameTooLong, len(target))
+	}
+	return out, nil
+}
+
+// DecryptTarget returns the plaintext of a stored symlink target.
+func (c *NameCipher) DecryptTarget(stored string) (string, error) {
+	raw, err := b64.DecodeString(stored)
+	if err != nil || len(raw) < NonceSize+TagSize {
+		return "", fmt.Errorf("symlink target: %w", ErrAuth)
+	}
+	plain, err := c.target.Open(nil, raw[:NonceSize], raw[NonceSize:], nil)
+	if err != nil {
+		return "", fmt.Errorf("symlink target: %w", ErrAuth)
+	}
+	return string(plain), nil
+}

@@ -1,0 +1,87 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestMountEncryptedNames: a volume made with `kmsfs init --encrypt-names`
+// takes cp -a and rsync -aHX of the standard tree (unicode, spaces, quotes,
+// symlinks absolute, relative and dangling, hard links, xattrs, modes,
+// owners) and gives it back identical, also after a remount and a directory
+// rename; the backing directory holds no plaintext name and no plaintext
+// symlink target; rm -rf leaves it empty; kmsfs rewrap works on it.
+func TestMountEncryptedNames(t *testing.T) {
+	mountRequireTool(t, "rsync")
+	v := mountNewVolume(t, "--encrypt-names")
+	src := filepath.Join(t.TempDir(), "src")
+	mountMakeTree(t, src, 21)
+	want := mountSnapshot(t, src)
+	v.mount()
+	cpDst, rsDst := v.path("cp"), v.path("rs")
+	mountExec(t, "cp", "-a", src, cpDst)
+	mountExec(t, "rsync", "-aHX", src+"/", rsDst+"/")
+	mountCheckCopies(t, "encrypted names", src, want, cpDst, rsDst)
+	v.remount()
+	mountCheckCopies(t, "encrypted names after remount", src, want, cpDst, rsDst)
+	if out := mountExec(t, "rsync", "-aHX", "--dry-run", "--itemize-changes", src+"/", rsDst+"/"); strings.TrimSpace(out) != "" {
+		t.Errorf("rsync --dry-run wants changes:\n%s", mountTail(out, 20))
+	}
+
+	// No stored name is a plaintext name; no stored symlink target shows one.
+	plain := map[string]bool{}
+	filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err == nil && p != src {
+			plain[d.Name()] = true
+		}
+		return err
+	})
+	plain["cp"], plain["rs"] = true, true
+	stored := 0
+	filepath.WalkDir(v.vault, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == v.vault {
+			return err
+		}
+		if d.Name() == ".kmsfs" && filepath.Dir(p) == v.vault {
+			return filepath.SkipDir
+		}
+		stored++
+		if plain[d.Name()] {
+			t.Errorf("backing path %s is a plaintext name", p)
+		}
+		if d.Type()&os.ModeSymlink != 0 {
+			target, _ := os.Readlink(p)
+			if strings.Contains(target, "target.txt") || strings.Contains(target, "hostname") || strings.Contains(target, "does/not") {
+				t.Errorf("backing symlink %s points at plaintext %q", p, target)
+			}
+		}
+		return nil
+	})
+	if stored < 600 {
+		t.Fatalf("only %d entries in the backing directory", stored)
+	}
+
+	mountExec(t, "mv", v.path("cp"), v.path("moved"))
+	if out, err := mountExecOut("diff", "-r", "--no-dereference", src, v.path("moved")); err != nil {
+		t.Errorf("after renaming the top directory: %v\n%s", err, mountTail(out, 20))
+	}
+	v.unmount()
+	if out := v.run("rewrap", v.vault); !strings.Contains(out, " 0 failed") {
+		t.Fatalf("rewrap of a volume with encrypted names:\n%s", out)
+	}
+	v.mount()
+	mountCheckCopies(t, "encrypted names after rewrap", src, want, v.path("moved"), rsDst)
+	mountExec(t, "rm", "-rf", v.path("moved"), rsDst)
+	ents, err := os.ReadDir(v.vault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Name() != ".kmsfs" {
+			t.Errorf("%s left in the backing directory after rm -rf", e.Name())
+		}
+	}
+	mountRequireNoPlaintext(t, v.vault)
+}

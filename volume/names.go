@@ -1,0 +1,488 @@
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/backend"
+	"github.com/kmsfs/kmsfs/envelope"
+)
+
+// DirIDName is the file in every directory but the root of a volume with
+// encrypted names that holds the directory's ID (docs/FORMAT.md section
+// 10). It never collides with a stored name: base64url has no '.'.
+const DirIDName = ".kmsfs-dirid"
+
+// nameBackend stores names and symlink targets encrypted: it is the backend
+// the FUSE layer and the volume see, in front of the real one. Paths above
+// it are plaintext; below it every component is encrypted under the ID of
+// the directory it is in, so each path operation needs the IDs of the
+// directories on its path: they are cached by plaintext path and dropped
+// when a rename or rmdir moves or removes the directory.
+type nameBackend struct {
+	backend.Backend
+	names *envelope.NameCipher
+	log   *slog.Logger
+
+	mu  sync.Mutex
+	ids map[string][envelope.DirIDLen]byte // plaintext directory path -> ID
+}
+
+// nameBackendIntents is nameBackend over a backend that keeps intents; they
+// are keyed by file ID, not by name, so they pass through.
+type nameBackendIntents struct {
+	*nameBackend
+	backend.Intents
+}
+
+func newNameBackend(be backend.Backend, names *envelope.NameCipher, log *slog.Logger) backend.Backend {
+	nb := &nameBackend{Backend: be, names: names, log: log, ids: map[string][envelope.DirIDLen]byte{}}
+	if ints, ok := be.(backend.Intents); ok {
+		return nameBackendIntents{nb, ints}
+	}
+	return nb
+}
+
+func nameErr(op, name string, err error) error {
+	if errors.Is(err, envelope.ErrNameTooLong) {
+		err = syscall.ENAMETOOLONG
+	} else if errors.Is(err, envelope.ErrAuth) {
+		err = syscall.EIO
+	} else if _, ok := err.(syscall.Errno); !ok && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s /%s: %w", op, name, err)
+	}
+	return &os.PathError{Op: op, Path: "/" + name, Err: err}
+}
+
+// splitPath splits a plaintext path into its parent and last component.
+func splitPath(p string) (dir, leaf string) {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i], p[i+1:]
+	}
+	return "", p
+}
+
+func joinPath(dir, leaf string) string {
+	if dir == "" {
+		return leaf
+	}
+	return dir + "/" + leaf
+}
+
+// enc returns the stored path of plaintext path p.
+func (b *nameBackend) enc(ctx context.Context, op, p string) (string, error) {
+	if p == "" {
+		return "", nil
+	}
+	dir, leaf := splitPath(p)
+	encDir, err := b.enc(ctx, op, dir)
+	if err != nil {
+		return "", err
+	}
+	id, err := b.dirID(ctx, op, dir, encDir)
+	if err != nil {
+		return "", err
+	}
+	encLeaf, err := b.names.EncryptName(id, leaf)
+	if err != nil {
+		return "", nameErr(op, p, err)
+	}
+	return joinPath(encDir, encLeaf), nil
+}
+
+// dirID returns the ID of the directory at plaintext path dir (stored at
+// encDir), reading its ID file on first use.
+func (b *nameBackend) dirID(ctx context.Context, op, dir, encDir string) ([envelope.DirIDLen]byte, error) {
+	if dir == "" {
+		return b.names.RootDirID(), nil
+	}
+	b.mu.Lock()
+	id, ok := b.ids[dir]
+	b.mu.Unlock()
+	if ok {
+		return id, nil
+	}
+	id, err := b.readDirID(ctx, encDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		id, err = b.recoverDirID(ctx, op, dir, encDir)
+	}
+	if err != nil {
+		return id, err
+	}
+	b.mu.Lock()
+	b.ids[dir] = id
+	b.mu.Unlock()
+	return id, nil
+}
+
+func (b *nameBackend) readDirID(ctx context.Context, encDir string) ([envelope.DirIDLen]byte, error) {
+	var id [envelope.DirIDLen]byte
+	f, err := b.Backend.Open(ctx, joinPath(encDir, DirIDName), syscall.O_RDONLY, 0, nil)
+	if err != nil {
+		return id, err
+	}
+	defer f.Close()
+	n, err := f.ReadAt(id[:], 0)
+	if n == len(id) {
+		return id, nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = fmt.Errorf("directory ID file of %s is %d bytes: %w", encDir, n, envelope.ErrCorrupt)
+	}
+	return id, err
+}
+
+// recoverDirID handles a directory without an ID file: what a crash between
+// creating a directory and its ID file leaves. An empty one gets its ID now;
+// one with entries cannot have lost it that way, and its names stay unread.
+func (b *nameBackend) recoverDirID(ctx context.Context, op, dir, encDir string) ([envelope.DirIDLen]byte, error) {
+	var id [envelope.DirIDLen]byte
+	ents, err := b.Backend.ReadDir(ctx, encDir)
+	if err != nil {
+		return id, err
+	}
+	if len(ents) > 0 {
+		b.log.Error("directory has no ID file; its names cannot be decrypted", "path", "/"+dir)
+		return id, nameErr(op, dir, syscall.EIO)
+	}
+	b.log.Warn("giving an empty directory the ID a crash left it without", "path", "/"+dir)
+	return b.writeDirID(ctx, encDir, nil)
+}
+
+// writeDirID creates encDir's ID file with a new random ID. If the file
+// appeared meanwhile (another caller recovering the same directory), its ID
+// is the one.
+func (b *nameBackend) writeDirID(ctx context.Context, encDir string, owner *backend.Owner) ([envelope.DirIDLen]byte, error) {
+	var id [envelope.DirIDLen]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return id, err
+	}
+	f, err := b.Backend.Open(ctx, joinPath(encDir, DirIDName), syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o444, owner)
+	if errors.Is(err, fs.ErrExist) {
+		return b.readDirID(ctx, encDir)
+	}
+	if err != nil {
+		return id, err
+	}
+	_, err = f.WriteAt(id[:], 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return id, err
+}
+
+// putDirID writes back the ID file of a directory whose removal or
+// replacement failed after its ID file was removed.
+func (b *nameBackend) putDirID(ctx context.Context, encDir string, id [envelope.DirIDLen]byte) {
+	f, err := b.Backend.Open(ctx, joinPath(encDir, DirIDName), syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o444, nil)
+	if err != nil {
+		b.log.Error("could not restore a directory's ID file", "stored", encDir, "err", err)
+		return
+	}
+	f.WriteAt(id[:], 0)
+	f.Sync()
+	f.Close()
+}
+
+// forget drops the cached IDs of dir and every directory below it.
+func (b *nameBackend) forget(dir string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for p := range b.ids {
+		if p == dir || strings.HasPrefix(p, dir+"/") {
+			delete(b.ids, p)
+		}
+	}
+}
+
+func (b *nameBackend) Lstat(ctx context.Context, name string, st *syscall.Stat_t) error {
+	e, err := b.enc(ctx, "stat", name)
+	if err != nil {
+		return err
+	}
+	if err := b.Backend.Lstat(ctx, e, st); err != nil {
+		return err
+	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFLNK {
+		// A symlink's size is its target's length: the plaintext one.
+		target, err := b.readlinkStored(ctx, name, e)
+		if err != nil {
+			return err
+		}
+		st.Size = int64(len(target))
+	}
+	return nil
+}
+
+func (b *nameBackend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry, error) {
+	e, err := b.enc(ctx, "readdir", name)
+	if err != nil {
+		return nil, err
+	}
+	ents, err := b.Backend.ReadDir(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	id, err := b.dirID(ctx, "readdir", name, e)
+	if err != nil {
+		return nil, err
+	}
+	out := ents[:0]
+	for _, ent := range ents {
+		if ent.Name == DirIDName {
+			continue
+		}
+		plain, err := b.names.DecryptName(id, ent.Name)
+		if err != nil {
+			// Not a name this volume stored there (moved in from another
+			// directory, or written to the backend by hand): hidden.
+			b.log.Warn("skipping a stored name that does not decrypt in its directory", "dir", "/"+name, "stored", ent.Name)
+			continue
+		}
+		ent.Name = plain
+		out = append(out, ent)
+	}
+	return out, nil
+}
+
+func (b *nameBackend) Mkdir(ctx context.Context, name string, mode uint32, owner *backend.Owner) error {
+	e, err := b.enc(ctx, "mkdir", name)
+	if err != nil {
+		return err
+	}
+	// Writable by its owner until the ID file is in (mkdir -m 0555 works).
+	if err := b.Backend.Mkdir(ctx, e, mode|0o200, owner); err != nil {
+		return err
+	}
+	id, err := b.writeDirID(ctx, e, owner)
+	if err == nil && mode&0o200 == 0 {
+		err = b.Backend.Chmod(ctx, e, mode)
+	}
+	if err != nil {
+		b.Backend.Unlink(ctx, joinPath(e, DirIDName))
+		b.Backend.Rmdir(ctx, e)
+		return nameErr("mkdir", name, err)
+	}
+	b.forget(name)
+	b.mu.Lock()
+	b.ids[name] = id
+	b.mu.Unlock()
+	return nil
+}
+
+// Rmdir removes the ID file and then the directory, after checking that it
+// holds nothing else: an ID file removed from a directory that then turned
+// out not to be empty would make its names unreadable.
+func (b *nameBackend) Rmdir(ctx context.Context, name string) error {
+	e, err := b.enc(ctx, "rmdir", name)
+	if err != nil {
+		return err
+	}
+	ents, err := b.Backend.ReadDir(ctx, e)
+	if err != nil {
+		return err
+	}
+	for _, ent := range ents {
+		if ent.Name != DirIDName {
+			return &os.PathError{Op: "rmdir", Path: "/" + name, Err: syscall.ENOTEMPTY}
+		}
+	}
+	id, idErr := b.readDirID(ctx, e)
+	if err := b.Backend.Unlink(ctx, joinPath(e, DirIDName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := b.Backend.Rmdir(ctx, e); err != nil {
+		if idErr == nil {
+			b.putDirID(ctx, e, id) // as it was, so the directory stays readable
+		}
+		return err
+	}
+	b.forget(name)
+	return nil
+}
+
+func (b *nameBackend) Rename(ctx context.Context, from, to string, flags uint32) error {
+	ef, err := b.enc(ctx, "rename", from)
+	if err != nil {
+		return err
+	}
+	et, err := b.enc(ctx, "rename", to)
+	if err != nil {
+		return err
+	}
+	// rename(2) may replace an empty directory; stored, an "empty"
+	// directory still holds its ID file, which has to go first (and comes
+	// back if the rename fails).
+	restore := func() {}
+	var st syscall.Stat_t
+	if flags&(unix.RENAME_EXCHANGE|unix.RENAME_NOREPLACE) == 0 && b.Backend.Lstat(ctx, et, &st) == nil && st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if ents, err := b.Backend.ReadDir(ctx, et); err == nil && len(ents) == 1 && ents[0].Name == DirIDName {
+			if id, err := b.readDirID(ctx, et); err == nil {
+				if err := b.Backend.Unlink(ctx, joinPath(et, DirIDName)); err != nil {
+					return err
+				}
+				restore = func() { b.putDirID(ctx, et, id) }
+			}
+		}
+	}
+	if err := b.Backend.Rename(ctx, ef, et, flags); err != nil {
+		restore()
+		return err
+	}
+	// A directory keeps its ID file, and so its entries' stored names,
+	// wherever it moves; only the cache by path is stale.
+	b.forget(from)
+	b.forget(to)
+	return nil
+}
+
+func (b *nameBackend) Symlink(ctx context.Context, target, name string, owner *backend.Owner) error {
+	e, err := b.enc(ctx, "symlink", name)
+	if err != nil {
+		return err
+	}
+	stored, err := b.names.EncryptTarget(target)
+	if err != nil {
+		return nameErr("symlink", name, err)
+	}
+	return b.Backend.Symlink(ctx, stored, e, owner)
+}
+
+func (b *nameBackend) Readlink(ctx context.Context, name string) (string, error) {
+	e, err := b.enc(ctx, "readlink", name)
+	if err != nil {
+		return "", err
+	}
+	return b.readlinkStored(ctx, name, e)
+}
+
+func (b *nameBackend) readlinkStored(ctx context.Context, name, e string) (string, error) {
+	stored, err := b.Backend.Readlink(ctx, e)
+	if err != nil {
+		return "", err
+	}
+	target, err := b.names.DecryptTarget(stored)
+	if err != nil {
+		b.log.Error("symlink target does not decrypt", "path", "/"+name, "err", err)
+		return "", nameErr("readlink", name, err)
+	}
+	return target, nil
+}
+
+func (b *nameBackend) Link(ctx context.Context, from, to string) error {
+	ef, err := b.enc(ctx, "link", from)
+	if err != nil {
+		return err
+	}
+	et, err := b.enc(ctx, "link", to)
+	if err != nil {
+		return err
+	}
+	return b.Backend.Link(ctx, ef, et)
+}
+
+// Statfs reports the longest plaintext name that can be stored.
+func (b *nameBackend) Statfs(ctx context.Context, st *syscall.Statfs_t) error {
+	if err := b.Backend.Statfs(ctx, st); err != nil {
+		return err
+	}
+	st.Namelen = min(st.Namelen, envelope.MaxPlainName)
+	return nil
+}
+
+// The rest only translate the path.
+
+func (b *nameBackend) Mknod(ctx context.Context, name string, mode uint32, dev uint64, owner *backend.Owner) error {
+	e, err := b.enc(ctx, "mknod", name)
+	if err != nil {
+		return err
+	}
+	return b.Backend.Mknod(ctx, e, mode, dev, owner)
+}
+
+func (b *nameBackend) Unlink(ctx context.Context, name string) error {
+	e, err := b.enc(ctx, "unlink", name)
+	if err != nil {
+		return err
+	}
+	return b.Backend.Unlink(ctx, e)
+}
+
+func (b *nameBackend) Chmod(ctx context.Context, name string, mode uint32) error {
+	e, err := b.enc(ctx, "chmod", name)
+	if err != nil {
+		return err
+	}
+	return b.Backend.Chmod(ctx, e, mode)
+}
+
+func (b *nameBackend) Lchown(ctx context.Context, name string, uid, gid int) error {
+	e, err := b.enc(ctx, "chown", name)
+	if err != nil {
+		return err
+	}
+	return b.Backend.Lchown(ctx, e, uid, gid)
+}
+
+func (b *nameBackend) Utimens(ctx context.Context, name string, atime, mtime *time.Time) error {
+	e, err := b.enc(ctx, "utimens", name)
+	if err != nil {
+		return err
+	}
+	return b.Backend.Utimens(ctx, e, atime, mtime)
+}
+
+func (b *nameBackend) Getxattr(ctx context.Context, name, attr string) ([]byte, error) {
+	e, err := b.enc(ctx, "getxattr", name)
+	if err != nil {
+		return nil, err
+	}
+	return b.Backend.Getxattr(ctx, e, attr)
+}
+
+func (b *nameBackend) Setxattr(ctx context.Context, name, attr string, value []byte, flags int) error {
+	e, err := b.enc(ctx, "setxattr", name)
+	if err != nil {
+		return err
+	}
+	return b.Backend.Setxattr(ctx, e, attr, value, flags)
+}
+
+func (b *nameBackend) Listxattr(ctx context.Context, name string) ([]string, error) {
+	e, err := b.enc(ctx, "listxattr", name)
+	if err != nil {
+		return nil, err
+	}
+	return b.Backend.Listxattr(ctx, e)
+}
+
+func (b *nameBackend) Removexattr(ctx context.Context, name, attr string) error {
+	e, err := b.enc(ctx, "removexattr", name)
+	if err != nil {
+		return err
+	}
+	return b.Backend.Removexattr(ctx, e, attr)
+}
+
+func (b *nameBackend) Open(ctx context.Context, name string, flags int, mode uint32, owner *backend.Owner) (backend.File, error) {
+	e, err := b.enc(ctx, "open", name)
+	if err != nil {
+		return nil, err
+	}
+	return b.Backend.Open(ctx, e, flags, mode, owner)
+}
