@@ -181,7 +181,7 @@ func (g *s3Gateway) uploads(t *testing.T, prefix string) []string {
 
 // s3NewVolume runs `kmsfs init` on s3://bucket/prefix; the volume is not
 // mounted yet (mount with v.mount(g.flags()...)).
-func s3NewVolume(t *testing.T, g *s3Gateway, prefix string) *mountVolume {
+func s3NewVolume(t *testing.T, g *s3Gateway, prefix string, initArgs ...string) *mountVolume {
 	t.Helper()
 	mountRequireFuse(t)
 	root := t.TempDir()
@@ -196,7 +196,7 @@ func s3NewVolume(t *testing.T, g *s3Gateway, prefix string) *mountVolume {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.cleanup)
-	out, err := v.tryRun(append(append([]string{"init"}, g.flags()...), v.vault)...)
+	out, err := v.tryRun(append(append(append([]string{"init"}, g.flags()...), initArgs...), v.vault)...)
 	if err != nil {
 		if strings.Contains(out, "not available in this build") {
 			t.Skipf("this kmsfs has no S3 backend wired (volume/open_s3.go must call s3.New): %s", out)
