@@ -20,6 +20,7 @@ type commonFlags struct {
 	s3Region       string
 	s3PathStyle    bool
 	pkcs11         pkcs11Flags
+	auditLog       string
 	// mounting is set by `kmsfs mount` (read-write): the process owns the
 	// volume's S3 prefix and may abort multipart uploads a crash left.
 	mounting bool
@@ -34,6 +35,7 @@ func (c *commonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.s3Region, "s3-region", "", "S3 region (default from the AWS config chain)")
 	fs.BoolVar(&c.s3PathStyle, "s3-path-style", false, "use path-style S3 addressing (most non-AWS servers)")
 	c.pkcs11.register(fs)
+	fs.StringVar(&c.auditLog, "audit-log", "", "append every KMS call this process makes to FILE (hash-chained JSON lines; kmsfs kms audit verify FILE)")
 }
 
 func (c *commonFlags) passphrase() ([]byte, error) {

@@ -70,7 +70,12 @@ func initCommand(ctx context.Context, args []string) error {
 		key = md.ARN
 		fmt.Fprintf(os.Stderr, "kmsfs: created KMS key %s\n", key)
 	}
-	cfg, err := volume.Init(ctx, be, k, volume.InitOptions{
+	record, closeAudit, err := c.openAudit("init")
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
+	cfg, err := volume.Init(ctx, be, kmsChain{audit: record}.wrap(k), volume.InitOptions{
 		KeyID: key, KMS: ko.URL, KMSRegion: ko.Region, Mode: m, BlockSize: *blockSize, HeaderSize: *headerSize, EncryptNames: *encryptNames,
 	})
 	if err != nil {

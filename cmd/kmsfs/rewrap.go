@@ -52,7 +52,12 @@ func rewrapCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 			fmt.Fprintf(stderr, "kmsfs rewrap: %s\n", rewrapSummary(p))
 		}
 	}
-	prog, err := volume.Rewrap(ctx, be, kmsChain{}.wrap(k), volume.RewrapOptions{
+	record, closeAudit, err := c.openAudit("rewrap")
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
+	prog, err := volume.Rewrap(ctx, be, kmsChain{audit: record}.wrap(k), volume.RewrapOptions{
 		ToKey: *toKey, Parallel: *parallel, Progress: progress, ProgressEvery: *every,
 		Logger: slog.New(slog.NewTextHandler(stderr, nil)),
 	})

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/kmsfs/kmsfs/backend"
@@ -19,6 +20,7 @@ type openedVolume struct {
 	cache *keycache.Cache
 	kms   volume.KMS
 	be    backend.Backend
+	audit func() // closes the client-side audit log
 }
 
 // kmsChain says how calls reach the KMS: an optional simulation of a
@@ -26,10 +28,16 @@ type openedVolume struct {
 type kmsChain struct {
 	simulate kmsmw.SimulateOptions
 	metrics  *metrics.Set // nil: no observation
+	// audit receives every call that reaches the KMS (retries included;
+	// key cache hits are not KMS calls); nil: none.
+	audit func(kmsmw.AuditRecord) error
 }
 
 func (k kmsChain) wrap(base kms.Crypto) kms.Crypto {
 	c := base
+	if k.audit != nil {
+		c = kmsmw.Audit(c, k.audit)
+	}
 	if k.simulate.Latency > 0 || k.simulate.RPS > 0 {
 		c = kmsmw.Simulate(c, k.simulate)
 	}
@@ -63,8 +71,16 @@ func openVolume(ctx context.Context, c *commonFlags, spec string, readOnly bool,
 		be.Close()
 		return nil, err
 	}
+	record, closeAudit, err := c.openAudit(command(readOnly))
+	if err != nil {
+		k.Close()
+		be.Close()
+		return nil, err
+	}
+	chain.audit = record
 	cache, err := keycache.New(chain.wrap(k), lim, time.Now)
 	if err != nil {
+		closeAudit()
 		k.Close()
 		be.Close()
 		return nil, err
@@ -73,6 +89,7 @@ func openVolume(ctx context.Context, c *commonFlags, spec string, readOnly bool,
 	vol, err := volume.Open(ctx, be, vo)
 	if err != nil {
 		cache.Close()
+		closeAudit()
 		k.Close()
 		be.Close()
 		return nil, err
@@ -80,13 +97,25 @@ func openVolume(ctx context.Context, c *commonFlags, spec string, readOnly bool,
 	if chain.metrics != nil {
 		chain.metrics.Attach(cache, vol)
 	}
-	return &openedVolume{vol: vol, cache: cache, kms: k, be: be}, nil
+	return &openedVolume{vol: vol, cache: cache, kms: k, be: be, audit: closeAudit}, nil
 }
 
 // Close zeroes every cached key and closes the KMS and backend.
 func (o *openedVolume) Close() error {
 	o.vol.Close()
 	o.cache.Close()
+	o.audit()
 	o.kms.Close()
 	return o.be.Close()
+}
+
+// command names the process in audit entries.
+func command(readOnly bool) string {
+	if len(os.Args) > 1 {
+		return os.Args[1]
+	}
+	if readOnly {
+		return "read"
+	}
+	return "mount"
 }
