@@ -90,4 +90,3 @@ func (a *audited) ReEncrypt(ctx context.Context, blob []byte, srcEC kms.Encrypti
 	}
 	return out, src, dst, nil
 }
-
