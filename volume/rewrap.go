@@ -545,3 +545,18 @@ func walkOrderAfter(a, b string) bool {
 	}
 	return len(ac) > len(bc)
 }
+
+// warnUnfinishedRewrap logs a rewrap that was interrupted: every file is
+// readable meanwhile, but some are still under the old key, which must not
+// be disabled or deleted yet.
+func (v *Volume) warnUnfinishedRewrap(ctx context.Context) {
+	data, err := v.be.ReadMeta(ctx, RewrapJobName)
+	if err != nil {
+		return
+	}
+	var job rewrapJob
+	if json.Unmarshal(data, &job) == nil && !job.Finished {
+		v.log.Warn("a kmsfs rewrap of this volume was interrupted; some files are still under the old key: run kmsfs rewrap again before disabling it",
+			"to_key", job.KeyARN, "done_through", "/"+job.DoneThrough, "started", job.Started)
+	}
+}

@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -228,6 +230,16 @@ func TestRewrapResumesAfterAnInterruption(t *testing.T) {
 		t.Fatalf("rewrap through an outage: %+v, %v; want 3 rewrapped, 4 failed, an error", prog, err)
 	}
 	checkRewrapTree(t, tv, want, tv.keyID)
+
+	var logged bytes.Buffer
+	v, err := Open(ctx, tv.Backend(), Options{Keys: tv.ks, ReadOnly: true, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	if !strings.Contains(logged.String(), "rewrap of this volume was interrupted") {
+		t.Fatalf("opening a volume with an unfinished rewrap logged:\n%s", logged.String())
+	}
 
 	healthy := &reEncryptCounter{countingKMS: &countingKMS{Crypto: tv.ks}}
 	prog, err = Rewrap(ctx, tv.Backend(), healthy, RewrapOptions{Parallel: 1})

@@ -90,6 +90,7 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 	if v.bucket.maxFiles <= 0 {
 		v.bucket.maxFiles = DefaultBucketKeyMaxFiles
 	}
+	v.warnUnfinishedRewrap(ctx)
 	if cfg.HasFeature(FeatureNameEncrypt) {
 		// Every path operation needs the name keys: unwrap them now.
 		names, err := v.meta.nameCipher(ctx, v)
