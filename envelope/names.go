@@ -29,11 +29,30 @@ import (
 const DirIDLen = 16
 
 // MaxStoredName is the longest stored name component (NAME_MAX of the
-// backing filesystem); MaxPlainName the longest plaintext name that fits.
+// backing filesystem); MaxShortName the longest plaintext name whose stored
+// form fits in it. Longer names, up to MaxPlainName, are stored under
+// LongName of their stored form, which is kept in a side file (FORMAT.md
+// section 10).
 const (
 	MaxStoredName = 255
-	MaxPlainName  = MaxStoredName*3/4 - nameTagLen
+	MaxShortName  = MaxStoredName*3/4 - nameTagLen
+	MaxPlainName  = 255
 )
+
+// LongNamePrefix starts the stored name of a long name; LongNameSuffix ends
+// its side file's name. Neither '~' nor '.' is in the base64url alphabet, so
+// neither can start a short stored name.
+const (
+	LongNamePrefix = "~"
+	LongNameSuffix = ".name"
+)
+
+// LongName is the name a stored form longer than MaxStoredName is stored
+// under: "~" and the base64url SHA-256 of the stored form.
+func LongName(stored string) string {
+	sum := sha256.Sum256([]byte(stored))
+	return LongNamePrefix + b64.EncodeToString(sum[:])
+}
 
 const (
 	nameTagLen       = 16

@@ -79,13 +79,26 @@ func TestNamesPerDirectory(t *testing.T) {
 	if _, err := c.DecryptName(d1, string(flipped)); !errors.Is(err, ErrAuth) {
 		t.Fatalf("edited stored name: %v", err)
 	}
-	// The longest name that fits, and one byte more.
-	long := strings.Repeat("n", MaxPlainName)
-	s, err := c.EncryptName(d1, long)
-	if err != nil || len(s) > MaxStoredName {
-		t.Fatalf("%d-byte name: stored in %d bytes, %v", MaxPlainName, len(s), err)
+	// The longest name whose stored form fits, one byte more (stored under
+	// its long name), the longest name at all, and one byte more.
+	short := strings.Repeat("n", MaxShortName)
+	if s, err := c.EncryptName(d1, short); err != nil || len(s) > MaxStoredName {
+		t.Fatalf("%d-byte name: stored in %d bytes, %v", MaxShortName, len(s), err)
 	}
-	if _, err := c.EncryptName(d1, long+"n"); !errors.Is(err, ErrNameTooLong) {
+	if s, err := c.EncryptName(d1, short+"n"); err != nil || len(s) <= MaxStoredName {
+		t.Fatalf("%d-byte name: stored in %d bytes, %v; want a long stored form", MaxShortName+1, len(s), err)
+	}
+	longest, err := c.EncryptName(d1, strings.Repeat("n", MaxPlainName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ln := LongName(longest); len(ln) > MaxStoredName || !strings.HasPrefix(ln, LongNamePrefix) || len(ln+LongNameSuffix) > MaxStoredName {
+		t.Fatalf("long name %q", ln)
+	}
+	if back, err := c.DecryptName(d1, longest); err != nil || len(back) != MaxPlainName {
+		t.Fatalf("longest name back: %d bytes, %v", len(back), err)
+	}
+	if _, err := c.EncryptName(d1, strings.Repeat("n", MaxPlainName+1)); !errors.Is(err, ErrNameTooLong) {
 		t.Fatalf("%d-byte name: %v, want ErrNameTooLong", MaxPlainName+1, err)
 	}
 	for _, bad := range []string{"", ".", "..", "a/b", "nul\x00"} {

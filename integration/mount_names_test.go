@@ -18,6 +18,17 @@ func TestMountEncryptedNames(t *testing.T) {
 	v := mountNewVolume(t, "--encrypt-names")
 	src := filepath.Join(t.TempDir(), "src")
 	mountMakeTree(t, src, 21)
+	// Names too long for a stored name of their own (over 175 bytes).
+	longDir := filepath.Join(src, strings.Repeat("Long directory name ", 10))
+	if err := os.Mkdir(longDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(longDir, strings.Repeat("ü", 127)+"x"), []byte("long"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(strings.Repeat("ü", 127)+"x", filepath.Join(longDir, strings.Repeat("s", 255))); err != nil {
+		t.Fatal(err)
+	}
 	want := mountSnapshot(t, src)
 	v.mount()
 	cpDst, rsDst := v.path("cp"), v.path("rs")

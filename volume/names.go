@@ -81,25 +81,103 @@ func joinPath(dir, leaf string) string {
 	return dir + "/" + leaf
 }
 
-// enc returns the stored path of plaintext path p.
-func (b *nameBackend) enc(ctx context.Context, op, p string) (string, error) {
+// storedPath is where a plaintext path is stored.
+type storedPath struct {
+	path string // the stored path
+	dir  string // the stored path of its parent
+	// side is set when the last component is a long name: the name of its
+	// side file in dir, which holds long, the component's whole stored form.
+	side, long string
+}
+
+// resolve returns the stored form of plaintext path p.
+func (b *nameBackend) resolve(ctx context.Context, op, p string) (storedPath, error) {
 	if p == "" {
-		return "", nil
+		return storedPath{}, nil
 	}
 	dir, leaf := splitPath(p)
 	encDir, err := b.enc(ctx, op, dir)
 	if err != nil {
-		return "", err
+		return storedPath{}, err
 	}
 	id, err := b.dirID(ctx, op, dir, encDir)
 	if err != nil {
-		return "", err
+		return storedPath{}, err
 	}
 	encLeaf, err := b.names.EncryptName(id, leaf)
 	if err != nil {
-		return "", nameErr(op, p, err)
+		return storedPath{}, nameErr(op, p, err)
 	}
-	return joinPath(encDir, encLeaf), nil
+	sp := storedPath{dir: encDir}
+	if len(encLeaf) > envelope.MaxStoredName {
+		short := envelope.LongName(encLeaf)
+		sp.side, sp.long, encLeaf = short+envelope.LongNameSuffix, encLeaf, short
+	}
+	sp.path = joinPath(encDir, encLeaf)
+	return sp, nil
+}
+
+// enc returns the stored path of plaintext path p.
+func (b *nameBackend) enc(ctx context.Context, op, p string) (string, error) {
+	sp, err := b.resolve(ctx, op, p)
+	return sp.path, err
+}
+
+// create resolves p for an operation that makes a new entry there: a long
+// name's side file is written first, so that the entry is never listed
+// without it. (Should the operation fail, an unused side file is hidden by
+// listings and removed by the rmdir of its directory.)
+func (b *nameBackend) create(ctx context.Context, op, p string) (storedPath, error) {
+	sp, err := b.resolve(ctx, op, p)
+	if err != nil || sp.side == "" {
+		return sp, err
+	}
+	f, err := b.Backend.Open(ctx, joinPath(sp.dir, sp.side), syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o444, nil)
+	if errors.Is(err, fs.ErrExist) {
+		return sp, nil // the side file of this very name: same content
+	}
+	if err != nil {
+		return sp, err
+	}
+	_, err = f.WriteAt([]byte(sp.long), 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return sp, err
+}
+
+// removed drops a long name's side file once its entry is gone.
+func (b *nameBackend) removed(ctx context.Context, sp storedPath) {
+	if sp.side == "" {
+		return
+	}
+	if err := b.Backend.Unlink(ctx, joinPath(sp.dir, sp.side)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		b.log.Warn("could not remove a long name's side file", "stored", joinPath(sp.dir, sp.side), "err", err)
+	}
+}
+
+// longStored reads the whole stored form of the long name short in the
+// stored directory dir from its side file.
+func (b *nameBackend) longStored(ctx context.Context, dir, short string) (string, error) {
+	f, err := b.Backend.Open(ctx, joinPath(dir, short+envelope.LongNameSuffix), syscall.O_RDONLY, 0, nil)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	buf := make([]byte, 4*envelope.MaxPlainName)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	long := string(buf[:n])
+	if envelope.LongName(long) != short {
+		return "", fmt.Errorf("side file of %s: %w", short, envelope.ErrAuth)
+	}
+	return long, nil
+}
+
+func isSideFile(name string) bool {
+	return strings.HasPrefix(name, envelope.LongNamePrefix) && strings.HasSuffix(name, envelope.LongNameSuffix)
 }
 
 // dirID returns the ID of the directory at plaintext path dir (stored at
@@ -244,10 +322,17 @@ func (b *nameBackend) ReadDir(ctx context.Context, name string) ([]backend.DirEn
 	}
 	out := ents[:0]
 	for _, ent := range ents {
-		if ent.Name == DirIDName {
+		if ent.Name == DirIDName || isSideFile(ent.Name) {
 			continue
 		}
-		plain, err := b.names.DecryptName(id, ent.Name)
+		stored := ent.Name
+		if strings.HasPrefix(stored, envelope.LongNamePrefix) {
+			if stored, err = b.longStored(ctx, e, ent.Name); err != nil {
+				b.log.Warn("skipping a long name whose side file is missing or wrong", "dir", "/"+name, "stored", ent.Name, "err", err)
+				continue
+			}
+		}
+		plain, err := b.names.DecryptName(id, stored)
 		if err != nil {
 			// Not a name this volume stored there (moved in from another
 			// directory, or written to the backend by hand): hidden.
@@ -261,10 +346,11 @@ func (b *nameBackend) ReadDir(ctx context.Context, name string) ([]backend.DirEn
 }
 
 func (b *nameBackend) Mkdir(ctx context.Context, name string, mode uint32, owner *backend.Owner) error {
-	e, err := b.enc(ctx, "mkdir", name)
+	sp, err := b.create(ctx, "mkdir", name)
 	if err != nil {
 		return err
 	}
+	e := sp.path
 	// Writable by its owner until the ID file is in (mkdir -m 0555 works).
 	if err := b.Backend.Mkdir(ctx, e, mode|0o200, owner); err != nil {
 		return err
@@ -289,17 +375,32 @@ func (b *nameBackend) Mkdir(ctx context.Context, name string, mode uint32, owner
 // holds nothing else: an ID file removed from a directory that then turned
 // out not to be empty would make its names unreadable.
 func (b *nameBackend) Rmdir(ctx context.Context, name string) error {
-	e, err := b.enc(ctx, "rmdir", name)
+	sp, err := b.resolve(ctx, "rmdir", name)
 	if err != nil {
 		return err
 	}
+	e := sp.path
 	ents, err := b.Backend.ReadDir(ctx, e)
 	if err != nil {
 		return err
 	}
+	present := map[string]bool{}
 	for _, ent := range ents {
-		if ent.Name != DirIDName {
+		present[ent.Name] = true
+	}
+	var orphans []string
+	for _, ent := range ents {
+		switch {
+		case ent.Name == DirIDName:
+		case isSideFile(ent.Name) && !present[strings.TrimSuffix(ent.Name, envelope.LongNameSuffix)]:
+			orphans = append(orphans, ent.Name) // left by a create that failed
+		default:
 			return &os.PathError{Op: "rmdir", Path: "/" + name, Err: syscall.ENOTEMPTY}
+		}
+	}
+	for _, o := range orphans {
+		if err := b.Backend.Unlink(ctx, joinPath(e, o)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
 		}
 	}
 	id, idErr := b.readDirID(ctx, e)
@@ -313,18 +414,20 @@ func (b *nameBackend) Rmdir(ctx context.Context, name string) error {
 		return err
 	}
 	b.forget(name)
+	b.removed(ctx, sp)
 	return nil
 }
 
 func (b *nameBackend) Rename(ctx context.Context, from, to string, flags uint32) error {
-	ef, err := b.enc(ctx, "rename", from)
+	spf, err := b.resolve(ctx, "rename", from)
 	if err != nil {
 		return err
 	}
-	et, err := b.enc(ctx, "rename", to)
+	spt, err := b.create(ctx, "rename", to)
 	if err != nil {
 		return err
 	}
+	ef, et := spf.path, spt.path
 	// rename(2) may replace an empty directory; stored, an "empty"
 	// directory still holds its ID file, which has to go first (and comes
 	// back if the rename fails).
@@ -348,14 +451,18 @@ func (b *nameBackend) Rename(ctx context.Context, from, to string, flags uint32)
 	// wherever it moves; only the cache by path is stale.
 	b.forget(from)
 	b.forget(to)
+	if flags&unix.RENAME_EXCHANGE == 0 && ef != et {
+		b.removed(ctx, spf)
+	}
 	return nil
 }
 
 func (b *nameBackend) Symlink(ctx context.Context, target, name string, owner *backend.Owner) error {
-	e, err := b.enc(ctx, "symlink", name)
+	sp, err := b.create(ctx, "symlink", name)
 	if err != nil {
 		return err
 	}
+	e := sp.path
 	stored, err := b.names.EncryptTarget(target)
 	if err != nil {
 		return nameErr("symlink", name, err)
@@ -389,11 +496,11 @@ func (b *nameBackend) Link(ctx context.Context, from, to string) error {
 	if err != nil {
 		return err
 	}
-	et, err := b.enc(ctx, "link", to)
+	spt, err := b.create(ctx, "link", to)
 	if err != nil {
 		return err
 	}
-	return b.Backend.Link(ctx, ef, et)
+	return b.Backend.Link(ctx, ef, spt.path)
 }
 
 // Statfs reports the longest plaintext name that can be stored.
@@ -408,19 +515,23 @@ func (b *nameBackend) Statfs(ctx context.Context, st *syscall.Statfs_t) error {
 // The rest only translate the path.
 
 func (b *nameBackend) Mknod(ctx context.Context, name string, mode uint32, dev uint64, owner *backend.Owner) error {
-	e, err := b.enc(ctx, "mknod", name)
+	sp, err := b.create(ctx, "mknod", name)
 	if err != nil {
 		return err
 	}
-	return b.Backend.Mknod(ctx, e, mode, dev, owner)
+	return b.Backend.Mknod(ctx, sp.path, mode, dev, owner)
 }
 
 func (b *nameBackend) Unlink(ctx context.Context, name string) error {
-	e, err := b.enc(ctx, "unlink", name)
+	sp, err := b.resolve(ctx, "unlink", name)
 	if err != nil {
 		return err
 	}
-	return b.Backend.Unlink(ctx, e)
+	if err := b.Backend.Unlink(ctx, sp.path); err != nil {
+		return err
+	}
+	b.removed(ctx, sp)
+	return nil
 }
 
 func (b *nameBackend) Chmod(ctx context.Context, name string, mode uint32) error {
@@ -480,9 +591,15 @@ func (b *nameBackend) Removexattr(ctx context.Context, name, attr string) error 
 }
 
 func (b *nameBackend) Open(ctx context.Context, name string, flags int, mode uint32, owner *backend.Owner) (backend.File, error) {
-	e, err := b.enc(ctx, "open", name)
+	var sp storedPath
+	var err error
+	if flags&syscall.O_CREAT != 0 {
+		sp, err = b.create(ctx, "open", name)
+	} else {
+		sp, err = b.resolve(ctx, "open", name)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return b.Backend.Open(ctx, e, flags, mode, owner)
+	return b.Backend.Open(ctx, sp.path, flags, mode, owner)
 }

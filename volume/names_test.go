@@ -187,12 +187,45 @@ func TestEncryptedNamesThroughTheBackend(t *testing.T) {
 		t.Fatalf("after rmdir: %v", got)
 	}
 
-	// Names longer than the stored form allows.
-	long := strings.Repeat("x", envelope.MaxPlainName+1)
-	if err := be.Mkdir(ctx, long, 0o755, nil); !errors.Is(err, syscall.ENAMETOOLONG) {
-		t.Fatalf("mkdir of a %d-byte name: %v", len(long), err)
+	// Names too long for a stored name of their own are stored under their
+	// long name, with a side file holding the whole stored form.
+	longDir, longFile, longLink := strings.Repeat("D", 200), strings.Repeat("é", 127), strings.Repeat("L", 255)
+	must(be.Mkdir(ctx, longDir, 0o755, nil))
+	h, err = v.OpenFile(ctx, longDir+"/"+longFile, syscall.O_RDWR|syscall.O_CREAT, 0o644, nil)
+	must(err)
+	_, err = h.WriteAt(ctx, []byte("long"), 0)
+	must(err)
+	must(h.Close())
+	must(be.Symlink(ctx, longFile, longDir+"/"+longLink, nil))
+	if got := listNames(t, be, longDir); strings.Join(got, ",") != longLink+","+longFile {
+		t.Fatalf("readdir of long names: %v", got)
 	}
-	must(be.Mkdir(ctx, long[1:], 0o755, nil))
+	for _, p := range backingNames(t, vault) {
+		for _, comp := range strings.Split(p, "/") {
+			if len(comp) > envelope.MaxStoredName {
+				t.Fatalf("stored component of %d bytes", len(comp))
+			}
+		}
+	}
+	must(be.Rename(ctx, longDir+"/"+longFile, longDir+"/short", 0))
+	must(be.Rename(ctx, longDir+"/"+longLink, longDir+"/"+strings.Repeat("M", 250), 0))
+	if got := listNames(t, be, longDir); strings.Join(got, ",") != strings.Repeat("M", 250)+",short" {
+		t.Fatalf("after renames of long names: %v", got)
+	}
+	if target, err := be.Readlink(ctx, longDir+"/"+strings.Repeat("M", 250)); err != nil || target != longFile {
+		t.Fatalf("readlink of a long name: %q, %v", target, err)
+	}
+	must(be.Unlink(ctx, longDir+"/"+strings.Repeat("M", 250)))
+	must(be.Unlink(ctx, longDir+"/short"))
+	must(be.Rmdir(ctx, longDir))
+	for _, p := range backingNames(t, vault) {
+		if strings.Contains(p, envelope.LongNameSuffix) {
+			t.Fatalf("side file %s left after its entries were removed", p)
+		}
+	}
+	if err := be.Mkdir(ctx, strings.Repeat("x", 256), 0o755, nil); !errors.Is(err, syscall.ENAMETOOLONG) {
+		t.Fatalf("mkdir of a 256-byte name: %v", err)
+	}
 	var sfs syscall.Statfs_t
 	must(be.Statfs(ctx, &sfs))
 	if sfs.Namelen != envelope.MaxPlainName {
@@ -200,8 +233,6 @@ func TestEncryptedNamesThroughTheBackend(t *testing.T) {
 	}
 }
 
-// TestDirectoryWithoutIDFile: a crash between mkdir and writing the ID file
-// leaves an empty directory without one; it gets an ID when next used.
 func TestDirectoryWithoutIDFile(t *testing.T) {
 	ctx := context.Background()
 	v, vault := newNamesVolume(t)

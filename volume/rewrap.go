@@ -160,8 +160,10 @@ func Rewrap(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt Rewr
 		defer close(tasks)
 		seq := 0
 		walkErr = walkFiles(walkCtx, be, "", func(name string) error {
-			if cfg.HasFeature(FeatureNameEncrypt) && strings.HasSuffix("/"+name, "/"+DirIDName) {
-				return nil // a directory's ID file, not a stored file
+			if cfg.HasFeature(FeatureNameEncrypt) {
+				if _, leaf := splitPath(name); leaf == DirIDName || isSideFile(leaf) {
+					return nil // a directory's ID or a long name's side file
+				}
 			}
 			if resumeAfter != "" && !walkOrderAfter(name, resumeAfter) {
 				seq++ // counted, not sent: an earlier run did it

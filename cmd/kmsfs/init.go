@@ -15,7 +15,7 @@ func initCommand(ctx context.Context, args []string) error {
 	fs := newFlagSet("init", "kmsfs init [flags] BACKEND   (a directory or s3://bucket/prefix)")
 	c.register(fs)
 	keyID := fs.String("key", "", "KMS key (ID, ARN or alias); default: create a new key on the embedded KMS")
-	encryptNames := fs.Bool("encrypt-names", false, "store file, directory and symlink target names encrypted (names up to 175 bytes)")
+	encryptNames := fs.Bool("encrypt-names", false, "store file, directory and symlink target names encrypted")
 	mode := fs.String("mode", "per-object", "key mode: per-object (one KMS data key per file, like SSE-KMS) or bucket-key (a volume-level key, per-file keys derived locally, like S3 Bucket Keys)")
 	blockSize := fs.Int("block-size", envelope.DefaultBlockSize, "plaintext bytes per encrypted block (power of two)")
 	headerSize := fs.Int("header-size", envelope.DefaultHeaderSize, "bytes reserved for each file header")
