@@ -132,18 +132,28 @@ func (b *nameBackend) create(ctx context.Context, op, p string) (storedPath, err
 	if err != nil || sp.side == "" {
 		return sp, err
 	}
-	f, err := b.Backend.Open(ctx, joinPath(sp.dir, sp.side), syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o444, nil)
+	err = b.writeNew(ctx, joinPath(sp.dir, sp.side), []byte(sp.long), nil)
 	if errors.Is(err, fs.ErrExist) {
 		return sp, nil // the side file of this very name: same content
 	}
+	return sp, err
+}
+
+// writeNew creates the small file p (O_EXCL: an existing one is fs.ErrExist)
+// and writes data to it durably.
+func (b *nameBackend) writeNew(ctx context.Context, p string, data []byte, owner *backend.Owner) error {
+	f, err := b.Backend.Open(ctx, p, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o444, owner)
 	if err != nil {
-		return sp, err
+		return err
 	}
-	_, err = f.WriteAt([]byte(sp.long), 0)
+	_, err = f.WriteAt(data, 0)
+	if err == nil {
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return sp, err
+	return err
 }
 
 // removed drops a long name's side file once its entry is gone.
@@ -247,19 +257,9 @@ func (b *nameBackend) writeDirID(ctx context.Context, encDir string, owner *back
 	if _, err := rand.Read(id[:]); err != nil {
 		return id, err
 	}
-	f, err := b.Backend.Open(ctx, joinPath(encDir, DirIDName), syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o444, owner)
+	err := b.writeNew(ctx, joinPath(encDir, DirIDName), id[:], owner)
 	if errors.Is(err, fs.ErrExist) {
 		return b.readDirID(ctx, encDir)
-	}
-	if err != nil {
-		return id, err
-	}
-	_, err = f.WriteAt(id[:], 0)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	return id, err
 }
@@ -267,14 +267,9 @@ func (b *nameBackend) writeDirID(ctx context.Context, encDir string, owner *back
 // putDirID writes back the ID file of a directory whose removal or
 // replacement failed after its ID file was removed.
 func (b *nameBackend) putDirID(ctx context.Context, encDir string, id [envelope.DirIDLen]byte) {
-	f, err := b.Backend.Open(ctx, joinPath(encDir, DirIDName), syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o444, nil)
-	if err != nil {
+	if err := b.writeNew(ctx, joinPath(encDir, DirIDName), id[:], nil); err != nil {
 		b.log.Error("could not restore a directory's ID file", "stored", encDir, "err", err)
-		return
 	}
-	f.WriteAt(id[:], 0)
-	f.Sync()
-	f.Close()
 }
 
 // forget drops the cached IDs of dir and every directory below it.
