@@ -162,6 +162,15 @@ func (c *NameCipher) EncryptTarget(target string) (string, error) {
 	return out, nil
 }
 
+// TargetLen returns the length of the plaintext target whose stored form is
+// storedLen bytes long, without reading it: base64url without padding turns
+// m bytes into ceil(4m/3), and the sealed form is 28 bytes longer than the
+// target. (A stat must not read the link: readlink(2) would update the
+// backing symlink's atime, which a stat may not change.)
+func TargetLen(storedLen int64) int64 {
+	return max(storedLen*3/4-NonceSize-TagSize, 0)
+}
+
 // DecryptTarget returns the plaintext of a stored symlink target.
 func (c *NameCipher) DecryptTarget(stored string) (string, error) {
 	raw, err := b64.DecodeString(stored)

@@ -118,6 +118,12 @@ func TestSymlinkTargets(t *testing.T) {
 	if s1 == s2 || strings.Contains(s1, "secret") {
 		t.Fatalf("targets %q, %q", s1, s2)
 	}
+	for n := 0; n < 100; n++ {
+		s, _ := c.EncryptTarget(strings.Repeat("t", n))
+		if got := TargetLen(int64(len(s))); got != int64(n) {
+			t.Fatalf("TargetLen of a %d-byte target's stored form: %d", n, got)
+		}
+	}
 	if got, err := c.DecryptTarget(s1); err != nil || got != "../secret/plans.txt" {
 		t.Fatalf("target back: %q, %v", got, err)
 	}
