@@ -68,12 +68,7 @@ func TestKMSImportedKeyMaterialGuardsAVolume(t *testing.T) {
 		t.Fatalf("after import: %+v", described.KeyMetadata)
 	}
 
-	for _, kv := range kmsAWSEnv(kmsAliceKey, kmsAliceSecret) {
-		k, val, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "AWS_") {
-			t.Setenv(k, val)
-		}
-	}
+	kmsSetAWSEnv(t, kmsAliceKey)
 	v := mountNewVolume(t, "--kms", h.url, "--kms-region", kmsRegion, "--key", key)
 	v.mount()
 	content := "under a key whose material the customer holds"

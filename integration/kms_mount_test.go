@@ -20,12 +20,7 @@ func TestKMSRemoteMountCopyTree(t *testing.T) {
 	keyID, _ := h.createKey(kmsAliceKey)
 	// The mount and init processes take their credentials from the standard
 	// AWS chain: the environment.
-	for _, kv := range kmsAWSEnv(kmsAliceKey, kmsAliceSecret) {
-		k, val, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "AWS_") {
-			t.Setenv(k, val)
-		}
-	}
+	kmsSetAWSEnv(t, kmsAliceKey)
 	v := mountNewVolume(t, "--kms", h.url, "--kms-region", kmsRegion, "--key", keyID)
 	src := filepath.Join(t.TempDir(), "src")
 	info := mountMakeTree(t, src, 6)

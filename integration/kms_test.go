@@ -167,6 +167,18 @@ func kmsAWSEnv(akid, secret string) []string {
 	return env
 }
 
+// kmsSetAWSEnv gives this test process (and the kmsfs processes it starts,
+// which take their credentials from the standard AWS chain) akid's
+// credentials and the test region, for the test's duration.
+func kmsSetAWSEnv(t *testing.T, akid string) {
+	for _, kv := range kmsAWSEnv(akid, kmsSecrets[akid]) {
+		k, val, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "AWS_") {
+			t.Setenv(k, val)
+		}
+	}
+}
+
 // aws runs `aws kms ARGS` as akid and returns stdout, or an error holding stderr.
 func (h *kmsHarness) aws(akid string, args ...string) ([]byte, error) {
 	return h.awsWithSecret(akid, kmsSecrets[akid], args...)

@@ -20,12 +20,7 @@ func TestMountGraceWhenKMSUnreachable(t *testing.T) {
 	}
 	h := kmsStartServer(t)
 	keyID, _ := h.createKey(kmsAliceKey)
-	for _, kv := range kmsAWSEnv(kmsAliceKey, kmsAliceSecret) {
-		k, val, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "AWS_") {
-			t.Setenv(k, val)
-		}
-	}
+	kmsSetAWSEnv(t, kmsAliceKey)
 	v := mountNewVolume(t, "--kms", h.url, "--kms-region", kmsRegion, "--key", keyID)
 	v.mount()
 	for _, name := range []string{"cached", "uncached"} {

@@ -27,12 +27,7 @@ func TestRewrapOnRemoteKMS(t *testing.T) {
 	mountRequireTool(t, "rsync")
 	h := kmsStartServer(t)
 	keyA, arnA := h.createKey(kmsAliceKey)
-	for _, kv := range kmsAWSEnv(kmsAliceKey, kmsAliceSecret) {
-		k, val, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "AWS_") {
-			t.Setenv(k, val)
-		}
-	}
+	kmsSetAWSEnv(t, kmsAliceKey)
 	v := mountNewVolume(t, "--kms", h.url, "--kms-region", kmsRegion, "--key", keyA)
 	src := filepath.Join(t.TempDir(), "src")
 	mountMakeTree(t, src, 11)

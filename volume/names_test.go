@@ -11,48 +11,16 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/backend"
-	"github.com/kmsfs/kmsfs/backend/local"
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/keycache"
-	"github.com/kmsfs/kmsfs/kms"
-	"github.com/kmsfs/kmsfs/kms/keystore"
 )
 
 // newNamesVolume makes a volume with encrypted names and returns it with
 // its backing directory.
 func newNamesVolume(t *testing.T) (*Volume, string) {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	ks, err := keystore.Open(filepath.Join(dir, "ks"), keystore.Options{Warn: func(string) {}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ks.Close() })
-	md, err := ks.CreateKey(ctx, kms.CreateKeyInput{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vault := filepath.Join(dir, "vault")
-	os.Mkdir(vault, 0o700)
-	be, err := local.New(vault)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Init(ctx, be, ks, InitOptions{KeyID: md.ARN, EncryptNames: true}); err != nil {
-		t.Fatal(err)
-	}
-	cache, err := keycache.New(ks, keycache.DefaultLimits(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cache.Close() })
-	v, err := Open(ctx, be, Options{Keys: cache, PrefetchMax: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { v.Close() })
-	return v, vault
+	tv := newTestVolumeInit(t, InitOptions{EncryptNames: true}, Options{PrefetchMax: -1})
+	t.Cleanup(func() { tv.Close() })
+	return tv.Volume, tv.dir
 }
 
 func listNames(t *testing.T, be backend.Backend, dir string) []string {

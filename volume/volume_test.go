@@ -52,6 +52,13 @@ func newTestVolume(t *testing.T, mode envelope.Mode) *testVol {
 
 func newTestVolumeOpts(t *testing.T, mode envelope.Mode, opt Options) *testVol {
 	t.Helper()
+	return newTestVolumeInit(t, InitOptions{Mode: mode}, opt)
+}
+
+// newTestVolumeInit makes a volume (init's KeyID is filled in) on a fresh
+// local backend and embedded keystore, and opens it with opt.
+func newTestVolumeInit(t *testing.T, initOpt InitOptions, opt Options) *testVol {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
 	ks, err := keystore.Open(filepath.Join(dir, "ks"), keystore.Options{Warn: func(string) {}})
@@ -69,7 +76,8 @@ func newTestVolumeOpts(t *testing.T, mode envelope.Mode, opt Options) *testVol {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Init(ctx, be, ks, InitOptions{KeyID: md.ARN, Mode: mode}); err != nil {
+	initOpt.KeyID = md.ARN
+	if _, err := Init(ctx, be, ks, initOpt); err != nil {
 		t.Fatal(err)
 	}
 	ck := &countingKMS{Crypto: ks}
