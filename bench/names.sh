@@ -3,7 +3,7 @@
 #
 # Two fresh local volumes on the embedded KMS, one made with
 # `kmsfs init --encrypt-names`; ROUNDS times, alternating between them:
-# drop caches, cp -a a tree of FILES small files in 100 directories into the
+# drop caches, cp -a the FILES-file tree of bench/lib/gentree.pl into the
 # mount, then ls -lR it (lookups and listings, every name decrypted), then
 # rm -rf it. Prints the median seconds of each row per volume.
 #
@@ -21,30 +21,11 @@ while [ $# -gt 0 ]; do
 	*) echo "usage: $0 [--files N] [--rounds R] [--kmsfs-bin BIN]" >&2; exit 2 ;;
 	esac
 done
-work=$(mktemp -d /var/tmp/kmsfs-names-bench.XXXXXX)
-cleanup() {
-	for m in "$work"/*/mnt; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-if [ -z "$bin" ]; then
-	bin=$work/kmsfs
-	go build -o "$bin" ./cmd/kmsfs
-fi
+. bench/lib/scratch.sh
+bench_scratch names-bench
 export KMSFS_KEYSTORE=$work/keystore
 src=$work/src
-perl -e '
-	my ($root, $n) = @ARGV;
-	srand(42);
-	mkdir $root;
-	for my $i (0 .. $n - 1) {
-		my $d = sprintf("%s/directory-%02d", $root, $i % 100);
-		mkdir $d;
-		open(my $f, ">", sprintf("%s/a-file-with-a-longer-name-%06d.txt", $d, $i)) or die;
-		print $f "x" x (1024 + int(rand(7168)));
-		close $f;
-	}' "$src" "$files"
+perl bench/lib/gentree.pl "$src" "$files" >/dev/null
 for kind in plain names; do
 	mkdir -p "$work/$kind/vault" "$work/$kind/mnt"
 	flags=()
@@ -57,7 +38,7 @@ declare -A samples
 for r in $(seq "$rounds"); do
 	for kind in plain names; do
 		mnt=$work/$kind/mnt
-		sync; echo 3 >/proc/sys/vm/drop_caches; cat "$src"/*/* >/dev/null
+		sync; echo 3 >/proc/sys/vm/drop_caches; find "$src" -type f -exec cat {} + >/dev/null
 		t0=$(now); cp -a "$src" "$mnt/t"; t1=$(now)
 		sync; echo 3 >/proc/sys/vm/drop_caches
 		ls -lR "$mnt/t" >/dev/null; t2=$(now)
@@ -68,7 +49,7 @@ for r in $(seq "$rounds"); do
 	done
 done
 median() { tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]}'; }
-echo "# $files files in 100 directories, $rounds rounds, median seconds, $(nproc) CPUs, kmsfs $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "# gentree.pl tree of $files files, $rounds rounds, median seconds, $(nproc) CPUs, kmsfs $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 printf '%-8s %10s %14s\n' row "plain names" "encrypted names"
 for row in cp ls rm; do
 	printf '%-8s %10s %14s\n' "$row" "$(median <<<"${samples[plain,$row]}")" "$(median <<<"${samples[names,$row]}")"

@@ -3,13 +3,14 @@
 #
 # For each KMS (the embedded keystore; `kmsfs kms serve` over HTTP on
 # loopback, the AWS KMS API with SigV4 and an audit log) and each mode
-# (per-object, bucket-key), fill a fresh local volume with FILES small files
-# through a real mount (cp -a), unmount, create a second key and time
+# (per-object, bucket-key), fill a fresh local volume with the FILES-file tree
+# of bench/lib/gentree.pl (the one bench/compare.sh copies) through a real
+# mount (cp -a), unmount, create a second key and time
 #   kmsfs rewrap --to-key KEY2 --parallel P VAULT
 # Prints one line per case: files/s and the ReEncrypt calls it reported.
 #
 # Usage: bench/rewrap.sh [--files N] [--parallel P] [--kmsfs-bin BIN]
-# Needs: go, fuse3, root (the mounts). Everything is undone on exit.
+# Needs: go, fuse3, perl, root (the mounts). Everything is undone on exit.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -23,32 +24,13 @@ while [ $# -gt 0 ]; do
 	*) echo "usage: $0 [--files N] [--parallel P] [--kmsfs-bin BIN]" >&2; exit 2 ;;
 	esac
 done
-work=$(mktemp -d /var/tmp/kmsfs-rewrap-bench.XXXXXX)
 server=
-cleanup() {
-	for m in "$work"/*/mnt; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null; done
-	[ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-if [ -z "$bin" ]; then
-	bin=$work/kmsfs
-	go build -o "$bin" ./cmd/kmsfs
-fi
+bench_on_exit() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; }
+. bench/lib/scratch.sh
+bench_scratch rewrap-bench
 
-# The source tree: FILES files of 1-8 KiB in 100 directories.
 src=$work/src
-perl -e '
-	my ($root, $n) = @ARGV;
-	srand(42);
-	for my $i (0 .. $n - 1) {
-		my $d = sprintf("%s/d%02d", $root, $i % 100);
-		mkdir $root; mkdir $d;
-		open(my $f, ">", sprintf("%s/f%06d", $d, $i)) or die;
-		print $f "x" x (1024 + int(rand(7168)));
-		close $f;
-	}' "$src" "$files"
+perl bench/lib/gentree.pl "$src" "$files" >/dev/null
 
 export KMSFS_KEYSTORE=$work/keystore
 # The remote KMS: a keystore of its own behind `kmsfs kms serve`.
@@ -62,7 +44,7 @@ for _ in $(seq 100); do grep -q 'listening on' "$work/serve.out" 2>/dev/null && 
 url=$(grep -o 'http://[^ ]*' "$work/serve.out" | head -1)
 export AWS_ACCESS_KEY_ID=AKIABENCH000000001 AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-bench-1
 
-echo "# kmsfs rewrap: $files files of 1-8 KiB, --parallel $parallel, $(nproc) CPUs, kmsfs $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "# kmsfs rewrap: gentree.pl tree of $files files, --parallel $parallel, $(nproc) CPUs, kmsfs $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 printf '%-9s %-11s %10s %10s %12s\n' kms mode seconds files/s ReEncrypts
 for kms in embedded remote; do
 	for mode in per-object bucket-key; do
