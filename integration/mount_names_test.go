@@ -111,13 +111,8 @@ func TestMountEncryptedNames(t *testing.T) {
 // listed by awscli show no plaintext name, and the tree reads back after a
 // remount and a directory rename (a copy of every object on S3).
 func TestS3EncryptedNames(t *testing.T) {
-	g := s3StartGateway(t)
 	const prefix = "names"
-	v := s3NewVolume(t, g, prefix, "--encrypt-names")
-	src := filepath.Join(t.TempDir(), "src")
-	s3MakeTree(t, src)
-	want := s3Snapshot(t, src)
-	v.mount(g.flags()...)
+	g, v, src, want := s3MountedVolume(t, prefix, "--encrypt-names")
 	dst := v.path("cp")
 	mountExec(t, "cp", "-a", src, dst)
 	v.remount(g.flags()...)

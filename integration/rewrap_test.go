@@ -142,13 +142,8 @@ func rewrapKeyedFiles(t *testing.T, root string) int {
 // (times included: a rewrap changes no plaintext file). awscli reads the
 // objects to check each header names the new key.
 func TestRewrapOnS3(t *testing.T) {
-	g := s3StartGateway(t)
 	const prefix = "rewrapped"
-	v := s3NewVolume(t, g, prefix)
-	src := filepath.Join(t.TempDir(), "src")
-	s3MakeTree(t, src)
-	want := s3Snapshot(t, src)
-	v.mount(g.flags()...)
+	g, v, src, want := s3MountedVolume(t, prefix)
 	dst := v.path("cp")
 	mountExec(t, "cp", "-a", src, dst)
 	v.unmount()

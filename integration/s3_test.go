@@ -253,15 +253,24 @@ func s3MakeTree(t *testing.T, root string) mountTreeInfo {
 	return info
 }
 
+// s3MountedVolume starts a gateway, makes a volume at prefix (initArgs go to
+// kmsfs init), generates the S3 test tree and mounts the volume; it returns
+// them with the tree's snapshot.
+func s3MountedVolume(t *testing.T, prefix string, initArgs ...string) (g *s3Gateway, v *mountVolume, src string, want map[string]mountEntry) {
+	t.Helper()
+	g = s3StartGateway(t)
+	v = s3NewVolume(t, g, prefix, initArgs...)
+	src = filepath.Join(t.TempDir(), "src")
+	s3MakeTree(t, src)
+	want = s3Snapshot(t, src)
+	v.mount(g.flags()...)
+	return g, v, src, want
+}
+
 func TestS3MountCopyTree(t *testing.T) {
 	mountRequireTool(t, "rsync")
-	g := s3StartGateway(t)
 	const prefix = "vol"
-	v := s3NewVolume(t, g, prefix)
-	src := filepath.Join(t.TempDir(), "src")
-	s3MakeTree(t, src)
-	want := s3Snapshot(t, src)
-	v.mount(g.flags()...)
+	g, v, src, want := s3MountedVolume(t, prefix)
 
 	cpDst, rsDst := v.path("cp"), v.path("rs")
 	mountExec(t, "cp", "-a", src, cpDst)
