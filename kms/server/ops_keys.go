@@ -1,0 +1,128 @@
+package server
+
+import (
+	"github.com/kmsfs/kmsfs/kms"
+)
+
+func (s *Server) createKey(c *call, body []byte) (response, error) {
+	var in createKeyInput
+	if err := decode(body, &in); err != nil {
+		return response{}, err
+	}
+	for _, spec := range []string{in.KeySpec, in.CustomerMasterKeySpec} {
+		if spec != "" && spec != symmetricDefault {
+			return response{}, kms.Errorf("UnsupportedOperationException", "KeySpec %s is not supported: this KMS holds SYMMETRIC_DEFAULT keys only", spec)
+		}
+	}
+	if in.KeyUsage != "" && in.KeyUsage != "ENCRYPT_DECRYPT" {
+		return response{}, kms.Errorf("UnsupportedOperationException", "KeyUsage %s is not supported: this KMS holds ENCRYPT_DECRYPT keys only", in.KeyUsage)
+	}
+	if in.MultiRegion {
+		return response{}, kms.Errorf("UnsupportedOperationException", "multi-Region keys are not supported")
+	}
+	policy := in.Policy
+	if policy == "" {
+		policy = DefaultPolicy(c.cred.Account)
+	} else {
+		p, err := ParsePolicy(policy)
+		if err != nil {
+			return response{}, err
+		}
+		// AWS's policy lockout safety check: refuse a policy that would not
+		// let the creator manage the key's policy later. The key's ARN is
+		// not known yet, so only statements on Resource "*" count.
+		if !in.BypassPolicyLockoutSafetyCheck && !s.lockoutSafe(c, p, "*") {
+			return response{}, kms.Errorf(kms.CodeMalformedPolicy, "The new key policy will not allow you to update the key policy in the future.")
+		}
+	}
+	meta, err := s.store.CreateKey(c.ctx, kms.CreateKeyInput{
+		Description: in.Description,
+		Policy:      policy,
+		Principal:   c.cred.Principal,
+		Origin:      in.Origin,
+	})
+	if err != nil {
+		return response{}, err
+	}
+	c.entry.KeyARN = meta.ARN
+	return response{v: keyMetadataOutput{KeyMetadata: metadataJSON(meta)}}, nil
+}
+
+func (s *Server) describeKey(c *call, body []byte) (response, error) {
+	var in keyIDInput
+	if err := decode(body, &in); err != nil {
+		return response{}, err
+	}
+	arn, err := s.resolveAndAuthorize(c, in.KeyId, "DescribeKey")
+	if err != nil {
+		return response{}, err
+	}
+	meta, err := s.store.DescribeKey(c.ctx, arn)
+	if err != nil {
+		return response{}, err
+	}
+	return response{v: keyMetadataOutput{KeyMetadata: metadataJSON(meta)}}, nil
+}
+
+func (s *Server) listKeys(c *call, body []byte) (response, error) {
+	var in listInput
+	if err := decode(body, &in); err != nil {
+		return response{}, err
+	}
+	keys, err := s.store.ListKeys(c.ctx)
+	if err != nil {
+		return response{}, err
+	}
+	start, end, next, err := page(len(keys), in.Limit, in.Marker)
+	if err != nil {
+		return response{}, err
+	}
+	out := listKeysOutput{Keys: make([]keyListEntry, 0, end-start), Truncated: next != "", NextMarker: next}
+	for _, k := range keys[start:end] {
+		out.Keys = append(out.Keys, keyListEntry{KeyId: k.KeyID, KeyArn: k.ARN})
+	}
+	return response{v: out}, nil
+}
+
+func (s *Server) enableKey(c *call, body []byte) (response, error) {
+	return s.keyOp(c, body, func(arn string) error { return s.store.EnableKey(c.ctx, arn) })
+}
+
+func (s *Server) disableKey(c *call, body []byte) (response, error) {
+	return s.keyOp(c, body, func(arn string) error { return s.store.DisableKey(c.ctx, arn) })
+}
+
+func (s *Server) scheduleKeyDeletion(c *call, body []byte) (response, error) {
+	var in scheduleKeyDeletionInput
+	if err := decode(body, &in); err != nil {
+		return response{}, err
+	}
+	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
+	if err != nil {
+		return response{}, err
+	}
+	when, err := s.store.ScheduleKeyDeletion(c.ctx, arn, in.PendingWindowInDays)
+	if err != nil {
+		return response{}, err
+	}
+	days := in.PendingWindowInDays
+	if days == 0 {
+		days = kms.DefaultDeletionWindowDays
+	}
+	return response{v: scheduleKeyDeletionOutput{KeyId: arn, DeletionDate: epoch(when), KeyState: string(kms.KeyPendingDeletion), PendingWindowInDays: days}}, nil
+}
+
+func (s *Server) cancelKeyDeletion(c *call, body []byte) (response, error) {
+	var in keyIDInput
+	if err := decode(body, &in); err != nil {
+		return response{}, err
+	}
+	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
+	if err != nil {
+		return response{}, err
+	}
+	if err := s.store.CancelKeyDeletion(c.ctx, arn); err != nil {
+		return response{}, err
+	}
+	return response{v: keyIDOutput{KeyId: arn}}, nil
+}

@@ -1,0 +1,53 @@
+package server
+
+func (s *Server) enableKeyRotation(c *call, body []byte) (response, error) {
+	var in enableKeyRotationInput
+	if err := decode(body, &in); err != nil {
+		return response{}, err
+	}
+	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
+	if err != nil {
+		return response{}, err
+	}
+	return response{v: emptyOutput{}}, s.store.EnableKeyRotation(c.ctx, arn, in.RotationPeriodInDays)
+}
+
+func (s *Server) disableKeyRotation(c *call, body []byte) (response, error) {
+	return s.keyOp(c, body, func(arn string) error { return s.store.DisableKeyRotation(c.ctx, arn) })
+}
+
+func (s *Server) getKeyRotationStatus(c *call, body []byte) (response, error) {
+	var in keyIDInput
+	if err := decode(body, &in); err != nil {
+		return response{}, err
+	}
+	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
+	if err != nil {
+		return response{}, err
+	}
+	enabled, period, next, err := s.store.GetKeyRotationStatus(c.ctx, arn)
+	if err != nil {
+		return response{}, err
+	}
+	out := keyRotationStatusOutput{KeyRotationEnabled: enabled, KeyId: arn}
+	if enabled {
+		out.RotationPeriodInDays = period
+		out.NextRotationDate = epoch(next)
+	}
+	return response{v: out}, nil
+}
+
+func (s *Server) rotateKeyOnDemand(c *call, body []byte) (response, error) {
+	var in keyIDInput
+	if err := decode(body, &in); err != nil {
+		return response{}, err
+	}
+	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
+	if err != nil {
+		return response{}, err
+	}
+	if err := s.store.RotateKeyOnDemand(c.ctx, arn); err != nil {
+		return response{}, err
+	}
+	return response{v: keyIDOutput{KeyId: arn}}, nil
+}
