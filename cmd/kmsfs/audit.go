@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/kmsfs/kmsfs/kms"
+	"github.com/kmsfs/kmsfs/kms/auditlog"
 	"github.com/kmsfs/kmsfs/kms/kmsmw"
-	"github.com/kmsfs/kmsfs/kms/server"
 )
 
 // openAudit opens the client-side audit log --audit-log names: every call
@@ -29,7 +29,7 @@ func (c *commonFlags) openAudit(command string) (record func(kmsmw.AuditRecord) 
 	if err != nil {
 		return nil, nil, err
 	}
-	log, err := server.OpenAuditLog(path, server.AuditOptions{})
+	log, err := auditlog.Open(path, auditlog.Options{})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -42,7 +42,7 @@ func (c *commonFlags) openAudit(command string) (record func(kmsmw.AuditRecord) 
 	rand.Read(prefix[:])
 	var seq atomic.Uint64
 	record = func(r kmsmw.AuditRecord) error {
-		e := &server.AuditEntry{
+		e := &auditlog.Entry{
 			Time:              time.Now().UTC().Format(time.RFC3339Nano),
 			RequestID:         hex.EncodeToString(prefix[:]) + "-" + strconv.FormatUint(seq.Add(1), 16),
 			Operation:         r.Operation,
@@ -52,7 +52,7 @@ func (c *commonFlags) openAudit(command string) (record func(kmsmw.AuditRecord) 
 			EncryptionContext: r.Context,
 			DestContext:       r.DestContext,
 			SourceAddress:     source,
-			Result:            server.ResultSuccess,
+			Result:            auditlog.ResultSuccess,
 		}
 		if r.Err != nil {
 			e.Result, e.ErrorMessage = kms.Code(r.Err), r.Err.Error()

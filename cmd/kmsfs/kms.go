@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kmsfs/kmsfs/kms"
+	"github.com/kmsfs/kmsfs/kms/auditlog"
 	"github.com/kmsfs/kmsfs/kms/awskms"
 	"github.com/kmsfs/kmsfs/kms/keystore"
 	"github.com/kmsfs/kmsfs/kms/server"
@@ -442,7 +443,7 @@ func kmsAudit(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("kms audit verify: %w", err)
 	}
 	defer f.Close()
-	sum, err := server.VerifyAuditLog(f)
+	sum, err := auditlog.Verify(f)
 	if err != nil {
 		return fmt.Errorf("audit log %s is not intact: %w", fs.Arg(0), err)
 	}
@@ -516,7 +517,7 @@ func kmsServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *auditPath == "" {
 		*auditPath = filepath.Join(ks.Dir(), "audit.log")
 	}
-	audit, err := server.OpenAuditLog(*auditPath, server.AuditOptions{Fsync: *auditFsync})
+	audit, err := auditlog.Open(*auditPath, auditlog.Options{Fsync: *auditFsync})
 	if err != nil {
 		return fmt.Errorf("kms serve: %w", err)
 	}

@@ -17,6 +17,7 @@ import (
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
 	"github.com/kmsfs/kmsfs/kms"
+	"github.com/kmsfs/kmsfs/kms/auditlog"
 	"github.com/kmsfs/kmsfs/kms/keystore"
 )
 
@@ -38,7 +39,7 @@ func benchServer(b *testing.B) (*Server, string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	audit, err := OpenAuditLog(filepath.Join(dir, "audit.log"), AuditOptions{})
+	audit, err := auditlog.Open(filepath.Join(dir, "audit.log"), auditlog.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kmsfs/kmsfs/kms"
+	"github.com/kmsfs/kmsfs/kms/auditlog"
 )
 
 // Store is what the server serves: a complete KMS (the embedded keystore)
@@ -39,7 +40,7 @@ type Config struct {
 	// Region is the region requests must be signed for (the keystore's).
 	Region string
 	// Audit receives one entry per request; nil disables auditing (tests).
-	Audit *AuditLog
+	Audit *auditlog.Log
 	// Rate is the number of cryptographic requests per second each account
 	// may make (0: unlimited); Burst is the bucket size (0: Rate).
 	Rate  float64
@@ -63,7 +64,7 @@ type Server struct {
 	store    Store
 	verifier *sigV4Verifier
 	region   string
-	audit    *AuditLog
+	audit    *auditlog.Log
 	limiter  *rateLimiter
 	now      func() time.Time
 	logf     func(string, ...any)
@@ -138,7 +139,7 @@ type call struct {
 	now   time.Time
 	op    string
 	cred  Credential
-	entry *AuditEntry
+	entry *auditlog.Entry
 }
 
 // response is a handler's answer: either a value for encoding/json, or a
@@ -196,7 +197,7 @@ const targetPrefix = "TrentService."
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	reqID := s.reqPrefix + strconv.FormatUint(s.reqSeq.Add(1), 16)
-	entry := &AuditEntry{
+	entry := &auditlog.Entry{
 		Time:          now.UTC().Format(time.RFC3339Nano),
 		RequestID:     reqID,
 		SourceAddress: r.RemoteAddr,
@@ -215,7 +216,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		entry.Result = errorCode(err)
 		entry.ErrorMessage = errorMessage(err)
 	} else {
-		entry.Result = ResultSuccess
+		entry.Result = auditlog.ResultSuccess
 	}
 	if s.audit != nil {
 		if aerr := s.audit.Record(entry); aerr != nil {
@@ -272,7 +273,7 @@ func (s *Server) readBody(r *http.Request) ([]byte, error) {
 	return body, nil
 }
 
-func (s *Server) handle(r *http.Request, op string, body []byte, now time.Time, entry *AuditEntry) (response, error) {
+func (s *Server) handle(r *http.Request, op string, body []byte, now time.Time, entry *auditlog.Entry) (response, error) {
 	cred, err := s.verifier.verify(r, body, now)
 	entry.AccessKeyID = cred.AccessKeyID
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
 	"github.com/kmsfs/kmsfs/kms"
+	"github.com/kmsfs/kmsfs/kms/auditlog"
 	"github.com/kmsfs/kmsfs/kms/awskms"
 	"github.com/kmsfs/kmsfs/kms/keystore"
 )
@@ -42,7 +43,7 @@ type harness struct {
 	srv      *Server
 	http     *httptest.Server
 	audit    string
-	auditLog *AuditLog
+	auditLog *auditlog.Log
 	mu       sync.Mutex
 	now      time.Time // server clock offset base; zero means time.Now
 }
@@ -55,7 +56,7 @@ func newHarness(t *testing.T, rate float64) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, audit: filepath.Join(dir, "audit.log")}
-	h.auditLog, err = OpenAuditLog(h.audit, AuditOptions{})
+	h.auditLog, err = auditlog.Open(h.audit, auditlog.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +189,7 @@ func TestCryptoRoundTripAndKeyRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := VerifyAuditLog(bytes.NewReader(data))
+	sum, err := auditlog.Verify(bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,16 @@
-package server
+// Package auditlog is the format of kmsfs's KMS audit logs: the log
+// `kmsfs kms serve` keeps of every request, and the log a client process
+// (mount, init, cat, rewrap with --audit-log) keeps of every KMS call it
+// makes. Both are checked by `kmsfs kms audit verify`.
+//
+// A log is JSON lines. Each line is one Entry as a JSON object, its fields
+// in the order of the struct with empty optional fields left out and map keys
+// sorted, ending with "prev" (the hash of the line before, 64 zeros for the
+// first) and then "hash": the lowercase hex SHA-256 of the line's bytes
+// without its hash field (that is, the object closed right after "prev").
+// Editing a line breaks its own hash; removing, inserting or reordering one
+// breaks the chain at the next line.
+package auditlog
 
 import (
 	"bufio"
@@ -12,11 +24,13 @@ import (
 	"os"
 	"slices"
 	"sync"
+
+	"github.com/kmsfs/kmsfs/kms/internal/jsonstr"
 )
 
-// AuditEntry is one line of the audit log: one request, allowed or refused.
+// Entry is one line of the audit log: one request, allowed or refused.
 // It never carries plaintext, data keys or key material.
-type AuditEntry struct {
+type Entry struct {
 	Time              string            `json:"time"` // RFC 3339, UTC, nanoseconds
 	RequestID         string            `json:"requestId"`
 	Operation         string            `json:"operation"`
@@ -35,7 +49,7 @@ type AuditEntry struct {
 	Prev string `json:"prev"`
 }
 
-// ResultSuccess is AuditEntry.Result for a request that succeeded.
+// ResultSuccess is Entry.Result for a request that succeeded.
 const ResultSuccess = "Success"
 
 // genesisHash is the Prev of the first line of a log.
@@ -44,24 +58,24 @@ const genesisHash = "00000000000000000000000000000000000000000000000000000000000
 // hashSuffixLen is len(`,"hash":"` + 64 hex digits + `"}`).
 const hashSuffixLen = 9 + 64 + 2
 
-// AuditOptions tunes the audit log's durability.
-type AuditOptions struct {
+// Options tunes the audit log's durability.
+type Options struct {
 	// Fsync makes every batch of lines durable (fsync) before the requests
 	// in it are answered. Without it, lines are written to the OS before the
 	// answer (they survive a crash of the server, not of the machine).
 	Fsync bool
 }
 
-// AuditLog is an append-only, hash-chained JSON-lines log. Record is safe for
+// Log is an append-only, hash-chained JSON-lines log. Record is safe for
 // concurrent use; concurrent records are written in batches (group commit):
 // one write (and at most one fsync) per batch, never one per request.
-type AuditLog struct {
+type Log struct {
 	f     *os.File
 	fsync bool
 
 	mu       sync.Mutex
 	cond     *sync.Cond
-	pending  []*AuditEntry
+	pending  []*Entry
 	queued   uint64 // entries ever queued
 	written  uint64 // entries ever written (or failed: see err)
 	err      error  // sticky write error: the log refuses further records
@@ -72,9 +86,9 @@ type AuditLog struct {
 	buf  []byte // owned by the writer
 }
 
-// OpenAuditLog opens (creating if needed) the log at path and resumes its
+// Open opens (creating if needed) the log at path and resumes its
 // hash chain from the last line.
-func OpenAuditLog(path string, opts AuditOptions) (*AuditLog, error) {
+func Open(path string, opts Options) (*Log, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
@@ -84,7 +98,7 @@ func OpenAuditLog(path string, opts AuditOptions) (*AuditLog, error) {
 		f.Close()
 		return nil, fmt.Errorf("open audit log %s: %w", path, err)
 	}
-	l := &AuditLog{f: f, fsync: opts.Fsync, head: head}
+	l := &Log{f: f, fsync: opts.Fsync, head: head}
 	l.cond = sync.NewCond(&l.mu)
 	return l, nil
 }
@@ -124,7 +138,7 @@ func lastHash(f *os.File) (string, error) {
 // Record appends e (setting e.Prev) and returns once it is written (and
 // fsynced, if asked). An error means the entry may not be in the log: the
 // caller must not report the request as successful.
-func (l *AuditLog) Record(e *AuditEntry) error {
+func (l *Log) Record(e *Entry) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
@@ -148,7 +162,7 @@ func (l *AuditLog) Record(e *AuditEntry) error {
 
 // writeBatches writes queued entries until the queue is empty. While it
 // writes one batch, new entries gather for the next: that is the group commit.
-func (l *AuditLog) writeBatches() {
+func (l *Log) writeBatches() {
 	l.mu.Lock()
 	for len(l.pending) > 0 && l.err == nil {
 		batch := l.pending
@@ -172,7 +186,7 @@ func (l *AuditLog) writeBatches() {
 	l.mu.Unlock()
 }
 
-func (l *AuditLog) writeBatch(batch []*AuditEntry) error {
+func (l *Log) writeBatch(batch []*Entry) error {
 	b := l.buf[:0]
 	head := l.head
 	for _, e := range batch {
@@ -200,7 +214,7 @@ func (l *AuditLog) writeBatch(batch []*AuditEntry) error {
 }
 
 // Close waits for queued entries to be written and closes the file.
-func (l *AuditLog) Close() error {
+func (l *Log) Close() error {
 	l.mu.Lock()
 	l.closed = true
 	for l.writerOn {
@@ -231,46 +245,46 @@ func splitLine(line []byte) (body []byte, sum string, err error) {
 	return body, sum, nil
 }
 
-// AuditSummary is the result of a successful verification.
-type AuditSummary struct {
+// Summary is the result of a successful verification.
+type Summary struct {
 	Entries int
 	Head    string // hash of the last line: record it to detect later truncation
 }
 
-// VerifyAuditLog checks every line's hash and the chain between lines. An
+// Verify checks every line's hash and the chain between lines. An
 // edited line fails its own hash; a removed, inserted or reordered line breaks
 // the chain at the next line. Removing lines from the end leaves a valid
 // shorter chain: compare Head (or Entries) with a value recorded earlier.
-func VerifyAuditLog(r io.Reader) (AuditSummary, error) {
+func Verify(r io.Reader) (Summary, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	prev := genesisHash
 	n := 0
 	for {
 		line, err := br.ReadBytes('\n')
 		if len(line) == 0 && errors.Is(err, io.EOF) {
-			return AuditSummary{Entries: n, Head: prev}, nil
+			return Summary{Entries: n, Head: prev}, nil
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
-			return AuditSummary{}, fmt.Errorf("read line %d: %w", n+1, err)
+			return Summary{}, fmt.Errorf("read line %d: %w", n+1, err)
 		}
 		n++
 		if line[len(line)-1] != '\n' {
-			return AuditSummary{}, fmt.Errorf("line %d: partial line at end of log", n)
+			return Summary{}, fmt.Errorf("line %d: partial line at end of log", n)
 		}
 		body, sum, serr := splitLine(line[:len(line)-1])
 		if serr != nil {
-			return AuditSummary{}, fmt.Errorf("line %d: %v", n, serr)
+			return Summary{}, fmt.Errorf("line %d: %v", n, serr)
 		}
 		got := sha256.Sum256(body)
 		if hex.EncodeToString(got[:]) != sum {
-			return AuditSummary{}, fmt.Errorf("line %d: hash mismatch: the line was edited", n)
+			return Summary{}, fmt.Errorf("line %d: hash mismatch: the line was edited", n)
 		}
-		var e AuditEntry
+		var e Entry
 		if err := json.Unmarshal(body, &e); err != nil {
-			return AuditSummary{}, fmt.Errorf("line %d: not a JSON audit entry: %v", n, err)
+			return Summary{}, fmt.Errorf("line %d: not a JSON audit entry: %v", n, err)
 		}
 		if e.Prev != prev {
-			return AuditSummary{}, fmt.Errorf("line %d: chain broken: it follows %s, but the line before it hashes to %s (a line was removed, inserted or reordered)", n, short(e.Prev), short(prev))
+			return Summary{}, fmt.Errorf("line %d: chain broken: it follows %s, but the line before it hashes to %s (a line was removed, inserted or reordered)", n, short(e.Prev), short(prev))
 		}
 		prev = sum
 	}
@@ -286,13 +300,13 @@ func short(h string) string {
 // appendJSON appends e as a JSON object, with the same field names and
 // order as encoding/json would use, without reflection: the audit writer
 // encodes every request on one goroutine, so this is on the hot path.
-func (e *AuditEntry) appendJSON(b []byte) []byte {
+func (e *Entry) appendJSON(b []byte) []byte {
 	b = append(b, `{"time":`...)
-	b = appendJSONString(b, e.Time)
+	b = jsonstr.Append(b, e.Time)
 	b = append(b, `,"requestId":`...)
-	b = appendJSONString(b, e.RequestID)
+	b = jsonstr.Append(b, e.RequestID)
 	b = append(b, `,"operation":`...)
-	b = appendJSONString(b, e.Operation)
+	b = jsonstr.Append(b, e.Operation)
 	b = appendOptString(b, "principal", e.Principal)
 	b = appendOptString(b, "accessKeyId", e.AccessKeyID)
 	b = appendOptString(b, "keyArn", e.KeyARN)
@@ -301,12 +315,12 @@ func (e *AuditEntry) appendJSON(b []byte) []byte {
 	b = appendOptMap(b, "encryptionContext", e.EncryptionContext)
 	b = appendOptMap(b, "destinationEncryptionContext", e.DestContext)
 	b = append(b, `,"sourceAddress":`...)
-	b = appendJSONString(b, e.SourceAddress)
+	b = jsonstr.Append(b, e.SourceAddress)
 	b = append(b, `,"result":`...)
-	b = appendJSONString(b, e.Result)
+	b = jsonstr.Append(b, e.Result)
 	b = appendOptString(b, "errorMessage", e.ErrorMessage)
 	b = append(b, `,"prev":`...)
-	b = appendJSONString(b, e.Prev)
+	b = jsonstr.Append(b, e.Prev)
 	return append(b, '}')
 }
 
@@ -317,7 +331,7 @@ func appendOptString(b []byte, name, v string) []byte {
 	b = append(b, ',', '"')
 	b = append(b, name...)
 	b = append(b, '"', ':')
-	return appendJSONString(b, v)
+	return jsonstr.Append(b, v)
 }
 
 func appendOptMap(b []byte, name string, m map[string]string) []byte {
@@ -336,9 +350,9 @@ func appendOptMap(b []byte, name string, m map[string]string) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, k)
+		b = jsonstr.Append(b, k)
 		b = append(b, ':')
-		b = appendJSONString(b, m[k])
+		b = jsonstr.Append(b, m[k])
 	}
 	return append(b, '}')
 }

@@ -1,4 +1,4 @@
-package server
+package auditlog
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 
 func writeEntries(t *testing.T, path string, n int) {
 	t.Helper()
-	l, err := OpenAuditLog(path, AuditOptions{})
+	l, err := Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +25,7 @@ func writeEntries(t *testing.T, path string, n int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := l.Record(&AuditEntry{Time: "t", RequestID: fmt.Sprint(i), Operation: "Decrypt", SourceAddress: "127.0.0.1:1", Result: ResultSuccess}); err != nil {
+			if err := l.Record(&Entry{Time: "t", RequestID: fmt.Sprint(i), Operation: "Decrypt", SourceAddress: "127.0.0.1:1", Result: ResultSuccess}); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -36,7 +36,7 @@ func writeEntries(t *testing.T, path string, n int) {
 	}
 }
 
-func TestAuditLogChainsAcrossRestarts(t *testing.T) {
+func TestLogChainsAcrossRestarts(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	writeEntries(t, path, 50)
 	writeEntries(t, path, 30) // reopened: the chain continues from the last line
@@ -44,7 +44,7 @@ func TestAuditLogChainsAcrossRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := VerifyAuditLog(bytes.NewReader(data))
+	sum, err := Verify(bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestAuditLogChainsAcrossRestarts(t *testing.T) {
 	}
 }
 
-func TestAuditVerifyDetectsTampering(t *testing.T) {
+func TestVerifyDetectsTampering(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	writeEntries(t, path, 5)
 	data, _ := os.ReadFile(path)
@@ -61,7 +61,7 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 	lines = lines[:len(lines)-1]
 	check := func(name string, ls []string, want string) {
 		t.Helper()
-		_, err := VerifyAuditLog(strings.NewReader(strings.Join(ls, "")))
+		_, err := Verify(strings.NewReader(strings.Join(ls, "")))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v, want %q", name, err, want)
 		}
@@ -79,13 +79,13 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 	check("edited and rehashed", rehashed, "line 4: chain broken")
 }
 
-func TestOpenAuditLogRefusesPartialLine(t *testing.T) {
+func TestOpenRefusesPartialLine(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	writeEntries(t, path, 2)
 	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString(`{"time":"t","req`)
 	f.Close()
-	if _, err := OpenAuditLog(path, AuditOptions{}); err == nil || !strings.Contains(err.Error(), "partial line") {
+	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), "partial line") {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -95,10 +95,10 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// TestAuditEntryJSONMatchesEncodingJSON: the hand-written encoder produces
+// TestEntryJSONMatchesEncodingJSON: the hand-written encoder produces
 // what encoding/json does (so any JSON tool reads the log the same way).
-func TestAuditEntryJSONMatchesEncodingJSON(t *testing.T) {
-	for _, e := range []AuditEntry{
+func TestEntryJSONMatchesEncodingJSON(t *testing.T) {
+	for _, e := range []Entry{
 		{Time: "t", RequestID: "r", Operation: "Decrypt", SourceAddress: "a", Result: "Success", Prev: genesisHash},
 		{Time: "t", RequestID: "r", Operation: "ReEncrypt", Principal: "p\"\\", AccessKeyID: "k\n", KeyARN: "arn<&>", DestKeyARN: "d",
 			GrantID: "g", EncryptionContext: map[string]string{"b": "2", "a": "ü\x01", "c": ""}, DestContext: map[string]string{"x": "y"},
