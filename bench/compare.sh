@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/compare.sh — kmsfs vs gocryptfs vs securefs vs plain ext4, one run, one table.
 #
-# Issue 3 ("Speed"): in one run on one machine, set up the four filesystems under
-# a scratch directory on the real disk and time the same rows on each:
+# In one run on one machine, set up the filesystems under a scratch directory
+# on the real disk and time the same rows on each:
 #   seqwrite        dd if=/dev/zero of=MNT/seq bs=1M count=SIZE conv=fsync   (MB/s)
 #   seqread         dd if=MNT/seq of=/dev/null bs=1M, after remount + drop_caches (MB/s)
 #   cp              cp -a TREE MNT/cp                                        (s)
@@ -167,20 +167,12 @@ perl -MJSON::PP -e1 2>/dev/null || die "perl with JSON::PP is needed for the rep
 ((IS_ROOT)) || log "warning: not root: caches cannot be dropped; read rows will measure the page cache"
 
 # --- kmsfs binary -------------------------------------------------------------
-BUILD_TAGS=none
 if has_fs kmsfs; then
 	if [[ -z $KMSFS_BIN ]]; then
 		KMSFS_BIN=$SCRATCH/bin/kmsfs
 		mkdir -p "$SCRATCH/bin"
 		log "building kmsfs ($REPO/cmd/kmsfs)"
-		if ! (cd "$REPO" && go build -o "$KMSFS_BIN" ./cmd/kmsfs) 2>"$SCRATCH/bin/build.log"; then
-			# The lead's temporary shim stands in for cmd/kmsfs/kms.go while that
-			# file is being written elsewhere; only then is the tag right.
-			[[ -e $REPO/cmd/kmsfs/kms.go ]] && { cat "$SCRATCH/bin/build.log" >&2; die "go build ./cmd/kmsfs failed"; }
-			log "build failed without cmd/kmsfs/kms.go; retrying with -tags leadtmp"
-			(cd "$REPO" && go build -tags leadtmp -o "$KMSFS_BIN" ./cmd/kmsfs) >&2 || die "go build -tags leadtmp ./cmd/kmsfs failed"
-			BUILD_TAGS=leadtmp
-		fi
+		(cd "$REPO" && go build -o "$KMSFS_BIN" ./cmd/kmsfs) >&2 || die "go build ./cmd/kmsfs failed"
 	fi
 	KMSFS_BIN=$(realpath "$KMSFS_BIN")
 	[[ -x $KMSFS_BIN ]] || die "$KMSFS_BIN is not executable"
@@ -236,7 +228,6 @@ meta pkg_securefs "$(pkgver securefs)"
 meta pkg_rsync "$(pkgver rsync)"
 meta gofuse_version "$(cd "$REPO" && go list -m -f '{{.Version}}' github.com/hanwen/go-fuse/v2 2>/dev/null)"
 meta kmsfs_commit "$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD -- . 2>/dev/null || echo ' (+ uncommitted changes in the work tree)')"
-meta kmsfs_build_tags "$BUILD_TAGS"
 meta kmsfs_mode "$MODE"
 meta repeat "$REPEAT"
 meta seq_size_mib "$SIZE_MIB"

@@ -5,7 +5,8 @@ import (
 	"time"
 )
 
-// Finding is one of the issue's targets checked against measured runs.
+// Finding is one target of kmsfs bench (an expected property of key use or
+// throughput) checked against measured runs.
 type Finding struct {
 	Target string `json:"target"`
 	Run    string `json:"run"` // the run (or runs) it was measured on
@@ -21,7 +22,7 @@ func (f Finding) Verdict() string {
 	return "FAIL"
 }
 
-// Thresholds of the targets (issue 4).
+// Thresholds of the targets.
 const (
 	// BucketKeyCallShare is the largest share of per-object's KMS calls
 	// that bucket-key mode may make for the same new files.

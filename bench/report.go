@@ -27,7 +27,7 @@ type Report struct {
 	// the per-phase median of its repetitions, which are in Samples.
 	Runs    []Run `json:"runs"`
 	Samples []Run `json:"samples,omitempty"`
-	// Findings check the issue's targets against the runs that can answer
+	// Findings check the targets against the runs that can answer
 	// them (see Findings).
 	Findings []Finding `json:"findings"`
 }

@@ -39,8 +39,8 @@ type MountOptions struct {
 	// beside the writer instead of in series with it. The kernel then owns
 	// the file size, mtime and O_APPEND of files written through this mount,
 	// which is safe because nothing else writes the backend while it is
-	// mounted. Ignored on read-only mounts. Off by default: on this
-	// project's benchmark (docs/BENCHMARKS.md, issue 3 run 5) it doubles
+	// mounted. Ignored on read-only mounts. Off by default: in
+	// docs/BENCHMARKS.md ("The FUSE writeback cache") it doubles
 	// small write(2)s but costs rsync -a 15% and gains nothing on large
 	// sequential writes.
 	WritebackCache bool

@@ -231,7 +231,7 @@ func mountCheckUnsynced(t *testing.T, w *mountCrashWriter) {
 	}
 }
 
-// TestMountCrashTornBlocks holds kmsfs to the promise that a kill -9
+// TestMountCrashTornBlocks holds kmsfs to its promise that a kill -9
 // "never leaves a block half written": files are written and fsynced, then
 // overwritten in place with large writes (many blocks per request) while
 // kmsfs is killed. Every block must afterwards read as its fsynced or its

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # report.pl SAMPLES.tsv JSON_OUT MD_OUT — turn bench/compare.sh's raw samples
-# into a JSON record and a markdown table (medians, targets from issue 3).
+# into a JSON record and a markdown table (medians, and the targets checked).
 #
 # Input lines (tab-separated):
 #   meta    KEY  VALUE
@@ -141,7 +141,7 @@ for my $r (@rows) {
 	my $ratio = (defined $k && defined $e) ? sprintf('%.2f×', $k / $e) : 'n/a';
 	$out .= "| $r->[1] | $r->[2] | " . join(' | ', map { cell($_, $r) } @fss) . " | $ratio | " . pf($ahead{ $r->[0] }) . " |\n";
 }
-$out .= "\n| target (issue 3) | value | result |\n|---|--:|:-:|\n";
+$out .= "\n| target | value | result |\n|---|--:|:-:|\n";
 $out .= sprintf("| kmsfs ahead of gocryptfs and securefs on every row | %d of %d rows | %s |\n",
 	scalar(grep { $ahead{ $_->[0] } } @rows), scalar(@rows), pf($ahead_all));
 $out .= sprintf("| sequential write ≥ 0.9× ext4 (kmsfs/ext4) | %s | %s |\n",
