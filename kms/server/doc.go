@@ -7,5 +7,5 @@
 // set of access keys, each mapped to a principal ARN; authorised by the key's
 // policy and grants (the key store stores policies but does not evaluate them:
 // this package does); rate limited per account for cryptographic operations;
-// and recorded in a hash-chained, append-only audit log.
+// and recorded in a hash-chained, append-only audit log (kms/auditlog).
 package server
