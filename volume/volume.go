@@ -41,8 +41,9 @@ type Volume struct {
 	log      *slog.Logger
 	readOnly bool
 
-	mu    sync.Mutex
-	files map[uint64]*fileState // open files by backend inode
+	mu       sync.Mutex
+	files    map[uint64]*fileState // open files by backend inode
+	requests RequestObserver       // set by ObserveRequests; guarded by mu
 
 	bucket bucketKeySource
 	meta   metaKey
