@@ -274,3 +274,13 @@ func (s *Set) attachedVolume() *volume.Volume {
 	_, vol := s.attached()
 	return vol
 }
+
+// BenchmarkRequestRecorder is what timing one FUSE request adds to it
+// (besides two clock reads): one Observe on a resolved histogram.
+func BenchmarkRequestRecorder(b *testing.B) {
+	rec := New().RequestRecorder("read")
+	b.ReportAllocs()
+	for b.Loop() {
+		rec(37 * time.Microsecond)
+	}
+}
