@@ -3,11 +3,10 @@ package fs
 import (
 	"context"
 	"syscall"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-
-	"github.com/kmsfs/kmsfs/volume"
 )
 
 var (
@@ -23,13 +22,14 @@ var (
 )
 
 func (n *Node) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) {
+	defer n.t.timed(opReaddir, time.Now())
 	p, errno := n.path()
 	if errno != 0 {
-		return nil, errno
+		return nil, n.t.fail(opReaddir, p, errno)
 	}
 	ents, err := n.t.be.ReadDir(ctx, p)
 	if err != nil {
-		return nil, volume.Errno(err)
+		return nil, n.t.fail(opReaddir, p, err)
 	}
 	// "." and ".." first, as readdir(3) users (ls -a, some backup tools) expect.
 	list := make([]fuse.DirEntry, 0, len(ents)+2)
@@ -41,116 +41,124 @@ func (n *Node) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) {
 }
 
 // entry looks up a just-created name and makes its inode.
-func (n *Node) entry(ctx context.Context, p string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+func (n *Node) entry(ctx context.Context, o op, p string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
 	var st syscall.Stat_t
 	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
-		return nil, volume.Errno(err)
+		return nil, n.t.fail(o, p, err)
 	}
 	n.t.statToAttr(p, &st, &out.Attr)
 	return n.newChild(ctx, &st), 0
 }
 
 func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	defer n.t.timed(opMkdir, time.Now())
 	p, errno := n.child(name)
 	if errno != 0 {
-		return nil, errno
+		return nil, n.t.fail(opMkdir, p, errno)
 	}
 	if err := n.t.be.Mkdir(ctx, p, mode, owner(ctx)); err != nil {
-		return nil, volume.Errno(err)
+		return nil, n.t.fail(opMkdir, p, err)
 	}
-	return n.entry(ctx, p, out)
+	return n.entry(ctx, opMkdir, p, out)
 }
 
 func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	defer n.t.timed(opMknod, time.Now())
 	p, errno := n.child(name)
 	if errno != 0 {
-		return nil, errno
+		return nil, n.t.fail(opMknod, p, errno)
 	}
 	if err := n.t.be.Mknod(ctx, p, mode, uint64(dev), owner(ctx)); err != nil {
-		return nil, volume.Errno(err)
+		return nil, n.t.fail(opMknod, p, err)
 	}
-	return n.entry(ctx, p, out)
+	return n.entry(ctx, opMknod, p, out)
 }
 
 func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	defer n.t.timed(opRmdir, time.Now())
 	p, errno := n.child(name)
 	if errno != 0 {
-		return errno
+		return n.t.fail(opRmdir, p, errno)
 	}
-	return volume.Errno(n.t.be.Rmdir(ctx, p))
+	return n.t.fail(opRmdir, p, n.t.be.Rmdir(ctx, p))
 }
 
 func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
+	defer n.t.timed(opUnlink, time.Now())
 	p, errno := n.child(name)
 	if errno != 0 {
-		return errno
+		return n.t.fail(opUnlink, p, errno)
 	}
-	return volume.Errno(n.t.be.Unlink(ctx, p))
+	return n.t.fail(opUnlink, p, n.t.be.Unlink(ctx, p))
 }
 
 // Rename passes RENAME_NOREPLACE and RENAME_EXCHANGE through to backends
 // that have renameat2; others refuse flags with ENOTSUP. The encryption
 // context never names the path, so a rename re-encrypts nothing.
 func (n *Node) Rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	defer n.t.timed(opRename, time.Now())
 	np, ok := newParent.(*Node)
 	if !ok {
-		return syscall.EXDEV
+		return n.t.fail(opRename, name, syscall.EXDEV)
 	}
 	if flags != 0 && !n.t.be.Caps().Rename2 {
-		return syscall.ENOTSUP
+		return n.t.fail(opRename, name, syscall.ENOTSUP)
 	}
 	from, errno := n.child(name)
 	if errno != 0 {
-		return errno
+		return n.t.fail(opRename, from, errno)
 	}
 	to, errno := np.child(newName)
 	if errno != 0 {
-		return errno
+		return n.t.fail(opRename, to, errno)
 	}
-	return volume.Errno(n.t.be.Rename(ctx, from, to, flags))
+	return n.t.fail(opRename, from, n.t.be.Rename(ctx, from, to, flags))
 }
 
 func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	defer n.t.timed(opSymlink, time.Now())
 	p, errno := n.child(name)
 	if errno != 0 {
-		return nil, errno
+		return nil, n.t.fail(opSymlink, p, errno)
 	}
 	if err := n.t.be.Symlink(ctx, target, p, owner(ctx)); err != nil {
-		return nil, volume.Errno(err)
+		return nil, n.t.fail(opSymlink, p, err)
 	}
-	return n.entry(ctx, p, out)
+	return n.entry(ctx, opSymlink, p, out)
 }
 
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	defer n.t.timed(opReadlink, time.Now())
 	p, errno := n.path()
 	if errno != 0 {
-		return nil, errno
+		return nil, n.t.fail(opReadlink, p, errno)
 	}
 	target, err := n.t.be.Readlink(ctx, p)
 	if err != nil {
-		return nil, volume.Errno(err)
+		return nil, n.t.fail(opReadlink, p, err)
 	}
 	return []byte(target), 0
 }
 
 func (n *Node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	defer n.t.timed(opLink, time.Now())
 	tn, ok := target.(*Node)
 	if !ok {
-		return nil, syscall.EXDEV
+		return nil, n.t.fail(opLink, name, syscall.EXDEV)
 	}
 	if !n.t.be.Caps().HardLinks {
-		return nil, syscall.ENOTSUP
+		return nil, n.t.fail(opLink, name, syscall.ENOTSUP)
 	}
 	p, errno := n.child(name)
 	if errno != 0 {
-		return nil, errno
+		return nil, n.t.fail(opLink, p, errno)
 	}
 	from, errno := tn.path()
 	if errno != 0 {
-		return nil, errno
+		return nil, n.t.fail(opLink, from, errno)
 	}
 	if err := n.t.be.Link(ctx, from, p); err != nil {
-		return nil, volume.Errno(err)
+		return nil, n.t.fail(opLink, p, err)
 	}
-	return n.entry(ctx, p, out)
+	return n.entry(ctx, opLink, p, out)
 }

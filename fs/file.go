@@ -5,12 +5,11 @@ import (
 	"errors"
 	"io"
 	"syscall"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/kms"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -34,14 +33,6 @@ type fileHandle struct {
 	node *Node // the node it was opened on (set by addOpen)
 }
 
-func kmsRelated(err error) bool { return kms.Code(err) != "" }
-
-// authFailure says whether err is a block or header that failed
-// authentication (tampering or corruption), for the counters.
-func authFailure(err error) bool {
-	return errors.Is(err, envelope.ErrAuth) || errors.Is(err, envelope.ErrBlockAuth)
-}
-
 // openFlags turns the flags of a FUSE OPEN or CREATE into volume open
 // flags. With the writeback cache the kernel resolves O_APPEND itself: it
 // sends every write, appends included, at the offset it computed from its
@@ -56,13 +47,14 @@ func (t *tree) openFlags(flags uint32) int {
 }
 
 func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	defer n.t.timed(opOpen, time.Now())
 	p, errno := n.path()
 	if errno != 0 {
-		return nil, 0, errno
+		return nil, 0, n.t.fail(opOpen, p, errno)
 	}
 	h, err := n.t.vol.OpenFile(ctx, p, n.t.openFlags(flags), 0, nil)
 	if err != nil {
-		return nil, 0, n.t.errno("open", p, err)
+		return nil, 0, n.t.fail(opOpen, p, err)
 	}
 	// FOPEN_KEEP_CACHE: only this mount writes the backing files, so the
 	// kernel's page cache of a file stays valid across opens; a warm re-read
@@ -73,18 +65,19 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 }
 
 func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	defer n.t.timed(opCreate, time.Now())
 	p, errno := n.child(name)
 	if errno != 0 {
-		return nil, nil, 0, errno
+		return nil, nil, 0, n.t.fail(opCreate, p, errno)
 	}
 	h, err := n.t.vol.OpenFile(ctx, p, n.t.openFlags(flags)|syscall.O_CREAT, mode, owner(ctx))
 	if err != nil {
-		return nil, nil, 0, n.t.errno("create", p, err)
+		return nil, nil, 0, n.t.fail(opCreate, p, err)
 	}
 	var st syscall.Stat_t
 	if err := h.Stat(&st); err != nil {
 		h.Close()
-		return nil, nil, 0, n.t.errno("create", p, err)
+		return nil, nil, 0, n.t.fail(opCreate, p, err)
 	}
 	out.Attr.FromStat(&st)
 	ch := n.newChild(ctx, &st)
@@ -102,26 +95,26 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 }
 
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer f.t.timed(opRead, time.Now())
 	n, err := f.h.ReadAt(ctx, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, f.t.errno("read", f.h.Name(), err)
+		return nil, f.t.fail(opRead, f.h.Name(), err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
 func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	defer f.t.timed(opWrite, time.Now())
 	n, err := f.h.WriteAt(ctx, data, off)
 	if err != nil {
-		return 0, f.t.errno("write", f.h.Name(), err)
+		return 0, f.t.fail(opWrite, f.h.Name(), err)
 	}
 	return uint32(n), 0
 }
 
 func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	if err := f.h.Sync(ctx); err != nil {
-		return f.t.errno("fsync", f.h.Name(), err)
-	}
-	return 0
+	defer f.t.timed(opFsync, time.Now())
+	return f.t.fail(opFsync, f.h.Name(), f.h.Sync(ctx))
 }
 
 // Flush runs on every close(2) of a descriptor. Backends that upload on
@@ -131,30 +124,24 @@ func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 // round trip less per file closed, which cp -a and rsync do 10,000 times.
 // The kernel still writes back cached pages at close without it.
 func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
+	defer f.t.timed(opFlush, time.Now())
 	if !f.h.NeedsFlush() {
-		return syscall.ENOSYS
+		return f.t.fail(opFlush, f.h.Name(), syscall.ENOSYS)
 	}
-	if err := f.h.Flush(ctx); err != nil {
-		return f.t.errno("flush", f.h.Name(), err)
-	}
-	return 0
+	return f.t.fail(opFlush, f.h.Name(), f.h.Flush(ctx))
 }
 
 func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
+	defer f.t.timed(opRelease, time.Now())
 	if f.node != nil {
 		f.node.removeOpen(f)
 	}
-	if err := f.h.Close(); err != nil {
-		return f.t.errno("release", f.h.Name(), err)
-	}
-	return 0
+	return f.t.fail(opRelease, f.h.Name(), f.h.Close())
 }
 
 func (f *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
-	if err := f.h.Allocate(ctx, int64(off), int64(size), mode); err != nil {
-		return f.t.errno("fallocate", f.h.Name(), err)
-	}
-	return 0
+	defer f.t.timed(opFallocate, time.Now())
+	return f.t.fail(opFallocate, f.h.Name(), f.h.Allocate(ctx, int64(off), int64(size), mode))
 }
 
 // Lseek answers ENOSYS, once per mount (the kernel then sets no_lseek and
@@ -165,5 +152,6 @@ func (f *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32
 // writeback cache: go-fuse's default answer, from our stat of the backing
 // file, said ENXIO for SEEK_DATA into data not yet written back.
 func (n *Node) Lseek(ctx context.Context, f fusefs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
-	return 0, syscall.ENOSYS
+	defer n.t.timed(opLseek, time.Now())
+	return 0, n.t.fail(opLseek, "", syscall.ENOSYS)
 }

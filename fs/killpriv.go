@@ -6,8 +6,6 @@ import (
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-
-	"github.com/kmsfs/kmsfs/volume"
 )
 
 // Dropping suid/sgid on write (FUSE_HANDLE_KILLPRIV_V2).
@@ -130,14 +128,14 @@ func (n *Node) killSetid(ctx context.Context, f fusefs.FileHandle, p string) sys
 		err = n.t.be.Lstat(ctx, p, &st)
 	}
 	if err != nil {
-		return n.t.errno("drop set-id bits", p, err)
+		return n.t.fail(opSetattr, p, err)
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return 0
 	}
 	if kill := setidBits(st.Mode); kill != 0 {
 		if err := n.t.be.Chmod(ctx, p, st.Mode&07777&^kill); err != nil {
-			return volume.Errno(err)
+			return n.t.fail(opSetattr, p, err)
 		}
 	}
 	n.noSetid.Store(true)

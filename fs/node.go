@@ -4,7 +4,8 @@
 //
 // Files are named after the FUSE operations they implement, as in gocryptfs:
 // node.go (lookup, attributes), dir.go (directory operations), file.go (open
-// file handles), xattr.go (extended attributes).
+// file handles), xattr.go (extended attributes); boundary.go is the one way
+// an error reaches the kernel (tree.fail) and times every request.
 package fs
 
 import (
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -29,6 +31,8 @@ type tree struct {
 	log *slog.Logger
 	// writeback: the kernel caches writes (MountOptions.WritebackCache).
 	writeback bool
+	// recorders time the requests, by operation (boundary.go).
+	recorders recorders
 }
 
 // Node is one file, directory or symlink of the mount.
@@ -85,7 +89,7 @@ func NewRoot(vol *volume.Volume, log *slog.Logger) *Node {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Node{t: &tree{vol: vol, be: vol.Backend(), log: log}}
+	return &Node{t: &tree{vol: vol, be: vol.Backend(), log: log, recorders: newRecorders(vol.RequestObserver())}}
 }
 
 var (
@@ -112,17 +116,6 @@ func (n *Node) child(name string) (string, syscall.Errno) {
 	return path.Join(p, name), errno
 }
 
-// errno maps err and logs the failures a user must be able to trace to a
-// file: authentication failures (tampering) and KMS refusals or outages.
-func (t *tree) errno(op, name string, err error) syscall.Errno {
-	e := volume.Errno(err)
-	if e == syscall.EIO || (e == syscall.EACCES && kmsRelated(err)) {
-		t.log.Error(op+" failed", "path", "/"+name, "err", err)
-		t.vol.CountError(int(e), authFailure(err))
-	}
-	return e
-}
-
 // statToAttr fills a FUSE attribute from a backend stat, replacing the
 // ciphertext size of a regular file by its plaintext size.
 func (t *tree) statToAttr(name string, st *syscall.Stat_t, out *fuse.Attr) {
@@ -137,23 +130,30 @@ func (n *Node) newChild(ctx context.Context, st *syscall.Stat_t) *fusefs.Inode {
 }
 
 func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	defer n.t.timed(opLookup, time.Now())
 	p, errno := n.child(name)
 	if errno != 0 {
-		return nil, errno
+		return nil, n.t.fail(opLookup, p, errno)
 	}
 	var st syscall.Stat_t
 	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
-		return nil, volume.Errno(err)
+		return nil, n.t.fail(opLookup, p, err)
 	}
 	n.t.statToAttr(p, &st, &out.Attr)
 	return n.newChild(ctx, &st), 0
 }
 
 func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	defer n.t.timed(opGetattr, time.Now())
+	return n.getattr(ctx, opGetattr, f, out)
+}
+
+// getattr answers a GETATTR, and the attributes a SETATTR returns (o).
+func (n *Node) getattr(ctx context.Context, o op, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	if fh, ok := f.(*fileHandle); ok {
 		var st syscall.Stat_t
 		if err := fh.h.Stat(&st); err != nil {
-			return n.t.errno("getattr", fh.h.Name(), err)
+			return n.t.fail(o, fh.h.Name(), err)
 		}
 		out.FromStat(&st)
 		return 0
@@ -161,22 +161,23 @@ func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrO
 	p, errno := n.path()
 	if errno != 0 {
 		if fh := n.anyOpen(); fh != nil {
-			return n.Getattr(ctx, fh, out)
+			return n.getattr(ctx, o, fh, out)
 		}
-		return errno
+		return n.t.fail(o, p, errno)
 	}
 	var st syscall.Stat_t
 	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
-		return volume.Errno(err)
+		return n.t.fail(o, p, err)
 	}
 	n.t.statToAttr(p, &st, &out.Attr)
 	return 0
 }
 
 func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	defer n.t.timed(opSetattr, time.Now())
 	be := n.t.be
 	if n.t.vol.ReadOnly() {
-		return syscall.EROFS
+		return n.t.fail(opSetattr, "", syscall.EROFS)
 	}
 	p, errno := n.path()
 	if errno != 0 {
@@ -195,7 +196,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 			fh = n.anyOpen()
 		}
 		if in.Valid&^orphanOK != 0 {
-			return errno
+			return n.t.fail(opSetattr, p, errno)
 		}
 		if fh == nil {
 			// Unlinked and closed: the kernel still writes back the
@@ -203,7 +204,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 			// nothing left to set or to stat; answering ENOENT would fail
 			// sync(1) -f on the whole mount.
 			if _, ok := in.GetSize(); ok {
-				return errno
+				return n.t.fail(opSetattr, p, errno)
 			}
 			out.Attr.Mode = n.Mode()
 			if mtime, ok := in.GetMTime(); ok {
@@ -213,10 +214,10 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 		}
 		if size, ok := in.GetSize(); ok {
 			if err := fh.h.Truncate(ctx, int64(size)); err != nil {
-				return n.t.errno("truncate", fh.h.Name(), err)
+				return n.t.fail(opSetattr, fh.h.Name(), err)
 			}
 		}
-		return n.Getattr(ctx, fh, out)
+		return n.getattr(ctx, opSetattr, fh, out)
 	}
 	// Set-id bits first, as the VFS drops them before a truncate or write
 	// goes ahead (killpriv.go).
@@ -235,7 +236,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 		}
 		n.setidMu.Unlock()
 		if err != nil {
-			return volume.Errno(err)
+			return n.t.fail(opSetattr, p, err)
 		}
 	}
 	uid, uok := in.GetUID()
@@ -249,7 +250,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 			g = int(gid)
 		}
 		if err := be.Lchown(ctx, p, u, g); err != nil {
-			return volume.Errno(err)
+			return n.t.fail(opSetattr, p, err)
 		}
 	}
 	if size, ok := in.GetSize(); ok {
@@ -269,37 +270,38 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 			mp = nil
 		}
 		if err := be.Utimens(ctx, p, ap, mp); err != nil {
-			return volume.Errno(err)
+			return n.t.fail(opSetattr, p, err)
 		}
 	}
-	return n.Getattr(ctx, f, out)
+	return n.getattr(ctx, opSetattr, f, out)
 }
 
 func (n *Node) truncate(ctx context.Context, f fusefs.FileHandle, p string, size int64) syscall.Errno {
 	if fh, ok := f.(*fileHandle); ok {
 		if err := fh.h.Truncate(ctx, size); err != nil {
-			return n.t.errno("truncate", p, err)
+			return n.t.fail(opSetattr, p, err)
 		}
 		return 0
 	}
 	h, err := n.t.vol.OpenFile(ctx, p, syscall.O_WRONLY, 0, nil)
 	if err != nil {
-		return n.t.errno("truncate", p, err)
+		return n.t.fail(opSetattr, p, err)
 	}
 	err = h.Truncate(ctx, size)
 	if cerr := h.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return n.t.errno("truncate", p, err)
+		return n.t.fail(opSetattr, p, err)
 	}
 	return 0
 }
 
 func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	defer n.t.timed(opStatfs, time.Now())
 	var st syscall.Statfs_t
 	if err := n.t.be.Statfs(ctx, &st); err != nil {
-		return volume.Errno(err)
+		return n.t.fail(opStatfs, "", err)
 	}
 	out.FromStatfsT(&st)
 	return 0

@@ -2,12 +2,12 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"syscall"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
-
-	"github.com/kmsfs/kmsfs/volume"
 )
 
 var (
@@ -25,65 +25,68 @@ var (
 // answer. For a file this mount created and gave no security.* attribute,
 // the answer is known without asking the backend.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	defer n.t.timed(opGetxattr, time.Now())
 	if !n.t.be.Caps().Xattrs {
-		return 0, syscall.ENOTSUP
+		return 0, n.t.fail(opGetxattr, "", syscall.ENOTSUP)
 	}
 	if attr == "security.capability" && n.noCaps.Load() {
-		return 0, syscall.ENODATA
+		return 0, n.t.fail(opGetxattr, "", syscall.ENODATA)
 	}
 	p, errno := n.path()
 	if errno != 0 {
-		return 0, errno
+		return 0, n.t.fail(opGetxattr, p, errno)
 	}
 	stored, err := n.t.be.Getxattr(ctx, p, attr)
 	if err != nil {
-		return 0, volume.Errno(err)
+		return 0, n.t.fail(opGetxattr, p, err)
 	}
 	val, err := n.t.vol.OpenXattr(ctx, attr, stored)
 	if err != nil {
-		return 0, n.t.errno("getxattr "+attr, p, err)
+		return 0, n.t.fail(opGetxattr, p, fmt.Errorf("attribute %s: %w", attr, err))
 	}
 	if len(dest) == 0 {
 		return uint32(len(val)), 0
 	}
 	if len(dest) < len(val) {
-		return uint32(len(val)), syscall.ERANGE
+		return uint32(len(val)), n.t.fail(opGetxattr, p, syscall.ERANGE)
 	}
 	return uint32(copy(dest, val)), 0
 }
 
 func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	defer n.t.timed(opSetxattr, time.Now())
 	if !n.t.be.Caps().Xattrs {
-		return syscall.ENOTSUP
+		return n.t.fail(opSetxattr, "", syscall.ENOTSUP)
 	}
 	if n.t.vol.ReadOnly() {
-		return syscall.EROFS
+		return n.t.fail(opSetxattr, "", syscall.EROFS)
 	}
 	p, errno := n.path()
 	if errno != 0 {
-		return errno
+		return n.t.fail(opSetxattr, p, errno)
 	}
 	if strings.HasPrefix(attr, "security.") {
 		n.noCaps.Store(false)
 	}
 	stored, err := n.t.vol.SealXattr(ctx, attr, data)
 	if err != nil {
-		return n.t.errno("setxattr "+attr, p, err)
+		return n.t.fail(opSetxattr, p, fmt.Errorf("attribute %s: %w", attr, err))
 	}
-	return volume.Errno(n.t.be.Setxattr(ctx, p, attr, stored, int(flags)))
+	return n.t.fail(opSetxattr, p, n.t.be.Setxattr(ctx, p, attr, stored, int(flags)))
 }
 
 func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	defer n.t.timed(opListxattr, time.Now())
 	if !n.t.be.Caps().Xattrs {
 		return 0, 0
 	}
 	p, errno := n.path()
 	if errno != 0 {
-		return 0, errno
+		return 0, n.t.fail(opListxattr, p, errno)
 	}
 	names, err := n.t.be.Listxattr(ctx, p)
 	if err != nil {
-		return 0, volume.Errno(err)
+		return 0, n.t.fail(opListxattr, p, err)
 	}
 	var b strings.Builder
 	for _, name := range names {
@@ -94,21 +97,22 @@ func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 		return uint32(b.Len()), 0
 	}
 	if len(dest) < b.Len() {
-		return uint32(b.Len()), syscall.ERANGE
+		return uint32(b.Len()), n.t.fail(opListxattr, p, syscall.ERANGE)
 	}
 	return uint32(copy(dest, b.String())), 0
 }
 
 func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	defer n.t.timed(opRemovexattr, time.Now())
 	if !n.t.be.Caps().Xattrs {
-		return syscall.ENOTSUP
+		return n.t.fail(opRemovexattr, "", syscall.ENOTSUP)
 	}
 	if n.t.vol.ReadOnly() {
-		return syscall.EROFS
+		return n.t.fail(opRemovexattr, "", syscall.EROFS)
 	}
 	p, errno := n.path()
 	if errno != 0 {
-		return errno
+		return n.t.fail(opRemovexattr, p, errno)
 	}
-	return volume.Errno(n.t.be.Removexattr(ctx, p, attr))
+	return n.t.fail(opRemovexattr, p, n.t.be.Removexattr(ctx, p, attr))
 }

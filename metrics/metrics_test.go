@@ -3,11 +3,18 @@ package metrics
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kmsfs/kmsfs/backend/local"
 	"github.com/kmsfs/kmsfs/keycache"
@@ -46,25 +53,185 @@ func newSet(t *testing.T) *Set {
 	return s
 }
 
-func TestPrometheusText(t *testing.T) {
+// TestExposition: the families and labels the hand-written exposition had
+// are all there, with their types, and the KMS histogram and counters hold
+// exactly what was observed.
+func TestExposition(t *testing.T) {
 	s := newSet(t)
-	s.ObserveKMS("GenerateDataKey", 3*time.Millisecond, nil)
-	s.ObserveKMS("GenerateDataKey", 300*time.Millisecond, errors.New("x"))
+	// Durations whose seconds are exact binary fractions, so the sum is exact.
+	s.ObserveKMS("GenerateDataKey", 3906250*time.Nanosecond, nil) // 1/256 s
+	s.ObserveKMS("GenerateDataKey", 250*time.Millisecond, errors.New("x"))
 	s.CountRetry("GenerateDataKey", nil)
-	var b strings.Builder
-	s.WritePrometheus(&b)
-	out := b.String()
-	for _, want := range []string{
-		`kmsfs_kms_calls_total{operation="GenerateDataKey",result="ok"} 1`,
-		`kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.005"} 1`,
-		`kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="+Inf"} 2`,
-		`kmsfs_kms_latency_seconds_count{operation="GenerateDataKey"} 2`,
-		`kmsfs_kms_retries_total 1`,
-		`# TYPE kmsfs_cache_hits_total counter`,
-		`kmsfs_cache_evictions_total{reason="age"} 0`,
+	const want = `
+# HELP kmsfs_kms_calls_total KMS calls by operation and result.
+# TYPE kmsfs_kms_calls_total counter
+kmsfs_kms_calls_total{operation="GenerateDataKey",result="ok"} 1
+# HELP kmsfs_kms_retries_total KMS calls retried after throttling or an outage.
+# TYPE kmsfs_kms_retries_total counter
+kmsfs_kms_retries_total 1
+# HELP kmsfs_kms_latency_seconds KMS call latency by operation.
+# TYPE kmsfs_kms_latency_seconds histogram
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.0001"} 0
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.0005"} 0
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.001"} 0
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.0025"} 0
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.005"} 1
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.01"} 1
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.025"} 1
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.05"} 1
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.1"} 1
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.25"} 2
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="0.5"} 2
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="1"} 2
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="2.5"} 2
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="5"} 2
+kmsfs_kms_latency_seconds_bucket{operation="GenerateDataKey",le="+Inf"} 2
+kmsfs_kms_latency_seconds_sum{operation="GenerateDataKey"} 0.25390625
+kmsfs_kms_latency_seconds_count{operation="GenerateDataKey"} 2
+# HELP kmsfs_cache_evictions_total Key cache evictions by reason.
+# TYPE kmsfs_cache_evictions_total counter
+kmsfs_cache_evictions_total{reason="age"} 0
+kmsfs_cache_evictions_total{reason="bytes"} 0
+kmsfs_cache_evictions_total{reason="capacity"} 0
+kmsfs_cache_evictions_total{reason="explicit"} 0
+kmsfs_cache_evictions_total{reason="uses"} 0
+# HELP kmsfs_errors_total Failures reported to applications (EIO, EACCES).
+# TYPE kmsfs_errors_total counter
+kmsfs_errors_total 0
+`
+	if err := testutil.GatherAndCompare(s.Registry(), strings.NewReader(want),
+		"kmsfs_kms_calls_total", "kmsfs_kms_retries_total", "kmsfs_kms_latency_seconds",
+		"kmsfs_cache_evictions_total", "kmsfs_errors_total"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every family of the hand-written format, with its type.
+	families, err := s.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]dto.MetricType{}
+	for _, f := range families {
+		types[f.GetName()] = f.GetType()
+	}
+	for name, typ := range map[string]dto.MetricType{
+		"kmsfs_kms_calls_total": dto.MetricType_COUNTER, "kmsfs_kms_retries_total": dto.MetricType_COUNTER,
+		"kmsfs_kms_latency_seconds": dto.MetricType_HISTOGRAM, "kmsfs_cache_hits_total": dto.MetricType_COUNTER,
+		"kmsfs_cache_misses_total": dto.MetricType_COUNTER, "kmsfs_cache_coalesced_total": dto.MetricType_COUNTER,
+		"kmsfs_cache_grace_hits_total": dto.MetricType_COUNTER, "kmsfs_bytes_read_total": dto.MetricType_COUNTER,
+		"kmsfs_bytes_written_total": dto.MetricType_COUNTER, "kmsfs_files_created_total": dto.MetricType_COUNTER,
+		"kmsfs_files_opened_total": dto.MetricType_COUNTER, "kmsfs_errors_total": dto.MetricType_COUNTER,
+		"kmsfs_auth_failures_total": dto.MetricType_COUNTER, "kmsfs_cache_evictions_total": dto.MetricType_COUNTER,
+		"kmsfs_cache_entries": dto.MetricType_GAUGE, "kmsfs_prefetched_keys": dto.MetricType_GAUGE,
+		// The standard collectors.
+		"go_goroutines": dto.MetricType_GAUGE, "process_cpu_seconds_total": dto.MetricType_COUNTER,
 	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("missing %q in:\n%s", want, out)
+		if got, ok := types[name]; !ok || got != typ {
+			t.Errorf("%s: type %v (present %v), want %v", name, got, ok, typ)
+		}
+	}
+}
+
+// TestFUSELatency: attaching the set makes it the volume's request
+// observer; a recorder resolved once per operation feeds that operation's
+// histogram and allocates nothing; so does a KMS observation.
+func TestFUSELatency(t *testing.T) {
+	s := newSet(t)
+	if got := s.attachedVolume().RequestObserver(); got != volume.RequestObserver(s) {
+		t.Fatalf("the volume's request observer is %v, not the set", got)
+	}
+	read, lookup := s.RequestRecorder("read"), s.RequestRecorder("lookup")
+	read(40 * time.Microsecond)
+	read(3 * time.Millisecond)
+	lookup(20 * time.Microsecond)
+	if n := testutil.CollectAndCount(s.fuseLatency, "kmsfs_fuse_latency_seconds"); n != 2 {
+		t.Fatalf("%d FUSE latency series, want 2 (read, lookup)", n)
+	}
+	const want = `
+# HELP kmsfs_fuse_latency_seconds FUSE request latency (time to answer the kernel) by operation.
+# TYPE kmsfs_fuse_latency_seconds histogram
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="1e-05"} 0
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="2.5e-05"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="5e-05"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.0001"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.00025"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.0005"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.001"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.0025"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.005"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.01"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.025"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.05"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.1"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.25"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="0.5"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="1"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="2.5"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="5"} 1
+kmsfs_fuse_latency_seconds_bucket{operation="lookup",le="+Inf"} 1
+kmsfs_fuse_latency_seconds_sum{operation="lookup"} 2e-05
+kmsfs_fuse_latency_seconds_count{operation="lookup"} 1
+`
+	if err := testutil.CollectAndCompare(filterOp{s.fuseLatency, "lookup"}, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+	if allocs := testing.AllocsPerRun(1000, func() { read(time.Millisecond) }); allocs != 0 {
+		t.Errorf("recording a FUSE request allocates %.1f times", allocs)
+	}
+	s.ObserveKMS("Decrypt", time.Millisecond, nil)
+	if allocs := testing.AllocsPerRun(1000, func() { s.ObserveKMS("Decrypt", time.Millisecond, nil) }); allocs != 0 {
+		t.Errorf("recording a KMS call allocates %.1f times", allocs)
+	}
+	snap := s.Snapshot()
+	// Two reads above, 1000 and AllocsPerRun's warm-up run of 1 ms.
+	if r := snap.FUSELatency["read"]; r.Count != 1003 || r.P50Ms != 1 || r.P99Ms != 1 {
+		t.Errorf("read latency summary %+v", r)
+	}
+	if txt := FormatText(snap); !strings.Contains(txt, "FUSE lookup") {
+		t.Errorf("no FUSE line in:\n%s", txt)
+	}
+}
+
+// filterOp is the series of one operation of a histogram vector.
+type filterOp struct {
+	*prometheus.HistogramVec
+	op string
+}
+
+func (f filterOp) Collect(ch chan<- prometheus.Metric) {
+	ch <- f.WithLabelValues(f.op).(prometheus.Histogram)
+}
+
+// TestHandler: /metrics serves the registry in the text format, the
+// process and Go collectors included; a set not attached yet serves too.
+func TestHandler(t *testing.T) {
+	for _, attached := range []bool{true, false} {
+		s := New()
+		if attached {
+			s = newSet(t)
+		}
+		srv := httptest.NewServer(s.Handler())
+		resp, err := http.Get(srv.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		srv.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || !strings.HasPrefix(ct, "text/plain") {
+			t.Fatalf("attached %v: status %d, content type %q", attached, resp.StatusCode, ct)
+		}
+		wants := []string{"\ngo_goroutines ", "\nprocess_cpu_seconds_total "}
+		if attached {
+			wants = append(wants, `kmsfs_kms_calls_total{operation="GenerateDataKey",result="ok"} 1`, "\nkmsfs_cache_entries ")
+		}
+		for _, want := range wants {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("attached %v: %q missing from /metrics:\n%s", attached, want, body)
+			}
 		}
 	}
 }
@@ -91,10 +258,29 @@ func TestSnapshotAndSocket(t *testing.T) {
 	if snap.Cache.KMSCallCount("GenerateDataKey") != 1 {
 		t.Fatalf("cache stats not in the snapshot: %+v", snap.Cache)
 	}
+	if len(snap.FUSELatency) != 0 {
+		t.Fatalf("FUSE latency of a volume never mounted: %+v", snap.FUSELatency)
+	}
 	if txt := FormatText(snap); !strings.Contains(txt, "KMS GenerateDataKey") {
 		t.Fatalf("text:\n%s", txt)
 	}
 	if _, err := Fetch(ctx, t.TempDir()); err == nil {
 		t.Fatal("fetch from a directory with no mount succeeded")
+	}
+}
+
+// attachedVolume is the volume the set reports.
+func (s *Set) attachedVolume() *volume.Volume {
+	_, vol := s.attached()
+	return vol
+}
+
+// BenchmarkRequestRecorder is what timing one FUSE request adds to it
+// (besides two clock reads): one Observe on a resolved histogram.
+func BenchmarkRequestRecorder(b *testing.B) {
+	rec := New().RequestRecorder("read")
+	b.ReportAllocs()
+	for b.Loop() {
+		rec(37 * time.Microsecond)
 	}
 }

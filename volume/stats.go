@@ -1,6 +1,9 @@
 package volume
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // counters are the volume's own counters; KMS and cache counters live in
 // the key cache.
@@ -9,7 +12,7 @@ type counters struct {
 	filesCreated            atomic.Uint64 // headers (data keys) created
 	filesOpened             atomic.Uint64
 	errors                  atomic.Uint64 // failures reported to applications (EIO, EACCES from the KMS)
-	authFailures            atomic.Uint64 // blocks or headers that failed authentication
+	authFailures            atomic.Uint64 // blocks, headers or xattr values that failed authentication
 }
 
 // Stats is a snapshot of the volume counters.
@@ -32,11 +35,36 @@ func (v *Volume) Stats() Stats {
 	}
 }
 
-// CountError records a failure reported to an application; fs calls it at
-// the FUSE boundary.
-func (v *Volume) CountError(errno int, auth bool) {
+// CountError records a failure reported to an application (one that
+// Classify marks Report); fs calls it at the FUSE boundary.
+func (v *Volume) CountError(f Failure) {
 	v.stats.errors.Add(1)
-	if auth {
+	if f.Auth {
 		v.stats.authFailures.Add(1)
 	}
+}
+
+// RequestObserver records how long the requests of a mount of the volume
+// take, by operation (metrics implements it with histograms). The mount asks
+// it once per operation, when it starts, for the function that records that
+// operation, so that recording a request costs no lookup and no allocation.
+type RequestObserver interface {
+	RequestRecorder(op string) func(time.Duration)
+}
+
+// ObserveRequests makes o the observer of the requests of the volume's
+// mounts: they report to it through the volume, as they report the errors
+// they count, so whoever reads the volume's counters can time its requests
+// too. Call it before mounting; a mount asks once, when it starts.
+func (v *Volume) ObserveRequests(o RequestObserver) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.requests = o
+}
+
+// RequestObserver returns what ObserveRequests set, or nil.
+func (v *Volume) RequestObserver() RequestObserver {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.requests
 }

@@ -1,0 +1,60 @@
+package volume
+
+import (
+	"sync"
+
+	"github.com/kmsfs/kmsfs/envelope"
+)
+
+// fileState is shared by every open handle of one backend file (hard links
+// and repeated opens included): one content lock, one set of keys.
+type fileState struct {
+	ino  uint64
+	refs int
+
+	// content serialises writers against readers and each other: a write
+	// is a read-modify-write of whole blocks.
+	content sync.RWMutex
+
+	keyMu sync.Mutex
+	keys  *envelope.FileKeys // nil until the header is read or created
+
+	// behindTo is the stored offset up to which writeback of a sequential
+	// write has been started (see writeBehind); guarded by content.
+	behindTo int64
+
+	// gaps are runs of blocks inside the file never written (see gaps.go);
+	// guarded by content.
+	gaps []gapRange
+	// gapWriter is the handle that last left a gap: writable, and open
+	// while any gap is (a writable handle fills them all when it closes),
+	// so a reader on a read-only handle can fill gaps through it.
+	gapWriter *Handle
+}
+
+func (v *Volume) acquire(ino uint64) *fileState {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.files[ino]
+	if st == nil {
+		st = &fileState{ino: ino}
+		v.files[ino] = st
+	}
+	st.refs++
+	return st
+}
+
+func (v *Volume) release(st *fileState) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st.refs--
+	if st.refs == 0 {
+		delete(v.files, st.ino)
+		st.keyMu.Lock()
+		if st.keys != nil {
+			st.keys.Zero()
+			st.keys = nil
+		}
+		st.keyMu.Unlock()
+	}
+}

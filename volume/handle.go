@@ -1,0 +1,140 @@
+package volume
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/kmsfs/kmsfs/backend"
+)
+
+// Handle is one open plaintext file.
+type Handle struct {
+	v      *Volume
+	name   string
+	f      backend.File
+	st     *fileState
+	append bool
+	// writable: opened for writing (the backend file accepts writes).
+	writable bool
+}
+
+// OpenFile opens (or with O_CREAT creates) the regular file name. flags are
+// open(2) flags; O_TRUNC and O_APPEND are applied to the plaintext.
+func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint32, owner *backend.Owner) (*Handle, error) {
+	if v.readOnly && (flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&(syscall.O_CREAT|syscall.O_TRUNC) != 0) {
+		return nil, syscall.EROFS
+	}
+	// O_TRUNC is applied below under the file's content lock, not by the
+	// backend: a backend truncate would cut the header out from under a
+	// writer that holds the lock on another handle.
+	f, err := v.be.Open(ctx, name, flags&^(syscall.O_APPEND|syscall.O_TRUNC), mode, owner)
+	if err != nil {
+		return nil, err
+	}
+	var sst syscall.Stat_t
+	if err := f.Stat(&sst); err != nil {
+		f.Close()
+		return nil, err
+	}
+	h := &Handle{v: v, name: name, f: f, st: v.acquire(sst.Ino), append: flags&syscall.O_APPEND != 0,
+		writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
+	v.stats.filesOpened.Add(1)
+	if flags&syscall.O_TRUNC != 0 && sst.Size != 0 {
+		// Truncating to 0 drops the header too: the next write makes a new
+		// header with a new data key, as an S3 PUT over an object gets one.
+		if err := h.Truncate(ctx, 0); err != nil {
+			h.Close()
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+// Name is the path the handle was opened with, for log lines.
+func (h *Handle) Name() string { return h.name }
+
+func (h *Handle) cipherSize() (int64, error) {
+	var st syscall.Stat_t
+	if err := h.f.Stat(&st); err != nil {
+		return 0, err
+	}
+	return st.Size, nil
+}
+
+// Size returns the plaintext size.
+func (h *Handle) Size() (int64, error) {
+	cs, err := h.cipherSize()
+	if err != nil {
+		return 0, err
+	}
+	return h.v.layout.PlainSize(cs)
+}
+
+// Stat returns the backend stat with the plaintext size filled in.
+func (h *Handle) Stat(st *syscall.Stat_t) error {
+	if err := h.f.Stat(st); err != nil {
+		return err
+	}
+	st.Size = h.v.PlainSize(h.name, st.Size)
+	return nil
+}
+
+// Sync makes written data durable.
+func (h *Handle) Sync(ctx context.Context) error {
+	if err := h.fillAllGaps(ctx); err != nil {
+		return err
+	}
+	return h.f.Sync()
+}
+
+// fillAllGaps fills the file's gaps (gaps.go) before the backend must hold
+// the whole file.
+func (h *Handle) fillAllGaps(ctx context.Context) error {
+	h.st.content.Lock()
+	defer h.st.content.Unlock()
+	return h.fillGaps(ctx, 0, -1)
+}
+
+// Close releases the handle; the file's keys are zeroed when its last
+// handle closes.
+//
+// The shared state is released before the backing file is closed: once it
+// is closed the backend may hand its inode number to a new file, which must
+// not find this file's state (and keys) under that number.
+func (h *Handle) Close() error {
+	if h.writable {
+		h.st.content.Lock()
+		// Release has no request context; the keys are loaded already.
+		err := h.fillGaps(context.Background(), 0, -1)
+		// Never fill through this handle once its descriptor is closed:
+		// the number may then belong to another file.
+		if h.st.gapWriter == h {
+			h.st.gapWriter = nil
+		}
+		h.st.content.Unlock()
+		if err != nil {
+			h.v.log.Error("close: holes left unfilled read as EIO", "path", "/"+h.name, "err", err)
+		}
+	}
+	h.v.release(h.st)
+	return h.f.Close()
+}
+
+// NeedsFlush says whether Flush does anything for this file: only for
+// backends that stage writes until close.
+func (h *Handle) NeedsFlush() bool {
+	_, ok := h.f.(backend.Flusher)
+	return ok
+}
+
+// Flush runs at close(2): backends that stage writes (S3) upload here, so a
+// failed upload is reported to the closing application.
+func (h *Handle) Flush(ctx context.Context) error {
+	if fl, ok := h.f.(backend.Flusher); ok {
+		if err := h.fillAllGaps(ctx); err != nil {
+			return err
+		}
+		return fl.Flush()
+	}
+	return nil
+}
