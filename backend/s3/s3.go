@@ -33,6 +33,12 @@
 // Reads are ranged GETs whose bodies are read straight into the caller's
 // buffer; a sequential reader keeps a few GETs open ahead (readahead.go).
 //
+// # One writer
+//
+// A read-write mount holds the volume's writer lease (lease.go), an object
+// kept with conditional writes, so a second read-write mount is refused
+// instead of silently overwriting what the first acknowledged.
+//
 // # Costs the POSIX view hides
 //
 //   - Renaming a file is a server-side copy plus a delete (multipart copy
