@@ -4,11 +4,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
-	"syscall"
+	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -120,12 +119,63 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 	return srv, nil
 }
 
-// setReadAhead writes the mount's backing-device readahead in sysfs.
+// setReadAhead writes the mount's backing-device readahead in sysfs. The
+// device number comes from /proc/self/mountinfo, not from stat(2) of the
+// mount point: a stat is a FUSE request to this very process, and a daemon
+// killed while one of its threads waits for its own answer never exits (the
+// thread sleeps uninterruptibly in request_wait_answer, and the /dev/fuse
+// descriptor that would abort the request is only closed once every thread
+// has exited).
 func setReadAhead(mountpoint string, kb int) error {
-	var st syscall.Stat_t
-	if err := syscall.Stat(mountpoint, &st); err != nil {
+	dev, err := mountDevice(mountpoint)
+	if err != nil {
 		return err
 	}
-	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	p := fmt.Sprintf("/sys/class/bdi/%s/read_ahead_kb", dev)
 	return os.WriteFile(p, []byte(strconv.Itoa(kb)), 0)
+}
+
+// mountDevice returns "major:minor" of the filesystem mounted at mountpoint
+// (the last one, if mounts are stacked there), from /proc/self/mountinfo.
+func mountDevice(mountpoint string) (string, error) {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return "", err
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	dev := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
+		f := strings.Fields(line)
+		if len(f) >= 5 && unescapeMountinfo(f[4]) == abs {
+			dev = f[2]
+		}
+	}
+	if dev == "" {
+		return "", fmt.Errorf("%s: not in /proc/self/mountinfo", abs)
+	}
+	return dev, nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space, ...) the
+// kernel writes in mountinfo paths.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/backend/local"
@@ -66,6 +67,7 @@ type BackendOptions struct {
 	S3Endpoint  string
 	S3Region    string
 	S3PathStyle bool
+	S3LeaseTTL  time.Duration
 	StagingDir  string
 	// OwnsPrefix: this process is the volume's mount, so multipart uploads
 	// found under the prefix are leftovers of a crash and are aborted.

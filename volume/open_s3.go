@@ -24,5 +24,6 @@ func openS3(ctx context.Context, spec string, o BackendOptions) (backend.Backend
 	return s3.New(ctx, s3.Config{
 		Bucket: bucket, Prefix: prefix, Endpoint: o.S3Endpoint, Region: o.S3Region,
 		PathStyle: o.S3PathStyle, StagingDir: o.StagingDir, StaleUploadAge: stale,
+		LeaseTTL: o.S3LeaseTTL,
 	})
 }

@@ -33,6 +33,12 @@
 // Reads are ranged GETs whose bodies are read straight into the caller's
 // buffer; a sequential reader keeps a few GETs open ahead (readahead.go).
 //
+// # One writer
+//
+// A read-write mount holds the volume's writer lease (lease.go), an object
+// kept with conditional writes, so a second read-write mount is refused
+// instead of silently overwriting what the first acknowledged.
+//
 // # Costs the POSIX view hides
 //
 //   - Renaming a file is a server-side copy plus a delete (multipart copy
@@ -120,9 +126,16 @@ type Config struct {
 	// parallel for one file; default 4.
 	Concurrency int
 	// StaleUploadAge: New aborts multipart uploads under the prefix started
-	// more than this long ago (0: every upload present at mount time, right
-	// for a volume mounted by one kmsfs at a time).
+	// more than this long ago. 0 means this process owns the prefix (a
+	// read-write mount): every upload present is a crashed writer's
+	// leftover, aborted once LockVolume holds the writer lease, never before
+	// (a second mount being refused must not cut the first one's uploads).
 	StaleUploadAge time.Duration
+	// LeaseTTL is how long the writer lease (lease.go) outlives its
+	// holder's last renewal; default DefaultLeaseTTL, at least 2 s.
+	LeaseTTL time.Duration
+	// Now is the clock of the lease's local deadlines; default time.Now.
+	Now func() time.Time
 }
 
 // ParseURL splits "s3://bucket/some/prefix" into bucket and prefix (without
@@ -184,6 +197,14 @@ type Backend struct {
 	// missDirs holds the directories whose last name lookup was a miss:
 	// the next lookup there sends its LIST beside its HEAD.
 	missDirs map[string]bool
+
+	// The writer lease (lease.go): fence refuses writes while it is not
+	// valid; ownsPrefix defers the abort of every pending upload to the
+	// moment the lease is taken.
+	fence      *fence
+	leaseTTL   time.Duration
+	ownsPrefix bool
+	now        func() time.Time
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -209,6 +230,16 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
 	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.LeaseTTL < 2*time.Second {
+		return nil, fmt.Errorf("s3 backend: writer lease TTL %s below 2s", cfg.LeaseTTL)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	fence := &fence{now: cfg.Now}
 	loadOpts := []func(*config.LoadOptions) error{
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) {
@@ -251,6 +282,7 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 			o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 			o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		}
+		o.APIOptions = append(o.APIOptions, fence.middleware)
 	}, func(o *s3.Options) {
 		for _, fn := range optFns {
 			fn(o)
@@ -271,6 +303,10 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 		partBufs:     newBufferPool(cfg.PartSize, cfg.Concurrency),
 		lookups:      make(map[string]cachedLookup),
 		missDirs:     make(map[string]bool),
+		fence:        fence,
+		leaseTTL:     cfg.LeaseTTL,
+		ownsPrefix:   cfg.StaleUploadAge == 0,
+		now:          cfg.Now,
 	}
 	if p := strings.Trim(cfg.Prefix, "/"); p != "" {
 		b.prefix = p + "/"
@@ -288,10 +324,12 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 		return nil, fmt.Errorf("s3 backend: staging dir: %w", err)
 	}
 	b.ctx, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	if n, err := b.CleanupUploads(ctx, cfg.StaleUploadAge); err != nil {
-		b.log.Warn("s3: cleaning up stale multipart uploads failed", "bucket", b.bucket, "prefix", b.prefix, "err", err)
-	} else if n > 0 {
-		b.log.Info("s3: aborted stale multipart uploads", "bucket", b.bucket, "prefix", b.prefix, "count", n)
+	if !b.ownsPrefix {
+		if n, err := b.CleanupUploads(ctx, cfg.StaleUploadAge); err != nil {
+			b.log.Warn("s3: cleaning up stale multipart uploads failed", "bucket", b.bucket, "prefix", b.prefix, "err", err)
+		} else if n > 0 {
+			b.log.Info("s3: aborted stale multipart uploads", "bucket", b.bucket, "prefix", b.prefix, "count", n)
+		}
 	}
 	return b, nil
 }

@@ -662,8 +662,8 @@ func TestFailedUploadKeepsOldObject(t *testing.T) {
 	}
 }
 
-// A process killed during a multipart upload cannot abort it; the next New
-// does.
+// A process killed during a multipart upload cannot abort it; the next
+// writer does, once it holds the writer lease.
 func TestCleanupUploadsOnNew(t *testing.T) {
 	cfg := testConfig(t)
 	b := newTestBackend(t, cfg)
@@ -685,9 +685,17 @@ func TestCleanupUploadsOnNew(t *testing.T) {
 	if n, err := b.CleanupUploads(bg, time.Hour); err != nil || n != 0 {
 		t.Fatalf("CleanupUploads(1h) = %d, %v", n, err)
 	}
-	newTestBackend(t, cfg)
+	next := newTestBackend(t, cfg)
+	if len(pendingUploads(t, b)) != 1 {
+		t.Fatal("New aborted an upload before holding the writer lease")
+	}
+	release, err := next.LockVolume(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
 	if ups := pendingUploads(t, b); len(ups) != 0 {
-		t.Fatalf("New left %v", ups)
+		t.Fatalf("taking the lease left %v", ups)
 	}
 	var st syscall.Stat_t
 	wantErrno(t, b.Lstat(bg, "orphan", &st), syscall.ENOENT)

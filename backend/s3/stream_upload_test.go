@@ -225,7 +225,11 @@ func TestStreamedUploadKilled(t *testing.T) {
 	if len(pendingUploads(t, good)) != 1 {
 		t.Fatal("no pending upload after the kill")
 	}
-	newTestBackend(t, cfg) // the next mount
+	release, err := newTestBackend(t, cfg).LockVolume(bg) // the next mount
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
 	if ups := pendingUploads(t, good); len(ups) != 0 {
 		t.Fatalf("the next mount left %v", ups)
 	}

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/kmsfs/kmsfs/backend/s3"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -19,6 +21,7 @@ type commonFlags struct {
 	s3Endpoint     string
 	s3Region       string
 	s3PathStyle    bool
+	s3LeaseTTL     time.Duration
 	pkcs11         pkcs11Flags
 	auditLog       string
 	// mounting is set by `kmsfs mount` (read-write): the process owns the
@@ -34,6 +37,7 @@ func (c *commonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.s3Endpoint, "s3-endpoint", "", "S3 endpoint URL for s3:// backends (default AWS)")
 	fs.StringVar(&c.s3Region, "s3-region", "", "S3 region (default from the AWS config chain)")
 	fs.BoolVar(&c.s3PathStyle, "s3-path-style", false, "use path-style S3 addressing (most non-AWS servers)")
+	fs.DurationVar(&c.s3LeaseTTL, "s3-lease-ttl", s3.DefaultLeaseTTL, "how long an S3 volume's writer lease outlives a writer that stopped renewing it (a crashed mount on another machine)")
 	c.pkcs11.register(fs)
 	fs.StringVar(&c.auditLog, "audit-log", "", "append every KMS call this process makes to FILE (hash-chained JSON lines; kmsfs kms audit verify FILE)")
 }
@@ -74,7 +78,7 @@ func (c *commonFlags) kmsOptions(cfg *volume.Config) (volume.KMSOptions, error) 
 }
 
 func (c *commonFlags) backendOptions() volume.BackendOptions {
-	return volume.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, OwnsPrefix: c.mounting}
+	return volume.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, S3LeaseTTL: c.s3LeaseTTL, OwnsPrefix: c.mounting}
 }
 
 func newFlagSet(name, usage string) *pflag.FlagSet {
