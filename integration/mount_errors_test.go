@@ -132,6 +132,11 @@ func TestMountNameErrors(t *testing.T) {
 	if counted != float64(logged) {
 		t.Errorf("kmsfs_errors_total %g, but %d failures logged", counted, logged)
 	}
+	// The symlink target failed authentication (readlink, and ls -l's
+	// readlink): counted as tampering too, unlike the cut ID file.
+	if n := mountCounter(mountScrape(t, addr), "kmsfs_auth_failures_total"); n < 1 || n >= counted {
+		t.Errorf("kmsfs_auth_failures_total %g, want at least the readlink and fewer than all %g failures", n, counted)
+	}
 	stats := v.run("stats", v.mnt)
 	m := regexp.MustCompile(`errors\s+(\d+)`).FindStringSubmatch(stats)
 	if m == nil {

@@ -21,6 +21,7 @@ func TestClassify(t *testing.T) {
 		{"block auth", fmt.Errorf("block 3: %w", envelope.ErrBlockAuth), Failure{Errno: syscall.EIO, Report: true, Auth: true}},
 		{"header auth", fmt.Errorf("header: %w", envelope.ErrAuth), Failure{Errno: syscall.EIO, Report: true, Auth: true}},
 		{"xattr auth", fmt.Errorf("user.a: %w", ErrXattrAuth), Failure{Errno: syscall.EIO, Report: true, Auth: true}},
+		{"name auth", nameErr("readlink", "d/link", fmt.Errorf("target: %w", envelope.ErrAuth)), Failure{Errno: syscall.EIO, Report: true, Auth: true}},
 		{"corrupt", fmt.Errorf("size: %w", envelope.ErrCorrupt), Failure{Errno: syscall.EIO, Report: true}},
 		{"kms denied", fmt.Errorf("unwrap data key: %w", kms.Errorf(kms.CodeAccessDenied, "no grant")), Failure{Errno: syscall.EACCES, Report: true}},
 		{"kms disabled", kms.ErrDisabled, Failure{Errno: syscall.EACCES, Report: true}},

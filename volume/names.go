@@ -59,7 +59,9 @@ func nameErr(op, name string, err error) error {
 	if errors.Is(err, envelope.ErrNameTooLong) {
 		err = syscall.ENAMETOOLONG
 	} else if errors.Is(err, envelope.ErrAuth) {
-		err = syscall.EIO
+		// Keep the authentication failure visible beside its errno: the
+		// FUSE boundary counts it as one (volume.Classify).
+		err = fmt.Errorf("%w: %w", syscall.EIO, err)
 	} else if _, ok := err.(syscall.Errno); !ok && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%s /%s: %w", op, name, err)
 	}
