@@ -49,6 +49,9 @@ Usage: bench/compare.sh [flags]
   --fs LIST         comma-separated subset of ext4,kmsfs,gocryptfs,securefs,gofuse (default all)
   --mode MODE       kmsfs key mode for init: per-object (default) or bucket-key
   --kmsfs-bin PATH  use this kmsfs binary instead of building ./cmd/kmsfs
+  --baseline-bin PATH  add a column kmsfs-base run with this other kmsfs binary (e.g.
+                    one built from an earlier commit), measured beside kmsfs in the
+                    same run, with a kmsfs ÷ kmsfs-base ratio per row
   --kmsfs-flags STR extra `kmsfs mount` flags, split on spaces (e.g. "--writeback-cache=false")
   --profile KIND    after the timed runs, profile the kmsfs mount during one seq write
                     and one cp -a: none (default), perf, pprof (needs kmsfs mount
@@ -68,6 +71,7 @@ FILES=10000
 FSLIST=ext4,kmsfs,gocryptfs,securefs,gofuse
 MODE=per-object
 KMSFS_BIN=
+BASE_BIN=
 KMSFS_FLAGS=
 PROFILE=none
 OUT=$REPO/bench/out
@@ -82,6 +86,7 @@ while (($#)); do
 	--fs) FSLIST=$2; shift 2 ;;
 	--mode) MODE=$2; shift 2 ;;
 	--kmsfs-bin) KMSFS_BIN=$2; shift 2 ;;
+	--baseline-bin) BASE_BIN=$2; shift 2 ;;
 	--kmsfs-flags) KMSFS_FLAGS=$2; shift 2 ;;
 	--profile) PROFILE=$2; shift 2 ;;
 	--out) OUT=$2; shift 2 ;;
@@ -100,7 +105,7 @@ die() { log "error: $*"; exit 1; }
 [[ $PROFILE =~ ^(none|perf|pprof|auto)$ ]] || die "--profile wants none, perf, pprof or auto"
 IFS=, read -r -a FSS <<<"$FSLIST"
 for f in "${FSS[@]}"; do
-	[[ $f =~ ^(ext4|kmsfs|gocryptfs|securefs|gofuse)$ ]] || die "--fs: unknown filesystem $f"
+	[[ $f =~ ^(ext4|kmsfs|gocryptfs|securefs|gofuse|kmsfs-base)$ ]] || die "--fs: unknown filesystem $f"
 done
 has_fs() { [[ ,$FSLIST, == *,$1,* ]]; }
 
@@ -177,6 +182,16 @@ if has_fs kmsfs; then
 	KMSFS_BIN=$(realpath "$KMSFS_BIN")
 	[[ -x $KMSFS_BIN ]] || die "$KMSFS_BIN is not executable"
 fi
+# kmsfs-base: the same rows with another kmsfs binary, for before/after.
+if [[ -n $BASE_BIN ]]; then
+	BASE_BIN=$(realpath "$BASE_BIN")
+	[[ -x $BASE_BIN ]] || die "--baseline-bin $BASE_BIN is not executable"
+	has_fs kmsfs-base || FSLIST=$FSLIST,kmsfs-base
+elif has_fs kmsfs-base; then
+	die "--fs kmsfs-base needs --baseline-bin PATH"
+fi
+# kmsfs_bin FS: the binary of a kmsfs column.
+kmsfs_bin() { if [[ $1 == kmsfs-base ]]; then echo "$BASE_BIN"; else echo "$KMSFS_BIN"; fi; }
 
 # go-fuse's loopback with kmsfs's mount settings, passthrough off.
 GOFUSE_BIN=
@@ -270,9 +285,9 @@ fs_prepare() {
 	rm -rf "$d" && mkdir -p "$m" || return 1
 	case $fs in
 	ext4) ;;
-	kmsfs)
+	kmsfs | kmsfs-base)
 		mkdir -p -m 0700 "$d/keystore" && mkdir -p "$d/vault" &&
-			KMSFS_KEYSTORE=$d/keystore "$KMSFS_BIN" init --mode "$MODE" "$d/vault" >"$d/init.log" 2>&1 ;;
+			KMSFS_KEYSTORE=$d/keystore "$(kmsfs_bin "$fs")" init --mode "$MODE" "$d/vault" >"$d/init.log" 2>&1 ;;
 	gocryptfs)
 		mkdir -p "$d/cipher" && gocryptfs -init -extpass "echo $PW" -q "$d/cipher" >"$d/init.log" 2>&1 ;;
 	securefs)
@@ -286,9 +301,9 @@ fs_mount() {
 	d=$(fsdir "$fs") m=$(mnt "$fs")
 	case $fs in
 	ext4) return 0 ;;
-	kmsfs)
+	kmsfs | kmsfs-base)
 		# kmsfs mount returns once the mount is up.
-		KMSFS_KEYSTORE=$d/keystore "$KMSFS_BIN" mount --log "$d/mount.log" "${KMSFS_MOUNT_EXTRA[@]}" "$d/vault" "$m" 2>>"$d/mount.err" || return 1 ;;
+		KMSFS_KEYSTORE=$d/keystore "$(kmsfs_bin "$fs")" mount --log "$d/mount.log" "${KMSFS_MOUNT_EXTRA[@]}" "$d/vault" "$m" 2>>"$d/mount.err" || return 1 ;;
 	gocryptfs)
 		# gocryptfs daemonises itself and returns once mounted.
 		gocryptfs -extpass "echo $PW" -q -nosyslog "$d/cipher" "$m" 2>>"$d/mount.err" || return 1 ;;
@@ -368,8 +383,8 @@ fs_umount() {
 	[[ $fs == ext4 ]] && return 0
 	for ((i = 0; i < 50; i++)); do
 		mountpoint -q "$m" || return 0
-		if [[ $fs == kmsfs ]]; then
-			"$KMSFS_BIN" umount "$m" 2>/dev/null
+		if [[ $fs == kmsfs || $fs == kmsfs-base ]]; then
+			"$(kmsfs_bin "$fs")" umount "$m" 2>/dev/null
 		else
 			fusermount3 -u "$m" 2>/dev/null
 		fi

@@ -53,6 +53,9 @@ while (<$fh>) {
 }
 close $fh;
 push @fss, 'gofuse' if $samples{gofuse} || $errors{gofuse};
+# kmsfs-base: the same rows with another kmsfs binary (--baseline-bin).
+my $has_base = $samples{'kmsfs-base'} || $errors{'kmsfs-base'};
+push @fss, 'kmsfs-base' if $has_base;
 
 sub median {
 	my @v = sort { $a <=> $b } @_;
@@ -149,6 +152,17 @@ $out .= sprintf("| sequential write ≥ 0.9× ext4 (kmsfs/ext4) | %s | %s |\n",
 $out .= sprintf("| sequential read ≥ 600 MB/s | %s | %s |\n",
 	defined $read ? sprintf('%.0f MB/s', $read) : 'n/a', pf(defined $read && $read >= 600));
 
+if ($has_base) {
+	$out .= "\nkmsfs against kmsfs-base (--baseline-bin), speed ratio per row (above 1: kmsfs faster; wall clock and CPU seconds):\n\n";
+	$out .= "| row | kmsfs | kmsfs-base | speed ratio | CPU ratio (base ÷ kmsfs) |\n|---|--:|--:|--:|--:|\n";
+	for my $r (@rows) {
+		my ($k, $b) = (speed('kmsfs', $r), speed('kmsfs-base', $r));
+		my ($ck, $cb) = ($cpu_med{kmsfs}{ $r->[0] }, $cpu_med{'kmsfs-base'}{ $r->[0] });
+		$out .= sprintf("| %s | %s | %s | %s | %s |\n", $r->[0], cell('kmsfs', $r), cell('kmsfs-base', $r),
+			(defined $k && defined $b) ? sprintf('%.2f×', $k / $b) : 'n/a',
+			(defined $ck && defined $cb && $ck > 0) ? sprintf('%.2f×', $cb / $ck) : 'n/a');
+	}
+}
 $out .= "\nCPU seconds per row (median; the row's commands, kernel work in their system calls included, plus the FUSE daemon; ext4 has no daemon):\n\n";
 $out .= "| row | " . join(' | ', @fss) . " |\n|---|" . ('--:|' x @fss) . "\n";
 for my $r (@rows) {
