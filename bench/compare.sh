@@ -186,7 +186,7 @@ fi
 if [[ -n $BASE_BIN ]]; then
 	BASE_BIN=$(realpath "$BASE_BIN")
 	[[ -x $BASE_BIN ]] || die "--baseline-bin $BASE_BIN is not executable"
-	has_fs kmsfs-base || FSLIST=$FSLIST,kmsfs-base
+	has_fs kmsfs-base || { FSLIST=$FSLIST,kmsfs-base; FSS+=(kmsfs-base); }
 elif has_fs kmsfs-base; then
 	die "--fs kmsfs-base needs --baseline-bin PATH"
 fi
