@@ -32,7 +32,7 @@ func newProgress(w io.Writer, prefix string, quiet bool) *progress {
 	return &progress{w: w, prefix: prefix, tty: ok && term.IsTerminal(int(f.Fd()))}
 }
 
-// begin starts a phase of total items (0: unknown) described by desc.
+// begin starts a phase of total items described by desc.
 func (p *progress) begin(desc string, total int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -41,14 +41,10 @@ func (p *progress) begin(desc string, total int) {
 	}
 	p.finishLocked()
 	p.start, p.total = time.Now(), total
-	if !p.tty {
+	if !p.tty || total <= 0 { // nothing to show a bar of
 		return
 	}
-	max := int64(total)
-	if total <= 0 {
-		max = -1 // a spinner with count and rate: the total is unknown
-	}
-	p.bar = progressbar.NewOptions64(max,
+	p.bar = progressbar.NewOptions64(int64(total),
 		progressbar.OptionSetWriter(p.w),
 		progressbar.OptionSetDescription(desc),
 		progressbar.OptionSetWidth(30),
