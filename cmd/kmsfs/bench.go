@@ -93,63 +93,60 @@ func (b *benchFlags) register(fs *pflag.FlagSet) {
 }
 
 func (b *benchFlags) run(ctx context.Context, inv *invocation, fs *pflag.FlagSet) error {
-	c, preset, files, sizeStr, modes, latencies, rps, jobs, repeat := b.c, b.preset, b.files, b.sizeStr, b.modes, b.latencies, b.rps, b.jobs, b.repeat
-	direct, backendURL, key, prefetch, mountArgs, scratch, keep, cold, warm := b.direct, b.backendURL, b.key, b.prefetch, b.mountArgs, b.scratch, b.keep, b.cold, b.warm
-	seed, jsonPath, chartPath, cpuProfile, quiet, render := b.seed, b.jsonPath, b.chartPath, b.cpuProfile, b.quiet, b.render
-	if *render != "" {
-		return benchRender(inv.stdout, *render, *chartPath)
+	if *b.render != "" {
+		return benchRender(inv.stdout, *b.render, *b.chartPath)
 	}
-	p, ok := bench.LookupPreset(*preset)
+	p, ok := bench.LookupPreset(*b.preset)
 	if !ok {
-		return usagef("--preset %q: want %s", *preset, bench.PresetNames)
+		return usagef("--preset %q: want %s", *b.preset, bench.PresetNames)
 	}
-	if *files > 0 {
-		p.Files = *files
+	if *b.files > 0 {
+		p.Files = *b.files
 	}
-	if *sizeStr != "" {
-		n, err := bench.ParseSize(*sizeStr)
+	if *b.sizeStr != "" {
+		n, err := bench.ParseSize(*b.sizeStr)
 		if err != nil {
 			return usagef("--size: %v", err)
 		}
 		p.Size = n
 	}
-	if len(*latencies) == 0 {
-		*latencies = append(*latencies, 0)
+	if len(*b.latencies) == 0 {
+		*b.latencies = append(*b.latencies, 0)
 	}
-	if *cpuProfile != "" && !*direct {
+	if *b.cpuProfile != "" && !*b.direct {
 		return usagef("--cpuprofile profiles the bench process, which does the work only with --direct; for a mount use --mount-flag=--cpuprofile=FILE")
 	}
 
 	// Always a new directory (inside --scratch, if given), so that the
 	// cleanup removes only what the bench made.
-	if *scratch != "" {
-		if err := os.MkdirAll(*scratch, 0o700); err != nil {
+	if *b.scratch != "" {
+		if err := os.MkdirAll(*b.scratch, 0o700); err != nil {
 			return err
 		}
 	}
-	dir, err := os.MkdirTemp(*scratch, "kmsfs-bench-")
+	dir, err := os.MkdirTemp(*b.scratch, "kmsfs-bench-")
 	if err != nil {
 		return err
 	}
 	if dir, err = filepath.Abs(dir); err != nil {
 		return err
 	}
-	if !*keep {
+	if !*b.keep {
 		defer os.RemoveAll(dir)
 	}
 	// A keystore of its own, so that the bench's keys never land in the
 	// user's; --keystore picks one (e.g. one the passphrase file opens).
 	if !fs.Changed("keystore") {
-		c.keystore.dir = filepath.Join(dir, "keystore")
+		b.c.keystore.dir = filepath.Join(dir, "keystore")
 		// Protect the scratch keystore with a random passphrase, so that no
 		// unprotected root key is written (and warned about) even there.
-		if c.keystore.passphraseFile == "" {
+		if b.c.keystore.passphraseFile == "" {
 			pass := make([]byte, 24)
 			if _, err := rand.Read(pass); err != nil {
 				return err
 			}
-			c.keystore.passphraseFile = filepath.Join(dir, "passphrase")
-			err := os.WriteFile(c.keystore.passphraseFile, []byte(hex.EncodeToString(pass)), 0o600)
+			b.c.keystore.passphraseFile = filepath.Join(dir, "passphrase")
+			err := os.WriteFile(b.c.keystore.passphraseFile, []byte(hex.EncodeToString(pass)), 0o600)
 			kms.Zero(pass)
 			if err != nil {
 				return err
@@ -160,26 +157,26 @@ func (b *benchFlags) run(ctx context.Context, inv *invocation, fs *pflag.FlagSet
 	if err != nil {
 		return err
 	}
-	kmsfs := bench.Kmsfs{Exe: exe, Env: []string{envKeystore + "=" + c.keystore.dir}, Common: c.args(), Key: *key}
+	kmsfs := bench.Kmsfs{Exe: exe, Env: []string{envKeystore + "=" + b.c.keystore.dir}, Common: b.c.args(), Key: *b.key}
 	var harness bench.Harness
-	if *direct {
-		harness = &directHarness{Kmsfs: kmsfs, common: c, prefetch: *prefetch, stderr: inv.stderr}
+	if *b.direct {
+		harness = &directHarness{Kmsfs: kmsfs, common: b.c, prefetch: *b.prefetch, stderr: inv.stderr}
 	} else {
-		ma := append([]string(nil), mountArgs...)
-		if *prefetch != 0 {
-			ma = append(ma, "--prefetch", strconv.Itoa(*prefetch))
+		ma := append([]string(nil), b.mountArgs...)
+		if *b.prefetch != 0 {
+			ma = append(ma, "--prefetch", strconv.Itoa(*b.prefetch))
 		}
 		harness = &bench.MountHarness{Kmsfs: kmsfs, ReadyFDEnv: readyFDEnv, MountArgs: ma}
 	}
 	runner := &bench.Runner{
 		Config: bench.Config{
-			Files: p.Files, FileSize: p.Size, Modes: *modes, KMSLatencies: *latencies, KMSRPS: *rps, Jobs: *jobs,
-			Backend: *backendURL, Scratch: dir, Seed: *seed, Repeat: *repeat, SkipCold: !*cold, SkipWarm: !*warm,
+			Files: p.Files, FileSize: p.Size, Modes: *b.modes, KMSLatencies: *b.latencies, KMSRPS: *b.rps, Jobs: *b.jobs,
+			Backend: *b.backendURL, Scratch: dir, Seed: *b.seed, Repeat: *b.repeat, SkipCold: !*b.cold, SkipWarm: !*b.warm,
 		},
 		Harness: harness,
 	}
-	bar := newProgress(inv.stderr, "", *quiet)
-	if !*quiet {
+	bar := newProgress(inv.stderr, "", *b.quiet)
+	if !*b.quiet {
 		runner.Progress = inv.stderr
 		if bar.tty {
 			// Phase summaries print above the bar; the bar follows the files.
@@ -190,8 +187,8 @@ func (b *benchFlags) run(ctx context.Context, inv *invocation, fs *pflag.FlagSet
 			}
 		}
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	if *b.cpuProfile != "" {
+		f, err := os.Create(*b.cpuProfile)
 		if err != nil {
 			return fmt.Errorf("cpu profile: %w", err)
 		}
@@ -207,10 +204,10 @@ func (b *benchFlags) run(ctx context.Context, inv *invocation, fs *pflag.FlagSet
 		return runErr
 	}
 	fmt.Fprintln(inv.stdout)
-	if err := benchOutput(inv.stdout, rep, *jsonPath, *chartPath); err != nil {
+	if err := benchOutput(inv.stdout, rep, *b.jsonPath, *b.chartPath); err != nil {
 		return err
 	}
-	if *keep {
+	if *b.keep {
 		fmt.Fprintf(inv.stderr, "kmsfs: bench: volumes and logs kept in %s\n", dir)
 	}
 	return runErr
