@@ -35,7 +35,6 @@ type runFunc func(ctx context.Context, inv *invocation) error
 
 // invocation is one run of a command.
 type invocation struct {
-	path   string   // "init", "kms create-key"
 	args   []string // positional arguments
 	raw    []string // the arguments as given, flags included
 	stdout io.Writer
@@ -98,7 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "kmsfs: %s: %s (see 'kmsfs %s --help')\n", path, c.argCountProblem(n), path)
 		return exitUsage
 	}
-	err := runf(ctx, &invocation{path: path, args: fs.Args(), raw: rest, stdout: stdout, stderr: stderr})
+	err := runf(ctx, &invocation{args: fs.Args(), raw: rest, stdout: stdout, stderr: stderr})
 	if err == nil {
 		return exitOK
 	}
@@ -146,11 +145,10 @@ func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "
 
 // argCountProblem says what is wrong with n positional arguments.
 func (c *command) argCountProblem(n int) string {
-	want := c.args
-	if want == "" {
+	if c.args == "" {
 		return fmt.Sprintf("takes no arguments, got %d", n)
 	}
-	return fmt.Sprintf("want %s, got %d argument(s)", strings.TrimSpace(strings.NewReplacer("[flags]", "").Replace(want)), n)
+	return fmt.Sprintf("want %s, got %d argument(s)", c.args, n)
 }
 
 // help renders the command's --help: usage line, about, flags or
