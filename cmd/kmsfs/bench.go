@@ -166,7 +166,7 @@ func (b *benchFlags) run(ctx context.Context, inv *invocation, fs *pflag.FlagSet
 		if *b.prefetch != 0 {
 			ma = append(ma, "--prefetch", strconv.Itoa(*b.prefetch))
 		}
-		harness = &bench.MountHarness{Kmsfs: kmsfs, ReadyFDEnv: readyFDEnv, MountArgs: ma}
+		harness = &bench.MountHarness{Kmsfs: kmsfs, ReadyFDEnv: readyFDEnv, MountArgs: ma, RuntimeDir: os.Getenv(envRuntimeDir)}
 	}
 	runner := &bench.Runner{
 		Config: bench.Config{

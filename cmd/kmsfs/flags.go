@@ -20,6 +20,8 @@ const (
 	envPKCS11Module = "KMSFS_PKCS11_MODULE"
 	envPKCS11Token  = "KMSFS_PKCS11_TOKEN"
 	envPKCS11PIN    = "KMSFS_PKCS11_PIN"
+	// envRuntimeDir is where a mount not run by root puts its stats socket.
+	envRuntimeDir = "XDG_RUNTIME_DIR"
 )
 
 // keystoreFlags say where the embedded keystore is and what unlocks it.

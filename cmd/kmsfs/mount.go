@@ -251,7 +251,7 @@ func runMount(ctx context.Context, m *mountFlags, mode envelope.Mode, spec, mnt 
 	defer opened.Close()
 	metricsCtx, stopMetrics := context.WithCancel(context.Background())
 	defer stopMetrics()
-	if err := set.Serve(metricsCtx, mnt, m.metricsAddr); err != nil {
+	if err := set.Serve(metricsCtx, os.Getenv(envRuntimeDir), mnt, m.metricsAddr); err != nil {
 		return err
 	}
 

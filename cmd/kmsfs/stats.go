@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/pflag"
@@ -23,7 +24,7 @@ func statsCommand() *command {
 				if err != nil {
 					return err
 				}
-				snap, err := metrics.Fetch(ctx, mnt)
+				snap, err := metrics.Fetch(ctx, os.Getenv(envRuntimeDir), mnt)
 				if err != nil {
 					return err
 				}
