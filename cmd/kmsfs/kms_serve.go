@@ -65,15 +65,13 @@ func (o *serveFlags) register(fs *pflag.FlagSet) {
 
 func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
 	stdout, stderr := inv.stdout, inv.stderr
-	credFile, auditPath, auditFsync, rate, burst := &o.credFile, &o.auditPath, &o.auditFsync, &o.rate, &o.burst
-	region, account, tlsCert, tlsKey, listen := &o.region, &o.account, &o.tlsCert, &o.tlsKey, &o.listen
-	if *credFile == "" {
+	if o.credFile == "" {
 		return usagef("--credentials FILE is required: nothing is served unauthenticated (see --help for the format)")
 	}
-	if (*tlsCert == "") != (*tlsKey == "") {
+	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return usagef("--tls-cert and --tls-key go together")
 	}
-	creds, err := server.LoadCredentials(*credFile)
+	creds, err := server.LoadCredentials(o.credFile)
 	if err != nil {
 		return err
 	}
@@ -81,16 +79,17 @@ func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	ko.Region, ko.Account = *region, *account
+	ko.Region, ko.Account = o.region, o.account
 	ks, err := compose.OpenKeystore(ko)
 	if err != nil {
 		return err
 	}
 	defer ks.Close()
-	if *auditPath == "" {
-		*auditPath = filepath.Join(ks.Dir(), "audit.log")
+	auditPath := o.auditPath
+	if auditPath == "" {
+		auditPath = filepath.Join(ks.Dir(), "audit.log")
 	}
-	audit, err := server.OpenAuditLog(*auditPath, server.AuditOptions{Fsync: *auditFsync})
+	audit, err := server.OpenAuditLog(auditPath, server.AuditOptions{Fsync: o.auditFsync})
 	if err != nil {
 		return err
 	}
@@ -98,16 +97,16 @@ func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
 	srv, err := server.New(server.Config{
 		Store:       ks,
 		Credentials: creds,
-		Region:      *region,
+		Region:      o.region,
 		Audit:       audit,
-		Rate:        *rate,
-		Burst:       *burst,
+		Rate:        o.rate,
+		Burst:       o.burst,
 		Logf:        func(format string, a ...any) { fmt.Fprintf(stderr, "kmsfs kms serve: "+format+"\n", a...) },
 	})
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return err
 	}
@@ -118,15 +117,15 @@ func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
 		ErrorLog:          nil,
 	}
 	scheme := "http"
-	if *tlsCert != "" {
+	if o.tlsCert != "" {
 		scheme = "https"
 	}
 	fmt.Fprintf(stdout, "kmsfs kms serve: listening on %s://%s (region %s, keystore %s, audit log %s)\n",
-		scheme, ln.Addr(), *region, ks.Dir(), *auditPath)
+		scheme, ln.Addr(), o.region, ks.Dir(), auditPath)
 	errc := make(chan error, 1)
 	go func() {
-		if *tlsCert != "" {
-			errc <- hs.ServeTLS(ln, *tlsCert, *tlsKey)
+		if o.tlsCert != "" {
+			errc <- hs.ServeTLS(ln, o.tlsCert, o.tlsKey)
 		} else {
 			errc <- hs.Serve(ln)
 		}
