@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"time"
-
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/spf13/pflag"
 	"io"
 	"log/slog"
 	"os"
@@ -17,6 +14,9 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/kmsfs/kmsfs/bench"
 	"github.com/kmsfs/kmsfs/internal/compose"
@@ -45,6 +45,7 @@ Progress goes to stderr: a bar on a terminal, else a line a second.`,
 	}
 }
 
+// benchFlags are the flags of kmsfs bench.
 type benchFlags struct {
 	c                   commonFlags
 	preset, sizeStr     *string
