@@ -2,8 +2,6 @@ package compose
 
 import (
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -12,7 +10,10 @@ import (
 // package: volume and fs know the backends and KMS clients only by
 // interface, so neither links the AWS SDK nor the cgo PKCS#11 binding.
 func TestVolumeAndFSLinkNoImplementation(t *testing.T) {
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command runs this test, so it should be on PATH: %v", err)
+	}
 	out, err := exec.Command(gobin, "list", "-deps", "github.com/kmsfs/kmsfs/volume", "github.com/kmsfs/kmsfs/fs").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list -deps: %v\n%s", err, out)
