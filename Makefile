@@ -3,18 +3,23 @@ VAULT ?= $(HOME)/kmsfs/vault
 MNT   ?= $(HOME)/kmsfs/plain
 BIN   ?= bin/kmsfs
 
-.PHONY: build mount umount test deps bench install
+.PHONY: build mount umount test deps deps-mount bench install
 
 build:
 	go build -o $(BIN) ./cmd/kmsfs
 
+# Everything the tests and benchmarks use (make test runs it).
 deps:
 	scripts/deps.sh
 
-# First run on a fresh machine: build, create a volume on the embedded KMS
-# (once), and mount it.
+# Only what mounting needs: FUSE 3.
+deps-mount:
+	scripts/deps-mount.sh
+
+# First run on a fresh machine: install FUSE 3 if missing (nothing else),
+# build, create a volume on the embedded KMS (once), and mount it.
 mount: build
-	@command -v fusermount3 >/dev/null || scripts/deps.sh
+	@scripts/deps-mount.sh
 	@mkdir -p $(MNT)
 	@[ -f $(VAULT)/.kmsfs/volume.json ] || $(BIN) init $(VAULT)
 	$(BIN) mount $(VAULT) $(MNT)

@@ -94,6 +94,10 @@ type Runner struct {
 	// Progress receives a line per second while a phase runs, and a line
 	// per finished phase; nil for none.
 	Progress io.Writer
+	// Meter, if set, replaces the per-second lines of a running phase (a
+	// progress bar): it is called as a phase starts, with the phase's label
+	// and file count, and returns a function told the files done so far.
+	Meter func(label string, files int) (done func(int))
 	// DropCaches drops the kernel's caches before a cold phase; the
 	// default (nil) writes /proc/sys/vm/drop_caches when running as root.
 	DropCaches func() bool
@@ -265,11 +269,16 @@ func (r *Runner) phase(ctx context.Context, t Target, run *Run, name string, nam
 	var firstErr atomic.Pointer[string]
 	bufSize := int(max(1, min(r.Config.FileSize, ioChunk)))
 	start := time.Now()
-	stopProgress := r.progressEvery(time.Second, func() string {
-		d := done.Load()
-		el := time.Since(start).Seconds()
-		return fmt.Sprintf("%s %s: %d/%d files, %.0f files/s, %d failed", run.Label(), name, d, len(names), float64(d)/el, failed.Load())
-	})
+	var stopProgress func()
+	if r.Meter != nil {
+		stopProgress = meterEvery(100*time.Millisecond, r.Meter(run.Label()+" "+name, len(names)), &done)
+	} else {
+		stopProgress = r.progressEvery(time.Second, func() string {
+			d := done.Load()
+			el := time.Since(start).Seconds()
+			return fmt.Sprintf("%s %s: %d/%d files, %.0f files/s, %d failed", run.Label(), name, d, len(names), float64(d)/el, failed.Load())
+		})
+	}
 	var wg sync.WaitGroup
 	for range jobs {
 		wg.Add(1)
@@ -433,6 +442,28 @@ func (r *Runner) progressEvery(interval time.Duration, line func() string) (stop
 				return
 			case <-tick.C:
 				fmt.Fprintln(r.Progress, "  "+line())
+			}
+		}
+	}()
+	return func() { close(quit); <-finished }
+}
+
+// meterEvery tells update the value of done every interval, and once more
+// when the returned stop is called.
+func meterEvery(interval time.Duration, update func(int), done *atomic.Int64) (stop func()) {
+	quit := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				update(int(done.Load()))
+				return
+			case <-tick.C:
+				update(int(done.Load()))
 			}
 		}
 	}()

@@ -69,6 +69,9 @@ type MountHarness struct {
 	ReadyFDEnv string
 	// MountArgs are extra `kmsfs mount` flags (--prefetch, --cache-*, ...).
 	MountArgs []string
+	// RuntimeDir is $XDG_RUNTIME_DIR, where a mount not run by root
+	// serves its stats (metrics.SocketPath).
+	RuntimeDir string
 }
 
 // Path implements Harness.
@@ -107,7 +110,7 @@ func (m *MountHarness) Open(ctx context.Context, spec OpenSpec) (Target, error) 
 	}
 	w.Close()
 	exited := make(chan struct{})
-	t := &mountTarget{mnt: mnt, cmd: cmd, exited: exited, logPath: logPath}
+	t := &mountTarget{mnt: mnt, runtimeDir: m.RuntimeDir, cmd: cmd, exited: exited, logPath: logPath}
 	go func() { t.waitErr = cmd.Wait(); close(exited) }()
 	msg, _ := io.ReadAll(r)
 	r.Close()
@@ -128,11 +131,12 @@ func (m *MountHarness) Open(ctx context.Context, spec OpenSpec) (Target, error) 
 
 // mountTarget is a running `kmsfs mount --foreground` child.
 type mountTarget struct {
-	mnt     string
-	logPath string
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	waitErr error // valid once exited is closed
+	runtimeDir string
+	mnt        string
+	logPath    string
+	cmd        *exec.Cmd
+	exited     chan struct{}
+	waitErr    error // valid once exited is closed
 }
 
 func (t *mountTarget) path(name string) string {
@@ -193,7 +197,7 @@ func readAll(r io.Reader, buf []byte, check func([]byte, int64) error) (int64, e
 }
 
 func (t *mountTarget) Stats(ctx context.Context) (metrics.Snapshot, error) {
-	return metrics.Fetch(ctx, t.mnt)
+	return metrics.Fetch(ctx, t.runtimeDir, t.mnt)
 }
 
 // Close stops the mount with SIGTERM (kmsfs unmounts on it) and waits for

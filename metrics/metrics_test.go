@@ -244,10 +244,10 @@ func TestSnapshotAndSocket(t *testing.T) {
 	mnt := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := s.Serve(ctx, mnt, ""); err != nil {
+	if err := s.Serve(ctx, "", mnt, ""); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := Fetch(ctx, mnt)
+	snap, err := Fetch(ctx, "", mnt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestSnapshotAndSocket(t *testing.T) {
 	if txt := FormatText(snap); !strings.Contains(txt, "KMS GenerateDataKey") {
 		t.Fatalf("text:\n%s", txt)
 	}
-	if _, err := Fetch(ctx, t.TempDir()); err == nil {
+	if _, err := Fetch(ctx, "", t.TempDir()); err == nil {
 		t.Fatal("fetch from a directory with no mount succeeded")
 	}
 }

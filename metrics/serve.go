@@ -32,13 +32,14 @@ func (s *Set) Handler() http.Handler {
 
 // SocketPath is where a mount serves its metrics for `kmsfs stats`: a unix
 // socket named after a hash of the absolute mount point, under /run/kmsfs
-// for root and $XDG_RUNTIME_DIR/kmsfs (else the temp dir) for others.
-func SocketPath(mountpoint string) string {
+// for root and runtimeDir/kmsfs (else the temp dir) for others. runtimeDir
+// is $XDG_RUNTIME_DIR, which the command reads.
+func SocketPath(runtimeDir, mountpoint string) string {
 	sum := sha256.Sum256([]byte(filepath.Clean(mountpoint)))
 	dir := "/run/kmsfs"
 	if os.Getuid() != 0 {
-		if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-			dir = filepath.Join(d, "kmsfs")
+		if runtimeDir != "" {
+			dir = filepath.Join(runtimeDir, "kmsfs")
 		} else {
 			dir = filepath.Join(os.TempDir(), fmt.Sprintf("kmsfs-%d", os.Getuid()))
 		}
@@ -47,8 +48,8 @@ func SocketPath(mountpoint string) string {
 }
 
 // Fetch asks the mount at mountpoint for its snapshot over its socket.
-func Fetch(ctx context.Context, mountpoint string) (Snapshot, error) {
-	sock := SocketPath(mountpoint)
+func Fetch(ctx context.Context, runtimeDir, mountpoint string) (Snapshot, error) {
+	sock := SocketPath(runtimeDir, mountpoint)
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -71,8 +72,8 @@ func Fetch(ctx context.Context, mountpoint string) (Snapshot, error) {
 
 // Serve listens on the stats socket of mountpoint (and on addr, if not
 // empty) until ctx ends.
-func (s *Set) Serve(ctx context.Context, mountpoint, addr string) error {
-	sock := SocketPath(mountpoint)
+func (s *Set) Serve(ctx context.Context, runtimeDir, mountpoint, addr string) error {
+	sock := SocketPath(runtimeDir, mountpoint)
 	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
 		return err
 	}

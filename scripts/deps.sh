@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what kmsfs's build and tests need on a fresh Debian machine:
+# Installs what kmsfs's tests and benchmarks need on a fresh Debian machine
+# (`make test` runs it; mounting alone needs only scripts/deps-mount.sh):
 # FUSE, the copy/verify tools the integration tests drive (openssl wraps
 # imported key material), the peers the
 # benchmarks compare against, and versitygw (the S3 server the tests start).

@@ -14,8 +14,12 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/kmsfs/kmsfs/bench"
+	"github.com/kmsfs/kmsfs/internal/compose"
 	"github.com/kmsfs/kmsfs/keycache"
 	"github.com/kmsfs/kmsfs/kms"
 	"github.com/kmsfs/kmsfs/kms/kmsmw"
@@ -26,95 +30,124 @@ import (
 // benchCommand runs `kmsfs bench`: per-object against bucket-key mode,
 // through a real mount (child processes of this binary) or, with --direct,
 // through the volume library in this process.
-func benchCommand(ctx context.Context, args []string) error {
-	var c commonFlags
-	fs := newFlagSet("bench", "kmsfs bench [flags]")
-	c.register(fs)
-	preset := fs.String("preset", "small", "workload: "+bench.PresetNames+"; --files and --size override it")
-	files := fs.Int("files", 0, "number of files to create (default from --preset)")
-	sizeStr := fs.String("size", "", "size of each file, e.g. 4KiB or 256MiB (default from --preset)")
-	modes := fs.StringSlice("mode", []string{"per-object", "bucket-key"}, "key modes to compare (comma-separated)")
-	latencies := fs.DurationSlice("kms-latency", nil, "simulated KMS latency per call; several (e.g. 0,10ms) make one run each (default 0)")
-	rps := fs.Float64Slice("kms-rps", []float64{0}, "simulated KMS request quota per second (0: none); several make one run each")
-	jobs := fs.IntSlice("jobs", []int{1}, "parallel writers and readers; several (e.g. 1,8) make one run each")
-	repeat := fs.Int("repeat", 1, "run every combination this many times, interleaved, and report medians (for shared, noisy machines)")
-	direct := fs.Bool("direct", false, "drive the volume library in-process instead of a FUSE mount (isolates FUSE)")
-	backendURL := fs.String("backend", "", "s3://bucket/prefix to bench the S3 backend (default: a directory under --scratch)")
-	key := fs.String("key", "", "KMS key for the bench volumes (needed with --kms; default: new keys on the embedded KMS)")
-	prefetch := fs.Int("prefetch", 0, "per-object data key prefetch pool size (-1: off; 0: the mount's default)")
-	var mountArgs []string
-	fs.StringArrayVar(&mountArgs, "mount-flag", nil, "extra `kmsfs mount` flag, repeatable (e.g. --mount-flag=--cache-capacity=20000)")
-	scratch := fs.String("scratch", "", "make the bench's directory (volumes, mount points, logs) in this directory (default: the system temporary directory)")
-	keep := fs.Bool("keep", false, "keep the scratch directory (volumes, logs) afterwards")
-	cold := fs.Bool("cold", true, "read the files back after a remount (cold caches)")
-	warm := fs.Bool("warm", true, "read the files again in the same mount (warm caches)")
-	seed := fs.Uint64("seed", 1, "seed of the file content")
-	jsonPath := fs.String("json", "", "write the results as JSON to this file")
-	chartPath := fs.String("chart", "", "draw the results as an SVG chart into this file")
-	cpuProfile := fs.String("cpuprofile", "", "with --direct: write a CPU profile (pprof) of the bench to this file")
-	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
-	render := fs.String("render", "", "run nothing: print the table (and --chart) of an earlier --json FILE")
-	if err := fs.Parse(args); err != nil {
-		return err
+func benchCommand() *command {
+	return &command{
+		name: "bench", minArgs: 0, maxArgs: 0,
+		summary: "compare per-object and bucket-key modes (files/s, KMS calls)",
+		about: `Creates volumes in a scratch directory, writes and reads files through a mount
+(or the volume library with --direct) in each key mode and prints a table.
+Progress goes to stderr: a bar on a terminal, else a line a second.`,
+		setup: func(fs *pflag.FlagSet) runFunc {
+			var b benchFlags
+			b.register(fs)
+			return func(ctx context.Context, inv *invocation) error { return b.run(ctx, inv, fs) }
+		},
 	}
-	if fs.NArg() != 0 {
-		fs.Usage()
-		return errors.New("kmsfs bench takes no arguments")
+}
+
+// benchFlags are the flags of kmsfs bench.
+type benchFlags struct {
+	c                   commonFlags
+	preset, sizeStr     *string
+	files, repeat       *int
+	modes               *[]string
+	latencies           *[]time.Duration
+	rps                 *[]float64
+	jobs                *[]int
+	direct              *bool
+	backendURL, key     *string
+	prefetch            *int
+	mountArgs           []string
+	scratch             *string
+	keep, cold, warm    *bool
+	seed                *uint64
+	jsonPath, chartPath *string
+	cpuProfile, render  *string
+	quiet               *bool
+}
+
+func (b *benchFlags) register(fs *pflag.FlagSet) {
+	b.c.register(fs)
+	b.preset = fs.String("preset", "small", "workload `NAME`: "+bench.PresetNames+"; --files and --size override it")
+	b.files = fs.Int("files", 0, "number of files (`N`) to create (default from --preset)")
+	b.sizeStr = fs.String("size", "", "`SIZE` of each file, e.g. 4KiB or 256MiB (default from --preset)")
+	b.modes = fs.StringSlice("mode", []string{"per-object", "bucket-key"}, "key `MODES` to compare (comma-separated)")
+	b.latencies = fs.DurationSlice("kms-latency", nil, "simulated KMS latency per call (`DURATIONS`); several (e.g. 0,10ms) make one run each (default 0)")
+	b.rps = fs.Float64Slice("kms-rps", []float64{0}, "simulated KMS request quota per second (`RATES`; 0: none); several make one run each")
+	b.jobs = fs.IntSlice("jobs", []int{1}, "parallel writers and readers (`N,...`); several (e.g. 1,8) make one run each")
+	b.repeat = fs.Int("repeat", 1, "run every combination `N` times, interleaved, and report medians (for shared, noisy machines)")
+	b.direct = fs.Bool("direct", false, "drive the volume library in-process instead of a FUSE mount (isolates FUSE)")
+	b.backendURL = fs.String("backend", "", "s3://bucket/prefix `URL` to bench the S3 backend (default: a directory under --scratch)")
+	b.key = fs.String("key", "", "KMS `KEY` for the bench volumes (needed with --kms; default: new keys on the embedded KMS)")
+	b.prefetch = fs.Int("prefetch", 0, "per-object data key prefetch pool size (`N`; -1: off; 0: the mount's default)")
+	fs.StringArrayVar(&b.mountArgs, "mount-flag", nil, "extra `FLAG` for the bench's kmsfs mount, repeatable (e.g. --mount-flag=--cache-capacity=20000)")
+	b.scratch = fs.String("scratch", "", "make the bench's directory (volumes, mount points, logs) in `DIR` (default: the system temporary directory)")
+	b.keep = fs.Bool("keep", false, "keep the scratch directory (volumes, logs) afterwards")
+	b.cold = fs.Bool("cold", true, "read the files back after a remount (cold caches)")
+	b.warm = fs.Bool("warm", true, "read the files again in the same mount (warm caches)")
+	b.seed = fs.Uint64("seed", 1, "`SEED` of the file content")
+	b.jsonPath = fs.String("json", "", "write the results as JSON to `FILE`")
+	b.chartPath = fs.String("chart", "", "draw the results as an SVG chart into `FILE`")
+	b.cpuProfile = fs.String("cpuprofile", "", "with --direct: write a CPU profile (pprof) of the bench to `FILE`")
+	b.quiet = fs.BoolP("quiet", "q", false, "no progress on stderr")
+	b.render = fs.String("render", "", "run nothing: print the table (and --chart) of an earlier --json `FILE`")
+}
+
+func (b *benchFlags) run(ctx context.Context, inv *invocation, fs *pflag.FlagSet) error {
+	if *b.render != "" {
+		return benchRender(inv.stdout, *b.render, *b.chartPath)
 	}
-	if *render != "" {
-		return benchRender(*render, *chartPath)
-	}
-	p, ok := bench.LookupPreset(*preset)
+	p, ok := bench.LookupPreset(*b.preset)
 	if !ok {
-		return fmt.Errorf("--preset %q: want %s", *preset, bench.PresetNames)
+		return usagef("--preset %q: want %s", *b.preset, bench.PresetNames)
 	}
-	if *files > 0 {
-		p.Files = *files
+	if *b.files > 0 {
+		p.Files = *b.files
 	}
-	if *sizeStr != "" {
-		n, err := bench.ParseSize(*sizeStr)
+	if *b.sizeStr != "" {
+		n, err := bench.ParseSize(*b.sizeStr)
 		if err != nil {
-			return err
+			return usagef("--size: %v", err)
 		}
 		p.Size = n
 	}
-	if len(*latencies) == 0 {
-		*latencies = append(*latencies, 0)
+	if len(*b.latencies) == 0 {
+		*b.latencies = append(*b.latencies, 0)
 	}
-	if *cpuProfile != "" && !*direct {
-		return errors.New("--cpuprofile profiles the bench process, which does the work only with --direct; for a mount use --mount-flag=--cpuprofile=FILE")
+	if *b.cpuProfile != "" && !*b.direct {
+		return usagef("--cpuprofile profiles the bench process, which does the work only with --direct; for a mount use --mount-flag=--cpuprofile=FILE")
 	}
 
 	// Always a new directory (inside --scratch, if given), so that the
 	// cleanup removes only what the bench made.
-	if *scratch != "" {
-		if err := os.MkdirAll(*scratch, 0o700); err != nil {
+	if *b.scratch != "" {
+		if err := os.MkdirAll(*b.scratch, 0o700); err != nil {
 			return err
 		}
 	}
-	dir, err := os.MkdirTemp(*scratch, "kmsfs-bench-")
+	dir, err := os.MkdirTemp(*b.scratch, "kmsfs-bench-")
 	if err != nil {
 		return err
 	}
 	if dir, err = filepath.Abs(dir); err != nil {
 		return err
 	}
-	if !*keep {
+	if !*b.keep {
 		defer os.RemoveAll(dir)
 	}
 	// A keystore of its own, so that the bench's keys never land in the
 	// user's; --keystore picks one (e.g. one the passphrase file opens).
 	if !fs.Changed("keystore") {
-		c.keystore = filepath.Join(dir, "keystore")
+		b.c.keystore.dir = filepath.Join(dir, "keystore")
 		// Protect the scratch keystore with a random passphrase, so that no
 		// unprotected root key is written (and warned about) even there.
-		if c.passphraseFile == "" {
+		if b.c.keystore.passphraseFile == "" {
 			pass := make([]byte, 24)
 			if _, err := rand.Read(pass); err != nil {
 				return err
 			}
-			c.passphraseFile = filepath.Join(dir, "passphrase")
-			err := os.WriteFile(c.passphraseFile, []byte(hex.EncodeToString(pass)), 0o600)
+			b.c.keystore.passphraseFile = filepath.Join(dir, "passphrase")
+			err := os.WriteFile(b.c.keystore.passphraseFile, []byte(hex.EncodeToString(pass)), 0o600)
 			kms.Zero(pass)
 			if err != nil {
 				return err
@@ -125,29 +158,38 @@ func benchCommand(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	kmsfs := bench.Kmsfs{Exe: exe, Env: []string{"KMSFS_KEYSTORE=" + c.keystore}, Common: c.args(), Key: *key}
+	kmsfs := bench.Kmsfs{Exe: exe, Env: []string{envKeystore + "=" + b.c.keystore.dir}, Common: b.c.args(), Key: *b.key}
 	var harness bench.Harness
-	if *direct {
-		harness = &directHarness{Kmsfs: kmsfs, common: c, prefetch: *prefetch}
+	if *b.direct {
+		harness = &directHarness{Kmsfs: kmsfs, common: b.c, prefetch: *b.prefetch, stderr: inv.stderr}
 	} else {
-		ma := append([]string(nil), mountArgs...)
-		if *prefetch != 0 {
-			ma = append(ma, "--prefetch", strconv.Itoa(*prefetch))
+		ma := append([]string(nil), b.mountArgs...)
+		if *b.prefetch != 0 {
+			ma = append(ma, "--prefetch", strconv.Itoa(*b.prefetch))
 		}
-		harness = &bench.MountHarness{Kmsfs: kmsfs, ReadyFDEnv: readyFDEnv, MountArgs: ma}
+		harness = &bench.MountHarness{Kmsfs: kmsfs, ReadyFDEnv: readyFDEnv, MountArgs: ma, RuntimeDir: os.Getenv(envRuntimeDir)}
 	}
 	runner := &bench.Runner{
 		Config: bench.Config{
-			Files: p.Files, FileSize: p.Size, Modes: *modes, KMSLatencies: *latencies, KMSRPS: *rps, Jobs: *jobs,
-			Backend: *backendURL, Scratch: dir, Seed: *seed, Repeat: *repeat, SkipCold: !*cold, SkipWarm: !*warm,
+			Files: p.Files, FileSize: p.Size, Modes: *b.modes, KMSLatencies: *b.latencies, KMSRPS: *b.rps, Jobs: *b.jobs,
+			Backend: *b.backendURL, Scratch: dir, Seed: *b.seed, Repeat: *b.repeat, SkipCold: !*b.cold, SkipWarm: !*b.warm,
 		},
 		Harness: harness,
 	}
-	if !*quiet {
-		runner.Progress = os.Stderr
+	bar := newProgress(inv.stderr, "", *b.quiet)
+	if !*b.quiet {
+		runner.Progress = inv.stderr
+		if bar.tty {
+			// Phase summaries print above the bar; the bar follows the files.
+			runner.Progress = progressLog{bar, inv.stderr}
+			runner.Meter = func(label string, files int) func(int) {
+				bar.begin(label, files)
+				return func(done int) { bar.update(done, "") }
+			}
+		}
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	if *b.cpuProfile != "" {
+		f, err := os.Create(*b.cpuProfile)
 		if err != nil {
 			return fmt.Errorf("cpu profile: %w", err)
 		}
@@ -158,22 +200,23 @@ func benchCommand(ctx context.Context, args []string) error {
 		defer pprof.StopCPUProfile()
 	}
 	rep, runErr := runner.Run(ctx)
+	bar.finish()
 	if rep == nil {
 		return runErr
 	}
-	fmt.Println()
-	if err := benchOutput(rep, *jsonPath, *chartPath); err != nil {
+	fmt.Fprintln(inv.stdout)
+	if err := benchOutput(inv.stdout, rep, *b.jsonPath, *b.chartPath); err != nil {
 		return err
 	}
-	if *keep {
-		fmt.Fprintf(os.Stderr, "kmsfs bench: volumes and logs kept in %s\n", dir)
+	if *b.keep {
+		fmt.Fprintf(inv.stderr, "kmsfs: bench: volumes and logs kept in %s\n", dir)
 	}
 	return runErr
 }
 
 // benchOutput prints the table and writes the JSON and chart files asked for.
-func benchOutput(rep *bench.Report, jsonPath, chartPath string) error {
-	if err := rep.WriteTable(os.Stdout); err != nil {
+func benchOutput(stdout io.Writer, rep *bench.Report, jsonPath, chartPath string) error {
+	if err := rep.WriteTable(stdout); err != nil {
 		return err
 	}
 	if jsonPath != "" {
@@ -199,7 +242,7 @@ func benchOutput(rep *bench.Report, jsonPath, chartPath string) error {
 
 // benchRender re-renders a saved report (a chart redrawn after a change of
 // style, without running the bench again).
-func benchRender(jsonPath, chartPath string) error {
+func benchRender(stdout io.Writer, jsonPath, chartPath string) error {
 	raw, err := os.ReadFile(jsonPath)
 	if err != nil {
 		return err
@@ -208,7 +251,7 @@ func benchRender(jsonPath, chartPath string) error {
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		return fmt.Errorf("%s: %w", jsonPath, err)
 	}
-	return benchOutput(&rep, "", chartPath)
+	return benchOutput(stdout, &rep, "", chartPath)
 }
 
 // args renders the flags init and mount share, for the bench's children.
@@ -219,7 +262,7 @@ func (c *commonFlags) args() []string {
 			a = append(a, flag, v)
 		}
 	}
-	add("--passphrase-file", c.passphraseFile)
+	add("--passphrase-file", c.keystore.passphraseFile)
 	add("--kms", c.kmsURL)
 	add("--kms-region", c.kmsRegion)
 	add("--s3-endpoint", c.s3Endpoint)
@@ -236,6 +279,7 @@ type directHarness struct {
 	bench.Kmsfs // Init runs `kmsfs init`, as for a mount
 	common      commonFlags
 	prefetch    int
+	stderr      io.Writer
 }
 
 func (d *directHarness) Path() string { return "direct" }
@@ -246,9 +290,11 @@ func (d *directHarness) Open(ctx context.Context, spec bench.OpenSpec) (bench.Ta
 		return nil, err
 	}
 	set := metrics.New()
-	opened, err := openVolume(ctx, &d.common, spec.Backend, false, keycache.DefaultLimits(), slog.New(slog.NewTextHandler(logFile, nil)),
-		volume.Options{PrefetchMax: d.prefetch},
-		kmsChain{simulate: kmsmw.SimulateOptions{Latency: spec.KMSLatency, RPS: spec.KMSRPS}, metrics: set})
+	opened, err := openVolume(ctx, &d.common, spec.Backend, volumeRequest{
+		limits: keycache.DefaultLimits(), log: slog.New(slog.NewTextHandler(logFile, nil)), stderr: d.stderr, command: "bench",
+		volume: volume.Options{PrefetchMax: d.prefetch},
+		chain:  compose.Chain{Simulate: kmsmw.SimulateOptions{Latency: spec.KMSLatency, RPS: spec.KMSRPS}, Metrics: set},
+	})
 	if err != nil {
 		logFile.Close()
 		return nil, err
@@ -264,11 +310,11 @@ type directTarget struct {
 }
 
 func (t *directTarget) Mkdir(ctx context.Context, name string) error {
-	return t.opened.vol.Backend().Mkdir(ctx, name, 0o755, nil)
+	return t.opened.Vol.Backend().Mkdir(ctx, name, 0o755, nil)
 }
 
 func (t *directTarget) WriteFile(ctx context.Context, name string, size int64, buf []byte, fill func([]byte, int64)) error {
-	h, err := t.opened.vol.OpenFile(ctx, name, syscall.O_CREAT|syscall.O_WRONLY|syscall.O_TRUNC, 0o644, nil)
+	h, err := t.opened.Vol.OpenFile(ctx, name, syscall.O_CREAT|syscall.O_WRONLY|syscall.O_TRUNC, 0o644, nil)
 	if err != nil {
 		return err
 	}
@@ -291,7 +337,7 @@ func (t *directTarget) WriteFile(ctx context.Context, name string, size int64, b
 }
 
 func (t *directTarget) ReadFile(ctx context.Context, name string, buf []byte, check func([]byte, int64) error) (int64, error) {
-	h, err := t.opened.vol.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
+	h, err := t.opened.Vol.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
 	if err != nil {
 		return 0, err
 	}

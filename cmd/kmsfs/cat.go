@@ -6,34 +6,40 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"syscall"
 
+	"github.com/spf13/pflag"
+
 	"github.com/kmsfs/kmsfs/keycache"
-	"github.com/kmsfs/kmsfs/volume"
 )
 
 // catCommand decrypts one file of a volume to stdout without mounting.
-func catCommand(ctx context.Context, args []string) error {
-	var c commonFlags
-	fs := newFlagSet("cat", "kmsfs cat [flags] BACKEND PATH")
-	c.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+func catCommand() *command {
+	return &command{
+		name: "cat", args: "BACKEND PATH", minArgs: 2, maxArgs: 2,
+		summary: "decrypt one file to stdout, without mounting",
+		about:   "PATH is the file's path inside the volume (its plaintext name).",
+		setup: func(fs *pflag.FlagSet) runFunc {
+			var c commonFlags
+			c.register(fs)
+			return func(ctx context.Context, inv *invocation) error {
+				return catFile(ctx, inv, &c, inv.args[0], strings.Trim(inv.args[1], "/"))
+			}
+		},
 	}
-	if fs.NArg() != 2 {
-		fs.Usage()
-		return errors.New("want BACKEND and PATH")
-	}
-	spec, name := fs.Arg(0), strings.Trim(fs.Arg(1), "/")
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	opened, err := openVolume(ctx, &c, spec, true, keycache.DefaultLimits(), log, volume.Options{}, kmsChain{})
+}
+
+func catFile(ctx context.Context, inv *invocation, c *commonFlags, spec, name string) error {
+	opened, err := openVolume(ctx, c, spec, volumeRequest{
+		readOnly: true, limits: keycache.DefaultLimits(), log: slog.New(slog.NewTextHandler(inv.stderr, nil)),
+		stderr: inv.stderr, command: "cat",
+	})
 	if err != nil {
 		return err
 	}
 	defer opened.Close()
-	h, err := opened.vol.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
+	h, err := opened.Vol.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
@@ -42,7 +48,7 @@ func catCommand(ctx context.Context, args []string) error {
 	for off := int64(0); ; {
 		n, err := h.ReadAt(ctx, buf, off)
 		if n > 0 {
-			if _, werr := os.Stdout.Write(buf[:n]); werr != nil {
+			if _, werr := inv.stdout.Write(buf[:n]); werr != nil {
 				return werr
 			}
 			off += int64(n)
@@ -54,13 +60,4 @@ func catCommand(ctx context.Context, args []string) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
-}
-
-// umountCommand unmounts with fusermount3 when it is there (works for
-// non-root mounts), else with umount(2).
-func umountCommand(ctx context.Context, args []string) error {
-	if len(args) != 1 {
-		return errors.New("usage: kmsfs umount MOUNTPOINT")
-	}
-	return unmount(args[0])
 }

@@ -5,38 +5,51 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/spf13/pflag"
+
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/compose"
 	"github.com/kmsfs/kmsfs/kms"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
-func initCommand(ctx context.Context, args []string) error {
-	var c commonFlags
-	fs := newFlagSet("init", "kmsfs init [flags] BACKEND   (a directory or s3://bucket/prefix)")
-	c.register(fs)
-	keyID := fs.String("key", "", "KMS key (ID, ARN or alias); default: create a new key on the embedded KMS")
-	encryptNames := fs.Bool("encrypt-names", false, "store file, directory and symlink target names encrypted")
-	mode := fs.String("mode", "per-object", "key mode: per-object (one KMS data key per file, like SSE-KMS) or bucket-key (a volume-level key, per-file keys derived locally, like S3 Bucket Keys)")
-	blockSize := fs.Int("block-size", envelope.DefaultBlockSize, "plaintext bytes per encrypted block (power of two)")
-	headerSize := fs.Int("header-size", envelope.DefaultHeaderSize, "bytes reserved for each file header")
-	if err := fs.Parse(args); err != nil {
+func initCommand() *command {
+	return &command{
+		name: "init", args: "BACKEND", minArgs: 1, maxArgs: 1,
+		summary: "create a volume (and a KMS key on the embedded KMS)",
+		about:   "BACKEND is a directory (created if missing) or s3://bucket/prefix.",
+		setup: func(fs *pflag.FlagSet) runFunc {
+			var c commonFlags
+			c.register(fs)
+			keyID := fs.String("key", "", "KMS `KEY` (ID, ARN or alias) of the volume; default: create a new key on the embedded KMS")
+			encryptNames := fs.Bool("encrypt-names", false, "store file, directory and symlink target names encrypted")
+			mode := fs.String("mode", "per-object", "key `MODE`: per-object (one KMS data key per file, like SSE-KMS) or bucket-key (a volume-level key, per-file keys derived locally, like S3 Bucket Keys)")
+			blockSize := fs.Int("block-size", envelope.DefaultBlockSize, "plaintext `BYTES` per encrypted block (power of two)")
+			headerSize := fs.Int("header-size", envelope.DefaultHeaderSize, "`BYTES` reserved for each file header")
+			return func(ctx context.Context, inv *invocation) error {
+				m, err := parseMode(*mode)
+				if err != nil {
+					return err
+				}
+				return initVolume(ctx, inv, &c, inv.args[0], *keyID, volume.InitOptions{
+					Mode: m, BlockSize: *blockSize, HeaderSize: *headerSize, EncryptNames: *encryptNames,
+				})
+			}
+		},
+	}
+}
+
+// initVolume creates the volume at spec under key (a new key of the
+// embedded KMS when key is empty).
+func initVolume(ctx context.Context, inv *invocation, c *commonFlags, spec, key string, opts volume.InitOptions) error {
+	ko, err := c.kmsOptions(inv.stderr)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return fmt.Errorf("want exactly one BACKEND")
+	if key == "" && !ko.Embedded() {
+		return usagef("give --key: kmsfs creates keys only on the embedded KMS")
 	}
-	spec := fs.Arg(0)
-	var m envelope.Mode
-	switch *mode {
-	case "per-object":
-		m = envelope.ModePerObject
-	case "bucket-key":
-		m = envelope.ModeBucketKey
-	default:
-		return fmt.Errorf("--mode %q: want per-object or bucket-key", *mode)
-	}
-	if !isS3(spec) {
+	if !compose.IsS3(spec) {
 		// The volume root is the mount's root directory: 0755 like any
 		// new directory (chmod it as you like); volume metadata and the
 		// keystore have their own 0700 directories.
@@ -44,45 +57,34 @@ func initCommand(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	be, err := volume.OpenBackend(ctx, spec, c.backendOptions())
+	be, err := compose.OpenBackend(ctx, spec, c.backendOptions())
 	if err != nil {
 		return err
 	}
 	defer be.Close()
-	ko, err := c.kmsOptions(nil)
-	if err != nil {
-		return err
-	}
-	k, err := volume.OpenKMS(ctx, ko)
+	k, err := compose.OpenKMS(ctx, ko)
 	if err != nil {
 		return err
 	}
 	defer k.Close()
-	key := *keyID
 	if key == "" {
-		if ko.URL != "" && ko.URL != "embedded" {
-			return fmt.Errorf("give --key: kmsfs creates keys only on the embedded KMS")
-		}
 		md, err := k.CreateKey(ctx, kms.CreateKeyInput{Description: "kmsfs volume " + spec})
 		if err != nil {
 			return fmt.Errorf("create KMS key: %w", err)
 		}
 		key = md.ARN
-		fmt.Fprintf(os.Stderr, "kmsfs: created KMS key %s\n", key)
+		fmt.Fprintf(inv.stderr, "kmsfs: created KMS key %s\n", key)
 	}
 	record, closeAudit, err := c.openAudit("init")
 	if err != nil {
 		return err
 	}
 	defer closeAudit()
-	cfg, err := volume.Init(ctx, be, kmsChain{audit: record}.wrap(k), volume.InitOptions{
-		KeyID: key, KMS: ko.URL, KMSRegion: ko.Region, Mode: m, BlockSize: *blockSize, HeaderSize: *headerSize, EncryptNames: *encryptNames,
-	})
+	opts.KeyID, opts.KMS, opts.KMSRegion = key, ko.URL, ko.Region
+	cfg, err := volume.Init(ctx, be, compose.Chain{Audit: record}.Wrap(k), opts)
 	if err != nil {
 		return fmt.Errorf("%s: %w", spec, err)
 	}
-	fmt.Printf("initialised kmsfs volume %s at %s (mode %s, key %s)\n", cfg.VolumeID, spec, cfg.Mode, cfg.KeyID)
+	fmt.Fprintf(inv.stdout, "initialised kmsfs volume %s at %s (mode %s, key %s)\n", cfg.VolumeID, spec, cfg.Mode, cfg.KeyID)
 	return nil
 }
-
-func isS3(spec string) bool { return len(spec) > 5 && spec[:5] == "s3://" }

@@ -22,7 +22,7 @@ import (
 // from FILE and sent encrypted to a fresh RSA-3072 key of the KMS
 // (RSAES_OAEP_SHA_256), never in the clear.
 func kmsImportCommand(fs *pflag.FlagSet) func(context.Context, kms.Admin, []string, io.Writer) error {
-	validFor := fs.Duration("valid-for", 0, "the material expires (and is deleted) after this long (default: never)")
+	validFor := fs.Duration("valid-for", 0, "the material expires (and is deleted) after this long (`DURATION`; default: never)")
 	return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
 		imp, ok := a.(kms.Importer)
 		if !ok {

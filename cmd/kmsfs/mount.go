@@ -19,6 +19,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/compose"
 	"github.com/kmsfs/kmsfs/keycache"
 	"github.com/kmsfs/kmsfs/kms/kmsmw"
 	"github.com/kmsfs/kmsfs/metrics"
@@ -59,24 +60,24 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&m.allowOther, "allow-other", false, "let other users access the mount (needs root or user_allow_other)")
 	fs.BoolVar(&m.readOnly, "read-only", false, "mount read-only")
 	fs.BoolVar(&m.debug, "debug", false, "log every FUSE request")
-	fs.StringVar(&m.logFile, "log", "", "append the mount's log to this file (default: stderr with --foreground, else ~/.cache/kmsfs/mount-NAME-HASH.log)")
-	fs.DurationVar(&m.attrTimeout, "attr-timeout", d.AttrTimeout, "how long the kernel caches attributes")
-	fs.DurationVar(&m.entryTimeout, "entry-timeout", d.EntryTimeout, "how long the kernel caches name lookups")
+	fs.StringVar(&m.logFile, "log", "", "append the mount's log to `FILE` (default: stderr with --foreground, else ~/.cache/kmsfs/mount-NAME-HASH.log)")
+	fs.DurationVar(&m.attrTimeout, "attr-timeout", d.AttrTimeout, "how long (`DURATION`) the kernel caches attributes")
+	fs.DurationVar(&m.entryTimeout, "entry-timeout", d.EntryTimeout, "how long (`DURATION`) the kernel caches name lookups")
 	fs.BoolVar(&m.writeback, "writeback-cache", d.WritebackCache, "let the kernel cache writes and send them in the background: small write(2)s 2-3x faster, rsync -a slower (see docs/BENCHMARKS.md)")
-	fs.DurationVar(&m.cache.MaxAge, "cache-max-age", lim.MaxAge, "key cache: how long a plaintext data key is reused before asking the KMS again")
-	fs.Uint64Var(&m.cache.MaxUses, "cache-max-uses", lim.MaxUses, "key cache: how many times a cached key is served")
-	fs.Uint64Var(&m.cache.MaxBytes, "cache-max-bytes", lim.MaxBytes, "key cache: bytes processed under a cached key")
-	fs.IntVar(&m.cache.Capacity, "cache-capacity", lim.Capacity, "key cache: number of keys kept (LRU)")
-	fs.DurationVar(&m.cache.Grace, "cache-grace", 0, "key cache: keep serving expired keys this long while the KMS is unreachable (0: off)")
-	fs.DurationVar(&m.bucketAge, "bucket-key-max-age", volume.DefaultBucketKeyMaxAge, "bucket-key mode: replace the volume-level key after this long")
-	fs.IntVar(&m.bucketFiles, "bucket-key-max-files", volume.DefaultBucketKeyMaxFiles, "bucket-key mode: replace the volume-level key after this many new files")
-	fs.StringVar(&m.mode, "mode", "", "key mode for new files, overriding the volume's: per-object or bucket-key (every mount reads both)")
-	fs.IntVar(&m.prefetch, "prefetch", volume.DefaultPrefetchMax, "per-object mode: most data keys fetched ahead of file creation (-1: none)")
-	fs.DurationVar(&m.kmsLatency, "kms-latency", 0, "benchmarking: add this latency to every KMS call (a regional KMS is ~10ms)")
-	fs.Float64Var(&m.kmsRPS, "kms-rps", 0, "benchmarking: KMS request quota per second; beyond it calls are throttled and retried")
-	fs.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9310)")
-	fs.StringVar(&m.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the mount to this file, until unmount")
-	fs.StringVarP(&m.options, "options", "o", "", "comma-separated mount options, as from /etc/fstab (allow_other, ro, debug, keystore=DIR, ...)")
+	fs.DurationVar(&m.cache.MaxAge, "cache-max-age", lim.MaxAge, "key cache: how long (`DURATION`) a plaintext data key is reused before asking the KMS again")
+	fs.Uint64Var(&m.cache.MaxUses, "cache-max-uses", lim.MaxUses, "key cache: how many times (`N`) a cached key is served")
+	fs.Uint64Var(&m.cache.MaxBytes, "cache-max-bytes", lim.MaxBytes, "key cache: `BYTES` processed under a cached key")
+	fs.IntVar(&m.cache.Capacity, "cache-capacity", lim.Capacity, "key cache: number of keys (`N`) kept (LRU)")
+	fs.DurationVar(&m.cache.Grace, "cache-grace", 0, "key cache: keep serving expired keys this long (`DURATION`) while the KMS is unreachable (0: off)")
+	fs.DurationVar(&m.bucketAge, "bucket-key-max-age", volume.DefaultBucketKeyMaxAge, "bucket-key mode: replace the volume-level key after this long (`DURATION`)")
+	fs.IntVar(&m.bucketFiles, "bucket-key-max-files", volume.DefaultBucketKeyMaxFiles, "bucket-key mode: replace the volume-level key after `N` new files")
+	fs.StringVar(&m.mode, "mode", "", "key `MODE` for new files, overriding the volume's: per-object or bucket-key (every mount reads both)")
+	fs.IntVar(&m.prefetch, "prefetch", volume.DefaultPrefetchMax, "per-object mode: most data keys (`N`) fetched ahead of file creation (-1: none)")
+	fs.DurationVar(&m.kmsLatency, "kms-latency", 0, "benchmarking: add this latency (`DURATION`) to every KMS call (a regional KMS is ~10ms)")
+	fs.Float64Var(&m.kmsRPS, "kms-rps", 0, "benchmarking: KMS request quota per second (`RATE`); beyond it calls are throttled and retried")
+	fs.StringVar(&m.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on `ADDR` (e.g. 127.0.0.1:9310)")
+	fs.StringVar(&m.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the mount to `FILE`, until unmount")
+	fs.StringVarP(&m.options, "options", "o", "", "comma-separated mount `OPTIONS`, as from /etc/fstab (allow_other, ro, debug, keystore=DIR, ...)")
 }
 
 // applyOptions folds -o options (from mount(8) via the mount helper) into flags.
@@ -96,36 +97,48 @@ func (m *mountFlags) applyOptions() error {
 		case "no_writeback_cache":
 			m.writeback = false
 		case "keystore":
-			m.keystore = v
+			m.keystore.dir = v
 		case "passphrase_file":
-			m.passphraseFile = v
+			m.keystore.passphraseFile = v
 		case "kms":
 			m.kmsURL = v
 		case "log":
 			m.logFile = v
 		default:
-			return fmt.Errorf("unknown mount option %q", k)
+			return usagef("unknown mount option %q", k)
 		}
 	}
 	return nil
 }
 
-func mountCommand(ctx context.Context, args []string) error {
-	var m mountFlags
-	fs := newFlagSet("mount", "kmsfs mount [flags] BACKEND MOUNTPOINT")
-	m.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+func mountCommand() *command {
+	return &command{
+		name: "mount", args: "BACKEND MOUNTPOINT", minArgs: 2, maxArgs: 2,
+		summary: "mount a volume (returns once mounted)",
+		about: `Mounts the volume in BACKEND (a directory or s3://bucket/prefix) on MOUNTPOINT
+and returns once the mount answers; --foreground stays attached. mount(8) runs
+'kmsfs BACKEND MOUNTPOINT -o OPTIONS' for fstab entries of type fuse.kmsfs.`,
+		setup: func(fs *pflag.FlagSet) runFunc {
+			var m mountFlags
+			m.register(fs)
+			return func(ctx context.Context, inv *invocation) error { return mount(ctx, inv, &m) }
+		},
 	}
-	if fs.NArg() != 2 {
-		fs.Usage()
-		return errors.New("want BACKEND and MOUNTPOINT")
-	}
+}
+
+func mount(ctx context.Context, inv *invocation, m *mountFlags) error {
 	if err := m.applyOptions(); err != nil {
 		return err
 	}
-	spec, mnt := fs.Arg(0), fs.Arg(1)
-	if !isS3(spec) {
+	var mode envelope.Mode
+	if m.mode != "" {
+		var err error
+		if mode, err = parseMode(m.mode); err != nil {
+			return err
+		}
+	}
+	spec, mnt := inv.args[0], inv.args[1]
+	if !compose.IsS3(spec) {
 		abs, err := filepath.Abs(spec)
 		if err != nil {
 			return err
@@ -142,9 +155,9 @@ func mountCommand(ctx context.Context, args []string) error {
 				return err
 			}
 		}
-		return daemonize(args, m.logFile)
+		return daemonize(inv.raw, m.logFile)
 	}
-	return runMount(ctx, &m, spec, mnt)
+	return runMount(ctx, m, mode, spec, mnt, inv.stderr)
 }
 
 // daemonize re-executes kmsfs in the background with --foreground and waits
@@ -191,7 +204,7 @@ func daemonize(args []string, logPath string) error {
 	return errors.New(strings.TrimSpace(string(msg)))
 }
 
-func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) {
+func runMount(ctx context.Context, m *mountFlags, mode envelope.Mode, spec, mnt string, stderr io.Writer) (err error) {
 	ready := readyPipe()
 	defer func() {
 		if ready != nil { // failed before mounting: tell the waiting parent
@@ -199,7 +212,7 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 			ready.Close()
 		}
 	}()
-	logOut := io.Writer(os.Stderr)
+	logOut := stderr
 	if m.logFile != "" {
 		f, err := os.OpenFile(m.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
@@ -225,28 +238,20 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	var mode envelope.Mode
-	switch m.mode {
-	case "":
-	case "per-object":
-		mode = envelope.ModePerObject
-	case "bucket-key":
-		mode = envelope.ModeBucketKey
-	default:
-		return fmt.Errorf("--mode %q: want per-object or bucket-key", m.mode)
-	}
 	m.mounting = !m.readOnly
 	set := metrics.New()
-	opened, err := openVolume(ctx, &m.commonFlags, spec, m.readOnly, m.cache, log, volume.Options{
-		BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles, PrefetchMax: m.prefetch, Mode: mode,
-	}, kmsChain{simulate: kmsmw.SimulateOptions{Latency: m.kmsLatency, RPS: m.kmsRPS}, metrics: set})
+	opened, err := openVolume(ctx, &m.commonFlags, spec, volumeRequest{
+		readOnly: m.readOnly, limits: m.cache, log: log, stderr: stderr, command: "mount",
+		volume: volume.Options{BucketKeyMaxAge: m.bucketAge, BucketKeyMaxFiles: m.bucketFiles, PrefetchMax: m.prefetch, Mode: mode},
+		chain:  compose.Chain{Simulate: kmsmw.SimulateOptions{Latency: m.kmsLatency, RPS: m.kmsRPS}, Metrics: set},
+	})
 	if err != nil {
 		return err
 	}
 	defer opened.Close()
 	metricsCtx, stopMetrics := context.WithCancel(context.Background())
 	defer stopMetrics()
-	if err := set.Serve(metricsCtx, mnt, m.metricsAddr); err != nil {
+	if err := set.Serve(metricsCtx, os.Getenv(envRuntimeDir), mnt, m.metricsAddr); err != nil {
 		return err
 	}
 
@@ -255,11 +260,11 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 	mo.AttrTimeout, mo.EntryTimeout = m.attrTimeout, m.entryTimeout
 	mo.WritebackCache = m.writeback
 	mo.FsName = spec
-	srv, err := kfs.Mount(opened.vol, mnt, mo, log)
+	srv, err := kfs.Mount(opened.Vol, mnt, mo, log)
 	if err != nil {
 		return fmt.Errorf("mount %s on %s: %w", spec, mnt, err)
 	}
-	log.Info("mounted", "backend", spec, "mountpoint", mnt, "volume", opened.vol.Config().VolumeID, "mode", opened.vol.Config().Mode)
+	log.Info("mounted", "backend", spec, "mountpoint", mnt, "volume", opened.Vol.Config().VolumeID, "mode", opened.Vol.Config().Mode)
 	if ready != nil {
 		fmt.Fprint(ready, "ok\n")
 		ready.Close()

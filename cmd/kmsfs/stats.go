@@ -3,38 +3,39 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/spf13/pflag"
 
 	"github.com/kmsfs/kmsfs/metrics"
 )
 
 // statsCommand prints a running mount's counters (KMS calls, cache, I/O).
-func statsCommand(ctx context.Context, args []string) error {
-	fs := newFlagSet("stats", "kmsfs stats [--json] MOUNTPOINT")
-	asJSON := fs.Bool("json", false, "print the raw JSON snapshot")
-	if err := fs.Parse(args); err != nil {
-		return err
+func statsCommand() *command {
+	return &command{
+		name: "stats", args: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
+		summary: "KMS calls, key cache and I/O counters of a mount",
+		setup: func(fs *pflag.FlagSet) runFunc {
+			asJSON := fs.Bool("json", false, "print the raw JSON snapshot")
+			return func(ctx context.Context, inv *invocation) error {
+				mnt, err := filepath.Abs(inv.args[0])
+				if err != nil {
+					return err
+				}
+				snap, err := metrics.Fetch(ctx, os.Getenv(envRuntimeDir), mnt)
+				if err != nil {
+					return err
+				}
+				if *asJSON {
+					enc := json.NewEncoder(inv.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(snap)
+				}
+				_, err = fmt.Fprint(inv.stdout, metrics.FormatText(snap))
+				return err
+			}
+		},
 	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errors.New("want MOUNTPOINT")
-	}
-	mnt, err := filepath.Abs(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	snap, err := metrics.Fetch(ctx, mnt)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(snap)
-	}
-	fmt.Print(metrics.FormatText(snap))
-	return nil
 }

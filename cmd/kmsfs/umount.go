@@ -1,11 +1,25 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/pflag"
 )
+
+func umountCommand() *command {
+	return &command{
+		name: "umount", aliases: []string{"unmount"}, args: "MOUNTPOINT", minArgs: 1, maxArgs: 1,
+		summary: "unmount",
+		about:   "Unmounts with fusermount3 when it is there (works for non-root mounts), else with umount(2).",
+		setup: func(fs *pflag.FlagSet) runFunc {
+			return func(ctx context.Context, inv *invocation) error { return unmount(inv.args[0]) }
+		},
+	}
+}
 
 func unmount(mnt string) error {
 	if path, err := exec.LookPath("fusermount3"); err == nil {

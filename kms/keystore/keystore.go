@@ -108,12 +108,9 @@ type aeadKey struct {
 	version uint32
 }
 
-// DefaultDir returns $KMSFS_KEYSTORE if set, else
-// os.UserConfigDir()/kmsfs/keystore.
+// DefaultDir returns os.UserConfigDir()/kmsfs/keystore. ($KMSFS_KEYSTORE,
+// which overrides it, is read by the command, not here.)
 func DefaultDir() (string, error) {
-	if d := os.Getenv("KMSFS_KEYSTORE"); d != "" {
-		return d, nil
-	}
 	cfg, err := os.UserConfigDir()
 	if err != nil {
 		return "", fmt.Errorf("keystore directory: %w", err)

@@ -1,0 +1,309 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kmsfs/kmsfs/internal/compose"
+	"github.com/kmsfs/kmsfs/kms"
+)
+
+// kmsCommand is the `kmsfs kms` group: the KMS server, key administration
+// and the audit log check.
+func kmsCommand() *command {
+	subs := []*command{kmsServeCommand()}
+	subs = append(subs, kmsAdminCommands()...)
+	subs = append(subs, kmsAliasCommand(), kmsAuditCommand())
+	return &command{
+		name:    "kms",
+		summary: "KMS server and key administration",
+		about: `Serve a keystore over the AWS KMS API (serve), administer its keys, check an
+audit log. Key administration works on a keystore directly (--keystore DIR,
+default $KMSFS_KEYSTORE or ~/.config/kmsfs/keystore) or through a KMS server
+(--kms URL, credentials from the standard AWS chain: AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, ~/.aws, ...).`,
+		footer: kmsKeyHelp,
+		subs:   subs,
+	}
+}
+
+// kmsTarget says which KMS an admin command works on.
+type kmsTarget struct {
+	keystore  keystoreFlags
+	region    string
+	account   string
+	url       string
+	urlRegion string
+}
+
+func (t *kmsTarget) register(fs *pflag.FlagSet) {
+	t.keystore.register(fs)
+	fs.StringVar(&t.region, "region", "", "`REGION` in the keystore's key ARNs (default \"local\")")
+	fs.StringVar(&t.account, "account", "", "`ACCOUNT` ID in the keystore's key ARNs (default 000000000000)")
+	fs.StringVar(&t.url, "kms", "", "work through the KMS server at `URL` (AWS KMS API) instead of a keystore")
+	fs.StringVar(&t.urlRegion, "kms-region", "", "`REGION` the --kms server signs for (default from the AWS config chain)")
+}
+
+// open returns the KMS the flags name.
+func (t *kmsTarget) open(ctx context.Context, stderr io.Writer) (compose.KMS, error) {
+	o := compose.KMSOptions{URL: t.url, Region: t.urlRegion}
+	if o.Embedded() {
+		ks, err := t.keystore.options(stderr)
+		if err != nil {
+			return nil, err
+		}
+		ks.Region, ks.Account = t.region, t.account
+		o.Keystore = ks
+	}
+	return compose.OpenKMS(ctx, o)
+}
+
+// adminRun runs a key administration command on the KMS its flags named.
+type adminRun = func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error
+
+// adminCommand is a key administration command: setup registers its own
+// flags; the flags that say which KMS it works on follow them.
+func adminCommand(name, args, summary string, minArgs, maxArgs int, setup func(fs *pflag.FlagSet) adminRun) *command {
+	return &command{
+		name: name, args: args, summary: summary, minArgs: minArgs, maxArgs: maxArgs,
+		footer: kmsKeyHelp,
+		setup: func(fs *pflag.FlagSet) runFunc {
+			run := setup(fs)
+			var t kmsTarget
+			t.register(fs)
+			return func(ctx context.Context, inv *invocation) error {
+				admin, err := t.open(ctx, inv.stderr)
+				if err != nil {
+					return err
+				}
+				defer admin.Close()
+				return run(ctx, admin, inv.args, inv.stdout)
+			}
+		},
+	}
+}
+
+const kmsKeyHelp = "KEY is a key ID, key ARN, alias name (alias/NAME) or alias ARN."
+
+// kmsAdminCommands are the key administration commands, in the order
+// `kmsfs kms --help` lists them.
+func kmsAdminCommands() []*command {
+	return []*command{
+		adminCommand("create-key", "", "create a key; prints its ID and ARN", 0, 0, func(fs *pflag.FlagSet) adminRun {
+			desc := fs.String("description", "", "key description `TEXT`")
+			policyFile := fs.String("policy-file", "", "`FILE` holding the JSON key policy (default: the owning account may administer and use the key)")
+			alias := fs.String("alias", "", "also create this alias (`alias/NAME`) for the key")
+			origin := fs.String("origin", "AWS_KMS", "where the material comes from (`ORIGIN`): AWS_KMS, the KMS generates it; EXTERNAL, import it (import-key-material)")
+			return func(ctx context.Context, a kms.Admin, _ []string, out io.Writer) error {
+				var policy string
+				if *policyFile != "" {
+					b, err := os.ReadFile(*policyFile)
+					if err != nil {
+						return fmt.Errorf("policy file: %w", err)
+					}
+					policy = string(b)
+				}
+				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin})
+				if err != nil {
+					return err
+				}
+				if *alias != "" {
+					if err := a.CreateAlias(ctx, *alias, md.KeyID); err != nil {
+						return fmt.Errorf("key %s created, but alias: %w", md.ARN, err)
+					}
+				}
+				fmt.Fprintf(out, "%s\t%s\n", md.KeyID, md.ARN)
+				return nil
+			}
+		}),
+		adminCommand("list-keys", "", "list keys with their state, rotation and aliases", 0, 0, func(fs *pflag.FlagSet) adminRun {
+			return func(ctx context.Context, a kms.Admin, _ []string, out io.Writer) error {
+				keys, err := a.ListKeys(ctx)
+				if err != nil {
+					return err
+				}
+				aliases, err := a.ListAliases(ctx, "")
+				if err != nil {
+					return err
+				}
+				byKey := map[string][]string{}
+				for _, al := range aliases {
+					byKey[al.TargetKeyID] = append(byKey[al.TargetKeyID], al.Name)
+				}
+				tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+				fmt.Fprintln(tw, "KEY ID\tSTATE\tROTATION\tALIASES\tDESCRIPTION")
+				for _, k := range keys {
+					rot := "off"
+					if k.RotationEnabled {
+						rot = fmt.Sprintf("%dd", k.RotationPeriodDays)
+					}
+					names := append(byKey[k.KeyID], byKey[k.ARN]...)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.KeyID, k.State, rot, strings.Join(names, ","), k.Description)
+				}
+				return tw.Flush()
+			}
+		}),
+		adminCommand("describe-key", "KEY", "show a key's metadata", 1, 1, func(fs *pflag.FlagSet) adminRun {
+			return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+				k, err := a.DescribeKey(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				kmsPrintMetadata(out, k)
+				return nil
+			}
+		}),
+		adminCommand("rotate", "KEY", "new backing material now; old ciphertext still decrypts", 1, 1, func(fs *pflag.FlagSet) adminRun {
+			return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+				if err := a.RotateKeyOnDemand(ctx, args[0]); err != nil {
+					return err
+				}
+				k, err := a.DescribeKey(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if k.CurrentVersion > 0 {
+					fmt.Fprintf(out, "rotated %s: new ciphertext uses material version %d; %d versions kept for decryption\n", k.ARN, k.CurrentVersion, k.Versions)
+				} else {
+					fmt.Fprintf(out, "rotated %s\n", k.ARN)
+				}
+				return nil
+			}
+		}),
+		adminCommand("enable-rotation", "KEY", "automatic rotation every --period-days", 1, 1, func(fs *pflag.FlagSet) adminRun {
+			period := fs.Int("period-days", kms.DefaultRotationPeriodDays, fmt.Sprintf("rotation period in `DAYS` (%d..%d)", kms.MinRotationPeriodDays, kms.MaxRotationPeriodDays))
+			return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+				if err := a.EnableKeyRotation(ctx, args[0], *period); err != nil {
+					return err
+				}
+				_, _, next, err := a.GetKeyRotationStatus(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "automatic rotation of %s every %d days; next on %s\n", args[0], *period, next.UTC().Format(time.DateOnly))
+				return nil
+			}
+		}),
+		kmsSimple("disable-rotation", "stop automatic rotation", func(ctx context.Context, a kms.Admin, key string) error { return a.DisableKeyRotation(ctx, key) }, "automatic rotation of %s disabled"),
+		adminCommand("import-key-material", "KEY FILE", "BYOK: 32 bytes of key material from FILE into an EXTERNAL key", 2, 2, kmsImportCommand),
+		kmsSimple("delete-key-material", "the key becomes PendingImport: unusable until the same material is imported", kmsDeleteMaterial, "key material of %s deleted; the key is PendingImport until the same material is imported again"),
+		kmsSimple("disable", "the key refuses every use until enabled", func(ctx context.Context, a kms.Admin, key string) error { return a.DisableKey(ctx, key) }, "%s disabled"),
+		kmsSimple("enable", "enable a disabled key", func(ctx context.Context, a kms.Admin, key string) error { return a.EnableKey(ctx, key) }, "%s enabled"),
+		adminCommand("schedule-deletion", "KEY", "delete after --days (the key is unusable meanwhile)", 1, 1, func(fs *pflag.FlagSet) adminRun {
+			days := fs.Int("days", kms.DefaultDeletionWindowDays, fmt.Sprintf("waiting period in `DAYS` (%d..%d)", kms.MinDeletionWindowDays, kms.MaxDeletionWindowDays))
+			return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+				when, err := a.ScheduleKeyDeletion(ctx, args[0], *days)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "%s is pending deletion and unusable; its material is destroyed on %s unless you run 'kmsfs kms cancel-deletion'\n",
+					args[0], when.UTC().Format(time.RFC3339))
+				return nil
+			}
+		}),
+		kmsSimple("cancel-deletion", "cancel a scheduled deletion; the key is left disabled", func(ctx context.Context, a kms.Admin, key string) error { return a.CancelKeyDeletion(ctx, key) }, "deletion of %s cancelled; the key is disabled ('kmsfs kms enable' to use it)"),
+	}
+}
+
+// kmsSimple is a command that does one thing to KEY and says so.
+func kmsSimple(name, summary string, fn func(ctx context.Context, a kms.Admin, key string) error, done string) *command {
+	return adminCommand(name, "KEY", summary, 1, 1, func(fs *pflag.FlagSet) adminRun {
+		return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+			if err := fn(ctx, a, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, done+"\n", args[0])
+			return nil
+		}
+	})
+}
+
+func kmsPrintMetadata(out io.Writer, k kms.KeyMetadata) {
+	tw := tabwriter.NewWriter(out, 0, 8, 1, ' ', 0)
+	row := func(name, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", name, v)
+		}
+	}
+	date := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	row("Key ID", k.KeyID)
+	row("ARN", k.ARN)
+	row("State", string(k.State))
+	row("Description", k.Description)
+	row("Created", date(k.CreationDate))
+	row("Origin", k.Origin)
+	row("Deletion date", date(k.DeletionDate))
+	if k.RotationEnabled {
+		row("Rotation", fmt.Sprintf("every %d days, next %s", k.RotationPeriodDays, date(k.NextRotationDate)))
+	} else {
+		row("Rotation", "off")
+	}
+	switch {
+	case k.ExpirationModel == "KEY_MATERIAL_DOES_NOT_EXPIRE":
+		row("Material", "imported, does not expire")
+	case k.ExpirationModel != "":
+		row("Material", "imported, expires "+k.ValidTo.UTC().Format(time.RFC3339))
+	case k.Origin == "EXTERNAL":
+		row("Material", "none (import it with import-key-material)")
+	case k.CurrentVersion > 0:
+		row("Material", fmt.Sprintf("version %d current, %d kept", k.CurrentVersion, k.Versions))
+	}
+	row("Last rotation", date(k.LastRotationDate))
+	row("Created by", k.CreatingPrincipalARN)
+	tw.Flush()
+}
+
+// kmsAliasCommand is the `kmsfs kms alias` group.
+func kmsAliasCommand() *command {
+	return &command{
+		name:    "alias",
+		summary: "create, update, delete and list aliases (alias/NAME)",
+		about:   "An alias names a key: alias/NAME, usable wherever a KEY is asked for.",
+		footer:  kmsKeyHelp,
+		subs: []*command{
+			adminCommand("create", "NAME KEY", "make alias NAME point at KEY", 2, 2, func(fs *pflag.FlagSet) adminRun {
+				return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+					return a.CreateAlias(ctx, args[0], args[1])
+				}
+			}),
+			adminCommand("update", "NAME KEY", "point alias NAME at another KEY", 2, 2, func(fs *pflag.FlagSet) adminRun {
+				return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+					return a.UpdateAlias(ctx, args[0], args[1])
+				}
+			}),
+			adminCommand("delete", "NAME", "delete alias NAME (the key stays)", 1, 1, func(fs *pflag.FlagSet) adminRun {
+				return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+					return a.DeleteAlias(ctx, args[0])
+				}
+			}),
+			adminCommand("list", "[KEY]", "list aliases (of KEY only, if given)", 0, 1, func(fs *pflag.FlagSet) adminRun {
+				return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+					key := ""
+					if len(args) == 1 {
+						key = args[0]
+					}
+					aliases, err := a.ListAliases(ctx, key)
+					if err != nil {
+						return err
+					}
+					for _, al := range aliases {
+						fmt.Fprintf(out, "%s\t%s\n", al.Name, al.TargetKeyID)
+					}
+					return nil
+				}
+			}),
+		},
+	}
+}
