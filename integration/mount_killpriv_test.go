@@ -15,9 +15,7 @@ import (
 // by the next write; a file written in many requests loses them at the
 // first. (File capabilities: TestMountFileCapabilities.)
 func TestMountKillSetid(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to act as another user")
-	}
+	requireRoot(t, "act as another user")
 	v := mountNewVolume(t)
 	v.letOthersReach()
 	v.mount("--allow-other")

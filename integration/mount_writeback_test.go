@@ -120,9 +120,7 @@ func TestMountWritebackCache(t *testing.T) {
 // capability set afterwards (setcap) must still be stored, read back, and
 // dropped by the kernel when the file is written.
 func TestMountFileCapabilities(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("setting security.capability needs root")
-	}
+	requireRoot(t, "set security.capability")
 	v := mountNewVolume(t)
 	v.mount("--writeback-cache")
 	p := v.path("tool")

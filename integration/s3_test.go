@@ -13,10 +13,15 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,31 +44,11 @@ type s3Gateway struct {
 	client   *s3.Client
 }
 
-func s3FindVersitygw() string {
-	if p, err := exec.LookPath("versitygw"); err == nil {
-		return p
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		if p := filepath.Join(home, "go", "bin", "versitygw"); s3FileExists(p) {
-			return p
-		}
-	}
-	return ""
-}
-
-func s3FileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
 // s3StartGateway starts versitygw on a free port and points the AWS
 // credential chain (environment) of this process and its children at it.
 func s3StartGateway(t *testing.T) *s3Gateway {
 	t.Helper()
-	bin := s3FindVersitygw()
-	if bin == "" {
-		t.Skip("versitygw not installed (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
-	}
+	bin := requireTool(t, "versitygw")
 	root := t.TempDir()
 	if err := os.Mkdir(filepath.Join(root, s3Bucket), 0o700); err != nil {
 		t.Fatal(err)
@@ -139,10 +124,7 @@ func (g *s3Gateway) flags() []string {
 // aws runs the Debian awscli against the gateway.
 func (g *s3Gateway) aws(t *testing.T, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath("aws"); err != nil {
-		t.Skip("awscli not installed")
-	}
-	cmd := exec.Command("aws", append([]string{"--endpoint-url", g.endpoint}, args...)...)
+	cmd := exec.Command(kmsAWS(t), append([]string{"--endpoint-url", g.endpoint}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("aws %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -183,7 +165,7 @@ func (g *s3Gateway) uploads(t *testing.T, prefix string) []string {
 // mounted yet (mount with v.mount(g.flags()...)).
 func s3NewVolume(t *testing.T, g *s3Gateway, prefix string, initArgs ...string) *mountVolume {
 	t.Helper()
-	mountRequireFuse(t)
+	requireFUSE(t)
 	root := t.TempDir()
 	v := &mountVolume{
 		t:        t,
@@ -196,13 +178,7 @@ func s3NewVolume(t *testing.T, g *s3Gateway, prefix string, initArgs ...string) 
 		t.Fatal(err)
 	}
 	t.Cleanup(v.cleanup)
-	out, err := v.tryRun(append(append(append([]string{"init"}, g.flags()...), initArgs...), v.vault)...)
-	if err != nil {
-		if strings.Contains(out, "not available in this build") {
-			t.Skipf("this kmsfs has no S3 backend wired (volume/open_s3.go must call s3.New): %s", out)
-		}
-		t.Fatalf("kmsfs init %s: %v\n%s", v.vault, err, out)
-	}
+	v.run(append(append(append([]string{"init"}, g.flags()...), initArgs...), v.vault)...)
 	return v
 }
 
@@ -234,12 +210,16 @@ func s3MakeTree(t *testing.T, root string) mountTreeInfo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(p)
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	big := filepath.Join(root, "big", "large.bin")
-	os.MkdirAll(filepath.Dir(big), 0o755)
+	if err := os.MkdirAll(filepath.Dir(big), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(big, mountContent(rand.New(rand.NewPCG(7, 7)), 20<<20+77), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +248,7 @@ func s3MountedVolume(t *testing.T, prefix string, initArgs ...string) (g *s3Gate
 }
 
 func TestS3MountCopyTree(t *testing.T) {
-	mountRequireTool(t, "rsync")
+	requireTool(t, "rsync")
 	const prefix = "vol"
 	g, v, src, want := s3MountedVolume(t, prefix)
 
@@ -457,7 +437,7 @@ func TestS3MountCrashDuringUpload(t *testing.T) {
 // an S3 mount (random writes into staged objects), then remounts and has
 // fio verify the data again from S3 (ranged GETs, not the page cache).
 func TestS3MountFio(t *testing.T) {
-	mountRequireTool(t, "fio")
+	requireTool(t, "fio")
 	g := s3StartGateway(t)
 	const prefix = "fio"
 	v := s3NewVolume(t, g, prefix)
@@ -476,4 +456,65 @@ func TestS3MountFio(t *testing.T) {
 	if ups := g.uploads(t, prefix+"/"); len(ups) != 0 {
 		t.Errorf("multipart uploads left: %v", ups)
 	}
+}
+
+// s3FaultProxy stands between kmsfs and the gateway and refuses writes to
+// objects under a path prefix once a number of objects have been written:
+// a deterministic S3 outage part way through a job. Requests keep their
+// Host header, so the gateway still verifies their SigV4 signatures.
+type s3FaultProxy struct {
+	endpoint string
+
+	mu       sync.Mutex
+	admitted map[string]bool // objects under the prefix that may be written
+	refused  int
+}
+
+// s3StartFaultProxy proxies to g; the first admit objects under pathPrefix
+// (a path-style URL path: /bucket/key-prefix) that a request writes
+// (PUT, POST or DELETE) may be written any number of times, any other gets
+// an S3 AccessDenied error, which the SDK does not retry.
+func s3StartFaultProxy(t *testing.T, g *s3Gateway, pathPrefix string, admit int) *s3FaultProxy {
+	t.Helper()
+	target, err := url.Parse(g.endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &s3FaultProxy{admitted: map[string]bool{}}
+	rp := &httputil.ReverseProxy{Director: func(r *http.Request) {
+		r.URL.Scheme, r.URL.Host = target.Scheme, target.Host
+	}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && strings.HasPrefix(r.URL.Path, pathPrefix) && !p.admit(r.URL.Path, admit) {
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>refused by the test's fault proxy</Message><Resource>%s</Resource></Error>`, r.URL.Path)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	p.endpoint = srv.URL
+	return p
+}
+
+func (p *s3FaultProxy) admit(path string, limit int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.admitted[path] {
+		return true
+	}
+	if len(p.admitted) < limit {
+		p.admitted[path] = true
+		return true
+	}
+	p.refused++
+	return false
+}
+
+// refusedCount is how many requests the proxy has refused.
+func (p *s3FaultProxy) refusedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused
 }

@@ -26,8 +26,12 @@ func newSoftHSMToken(t *testing.T, label, pin string) {
 	}
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "softhsm2.conf")
-	os.Mkdir(filepath.Join(dir, "tokens"), 0o700)
-	os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600)
+	if err := os.Mkdir(filepath.Join(dir, "tokens"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("SOFTHSM2_CONF", conf)
 	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", "so-"+pin).CombinedOutput()
 	if err != nil {
