@@ -123,6 +123,8 @@ type Config struct {
 	// more than this long ago (0: every upload present at mount time, right
 	// for a volume mounted by one kmsfs at a time).
 	StaleUploadAge time.Duration
+	// Now is the clock the lookup cache expires by; nil means time.Now.
+	Now func() time.Time
 }
 
 // ParseURL splits "s3://bucket/some/prefix" into bucket and prefix (without
@@ -169,6 +171,7 @@ type Backend struct {
 	gid      uint32
 	started  time.Time
 	log      *slog.Logger
+	now      func() time.Time // Config.Now
 
 	mu   sync.Mutex
 	open map[string]*openFile // files open by path, shared by their handles
@@ -271,6 +274,10 @@ func newBackend(ctx context.Context, cfg Config, optFns ...func(*s3.Options)) (*
 		partBufs:     newBufferPool(cfg.PartSize, cfg.Concurrency),
 		lookups:      make(map[string]cachedLookup),
 		missDirs:     make(map[string]bool),
+		now:          cfg.Now,
+	}
+	if b.now == nil {
+		b.now = time.Now
 	}
 	if p := strings.Trim(cfg.Prefix, "/"); p != "" {
 		b.prefix = p + "/"

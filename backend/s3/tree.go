@@ -161,7 +161,7 @@ func (b *Backend) cachedEntry(name string) (uint64, *cachedLookup) {
 	if !ok {
 		return b.lookupGen, nil
 	}
-	if time.Since(c.at) > lookupTTL {
+	if b.now().Sub(c.at) > lookupTTL {
 		delete(b.lookups, name)
 		return b.lookupGen, nil
 	}
@@ -177,7 +177,7 @@ func (b *Backend) remember(name string, e *entry, gen uint64) {
 	if len(b.lookups) >= maxLookups {
 		clear(b.lookups)
 	}
-	b.lookups[name] = cachedLookup{e: e, at: time.Now()}
+	b.lookups[name] = cachedLookup{e: e, at: b.now()}
 }
 
 // invalidate forgets cached lookups a change may have made wrong: the name
