@@ -94,7 +94,9 @@ func TestMountKillSetid(t *testing.T) {
 	if _, err := f.WriteString("by root\n"); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	wantMode("root", 0o755|os.ModeSetuid)
 
 	// Within one mount: the bit comes back with a chmod after a write that

@@ -91,7 +91,9 @@ func TestMountPOSIX(t *testing.T) {
 		if _, err := f.WriteAt(patch, 4090); err != nil {
 			t.Fatal(err)
 		}
-		f.Close()
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
 		copy(data[4090:], patch)
 		mountExpectContent(t, b, data)
 		// The second name outlives the first.

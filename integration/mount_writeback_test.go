@@ -131,7 +131,9 @@ func TestMountFileCapabilities(t *testing.T) {
 	if _, err := f.Write([]byte("#!/bin/sh\n")); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	buf := make([]byte, 64)
 	if _, err := unix.Getxattr(p, "security.capability", buf); err != unix.ENODATA {
 		t.Fatalf("new file: getxattr security.capability = %v, want ENODATA", err)
@@ -154,7 +156,9 @@ func TestMountFileCapabilities(t *testing.T) {
 	if _, err := f.Write([]byte("exit 0\n")); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := unix.Getxattr(p, "security.capability", buf); err != unix.ENODATA {
 		t.Fatalf("after a write: getxattr security.capability = %v, want ENODATA (dropped)", err)
 	}

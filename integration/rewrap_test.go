@@ -181,7 +181,7 @@ func TestRewrapOnS3(t *testing.T) {
 
 	// The first run: the files after the first few fail to be written.
 	const admitted = 3
-	proxy := s3StartFaultProxy(t, g, "/"+s3Bucket+"/"+prefix+"/cp/", admitted)
+	proxy := s3StartProxy(t, g, s3RefuseWritesAfter("/"+s3Bucket+"/"+prefix+"/cp/", admitted))
 	out, err := v.tryRun(rewrap(proxy.endpoint)...)
 	if err == nil || strings.Contains(out, " 0 failed") {
 		t.Fatalf("rewrap through a failing S3 succeeded:\n%s", out)
