@@ -746,7 +746,9 @@ func TestConditionalCreate(t *testing.T) {
 	}
 	_, err = b.Open(bg, "excl", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
 	wantErrno(t, err, syscall.EEXIST)
-	h.Close()
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	// Two writers of one key without O_EXCL: the last close wins, whole.
 	w1, w2 := newTestBackend(t, cfg), newTestBackend(t, cfg)
@@ -759,8 +761,12 @@ func TestConditionalCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	one, two := bytes.Repeat([]byte("1"), 3000), bytes.Repeat([]byte("2"), 2000)
-	f1.WriteAt(one, 0)
-	f2.WriteAt(two, 0)
+	if _, err := f1.WriteAt(one, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f2.WriteAt(two, 0); err != nil {
+		t.Fatal(err)
+	}
 	if err := f2.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -821,8 +827,9 @@ func TestTwoHandlesOnePath(t *testing.T) {
 	if n, _ := h2.ReadAt(buf, 0); string(buf[:n]) != "new!" {
 		t.Fatalf("unlinked file reads %q", buf[:n])
 	}
-	h1.Close()
-	h2.Close()
+	if err := errors.Join(h1.Close(), h2.Close()); err != nil {
+		t.Fatal(err)
+	}
 	if keys := rawKeys(t, b); len(keys) != 0 {
 		t.Fatalf("unlinked file came back: %v", keys)
 	}
