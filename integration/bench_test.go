@@ -18,7 +18,7 @@ import (
 // re-read needs a Decrypt per file (per-object) or per bucket key, a warm
 // re-read none, and every file reads back as written.
 func TestBenchThroughMount(t *testing.T) {
-	requireFUSE(t)
+	mountRequireFuse(t)
 	const files = 300
 	dir := t.TempDir()
 	jsonPath, chartPath := filepath.Join(dir, "bench.json"), filepath.Join(dir, "bench.svg")

@@ -21,8 +21,8 @@ import (
 // through the server, makes them readable again.
 func TestKMSImportedKeyMaterialGuardsAVolume(t *testing.T) {
 	kmsAWS(t)
-	requireFUSE(t)
-	requireTool(t, "openssl")
+	mountRequireFuse(t)
+	mountRequireTool(t, "openssl")
 	h := kmsStartServer(t)
 	var created struct {
 		KeyMetadata struct{ KeyId, Arn, KeyState, Origin string }

@@ -14,8 +14,8 @@ import (
 // whose keys are not cached, and enabling it restores it.
 func TestKMSRemoteMountCopyTree(t *testing.T) {
 	kmsAWS(t)
-	requireFUSE(t)
-	requireTool(t, "rsync")
+	mountRequireFuse(t)
+	mountRequireTool(t, "rsync")
 	h := kmsStartServer(t, "--rate", "50", "--burst", "10")
 	keyID, _ := h.createKey(kmsAliceKey)
 	// The mount and init processes take their credentials from the standard

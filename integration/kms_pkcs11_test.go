@@ -16,9 +16,9 @@ const softHSMModule = "/usr/lib/softhsm/libsofthsm2.so"
 // and read back work with the token; without it (or with a wrong PIN) the
 // mount refuses to start and says why; no root key file is ever written.
 func TestMountOnAKeystoreWhoseKEKIsInAToken(t *testing.T) {
-	requireFUSE(t)
-	requireFile(t, softHSMModule, "softhsm2")
-	requireTool(t, "softhsm2-util")
+	mountRequireFuse(t)
+	mountRequireFile(t, softHSMModule, "softhsm2")
+	mountRequireTool(t, "softhsm2-util")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "softhsm2.conf")
 	if err := os.Mkdir(filepath.Join(dir, "tokens"), 0o700); err != nil {

@@ -65,7 +65,7 @@ type kmsHarness struct {
 // kmsAWS returns the Debian awscli (a missing prerequisite otherwise).
 func kmsAWS(t *testing.T) string {
 	t.Helper()
-	requireFile(t, "/usr/bin/aws", "awscli")
+	mountRequireFile(t, "/usr/bin/aws", "awscli")
 	return "/usr/bin/aws"
 }
 

@@ -16,7 +16,7 @@ import (
 // left to do, that a remount reads it all back, and that the backing
 // directory holds no plaintext.
 func TestMountCopyTree(t *testing.T) {
-	requireTool(t, "rsync")
+	mountRequireTool(t, "rsync")
 	v := mountNewVolume(t)
 	src := filepath.Join(t.TempDir(), "src")
 	info := mountMakeTree(t, src, 1)

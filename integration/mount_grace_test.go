@@ -14,8 +14,8 @@ import (
 // files fail with a clear error instead of hanging or writing garbage.
 func TestMountGraceWhenKMSUnreachable(t *testing.T) {
 	kmsAWS(t)
-	requireFUSE(t)
-	requireRoot(t, "drop the page cache")
+	mountRequireFuse(t)
+	mountRequireRoot(t, "drop the page cache")
 	h := kmsStartServer(t)
 	keyID, _ := h.createKey(kmsAliceKey)
 	kmsSetAWSEnv(t, kmsAliceKey)

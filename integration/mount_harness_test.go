@@ -52,7 +52,7 @@ type mountVolume struct {
 // mounted yet; whatever gets mounted later is unmounted in t.Cleanup.
 func mountNewVolume(t *testing.T, initArgs ...string) *mountVolume {
 	t.Helper()
-	requireFUSE(t)
+	mountRequireFuse(t)
 	// TempDir registers its removal before our cleanup is registered, so
 	// (cleanups run last-in first-out) we unmount before it is removed.
 	root := t.TempDir()

@@ -15,7 +15,7 @@ import (
 // by the next write; a file written in many requests loses them at the
 // first. (File capabilities: TestMountFileCapabilities.)
 func TestMountKillSetid(t *testing.T) {
-	requireRoot(t, "act as another user")
+	mountRequireRoot(t, "act as another user")
 	v := mountNewVolume(t)
 	v.letOthersReach()
 	v.mount("--allow-other")

@@ -16,7 +16,7 @@ import (
 // rename; the backing directory holds no plaintext name and no plaintext
 // symlink target; rm -rf leaves it empty; kmsfs rewrap works on it.
 func TestMountEncryptedNames(t *testing.T) {
-	requireTool(t, "rsync")
+	mountRequireTool(t, "rsync")
 	v := mountNewVolume(t, "--encrypt-names")
 	src := filepath.Join(t.TempDir(), "src")
 	mountMakeTree(t, src, 21)

@@ -478,7 +478,7 @@ func TestMountLargeFile(t *testing.T) {
 		t.Skip("writes ~4 GiB; skipped with -short")
 	}
 	v := mountNewVolume(t)
-	requireFreeBytes(t, filepath.Dir(v.vault), 10<<30)
+	mountRequireFreeBytes(t, filepath.Dir(v.vault), 10<<30)
 	v.mount()
 	p := v.path("big")
 	const off = 4<<30 + 100

@@ -80,7 +80,7 @@ func mountRunFio(t *testing.T, job, dir string, extra ...string) string {
 // the same seeded pattern), so the check reads decrypted backing blocks,
 // not the kernel's page cache.
 func TestMountFio(t *testing.T) {
-	requireTool(t, "fio")
+	mountRequireTool(t, "fio")
 	v := mountNewVolume(t)
 	v.mount()
 	dir := v.path("fio")
@@ -100,7 +100,7 @@ func TestMountFio(t *testing.T) {
 // with a bounded time each; every run must exit 0 (no stressor failed or
 // found corrupt data with --verify).
 func TestMountStressNG(t *testing.T) {
-	requireTool(t, "stress-ng")
+	mountRequireTool(t, "stress-ng")
 	v := mountNewVolume(t)
 	v.mount()
 	runs := []struct {

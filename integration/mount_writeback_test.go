@@ -120,7 +120,7 @@ func TestMountWritebackCache(t *testing.T) {
 // capability set afterwards (setcap) must still be stored, read back, and
 // dropped by the kernel when the file is written.
 func TestMountFileCapabilities(t *testing.T) {
-	requireRoot(t, "set security.capability")
+	mountRequireRoot(t, "set security.capability")
 	v := mountNewVolume(t)
 	v.mount("--writeback-cache")
 	p := v.path("tool")

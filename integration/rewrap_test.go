@@ -23,8 +23,8 @@ import (
 //     file, time and xattr reads back as it was copied in.
 func TestRewrapOnRemoteKMS(t *testing.T) {
 	kmsAWS(t)
-	requireFUSE(t)
-	requireTool(t, "rsync")
+	mountRequireFuse(t)
+	mountRequireTool(t, "rsync")
 	h := kmsStartServer(t)
 	keyA, arnA := h.createKey(kmsAliceKey)
 	kmsSetAWSEnv(t, kmsAliceKey)

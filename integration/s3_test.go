@@ -48,7 +48,7 @@ type s3Gateway struct {
 // credential chain (environment) of this process and its children at it.
 func s3StartGateway(t *testing.T) *s3Gateway {
 	t.Helper()
-	bin := requireTool(t, "versitygw")
+	bin := mountRequireTool(t, "versitygw")
 	root := t.TempDir()
 	if err := os.Mkdir(filepath.Join(root, s3Bucket), 0o700); err != nil {
 		t.Fatal(err)
@@ -165,7 +165,7 @@ func (g *s3Gateway) uploads(t *testing.T, prefix string) []string {
 // mounted yet (mount with v.mount(g.flags()...)).
 func s3NewVolume(t *testing.T, g *s3Gateway, prefix string, initArgs ...string) *mountVolume {
 	t.Helper()
-	requireFUSE(t)
+	mountRequireFuse(t)
 	root := t.TempDir()
 	v := &mountVolume{
 		t:        t,
@@ -248,7 +248,7 @@ func s3MountedVolume(t *testing.T, prefix string, initArgs ...string) (g *s3Gate
 }
 
 func TestS3MountCopyTree(t *testing.T) {
-	requireTool(t, "rsync")
+	mountRequireTool(t, "rsync")
 	const prefix = "vol"
 	g, v, src, want := s3MountedVolume(t, prefix)
 
@@ -435,7 +435,7 @@ func TestS3MountCrashDuringUpload(t *testing.T) {
 // an S3 mount (random writes into staged objects), then remounts and has
 // fio verify the data again from S3 (ranged GETs, not the page cache).
 func TestS3MountFio(t *testing.T) {
-	requireTool(t, "fio")
+	mountRequireTool(t, "fio")
 	g := s3StartGateway(t)
 	const prefix = "fio"
 	v := s3NewVolume(t, g, prefix)
