@@ -89,6 +89,11 @@ func TestVectors(t *testing.T) {
 	if err := h.Verify(macKey); err != nil {
 		t.Errorf("header vector: %v", err)
 	}
+	// Section 8: a reader finds a torn header's intent by the file ID in
+	// bytes 13..28 (field 0x01 comes first).
+	if got := region[13:29]; !bytes.Equal(got, fileID) {
+		t.Errorf("bytes 13..28 of the header are %x, not the file ID %x", got, fileID)
+	}
 	if again, err := EncodeHeader(h.RegionSize, h.Fields, macKey); err != nil || !bytes.Equal(again, region) {
 		t.Errorf("a header written by FORMAT.md's writer rules differs from the vector (%v):\n got %x\nwant %x", err, again, region)
 	}
