@@ -2,6 +2,8 @@
 # Runs every kmsfs test: formatting and vet, unit tests (race detector on the
 # concurrent packages), a short run of each fuzz target, and the integration
 # tests that mount real FUSE filesystems and start real servers.
+# With CI=true (.ci/run sets it) a test whose prerequisite is missing (FUSE,
+# root, a tool, disk space) fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
