@@ -280,8 +280,15 @@ func (h *kmsHarness) rawRequest(akid, secret, op string, body []byte, signedAt t
 	var e struct {
 		Type string `json:"__type"`
 	}
-	b, _ := io.ReadAll(resp.Body)
-	json.Unmarshal(b, &e)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		if err := json.Unmarshal(b, &e); err != nil {
+			h.t.Fatalf("error response %d is not KMS JSON (%v): %s", resp.StatusCode, err, b)
+		}
+	}
 	return resp.StatusCode, e.Type
 }
 
