@@ -2,8 +2,10 @@ package volume
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -100,5 +102,31 @@ func TestRewrapCheckpointAdvance(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The stored record has the fields docs/FORMAT.md section 9 lists, under
+// those names: a rewrap of another version must be able to resume it.
+func TestRewrapCheckpointFields(t *testing.T) {
+	ctx := context.Background()
+	be := checkpointBackend(t)
+	cp := &rewrapCheckpoint{ToKey: "alias/b", KeyARN: "arn:b", MetaDone: true, Refresh: true, DoneThrough: "a/b", Started: time.Unix(0, 0).UTC(), Finished: true}
+	if err := cp.save(ctx, be); err != nil {
+		t.Fatal(err)
+	}
+	data, err := be.ReadMeta(ctx, RewrapJobName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(data, &fields); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"to_key": "alias/b", "key_arn": "arn:b", "meta_done": true, "refresh": true,
+		"done_through": "a/b", "started": "1970-01-01T00:00:00Z", "finished": true,
+	}
+	if !reflect.DeepEqual(fields, want) {
+		t.Fatalf("stored checkpoint %s; want the fields %v", data, want)
 	}
 }
