@@ -33,7 +33,10 @@ func BenchmarkOpen(b *testing.B) {
 	plain := make([]byte, 1<<20)
 	for _, bs := range benchBlockSizes {
 		b.Run(fmt.Sprintf("block=%d", bs), func(b *testing.B) {
-			sealed, _ := keys.SealBlocks(nil, plain, 0, bs)
+			sealed, err := keys.SealBlocks(nil, plain, 0, bs)
+			if err != nil {
+				b.Fatal(err)
+			}
 			dst := make([]byte, 0, bs)
 			sb := bs + BlockOverhead
 			b.SetBytes(int64(len(plain)))
@@ -53,7 +56,10 @@ func BenchmarkRandomWrite4K(b *testing.B) {
 	for _, bs := range benchBlockSizes {
 		b.Run(fmt.Sprintf("block=%d", bs), func(b *testing.B) {
 			plain := make([]byte, bs)
-			sealed, _ := keys.SealBlock(nil, plain, 0)
+			sealed, err := keys.SealBlock(nil, plain, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
 			buf := make([]byte, 0, bs)
 			out := make([]byte, 0, bs+BlockOverhead)
 			b.SetBytes(4096)
@@ -77,7 +83,10 @@ func BenchmarkRandomWrite4K(b *testing.B) {
 func BenchmarkOpenBlocks(b *testing.B) {
 	keys := testKeys(b, id(1))
 	plain := make([]byte, 1<<20)
-	sealed, _ := keys.SealBlocks(nil, plain, 0, DefaultBlockSize)
+	sealed, err := keys.SealBlocks(nil, plain, 0, DefaultBlockSize)
+	if err != nil {
+		b.Fatal(err)
+	}
 	dst := make([]byte, 0, len(plain))
 	b.SetBytes(int64(len(plain)))
 	for b.Loop() {

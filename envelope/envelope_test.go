@@ -39,6 +39,26 @@ func testKeys(t testing.TB, fileID [IDLen]byte) *FileKeys {
 	return k
 }
 
+// marshal is h.Marshal, failing the test on an error.
+func marshal(t testing.TB, h Header, macKey []byte) []byte {
+	t.Helper()
+	region, err := h.Marshal(macKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return region
+}
+
+// parse is ParseHeader, failing the test on an error.
+func parse(t testing.TB, region []byte) *ParsedHeader {
+	t.Helper()
+	p, err := ParseHeader(region)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func testHeader(mode Mode) Header {
 	h := Header{
 		RegionSize: DefaultHeaderSize, Mode: mode, Suite: SuiteAES256GCM, BlockSize: DefaultBlockSize,
@@ -103,7 +123,10 @@ func TestVectors(t *testing.T) {
 				Ciphertext string `json:"sealed"`
 			}{uint64(i * 7), hex.EncodeToString(nonce), hex.EncodeToString(pt), hex.EncodeToString(sealed)})
 		}
-		b, _ := json.MarshalIndent(v, "", "  ")
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -178,8 +201,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 func TestHeaderTamper(t *testing.T) {
 	h := testHeader(ModeBucketKey)
 	keys := testKeys(t, h.FileID)
-	region, _ := h.Marshal(keys.MACKey())
-	p0, _ := ParseHeader(region)
+	region := marshal(t, h, keys.MACKey())
 	keySlotStart := bytes.Index(region, []byte(h.KeyID)) - 3
 	for i := 0; i < len(region); i++ {
 		if i >= keySlotStart && i < keySlotStart+3+len(h.KeyID)+3+len(h.WrappedKey) {
@@ -198,7 +220,6 @@ func TestHeaderTamper(t *testing.T) {
 			t.Fatalf("flipping byte %d went unnoticed", i)
 		}
 	}
-	_ = p0
 	// Fields length changes are caught by parsing.
 	for _, i := range []int{8, 9} {
 		bad := bytes.Clone(region)
@@ -214,10 +235,13 @@ func TestHeaderTamper(t *testing.T) {
 func TestHeaderMovedToOtherFile(t *testing.T) {
 	a := testHeader(ModePerObject)
 	keysA := testKeys(t, a.FileID)
-	regionA, _ := a.Marshal(keysA.MACKey())
+	regionA := marshal(t, a, keysA.MACKey())
 	otherKey := bytes.Repeat([]byte{0x43}, KeySize)
-	keysB, _ := DeriveFileKeys(otherKey, a.FileID)
-	p, _ := ParseHeader(regionA)
+	keysB, err := DeriveFileKeys(otherKey, a.FileID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := parse(t, regionA)
 	if err := p.Verify(keysB); !errors.Is(err, ErrAuth) {
 		t.Fatalf("verify with another key: %v, want ErrAuth", err)
 	}
@@ -230,8 +254,8 @@ func TestHeaderMovedToOtherFile(t *testing.T) {
 func TestKeySlotNotMACed(t *testing.T) {
 	h := testHeader(ModePerObject)
 	keys := testKeys(t, h.FileID)
-	region, _ := h.Marshal(keys.MACKey())
-	p, _ := ParseHeader(region)
+	region := marshal(t, h, keys.MACKey())
+	p := parse(t, region)
 	newRegion, err := p.ReplaceKeySlot("arn:aws:kms:local:000000000000:key/other", bytes.Repeat([]byte{0xCD}, 184))
 	if err != nil {
 		t.Fatal(err)
@@ -257,8 +281,8 @@ func TestKeySlotNotMACed(t *testing.T) {
 func TestHeaderFileIDSurvivesATornRewrap(t *testing.T) {
 	h := testHeader(ModeBucketKey)
 	keys := testKeys(t, h.FileID)
-	region, _ := h.Marshal(keys.MACKey())
-	p, _ := ParseHeader(region)
+	region := marshal(t, h, keys.MACKey())
+	p := parse(t, region)
 	rewrapped, err := p.ReplaceKeySlot("arn:aws:kms:local:000000000000:key/other", bytes.Repeat([]byte{0xCD}, 300))
 	if err != nil {
 		t.Fatal(err)
@@ -286,12 +310,12 @@ func TestCriticalUnknownFieldRefused(t *testing.T) {
 	h := testHeader(ModePerObject)
 	keys := testKeys(t, h.FileID)
 	h.unknown = []rawField{{0x45, []byte("future")}}
-	region, _ := h.Marshal(keys.MACKey())
+	region := marshal(t, h, keys.MACKey())
 	if _, err := ParseHeader(region); !errors.Is(err, ErrVersion) {
 		t.Fatalf("critical unknown field: %v, want ErrVersion", err)
 	}
 	h.unknown = []rawField{{0x05 | 0x20, []byte("optional")}}
-	region, _ = h.Marshal(keys.MACKey())
+	region = marshal(t, h, keys.MACKey())
 	p, err := ParseHeader(region)
 	if err != nil {
 		t.Fatal(err)
@@ -350,7 +374,10 @@ func TestNoncesDistinct(t *testing.T) {
 	keys := testKeys(t, id(1))
 	seen := map[string]bool{}
 	for i := 0; i < 20000; i++ {
-		s, _ := keys.SealBlock(nil, []byte("same"), 0)
+		s, err := keys.SealBlock(nil, []byte("same"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
 		n := string(s[:NonceSize])
 		if seen[n] {
 			t.Fatalf("nonce repeated after %d seals", i)
@@ -388,7 +415,7 @@ func TestLayout(t *testing.T) {
 func FuzzParseHeader(f *testing.F) {
 	h := testHeader(ModeBucketKey)
 	keys := testKeys(f, h.FileID)
-	region, _ := h.Marshal(keys.MACKey())
+	region := marshal(f, h, keys.MACKey())
 	f.Add(region)
 	f.Add([]byte("KMFS\x01\x00\x01\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -1,7 +1,9 @@
 // Package envelope is the kmsfs on-disk format: the file header (wrapped data
 // key, KMS key ID, mode, file ID) and the block AEAD codec. It is pure code: no
-// I/O, no KMS calls, no FUSE. docs/FORMAT.md specifies every byte; this file
-// and block.go are its reference implementation.
+// I/O, no KMS calls, no FUSE. docs/FORMAT.md specifies every byte; this
+// package is its reference implementation (header.go, keys.go, block.go,
+// blocks.go, layout.go, names.go), and internal/specdecode a second one,
+// written from the document alone, that the tests hold it to.
 package envelope
 
 import (

@@ -21,8 +21,9 @@ import (
 //	tag    = HMAC-SHA256(nameMACKey, dirID || name)[:16]
 //	stored = base64url-nopad(tag || AES-256-CTR(nameEncKey, iv = tag, name))
 //
-// the SIV construction (RFC 5297) with HMAC in place of CMAC: the tag is
-// both the synthetic IV and the authenticator. Symlink targets need no
+// after the SIV construction (RFC 5297), with one HMAC in place of S2V and
+// the whole tag as the CTR counter block (no bits cleared): the tag is both
+// the synthetic IV and the authenticator. Symlink targets need no
 // determinism; they are nonce || AES-GCM(targetKey, target), base64url.
 
 // DirIDLen is the length of a directory ID.
@@ -58,7 +59,6 @@ const (
 	nameTagLen       = 16
 	labelNameKeys    = "kmsfs v1 name keys"
 	labelRootDirID   = "kmsfs v1 root directory"
-	labelTargetKey   = "kmsfs v1 symlink target key"
 	maxSymlinkTarget = 4095 // PATH_MAX - 1: what the backend can store
 )
 

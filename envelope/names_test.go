@@ -58,9 +58,12 @@ func TestNameVectors(t *testing.T) {
 func TestNamesPerDirectory(t *testing.T) {
 	c := testNameCipher(t)
 	d1, d2 := c.RootDirID(), [DirIDLen]byte{1}
-	a1, _ := c.EncryptName(d1, "report.pdf")
-	a1again, _ := c.EncryptName(d1, "report.pdf")
-	a2, _ := c.EncryptName(d2, "report.pdf")
+	a1, err1 := c.EncryptName(d1, "report.pdf")
+	a1again, err2 := c.EncryptName(d1, "report.pdf")
+	a2, err3 := c.EncryptName(d2, "report.pdf")
+	if err := errors.Join(err1, err2, err3); err != nil {
+		t.Fatal(err)
+	}
 	if a1 != a1again {
 		t.Fatal("a name's stored form is not deterministic within its directory")
 	}
@@ -114,12 +117,18 @@ func TestSymlinkTargets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2, _ := c.EncryptTarget("../secret/plans.txt")
+	s2, err := c.EncryptTarget("../secret/plans.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if s1 == s2 || strings.Contains(s1, "secret") {
 		t.Fatalf("targets %q, %q", s1, s2)
 	}
 	for n := 0; n < 100; n++ {
-		s, _ := c.EncryptTarget(strings.Repeat("t", n))
+		s, err := c.EncryptTarget(strings.Repeat("t", n))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if got := TargetLen(int64(len(s))); got != int64(n) {
 			t.Fatalf("TargetLen of a %d-byte target's stored form: %d", n, got)
 		}

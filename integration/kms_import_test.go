@@ -36,7 +36,9 @@ func TestKMSImportedKeyMaterialGuardsAVolume(t *testing.T) {
 	material := filepath.Join(h.dir, "material.bin")
 	raw := make([]byte, 32)
 	rand.Read(raw)
-	os.WriteFile(material, raw, 0o600)
+	if err := os.WriteFile(material, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// wrap runs the customer's side of an import: parameters from awscli,
 	// encryption with openssl; it returns the token and encrypted files.
 	wrap := func(materialFile string) (token, encrypted string) {
@@ -44,12 +46,22 @@ func TestKMSImportedKeyMaterialGuardsAVolume(t *testing.T) {
 		var params struct{ KeyId, ImportToken, PublicKey string }
 		h.awsJSON(kmsAliceKey, &params, "get-parameters-for-import", "--key-id", key,
 			"--wrapping-algorithm", "RSAES_OAEP_SHA_256", "--wrapping-key-spec", "RSA_2048")
-		tok, _ := base64.StdEncoding.DecodeString(params.ImportToken)
-		pub, _ := base64.StdEncoding.DecodeString(params.PublicKey)
+		tok, err := base64.StdEncoding.DecodeString(params.ImportToken)
+		if err != nil {
+			t.Fatalf("ImportToken: %v", err)
+		}
+		pub, err := base64.StdEncoding.DecodeString(params.PublicKey)
+		if err != nil {
+			t.Fatalf("PublicKey: %v", err)
+		}
 		token, encrypted = filepath.Join(h.dir, "token.bin"), filepath.Join(h.dir, "encrypted.bin")
 		pubFile := filepath.Join(h.dir, "wrapping.der")
-		os.WriteFile(token, tok, 0o600)
-		os.WriteFile(pubFile, pub, 0o600)
+		if err := os.WriteFile(token, tok, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(pubFile, pub, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		mountExec(t, "openssl", "pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey", pubFile,
 			"-in", materialFile, "-out", encrypted,
 			"-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256")
@@ -89,7 +101,9 @@ func TestKMSImportedKeyMaterialGuardsAVolume(t *testing.T) {
 
 	other := filepath.Join(h.dir, "other.bin")
 	rand.Read(raw)
-	os.WriteFile(other, raw, 0o600)
+	if err := os.WriteFile(other, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	token, encrypted = wrap(other)
 	h.awsFails(kmsAliceKey, "IncorrectKeyMaterialException", "import-key-material", "--key-id", key,
 		"--import-token", "fileb://"+token, "--encrypted-key-material", "fileb://"+encrypted,

@@ -62,13 +62,21 @@ type kmsHarness struct {
 	stderr   *bytes.Buffer
 }
 
-// kmsAWS returns the Debian awscli, skipping the test when it is missing.
+// kmsAWS returns the Debian awscli (a missing prerequisite otherwise).
 func kmsAWS(t *testing.T) string {
 	t.Helper()
-	if _, err := os.Stat("/usr/bin/aws"); err != nil {
-		t.Skip("awscli (/usr/bin/aws) not installed: apt-get install awscli")
-	}
+	mountRequireFile(t, "/usr/bin/aws", "awscli")
 	return "/usr/bin/aws"
+}
+
+// kmsB64 decodes a base64 field of a KMS response.
+func kmsB64(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatalf("base64 %q: %v", s, err)
+	}
+	return b
 }
 
 func kmsStartServer(t *testing.T, extra ...string) *kmsHarness {
@@ -272,8 +280,15 @@ func (h *kmsHarness) rawRequest(akid, secret, op string, body []byte, signedAt t
 	var e struct {
 		Type string `json:"__type"`
 	}
-	b, _ := io.ReadAll(resp.Body)
-	json.Unmarshal(b, &e)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		if err := json.Unmarshal(b, &e); err != nil {
+			h.t.Fatalf("error response %d is not KMS JSON (%v): %s", resp.StatusCode, err, b)
+		}
+	}
 	return resp.StatusCode, e.Type
 }
 
@@ -302,7 +317,7 @@ func TestKMSServeCLIRoundTripAndEncryptLimit(t *testing.T) {
 	}
 	var dk struct{ CiphertextBlob, Plaintext, KeyId string }
 	h.awsJSON(kmsAliceKey, &dk, "generate-data-key", "--key-id", id, "--key-spec", "AES_256", "--encryption-context", "volume=v1,file=f1")
-	blob, _ := base64.StdEncoding.DecodeString(dk.CiphertextBlob)
+	blob := kmsB64(t, dk.CiphertextBlob)
 	if err := os.WriteFile(filepath.Join(h.dir, "dk.bin"), blob, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -315,8 +330,12 @@ func TestKMSServeCLIRoundTripAndEncryptLimit(t *testing.T) {
 	h.awsFails(kmsAliceKey, "InvalidCiphertextException", "decrypt", "--ciphertext-blob", "fileb://dk.bin", "--encryption-context", "volume=v1")
 
 	// Encrypt takes at most 4096 bytes of plaintext.
-	os.WriteFile(filepath.Join(h.dir, "4096"), bytes.Repeat([]byte{'a'}, 4096), 0o600)
-	os.WriteFile(filepath.Join(h.dir, "4097"), bytes.Repeat([]byte{'a'}, 4097), 0o600)
+	if err := os.WriteFile(filepath.Join(h.dir, "4096"), bytes.Repeat([]byte{'a'}, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.dir, "4097"), bytes.Repeat([]byte{'a'}, 4097), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var enc struct{ CiphertextBlob string }
 	h.awsJSON(kmsAliceKey, &enc, "encrypt", "--key-id", id, "--plaintext", "fileb://4096")
 	h.awsFails(kmsAliceKey, "ValidationException", "encrypt", "--key-id", id, "--plaintext", "fileb://4097")
@@ -325,7 +344,7 @@ func TestKMSServeCLIRoundTripAndEncryptLimit(t *testing.T) {
 	if _, err := h.aws(kmsAliceKey, "create-alias", "--alias-name", "alias/cli", "--target-key-id", id); err != nil {
 		t.Fatal(err)
 	}
-	ct, _ := base64.StdEncoding.DecodeString(enc.CiphertextBlob)
+	ct := kmsB64(t, enc.CiphertextBlob)
 	pt, _, err := h.client(kmsAliceKey, awskms.Options{}).Decrypt(context.Background(), "alias/cli", ct, nil)
 	if err != nil || !bytes.Equal(pt, bytes.Repeat([]byte{'a'}, 4096)) {
 		t.Fatalf("Go SDK decrypt of CLI ciphertext: %v", err)
@@ -345,7 +364,9 @@ func TestKMSServeDisableEnableAndDeletionWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600)
+	if err := os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	decrypt := []string{"decrypt", "--ciphertext-blob", "fileb://ct.bin", "--encryption-context", "k=v"}
 
 	// A disabled key refuses use at once, and works again when enabled.
@@ -413,7 +434,9 @@ func TestKMSServeRotationKeepsOldCiphertext(t *testing.T) {
 		t.Fatal("after rotation new ciphertext still names the old material version")
 	}
 	for _, dk := range []kms.DataKey{old, fresh} {
-		os.WriteFile(filepath.Join(h.dir, "dk.bin"), dk.CiphertextBlob, 0o600)
+		if err := os.WriteFile(filepath.Join(h.dir, "dk.bin"), dk.CiphertextBlob, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		var dec struct{ Plaintext string }
 		h.awsJSON(kmsAliceKey, &dec, "decrypt", "--ciphertext-blob", "fileb://dk.bin", "--encryption-context", "volume=v")
 		if dec.Plaintext != base64.StdEncoding.EncodeToString(dk.Plaintext) {
@@ -500,8 +523,10 @@ func TestKMSServePolicyDenyBeatsAllow(t *testing.T) {
 	id, arn := h.createKey(kmsAliceKey)
 	var enc struct{ CiphertextBlob string }
 	h.awsJSON(kmsBobKey, &enc, "encrypt", "--key-id", id, "--plaintext", "aGVsbG8=", "--encryption-context", "team=red")
-	ct, _ := base64.StdEncoding.DecodeString(enc.CiphertextBlob)
-	os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600)
+	ct := kmsB64(t, enc.CiphertextBlob)
+	if err := os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	decrypt := []string{"decrypt", "--ciphertext-blob", "fileb://ct.bin", "--encryption-context", "team=red"}
 	if _, err := h.aws(kmsBobKey, decrypt...); err != nil {
 		t.Fatalf("bob under the default policy: %v", err)
@@ -516,7 +541,9 @@ func TestKMSServePolicyDenyBeatsAllow(t *testing.T) {
 	 {"Sid":"BobAlsoAllowed","Effect":"Allow","Principal":{"AWS":"` + kmsBobARN + `"},"Action":"kms:Decrypt","Resource":"` + arn + `"},
 	 {"Sid":"NoRedForBob","Effect":"Deny","Principal":{"AWS":"` + kmsBobARN + `"},"Action":"kms:Decrypt","Resource":"*",
 	  "Condition":{"ForAnyValue:StringLike":{"kms:EncryptionContextKeys":"te*"},"StringEquals":{"kms:EncryptionContext:team":"red"}}}]}`
-	os.WriteFile(filepath.Join(h.dir, "policy.json"), []byte(policy), 0o600)
+	if err := os.WriteFile(filepath.Join(h.dir, "policy.json"), []byte(policy), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := h.aws(kmsAliceKey, "put-key-policy", "--key-id", id, "--policy-name", "default", "--policy", "file://policy.json"); err != nil {
 		t.Fatal(err)
 	}
@@ -527,8 +554,10 @@ func TestKMSServePolicyDenyBeatsAllow(t *testing.T) {
 	// Bob may still decrypt other contexts.
 	var enc2 struct{ CiphertextBlob string }
 	h.awsJSON(kmsBobKey, &enc2, "encrypt", "--key-id", id, "--plaintext", "aGVsbG8=", "--encryption-context", "team=blue")
-	ct2, _ := base64.StdEncoding.DecodeString(enc2.CiphertextBlob)
-	os.WriteFile(filepath.Join(h.dir, "ct2.bin"), ct2, 0o600)
+	ct2 := kmsB64(t, enc2.CiphertextBlob)
+	if err := os.WriteFile(filepath.Join(h.dir, "ct2.bin"), ct2, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := h.aws(kmsBobKey, "decrypt", "--ciphertext-blob", "fileb://ct2.bin", "--encryption-context", "team=blue"); err != nil {
 		t.Fatalf("bob on team=blue: %v", err)
 	}
@@ -541,11 +570,15 @@ func TestKMSServeGrantThenRevoke(t *testing.T) {
 	kmsAWS(t)
 	h := kmsStartServer(t)
 	id, arn := h.createKey(kmsAliceKey)
-	os.WriteFile(filepath.Join(h.dir, "pt"), []byte("data"), 0o600)
+	if err := os.WriteFile(filepath.Join(h.dir, "pt"), []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var enc struct{ CiphertextBlob string }
 	h.awsJSON(kmsAliceKey, &enc, "encrypt", "--key-id", id, "--plaintext", "fileb://pt", "--encryption-context", "app=x")
-	ct, _ := base64.StdEncoding.DecodeString(enc.CiphertextBlob)
-	os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600)
+	ct := kmsB64(t, enc.CiphertextBlob)
+	if err := os.WriteFile(filepath.Join(h.dir, "ct.bin"), ct, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	decrypt := []string{"decrypt", "--ciphertext-blob", "fileb://ct.bin", "--encryption-context", "app=x"}
 	h.awsFails(kmsMalloryKey, "AccessDeniedException", decrypt...)
 
@@ -649,7 +682,9 @@ func TestKMSAuditVerifyDetectsEditedAndRemovedLines(t *testing.T) {
 
 	write := func(name string, ls []string) string {
 		p := filepath.Join(h.dir, name)
-		os.WriteFile(p, []byte(strings.Join(ls, "")), 0o600)
+		if err := os.WriteFile(p, []byte(strings.Join(ls, "")), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		return p
 	}
 	edited := append([]string(nil), lines...)

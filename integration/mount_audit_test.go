@@ -49,7 +49,9 @@ func TestMountAuditLogOnTheEmbeddedKMS(t *testing.T) {
 	}
 	v.run("kms", "audit", "verify", audit) // fails the test unless the chain is intact
 	edited := strings.Replace(log, `"operation":"Decrypt"`, `"operation":"Encrypt"`, 1)
-	os.WriteFile(audit, []byte(edited), 0o600)
+	if err := os.WriteFile(audit, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := v.tryRun("kms", "audit", "verify", audit); err == nil {
 		t.Fatalf("audit verify passed an edited log:\n%s", out)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -39,7 +40,7 @@ type mountCrashWriter struct {
 	big     bool  // write 256 KiB..1 MiB per request
 	size    int64 // for overlay: the synced size
 	maxEnd  int64 // highest offset a write was attempted up to
-	writes  int
+	writes  atomic.Int64
 }
 
 func (w *mountCrashWriter) run(rng *rand.Rand, stop <-chan struct{}) {
@@ -72,11 +73,27 @@ func (w *mountCrashWriter) run(rng *rand.Rand, stop <-chan struct{}) {
 		if _, err := f.WriteAt(mountCrashContent(w.file, version, off, n), off); err != nil {
 			return
 		}
-		w.writes++
+		w.writes.Add(1)
 		if !w.overlay {
 			off += int64(n)
 		}
 	}
+}
+
+// mountCrashWhileWriting returns when the kill may come: every writer has
+// written at least once, and then the seeded random delay has passed, so
+// that the crash falls at a replayable point in the middle of the writes.
+func mountCrashWhileWriting(t *testing.T, writers []*mountCrashWriter, delay time.Duration) {
+	t.Helper()
+	mountWaitFor(t, 30*time.Second, "every writer's first write", func() bool {
+		for _, w := range writers {
+			if w.writes.Load() == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(delay) // part of the test: the seeded crash point
 }
 
 // TestMountCrash kills a foreground kmsfs with SIGKILL while writers are
@@ -134,7 +151,9 @@ func TestMountCrash(t *testing.T) {
 		if err := f.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		f.Close()
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
 
 		// Unsynced writers, running when kmsfs dies.
 		var writers []*mountCrashWriter
@@ -152,7 +171,7 @@ func TestMountCrash(t *testing.T) {
 				w.run(wrng, stop)
 			}(w, rand.New(rand.NewPCG(seed, uint64(100*round+i))))
 		}
-		time.Sleep(time.Duration(200+rng.IntN(300)) * time.Millisecond)
+		mountCrashWhileWriting(t, writers, time.Duration(200+rng.IntN(300))*time.Millisecond)
 		if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +184,7 @@ func TestMountCrash(t *testing.T) {
 		close(stop)
 		wg.Wait()
 		for _, w := range writers {
-			t.Logf("round %d: %s: %d writes up to offset %d when killed", round, w.path[len(v.mnt):], w.writes, w.maxEnd)
+			t.Logf("round %d: %s: %d writes up to offset %d when killed", round, w.path[len(v.mnt):], w.writes.Load(), w.maxEnd)
 		}
 		if out, err := exec.Command("fusermount3", "-u", "-z", v.mnt).CombinedOutput(); err != nil {
 			if out2, err2 := exec.Command("umount", "-l", v.mnt).CombinedOutput(); err2 != nil {
@@ -260,7 +279,9 @@ func TestMountCrashTornBlocks(t *testing.T) {
 			if err := f.Sync(); err != nil {
 				t.Fatal(err)
 			}
-			f.Close()
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
 			writers = append(writers, &mountCrashWriter{path: v.path(name), file: fileNo, overlay: true, size: size, big: true})
 		}
 		stop := make(chan struct{})
@@ -272,7 +293,7 @@ func TestMountCrashTornBlocks(t *testing.T) {
 				w.run(wrng, stop)
 			}(w, rand.New(rand.NewPCG(seed, uint64(10*round+i))))
 		}
-		time.Sleep(time.Duration(100+rng.IntN(400)) * time.Millisecond)
+		mountCrashWhileWriting(t, writers, time.Duration(100+rng.IntN(400))*time.Millisecond)
 		if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -291,7 +312,7 @@ func TestMountCrashTornBlocks(t *testing.T) {
 		for _, w := range writers {
 			if _, err := os.ReadFile(w.path); err != nil {
 				t.Errorf("round %d: %s (fsynced, then overwritten in place when kmsfs was killed after %d writes): %v; want every block old or new",
-					round, w.path[len(v.mnt):], w.writes, err)
+					round, w.path[len(v.mnt):], w.writes.Load(), err)
 				continue
 			}
 			mountCheckUnsynced(t, w)

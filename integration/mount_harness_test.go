@@ -7,6 +7,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -17,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/kmsfs/kmsfs/keycache"
 )
 
 // mountFuseSuperMagic is FUSE_SUPER_MAGIC from linux/magic.h: what statfs
@@ -31,14 +32,6 @@ const (
 	mountBlockSize       = 4096
 	mountCipherBlockSize = 12 + mountBlockSize + 16
 )
-
-// mountRequireFuse skips the test when the machine cannot mount FUSE.
-func mountRequireFuse(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("no /dev/fuse, cannot mount: %v", err)
-	}
-}
 
 // mountVolume is one kmsfs volume with its own embedded keystore, its
 // backing directory, a mount point and the mount's log file.
@@ -310,6 +303,33 @@ func mountWaitUnmounted(dir string, timeout time.Duration) bool {
 	return true
 }
 
+// mountWaitFor polls cond until it holds, failing the test if it still
+// does not after timeout; what names the condition in the failure.
+func mountWaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still waiting after %v for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// keyCacheStats is the key cache part of `kmsfs stats --json` of the
+// mounted volume.
+func (v *mountVolume) keyCacheStats() keycache.Stats {
+	v.t.Helper()
+	var snap struct {
+		Cache keycache.Stats `json:"cache"`
+	}
+	out := v.run("stats", "--json", v.mnt)
+	if err := json.Unmarshal([]byte(out), &snap); err != nil {
+		v.t.Fatalf("kmsfs stats --json: %v\n%s", err, out)
+	}
+	return snap.Cache
+}
+
 // mountExecOut runs a tool (cp, rsync, diff, fio, ...) and returns its
 // combined output and error.
 func mountExecOut(name string, args ...string) (string, error) {
@@ -327,14 +347,6 @@ func mountExec(t *testing.T, name string, args ...string) string {
 	return out
 }
 
-// mountRequireTool skips when a tool CI installs is missing on this machine.
-func mountRequireTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed", name)
-	}
-}
-
 // mountErrno extracts the errno from an *os.PathError (or any wrapped
 // syscall.Errno), 0 if there is none.
 func mountErrno(err error) syscall.Errno {
@@ -343,16 +355,6 @@ func mountErrno(err error) syscall.Errno {
 		return e
 	}
 	return 0
-}
-
-// mountFreeBytes is the space available to unprivileged users on dir's fs.
-func mountFreeBytes(t *testing.T, dir string) uint64 {
-	t.Helper()
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Bavail * uint64(st.Bsize)
 }
 
 // mountGrepBacking returns the backing files (outside .kmsfs) whose bytes

@@ -15,9 +15,7 @@ import (
 // by the next write; a file written in many requests loses them at the
 // first. (File capabilities: TestMountFileCapabilities.)
 func TestMountKillSetid(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to act as another user")
-	}
+	mountRequireRoot(t, "act as another user")
 	v := mountNewVolume(t)
 	v.letOthersReach()
 	v.mount("--allow-other")
@@ -96,7 +94,9 @@ func TestMountKillSetid(t *testing.T) {
 	if _, err := f.WriteString("by root\n"); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	wantMode("root", 0o755|os.ModeSetuid)
 
 	// Within one mount: the bit comes back with a chmod after a write that

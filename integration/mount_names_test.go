@@ -73,7 +73,10 @@ func TestMountEncryptedNames(t *testing.T) {
 			t.Errorf("backing path %s is a plaintext name", p)
 		}
 		if d.Type()&os.ModeSymlink != 0 {
-			target, _ := os.Readlink(p)
+			target, err := os.Readlink(p)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if strings.Contains(target, "target.txt") || strings.Contains(target, "hostname") || strings.Contains(target, "does/not") {
 				t.Errorf("backing symlink %s points at plaintext %q", p, target)
 			}

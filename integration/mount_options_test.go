@@ -179,9 +179,7 @@ func TestMountReturnsOutput(t *testing.T) {
 // in (FUSE's rule); with it other users do, and the kernel still checks
 // the file modes (default_permissions).
 func TestMountAllowOther(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to act as another user")
-	}
+	mountRequireRoot(t, "act as another user")
 	v := mountNewVolume(t)
 	v.letOthersReach()
 	asNobody := func(args ...string) error {

@@ -91,7 +91,9 @@ func TestMountPOSIX(t *testing.T) {
 		if _, err := f.WriteAt(patch, 4090); err != nil {
 			t.Fatal(err)
 		}
-		f.Close()
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
 		copy(data[4090:], patch)
 		mountExpectContent(t, b, data)
 		// The second name outlives the first.
@@ -476,9 +478,7 @@ func TestMountLargeFile(t *testing.T) {
 		t.Skip("writes ~4 GiB; skipped with -short")
 	}
 	v := mountNewVolume(t)
-	if free := mountFreeBytes(t, v.vault); free < 10<<30 {
-		t.Skipf("only %d GiB free next to the backing directory; want 10", free>>30)
-	}
+	mountRequireFreeBytes(t, filepath.Dir(v.vault), 10<<30)
 	v.mount()
 	p := v.path("big")
 	const off = 4<<30 + 100

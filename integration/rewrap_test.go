@@ -48,20 +48,27 @@ func TestRewrapOnRemoteKMS(t *testing.T) {
 	 {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::` + kmsAccount + `:root"},"Action":"kms:*","Resource":"*"},
 	 {"Effect":"Deny","Principal":{"AWS":"*"},"Action":"kms:ReEncryptTo","Resource":"*"}]}`
 	policyFile := filepath.Join(h.dir, "no-reencrypt-to.json")
-	os.WriteFile(policyFile, []byte(policy), 0o600)
+	if err := os.WriteFile(policyFile, []byte(policy), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := h.aws(kmsAliceKey, "put-key-policy", "--key-id", keyB, "--policy-name", "default", "--policy", "file://"+policyFile); err != nil {
 		t.Fatal(err)
 	}
-	configBefore, _ := os.ReadFile(v.backing(".kmsfs/volume.json"))
+	configBefore, err := os.ReadFile(v.backing(".kmsfs/volume.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if out, err := v.tryRun("rewrap", "--to-key", keyB, v.vault); err == nil || !strings.Contains(out, "AccessDeniedException") {
 		t.Fatalf("rewrap to a key whose policy denies ReEncryptTo: %v\n%s", err, out)
 	}
-	if configAfter, _ := os.ReadFile(v.backing(".kmsfs/volume.json")); string(configAfter) != string(configBefore) {
-		t.Fatal("a refused rewrap changed the volume config")
+	if configAfter, err := os.ReadFile(v.backing(".kmsfs/volume.json")); err != nil || string(configAfter) != string(configBefore) {
+		t.Fatalf("a refused rewrap changed the volume config (%v)", err)
 	}
 	policy = `{"Version":"2012-10-17","Statement":[
 	 {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::` + kmsAccount + `:root"},"Action":"kms:*","Resource":"*"}]}`
-	os.WriteFile(policyFile, []byte(policy), 0o600)
+	if err := os.WriteFile(policyFile, []byte(policy), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := h.aws(kmsAliceKey, "put-key-policy", "--key-id", keyB, "--policy-name", "default", "--policy", "file://"+policyFile); err != nil {
 		t.Fatal(err)
 	}
@@ -87,8 +94,11 @@ func TestRewrapOnRemoteKMS(t *testing.T) {
 	var cfg struct {
 		KeyID string `json:"kms_key_id"`
 	}
-	data, _ := os.ReadFile(v.backing(".kmsfs/volume.json"))
-	if json.Unmarshal(data, &cfg); cfg.KeyID != arnB {
+	data, err := os.ReadFile(v.backing(".kmsfs/volume.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &cfg); err != nil || cfg.KeyID != arnB {
 		t.Fatalf("volume config names %s after the rewrap, want %s", cfg.KeyID, arnB)
 	}
 
@@ -136,11 +146,13 @@ func rewrapKeyedFiles(t *testing.T, root string) int {
 }
 
 // TestRewrapOnS3 rewraps a volume in an S3 bucket (versitygw) under a second
-// key of the embedded KMS, interrupting a first attempt with SIGINT: the
-// interrupted run leaves every file readable, the next resumes and finishes,
-// and with the first key disabled the mount reads the tree back as copied
-// (times included: a rewrap changes no plaintext file). awscli reads the
-// objects to check each header names the new key.
+// key of the embedded KMS. A first run goes through a proxy that refuses
+// every write to a file after the first few, as an S3 outage would: it
+// stops with those files failed, every file still readable, and a
+// checkpoint; the next run resumes at the checkpoint and finishes. With the
+// first key disabled the mount reads the tree back as copied (times
+// included: a rewrap changes no plaintext file). awscli reads the objects
+// to check each header names the new key.
 func TestRewrapOnS3(t *testing.T) {
 	const prefix = "rewrapped"
 	g, v, src, want := s3MountedVolume(t, prefix)
@@ -163,54 +175,40 @@ func TestRewrapOnS3(t *testing.T) {
 	if keyB == "" {
 		t.Fatal("kms create-key printed no key")
 	}
-	rewrap := append(append([]string{"rewrap", "--to-key", keyB, "--parallel", "1", "--progress-interval", "100ms"}, g.flags()...), v.vault)
+	rewrap := func(endpoint string) []string {
+		return []string{"rewrap", "--to-key", keyB, "--parallel", "1", "--s3-endpoint", endpoint, "--s3-path-style", v.vault}
+	}
 
-	// Interrupt the first run once it has reported progress.
-	cmd := v.command(rewrap...)
-	var stdout strings.Builder
-	cmd.Stdout = &stdout
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
+	// The first run: the files after the first few fail to be written.
+	const admitted = 3
+	proxy := s3StartProxy(t, g, s3RefuseWritesAfter("/"+s3Bucket+"/"+prefix+"/cp/", admitted))
+	out, err := v.tryRun(rewrap(proxy.endpoint)...)
+	if err == nil || strings.Contains(out, " 0 failed") {
+		t.Fatalf("rewrap through a failing S3 succeeded:\n%s", out)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	var seen strings.Builder
-	for !strings.Contains(seen.String(), "kmsfs rewrap: ") {
-		n, err := stderr.Read(buf)
-		if err != nil {
-			cmd.Wait()
-			t.Fatalf("rewrap ended before reporting progress: %v\n%s%s", err, seen.String(), stdout.String())
-		}
-		seen.Write(buf[:n])
-	}
-	cmd.Process.Signal(os.Interrupt)
-	go func() {
-		for {
-			if _, err := stderr.Read(buf); err != nil {
-				return
-			}
-		}
-	}()
-	if err := cmd.Wait(); err == nil {
-		t.Log("the first rewrap finished before the interrupt reached it")
+	if n := proxy.refusedCount(); n == 0 {
+		t.Fatalf("the proxy refused no write; the rewrap was not interrupted:\n%s", out)
 	}
 	var job struct {
 		Finished    bool   `json:"finished"`
 		DoneThrough string `json:"done_through"`
 	}
-	json.Unmarshal(g.get(t, prefix+"/.kmsfs/rewrap.json"), &job)
-	if !job.Finished && job.DoneThrough == "" {
-		t.Fatal("an interrupted rewrap recorded no progress")
+	if err := json.Unmarshal(g.get(t, prefix+"/.kmsfs/rewrap.json"), &job); err != nil {
+		t.Fatal(err)
 	}
+	if job.Finished || !strings.HasPrefix(job.DoneThrough, "cp/") {
+		t.Fatalf("the interrupted rewrap recorded %+v; want unfinished, done through a file under cp/", job)
+	}
+	// Every file reads back meanwhile, under one key or the other.
+	v.mount(g.flags()...)
+	mountCompareSnapshots(t, "after the interrupted rewrap", want, s3Snapshot(t, dst))
+	v.unmount()
 
-	out := v.run(rewrap...)
+	out = v.run(rewrap(g.endpoint)...)
 	if !strings.Contains(out, " 0 failed") {
 		t.Fatalf("resumed rewrap:\n%s", out)
 	}
-	if !job.Finished && !strings.Contains(out, "resuming an interrupted rewrap") {
+	if !strings.Contains(out, "resuming an interrupted rewrap") {
 		t.Errorf("the second run did not resume the first:\n%s", out)
 	}
 	v.run("kms", "disable", cfg.KeyID)
@@ -232,7 +230,10 @@ func TestRewrapOnS3(t *testing.T) {
 		key := strings.Join(f[3:], " ")
 		obj := filepath.Join(t.TempDir(), "obj")
 		g.aws(t, "s3", "cp", "s3://"+s3Bucket+"/"+key, obj)
-		data, _ := os.ReadFile(obj)
+		data, err := os.ReadFile(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
 		p, err := envelope.ParseHeader(data)
 		if err != nil {
 			continue // a symlink or directory marker

@@ -13,10 +13,15 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,31 +44,11 @@ type s3Gateway struct {
 	client   *s3.Client
 }
 
-func s3FindVersitygw() string {
-	if p, err := exec.LookPath("versitygw"); err == nil {
-		return p
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		if p := filepath.Join(home, "go", "bin", "versitygw"); s3FileExists(p) {
-			return p
-		}
-	}
-	return ""
-}
-
-func s3FileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
 // s3StartGateway starts versitygw on a free port and points the AWS
 // credential chain (environment) of this process and its children at it.
 func s3StartGateway(t *testing.T) *s3Gateway {
 	t.Helper()
-	bin := s3FindVersitygw()
-	if bin == "" {
-		t.Skip("versitygw not installed (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
-	}
+	bin := mountRequireTool(t, "versitygw")
 	root := t.TempDir()
 	if err := os.Mkdir(filepath.Join(root, s3Bucket), 0o700); err != nil {
 		t.Fatal(err)
@@ -139,10 +124,7 @@ func (g *s3Gateway) flags() []string {
 // aws runs the Debian awscli against the gateway.
 func (g *s3Gateway) aws(t *testing.T, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath("aws"); err != nil {
-		t.Skip("awscli not installed")
-	}
-	cmd := exec.Command("aws", append([]string{"--endpoint-url", g.endpoint}, args...)...)
+	cmd := exec.Command(kmsAWS(t), append([]string{"--endpoint-url", g.endpoint}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("aws %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -196,13 +178,7 @@ func s3NewVolume(t *testing.T, g *s3Gateway, prefix string, initArgs ...string) 
 		t.Fatal(err)
 	}
 	t.Cleanup(v.cleanup)
-	out, err := v.tryRun(append(append(append([]string{"init"}, g.flags()...), initArgs...), v.vault)...)
-	if err != nil {
-		if strings.Contains(out, "not available in this build") {
-			t.Skipf("this kmsfs has no S3 backend wired (volume/open_s3.go must call s3.New): %s", out)
-		}
-		t.Fatalf("kmsfs init %s: %v\n%s", v.vault, err, out)
-	}
+	v.run(append(append(append([]string{"init"}, g.flags()...), initArgs...), v.vault)...)
 	return v
 }
 
@@ -234,12 +210,16 @@ func s3MakeTree(t *testing.T, root string) mountTreeInfo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(p)
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	big := filepath.Join(root, "big", "large.bin")
-	os.MkdirAll(filepath.Dir(big), 0o755)
+	if err := os.MkdirAll(filepath.Dir(big), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(big, mountContent(rand.New(rand.NewPCG(7, 7)), 20<<20+77), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -374,65 +354,63 @@ func TestS3MountCopyTree(t *testing.T) {
 
 // TestS3MountCrashDuringUpload kills the mount (SIGKILL) while it uploads a
 // new version of a large file: the old object must stay whole, and the
-// orphaned multipart upload must be gone after the next mount.
+// orphaned multipart upload must be gone after the next mount. The mount
+// that is killed talks to S3 through a proxy that holds the upload's
+// completion, so the kill always falls inside the upload.
 func TestS3MountCrashDuringUpload(t *testing.T) {
 	g := s3StartGateway(t)
 	const prefix = "crash"
 	v := s3NewVolume(t, g, prefix)
 	key := prefix + "/big"
 	old := mountContent(rand.New(rand.NewPCG(1, 2)), 24<<20)
-	var oldObject []byte
-	for attempt := 1; ; attempt++ {
-		p := v.mountForeground(g.flags()...)
-		if oldObject == nil {
-			if err := os.WriteFile(v.path("big"), old, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			oldObject = g.get(t, key)
+	v.mount(g.flags()...)
+	if err := os.WriteFile(v.path("big"), old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v.unmount()
+	oldObject := g.get(t, key)
+
+	objectPath := "/" + s3Bucket + "/" + key
+	proxy := s3StartProxy(t, g, func(_ *s3Proxy, r *http.Request) s3ProxyAction {
+		if r.Method == http.MethodPost && r.URL.Path == objectPath && r.URL.Query().Has("uploadId") {
+			return s3Hold // CompleteMultipartUpload
 		}
-		// A new version, large enough to take a while: 128 MiB, 16 parts.
-		// notrunc: a truncation is a change of its own (ftruncate commits
-		// an empty file); this is about an upload killed half way.
-		writer := exec.Command("dd", "if=/dev/zero", "of="+v.path("big"), "bs=1M", "count=128", "conv=notrunc,fsync")
-		if err := writer.Start(); err != nil {
-			t.Fatal(err)
-		}
-		caught := false
-		deadline := time.Now().Add(60 * time.Second)
-		for !caught && time.Now().Before(deadline) {
-			if len(g.uploads(t, key)) > 0 {
-				caught = true
-				break
-			}
-			if done, _ := p.wait(0); done {
-				break
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		if caught {
-			p.cmd.Process.Signal(syscall.SIGKILL)
-		}
-		writerErr := make(chan error, 1)
-		go func() { writerErr <- writer.Wait() }()
-		if caught {
-			p.wait(10 * time.Second)
-			exec.Command("umount", "-l", v.mnt).Run()
-			mountWaitUnmounted(v.mnt, 10*time.Second)
-		}
-		<-writerErr
-		if caught {
-			break
-		}
-		// The upload finished before we saw it: put the old content back
-		// and try again.
-		if attempt == 3 {
-			t.Fatal("never caught the multipart upload in progress")
-		}
-		if err := os.WriteFile(v.path("big"), old, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		oldObject = g.get(t, key)
-		v.unmount()
+		return s3Pass
+	})
+	p := v.mountForeground("--s3-endpoint", proxy.endpoint, "--s3-path-style")
+	// A new version, large enough for a multipart upload: 128 MiB, 16
+	// parts. notrunc: a truncation is a change of its own (ftruncate
+	// commits an empty file); this is about an upload killed half way.
+	writer := exec.Command("dd", "if=/dev/zero", "of="+v.path("big"), "bs=1M", "count=128", "conv=notrunc,fsync")
+	if err := writer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	writerErr := make(chan error, 1)
+	go func() { writerErr <- writer.Wait() }()
+	select {
+	case <-proxy.held:
+	case err := <-writerErr:
+		t.Fatalf("dd ended (%v) before the upload was completed", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("no CompleteMultipartUpload within 60s")
+	}
+	if len(g.uploads(t, key)) == 0 {
+		t.Fatal("the upload is being completed, yet the gateway lists no upload in progress")
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if done, _ := p.wait(10 * time.Second); !done {
+		t.Fatal("kmsfs still running 10s after SIGKILL")
+	}
+	if out, err := exec.Command("umount", "-l", v.mnt).CombinedOutput(); err != nil {
+		t.Fatalf("umount -l after SIGKILL: %v: %s", err, out)
+	}
+	if !mountWaitUnmounted(v.mnt, 10*time.Second) {
+		t.Fatal("the killed mount is still listed")
+	}
+	if err := <-writerErr; err == nil {
+		t.Error("dd succeeded although the mount died before its fsync returned")
 	}
 	if got := g.get(t, key); !bytes.Equal(got, oldObject) {
 		t.Fatalf("after kill -9 during upload the object changed (%d bytes, was %d)", len(got), len(oldObject))
@@ -476,4 +454,96 @@ func TestS3MountFio(t *testing.T) {
 	if ups := g.uploads(t, prefix+"/"); len(ups) != 0 {
 		t.Errorf("multipart uploads left: %v", ups)
 	}
+}
+
+// s3Proxy stands between kmsfs and the gateway and decides, request by
+// request, to pass it on, refuse it with an S3 AccessDenied error (which
+// the SDK does not retry), or hold it until the client gives up: a
+// deterministic S3 fault at a chosen point of a job. Requests keep their
+// Host header, so the gateway still verifies their SigV4 signatures.
+type s3Proxy struct {
+	endpoint string
+	held     chan struct{} // closed when the first request is held
+	stop     chan struct{} // closed at cleanup: held requests end
+
+	mu       sync.Mutex
+	admitted map[string]bool // objects s3RefuseWritesAfter lets through
+	refused  int
+	holdOnce sync.Once
+}
+
+type s3ProxyAction int
+
+const (
+	s3Pass s3ProxyAction = iota
+	s3Refuse
+	s3Hold
+)
+
+// s3StartProxy proxies to g, asking decide about every request.
+func s3StartProxy(t *testing.T, g *s3Gateway, decide func(p *s3Proxy, r *http.Request) s3ProxyAction) *s3Proxy {
+	t.Helper()
+	target, err := url.Parse(g.endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &s3Proxy{admitted: map[string]bool{}, held: make(chan struct{}), stop: make(chan struct{})}
+	rp := &httputil.ReverseProxy{Director: func(r *http.Request) {
+		r.URL.Scheme, r.URL.Host = target.Scheme, target.Host
+	}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch decide(p, r) {
+		case s3Refuse:
+			p.mu.Lock()
+			p.refused++
+			p.mu.Unlock()
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>refused by the test's proxy</Message><Resource>%s</Resource></Error>`, r.URL.Path)
+		case s3Hold:
+			// Read the body first: only then does the server notice
+			// that the client has gone (and cancel r.Context()).
+			if _, err := io.Copy(io.Discard, r.Body); err != nil {
+				return
+			}
+			p.holdOnce.Do(func() { close(p.held) })
+			select {
+			case <-r.Context().Done():
+			case <-p.stop:
+			}
+		default:
+			rp.ServeHTTP(w, r)
+		}
+	}))
+	// Cleanups run last-in first-out: held requests end, then the server
+	// closes (which waits for them).
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(p.stop) })
+	p.endpoint = srv.URL
+	return p
+}
+
+// s3RefuseWritesAfter lets requests that change objects under pathPrefix
+// (a path-style URL path: /bucket/key-prefix) write the first admit such
+// objects, as often as they like, and refuses writes to any other.
+func s3RefuseWritesAfter(pathPrefix string, admit int) func(*s3Proxy, *http.Request) s3ProxyAction {
+	return func(p *s3Proxy, r *http.Request) s3ProxyAction {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead || !strings.HasPrefix(r.URL.Path, pathPrefix) {
+			return s3Pass
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if !p.admitted[r.URL.Path] && len(p.admitted) >= admit {
+			return s3Refuse
+		}
+		p.admitted[r.URL.Path] = true
+		return s3Pass
+	}
+}
+
+// refusedCount is how many requests the proxy has refused.
+func (p *s3Proxy) refusedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
@@ -19,10 +18,6 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/kms"
 )
-
-// RewrapJobName is the metadata object that records a rewrap in progress,
-// so that an interrupted one resumes where it stopped.
-const RewrapJobName = "rewrap.json"
 
 // RewrapOptions configure Rewrap.
 type RewrapOptions struct {
@@ -50,26 +45,6 @@ type RewrapProgress struct {
 	ReEncrypts int    // KMS ReEncrypt calls (one per file; one per bucket key in bucket-key mode)
 	KeyARN     string // the destination key's ARN, once known
 	Done       bool
-}
-
-// rewrapJob is the record kept in RewrapJobName while a rewrap runs. It
-// holds no secret.
-type rewrapJob struct {
-	// ToKey is what the user asked for ("" = the volume's key), so that a
-	// resumed run with other arguments starts over instead of skipping.
-	ToKey  string `json:"to_key"`
-	KeyARN string `json:"key_arn,omitempty"`
-	// MetaDone: the volume config already names KeyARN and holds the
-	// metadata key re-wrapped under it.
-	MetaDone bool `json:"meta_done"`
-	// Refresh: the destination is the key the volume already used, so every
-	// file is re-wrapped (under its current material), none skipped by ARN.
-	Refresh bool `json:"refresh"`
-	// DoneThrough: every regular file at or before this path, in the walk
-	// order (depth first, names sorted bytewise), is rewrapped and synced.
-	DoneThrough string    `json:"done_through,omitempty"`
-	Started     time.Time `json:"started"`
-	Finished    bool      `json:"finished"`
 }
 
 // Rewrap re-wraps the data key of every file of the volume in be, the
@@ -113,9 +88,12 @@ func Rewrap(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt Rewr
 	}
 	r.id, _ = cfg.ID()
 
-	job, err := r.loadJob(ctx, opt.ToKey)
+	job, resumed, err := loadRewrapCheckpoint(ctx, be, opt.ToKey, time.Now())
 	if err != nil {
 		return prog, err
+	}
+	if resumed {
+		log.Info("resuming an interrupted rewrap", "key", job.KeyARN, "done_through", "/"+job.DoneThrough, "started", job.Started)
 	}
 	r.job = job
 	if !job.MetaDone {
@@ -137,8 +115,7 @@ func Rewrap(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt Rewr
 	}
 
 	// The walk hands out files in order, numbered; workers rewrap them in
-	// any order; the checkpoint advances over the longest numbered prefix
-	// that is done, and stops for good at a file that failed.
+	// any order; the checkpoint advances over them (rewrapCheckpoint.advance).
 	type task struct {
 		seq  int
 		name string
@@ -203,8 +180,6 @@ func Rewrap(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt Rewr
 		close(results)
 	}()
 
-	pending := map[int]result{}
-	next, blocked := 0, false
 	lastReport := time.Now()
 	for res := range results {
 		prog.Files++
@@ -218,23 +193,10 @@ func Rewrap(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt Rewr
 		default:
 			prog.Skipped++
 		}
-		pending[res.seq] = res
-		for !blocked {
-			done, ok := pending[next]
-			if !ok {
-				break
-			}
-			delete(pending, next)
-			if done.err != nil {
-				blocked = true
-				break
-			}
-			job.DoneThrough = done.name
-			next++
-		}
+		job.advance(res.seq, res.name, res.err != nil)
 		if time.Since(lastReport) >= every {
 			lastReport = time.Now()
-			if err := r.saveJob(ctx); err != nil {
+			if err := job.save(ctx, be); err != nil {
 				log.Warn("rewrap: could not save progress", "err", err)
 			}
 			if opt.Progress != nil {
@@ -246,7 +208,7 @@ func Rewrap(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt Rewr
 		walkErr = ctx.Err()
 	}
 	job.Finished = walkErr == nil && prog.Failed == 0
-	if err := r.saveJob(context.WithoutCancel(ctx)); err != nil && walkErr == nil {
+	if err := job.save(context.WithoutCancel(ctx), be); err != nil && walkErr == nil {
 		walkErr = fmt.Errorf("save rewrap progress: %w", err)
 	}
 	prog.Done = job.Finished
@@ -276,7 +238,7 @@ type rewrapper struct {
 	id     [envelope.IDLen]byte
 	layout envelope.Layout
 	log    *slog.Logger
-	job    *rewrapJob
+	job    *rewrapCheckpoint
 	dest   string // destination key ARN
 
 	mu      sync.Mutex
@@ -298,32 +260,6 @@ type rewrappedBucketKey struct {
 	keyARN  string
 	wrapped []byte
 	err     error
-}
-
-func (r *rewrapper) loadJob(ctx context.Context, toKey string) (*rewrapJob, error) {
-	data, err := r.be.ReadMeta(ctx, RewrapJobName)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read rewrap job: %w", err)
-	}
-	if err == nil {
-		var job rewrapJob
-		if err := json.Unmarshal(data, &job); err != nil {
-			return nil, fmt.Errorf("rewrap job %s: %w", RewrapJobName, err)
-		}
-		if !job.Finished && job.ToKey == toKey {
-			r.log.Info("resuming an interrupted rewrap", "key", job.KeyARN, "done_through", "/"+job.DoneThrough, "started", job.Started)
-			return &job, nil
-		}
-	}
-	return &rewrapJob{ToKey: toKey, Started: time.Now().UTC()}, nil
-}
-
-func (r *rewrapper) saveJob(ctx context.Context) error {
-	data, err := json.MarshalIndent(r.job, "", "  ")
-	if err != nil {
-		return err
-	}
-	return r.be.WriteMeta(ctx, RewrapJobName, append(data, '\n'))
 }
 
 // rewrapMetaKey re-wraps the volume's metadata key under the destination
@@ -349,7 +285,7 @@ func (r *rewrapper) rewrapMetaKey(ctx context.Context) error {
 	// metadata key once more.
 	r.job.KeyARN = destARN
 	r.job.Refresh = destARN == r.cfg.KeyID
-	if err := r.saveJob(ctx); err != nil {
+	if err := r.job.save(ctx, r.be); err != nil {
 		return fmt.Errorf("save rewrap job: %w", err)
 	}
 	if err := r.be.WriteMeta(ctx, ConfigName, append(data, '\n')); err != nil {
@@ -357,7 +293,7 @@ func (r *rewrapper) rewrapMetaKey(ctx context.Context) error {
 	}
 	r.cfg = &cfg
 	r.job.MetaDone = true
-	return r.saveJob(ctx)
+	return r.job.save(ctx, r.be)
 }
 
 // rewrapFile rewrites one stored file's key slot. It returns how many
@@ -552,12 +488,8 @@ func walkOrderAfter(a, b string) bool {
 // readable meanwhile, but some are still under the old key, which must not
 // be disabled or deleted yet.
 func (v *Volume) warnUnfinishedRewrap(ctx context.Context) {
-	data, err := v.be.ReadMeta(ctx, RewrapJobName)
-	if err != nil {
-		return
-	}
-	var job rewrapJob
-	if json.Unmarshal(data, &job) == nil && !job.Finished {
+	job, err := readRewrapCheckpoint(ctx, v.be)
+	if err == nil && job != nil && !job.Finished {
 		v.log.Warn("a kmsfs rewrap of this volume was interrupted; some files are still under the old key: run kmsfs rewrap again before disabling it",
 			"to_key", job.KeyARN, "done_through", "/"+job.DoneThrough, "started", job.Started)
 	}

@@ -45,7 +45,9 @@ func rewrapTree(t *testing.T, tv *testVol) map[string][]byte {
 		}
 	}
 	h := tv.open(t, "empty", syscall.O_RDWR|syscall.O_CREAT)
-	h.Close()
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
 	want["empty"] = nil
 	if err := os.Link(filepath.Join(tv.dir, "c/x"), filepath.Join(tv.dir, "linked")); err != nil {
 		t.Fatal(err)
@@ -82,7 +84,9 @@ func checkRewrapTree(t *testing.T, tv *testVol, want map[string][]byte, keyARN s
 		if got := readAll(t, h); !bytes.Equal(got, data) {
 			t.Fatalf("%s: %d bytes back, want %d", name, len(got), len(data))
 		}
-		h.Close()
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
 		st, err := os.Stat(filepath.Join(tv.dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -236,7 +240,9 @@ func TestRewrapResumesAfterAnInterruption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v.Close()
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(logged.String(), "rewrap of this volume was interrupted") {
 		t.Fatalf("opening a volume with an unfinished rewrap logged:\n%s", logged.String())
 	}
@@ -274,13 +280,16 @@ func TestRewrapLeavesACorruptFileAndGoesOn(t *testing.T) {
 	if err := os.WriteFile(bad, garbage, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	keyB, _ := tv.ks.CreateKey(ctx, kms.CreateKeyInput{})
+	keyB, err := tv.ks.CreateKey(ctx, kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	prog, err := Rewrap(ctx, tv.Backend(), tv.ks, RewrapOptions{ToKey: keyB.ARN})
 	if err == nil || prog.Failed != 1 || prog.Rewrapped != 7 {
 		t.Fatalf("rewrap with a corrupt file: %+v, %v; want 1 failed, 7 rewrapped, an error", prog, err)
 	}
-	if got, _ := os.ReadFile(bad); !bytes.Equal(got, garbage) {
-		t.Fatal("the corrupt file was changed")
+	if got, err := os.ReadFile(bad); err != nil || !bytes.Equal(got, garbage) {
+		t.Fatalf("the corrupt file was changed (%v)", err)
 	}
 	checkRewrapTree(t, tv, want, keyB.ARN)
 }
@@ -305,15 +314,25 @@ func TestTornHeaderRewriteIsFinishedOnOpen(t *testing.T) {
 	if _, err := h.WriteAt(ctx, []byte("content"), 0); err != nil {
 		t.Fatal(err)
 	}
-	h.Close()
-	tv.Close()
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tv.Close(); err != nil {
+		t.Fatal(err)
+	}
 	path := filepath.Join(tv.dir, "f")
-	stored, _ := os.ReadFile(path)
+	stored, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	p, err := envelope.ParseHeader(stored)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyB, _ := tv.ks.CreateKey(ctx, kms.CreateKeyInput{})
+	keyB, err := tv.ks.CreateKey(ctx, kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	fctx := fileContext(tv.Config().VolumeID, p.FileID)
 	wrapped, _, arn, err := tv.ks.ReEncrypt(ctx, p.WrappedKey, fctx, keyB.ARN, fctx)
 	if err != nil {

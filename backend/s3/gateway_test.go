@@ -93,7 +93,12 @@ func runWithGateway(m *testing.M) int {
 		return 1
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	logf, _ := os.Create(filepath.Join(dir, "versitygw.log"))
+	logf, err := os.Create(filepath.Join(dir, "versitygw.log"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer logf.Close()
 	cmd := exec.Command(bin, "--port", addr, "posix", root)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+testAccessKey, "ROOT_SECRET_KEY="+testSecretKey)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -132,10 +137,17 @@ func runWithGateway(m *testing.M) int {
 		"AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "no-credentials"),
 		"AWS_EC2_METADATA_DISABLED":   "true",
 	} {
-		os.Setenv(k, v)
+		if err := os.Setenv(k, v); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
-	os.Unsetenv("AWS_PROFILE")
-	os.Unsetenv("AWS_SESSION_TOKEN")
+	for _, k := range []string{"AWS_PROFILE", "AWS_SESSION_TOKEN"} {
+		if err := os.Unsetenv(k); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
 	testGateway.endpoint = "http://" + addr
 	if err := os.Mkdir(filepath.Join(root, testBucket), 0o700); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -144,10 +156,14 @@ func runWithGateway(m *testing.M) int {
 	return m.Run()
 }
 
-// testConfig gives a test its own prefix in the shared bucket.
+// testConfig gives a test its own prefix in the shared bucket. Without
+// the gateway the test is skipped, or fails under CI=true.
 func testConfig(t testing.TB) Config {
 	t.Helper()
 	if testGateway.endpoint == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("missing prerequisite (CI=true, so this fails instead of skipping): %s", testGateway.skipReason)
+		}
 		t.Skip(testGateway.skipReason)
 	}
 	n := testGateway.prefixes.Add(1)

@@ -134,7 +134,8 @@ type Config struct {
 	// LeaseTTL is how long the writer lease (lease.go) outlives its
 	// holder's last renewal; default DefaultLeaseTTL, at least 2 s.
 	LeaseTTL time.Duration
-	// Now is the clock of the lease's local deadlines; default time.Now.
+	// Now is the clock the lookup cache expires by and the lease's local
+	// deadlines are kept on; nil means time.Now.
 	Now func() time.Time
 }
 
@@ -182,6 +183,7 @@ type Backend struct {
 	gid      uint32
 	started  time.Time
 	log      *slog.Logger
+	now      func() time.Time // Config.Now
 
 	mu   sync.Mutex
 	open map[string]*openFile // files open by path, shared by their handles
@@ -204,7 +206,6 @@ type Backend struct {
 	fence      *fence
 	leaseTTL   time.Duration
 	ownsPrefix bool
-	now        func() time.Time
 }
 
 var _ backend.Backend = (*Backend)(nil)

@@ -754,7 +754,9 @@ func TestConditionalCreate(t *testing.T) {
 	}
 	_, err = b.Open(bg, "excl", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
 	wantErrno(t, err, syscall.EEXIST)
-	h.Close()
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	// Two writers of one key without O_EXCL: the last close wins, whole.
 	w1, w2 := newTestBackend(t, cfg), newTestBackend(t, cfg)
@@ -767,8 +769,12 @@ func TestConditionalCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	one, two := bytes.Repeat([]byte("1"), 3000), bytes.Repeat([]byte("2"), 2000)
-	f1.WriteAt(one, 0)
-	f2.WriteAt(two, 0)
+	if _, err := f1.WriteAt(one, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f2.WriteAt(two, 0); err != nil {
+		t.Fatal(err)
+	}
 	if err := f2.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -829,8 +835,9 @@ func TestTwoHandlesOnePath(t *testing.T) {
 	if n, _ := h2.ReadAt(buf, 0); string(buf[:n]) != "new!" {
 		t.Fatalf("unlinked file reads %q", buf[:n])
 	}
-	h1.Close()
-	h2.Close()
+	if err := errors.Join(h1.Close(), h2.Close()); err != nil {
+		t.Fatal(err)
+	}
 	if keys := rawKeys(t, b); len(keys) != 0 {
 		t.Fatalf("unlinked file came back: %v", keys)
 	}
@@ -936,7 +943,10 @@ func TestCancelledContextStillCompletes(t *testing.T) {
 // A miss is remembered briefly (the kernel looks a name up again before
 // creating it); every way of creating the name here forgets it.
 func TestMissCacheForgetsCreations(t *testing.T) {
-	b := newTestBackend(t, testConfig(t))
+	cfg := testConfig(t)
+	clock := newFakeClock()
+	cfg.Now = clock.now
+	b := newTestBackend(t, cfg)
 	var st syscall.Stat_t
 	for _, n := range []string{"f", "d", "l", "r", "dir2"} {
 		wantErrno(t, b.Lstat(bg, n, &st), syscall.ENOENT)
@@ -965,7 +975,10 @@ func TestMissCacheForgetsCreations(t *testing.T) {
 	if _, err := b.client.PutObject(bg, &s3.PutObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(b.prefix + "other"), Body: strings.NewReader("x")}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(lookupTTL + 100*time.Millisecond)
+	// Within lookupTTL the remembered miss answers; past it, S3 does.
+	clock.advance(lookupTTL)
+	wantErrno(t, b.Lstat(bg, "other", &st), syscall.ENOENT)
+	clock.advance(time.Millisecond)
 	if err := b.Lstat(bg, "other", &st); err != nil {
 		t.Fatalf("Lstat after the miss expired: %v", err)
 	}
@@ -991,3 +1004,23 @@ func TestRemoveDeadStaging(t *testing.T) {
 }
 
 var _ backend.File = (*handle)(nil)
+
+// fakeClock is a Config.Now that moves only when told to.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}

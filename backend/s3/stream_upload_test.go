@@ -256,6 +256,24 @@ func (c *countOps) option(o *s3.Options) {
 	})
 }
 
+// waitFor waits until op has been called n times since the last take.
+func (c *countOps) waitFor(t *testing.T, op string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		got := c.ops[op]
+		c.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s called %d times in 10s, want %d", op, got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func (c *countOps) take() map[string]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -360,10 +378,12 @@ func TestLookupAfterMiss(t *testing.T) {
 		t.Fatalf("Lstat(d/sub) after misses: mode %o, %v", st.Mode, err)
 	}
 	wantErrno(t, b.Lstat(bg, "d/m3", &st), syscall.ENOENT)
+	ops.take()
 	if err := b.Lstat(bg, "d/file", &st); err != nil || st.Mode != syscall.S_IFREG|0o644 || st.Size != 1 {
 		t.Fatalf("Lstat(d/file) after a miss: %+v, %v", st, err)
 	}
-	time.Sleep(200 * time.Millisecond) // the speculative LIST, if still under way
+	// The HEAD answered; the LIST sent beside it may not have started yet.
+	ops.waitFor(t, "ListObjectsV2", 1)
 	ops.take()
 	if err := b.Lstat(bg, "d/file", &st); err != nil {
 		t.Fatal(err)
