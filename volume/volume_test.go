@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -361,7 +362,21 @@ func TestPrefetchPool(t *testing.T) {
 			t.Fatalf("file ID (and data key) reused for %s", name)
 		}
 		seen[p.FileID] = true
-		time.Sleep(time.Millisecond) // give background fetches a chance, as real creates would
+		// As between real creates, let the background fetches land: wait
+		// until none is in flight (the pool may stay empty when it decides
+		// the create rate needs no keys ahead).
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			tv.pool.mu.Lock()
+			idle := tv.pool.inflight == 0
+			tv.pool.mu.Unlock()
+			if idle {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("pool fetches still in flight after 10 s")
+			}
+			runtime.Gosched()
+		}
 	}
 	tv.pool.mu.Lock()
 	hits := tv.pool.hits
