@@ -430,27 +430,19 @@ func (r *Runner) progressEvery(interval time.Duration, line func() string) (stop
 	if r.Progress == nil {
 		return func() {}
 	}
-	quit := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-tick.C:
-				fmt.Fprintln(r.Progress, "  "+line())
-			}
-		}
-	}()
-	return func() { close(quit); <-finished }
+	return tickEvery(interval, func() { fmt.Fprintln(r.Progress, "  "+line()) }, nil)
 }
 
 // meterEvery tells update the value of done every interval, and once more
 // when the returned stop is called.
 func meterEvery(interval time.Duration, update func(int), done *atomic.Int64) (stop func()) {
+	report := func() { update(int(done.Load())) }
+	return tickEvery(interval, report, report)
+}
+
+// tickEvery calls onTick every interval, and onStop (if not nil) once the
+// returned stop is called; stop returns when neither runs any more.
+func tickEvery(interval time.Duration, onTick, onStop func()) (stop func()) {
 	quit := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -460,10 +452,12 @@ func meterEvery(interval time.Duration, update func(int), done *atomic.Int64) (s
 		for {
 			select {
 			case <-quit:
-				update(int(done.Load()))
+				if onStop != nil {
+					onStop()
+				}
 				return
 			case <-tick.C:
-				update(int(done.Load()))
+				onTick()
 			}
 		}
 	}()

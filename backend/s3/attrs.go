@@ -20,14 +20,9 @@ func (b *Backend) setAttrs(ctx context.Context, op, name string, change func(*at
 		defer b.release(f)
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		a := f.attrs.clone()
-		if err := change(&a); err != nil {
+		a, meta, err := changedAttrs(op, name, f.attrs, change)
+		if err != nil {
 			return err
-		}
-		a.ctime = time.Now()
-		meta := a.encode()
-		if metaSize(meta) > maxUserMeta {
-			return pathErr(op, name, syscall.ENOSPC)
 		}
 		if f.dirty || !f.remote {
 			f.attrs = a
@@ -47,14 +42,9 @@ func (b *Backend) setAttrs(ctx context.Context, op, name string, change func(*at
 		if err != nil {
 			return err
 		}
-		a := e.attrs.clone()
-		if err := change(&a); err != nil {
+		_, meta, err := changedAttrs(op, name, e.attrs, change)
+		if err != nil {
 			return err
-		}
-		a.ctime = time.Now()
-		meta := a.encode()
-		if metaSize(meta) > maxUserMeta {
-			return pathErr(op, name, syscall.ENOSPC)
 		}
 		if e.implicit {
 			// A directory without a marker (or the root): create one.
@@ -117,4 +107,19 @@ func (b *Backend) attrsOf(ctx context.Context, op, name string) (attrs, error) {
 		return attrs{}, err
 	}
 	return e.attrs, nil
+}
+
+// changedAttrs applies change to a copy of old, stamps the ctime and encodes
+// the result as object metadata, which S3 bounds in size (ENOSPC beyond).
+func changedAttrs(op, name string, old attrs, change func(*attrs) error) (attrs, map[string]string, error) {
+	a := old.clone()
+	if err := change(&a); err != nil {
+		return attrs{}, nil, err
+	}
+	a.ctime = time.Now()
+	meta := a.encode()
+	if metaSize(meta) > maxUserMeta {
+		return attrs{}, nil, pathErr(op, name, syscall.ENOSPC)
+	}
+	return a, meta, nil
 }
