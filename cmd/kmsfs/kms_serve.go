@@ -44,6 +44,8 @@ type serveFlags struct {
 	keystore            keystoreFlags
 	credFile, auditPath string
 	auditFsync          bool
+	auditSigningKey     string
+	auditDigestEvery    time.Duration
 	rate                float64
 	burst               int
 	region, account     string
@@ -56,6 +58,8 @@ func (o *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.credFile, "credentials", "", "JSON `FILE` of access keys and their principals (required; format below)")
 	fs.StringVar(&o.auditPath, "audit-log", "", "audit log `FILE` (default KEYSTORE/audit.log)")
 	fs.BoolVar(&o.auditFsync, "audit-fsync", false, "fsync the audit log before answering (group commit) instead of only writing it")
+	fs.StringVar(&o.auditSigningKey, "audit-signing-key", "", "sign digests of the audit log with the Ed25519 key in `FILE` (created if missing, with its public key in FILE.pub for 'kmsfs kms audit verify --public-key'): a rewritten or truncated log then fails verification")
+	fs.DurationVar(&o.auditDigestEvery, "audit-digest-interval", auditlog.DefaultDigestInterval, "with --audit-signing-key, write a signed digest every `DURATION` (and at shutdown)")
 	fs.Float64Var(&o.rate, "rate", 0, "cryptographic requests per second (`RATE`) allowed per account (0: unlimited); above it, ThrottlingException")
 	fs.IntVar(&o.burst, "burst", 0, "token bucket size (`N`) for --rate (default: one second's worth)")
 	fs.StringVar(&o.region, "region", "local", "`REGION` of the key ARNs, and the region clients must sign for (e.g. us-east-1)")
@@ -90,7 +94,13 @@ func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
 	if auditPath == "" {
 		auditPath = filepath.Join(ks.Dir(), "audit.log")
 	}
-	audit, err := auditlog.Open(auditPath, auditlog.Options{Fsync: o.auditFsync})
+	auditOpts := auditlog.Options{Fsync: o.auditFsync, DigestInterval: o.auditDigestEvery}
+	if o.auditSigningKey != "" {
+		if auditOpts.Signer, err = auditlog.LoadOrCreateSigningKey(o.auditSigningKey); err != nil {
+			return err
+		}
+	}
+	audit, err := auditlog.Open(auditPath, auditOpts)
 	if err != nil {
 		return err
 	}

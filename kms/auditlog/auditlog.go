@@ -10,11 +10,21 @@
 // without its hash field (that is, the object closed right after "prev").
 // Editing a line breaks its own hash; removing, inserting or reordering one
 // breaks the chain at the next line.
+//
+// The chain alone has no key: whoever can write the file can rewrite it
+// whole, or cut lines off its end, and it still verifies. A log opened with
+// a signing key therefore also carries signed digests (digest.go), as
+// CloudTrail's digest files do: every DigestInterval, and when it is closed,
+// a line that signs the hash of the line before it (which commits to every
+// earlier line) and the number of lines it covers. A verifier holding the
+// public key detects a rewritten log (no valid signature), and, by the age
+// of the last digest, a log cut short.
 package auditlog
 
 import (
 	"bufio"
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -23,7 +33,9 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/kmsfs/kmsfs/kms/internal/jsonstr"
 )
@@ -44,9 +56,17 @@ type Entry struct {
 	SourceAddress     string            `json:"sourceAddress"`
 	Result            string            `json:"result"` // "Success" or the AWS error code
 	ErrorMessage      string            `json:"errorMessage,omitempty"`
+	// SignedEntries, SigningKey and Signature are set on digest lines only
+	// (Operation DigestOperation, digest.go): how many lines come before it,
+	// the signing key's fingerprint, and the Ed25519 signature.
+	SignedEntries uint64 `json:"signedEntries,omitempty"`
+	SigningKey    string `json:"signingKey,omitempty"`
+	Signature     string `json:"signature,omitempty"`
 	// Prev is the hash of the previous line (64 zeros for the first), which
 	// chains the lines: editing, removing or reordering one breaks the chain.
 	Prev string `json:"prev"`
+
+	digest bool // a digest line to be signed when it is written
 }
 
 // ResultSuccess is Entry.Result for a request that succeeded.
@@ -64,6 +84,15 @@ type Options struct {
 	// in it are answered. Without it, lines are written to the OS before the
 	// answer (they survive a crash of the server, not of the machine).
 	Fsync bool
+	// Signer, if set, makes the log write a signed digest every
+	// DigestInterval (default DefaultDigestInterval) and when it is closed.
+	Signer ed25519.PrivateKey
+	// DigestInterval is how often a digest is written, whether or not
+	// anything was logged since: a verifier tells a log cut short by the age
+	// of its last digest.
+	DigestInterval time.Duration
+	// Now is the clock of digest times; nil means time.Now.
+	Now func() time.Time
 }
 
 // Log is an append-only, hash-chained JSON-lines log. Record is safe for
@@ -82,8 +111,15 @@ type Log struct {
 	closed   bool
 	writerOn bool
 
-	head string // hash of the last line written; owned by the writer
-	buf  []byte // owned by the writer
+	head  string // hash of the last line written; owned by the writer
+	lines uint64 // lines in the file; owned by the writer
+	buf   []byte // owned by the writer
+
+	signer     ed25519.PrivateKey // nil: no digests
+	signerID   string
+	now        func() time.Time
+	stopDigest chan struct{} // closed by Close to end the digest ticker
+	digestDone chan struct{}
 }
 
 // Open opens (creating if needed) the log at path and resumes its
@@ -98,8 +134,26 @@ func Open(path string, opts Options) (*Log, error) {
 		f.Close()
 		return nil, fmt.Errorf("open audit log %s: %w", path, err)
 	}
-	l := &Log{f: f, fsync: opts.Fsync, head: head}
+	l := &Log{f: f, fsync: opts.Fsync, head: head, now: opts.Now}
+	if l.now == nil {
+		l.now = time.Now
+	}
 	l.cond = sync.NewCond(&l.mu)
+	if opts.Signer != nil {
+		// Digests say how many lines they cover: count the lines there are.
+		if l.lines, err = countLines(f); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("open audit log %s: %w", path, err)
+		}
+		l.signer = opts.Signer
+		l.signerID = KeyFingerprint(opts.Signer.Public().(ed25519.PublicKey))
+		interval := opts.DigestInterval
+		if interval <= 0 {
+			interval = DefaultDigestInterval
+		}
+		l.stopDigest, l.digestDone = make(chan struct{}), make(chan struct{})
+		go l.digestEvery(interval)
+	}
 	return l, nil
 }
 
@@ -189,8 +243,13 @@ func (l *Log) writeBatches() {
 func (l *Log) writeBatch(batch []*Entry) error {
 	b := l.buf[:0]
 	head := l.head
+	lines := l.lines
 	for _, e := range batch {
 		e.Prev = head
+		if e.digest {
+			l.sign(e, lines)
+		}
+		lines++
 		start := len(b)
 		b = e.appendJSON(b)
 		sum := sha256.Sum256(b[start:])
@@ -209,12 +268,21 @@ func (l *Log) writeBatch(batch []*Entry) error {
 			return err
 		}
 	}
-	l.head = head
+	l.head, l.lines = head, lines
 	return nil
 }
 
-// Close waits for queued entries to be written and closes the file.
+// Close writes a last digest (for a signing log), waits for queued entries
+// to be written and closes the file.
 func (l *Log) Close() error {
+	if l.signer != nil {
+		close(l.stopDigest)
+		<-l.digestDone
+		if err := l.Record(l.digestEntry()); err != nil {
+			l.f.Close()
+			return err
+		}
+	}
 	l.mu.Lock()
 	l.closed = true
 	for l.writerOn {
@@ -249,20 +317,38 @@ func splitLine(line []byte) (body []byte, sum string, err error) {
 type Summary struct {
 	Entries int
 	Head    string // hash of the last line: record it to detect later truncation
+	// Digests counts the digest lines; Signed those whose signature was
+	// checked (VerifyOptions.PublicKeys).
+	Digests, Signed int
+	// LastSigned is the time of the last checked digest; Unsigned counts
+	// the lines after it (written since, or not covered by any signature).
+	LastSigned time.Time
+	Unsigned   int
 }
 
 // Verify checks every line's hash and the chain between lines. An
 // edited line fails its own hash; a removed, inserted or reordered line breaks
 // the chain at the next line. Removing lines from the end leaves a valid
-// shorter chain: compare Head (or Entries) with a value recorded earlier.
-func Verify(r io.Reader) (Summary, error) {
+// shorter chain: compare Head (or Entries) with a value recorded earlier, or
+// check signed digests with VerifyWith.
+func Verify(r io.Reader) (Summary, error) { return VerifyWith(r, VerifyOptions{}) }
+
+// VerifyWith is Verify that also checks the digests' signatures against
+// o.PublicKeys: a log rewritten without the signing key fails, and with
+// o.MaxAge so does one whose last digest is too old (a log cut short).
+func VerifyWith(r io.Reader, o VerifyOptions) (Summary, error) {
+	keys := map[string]ed25519.PublicKey{}
+	for _, k := range o.PublicKeys {
+		keys[KeyFingerprint(k)] = k
+	}
 	br := bufio.NewReaderSize(r, 1<<16)
 	prev := genesisHash
+	var sum Summary
 	n := 0
 	for {
 		line, err := br.ReadBytes('\n')
 		if len(line) == 0 && errors.Is(err, io.EOF) {
-			return Summary{Entries: n, Head: prev}, nil
+			break
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			return Summary{}, fmt.Errorf("read line %d: %w", n+1, err)
@@ -271,12 +357,12 @@ func Verify(r io.Reader) (Summary, error) {
 		if line[len(line)-1] != '\n' {
 			return Summary{}, fmt.Errorf("line %d: partial line at end of log", n)
 		}
-		body, sum, serr := splitLine(line[:len(line)-1])
+		body, hash, serr := splitLine(line[:len(line)-1])
 		if serr != nil {
 			return Summary{}, fmt.Errorf("line %d: %v", n, serr)
 		}
 		got := sha256.Sum256(body)
-		if hex.EncodeToString(got[:]) != sum {
+		if hex.EncodeToString(got[:]) != hash {
 			return Summary{}, fmt.Errorf("line %d: hash mismatch: the line was edited", n)
 		}
 		var e Entry
@@ -286,8 +372,34 @@ func Verify(r io.Reader) (Summary, error) {
 		if e.Prev != prev {
 			return Summary{}, fmt.Errorf("line %d: chain broken: it follows %s, but the line before it hashes to %s (a line was removed, inserted or reordered)", n, short(e.Prev), short(prev))
 		}
-		prev = sum
+		prev = hash
+		sum.Unsigned++
+		if e.Operation == DigestOperation && e.Signature != "" {
+			signed, at, err := checkDigest(&e, n, keys)
+			if err != nil {
+				return Summary{}, err
+			}
+			sum.Digests++
+			if signed {
+				sum.Signed++
+				sum.LastSigned, sum.Unsigned = at, 0
+			}
+		}
 	}
+	sum.Entries, sum.Head = n, prev
+	if len(keys) > 0 {
+		if sum.Signed == 0 {
+			return sum, errors.New("no digest signed by the given key: the log was rewritten, or written without a signing key")
+		}
+		now := time.Now
+		if o.Now != nil {
+			now = o.Now
+		}
+		if age := now().Sub(sum.LastSigned); o.MaxAge > 0 && age > o.MaxAge {
+			return sum, fmt.Errorf("last signed digest is %s old (at %s), more than %s: lines were removed from the end, or the server stopped writing", age.Round(time.Second), sum.LastSigned.Format(time.RFC3339), o.MaxAge)
+		}
+	}
+	return sum, nil
 }
 
 func short(h string) string {
@@ -319,6 +431,12 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	b = append(b, `,"result":`...)
 	b = jsonstr.Append(b, e.Result)
 	b = appendOptString(b, "errorMessage", e.ErrorMessage)
+	if e.SignedEntries != 0 || e.Signature != "" {
+		b = append(b, `,"signedEntries":`...)
+		b = strconv.AppendUint(b, e.SignedEntries, 10)
+	}
+	b = appendOptString(b, "signingKey", e.SigningKey)
+	b = appendOptString(b, "signature", e.Signature)
 	b = append(b, `,"prev":`...)
 	b = jsonstr.Append(b, e.Prev)
 	return append(b, '}')
