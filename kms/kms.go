@@ -197,6 +197,9 @@ type CreateKeyInput struct {
 	Policy      string // JSON key policy; empty means the default policy
 	Principal   string // ARN of the creating principal (for the default policy)
 	Origin      string // "AWS_KMS" (default) or "EXTERNAL"
+	// Account owns the key (its ARN's account); empty means the account
+	// of the store. A remote KMS takes it from the caller's credentials.
+	Account string
 }
 
 // Admin is the key management surface: the AWS KMS control-plane operations

@@ -72,12 +72,12 @@ func (k *Keystore) changeKey(ctx context.Context, keyID string, fn func(st *stat
 	})
 }
 
-func (k *Keystore) rootARN() string { return "arn:aws:iam::" + k.account + ":root" }
+func rootARN(account string) string { return "arn:aws:iam::" + account + ":root" }
 
 // defaultPolicy is the key policy AWS gives a key created without one: the
-// account root principal may do kms:* on the key, which delegates access
-// control to IAM policies in the account.
-func (k *Keystore) defaultPolicy() string {
+// owning account's root principal may do kms:* on the key, which delegates
+// access control to IAM policies in the account.
+func defaultPolicy(account string) string {
 	return `{
   "Version": "2012-10-17",
   "Id": "key-default-1",
@@ -86,7 +86,7 @@ func (k *Keystore) defaultPolicy() string {
       "Sid": "Enable IAM User Permissions",
       "Effect": "Allow",
       "Principal": {
-        "AWS": "` + k.rootARN() + `"
+        "AWS": "` + rootARN(account) + `"
       },
       "Action": "kms:*",
       "Resource": "*"
@@ -115,7 +115,7 @@ func checkPolicy(policy string) error {
 func (k *Keystore) metadata(rec *keyRecord) kms.KeyMetadata {
 	md := kms.KeyMetadata{
 		KeyID:                rec.ID,
-		ARN:                  k.keyARN(rec.ID),
+		ARN:                  k.keyARN(rec),
 		Description:          rec.Description,
 		State:                rec.State,
 		CreationDate:         rec.Created,
@@ -150,9 +150,16 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 	if len(in.Description) > maxDescriptionLen {
 		return kms.KeyMetadata{}, kms.Errorf(kms.CodeValidation, "description is %d characters, more than %d", len(in.Description), maxDescriptionLen)
 	}
+	account := in.Account
+	if account == "" {
+		account = k.account
+	}
+	if !isAccountID(account) {
+		return kms.KeyMetadata{}, kms.Errorf(kms.CodeValidation, "account %q is not a 12-digit account ID", in.Account)
+	}
 	policy := in.Policy
 	if policy == "" {
-		policy = k.defaultPolicy()
+		policy = defaultPolicy(account)
 	} else if err := checkPolicy(policy); err != nil {
 		return kms.KeyMetadata{}, err
 	}
@@ -171,6 +178,7 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 	err = k.change(ctx, func(st *state, now time.Time) (bool, error) {
 		rec := &keyRecord{
 			ID:                u.String(),
+			Account:           k.owner(account),
 			Description:       in.Description,
 			State:             kms.KeyEnabled,
 			Created:           now,
@@ -257,11 +265,15 @@ func checkAliasName(name string) error {
 }
 
 // aliasTarget resolves an alias target: a key ID or key ARN (AWS does not
-// accept an alias here) of a key not pending deletion.
-func (k *Keystore) aliasTarget(st *state, targetKeyID string, now time.Time) (*keyRecord, error) {
+// accept an alias here) of a key not pending deletion, in the alias's
+// account (AWS: an alias and its key are in the same account).
+func (k *Keystore) aliasTarget(st *state, account, targetKeyID string, now time.Time) (*keyRecord, error) {
 	rec, err := k.resolveKey(st, targetKeyID, now)
 	if err != nil {
 		return nil, err
+	}
+	if k.accountOf(rec) != account {
+		return nil, kms.Errorf(kms.CodeNotFound, "key %s not found in account %s, the alias's account", targetKeyID, account)
 	}
 	if rec.State == kms.KeyPendingDeletion {
 		return nil, kms.Errorf(kms.CodeInvalidState, "key %s is pending deletion", rec.ID)
@@ -269,58 +281,80 @@ func (k *Keystore) aliasTarget(st *state, targetKeyID string, now time.Time) (*k
 	return rec, nil
 }
 
-// CreateAlias points a new alias at a key.
-func (k *Keystore) CreateAlias(ctx context.Context, aliasName, targetKeyID string) error {
-	if err := checkAliasName(aliasName); err != nil {
+// aliasName splits an alias name ("alias/x", in the keystore's account) or
+// alias ARN (in its account) into the account and the name, checked against
+// AWS's rules.
+func (k *Keystore) aliasName(alias string) (account, name string, err error) {
+	account, name, err = k.splitName(alias)
+	if err != nil {
+		return "", "", kms.Errorf(kms.CodeInvalidAliasName, "%s is not an alias name or alias ARN", alias)
+	}
+	if err := checkAliasName(name); err != nil {
+		return "", "", err
+	}
+	return account, name, nil
+}
+
+// CreateAlias points a new alias at a key of the alias's account. The alias
+// is a name ("alias/x": the keystore's account) or an alias ARN.
+func (k *Keystore) CreateAlias(ctx context.Context, alias, targetKeyID string) error {
+	account, name, err := k.aliasName(alias)
+	if err != nil {
 		return err
 	}
 	return k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		if _, exists := st.Aliases[aliasName]; exists {
-			return false, kms.Errorf(kms.CodeAlreadyExists, "alias %s already exists", aliasName)
+		owner := k.owner(account)
+		if _, exists := st.aliases(owner)[name]; exists {
+			return false, kms.Errorf(kms.CodeAlreadyExists, "alias %s already exists", alias)
 		}
-		rec, err := k.aliasTarget(st, targetKeyID, now)
+		rec, err := k.aliasTarget(st, account, targetKeyID, now)
 		if err != nil {
 			return false, err
 		}
-		st.Aliases[aliasName] = rec.ID
+		st.setAlias(owner, name, rec.ID)
 		return true, nil
 	})
 }
 
-// UpdateAlias points an existing alias at another key.
-func (k *Keystore) UpdateAlias(ctx context.Context, aliasName, targetKeyID string) error {
-	if err := checkAliasName(aliasName); err != nil {
+// UpdateAlias points an existing alias at another key of its account.
+func (k *Keystore) UpdateAlias(ctx context.Context, alias, targetKeyID string) error {
+	account, name, err := k.aliasName(alias)
+	if err != nil {
 		return err
 	}
 	return k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		if _, exists := st.Aliases[aliasName]; !exists {
-			return false, kms.Errorf(kms.CodeNotFound, "alias %s not found", aliasName)
+		owner := k.owner(account)
+		if _, exists := st.aliases(owner)[name]; !exists {
+			return false, kms.Errorf(kms.CodeNotFound, "alias %s not found", alias)
 		}
-		rec, err := k.aliasTarget(st, targetKeyID, now)
+		rec, err := k.aliasTarget(st, account, targetKeyID, now)
 		if err != nil {
 			return false, err
 		}
-		st.Aliases[aliasName] = rec.ID
+		st.setAlias(owner, name, rec.ID)
 		return true, nil
 	})
 }
 
 // DeleteAlias removes an alias; the key is not affected.
-func (k *Keystore) DeleteAlias(ctx context.Context, aliasName string) error {
-	if !strings.HasPrefix(aliasName, aliasPrefix) {
-		return kms.Errorf(kms.CodeInvalidAliasName, "alias name %q must begin with %q", aliasName, aliasPrefix)
+func (k *Keystore) DeleteAlias(ctx context.Context, alias string) error {
+	account, name, err := k.splitName(alias)
+	if err != nil || !strings.HasPrefix(name, aliasPrefix) {
+		return kms.Errorf(kms.CodeInvalidAliasName, "alias name %q must begin with %q", alias, aliasPrefix)
 	}
 	return k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		if _, exists := st.Aliases[aliasName]; !exists {
-			return false, kms.Errorf(kms.CodeNotFound, "alias %s not found", aliasName)
+		owner := k.owner(account)
+		if _, exists := st.aliases(owner)[name]; !exists {
+			return false, kms.Errorf(kms.CodeNotFound, "alias %s not found", alias)
 		}
-		delete(st.Aliases, aliasName)
+		st.deleteAlias(owner, name)
 		return true, nil
 	})
 }
 
-// ListAliases lists the aliases of keyID, or every alias when keyID is "",
-// sorted by name.
+// ListAliases lists the aliases of keyID, or every alias of every account
+// when keyID is "", sorted by account and name. Each alias's ARN names its
+// account.
 func (k *Keystore) ListAliases(ctx context.Context, keyID string) ([]kms.Alias, error) {
 	var out []kms.Alias
 	err := k.view(ctx, func(st *state, now time.Time) error {
@@ -332,15 +366,26 @@ func (k *Keystore) ListAliases(ctx context.Context, keyID string) ([]kms.Alias, 
 			}
 			only = rec.ID
 		}
-		for name, target := range st.Aliases {
-			if rec := st.Keys[target]; rec == nil || rec.expired(now) || (only != "" && target != only) {
-				continue
+		add := func(account string, names map[string]string) {
+			for name, target := range names {
+				if rec := st.Keys[target]; rec == nil || rec.expired(now) || (only != "" && target != only) {
+					continue
+				}
+				out = append(out, kms.Alias{Name: name, ARN: k.aliasARN(account, name), TargetKeyID: target})
 			}
-			out = append(out, kms.Alias{Name: name, ARN: k.aliasARN(name), TargetKeyID: target})
+		}
+		add(k.account, st.Aliases)
+		for account, names := range st.AccountAliases {
+			add(account, names)
 		}
 		return nil
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].ARN < out[j].ARN
+	})
 	return out, err
 }
 
@@ -594,7 +639,7 @@ func (k *Keystore) CreateGrant(ctx context.Context, g kms.Grant) (string, string
 		ng.KeyID = rec.ID
 		ng.GrantID = gid
 		ng.Token = token
-		ng.IssuingAccount = k.rootARN()
+		ng.IssuingAccount = rootARN(k.accountOf(rec))
 		ng.CreationDate = now
 		if ng.Name != "" {
 			for _, old := range st.Grants {
@@ -628,7 +673,7 @@ func (k *Keystore) ListGrants(ctx context.Context, keyID string) ([]kms.Grant, e
 		for _, g := range st.Grants {
 			if g.KeyID == rec.ID {
 				c := cloneGrant(g)
-				c.KeyID = k.keyARN(rec.ID)
+				c.KeyID = k.keyARN(rec)
 				out = append(out, *c)
 			}
 		}

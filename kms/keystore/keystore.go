@@ -315,6 +315,7 @@ func (k *Keystore) write(st *state) error {
 		return fmt.Errorf("refusing to write inconsistent state: %w", err)
 	}
 	st.Generation++
+	st.Format = st.format()
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)

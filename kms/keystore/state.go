@@ -9,9 +9,15 @@ import (
 	"github.com/kmsfs/kmsfs/kms"
 )
 
-// stateFormat is the version of the keystore.json layout. Open refuses a
-// state file with any other version rather than misreading it.
-const stateFormat = 1
+// The versions of the keystore.json layout. Format 2 adds keys and aliases
+// of accounts other than the keystore's (the account fields below); a state
+// without any is still written as format 1, so that an older kmsfs keeps
+// reading it, and an older kmsfs refuses a format 2 state rather than
+// taking other accounts' keys for its own. Open refuses any other version.
+const (
+	stateFormatV1 = 1
+	stateFormat   = 2
+)
 
 // Key origins, as AWS names them.
 const (
@@ -23,7 +29,8 @@ const (
 // state is the whole keystore, persisted as one JSON document (keystore.json).
 // Key material appears only sealed under the KEK (see master.go). Layout:
 //
-//	format       1 (stateFormat); any other value is refused
+//	format       1, or 2 when some key or alias belongs to another account
+//	             than the keystore's; any other value is refused
 //	generation   write counter
 //	protection   {kind: "passphrase-argon2id" | "root-key-file" | "pkcs11",
 //	              argon2id: {salt, time, memory_kib, threads} (passphrase only),
@@ -31,6 +38,9 @@ const (
 //	                       in it that is the KEK; pkcs11 only),
 //	              check: base64(nonce || AES-GCM_KEK("kmsfs keystore check v1"))}
 //	keys         {"<uuid>": {id, description, state, created, deletion_date,
+//	              account (format 2: the owning account when it is not the
+//	                       keystore's; absent: the keystore's account, the
+//	                       one given to Open),
 //	              origin, key_manager, creating_principal, policy (verbatim),
 //	              rotation: {enabled, period_days, base, last},
 //	              current_version,
@@ -38,7 +48,9 @@ const (
 //	                          material: base64(nonce || AES-GCM_KEK(256-bit key))
 //	                                    (absent: imported material deleted)}],
 //	              import: {digest, valid_to} (origin EXTERNAL, once imported)}}
-//	aliases      {"alias/<name>": "<uuid>"}
+//	aliases      {"alias/<name>": "<uuid>"}: the keystore account's aliases
+//	account_aliases  (format 2) {"<account>": {"alias/<name>": "<uuid>"}}:
+//	             the aliases of other accounts, each naming a key of its account
 //	grants       {"<grant id>": kms.Grant fields; KeyID is the key UUID}
 //	imports      {"<token id>": {key_id, algorithm, valid_to,
 //	              private_key: base64(nonce || AES-GCM_KEK(PKCS #8 RSA key))}}
@@ -59,14 +71,19 @@ type state struct {
 	Protection protection            `json:"protection"`
 	Keys       map[string]*keyRecord `json:"keys"`    // by key ID (UUID)
 	Aliases    map[string]string     `json:"aliases"` // "alias/name" -> key ID
-	Grants     map[string]*kms.Grant `json:"grants"`  // by grant ID
+	// AccountAliases are the alias namespaces of other accounts than the
+	// keystore's: account -> "alias/name" -> key ID.
+	AccountAliases map[string]map[string]string `json:"account_aliases,omitempty"`
+	Grants         map[string]*kms.Grant        `json:"grants"` // by grant ID
 	// Imports are the outstanding GetParametersForImport results, by token
 	// ID: a private key each, sealed, until used or 24 hours old.
 	Imports map[string]*pendingImport `json:"imports,omitempty"`
 }
 
 type keyRecord struct {
-	ID                string       `json:"id"`
+	ID string `json:"id"`
+	// Account owns the key when it is not the keystore's account ("").
+	Account           string       `json:"account,omitempty"`
 	Description       string       `json:"description,omitempty"`
 	State             kms.KeyState `json:"state"`
 	Created           time.Time    `json:"created"`
@@ -119,7 +136,7 @@ func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
 
 func newState(p protection) *state {
 	return &state{
-		Format:     stateFormat,
+		Format:     stateFormatV1,
 		Protection: p,
 		Keys:       map[string]*keyRecord{},
 		Aliases:    map[string]string{},
@@ -133,8 +150,8 @@ func decodeState(data []byte) (*state, error) {
 	if err := json.Unmarshal(data, &st); err != nil {
 		return nil, fmt.Errorf("parse state: %w", err)
 	}
-	if st.Format != stateFormat {
-		return nil, fmt.Errorf("state format %d is not supported (this kmsfs reads format %d)", st.Format, stateFormat)
+	if st.Format != stateFormatV1 && st.Format != stateFormat {
+		return nil, fmt.Errorf("state format %d is not supported (this kmsfs reads formats %d and %d)", st.Format, stateFormatV1, stateFormat)
 	}
 	if st.Keys == nil {
 		st.Keys = map[string]*keyRecord{}
@@ -175,8 +192,18 @@ func (st *state) index() error {
 		}
 	}
 	for name, id := range st.Aliases {
-		if _, ok := st.Keys[id]; !ok {
+		if rec, ok := st.Keys[id]; !ok || rec.Account != "" {
 			return fmt.Errorf("state: alias %s names missing key %s", name, id)
+		}
+	}
+	for account, names := range st.AccountAliases {
+		if !isAccountID(account) {
+			return fmt.Errorf("state: alias namespace %q is not an account ID", account)
+		}
+		for name, id := range names {
+			if rec, ok := st.Keys[id]; !ok || rec.Account != account {
+				return fmt.Errorf("state: alias %s of account %s names missing key %s", name, account, id)
+			}
 		}
 	}
 	for gid, g := range st.Grants {
@@ -197,8 +224,14 @@ func (st *state) clone() *state {
 		Keys:       make(map[string]*keyRecord, len(st.Keys)),
 		Aliases:    maps.Clone(st.Aliases),
 		Grants:     make(map[string]*kms.Grant, len(st.Grants)),
-		Imports:    make(map[string]*pendingImport, len(st.Imports)),
 	}
+	if st.AccountAliases != nil {
+		c.AccountAliases = make(map[string]map[string]string, len(st.AccountAliases))
+		for account, names := range st.AccountAliases {
+			c.AccountAliases[account] = maps.Clone(names)
+		}
+	}
+	c.Imports = make(map[string]*pendingImport, len(st.Imports))
 	for id, rec := range st.Keys {
 		r := *rec
 		r.Versions = append([]versionRecord(nil), rec.Versions...)
@@ -271,6 +304,16 @@ func (st *state) purge(id string) {
 			delete(st.Aliases, name)
 		}
 	}
+	for account, names := range st.AccountAliases {
+		for name, target := range names {
+			if target == id {
+				delete(names, name)
+			}
+		}
+		if len(names) == 0 {
+			delete(st.AccountAliases, account)
+		}
+	}
 	for gid, g := range st.Grants {
 		if g.KeyID == id {
 			delete(st.Grants, gid)
@@ -281,4 +324,54 @@ func (st *state) purge(id string) {
 			delete(st.Imports, tid)
 		}
 	}
+}
+
+// aliases returns the alias namespace of owner ("" for the keystore's
+// account); nil (reads as empty) if that account has none yet.
+func (st *state) aliases(owner string) map[string]string {
+	if owner == "" {
+		return st.Aliases
+	}
+	return st.AccountAliases[owner]
+}
+
+// setAlias points name in owner's namespace at key id.
+func (st *state) setAlias(owner, name, id string) {
+	if owner == "" {
+		st.Aliases[name] = id
+		return
+	}
+	if st.AccountAliases == nil {
+		st.AccountAliases = map[string]map[string]string{}
+	}
+	if st.AccountAliases[owner] == nil {
+		st.AccountAliases[owner] = map[string]string{}
+	}
+	st.AccountAliases[owner][name] = id
+}
+
+// deleteAlias removes name from owner's namespace.
+func (st *state) deleteAlias(owner, name string) {
+	if owner == "" {
+		delete(st.Aliases, name)
+		return
+	}
+	delete(st.AccountAliases[owner], name)
+	if len(st.AccountAliases[owner]) == 0 {
+		delete(st.AccountAliases, owner)
+	}
+}
+
+// format is the layout version st needs: 2 once it holds a key or an alias
+// of another account, else 1 (see stateFormat).
+func (st *state) format() int {
+	if len(st.AccountAliases) > 0 {
+		return stateFormat
+	}
+	for _, rec := range st.Keys {
+		if rec.Account != "" {
+			return stateFormat
+		}
+	}
+	return stateFormatV1
 }
