@@ -85,7 +85,7 @@ func (s *Server) authorizeCreateGrant(c *call, arn string, ops []string, extra m
 		return err
 	}
 	for _, g := range grants {
-		if g.GranteePrincipal != c.cred.Principal || !contains(g.Operations, "CreateGrant") {
+		if !PrincipalMatches(g.GranteePrincipal, c.cred.Principal) || !contains(g.Operations, "CreateGrant") {
 			continue
 		}
 		subset := true
@@ -141,7 +141,7 @@ func (s *Server) listGrants(c *call, body []byte) (response, error) {
 			CreationDate:      epoch(g.CreationDate),
 			GranteePrincipal:  g.GranteePrincipal,
 			RetiringPrincipal: g.RetiringPrincipal,
-			IssuingAccount:    "arn:aws:iam::" + g.IssuingAccount + ":root",
+			IssuingAccount:    g.IssuingAccount,
 			Operations:        g.Operations,
 		}
 		if g.ContextEquals != nil || g.ContextSubset != nil {
@@ -182,9 +182,9 @@ func (s *Server) retireGrant(c *call, body []byte) (response, error) {
 	}
 	c.entry.GrantID = g.GrantID
 	p := c.cred.Principal
-	if p != g.RetiringPrincipal &&
-		!(p == g.GranteePrincipal && contains(g.Operations, "RetireGrant")) &&
-		p != "arn:aws:iam::"+g.IssuingAccount+":root" {
+	if !(g.RetiringPrincipal != "" && PrincipalMatches(g.RetiringPrincipal, p)) &&
+		!(PrincipalMatches(g.GranteePrincipal, p) && contains(g.Operations, "RetireGrant")) &&
+		p != g.IssuingAccount {
 		return response{}, kms.Errorf(kms.CodeAccessDenied, "User: %s is not authorized to perform: kms:RetireGrant on grant %s", p, g.GrantID)
 	}
 	if in.DryRun {

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"strconv"
+
 	"github.com/kmsfs/kmsfs/kms"
 )
 
@@ -40,6 +42,7 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		Policy:      policy,
 		Principal:   c.cred.Principal,
 		Origin:      in.Origin,
+		Account:     c.cred.Account,
 	})
 	if err != nil {
 		return response{}, err
@@ -69,9 +72,16 @@ func (s *Server) listKeys(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
-	keys, err := s.store.ListKeys(c.ctx)
+	all, err := s.store.ListKeys(c.ctx)
 	if err != nil {
 		return response{}, err
+	}
+	// The caller's account's keys only.
+	keys := all[:0]
+	for _, k := range all {
+		if arnAccount(k.ARN) == c.cred.Account {
+			keys = append(keys, k)
+		}
 	}
 	start, end, next, err := page(len(keys), in.Limit, in.Marker)
 	if err != nil {
@@ -97,17 +107,19 @@ func (s *Server) scheduleKeyDeletion(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
-	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
+	days := in.PendingWindowInDays
+	if days == 0 {
+		days = kms.DefaultDeletionWindowDays
+	}
+	arn, err := s.resolveAndAuthorizeWith(c, in.KeyId, "", map[string][]string{
+		"kms:schedulekeydeletionpendingwindowindays": {strconv.Itoa(days)},
+	})
 	if err != nil {
 		return response{}, err
 	}
 	when, err := s.store.ScheduleKeyDeletion(c.ctx, arn, in.PendingWindowInDays)
 	if err != nil {
 		return response{}, err
-	}
-	days := in.PendingWindowInDays
-	if days == 0 {
-		days = kms.DefaultDeletionWindowDays
 	}
 	return response{v: scheduleKeyDeletionOutput{KeyId: arn, DeletionDate: epoch(when), KeyState: string(kms.KeyPendingDeletion), PendingWindowInDays: days}}, nil
 }

@@ -5,7 +5,7 @@ import (
 )
 
 func (s *Server) lockoutSafe(c *call, p *Policy, resource string) bool {
-	rc := RequestContext{Principal: c.cred.Principal, Account: c.cred.Account, Action: "kms:PutKeyPolicy", Resource: resource}
+	rc := s.requestContext(c, "kms:PutKeyPolicy", resource)
 	return p.Evaluate(&rc) == Allow
 }
 

@@ -1,11 +1,23 @@
 package server
 
+import (
+	"strconv"
+
+	"github.com/kmsfs/kmsfs/kms"
+)
+
 func (s *Server) enableKeyRotation(c *call, body []byte) (response, error) {
 	var in enableKeyRotationInput
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
-	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
+	period := in.RotationPeriodInDays
+	if period == 0 {
+		period = kms.DefaultRotationPeriodDays
+	}
+	arn, err := s.resolveAndAuthorizeWith(c, in.KeyId, "", map[string][]string{
+		"kms:rotationperiodindays": {strconv.Itoa(period)},
+	})
 	if err != nil {
 		return response{}, err
 	}
