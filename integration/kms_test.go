@@ -43,12 +43,17 @@ const (
 	kmsBobKey      = "AKIABOB00000000001"
 	kmsMalloryKey  = "AKIAMALLORY0000001"
 	kmsAliceSecret = "alice/secret+key"
+	// A session of the role deployer in alice's account.
+	kmsSessionARN = "arn:aws:sts::" + kmsAccount + ":assumed-role/deployer/ci-run"
+	kmsRoleARN    = "arn:aws:iam::" + kmsAccount + ":role/deployer"
+	kmsSessionKey = "ASIASESSION0000001"
 )
 
 var kmsSecrets = map[string]string{
 	kmsAliceKey:   kmsAliceSecret,
 	kmsBobKey:     "bob-secret",
 	kmsMalloryKey: "mallory-secret",
+	kmsSessionKey: "session-secret",
 }
 
 // kmsHarness is a `kmsfs kms serve` process on a fresh keystore.
@@ -86,6 +91,7 @@ func kmsStartServerScheme(t *testing.T, scheme string, extra ...string) *kmsHarn
 		kmsAliceKey:   {"SecretAccessKey": kmsSecrets[kmsAliceKey], "Principal": kmsAliceARN},
 		kmsBobKey:     {"SecretAccessKey": kmsSecrets[kmsBobKey], "Principal": kmsBobARN},
 		kmsMalloryKey: {"SecretAccessKey": kmsSecrets[kmsMalloryKey], "Principal": kmsMalloryARN},
+		kmsSessionKey: {"SecretAccessKey": kmsSecrets[kmsSessionKey], "Principal": kmsSessionARN},
 	}
 	b, _ := json.Marshal(creds)
 	credFile := filepath.Join(dir, "credentials.json")
