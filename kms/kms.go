@@ -261,6 +261,7 @@ const (
 	CodeUnavailable        = "KMSUnavailable" // client side: the KMS could not be reached
 
 	CodeUnsupportedOperation = "UnsupportedOperationException"
+	CodeLimitExceeded        = "LimitExceededException"
 	CodeInvalidImportToken   = "InvalidImportTokenException"
 	CodeExpiredImportToken   = "ExpiredImportTokenException"
 	CodeIncorrectKeyMaterial = "IncorrectKeyMaterialException"

@@ -42,7 +42,7 @@ const (
 //	                       keystore's; absent: the keystore's account, the
 //	                       one given to Open),
 //	              origin, key_manager, creating_principal, policy (verbatim),
-//	              rotation: {enabled, period_days, base, last},
+//	              rotation: {enabled, period_days, base, last, on_demand},
 //	              current_version,
 //	              versions: [{version, created,
 //	                          material: base64(nonce || AES-GCM_KEK(256-bit key))
@@ -115,6 +115,9 @@ type rotationRecord struct {
 	Base time.Time `json:"base,omitzero"`
 	// Last is the last rotation of either kind (automatic or on demand).
 	Last time.Time `json:"last,omitzero"`
+	// OnDemand counts on-demand rotations (AWS allows 10 per key). A
+	// format 1 state written before it was kept counts from 0.
+	OnDemand int `json:"on_demand,omitempty"`
 }
 
 func (r rotationRecord) next() time.Time {

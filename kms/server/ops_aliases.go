@@ -30,12 +30,12 @@ func (s *Server) listAliases(c *call, body []byte) (response, error) {
 			aliases = append(aliases, a)
 		}
 	}
-	start, end, next, err := page(len(aliases), in.Limit, in.Marker)
+	pg, next, err := listPage(aliases, func(a *kms.Alias) string { return a.Name }, in.Limit, in.Marker)
 	if err != nil {
 		return response{}, err
 	}
-	out := listAliasesOutput{Aliases: make([]aliasListEntry, 0, end-start), Truncated: next != "", NextMarker: next}
-	for _, a := range aliases[start:end] {
+	out := listAliasesOutput{Aliases: make([]aliasListEntry, 0, len(pg)), Truncated: next != "", NextMarker: next}
+	for _, a := range pg {
 		out.Aliases = append(out.Aliases, aliasListEntry{AliasName: a.Name, AliasArn: a.ARN, TargetKeyId: a.TargetKeyID})
 	}
 	return response{v: out}, nil

@@ -11,6 +11,9 @@ func (s *Server) createGrant(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
+	if err := keyIDOnly(in.KeyId); err != nil {
+		return response{}, err
+	}
 	arn, err := s.resolve(c, in.KeyId)
 	if err != nil {
 		return response{}, err
@@ -41,8 +44,11 @@ func (s *Server) createGrant(c *call, body []byte) (response, error) {
 	if err := s.authorizeCreateGrant(c, arn, in.Operations, extra); err != nil {
 		return response{}, err
 	}
+	if err := s.checkGrantTokens(c, in.GrantTokens, arn); err != nil {
+		return response{}, err
+	}
 	if in.DryRun {
-		return response{}, errDryRun
+		return response{}, s.dryRun(c, false, arn)
 	}
 	g := kms.Grant{
 		KeyID:             arn,
@@ -114,6 +120,9 @@ func (s *Server) listGrants(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
+	if err := keyIDOnly(in.KeyId); err != nil {
+		return response{}, err
+	}
 	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
 	if err != nil {
 		return response{}, err
@@ -128,12 +137,12 @@ func (s *Server) listGrants(c *call, body []byte) (response, error) {
 			matched = append(matched, g)
 		}
 	}
-	start, end, next, err := page(len(matched), in.Limit, in.Marker)
+	pg, next, err := listPage(matched, func(g *kms.Grant) string { return timeOrderKey(g.CreationDate, g.GrantID) }, in.Limit, in.Marker)
 	if err != nil {
 		return response{}, err
 	}
-	out := listGrantsOutput{Grants: make([]grantListEntry, 0, end-start), Truncated: next != "", NextMarker: next}
-	for _, g := range matched[start:end] {
+	out := listGrantsOutput{Grants: make([]grantListEntry, 0, len(pg)), Truncated: next != "", NextMarker: next}
+	for _, g := range pg {
 		e := grantListEntry{
 			KeyId:             arn,
 			GrantId:           g.GrantID,
@@ -158,6 +167,9 @@ func (s *Server) revokeGrant(c *call, body []byte) (response, error) {
 		return response{}, err
 	}
 	c.entry.GrantID = in.GrantId
+	if err := keyIDOnly(in.KeyId); err != nil {
+		return response{}, err
+	}
 	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
 	if err != nil {
 		return response{}, err

@@ -19,8 +19,16 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 	if in.KeyUsage != "" && in.KeyUsage != "ENCRYPT_DECRYPT" {
 		return response{}, kms.Errorf("UnsupportedOperationException", "KeyUsage %s is not supported: this KMS holds ENCRYPT_DECRYPT keys only", in.KeyUsage)
 	}
-	if in.MultiRegion {
-		return response{}, kms.Errorf("UnsupportedOperationException", "multi-Region keys are not supported")
+	// Never create something other than what was asked for.
+	switch {
+	case in.MultiRegion:
+		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "multi-Region keys are not supported")
+	case in.CustomKeyStoreId != "":
+		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "CustomKeyStoreId: custom key stores are not supported; the keystore's own protection (passphrase, root key or PKCS #11 token) holds every key")
+	case in.XksKeyId != "":
+		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "XksKeyId: external key stores are not supported")
+	case len(in.Tags) > 0:
+		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "Tags: resource tags are not supported")
 	}
 	policy := in.Policy
 	if policy == "" {
@@ -83,12 +91,12 @@ func (s *Server) listKeys(c *call, body []byte) (response, error) {
 			keys = append(keys, k)
 		}
 	}
-	start, end, next, err := page(len(keys), in.Limit, in.Marker)
+	pg, next, err := listPage(keys, func(k *kms.KeyMetadata) string { return timeOrderKey(k.CreationDate, k.KeyID) }, in.Limit, in.Marker)
 	if err != nil {
 		return response{}, err
 	}
-	out := listKeysOutput{Keys: make([]keyListEntry, 0, end-start), Truncated: next != "", NextMarker: next}
-	for _, k := range keys[start:end] {
+	out := listKeysOutput{Keys: make([]keyListEntry, 0, len(pg)), Truncated: next != "", NextMarker: next}
+	for _, k := range pg {
 		out.Keys = append(out.Keys, keyListEntry{KeyId: k.KeyID, KeyArn: k.ARN})
 	}
 	return response{v: out}, nil

@@ -344,8 +344,9 @@ func statusFor(code string) int {
 		return http.StatusInternalServerError
 	case kms.CodeDependencyTimeout, kms.CodeUnavailable:
 		return http.StatusServiceUnavailable
-	case kms.CodeNotFound:
-		return http.StatusBadRequest
+	case kms.CodeDisabled, kms.CodeInvalidState:
+		// AWS answers these with 409 Conflict.
+		return http.StatusConflict
 	}
 	return http.StatusBadRequest
 }
