@@ -115,7 +115,9 @@ func TestKMSAccountsAreIsolated(t *testing.T) {
 	if pt, _, err := mc.Decrypt(ctx, "", ct, nil); err != nil || string(pt) != "hello" {
 		t.Fatalf("mallory decrypting under a policy that allows her account: %q %v", pt, err)
 	}
-	var desc struct{ KeyMetadata struct{ Arn, AWSAccountId string } }
+	var desc struct {
+		KeyMetadata struct{ Arn, AWSAccountId string }
+	}
 	h.awsJSON(kmsMalloryKey, &desc, "describe-key", "--key-id", aliceARN)
 	if desc.KeyMetadata.AWSAccountId != kmsAccount {
 		t.Fatalf("describe-key across accounts: %+v", desc)

@@ -778,7 +778,9 @@ func TestKMSServeGrantRules(t *testing.T) {
 	h.awsFails(kmsAliceKey, "ValidationException", "create-grant", "--key-id", "alias/g", "--grantee-principal", kmsBobARN, "--operations", "Encrypt")
 	var grant struct{ GrantId, GrantToken string }
 	h.awsJSON(kmsAliceKey, &grant, "create-grant", "--key-id", id, "--grantee-principal", kmsMalloryARN, "--operations", "Encrypt")
-	var list struct{ Grants []struct{ GrantId, IssuingAccount string } }
+	var list struct {
+		Grants []struct{ GrantId, IssuingAccount string }
+	}
 	h.awsJSON(kmsAliceKey, &list, "list-grants", "--key-id", arn)
 	if len(list.Grants) != 1 || list.Grants[0].IssuingAccount != kmsRootARN {
 		t.Fatalf("list-grants: %+v", list)
