@@ -659,11 +659,11 @@ func TestKMSServeThrottlingThenSuccessAfterBackoff(t *testing.T) {
 func TestKMSAuditVerifyDetectsEditedAndRemovedLines(t *testing.T) {
 	kmsAWS(t)
 	h := kmsStartServer(t)
-	id, _ := h.createKey(kmsAliceKey)
+	id, arn := h.createKey(kmsAliceKey)
 	for range 3 {
 		h.aws(kmsBobKey, "generate-data-key", "--key-id", id, "--key-spec", "AES_256")
 	}
-	h.awsFails(kmsMalloryKey, "AccessDeniedException", "describe-key", "--key-id", id)
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", "describe-key", "--key-id", arn) // another account: by ARN
 	h.stop()
 	lines := strings.SplitAfter(h.auditLog(), "\n")
 	lines = lines[:len(lines)-1] // after the final newline

@@ -224,8 +224,8 @@ func parseCondition(opName, key string, vals []string) (condition, error) {
 	for _, v := range vals {
 		switch f := op.family; {
 		case f == opNull || f == opBool:
-			b, err := strconv.ParseBool(strings.ToLower(v))
-			if err != nil || (v != "true" && v != "false" && !strings.EqualFold(v, "true") && !strings.EqualFold(v, "false")) {
+			b := strings.EqualFold(v, "true")
+			if !b && !strings.EqualFold(v, "false") {
 				return c, fmt.Errorf("condition %s on %s: %q is not true or false", opName, key, v)
 			}
 			if f == opNull {
