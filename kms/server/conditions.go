@@ -34,6 +34,7 @@ const (
 	typeDate
 	typeNumeric
 	typeIP
+	typeEpoch // aws:EpochTime: a date or a number of seconds
 )
 
 type keyInfo struct {
@@ -46,7 +47,7 @@ type keyInfo struct {
 // by prefix.
 var conditionKeys = map[string]keyInfo{
 	"aws:currenttime":      {typ: typeDate},
-	"aws:epochtime":        {typ: typeDate},
+	"aws:epochtime":        {typ: typeEpoch},
 	"aws:principalaccount": {typ: typeString},
 	"aws:principalarn":     {typ: typeARN},
 	"aws:securetransport":  {typ: typeBool},
@@ -156,9 +157,9 @@ func (f opFamily) accepts(t keyType) bool {
 	case f == opArnEquals:
 		return t == typeARN
 	case f.isNumeric():
-		return t == typeNumeric || t == typeDate // aws:EpochTime is both
+		return t == typeNumeric || t == typeEpoch
 	case f.isDate():
-		return t == typeDate
+		return t == typeDate || t == typeEpoch
 	case f == opBool:
 		return t == typeBool
 	case f == opIPAddress:

@@ -139,6 +139,7 @@ func TestConditionRefusals(t *testing.T) {
 		`"BinaryEquals":{"kms:KeyOrigin":"eA=="}`:               `condition operator "BinaryEquals" is not supported`,
 		`"StringEquals":{"kms:ResourceAliases":"alias/a"}`:      "multivalued",
 		`"NumericLessThan":{"kms:KeyOrigin":"1"}`:               "does not apply",
+		`"NumericLessThan":{"aws:CurrentTime":"1"}`:             "does not apply",
 		`"IpAddress":{"aws:SourceIp":"10.0.0.300"}`:             "not an IP address",
 		`"DateLessThan":{"aws:CurrentTime":"soon"}`:             "not a date",
 		`"NumericEquals":{"kms:RotationPeriodInDays":"ninety"}`: "not a number",
