@@ -188,6 +188,9 @@ func (s *Server) retireGrant(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
+	if err := keyIDOnly(in.KeyId); err != nil {
+		return response{}, err
+	}
 	g, err := s.findGrant(c, in)
 	if err != nil {
 		return response{}, err
