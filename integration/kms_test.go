@@ -897,7 +897,6 @@ func TestKMSServeCreateKeyRefusesWhatItCannotHonour(t *testing.T) {
 	kmsAWS(t)
 	h := kmsStartServer(t)
 	for _, args := range [][]string{
-		{"--tags", "TagKey=team,TagValue=red"},
 		{"--custom-key-store-id", "cks-1234567890abcdef0"},
 		{"--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id", "cks-1234567890abcdef0", "--xks-key-id", "xks-key-1"},
 	} {
@@ -906,9 +905,72 @@ func TestKMSServeCreateKeyRefusesWhatItCannotHonour(t *testing.T) {
 			t.Errorf("create-key %v: %v", args, err)
 		}
 	}
+	h.awsFails(kmsAliceKey, "TagException", "create-key", "--tags", "TagKey=aws:team,TagValue=red")
 	var keys struct{ Keys []struct{ KeyId string } }
 	h.awsJSON(kmsAliceKey, &keys, "list-keys")
 	if len(keys.Keys) != 0 {
 		t.Fatalf("refused create-key calls left keys behind: %+v", keys)
+	}
+}
+
+// TestKMSServeControlPlane: tags (on CreateKey too), descriptions, key
+// policy names and retirable grants round-trip through awscli.
+func TestKMSServeControlPlane(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	var created struct{ KeyMetadata struct{ KeyId, Arn string } }
+	h.awsJSON(kmsAliceKey, &created, "create-key", "--description", "first", "--tags", "TagKey=team,TagValue=red", "TagKey=env,TagValue=test")
+	id, arn := created.KeyMetadata.KeyId, created.KeyMetadata.Arn
+	type tags struct {
+		Tags []struct{ TagKey, TagValue string }
+	}
+	var got tags
+	h.awsJSON(kmsAliceKey, &got, "list-resource-tags", "--key-id", id)
+	if len(got.Tags) != 2 || got.Tags[0].TagKey != "env" || got.Tags[1].TagValue != "red" {
+		t.Fatalf("tags from create-key: %+v", got)
+	}
+	if _, err := h.aws(kmsAliceKey, "tag-resource", "--key-id", arn, "--tags", "TagKey=team,TagValue=blue", "TagKey=owner,TagValue=alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.aws(kmsAliceKey, "untag-resource", "--key-id", id, "--tag-keys", "env"); err != nil {
+		t.Fatal(err)
+	}
+	h.awsJSON(kmsAliceKey, &got, "list-resource-tags", "--key-id", id)
+	if len(got.Tags) != 2 || got.Tags[0] != (struct{ TagKey, TagValue string }{"owner", "alice"}) || got.Tags[1].TagValue != "blue" {
+		t.Fatalf("tags after tag/untag: %+v", got)
+	}
+	h.awsFails(kmsAliceKey, "TagException", "tag-resource", "--key-id", id, "--tags", "TagKey=aws:x,TagValue=y")
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", "list-resource-tags", "--key-id", arn)
+
+	if _, err := h.aws(kmsAliceKey, "update-key-description", "--key-id", id, "--description", "second"); err != nil {
+		t.Fatal(err)
+	}
+	var desc struct{ KeyMetadata struct{ Description string } }
+	h.awsJSON(kmsAliceKey, &desc, "describe-key", "--key-id", id)
+	if desc.KeyMetadata.Description != "second" {
+		t.Fatalf("description %q", desc.KeyMetadata.Description)
+	}
+	var pols struct{ PolicyNames []string }
+	h.awsJSON(kmsAliceKey, &pols, "list-key-policies", "--key-id", id)
+	if len(pols.PolicyNames) != 1 || pols.PolicyNames[0] != "default" {
+		t.Fatalf("list-key-policies: %+v", pols)
+	}
+
+	var grant struct{ GrantId string }
+	h.awsJSON(kmsAliceKey, &grant, "create-grant", "--key-id", id, "--grantee-principal", kmsMalloryARN,
+		"--retiring-principal", kmsBobARN, "--operations", "Decrypt")
+	if _, err := h.aws(kmsAliceKey, "create-grant", "--key-id", id, "--grantee-principal", kmsMalloryARN, "--operations", "Encrypt"); err != nil {
+		t.Fatal(err)
+	}
+	var ret struct {
+		Grants []struct{ GrantId, KeyId, RetiringPrincipal string }
+	}
+	h.awsJSON(kmsBobKey, &ret, "list-retirable-grants", "--retiring-principal", kmsBobARN)
+	if len(ret.Grants) != 1 || ret.Grants[0].GrantId != grant.GrantId || ret.Grants[0].KeyId != arn {
+		t.Fatalf("list-retirable-grants: %+v", ret)
+	}
+	h.awsJSON(kmsMalloryKey, &ret, "list-retirable-grants", "--retiring-principal", kmsBobARN)
+	if len(ret.Grants) != 0 {
+		t.Fatalf("another account sees the grants: %+v", ret)
 	}
 }

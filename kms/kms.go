@@ -200,6 +200,8 @@ type CreateKeyInput struct {
 	// Account owns the key (its ARN's account); empty means the account
 	// of the store. A remote KMS takes it from the caller's credentials.
 	Account string
+	// Tags are resource tags for the key (AWS's limits apply).
+	Tags map[string]string
 }
 
 // Admin is the key management surface: the AWS KMS control-plane operations

@@ -178,3 +178,38 @@ func TestAccountsHaveTheirOwnKeysAndAliases(t *testing.T) {
 		t.Fatalf("format %d while another account's key exists", f)
 	}
 }
+
+func TestTagsAndDescription(t *testing.T) {
+	f := newFixture(t)
+	md, err := f.ks.CreateKey(bg, kms.CreateKeyInput{Tags: map[string]string{"team": "red"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.ks.CreateKey(bg, kms.CreateKeyInput{Tags: map[string]string{"aws:x": "y"}})
+	wantCodeName(t, err, "TagException")
+	if err := f.ks.TagResource(bg, md.ARN, map[string]string{"env": "test", "team": "blue"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ks.UntagResource(bg, md.KeyID, []string{"env", "absent"}); err != nil {
+		t.Fatal(err)
+	}
+	wantCodeName(t, f.ks.TagResource(bg, "alias/x", map[string]string{"a": "b"}), kms.CodeValidation)
+	if err := f.ks.UpdateKeyDescription(bg, md.KeyID, "renamed"); err != nil {
+		t.Fatal(err)
+	}
+	// Both survive a reopen.
+	f.ks.Close()
+	ks := f.open(t, nil)
+	tags, err := ks.ListResourceTags(bg, md.KeyID)
+	if err != nil || len(tags) != 1 || tags["team"] != "blue" {
+		t.Fatalf("tags %v %v", tags, err)
+	}
+	if got, _ := ks.DescribeKey(bg, md.KeyID); got.Description != "renamed" {
+		t.Fatalf("description %q", got.Description)
+	}
+	if _, err := ks.ScheduleKeyDeletion(bg, md.KeyID, 7); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, ks.UpdateKeyDescription(bg, md.KeyID, "x"), kms.ErrInvalidState)
+	wantCode(t, ks.TagResource(bg, md.KeyID, map[string]string{"a": "b"}), kms.ErrInvalidState)
+}

@@ -163,6 +163,9 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 	} else if err := checkPolicy(policy); err != nil {
 		return kms.KeyMetadata{}, err
 	}
+	if err := CheckTags(in.Tags); err != nil {
+		return kms.KeyMetadata{}, err
+	}
 	origin := in.Origin
 	if origin == "" {
 		origin = originAWSKMS
@@ -186,6 +189,7 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 			KeyManager:        keyManager,
 			CreatingPrincipal: in.Principal,
 			Policy:            policy,
+			Tags:              maps.Clone(in.Tags),
 			uuid:              u,
 		}
 		if origin == originExternal {

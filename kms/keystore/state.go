@@ -42,6 +42,7 @@ const (
 //	                       keystore's; absent: the keystore's account, the
 //	                       one given to Open),
 //	              origin, key_manager, creating_principal, policy (verbatim),
+//	              tags: {"<key>": "<value>"} (absent: none),
 //	              rotation: {enabled, period_days, base, last, on_demand},
 //	              current_version,
 //	              versions: [{version, created,
@@ -92,8 +93,12 @@ type keyRecord struct {
 	KeyManager        string       `json:"key_manager"`
 	CreatingPrincipal string       `json:"creating_principal,omitempty"`
 	// Policy is the key policy document, stored verbatim.
-	Policy   string         `json:"policy"`
-	Rotation rotationRecord `json:"rotation"`
+	Policy string `json:"policy"`
+	// Tags are the key's resource tags. A kmsfs that predates them
+	// ignores them (they grant nothing) and drops them if it rewrites the
+	// state.
+	Tags     map[string]string `json:"tags,omitempty"`
+	Rotation rotationRecord    `json:"rotation"`
 	// CurrentVersion is the material version new ciphertext uses; 0 while
 	// the key has no material (origin EXTERNAL before import).
 	CurrentVersion int             `json:"current_version"`
@@ -238,6 +243,7 @@ func (st *state) clone() *state {
 	for id, rec := range st.Keys {
 		r := *rec
 		r.Versions = append([]versionRecord(nil), rec.Versions...)
+		r.Tags = maps.Clone(rec.Tags)
 		if rec.Import != nil {
 			im := *rec.Import
 			r.Import = &im

@@ -137,6 +137,12 @@ func (s *Server) listGrants(c *call, body []byte) (response, error) {
 			matched = append(matched, g)
 		}
 	}
+	return s.grantPage(matched, in)
+}
+
+// grantPage answers ListGrants and ListRetirableGrants: one page of grants
+// (each with its KeyID an ARN), never with their tokens.
+func (s *Server) grantPage(matched []kms.Grant, in listInput) (response, error) {
 	pg, next, err := listPage(matched, func(g *kms.Grant) string { return timeOrderKey(g.CreationDate, g.GrantID) }, in.Limit, in.Marker)
 	if err != nil {
 		return response{}, err
@@ -144,7 +150,7 @@ func (s *Server) listGrants(c *call, body []byte) (response, error) {
 	out := listGrantsOutput{Grants: make([]grantListEntry, 0, len(pg)), Truncated: next != "", NextMarker: next}
 	for _, g := range pg {
 		e := grantListEntry{
-			KeyId:             arn,
+			KeyId:             g.KeyID,
 			GrantId:           g.GrantID,
 			Name:              g.Name,
 			CreationDate:      epoch(g.CreationDate),

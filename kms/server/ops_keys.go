@@ -27,8 +27,6 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "CustomKeyStoreId: custom key stores are not supported; the keystore's own protection (passphrase, root key or PKCS #11 token) holds every key")
 	case in.XksKeyId != "":
 		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "XksKeyId: external key stores are not supported")
-	case len(in.Tags) > 0:
-		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "Tags: resource tags are not supported")
 	}
 	policy := in.Policy
 	if policy == "" {
@@ -51,6 +49,7 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		Principal:   c.cred.Principal,
 		Origin:      in.Origin,
 		Account:     c.cred.Account,
+		Tags:        tagMap(in.Tags),
 	})
 	if err != nil {
 		return response{}, err

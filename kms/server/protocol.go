@@ -2,7 +2,6 @@ package server
 
 import (
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -21,18 +20,57 @@ type keyIDInput struct {
 }
 
 type createKeyInput struct {
-	Policy                         string `json:"Policy"`
-	Description                    string `json:"Description"`
-	KeyUsage                       string `json:"KeyUsage"`
-	KeySpec                        string `json:"KeySpec"`
-	CustomerMasterKeySpec          string `json:"CustomerMasterKeySpec"`
-	Origin                         string `json:"Origin"`
-	MultiRegion                    bool   `json:"MultiRegion"`
-	BypassPolicyLockoutSafetyCheck bool   `json:"BypassPolicyLockoutSafetyCheck"`
-	CustomKeyStoreId               string `json:"CustomKeyStoreId"`
-	XksKeyId                       string `json:"XksKeyId"`
-	// Tags is only checked for presence: keys here carry no tags.
-	Tags []json.RawMessage `json:"Tags"`
+	Policy                         string    `json:"Policy"`
+	Description                    string    `json:"Description"`
+	KeyUsage                       string    `json:"KeyUsage"`
+	KeySpec                        string    `json:"KeySpec"`
+	CustomerMasterKeySpec          string    `json:"CustomerMasterKeySpec"`
+	Origin                         string    `json:"Origin"`
+	MultiRegion                    bool      `json:"MultiRegion"`
+	BypassPolicyLockoutSafetyCheck bool      `json:"BypassPolicyLockoutSafetyCheck"`
+	CustomKeyStoreId               string    `json:"CustomKeyStoreId"`
+	XksKeyId                       string    `json:"XksKeyId"`
+	Tags                           []tagJSON `json:"Tags"`
+}
+
+type tagJSON struct {
+	TagKey   string `json:"TagKey"`
+	TagValue string `json:"TagValue"`
+}
+
+// tagMap turns a request's tag list into a map (a repeated key: the last
+// value).
+func tagMap(tags []tagJSON) map[string]string {
+	if len(tags) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(tags))
+	for _, t := range tags {
+		m[t.TagKey] = t.TagValue
+	}
+	return m
+}
+
+type tagResourceInput struct {
+	KeyId   string    `json:"KeyId"`
+	Tags    []tagJSON `json:"Tags"`
+	TagKeys []string  `json:"TagKeys"`
+}
+
+type listResourceTagsOutput struct {
+	Tags       []tagJSON `json:"Tags"`
+	Truncated  bool      `json:"Truncated"`
+	NextMarker string    `json:"NextMarker,omitempty"`
+}
+
+type updateKeyDescriptionInput struct {
+	KeyId       string `json:"KeyId"`
+	Description string `json:"Description"`
+}
+
+type listKeyPoliciesOutput struct {
+	PolicyNames []string `json:"PolicyNames"`
+	Truncated   bool     `json:"Truncated"`
 }
 
 type keyMetadataJSON struct {
@@ -85,11 +123,12 @@ type keyMetadataOutput struct {
 }
 
 type listInput struct {
-	KeyId            string `json:"KeyId"`
-	Limit            int    `json:"Limit"`
-	Marker           string `json:"Marker"`
-	GrantId          string `json:"GrantId"`
-	GranteePrincipal string `json:"GranteePrincipal"`
+	KeyId             string `json:"KeyId"`
+	Limit             int    `json:"Limit"`
+	Marker            string `json:"Marker"`
+	GrantId           string `json:"GrantId"`
+	GranteePrincipal  string `json:"GranteePrincipal"`
+	RetiringPrincipal string `json:"RetiringPrincipal"`
 }
 
 type keyListEntry struct {

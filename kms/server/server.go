@@ -33,6 +33,12 @@ type Store interface {
 	// CiphertextKeyARN returns the ARN of the key a ciphertext blob names,
 	// without decrypting, so Decrypt can be authorised before it runs.
 	CiphertextKeyARN(ciphertext []byte) (string, error)
+
+	// The control-plane operations beyond kms.Admin.
+	UpdateKeyDescription(ctx context.Context, keyID, description string) error
+	TagResource(ctx context.Context, keyID string, tags map[string]string) error
+	UntagResource(ctx context.Context, keyID string, tagKeys []string) error
+	ListResourceTags(ctx context.Context, keyID string) (map[string]string, error)
 }
 
 // Config configures a Server.
@@ -194,6 +200,12 @@ var operations = map[string]operation{
 	"ListGrants":                      {fn: (*Server).listGrants},
 	"RevokeGrant":                     {fn: (*Server).revokeGrant},
 	"RetireGrant":                     {fn: (*Server).retireGrant},
+	"UpdateKeyDescription":            {fn: (*Server).updateKeyDescription},
+	"TagResource":                     {fn: (*Server).tagResource},
+	"UntagResource":                   {fn: (*Server).untagResource},
+	"ListResourceTags":                {fn: (*Server).listResourceTags},
+	"ListKeyPolicies":                 {fn: (*Server).listKeyPolicies},
+	"ListRetirableGrants":             {fn: (*Server).listRetirableGrants},
 	"GetParametersForImport":          {fn: (*Server).getParametersForImport},
 	"ImportKeyMaterial":               {fn: (*Server).importKeyMaterial},
 	"DeleteImportedKeyMaterial":       {fn: (*Server).deleteImportedKeyMaterial},
