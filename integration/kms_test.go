@@ -849,6 +849,37 @@ func TestKMSServeKeyStateRulesAndLimits(t *testing.T) {
 	if err := c.RotateKeyOnDemand(ctx, id); kms.Code(err) != kms.CodeLimitExceeded {
 		t.Fatalf("11th on-demand rotation: %v", err)
 	}
+	// ListKeyRotations pages through the ten.
+	var marker string
+	n := 0
+	for {
+		in := map[string]any{"KeyId": id, "Limit": 4}
+		if marker != "" {
+			in["Marker"] = marker
+		}
+		status, b := h.call(kmsAliceKey, "ListKeyRotations", in)
+		var out struct {
+			Rotations  []struct{ KeyId, RotationType string }
+			Truncated  bool
+			NextMarker string
+		}
+		if status != 200 || json.Unmarshal(b, &out) != nil {
+			t.Fatalf("ListKeyRotations: %d %s", status, b)
+		}
+		for _, r := range out.Rotations {
+			if r.RotationType != "ON_DEMAND" || !strings.HasSuffix(r.KeyId, id) {
+				t.Fatalf("rotation %+v", r)
+			}
+		}
+		n += len(out.Rotations)
+		if !out.Truncated {
+			break
+		}
+		marker = out.NextMarker
+	}
+	if n != 10 {
+		t.Fatalf("ListKeyRotations listed %d rotations, want 10", n)
+	}
 }
 
 // TestKMSServeListMarkersResumeAfterAnItem: an alias created between two

@@ -191,6 +191,14 @@ type Grant struct {
 	CreationDate   time.Time
 }
 
+// KeyRotation is one rotation of a key's material, as ListKeyRotations
+// reports it.
+type KeyRotation struct {
+	Version int       // the material version the rotation made
+	Date    time.Time // when
+	Type    string    // "AUTOMATIC" or "ON_DEMAND"; "" if not recorded
+}
+
 // CreateKeyInput carries CreateKey's options.
 type CreateKeyInput struct {
 	Description string

@@ -194,7 +194,7 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 		}
 		if origin == originExternal {
 			rec.State = kms.KeyPendingImport
-		} else if err := k.addVersion(rec, now); err != nil {
+		} else if err := k.addVersion(rec, now, ""); err != nil {
 			return false, err
 		}
 		if _, dup := st.Keys[rec.ID]; dup {
@@ -543,12 +543,33 @@ func (k *Keystore) RotateKeyOnDemand(ctx context.Context, keyID string) error {
 		if rec.Rotation.OnDemand >= MaxOnDemandRotations {
 			return false, kms.Errorf(kms.CodeLimitExceeded, "key %s has been rotated on demand %d times, the most allowed", rec.ID, MaxOnDemandRotations)
 		}
-		if err := k.addVersion(rec, now); err != nil {
+		if err := k.addVersion(rec, now, rotationOnDemand); err != nil {
 			return false, err
 		}
 		rec.Rotation.OnDemand++
 		return true, nil
 	})
+}
+
+// ListKeyRotations lists the key's rotations (every material version after
+// the first), oldest first. Keys with imported material do not rotate
+// (UnsupportedOperationException).
+func (k *Keystore) ListKeyRotations(ctx context.Context, keyID string) ([]kms.KeyRotation, error) {
+	var out []kms.KeyRotation
+	err := k.view(ctx, func(st *state, now time.Time) error {
+		rec, err := k.resolveKey(st, keyID, now)
+		if err != nil {
+			return err
+		}
+		if rec.Origin != originAWSKMS {
+			return kms.Errorf(kms.CodeUnsupportedOperation, "key %s has origin %s; only %s keys rotate", rec.ID, rec.Origin, originAWSKMS)
+		}
+		for _, v := range rec.Versions[1:] {
+			out = append(out, kms.KeyRotation{Version: v.Version, Date: v.Created, Type: v.Rotation})
+		}
+		return nil
+	})
+	return out, err
 }
 
 // GetKeyPolicy returns the key policy document as stored.

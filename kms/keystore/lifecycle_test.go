@@ -378,4 +378,8 @@ func TestOnDemandRotationLimit(t *testing.T) {
 	if got, _ := ks.DescribeKey(bg, md.KeyID); got.Versions != MaxOnDemandRotations+1 {
 		t.Fatalf("%d versions", got.Versions)
 	}
+	rots, err := ks.ListKeyRotations(bg, md.ARN)
+	if err != nil || len(rots) != MaxOnDemandRotations || rots[0].Version != 2 || rots[0].Type != "ON_DEMAND" {
+		t.Fatalf("ListKeyRotations: %+v %v", rots, err)
+	}
 }

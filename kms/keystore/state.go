@@ -45,7 +45,7 @@ const (
 //	              tags: {"<key>": "<value>"} (absent: none),
 //	              rotation: {enabled, period_days, base, last, on_demand},
 //	              current_version,
-//	              versions: [{version, created,
+//	              versions: [{version, created, rotation (AUTOMATIC|ON_DEMAND),
 //	                          material: base64(nonce || AES-GCM_KEK(256-bit key))
 //	                                    (absent: imported material deleted)}],
 //	              import: {digest, valid_to} (origin EXTERNAL, once imported)}}
@@ -138,6 +138,10 @@ type versionRecord struct {
 	// Material is the 256-bit AES key, sealed under the KEK with
 	// materialAADFor(key ID, version) as additional data.
 	Material []byte `json:"material"`
+	// Rotation is how a version after the first came: "AUTOMATIC" or
+	// "ON_DEMAND" (absent for the first version, and for versions made
+	// before it was recorded).
+	Rotation string `json:"rotation,omitempty"`
 }
 
 func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }

@@ -246,6 +246,18 @@ type keyRotationStatusOutput struct {
 	NextRotationDate     float64 `json:"NextRotationDate,omitempty"`
 }
 
+type keyRotationJSON struct {
+	KeyId        string  `json:"KeyId"`
+	RotationDate float64 `json:"RotationDate"`
+	RotationType string  `json:"RotationType,omitempty"`
+}
+
+type listKeyRotationsOutput struct {
+	Rotations  []keyRotationJSON `json:"Rotations"`
+	Truncated  bool              `json:"Truncated"`
+	NextMarker string            `json:"NextMarker,omitempty"`
+}
+
 type keyIDOutput struct {
 	KeyId string `json:"KeyId"`
 }

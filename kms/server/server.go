@@ -39,6 +39,7 @@ type Store interface {
 	TagResource(ctx context.Context, keyID string, tags map[string]string) error
 	UntagResource(ctx context.Context, keyID string, tagKeys []string) error
 	ListResourceTags(ctx context.Context, keyID string) (map[string]string, error)
+	ListKeyRotations(ctx context.Context, keyID string) ([]kms.KeyRotation, error)
 }
 
 // Config configures a Server.
@@ -194,6 +195,7 @@ var operations = map[string]operation{
 	"DisableKeyRotation":              {fn: (*Server).disableKeyRotation},
 	"GetKeyRotationStatus":            {fn: (*Server).getKeyRotationStatus},
 	"RotateKeyOnDemand":               {fn: (*Server).rotateKeyOnDemand},
+	"ListKeyRotations":                {fn: (*Server).listKeyRotations},
 	"GetKeyPolicy":                    {fn: (*Server).getKeyPolicy},
 	"PutKeyPolicy":                    {changesLookups: true, fn: (*Server).putKeyPolicy},
 	"CreateGrant":                     {fn: (*Server).createGrant},
