@@ -981,6 +981,19 @@ func TestKMSServeControlPlane(t *testing.T) {
 	if desc.KeyMetadata.Description != "second" {
 		t.Fatalf("description %q", desc.KeyMetadata.Description)
 	}
+	if _, err := h.aws(kmsAliceKey, "create-alias", "--alias-name", "alias/cp", "--target-key-id", id); err != nil {
+		t.Fatal(err)
+	}
+	var aliases struct {
+		Aliases []struct {
+			AliasName                     string
+			CreationDate, LastUpdatedDate time.Time // awscli prints ISO 8601
+		}
+	}
+	h.awsJSON(kmsAliceKey, &aliases, "list-aliases")
+	if len(aliases.Aliases) != 1 || time.Since(aliases.Aliases[0].CreationDate) > time.Minute || aliases.Aliases[0].LastUpdatedDate.IsZero() {
+		t.Fatalf("list-aliases CreationDate: %+v", aliases)
+	}
 	var pols struct{ PolicyNames []string }
 	h.awsJSON(kmsAliceKey, &pols, "list-key-policies", "--key-id", id)
 	if len(pols.PolicyNames) != 1 || pols.PolicyNames[0] != "default" {

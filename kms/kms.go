@@ -172,6 +172,10 @@ type Alias struct {
 	Name        string // "alias/name"
 	ARN         string // alias ARN
 	TargetKeyID string
+	// CreationDate and LastUpdatedDate are zero when the store does not
+	// know them (aliases made before it recorded them).
+	CreationDate    time.Time
+	LastUpdatedDate time.Time
 }
 
 // Grant gives a grantee principal the named operations on a key, as in AWS CreateGrant.

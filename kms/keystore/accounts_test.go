@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kmsfs/kmsfs/kms"
 )
@@ -212,4 +213,39 @@ func TestTagsAndDescription(t *testing.T) {
 	}
 	wantCode(t, ks.UpdateKeyDescription(bg, md.KeyID, "x"), kms.ErrInvalidState)
 	wantCode(t, ks.TagResource(bg, md.KeyID, map[string]string{"a": "b"}), kms.ErrInvalidState)
+}
+
+func TestAliasDates(t *testing.T) {
+	f := newFixture(t)
+	a, b := createKey(t, f.ks), createKey(t, f.ks)
+	created := f.clock.Now()
+	if err := f.ks.CreateAlias(bg, "alias/d", a.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(time.Hour)
+	if err := f.ks.UpdateAlias(bg, "alias/d", b.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	list, err := f.ks.ListAliases(bg, "")
+	if err != nil || len(list) != 1 || !list[0].CreationDate.Equal(created) || !list[0].LastUpdatedDate.Equal(created.Add(time.Hour)) {
+		t.Fatalf("alias dates: %+v %v", list, err)
+	}
+	// Deleting and re-creating starts afresh; an alias of a format 1
+	// keystore has no dates until it is re-pointed.
+	if err := f.ks.DeleteAlias(bg, "alias/d"); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(time.Hour)
+	if err := f.ks.CreateAlias(bg, "alias/d", a.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	list, _ = f.ks.ListAliases(bg, "")
+	if !list[0].CreationDate.Equal(created.Add(2 * time.Hour)) {
+		t.Fatalf("re-created alias: %+v", list)
+	}
+	old, _ := openFormat1(t)
+	list, _ = old.ListAliases(bg, "")
+	if len(list) != 1 || !list[0].CreationDate.IsZero() {
+		t.Fatalf("format 1 alias: %+v", list)
+	}
 }

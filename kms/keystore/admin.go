@@ -315,7 +315,7 @@ func (k *Keystore) CreateAlias(ctx context.Context, alias, targetKeyID string) e
 		if err != nil {
 			return false, err
 		}
-		st.setAlias(owner, name, rec.ID)
+		st.setAlias(owner, name, rec.ID, now)
 		return true, nil
 	})
 }
@@ -335,7 +335,7 @@ func (k *Keystore) UpdateAlias(ctx context.Context, alias, targetKeyID string) e
 		if err != nil {
 			return false, err
 		}
-		st.setAlias(owner, name, rec.ID)
+		st.setAlias(owner, name, rec.ID, now)
 		return true, nil
 	})
 }
@@ -375,7 +375,9 @@ func (k *Keystore) ListAliases(ctx context.Context, keyID string) ([]kms.Alias, 
 				if rec := st.Keys[target]; rec == nil || rec.expired(now) || (only != "" && target != only) {
 					continue
 				}
-				out = append(out, kms.Alias{Name: name, ARN: k.aliasARN(account, name), TargetKeyID: target})
+				d := st.AliasDates[aliasDateKey(k.owner(account), name)]
+				out = append(out, kms.Alias{Name: name, ARN: k.aliasARN(account, name), TargetKeyID: target,
+					CreationDate: d.Created, LastUpdatedDate: d.Updated})
 			}
 		}
 		add(k.account, st.Aliases)

@@ -52,6 +52,8 @@ const (
 //	aliases      {"alias/<name>": "<uuid>"}: the keystore account's aliases
 //	account_aliases  (format 2) {"<account>": {"alias/<name>": "<uuid>"}}:
 //	             the aliases of other accounts, each naming a key of its account
+//	alias_dates  {"alias/<name>" (keystore account) or "<account>:alias/<name>":
+//	              {created, updated}}
 //	grants       {"<grant id>": kms.Grant fields; KeyID is the key UUID}
 //	imports      {"<token id>": {key_id, algorithm, valid_to,
 //	              private_key: base64(nonce || AES-GCM_KEK(PKCS #8 RSA key))}}
@@ -75,7 +77,11 @@ type state struct {
 	// AccountAliases are the alias namespaces of other accounts than the
 	// keystore's: account -> "alias/name" -> key ID.
 	AccountAliases map[string]map[string]string `json:"account_aliases,omitempty"`
-	Grants         map[string]*kms.Grant        `json:"grants"` // by grant ID
+	// AliasDates are when each alias was created and last pointed at a
+	// key, by aliasDateKey. Aliases made before they were recorded have
+	// none; a kmsfs that predates them ignores them.
+	AliasDates map[string]aliasDates `json:"alias_dates,omitempty"`
+	Grants     map[string]*kms.Grant `json:"grants"` // by grant ID
 	// Imports are the outstanding GetParametersForImport results, by token
 	// ID: a private key each, sealed, until used or 24 hours old.
 	Imports map[string]*pendingImport `json:"imports,omitempty"`
@@ -236,6 +242,7 @@ func (st *state) clone() *state {
 		Keys:       make(map[string]*keyRecord, len(st.Keys)),
 		Aliases:    maps.Clone(st.Aliases),
 		Grants:     make(map[string]*kms.Grant, len(st.Grants)),
+		AliasDates: maps.Clone(st.AliasDates),
 	}
 	if st.AccountAliases != nil {
 		c.AccountAliases = make(map[string]map[string]string, len(st.AccountAliases))
@@ -314,17 +321,14 @@ func (st *state) purge(id string) {
 	delete(st.Keys, id)
 	for name, target := range st.Aliases {
 		if target == id {
-			delete(st.Aliases, name)
+			st.deleteAlias("", name)
 		}
 	}
 	for account, names := range st.AccountAliases {
 		for name, target := range names {
 			if target == id {
-				delete(names, name)
+				st.deleteAlias(account, name)
 			}
-		}
-		if len(names) == 0 {
-			delete(st.AccountAliases, account)
 		}
 	}
 	for gid, g := range st.Grants {
@@ -348,8 +352,31 @@ func (st *state) aliases(owner string) map[string]string {
 	return st.AccountAliases[owner]
 }
 
-// setAlias points name in owner's namespace at key id.
-func (st *state) setAlias(owner, name, id string) {
+type aliasDates struct {
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+// aliasDateKey names an alias in AliasDates.
+func aliasDateKey(owner, name string) string {
+	if owner == "" {
+		return name
+	}
+	return owner + ":" + name
+}
+
+// setAlias points name in owner's namespace at key id, now.
+func (st *state) setAlias(owner, name, id string, now time.Time) {
+	if st.AliasDates == nil {
+		st.AliasDates = map[string]aliasDates{}
+	}
+	dk := aliasDateKey(owner, name)
+	d := st.AliasDates[dk]
+	if _, exists := st.aliases(owner)[name]; !exists {
+		d = aliasDates{Created: now}
+	}
+	d.Updated = now
+	st.AliasDates[dk] = d
 	if owner == "" {
 		st.Aliases[name] = id
 		return
@@ -365,6 +392,7 @@ func (st *state) setAlias(owner, name, id string) {
 
 // deleteAlias removes name from owner's namespace.
 func (st *state) deleteAlias(owner, name string) {
+	delete(st.AliasDates, aliasDateKey(owner, name))
 	if owner == "" {
 		delete(st.Aliases, name)
 		return

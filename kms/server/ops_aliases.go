@@ -36,7 +36,8 @@ func (s *Server) listAliases(c *call, body []byte) (response, error) {
 	}
 	out := listAliasesOutput{Aliases: make([]aliasListEntry, 0, len(pg)), Truncated: next != "", NextMarker: next}
 	for _, a := range pg {
-		out.Aliases = append(out.Aliases, aliasListEntry{AliasName: a.Name, AliasArn: a.ARN, TargetKeyId: a.TargetKeyID})
+		out.Aliases = append(out.Aliases, aliasListEntry{AliasName: a.Name, AliasArn: a.ARN, TargetKeyId: a.TargetKeyID,
+			CreationDate: epoch(a.CreationDate), LastUpdatedDate: epoch(a.LastUpdatedDate)})
 	}
 	return response{v: out}, nil
 }

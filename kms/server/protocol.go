@@ -148,9 +148,11 @@ type aliasInput struct {
 }
 
 type aliasListEntry struct {
-	AliasName   string `json:"AliasName"`
-	AliasArn    string `json:"AliasArn"`
-	TargetKeyId string `json:"TargetKeyId,omitempty"`
+	AliasName       string  `json:"AliasName"`
+	AliasArn        string  `json:"AliasArn"`
+	TargetKeyId     string  `json:"TargetKeyId,omitempty"`
+	CreationDate    float64 `json:"CreationDate,omitempty"`
+	LastUpdatedDate float64 `json:"LastUpdatedDate,omitempty"`
 }
 
 type listAliasesOutput struct {
