@@ -6,7 +6,9 @@ import (
 
 func (s *Server) lockoutSafe(c *call, p *Policy, resource string) bool {
 	rc := s.requestContext(c, "kms:PutKeyPolicy", resource)
-	return p.Evaluate(&rc) == Allow
+	ok := p.Evaluate(&rc) == Allow
+	c.attrErr = nil // a lookup that failed only makes the check fail
+	return ok
 }
 
 func checkPolicyName(name string) error {

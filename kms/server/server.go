@@ -155,6 +155,9 @@ type call struct {
 	// requestAlias is kms:RequestAlias: the alias the request named its
 	// key by, if it did.
 	requestAlias string
+	// attrErr is a failure to look up a key attribute a condition asked
+	// for; the request then fails rather than skip the condition.
+	attrErr error
 }
 
 // response is a handler's answer: either a value for encoding/json, or a
@@ -440,7 +443,11 @@ func (s *Server) decide(c *call, action, keyARN string, ec kms.EncryptionContext
 		}
 		rc.Values["kms:grantisforawsresource"] = []string{"false"}
 	}
-	return p.Evaluate(&rc), nil
+	d := p.Evaluate(&rc)
+	if c.attrErr != nil {
+		return NoMatch, c.attrErr
+	}
+	return d, nil
 }
 
 // grantRequestOps are the operations whose request context has
@@ -484,7 +491,7 @@ func (s *Server) keyAttribute(c *call, keyARN, key string) ([]string, bool) {
 	case "kms:resourcealiases":
 		aliases, err := s.store.ListAliases(c.ctx, keyARN)
 		if err != nil {
-			s.logf("kms:ResourceAliases of %s: %v", keyARN, err)
+			c.attrErr = fmt.Errorf("kms:ResourceAliases of %s: %w", keyARN, err)
 			return nil, false
 		}
 		out := make([]string, 0, len(aliases))
@@ -499,7 +506,7 @@ func (s *Server) keyAttribute(c *call, keyARN, key string) ([]string, bool) {
 	case "kms:keyorigin":
 		md, err := s.store.DescribeKey(c.ctx, keyARN)
 		if err != nil {
-			s.logf("kms:KeyOrigin of %s: %v", keyARN, err)
+			c.attrErr = fmt.Errorf("kms:KeyOrigin of %s: %w", keyARN, err)
 			return nil, false
 		}
 		if md.Origin == "" {
