@@ -222,6 +222,9 @@ func parseCondition(opName, key string, vals []string) (condition, error) {
 	if len(vals) == 0 {
 		return c, fmt.Errorf("condition %s on %s has no values", opName, key)
 	}
+	if err := noPolicyVariables("condition "+opName+" on "+key, vals); err != nil {
+		return c, err
+	}
 	for _, v := range vals {
 		switch f := op.family; {
 		case f == opNull || f == opBool:
@@ -256,6 +259,18 @@ func parseCondition(opName, key string, vals []string) (condition, error) {
 		}
 	}
 	return c, nil
+}
+
+// noPolicyVariables refuses IAM policy variables (${aws:username}, ...):
+// this server does not substitute them, and taken literally they would never
+// match, leaving a Deny inert.
+func noPolicyVariables(where string, vals []string) error {
+	for _, v := range vals {
+		if strings.Contains(v, "${") {
+			return fmt.Errorf("%s: policy variables such as %q are not supported", where, v)
+		}
+	}
+	return nil
 }
 
 // parseDate reads the date forms IAM accepts: ISO 8601 (a date, or a date

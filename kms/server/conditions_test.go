@@ -134,19 +134,20 @@ func TestConditionKeysAndOperators(t *testing.T) {
 
 func TestConditionRefusals(t *testing.T) {
 	for cond, want := range map[string]string{
-		`"StringEquals":{"aws:userid":"x"}`:                     `condition key "aws:userid" is not supported`,
-		`"StringEquals":{"kms:GrantConstraintType":"x"}`:        `condition key "kms:GrantConstraintType" is not supported`,
-		`"BinaryEquals":{"kms:KeyOrigin":"eA=="}`:               `condition operator "BinaryEquals" is not supported`,
-		`"StringEquals":{"kms:ResourceAliases":"alias/a"}`:      "multivalued",
-		`"NumericLessThan":{"kms:KeyOrigin":"1"}`:               "does not apply",
-		`"NumericLessThan":{"aws:CurrentTime":"1"}`:             "does not apply",
-		`"IpAddress":{"aws:SourceIp":"10.0.0.300"}`:             "not an IP address",
-		`"DateLessThan":{"aws:CurrentTime":"soon"}`:             "not a date",
-		`"NumericEquals":{"kms:RotationPeriodInDays":"ninety"}`: "not a number",
-		`"Bool":{"aws:SecureTransport":"yes"}`:                  "not true or false",
-		`"Null":{"kms:ViaService":["true","false"]}`:            "one value",
-		`"ForAnyValue:Null":{"kms:ViaService":"true"}`:          "cannot be qualified",
-		`"StringEqualsIfExistsIfExists":{"kms:KeyOrigin":"x"}`:  "not supported",
+		`"StringEquals":{"aws:userid":"x"}`:                            `condition key "aws:userid" is not supported`,
+		`"StringEquals":{"kms:GrantConstraintType":"x"}`:               `condition key "kms:GrantConstraintType" is not supported`,
+		`"BinaryEquals":{"kms:KeyOrigin":"eA=="}`:                      `condition operator "BinaryEquals" is not supported`,
+		`"StringEquals":{"kms:ResourceAliases":"alias/a"}`:             "multivalued",
+		`"NumericLessThan":{"kms:KeyOrigin":"1"}`:                      "does not apply",
+		`"NumericLessThan":{"aws:CurrentTime":"1"}`:                    "does not apply",
+		`"IpAddress":{"aws:SourceIp":"10.0.0.300"}`:                    "not an IP address",
+		`"DateLessThan":{"aws:CurrentTime":"soon"}`:                    "not a date",
+		`"NumericEquals":{"kms:RotationPeriodInDays":"ninety"}`:        "not a number",
+		`"Bool":{"aws:SecureTransport":"yes"}`:                         "not true or false",
+		`"Null":{"kms:ViaService":["true","false"]}`:                   "one value",
+		`"StringEquals":{"kms:EncryptionContext:u":"${aws:username}"}`: "policy variables",
+		`"ForAnyValue:Null":{"kms:ViaService":"true"}`:                 "cannot be qualified",
+		`"StringEqualsIfExistsIfExists":{"kms:KeyOrigin":"x"}`:         "not supported",
 	} {
 		doc := `{"Statement":{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*","Condition":{` + cond + `}}}`
 		_, err := ParsePolicy(doc)

@@ -242,6 +242,9 @@ func parseStatement(r rawStatement) (statement, error) {
 	default:
 		return s, fmt.Errorf("has no Resource")
 	}
+	if err := noPolicyVariables("Resource", s.resources); err != nil {
+		return s, err
+	}
 	for opName, keys := range r.Condition {
 		for key, vals := range keys {
 			c, err := parseCondition(opName, key, vals)
