@@ -43,12 +43,21 @@ const (
 	kmsBobKey      = "AKIABOB00000000001"
 	kmsMalloryKey  = "AKIAMALLORY0000001"
 	kmsAliceSecret = "alice/secret+key"
+	// A session of the role deployer in alice's account.
+	kmsSessionARN = "arn:aws:sts::" + kmsAccount + ":assumed-role/deployer/ci-run"
+	kmsRoleARN    = "arn:aws:iam::" + kmsAccount + ":role/deployer"
+	kmsSessionKey = "ASIASESSION0000001"
+	// The account root of alice's account.
+	kmsRootARN = "arn:aws:iam::" + kmsAccount + ":root"
+	kmsRootKey = "AKIAROOT0000000001"
 )
 
 var kmsSecrets = map[string]string{
 	kmsAliceKey:   kmsAliceSecret,
 	kmsBobKey:     "bob-secret",
 	kmsMalloryKey: "mallory-secret",
+	kmsSessionKey: "session-secret",
+	kmsRootKey:    "root-secret",
 }
 
 // kmsHarness is a `kmsfs kms serve` process on a fresh keystore.
@@ -94,6 +103,8 @@ func kmsStartServerScheme(t *testing.T, scheme string, extra ...string) *kmsHarn
 		kmsAliceKey:   {"SecretAccessKey": kmsSecrets[kmsAliceKey], "Principal": kmsAliceARN},
 		kmsBobKey:     {"SecretAccessKey": kmsSecrets[kmsBobKey], "Principal": kmsBobARN},
 		kmsMalloryKey: {"SecretAccessKey": kmsSecrets[kmsMalloryKey], "Principal": kmsMalloryARN},
+		kmsSessionKey: {"SecretAccessKey": kmsSecrets[kmsSessionKey], "Principal": kmsSessionARN},
+		kmsRootKey:    {"SecretAccessKey": kmsSecrets[kmsRootKey], "Principal": kmsRootARN},
 	}
 	b, _ := json.Marshal(creds)
 	credFile := filepath.Join(dir, "credentials.json")
@@ -254,8 +265,24 @@ func (h *kmsHarness) kmsfs(akid string, args ...string) (string, error) {
 }
 
 // rawRequest sends one SigV4-signed request built by hand, so tests can
-// forge, tamper with and back-date requests.
+// forge, tamper with and back-date requests; it returns the HTTP status and
+// the AWS error type ("" on success).
 func (h *kmsHarness) rawRequest(akid, secret, op string, body []byte, signedAt time.Time, tamper func(*http.Request)) (int, string) {
+	h.t.Helper()
+	status, b := h.rawResponse(akid, secret, op, body, signedAt, tamper)
+	var e struct {
+		Type string `json:"__type"`
+	}
+	if status != http.StatusOK {
+		if err := json.Unmarshal(b, &e); err != nil {
+			h.t.Fatalf("error response %d is not KMS JSON (%v): %s", status, err, b)
+		}
+	}
+	return status, e.Type
+}
+
+// rawResponse is rawRequest returning the response body.
+func (h *kmsHarness) rawResponse(akid, secret, op string, body []byte, signedAt time.Time, tamper func(*http.Request)) (int, []byte) {
 	h.t.Helper()
 	req, err := http.NewRequest(http.MethodPost, h.url+"/", bytes.NewReader(body))
 	if err != nil {
@@ -277,19 +304,21 @@ func (h *kmsHarness) rawRequest(akid, secret, op string, body []byte, signedAt t
 		h.t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var e struct {
-		Type string `json:"__type"`
-	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		if err := json.Unmarshal(b, &e); err != nil {
-			h.t.Fatalf("error response %d is not KMS JSON (%v): %s", resp.StatusCode, err, b)
-		}
+	return resp.StatusCode, b
+}
+
+// call sends op with a JSON body as akid, now.
+func (h *kmsHarness) call(akid, op string, in any) (int, []byte) {
+	h.t.Helper()
+	body, err := json.Marshal(in)
+	if err != nil {
+		h.t.Fatal(err)
 	}
-	return resp.StatusCode, e.Type
+	return h.rawResponse(akid, kmsSecrets[akid], op, body, time.Now(), nil)
 }
 
 func (h *kmsHarness) createKey(akid string) (id, arn string) {
@@ -663,11 +692,11 @@ func TestKMSServeThrottlingThenSuccessAfterBackoff(t *testing.T) {
 func TestKMSAuditVerifyDetectsEditedAndRemovedLines(t *testing.T) {
 	kmsAWS(t)
 	h := kmsStartServer(t)
-	id, _ := h.createKey(kmsAliceKey)
+	id, arn := h.createKey(kmsAliceKey)
 	for range 3 {
 		h.aws(kmsBobKey, "generate-data-key", "--key-id", id, "--key-spec", "AES_256")
 	}
-	h.awsFails(kmsMalloryKey, "AccessDeniedException", "describe-key", "--key-id", id)
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", "describe-key", "--key-id", arn) // another account: by ARN
 	h.stop()
 	lines := strings.SplitAfter(h.auditLog(), "\n")
 	lines = lines[:len(lines)-1] // after the final newline
@@ -770,5 +799,257 @@ func TestKMSAdminCommandsOnKeystoreAndServer(t *testing.T) {
 		if strings.Count(msg, "\n") != 0 || !regexp.MustCompile(`(ValidationException|NotFoundException|AccessDeniedException|KMSUnavailable)`).MatchString(msg) {
 			t.Errorf("%v: error %q is not one line with a code", args, msg)
 		}
+	}
+}
+
+func TestKMSServeGrantRules(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	id, arn := h.createKey(kmsAliceKey)
+	if _, err := h.aws(kmsAliceKey, "create-alias", "--alias-name", "alias/g", "--target-key-id", id); err != nil {
+		t.Fatal(err)
+	}
+	// CreateGrant takes a key ID or key ARN, not an alias.
+	h.awsFails(kmsAliceKey, "ValidationException", "create-grant", "--key-id", "alias/g", "--grantee-principal", kmsBobARN, "--operations", "Encrypt")
+	var grant struct{ GrantId, GrantToken string }
+	h.awsJSON(kmsAliceKey, &grant, "create-grant", "--key-id", id, "--grantee-principal", kmsMalloryARN, "--operations", "Encrypt")
+	var list struct {
+		Grants []struct{ GrantId, IssuingAccount string }
+	}
+	h.awsJSON(kmsAliceKey, &list, "list-grants", "--key-id", arn)
+	if len(list.Grants) != 1 || list.Grants[0].IssuingAccount != kmsRootARN {
+		t.Fatalf("list-grants: %+v", list)
+	}
+	// A grant token must name a grant.
+	h.awsFails(kmsMalloryKey, "InvalidGrantTokenException", "encrypt", "--key-id", arn, "--plaintext", "aGVsbG8=", "--grant-tokens", "bogus-token")
+	if _, err := h.aws(kmsMalloryKey, "encrypt", "--key-id", arn, "--plaintext", "aGVsbG8=", "--grant-tokens", grant.GrantToken); err != nil {
+		t.Fatalf("encrypt with the grant's token: %v", err)
+	}
+	// The issuing account's root may retire it; then the grant is gone.
+	if _, err := h.aws(kmsRootKey, "retire-grant", "--key-id", arn, "--grant-id", grant.GrantId); err != nil {
+		t.Fatalf("retire-grant by the account root: %v", err)
+	}
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", "encrypt", "--key-id", arn, "--plaintext", "aGVsbG8=")
+}
+
+func TestKMSServeKeyStateRulesAndLimits(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	ctx := context.Background()
+	c := h.client(kmsAliceKey, awskms.Options{})
+	id, _ := h.createKey(kmsAliceKey)
+	dryRun := func(keyID string) (int, string) {
+		status, b := h.call(kmsAliceKey, "GenerateDataKey", map[string]any{"KeyId": keyID, "KeySpec": "AES_256", "DryRun": true})
+		var e struct {
+			Type string `json:"__type"`
+		}
+		json.Unmarshal(b, &e)
+		return status, e.Type
+	}
+	if status, typ := dryRun(id); status != 400 || typ != "DryRunOperationException" {
+		t.Fatalf("DryRun on an enabled key: %d %s", status, typ)
+	}
+	// DryRun fails where the real call would, with AWS's 409 for key states.
+	if err := c.DisableKey(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if status, typ := dryRun(id); status != 409 || typ != "DisabledException" {
+		t.Fatalf("DryRun on a disabled key: %d %s", status, typ)
+	}
+	ext, err := c.CreateKey(ctx, kms.CreateKeyInput{Origin: "EXTERNAL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, typ := dryRun(ext.KeyID); status != 409 || typ != "KMSInvalidStateException" {
+		t.Fatalf("DryRun on a key pending import: %d %s", status, typ)
+	}
+	// Imported key material expires at most 365 days ahead.
+	status, b := h.call(kmsAliceKey, "ImportKeyMaterial", map[string]any{"KeyId": ext.KeyID, "ImportToken": []byte("t"),
+		"EncryptedKeyMaterial": []byte("m"), "ValidTo": time.Now().Add(366 * 24 * time.Hour).Unix()})
+	if status != 400 || !strings.Contains(string(b), "ValidationException") || !strings.Contains(string(b), "365 days") {
+		t.Fatalf("ValidTo 366 days ahead: %d %s", status, b)
+	}
+	// Imported keys do not rotate; others rotate on demand at most 10 times.
+	if err := c.RotateKeyOnDemand(ctx, ext.KeyID); kms.Code(err) != kms.CodeUnsupportedOperation {
+		t.Fatalf("rotating an imported key: %v", err)
+	}
+	if err := c.EnableKey(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := c.RotateKeyOnDemand(ctx, id); err != nil {
+			t.Fatalf("on-demand rotation %d: %v", i+1, err)
+		}
+	}
+	if err := c.RotateKeyOnDemand(ctx, id); kms.Code(err) != kms.CodeLimitExceeded {
+		t.Fatalf("11th on-demand rotation: %v", err)
+	}
+	// ListKeyRotations pages through the ten.
+	var marker string
+	n := 0
+	for {
+		in := map[string]any{"KeyId": id, "Limit": 4}
+		if marker != "" {
+			in["Marker"] = marker
+		}
+		status, b := h.call(kmsAliceKey, "ListKeyRotations", in)
+		var out struct {
+			Rotations  []struct{ KeyId, RotationType string }
+			Truncated  bool
+			NextMarker string
+		}
+		if status != 200 || json.Unmarshal(b, &out) != nil {
+			t.Fatalf("ListKeyRotations: %d %s", status, b)
+		}
+		for _, r := range out.Rotations {
+			if r.RotationType != "ON_DEMAND" || !strings.HasSuffix(r.KeyId, id) {
+				t.Fatalf("rotation %+v", r)
+			}
+		}
+		n += len(out.Rotations)
+		if !out.Truncated {
+			break
+		}
+		marker = out.NextMarker
+	}
+	if n != 10 {
+		t.Fatalf("ListKeyRotations listed %d rotations, want 10", n)
+	}
+}
+
+// TestKMSServeListMarkersResumeAfterAnItem: an alias created between two
+// pages of list-aliases neither repeats nor hides an entry.
+func TestKMSServeListMarkersResumeAfterAnItem(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	id, _ := h.createKey(kmsAliceKey)
+	for _, name := range []string{"alias/b", "alias/d", "alias/f"} {
+		if _, err := h.aws(kmsAliceKey, "create-alias", "--alias-name", name, "--target-key-id", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type page struct {
+		Aliases    []struct{ AliasName string }
+		Truncated  bool
+		NextMarker string
+	}
+	list := func(in map[string]any) page {
+		status, b := h.call(kmsAliceKey, "ListAliases", in)
+		var p page
+		if status != 200 || json.Unmarshal(b, &p) != nil {
+			t.Fatalf("ListAliases: %d %s", status, b)
+		}
+		return p
+	}
+	first := list(map[string]any{"Limit": 2})
+	if len(first.Aliases) != 2 || first.Aliases[1].AliasName != "alias/d" || !first.Truncated {
+		t.Fatalf("first page: %+v", first)
+	}
+	if _, err := h.aws(kmsAliceKey, "create-alias", "--alias-name", "alias/a", "--target-key-id", id); err != nil {
+		t.Fatal(err)
+	}
+	second := list(map[string]any{"Limit": 2, "Marker": first.NextMarker})
+	if len(second.Aliases) != 1 || second.Aliases[0].AliasName != "alias/f" || second.Truncated {
+		t.Fatalf("second page after an insertion before the marker: %+v", second)
+	}
+	if status, b := h.call(kmsAliceKey, "ListAliases", map[string]any{"Marker": "!!"}); status != 400 || !strings.Contains(string(b), "InvalidMarkerException") {
+		t.Fatalf("bad marker: %d %s", status, b)
+	}
+}
+
+// TestKMSServeCreateKeyRefusesWhatItCannotHonour: CreateKey never creates
+// something other than what was asked for.
+func TestKMSServeCreateKeyRefusesWhatItCannotHonour(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	for _, args := range [][]string{
+		{"--custom-key-store-id", "cks-1234567890abcdef0"},
+		{"--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id", "cks-1234567890abcdef0", "--xks-key-id", "xks-key-1"},
+	} {
+		_, err := h.aws(kmsAliceKey, append([]string{"create-key"}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), "(UnsupportedOperationException)") {
+			t.Errorf("create-key %v: %v", args, err)
+		}
+	}
+	h.awsFails(kmsAliceKey, "TagException", "create-key", "--tags", "TagKey=aws:team,TagValue=red")
+	var keys struct{ Keys []struct{ KeyId string } }
+	h.awsJSON(kmsAliceKey, &keys, "list-keys")
+	if len(keys.Keys) != 0 {
+		t.Fatalf("refused create-key calls left keys behind: %+v", keys)
+	}
+}
+
+// TestKMSServeControlPlane: tags (on CreateKey too), descriptions, key
+// policy names and retirable grants round-trip through awscli.
+func TestKMSServeControlPlane(t *testing.T) {
+	kmsAWS(t)
+	h := kmsStartServer(t)
+	var created struct{ KeyMetadata struct{ KeyId, Arn string } }
+	h.awsJSON(kmsAliceKey, &created, "create-key", "--description", "first", "--tags", "TagKey=team,TagValue=red", "TagKey=env,TagValue=test")
+	id, arn := created.KeyMetadata.KeyId, created.KeyMetadata.Arn
+	type tags struct {
+		Tags []struct{ TagKey, TagValue string }
+	}
+	var got tags
+	h.awsJSON(kmsAliceKey, &got, "list-resource-tags", "--key-id", id)
+	if len(got.Tags) != 2 || got.Tags[0].TagKey != "env" || got.Tags[1].TagValue != "red" {
+		t.Fatalf("tags from create-key: %+v", got)
+	}
+	if _, err := h.aws(kmsAliceKey, "tag-resource", "--key-id", arn, "--tags", "TagKey=team,TagValue=blue", "TagKey=owner,TagValue=alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.aws(kmsAliceKey, "untag-resource", "--key-id", id, "--tag-keys", "env"); err != nil {
+		t.Fatal(err)
+	}
+	h.awsJSON(kmsAliceKey, &got, "list-resource-tags", "--key-id", id)
+	if len(got.Tags) != 2 || got.Tags[0] != (struct{ TagKey, TagValue string }{"owner", "alice"}) || got.Tags[1].TagValue != "blue" {
+		t.Fatalf("tags after tag/untag: %+v", got)
+	}
+	h.awsFails(kmsAliceKey, "TagException", "tag-resource", "--key-id", id, "--tags", "TagKey=aws:x,TagValue=y")
+	h.awsFails(kmsMalloryKey, "AccessDeniedException", "list-resource-tags", "--key-id", arn)
+
+	if _, err := h.aws(kmsAliceKey, "update-key-description", "--key-id", id, "--description", "second"); err != nil {
+		t.Fatal(err)
+	}
+	var desc struct{ KeyMetadata struct{ Description string } }
+	h.awsJSON(kmsAliceKey, &desc, "describe-key", "--key-id", id)
+	if desc.KeyMetadata.Description != "second" {
+		t.Fatalf("description %q", desc.KeyMetadata.Description)
+	}
+	if _, err := h.aws(kmsAliceKey, "create-alias", "--alias-name", "alias/cp", "--target-key-id", id); err != nil {
+		t.Fatal(err)
+	}
+	var aliases struct {
+		Aliases []struct {
+			AliasName                     string
+			CreationDate, LastUpdatedDate time.Time // awscli prints ISO 8601
+		}
+	}
+	h.awsJSON(kmsAliceKey, &aliases, "list-aliases")
+	if len(aliases.Aliases) != 1 || time.Since(aliases.Aliases[0].CreationDate) > time.Minute || aliases.Aliases[0].LastUpdatedDate.IsZero() {
+		t.Fatalf("list-aliases CreationDate: %+v", aliases)
+	}
+	var pols struct{ PolicyNames []string }
+	h.awsJSON(kmsAliceKey, &pols, "list-key-policies", "--key-id", id)
+	if len(pols.PolicyNames) != 1 || pols.PolicyNames[0] != "default" {
+		t.Fatalf("list-key-policies: %+v", pols)
+	}
+
+	var grant struct{ GrantId string }
+	h.awsJSON(kmsAliceKey, &grant, "create-grant", "--key-id", id, "--grantee-principal", kmsMalloryARN,
+		"--retiring-principal", kmsBobARN, "--operations", "Decrypt")
+	if _, err := h.aws(kmsAliceKey, "create-grant", "--key-id", id, "--grantee-principal", kmsMalloryARN, "--operations", "Encrypt"); err != nil {
+		t.Fatal(err)
+	}
+	var ret struct {
+		Grants []struct{ GrantId, KeyId, RetiringPrincipal string }
+	}
+	h.awsJSON(kmsBobKey, &ret, "list-retirable-grants", "--retiring-principal", kmsBobARN)
+	if len(ret.Grants) != 1 || ret.Grants[0].GrantId != grant.GrantId || ret.Grants[0].KeyId != arn {
+		t.Fatalf("list-retirable-grants: %+v", ret)
+	}
+	h.awsJSON(kmsMalloryKey, &ret, "list-retirable-grants", "--retiring-principal", kmsBobARN)
+	if len(ret.Grants) != 0 {
+		t.Fatalf("another account sees the grants: %+v", ret)
 	}
 }

@@ -172,6 +172,10 @@ type Alias struct {
 	Name        string // "alias/name"
 	ARN         string // alias ARN
 	TargetKeyID string
+	// CreationDate and LastUpdatedDate are zero when the store does not
+	// know them (aliases made before it recorded them).
+	CreationDate    time.Time
+	LastUpdatedDate time.Time
 }
 
 // Grant gives a grantee principal the named operations on a key, as in AWS CreateGrant.
@@ -191,12 +195,25 @@ type Grant struct {
 	CreationDate   time.Time
 }
 
+// KeyRotation is one rotation of a key's material, as ListKeyRotations
+// reports it.
+type KeyRotation struct {
+	Version int       // the material version the rotation made
+	Date    time.Time // when
+	Type    string    // "AUTOMATIC" or "ON_DEMAND"; "" if not recorded
+}
+
 // CreateKeyInput carries CreateKey's options.
 type CreateKeyInput struct {
 	Description string
 	Policy      string // JSON key policy; empty means the default policy
 	Principal   string // ARN of the creating principal (for the default policy)
 	Origin      string // "AWS_KMS" (default) or "EXTERNAL"
+	// Account owns the key (its ARN's account); empty means the account
+	// of the store. A remote KMS takes it from the caller's credentials.
+	Account string
+	// Tags are resource tags for the key (AWS's limits apply).
+	Tags map[string]string
 }
 
 // Admin is the key management surface: the AWS KMS control-plane operations
@@ -258,6 +275,7 @@ const (
 	CodeUnavailable        = "KMSUnavailable" // client side: the KMS could not be reached
 
 	CodeUnsupportedOperation = "UnsupportedOperationException"
+	CodeLimitExceeded        = "LimitExceededException"
 	CodeInvalidImportToken   = "InvalidImportTokenException"
 	CodeExpiredImportToken   = "ExpiredImportTokenException"
 	CodeIncorrectKeyMaterial = "IncorrectKeyMaterialException"

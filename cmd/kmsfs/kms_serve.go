@@ -63,7 +63,7 @@ func (o *serveFlags) register(fs *pflag.FlagSet) {
 	fs.Float64Var(&o.rate, "rate", 0, "cryptographic requests per second (`RATE`) allowed per account (0: unlimited); above it, ThrottlingException")
 	fs.IntVar(&o.burst, "burst", 0, "token bucket size (`N`) for --rate (default: one second's worth)")
 	fs.StringVar(&o.region, "region", "local", "`REGION` of the key ARNs, and the region clients must sign for (e.g. us-east-1)")
-	fs.StringVar(&o.account, "account", "000000000000", "`ACCOUNT` ID that owns the keys (in key ARNs)")
+	fs.StringVar(&o.account, "account", "000000000000", "default `ACCOUNT` ID: of keys the keystore holds without one (created before accounts were recorded, or by 'kmsfs kms create-key'); each principal's own account comes from its ARN")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with the certificate in `FILE` (PEM)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "private key `FILE` for --tls-cert (PEM)")
 }

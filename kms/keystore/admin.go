@@ -72,12 +72,12 @@ func (k *Keystore) changeKey(ctx context.Context, keyID string, fn func(st *stat
 	})
 }
 
-func (k *Keystore) rootARN() string { return "arn:aws:iam::" + k.account + ":root" }
+func rootARN(account string) string { return "arn:aws:iam::" + account + ":root" }
 
 // defaultPolicy is the key policy AWS gives a key created without one: the
-// account root principal may do kms:* on the key, which delegates access
-// control to IAM policies in the account.
-func (k *Keystore) defaultPolicy() string {
+// owning account's root principal may do kms:* on the key, which delegates
+// access control to IAM policies in the account.
+func defaultPolicy(account string) string {
 	return `{
   "Version": "2012-10-17",
   "Id": "key-default-1",
@@ -86,7 +86,7 @@ func (k *Keystore) defaultPolicy() string {
       "Sid": "Enable IAM User Permissions",
       "Effect": "Allow",
       "Principal": {
-        "AWS": "` + k.rootARN() + `"
+        "AWS": "` + rootARN(account) + `"
       },
       "Action": "kms:*",
       "Resource": "*"
@@ -115,7 +115,7 @@ func checkPolicy(policy string) error {
 func (k *Keystore) metadata(rec *keyRecord) kms.KeyMetadata {
 	md := kms.KeyMetadata{
 		KeyID:                rec.ID,
-		ARN:                  k.keyARN(rec.ID),
+		ARN:                  k.keyARN(rec),
 		Description:          rec.Description,
 		State:                rec.State,
 		CreationDate:         rec.Created,
@@ -150,10 +150,20 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 	if len(in.Description) > maxDescriptionLen {
 		return kms.KeyMetadata{}, kms.Errorf(kms.CodeValidation, "description is %d characters, more than %d", len(in.Description), maxDescriptionLen)
 	}
+	account := in.Account
+	if account == "" {
+		account = k.account
+	}
+	if !isAccountID(account) {
+		return kms.KeyMetadata{}, kms.Errorf(kms.CodeValidation, "account %q is not a 12-digit account ID", in.Account)
+	}
 	policy := in.Policy
 	if policy == "" {
-		policy = k.defaultPolicy()
+		policy = defaultPolicy(account)
 	} else if err := checkPolicy(policy); err != nil {
+		return kms.KeyMetadata{}, err
+	}
+	if err := CheckTags(in.Tags); err != nil {
 		return kms.KeyMetadata{}, err
 	}
 	origin := in.Origin
@@ -171,6 +181,7 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 	err = k.change(ctx, func(st *state, now time.Time) (bool, error) {
 		rec := &keyRecord{
 			ID:                u.String(),
+			Account:           k.owner(account),
 			Description:       in.Description,
 			State:             kms.KeyEnabled,
 			Created:           now,
@@ -178,11 +189,12 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 			KeyManager:        keyManager,
 			CreatingPrincipal: in.Principal,
 			Policy:            policy,
+			Tags:              maps.Clone(in.Tags),
 			uuid:              u,
 		}
 		if origin == originExternal {
 			rec.State = kms.KeyPendingImport
-		} else if err := k.addVersion(rec, now); err != nil {
+		} else if err := k.addVersion(rec, now, ""); err != nil {
 			return false, err
 		}
 		if _, dup := st.Keys[rec.ID]; dup {
@@ -257,11 +269,15 @@ func checkAliasName(name string) error {
 }
 
 // aliasTarget resolves an alias target: a key ID or key ARN (AWS does not
-// accept an alias here) of a key not pending deletion.
-func (k *Keystore) aliasTarget(st *state, targetKeyID string, now time.Time) (*keyRecord, error) {
+// accept an alias here) of a key not pending deletion, in the alias's
+// account (AWS: an alias and its key are in the same account).
+func (k *Keystore) aliasTarget(st *state, account, targetKeyID string, now time.Time) (*keyRecord, error) {
 	rec, err := k.resolveKey(st, targetKeyID, now)
 	if err != nil {
 		return nil, err
+	}
+	if k.accountOf(rec) != account {
+		return nil, kms.Errorf(kms.CodeNotFound, "key %s not found in account %s, the alias's account", targetKeyID, account)
 	}
 	if rec.State == kms.KeyPendingDeletion {
 		return nil, kms.Errorf(kms.CodeInvalidState, "key %s is pending deletion", rec.ID)
@@ -269,58 +285,80 @@ func (k *Keystore) aliasTarget(st *state, targetKeyID string, now time.Time) (*k
 	return rec, nil
 }
 
-// CreateAlias points a new alias at a key.
-func (k *Keystore) CreateAlias(ctx context.Context, aliasName, targetKeyID string) error {
-	if err := checkAliasName(aliasName); err != nil {
+// aliasName splits an alias name ("alias/x", in the keystore's account) or
+// alias ARN (in its account) into the account and the name, checked against
+// AWS's rules.
+func (k *Keystore) aliasName(alias string) (account, name string, err error) {
+	account, name, err = k.splitName(alias)
+	if err != nil {
+		return "", "", kms.Errorf(kms.CodeInvalidAliasName, "%s is not an alias name or alias ARN", alias)
+	}
+	if err := checkAliasName(name); err != nil {
+		return "", "", err
+	}
+	return account, name, nil
+}
+
+// CreateAlias points a new alias at a key of the alias's account. The alias
+// is a name ("alias/x": the keystore's account) or an alias ARN.
+func (k *Keystore) CreateAlias(ctx context.Context, alias, targetKeyID string) error {
+	account, name, err := k.aliasName(alias)
+	if err != nil {
 		return err
 	}
 	return k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		if _, exists := st.Aliases[aliasName]; exists {
-			return false, kms.Errorf(kms.CodeAlreadyExists, "alias %s already exists", aliasName)
+		owner := k.owner(account)
+		if _, exists := st.aliases(owner)[name]; exists {
+			return false, kms.Errorf(kms.CodeAlreadyExists, "alias %s already exists", alias)
 		}
-		rec, err := k.aliasTarget(st, targetKeyID, now)
+		rec, err := k.aliasTarget(st, account, targetKeyID, now)
 		if err != nil {
 			return false, err
 		}
-		st.Aliases[aliasName] = rec.ID
+		st.setAlias(owner, name, rec.ID, now)
 		return true, nil
 	})
 }
 
-// UpdateAlias points an existing alias at another key.
-func (k *Keystore) UpdateAlias(ctx context.Context, aliasName, targetKeyID string) error {
-	if err := checkAliasName(aliasName); err != nil {
+// UpdateAlias points an existing alias at another key of its account.
+func (k *Keystore) UpdateAlias(ctx context.Context, alias, targetKeyID string) error {
+	account, name, err := k.aliasName(alias)
+	if err != nil {
 		return err
 	}
 	return k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		if _, exists := st.Aliases[aliasName]; !exists {
-			return false, kms.Errorf(kms.CodeNotFound, "alias %s not found", aliasName)
+		owner := k.owner(account)
+		if _, exists := st.aliases(owner)[name]; !exists {
+			return false, kms.Errorf(kms.CodeNotFound, "alias %s not found", alias)
 		}
-		rec, err := k.aliasTarget(st, targetKeyID, now)
+		rec, err := k.aliasTarget(st, account, targetKeyID, now)
 		if err != nil {
 			return false, err
 		}
-		st.Aliases[aliasName] = rec.ID
+		st.setAlias(owner, name, rec.ID, now)
 		return true, nil
 	})
 }
 
 // DeleteAlias removes an alias; the key is not affected.
-func (k *Keystore) DeleteAlias(ctx context.Context, aliasName string) error {
-	if !strings.HasPrefix(aliasName, aliasPrefix) {
-		return kms.Errorf(kms.CodeInvalidAliasName, "alias name %q must begin with %q", aliasName, aliasPrefix)
+func (k *Keystore) DeleteAlias(ctx context.Context, alias string) error {
+	account, name, err := k.splitName(alias)
+	if err != nil || !strings.HasPrefix(name, aliasPrefix) {
+		return kms.Errorf(kms.CodeInvalidAliasName, "alias name %q must begin with %q", alias, aliasPrefix)
 	}
 	return k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		if _, exists := st.Aliases[aliasName]; !exists {
-			return false, kms.Errorf(kms.CodeNotFound, "alias %s not found", aliasName)
+		owner := k.owner(account)
+		if _, exists := st.aliases(owner)[name]; !exists {
+			return false, kms.Errorf(kms.CodeNotFound, "alias %s not found", alias)
 		}
-		delete(st.Aliases, aliasName)
+		st.deleteAlias(owner, name)
 		return true, nil
 	})
 }
 
-// ListAliases lists the aliases of keyID, or every alias when keyID is "",
-// sorted by name.
+// ListAliases lists the aliases of keyID, or every alias of every account
+// when keyID is "", sorted by account and name. Each alias's ARN names its
+// account.
 func (k *Keystore) ListAliases(ctx context.Context, keyID string) ([]kms.Alias, error) {
 	var out []kms.Alias
 	err := k.view(ctx, func(st *state, now time.Time) error {
@@ -332,15 +370,28 @@ func (k *Keystore) ListAliases(ctx context.Context, keyID string) ([]kms.Alias, 
 			}
 			only = rec.ID
 		}
-		for name, target := range st.Aliases {
-			if rec := st.Keys[target]; rec == nil || rec.expired(now) || (only != "" && target != only) {
-				continue
+		add := func(account string, names map[string]string) {
+			for name, target := range names {
+				if rec := st.Keys[target]; rec == nil || rec.expired(now) || (only != "" && target != only) {
+					continue
+				}
+				d := st.AliasDates[aliasDateKey(k.owner(account), name)]
+				out = append(out, kms.Alias{Name: name, ARN: k.aliasARN(account, name), TargetKeyID: target,
+					CreationDate: d.Created, LastUpdatedDate: d.Updated})
 			}
-			out = append(out, kms.Alias{Name: name, ARN: k.aliasARN(name), TargetKeyID: target})
+		}
+		add(k.account, st.Aliases)
+		for account, names := range st.AccountAliases {
+			add(account, names)
 		}
 		return nil
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].ARN < out[j].ARN
+	})
 	return out, err
 }
 
@@ -412,13 +463,18 @@ func (k *Keystore) CancelKeyDeletion(ctx context.Context, keyID string) error {
 }
 
 // rotatable checks the conditions AWS puts on rotation operations: key
-// material generated by KMS, key enabled.
+// material generated by KMS (UnsupportedOperationException otherwise, as in
+// AWS), key enabled.
 func rotatable(rec *keyRecord) error {
 	if rec.Origin != originAWSKMS {
-		return kms.Errorf(kms.CodeValidation, "key %s has origin %s; rotation is supported only for %s keys", rec.ID, rec.Origin, originAWSKMS)
+		return kms.Errorf(kms.CodeUnsupportedOperation, "key %s has origin %s; rotation is supported only for %s keys", rec.ID, rec.Origin, originAWSKMS)
 	}
 	return usable(rec)
 }
+
+// MaxOnDemandRotations is how many times a key may be rotated on demand
+// (AWS's limit; LimitExceededException beyond it).
+const MaxOnDemandRotations = 10
 
 // EnableKeyRotation turns on automatic rotation every periodDays (0 means
 // 365; AWS accepts 90..2560). The first rotation is periodDays from now; if
@@ -486,11 +542,36 @@ func (k *Keystore) RotateKeyOnDemand(ctx context.Context, keyID string) error {
 		if err := rotatable(rec); err != nil {
 			return false, err
 		}
-		if err := k.addVersion(rec, now); err != nil {
+		if rec.Rotation.OnDemand >= MaxOnDemandRotations {
+			return false, kms.Errorf(kms.CodeLimitExceeded, "key %s has been rotated on demand %d times, the most allowed", rec.ID, MaxOnDemandRotations)
+		}
+		if err := k.addVersion(rec, now, rotationOnDemand); err != nil {
 			return false, err
 		}
+		rec.Rotation.OnDemand++
 		return true, nil
 	})
+}
+
+// ListKeyRotations lists the key's rotations (every material version after
+// the first), oldest first. Keys with imported material do not rotate
+// (UnsupportedOperationException).
+func (k *Keystore) ListKeyRotations(ctx context.Context, keyID string) ([]kms.KeyRotation, error) {
+	var out []kms.KeyRotation
+	err := k.view(ctx, func(st *state, now time.Time) error {
+		rec, err := k.resolveKey(st, keyID, now)
+		if err != nil {
+			return err
+		}
+		if rec.Origin != originAWSKMS {
+			return kms.Errorf(kms.CodeUnsupportedOperation, "key %s has origin %s; only %s keys rotate", rec.ID, rec.Origin, originAWSKMS)
+		}
+		for _, v := range rec.Versions[1:] {
+			out = append(out, kms.KeyRotation{Version: v.Version, Date: v.Created, Type: v.Rotation})
+		}
+		return nil
+	})
+	return out, err
 }
 
 // GetKeyPolicy returns the key policy document as stored.
@@ -594,7 +675,7 @@ func (k *Keystore) CreateGrant(ctx context.Context, g kms.Grant) (string, string
 		ng.KeyID = rec.ID
 		ng.GrantID = gid
 		ng.Token = token
-		ng.IssuingAccount = k.rootARN()
+		ng.IssuingAccount = rootARN(k.accountOf(rec))
 		ng.CreationDate = now
 		if ng.Name != "" {
 			for _, old := range st.Grants {
@@ -628,7 +709,7 @@ func (k *Keystore) ListGrants(ctx context.Context, keyID string) ([]kms.Grant, e
 		for _, g := range st.Grants {
 			if g.KeyID == rec.ID {
 				c := cloneGrant(g)
-				c.KeyID = k.keyARN(rec.ID)
+				c.KeyID = k.keyARN(rec)
 				out = append(out, *c)
 			}
 		}

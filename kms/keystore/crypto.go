@@ -18,19 +18,40 @@ const (
 	maxRandomBytes  = 1024
 )
 
+// accountOf is the account that owns rec: the one recorded with it, or the
+// keystore's account for keys created in it (and every key of a state file
+// written before keys recorded an account).
+func (k *Keystore) accountOf(rec *keyRecord) string {
+	if rec.Account != "" {
+		return rec.Account
+	}
+	return k.account
+}
+
+// owner is how account is recorded in the state: "" for the keystore's own
+// account, the account ID for any other.
+func (k *Keystore) owner(account string) string {
+	if account == k.account {
+		return ""
+	}
+	return account
+}
+
 // keyARN is the key's ARN: arn:aws:kms:<region>:<account>:key/<uuid>.
-func (k *Keystore) keyARN(id string) string {
-	return "arn:aws:kms:" + k.region + ":" + k.account + ":key/" + id
+func (k *Keystore) keyARN(rec *keyRecord) string {
+	return "arn:aws:kms:" + k.region + ":" + k.accountOf(rec) + ":key/" + rec.ID
 }
 
 // aliasARN is an alias's ARN: arn:aws:kms:<region>:<account>:alias/<name>.
-func (k *Keystore) aliasARN(name string) string {
-	return "arn:aws:kms:" + k.region + ":" + k.account + ":" + name
+func (k *Keystore) aliasARN(account, name string) string {
+	return "arn:aws:kms:" + k.region + ":" + account + ":" + name
 }
 
 // resolve finds the key that keyID names: a key ID, key ARN, alias name or
-// alias ARN. Keys past their deletion window are gone even before the purge
-// is written. Caller holds mu.
+// alias ARN. A key ID or alias name names a key of the keystore's account; a
+// key ARN or alias ARN names a key of the account in the ARN, and only a key
+// that account owns. Keys past their deletion window are gone even before
+// the purge is written. Caller holds mu.
 func (k *Keystore) resolve(st *state, keyID string, now time.Time) (*keyRecord, error) {
 	return k.resolveForm(st, keyID, now, true)
 }
@@ -41,43 +62,55 @@ func (k *Keystore) resolveKey(st *state, keyID string, now time.Time) (*keyRecor
 	return k.resolveForm(st, keyID, now, false)
 }
 
+// splitName splits a key or alias name into the account it names (the
+// keystore's for a bare name) and the resource ("key/ID" is returned as
+// "ID"; "alias/NAME" as is).
+func (k *Keystore) splitName(name string) (account, ref string, err error) {
+	if !strings.HasPrefix(name, "arn:") {
+		return k.account, name, nil
+	}
+	// arn:partition:service:region:account:resource
+	parts := strings.SplitN(name, ":", 6)
+	if len(parts) != 6 || parts[1] != "aws" || parts[2] != "kms" || !isAccountID(parts[4]) {
+		return "", "", kms.Errorf(kms.CodeNotFound, "%s is not a KMS key or alias ARN", name)
+	}
+	if parts[3] != k.region {
+		return "", "", kms.Errorf(kms.CodeNotFound, "%s is not in region %s", name, k.region)
+	}
+	ref = parts[5]
+	if id, ok := strings.CutPrefix(ref, "key/"); ok {
+		if strings.HasPrefix(id, "alias/") {
+			return "", "", kms.Errorf(kms.CodeNotFound, "key %s not found", name)
+		}
+		return parts[4], id, nil
+	}
+	if !strings.HasPrefix(ref, "alias/") {
+		return "", "", kms.Errorf(kms.CodeNotFound, "%s is not a KMS key or alias ARN", name)
+	}
+	return parts[4], ref, nil
+}
+
 func (k *Keystore) resolveForm(st *state, keyID string, now time.Time, aliases bool) (*keyRecord, error) {
 	if keyID == "" {
 		return nil, kms.Errorf(kms.CodeValidation, "key ID is required")
 	}
-	ref := keyID
-	if strings.HasPrefix(ref, "arn:") {
-		// arn:partition:service:region:account:resource
-		parts := strings.SplitN(ref, ":", 6)
-		if len(parts) != 6 || parts[1] != "aws" || parts[2] != "kms" {
-			return nil, kms.Errorf(kms.CodeNotFound, "%s is not a KMS key or alias ARN", keyID)
-		}
-		if parts[3] != k.region || parts[4] != k.account {
-			return nil, kms.Errorf(kms.CodeNotFound, "%s is not in region %s account %s", keyID, k.region, k.account)
-		}
-		ref = parts[5]
-		if strings.HasPrefix(ref, "key/") {
-			ref = ref[len("key/"):]
-			if strings.HasPrefix(ref, "alias/") {
-				return nil, kms.Errorf(kms.CodeNotFound, "key %s not found", keyID)
-			}
-		} else if !strings.HasPrefix(ref, "alias/") {
-			return nil, kms.Errorf(kms.CodeNotFound, "%s is not a KMS key or alias ARN", keyID)
-		}
+	account, ref, err := k.splitName(keyID)
+	if err != nil {
+		return nil, err
 	}
 	id := ref
 	if strings.HasPrefix(ref, "alias/") {
 		if !aliases {
 			return nil, kms.Errorf(kms.CodeValidation, "%s: an alias is not accepted here; give a key ID or key ARN", keyID)
 		}
-		target, ok := st.Aliases[ref]
+		target, ok := st.aliases(k.owner(account))[ref]
 		if !ok {
 			return nil, kms.Errorf(kms.CodeNotFound, "alias %s not found", keyID)
 		}
 		id = target
 	}
 	rec, ok := st.Keys[strings.ToLower(id)]
-	if !ok || rec.expired(now) {
+	if !ok || rec.expired(now) || k.accountOf(rec) != account {
 		return nil, kms.Errorf(kms.CodeNotFound, "key %s not found", keyID)
 	}
 	return rec, nil
@@ -134,7 +167,7 @@ func (k *Keystore) forEncrypt(keyID string) (encryptingKey, error) {
 	if err != nil {
 		return encryptingKey{}, err
 	}
-	return encryptingKey{uuid: rec.uuid, arn: k.keyARN(rec.ID), version: uint32(rec.CurrentVersion), aead: a}, nil
+	return encryptingKey{uuid: rec.uuid, arn: k.keyARN(rec), version: uint32(rec.CurrentVersion), aead: a}, nil
 }
 
 // encryptingKeyFor is forEncrypt behind a refresh, with mu taken and released.
@@ -163,7 +196,7 @@ func (k *Keystore) forDecrypt(p blob, keyID string) (cipher.AEAD, string, error)
 			return nil, "", err
 		}
 		if want.ID != rec.ID {
-			return nil, "", kms.Errorf(kms.CodeIncorrectKey, "ciphertext was encrypted under key %s, not %s", k.keyARN(rec.ID), keyID)
+			return nil, "", kms.Errorf(kms.CodeIncorrectKey, "ciphertext was encrypted under key %s, not %s", k.keyARN(rec), keyID)
 		}
 	}
 	if err := usable(rec); err != nil {
@@ -176,7 +209,7 @@ func (k *Keystore) forDecrypt(p blob, keyID string) (cipher.AEAD, string, error)
 	if err != nil {
 		return nil, "", err
 	}
-	return a, k.keyARN(rec.ID), nil
+	return a, k.keyARN(rec), nil
 }
 
 // GenerateDataKey returns a new random data key of numBytes (1..1024) bytes,
@@ -329,7 +362,7 @@ func (k *Keystore) ARNForKey(keyID string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return k.keyARN(rec.ID), nil
+	return k.keyARN(rec), nil
 }
 
 // CiphertextKeyARN returns the ARN of the key a ciphertext blob names, without
@@ -350,5 +383,5 @@ func (k *Keystore) CiphertextKeyARN(ciphertext []byte) (string, error) {
 	if !ok || rec.expired(k.now()) {
 		return "", kms.Errorf(kms.CodeNotFound, "key %s named by the ciphertext not found", p.key)
 	}
-	return k.keyARN(rec.ID), nil
+	return k.keyARN(rec), nil
 }

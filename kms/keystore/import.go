@@ -163,7 +163,7 @@ func (k *Keystore) GetParametersForImport(ctx context.Context, keyID, wrappingAl
 		}
 		validTo := now.Add(kms.ImportParametersValidity)
 		st.Imports[tokenID] = &pendingImport{KeyID: rec.ID, Algorithm: wrappingAlgorithm, ValidTo: validTo, PrivateKey: sealed}
-		out = kms.ImportParameters{KeyARN: k.keyARN(rec.ID), ImportToken: []byte(importTokenPrefix + tokenID), PublicKey: pub, ValidTo: validTo}
+		out = kms.ImportParameters{KeyARN: k.keyARN(rec), ImportToken: []byte(importTokenPrefix + tokenID), PublicKey: pub, ValidTo: validTo}
 		return true, nil
 	})
 	if err != nil {

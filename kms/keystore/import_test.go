@@ -76,7 +76,7 @@ func TestImportedKeyMaterialLifecycle(t *testing.T) {
 	}
 	// A token works once.
 	wantCode(t, ks.ImportKeyMaterial(ctx, md.KeyID, params.ImportToken, wrapForImport(t, params, material), time.Time{}), kms.ErrInvalidImportToken)
-	wantCodeName(t, ks.RotateKeyOnDemand(ctx, md.KeyID), kms.CodeValidation)
+	wantCodeName(t, ks.RotateKeyOnDemand(ctx, md.KeyID), kms.CodeUnsupportedOperation)
 
 	if err := ks.DeleteImportedKeyMaterial(ctx, md.KeyID); err != nil {
 		t.Fatal(err)

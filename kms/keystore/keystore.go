@@ -312,6 +312,7 @@ func (k *Keystore) write(st *state) error {
 		return fmt.Errorf("refusing to write inconsistent state: %w", err)
 	}
 	st.Generation++
+	st.Format = st.format()
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
@@ -452,7 +453,7 @@ func (k *Keystore) maintain(st *state, now time.Time) (bool, error) {
 			changed = true
 		}
 		if rec.rotationDue(now) {
-			if err := k.addVersion(rec, now); err != nil {
+			if err := k.addVersion(rec, now, rotationAutomatic); err != nil {
 				return false, err
 			}
 			rec.Rotation.Base = now
@@ -469,8 +470,15 @@ func (k *Keystore) maintain(st *state, now time.Time) (bool, error) {
 	return changed, nil
 }
 
-// addVersion generates new backing material for rec and makes it current.
-func (k *Keystore) addVersion(rec *keyRecord, now time.Time) error {
+// How a version came to be, as ListKeyRotations names it.
+const (
+	rotationAutomatic = "AUTOMATIC"
+	rotationOnDemand  = "ON_DEMAND"
+)
+
+// addVersion generates new backing material for rec and makes it current;
+// rotation says how ("" for a key's first material).
+func (k *Keystore) addVersion(rec *keyRecord, now time.Time, rotation string) error {
 	raw := make([]byte, 32)
 	defer kms.Zero(raw)
 	if _, err := rand.Read(raw); err != nil {
@@ -481,7 +489,7 @@ func (k *Keystore) addVersion(rec *keyRecord, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	rec.Versions = append(rec.Versions, versionRecord{Version: v, Created: now, Material: sealed})
+	rec.Versions = append(rec.Versions, versionRecord{Version: v, Created: now, Material: sealed, Rotation: rotation})
 	rec.CurrentVersion = v
 	if v > 1 {
 		rec.Rotation.Last = now

@@ -347,7 +347,8 @@ func TestExternalOriginKeyAwaitsImport(t *testing.T) {
 	_, _, err = f.ks.Encrypt(bg, md.KeyID, []byte("x"), nil)
 	wantCode(t, err, kms.ErrInvalidState)
 	wantCode(t, f.ks.EnableKey(bg, md.KeyID), kms.ErrInvalidState)
-	wantCode(t, f.ks.EnableKeyRotation(bg, md.KeyID, 0), kms.ErrValidation)
+	wantCodeName(t, f.ks.EnableKeyRotation(bg, md.KeyID, 0), kms.CodeUnsupportedOperation)
+	wantCodeName(t, f.ks.RotateKeyOnDemand(bg, md.KeyID), kms.CodeUnsupportedOperation)
 	if _, err := f.ks.ScheduleKeyDeletion(bg, md.KeyID, 7); err != nil {
 		t.Fatal(err)
 	}
@@ -359,4 +360,26 @@ func TestExternalOriginKeyAwaitsImport(t *testing.T) {
 	}
 	_, err = f.ks.CreateKey(bg, kms.CreateKeyInput{Origin: "AWS_CLOUDHSM"})
 	wantCode(t, err, kms.ErrValidation)
+}
+
+func TestOnDemandRotationLimit(t *testing.T) {
+	f := newFixture(t)
+	md := createKey(t, f.ks)
+	for i := range MaxOnDemandRotations {
+		if err := f.ks.RotateKeyOnDemand(bg, md.KeyID); err != nil {
+			t.Fatalf("rotation %d: %v", i+1, err)
+		}
+	}
+	wantCodeName(t, f.ks.RotateKeyOnDemand(bg, md.KeyID), kms.CodeLimitExceeded)
+	// The count survives a reopen.
+	f.ks.Close()
+	ks := f.open(t, nil)
+	wantCodeName(t, ks.RotateKeyOnDemand(bg, md.KeyID), kms.CodeLimitExceeded)
+	if got, _ := ks.DescribeKey(bg, md.KeyID); got.Versions != MaxOnDemandRotations+1 {
+		t.Fatalf("%d versions", got.Versions)
+	}
+	rots, err := ks.ListKeyRotations(bg, md.ARN)
+	if err != nil || len(rots) != MaxOnDemandRotations || rots[0].Version != 2 || rots[0].Type != "ON_DEMAND" {
+		t.Fatalf("ListKeyRotations: %+v %v", rots, err)
+	}
 }

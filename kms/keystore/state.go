@@ -9,9 +9,15 @@ import (
 	"github.com/kmsfs/kmsfs/kms"
 )
 
-// stateFormat is the version of the keystore.json layout. Open refuses a
-// state file with any other version rather than misreading it.
-const stateFormat = 1
+// The versions of the keystore.json layout. Format 2 adds keys and aliases
+// of accounts other than the keystore's (the account fields below); a state
+// without any is still written as format 1, so that an older kmsfs keeps
+// reading it, and an older kmsfs refuses a format 2 state rather than
+// taking other accounts' keys for its own. Open refuses any other version.
+const (
+	stateFormatV1 = 1
+	stateFormat   = 2
+)
 
 // Key origins, as AWS names them.
 const (
@@ -23,7 +29,8 @@ const (
 // state is the whole keystore, persisted as one JSON document (keystore.json).
 // Key material appears only sealed under the KEK (see master.go). Layout:
 //
-//	format       1 (stateFormat); any other value is refused
+//	format       1, or 2 when some key or alias belongs to another account
+//	             than the keystore's; any other value is refused
 //	generation   write counter
 //	protection   {kind: "passphrase-argon2id" | "root-key-file" | "pkcs11",
 //	              argon2id: {salt, time, memory_kib, threads} (passphrase only),
@@ -31,14 +38,22 @@ const (
 //	                       in it that is the KEK; pkcs11 only),
 //	              check: base64(nonce || AES-GCM_KEK("kmsfs keystore check v1"))}
 //	keys         {"<uuid>": {id, description, state, created, deletion_date,
+//	              account (format 2: the owning account when it is not the
+//	                       keystore's; absent: the keystore's account, the
+//	                       one given to Open),
 //	              origin, key_manager, creating_principal, policy (verbatim),
-//	              rotation: {enabled, period_days, base, last},
+//	              tags: {"<key>": "<value>"} (absent: none),
+//	              rotation: {enabled, period_days, base, last, on_demand},
 //	              current_version,
-//	              versions: [{version, created,
+//	              versions: [{version, created, rotation (AUTOMATIC|ON_DEMAND),
 //	                          material: base64(nonce || AES-GCM_KEK(256-bit key))
 //	                                    (absent: imported material deleted)}],
 //	              import: {digest, valid_to} (origin EXTERNAL, once imported)}}
-//	aliases      {"alias/<name>": "<uuid>"}
+//	aliases      {"alias/<name>": "<uuid>"}: the keystore account's aliases
+//	account_aliases  (format 2) {"<account>": {"alias/<name>": "<uuid>"}}:
+//	             the aliases of other accounts, each naming a key of its account
+//	alias_dates  {"alias/<name>" (keystore account) or "<account>:alias/<name>":
+//	              {created, updated}}
 //	grants       {"<grant id>": kms.Grant fields; KeyID is the key UUID}
 //	imports      {"<token id>": {key_id, algorithm, valid_to,
 //	              private_key: base64(nonce || AES-GCM_KEK(PKCS #8 RSA key))}}
@@ -59,14 +74,23 @@ type state struct {
 	Protection protection            `json:"protection"`
 	Keys       map[string]*keyRecord `json:"keys"`    // by key ID (UUID)
 	Aliases    map[string]string     `json:"aliases"` // "alias/name" -> key ID
-	Grants     map[string]*kms.Grant `json:"grants"`  // by grant ID
+	// AccountAliases are the alias namespaces of other accounts than the
+	// keystore's: account -> "alias/name" -> key ID.
+	AccountAliases map[string]map[string]string `json:"account_aliases,omitempty"`
+	// AliasDates are when each alias was created and last pointed at a
+	// key, by aliasDateKey. Aliases made before they were recorded have
+	// none; a kmsfs that predates them ignores them.
+	AliasDates map[string]aliasDates `json:"alias_dates,omitempty"`
+	Grants     map[string]*kms.Grant `json:"grants"` // by grant ID
 	// Imports are the outstanding GetParametersForImport results, by token
 	// ID: a private key each, sealed, until used or 24 hours old.
 	Imports map[string]*pendingImport `json:"imports,omitempty"`
 }
 
 type keyRecord struct {
-	ID                string       `json:"id"`
+	ID string `json:"id"`
+	// Account owns the key when it is not the keystore's account ("").
+	Account           string       `json:"account,omitempty"`
 	Description       string       `json:"description,omitempty"`
 	State             kms.KeyState `json:"state"`
 	Created           time.Time    `json:"created"`
@@ -75,8 +99,12 @@ type keyRecord struct {
 	KeyManager        string       `json:"key_manager"`
 	CreatingPrincipal string       `json:"creating_principal,omitempty"`
 	// Policy is the key policy document, stored verbatim.
-	Policy   string         `json:"policy"`
-	Rotation rotationRecord `json:"rotation"`
+	Policy string `json:"policy"`
+	// Tags are the key's resource tags. A kmsfs that predates them
+	// ignores them (they grant nothing) and drops them if it rewrites the
+	// state.
+	Tags     map[string]string `json:"tags,omitempty"`
+	Rotation rotationRecord    `json:"rotation"`
 	// CurrentVersion is the material version new ciphertext uses; 0 while
 	// the key has no material (origin EXTERNAL before import).
 	CurrentVersion int             `json:"current_version"`
@@ -98,6 +126,9 @@ type rotationRecord struct {
 	Base time.Time `json:"base,omitzero"`
 	// Last is the last rotation of either kind (automatic or on demand).
 	Last time.Time `json:"last,omitzero"`
+	// OnDemand counts on-demand rotations (AWS allows 10 per key). A
+	// format 1 state written before it was kept counts from 0.
+	OnDemand int `json:"on_demand,omitempty"`
 }
 
 func (r rotationRecord) next() time.Time {
@@ -113,13 +144,17 @@ type versionRecord struct {
 	// Material is the 256-bit AES key, sealed under the KEK with
 	// materialAADFor(key ID, version) as additional data.
 	Material []byte `json:"material"`
+	// Rotation is how a version after the first came: "AUTOMATIC" or
+	// "ON_DEMAND" (absent for the first version, and for versions made
+	// before it was recorded).
+	Rotation string `json:"rotation,omitempty"`
 }
 
 func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
 
 func newState(p protection) *state {
 	return &state{
-		Format:     stateFormat,
+		Format:     stateFormatV1,
 		Protection: p,
 		Keys:       map[string]*keyRecord{},
 		Aliases:    map[string]string{},
@@ -133,8 +168,8 @@ func decodeState(data []byte) (*state, error) {
 	if err := json.Unmarshal(data, &st); err != nil {
 		return nil, fmt.Errorf("parse state: %w", err)
 	}
-	if st.Format != stateFormat {
-		return nil, fmt.Errorf("state format %d is not supported (this kmsfs reads format %d)", st.Format, stateFormat)
+	if st.Format != stateFormatV1 && st.Format != stateFormat {
+		return nil, fmt.Errorf("state format %d is not supported (this kmsfs reads formats %d and %d)", st.Format, stateFormatV1, stateFormat)
 	}
 	if st.Keys == nil {
 		st.Keys = map[string]*keyRecord{}
@@ -175,8 +210,18 @@ func (st *state) index() error {
 		}
 	}
 	for name, id := range st.Aliases {
-		if _, ok := st.Keys[id]; !ok {
+		if rec, ok := st.Keys[id]; !ok || rec.Account != "" {
 			return fmt.Errorf("state: alias %s names missing key %s", name, id)
+		}
+	}
+	for account, names := range st.AccountAliases {
+		if !isAccountID(account) {
+			return fmt.Errorf("state: alias namespace %q is not an account ID", account)
+		}
+		for name, id := range names {
+			if rec, ok := st.Keys[id]; !ok || rec.Account != account {
+				return fmt.Errorf("state: alias %s of account %s names missing key %s", name, account, id)
+			}
 		}
 	}
 	for gid, g := range st.Grants {
@@ -197,11 +242,19 @@ func (st *state) clone() *state {
 		Keys:       make(map[string]*keyRecord, len(st.Keys)),
 		Aliases:    maps.Clone(st.Aliases),
 		Grants:     make(map[string]*kms.Grant, len(st.Grants)),
-		Imports:    make(map[string]*pendingImport, len(st.Imports)),
+		AliasDates: maps.Clone(st.AliasDates),
 	}
+	if st.AccountAliases != nil {
+		c.AccountAliases = make(map[string]map[string]string, len(st.AccountAliases))
+		for account, names := range st.AccountAliases {
+			c.AccountAliases[account] = maps.Clone(names)
+		}
+	}
+	c.Imports = make(map[string]*pendingImport, len(st.Imports))
 	for id, rec := range st.Keys {
 		r := *rec
 		r.Versions = append([]versionRecord(nil), rec.Versions...)
+		r.Tags = maps.Clone(rec.Tags)
 		if rec.Import != nil {
 			im := *rec.Import
 			r.Import = &im
@@ -268,7 +321,14 @@ func (st *state) purge(id string) {
 	delete(st.Keys, id)
 	for name, target := range st.Aliases {
 		if target == id {
-			delete(st.Aliases, name)
+			st.deleteAlias("", name)
+		}
+	}
+	for account, names := range st.AccountAliases {
+		for name, target := range names {
+			if target == id {
+				st.deleteAlias(account, name)
+			}
 		}
 	}
 	for gid, g := range st.Grants {
@@ -281,4 +341,78 @@ func (st *state) purge(id string) {
 			delete(st.Imports, tid)
 		}
 	}
+}
+
+// aliases returns the alias namespace of owner ("" for the keystore's
+// account); nil (reads as empty) if that account has none yet.
+func (st *state) aliases(owner string) map[string]string {
+	if owner == "" {
+		return st.Aliases
+	}
+	return st.AccountAliases[owner]
+}
+
+type aliasDates struct {
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+// aliasDateKey names an alias in AliasDates.
+func aliasDateKey(owner, name string) string {
+	if owner == "" {
+		return name
+	}
+	return owner + ":" + name
+}
+
+// setAlias points name in owner's namespace at key id, now.
+func (st *state) setAlias(owner, name, id string, now time.Time) {
+	if st.AliasDates == nil {
+		st.AliasDates = map[string]aliasDates{}
+	}
+	dk := aliasDateKey(owner, name)
+	d := st.AliasDates[dk]
+	if _, exists := st.aliases(owner)[name]; !exists {
+		d = aliasDates{Created: now}
+	}
+	d.Updated = now
+	st.AliasDates[dk] = d
+	if owner == "" {
+		st.Aliases[name] = id
+		return
+	}
+	if st.AccountAliases == nil {
+		st.AccountAliases = map[string]map[string]string{}
+	}
+	if st.AccountAliases[owner] == nil {
+		st.AccountAliases[owner] = map[string]string{}
+	}
+	st.AccountAliases[owner][name] = id
+}
+
+// deleteAlias removes name from owner's namespace.
+func (st *state) deleteAlias(owner, name string) {
+	delete(st.AliasDates, aliasDateKey(owner, name))
+	if owner == "" {
+		delete(st.Aliases, name)
+		return
+	}
+	delete(st.AccountAliases[owner], name)
+	if len(st.AccountAliases[owner]) == 0 {
+		delete(st.AccountAliases, owner)
+	}
+}
+
+// format is the layout version st needs: 2 once it holds a key or an alias
+// of another account, else 1 (see stateFormat).
+func (st *state) format() int {
+	if len(st.AccountAliases) > 0 {
+		return stateFormat
+	}
+	for _, rec := range st.Keys {
+		if rec.Account != "" {
+			return stateFormat
+		}
+	}
+	return stateFormatV1
 }

@@ -17,6 +17,10 @@ type Credential struct {
 	// is the caller's account for key policies and request quotas.
 	Principal string
 	Account   string
+	// PrincipalArn is aws:PrincipalArn: for a role session
+	// (arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION) the role's ARN,
+	// otherwise Principal.
+	PrincipalArn string
 }
 
 // Credentials maps access key IDs to credentials.
@@ -39,12 +43,20 @@ secret and the principal ARN it authenticates as:
     },
     "AKIABOB00000000001": {
       "SecretAccessKey": "bob-secret",
-      "Principal": "arn:aws:iam::444455556666:role/app"
+      "Principal": "arn:aws:sts::444455556666:assumed-role/app/session-1"
     }
   }
 
-The principal's account (the fifth ARN field) is what key policies call
-"arn:aws:iam::ACCOUNT:root" and what the --rate quota is counted against.`
+The principal's account (the fifth ARN field) is the caller's account: the
+account its CreateKey creates keys in, whose keys and aliases it lists, in
+which a bare key ID or alias name is looked up, that key policies call
+"arn:aws:iam::ACCOUNT:root", and that the --rate quota is counted against.
+Keys of another account are reached only by key ARN (or alias ARN), and only
+where that key's policy or a grant allows. A role session
+(arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION) is covered by key policies
+and grants that name its role (arn:aws:iam::ACCOUNT:role/ROLE), and its
+aws:PrincipalArn is the role's ARN. The server's --account owns the keys
+created before keys recorded their account.`
 
 // LoadCredentials reads a credentials file (see CredentialsFileHelp).
 func LoadCredentials(path string) (Credentials, error) {
@@ -76,7 +88,8 @@ func ParseCredentials(data []byte) (Credentials, error) {
 		if err != nil {
 			return nil, fmt.Errorf("parse credentials: access key %s: %w", id, err)
 		}
-		creds[id] = Credential{AccessKeyID: id, SecretAccessKey: e.SecretAccessKey, Principal: e.Principal, Account: account}
+		creds[id] = Credential{AccessKeyID: id, SecretAccessKey: e.SecretAccessKey, Principal: e.Principal, Account: account,
+			PrincipalArn: PrincipalARNOf(e.Principal)}
 	}
 	return creds, nil
 }

@@ -4,8 +4,11 @@
 // and the `aws kms` CLI work against it unchanged.
 //
 // Every request is authenticated with AWS Signature Version 4 against a fixed
-// set of access keys, each mapped to a principal ARN; authorised by the key's
-// policy and grants (the key store stores policies but does not evaluate them:
-// this package does); rate limited per account for cryptographic operations;
-// and recorded in a hash-chained, append-only audit log (kms/auditlog).
+// set of access keys, each mapped to a principal ARN whose account is the
+// caller's account (keys, aliases and listings are per account); authorised by
+// the key's policy and grants (the key store stores policies but does not
+// evaluate them: this package does, with IAM's condition rules, refusing
+// policies it cannot evaluate); rate limited per account for cryptographic
+// operations; and recorded in a hash-chained, append-only audit log
+// (kms/auditlog).
 package server

@@ -19,17 +19,25 @@ func (s *Server) listAliases(c *call, body []byte) (response, error) {
 		}
 		keyID = arn
 	}
-	aliases, err := s.store.ListAliases(c.ctx, keyID)
+	all, err := s.store.ListAliases(c.ctx, keyID)
 	if err != nil {
 		return response{}, err
 	}
-	start, end, next, err := page(len(aliases), in.Limit, in.Marker)
+	// The caller's account's aliases only.
+	aliases := all[:0]
+	for _, a := range all {
+		if arnAccount(a.ARN) == c.cred.Account {
+			aliases = append(aliases, a)
+		}
+	}
+	pg, next, err := listPage(aliases, func(a *kms.Alias) string { return a.Name }, in.Limit, in.Marker)
 	if err != nil {
 		return response{}, err
 	}
-	out := listAliasesOutput{Aliases: make([]aliasListEntry, 0, end-start), Truncated: next != "", NextMarker: next}
-	for _, a := range aliases[start:end] {
-		out.Aliases = append(out.Aliases, aliasListEntry{AliasName: a.Name, AliasArn: a.ARN, TargetKeyId: a.TargetKeyID})
+	out := listAliasesOutput{Aliases: make([]aliasListEntry, 0, len(pg)), Truncated: next != "", NextMarker: next}
+	for _, a := range pg {
+		out.Aliases = append(out.Aliases, aliasListEntry{AliasName: a.Name, AliasArn: a.ARN, TargetKeyId: a.TargetKeyID,
+			CreationDate: epoch(a.CreationDate), LastUpdatedDate: epoch(a.LastUpdatedDate)})
 	}
 	return response{v: out}, nil
 }
@@ -39,10 +47,15 @@ func (s *Server) createAlias(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
+	if err := checkAliasPrefix(in.AliasName); err != nil {
+		return response{}, err
+	}
+	// The alias is created in the caller's account, for a key of that
+	// account (resolve refuses another account's key for CreateAlias).
 	if _, err := s.resolveAndAuthorize(c, in.TargetKeyId, ""); err != nil {
 		return response{}, err
 	}
-	return response{v: emptyOutput{}}, s.store.CreateAlias(c.ctx, in.AliasName, in.TargetKeyId)
+	return response{v: emptyOutput{}}, s.store.CreateAlias(c.ctx, s.qualify(c, in.AliasName), s.qualify(c, in.TargetKeyId))
 }
 
 func (s *Server) updateAlias(c *call, body []byte) (response, error) {
@@ -62,10 +75,13 @@ func (s *Server) updateAlias(c *call, body []byte) (response, error) {
 		return response{}, err
 	}
 	c.entry.DestKeyARN = newARN
+	if err := s.checkAccount(c, c.op, newARN); err != nil {
+		return response{}, err
+	}
 	if err := s.authorize(c, "kms:UpdateAlias", newARN, nil, "", nil); err != nil {
 		return response{}, err
 	}
-	return response{v: emptyOutput{}}, s.store.UpdateAlias(c.ctx, in.AliasName, in.TargetKeyId)
+	return response{v: emptyOutput{}}, s.store.UpdateAlias(c.ctx, s.qualify(c, in.AliasName), s.qualify(c, in.TargetKeyId))
 }
 
 func (s *Server) deleteAlias(c *call, body []byte) (response, error) {
@@ -79,7 +95,7 @@ func (s *Server) deleteAlias(c *call, body []byte) (response, error) {
 	if _, err := s.resolveAndAuthorize(c, in.AliasName, ""); err != nil {
 		return response{}, err
 	}
-	return response{v: emptyOutput{}}, s.store.DeleteAlias(c.ctx, in.AliasName)
+	return response{v: emptyOutput{}}, s.store.DeleteAlias(c.ctx, s.qualify(c, in.AliasName))
 }
 
 // checkAliasPrefix refuses an alias name that does not start with "alias/"

@@ -32,8 +32,11 @@ func (s *Server) encrypt(c *call, body []byte) (response, error) {
 	if err := s.authorize(c, "kms:Encrypt", arn, in.EncryptionContext, "Encrypt", nil); err != nil {
 		return response{}, err
 	}
+	if err := s.checkGrantTokens(c, in.GrantTokens, arn); err != nil {
+		return response{}, err
+	}
 	if in.DryRun {
-		return response{}, errDryRun
+		return response{}, s.dryRun(c, true, arn)
 	}
 	ct, keyARN, err := s.store.Encrypt(c.ctx, arn, in.Plaintext, in.EncryptionContext)
 	if err != nil {
@@ -81,8 +84,11 @@ func (s *Server) decrypt(c *call, body []byte) (response, error) {
 	if err := s.authorize(c, "kms:Decrypt", arn, in.EncryptionContext, "Decrypt", nil); err != nil {
 		return response{}, err
 	}
+	if err := s.checkGrantTokens(c, in.GrantTokens, arn); err != nil {
+		return response{}, err
+	}
 	if in.DryRun {
-		return response{}, errDryRun
+		return response{}, s.dryRun(c, true, arn)
 	}
 	pt, keyARN, err := s.store.Decrypt(c.ctx, arn, in.CiphertextBlob, in.EncryptionContext)
 	if err != nil {
@@ -129,8 +135,11 @@ func (s *Server) reEncrypt(c *call, body []byte) (response, error) {
 	if err := s.authorize(c, "kms:ReEncryptTo", dest, in.DestinationEncryptionContext, "ReEncryptTo", nil); err != nil {
 		return response{}, err
 	}
+	if err := s.checkGrantTokens(c, in.GrantTokens, src, dest); err != nil {
+		return response{}, err
+	}
 	if in.DryRun {
-		return response{}, errDryRun
+		return response{}, s.dryRun(c, true, src, dest)
 	}
 	ct, srcARN, destARN, err := s.store.ReEncrypt(c.ctx, in.CiphertextBlob, in.SourceEncryptionContext, dest, in.DestinationEncryptionContext)
 	if err != nil {
@@ -180,8 +189,11 @@ func (s *Server) dataKeyRequest(c *call, body []byte, op string) (in generateDat
 	if err = s.authorize(c, "kms:"+op, arn, in.EncryptionContext, op, nil); err != nil {
 		return in, 0, "", err
 	}
+	if err = s.checkGrantTokens(c, in.GrantTokens, arn); err != nil {
+		return in, 0, "", err
+	}
 	if in.DryRun {
-		return in, 0, "", errDryRun
+		return in, 0, "", s.dryRun(c, true, arn)
 	}
 	return in, n, arn, nil
 }

@@ -11,6 +11,9 @@ func (s *Server) createGrant(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
+	if err := keyIDOnly(in.KeyId); err != nil {
+		return response{}, err
+	}
 	arn, err := s.resolve(c, in.KeyId)
 	if err != nil {
 		return response{}, err
@@ -41,8 +44,11 @@ func (s *Server) createGrant(c *call, body []byte) (response, error) {
 	if err := s.authorizeCreateGrant(c, arn, in.Operations, extra); err != nil {
 		return response{}, err
 	}
+	if err := s.checkGrantTokens(c, in.GrantTokens, arn); err != nil {
+		return response{}, err
+	}
 	if in.DryRun {
-		return response{}, errDryRun
+		return response{}, s.dryRun(c, false, arn)
 	}
 	g := kms.Grant{
 		KeyID:             arn,
@@ -85,7 +91,7 @@ func (s *Server) authorizeCreateGrant(c *call, arn string, ops []string, extra m
 		return err
 	}
 	for _, g := range grants {
-		if g.GranteePrincipal != c.cred.Principal || !contains(g.Operations, "CreateGrant") {
+		if !PrincipalMatches(g.GranteePrincipal, c.cred.Principal) || !contains(g.Operations, "CreateGrant") {
 			continue
 		}
 		subset := true
@@ -114,6 +120,9 @@ func (s *Server) listGrants(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
+	if err := keyIDOnly(in.KeyId); err != nil {
+		return response{}, err
+	}
 	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
 	if err != nil {
 		return response{}, err
@@ -128,20 +137,26 @@ func (s *Server) listGrants(c *call, body []byte) (response, error) {
 			matched = append(matched, g)
 		}
 	}
-	start, end, next, err := page(len(matched), in.Limit, in.Marker)
+	return s.grantPage(matched, in)
+}
+
+// grantPage answers ListGrants and ListRetirableGrants: one page of grants
+// (each with its KeyID an ARN), never with their tokens.
+func (s *Server) grantPage(matched []kms.Grant, in listInput) (response, error) {
+	pg, next, err := listPage(matched, func(g *kms.Grant) string { return timeOrderKey(g.CreationDate, g.GrantID) }, in.Limit, in.Marker)
 	if err != nil {
 		return response{}, err
 	}
-	out := listGrantsOutput{Grants: make([]grantListEntry, 0, end-start), Truncated: next != "", NextMarker: next}
-	for _, g := range matched[start:end] {
+	out := listGrantsOutput{Grants: make([]grantListEntry, 0, len(pg)), Truncated: next != "", NextMarker: next}
+	for _, g := range pg {
 		e := grantListEntry{
-			KeyId:             arn,
+			KeyId:             g.KeyID,
 			GrantId:           g.GrantID,
 			Name:              g.Name,
 			CreationDate:      epoch(g.CreationDate),
 			GranteePrincipal:  g.GranteePrincipal,
 			RetiringPrincipal: g.RetiringPrincipal,
-			IssuingAccount:    "arn:aws:iam::" + g.IssuingAccount + ":root",
+			IssuingAccount:    g.IssuingAccount,
 			Operations:        g.Operations,
 		}
 		if g.ContextEquals != nil || g.ContextSubset != nil {
@@ -158,6 +173,9 @@ func (s *Server) revokeGrant(c *call, body []byte) (response, error) {
 		return response{}, err
 	}
 	c.entry.GrantID = in.GrantId
+	if err := keyIDOnly(in.KeyId); err != nil {
+		return response{}, err
+	}
 	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
 	if err != nil {
 		return response{}, err
@@ -176,15 +194,18 @@ func (s *Server) retireGrant(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
+	if err := keyIDOnly(in.KeyId); err != nil {
+		return response{}, err
+	}
 	g, err := s.findGrant(c, in)
 	if err != nil {
 		return response{}, err
 	}
 	c.entry.GrantID = g.GrantID
 	p := c.cred.Principal
-	if p != g.RetiringPrincipal &&
-		!(p == g.GranteePrincipal && contains(g.Operations, "RetireGrant")) &&
-		p != "arn:aws:iam::"+g.IssuingAccount+":root" {
+	if !(g.RetiringPrincipal != "" && PrincipalMatches(g.RetiringPrincipal, p)) &&
+		!(PrincipalMatches(g.GranteePrincipal, p) && contains(g.Operations, "RetireGrant")) &&
+		p != g.IssuingAccount {
 		return response{}, kms.Errorf(kms.CodeAccessDenied, "User: %s is not authorized to perform: kms:RetireGrant on grant %s", p, g.GrantID)
 	}
 	if in.DryRun {

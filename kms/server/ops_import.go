@@ -22,6 +22,9 @@ func (s *Server) getParametersForImport(c *call, body []byte) (response, error) 
 	return response{v: getParametersForImportOutput{KeyId: p.KeyARN, ImportToken: p.ImportToken, PublicKey: p.PublicKey, ParametersValidTo: epoch(p.ValidTo)}}, nil
 }
 
+// maxValidTo is how far ahead imported key material may expire (AWS: 365 days).
+const maxValidTo = 365 * 24 * time.Hour
+
 // importKeyMaterial follows AWS's rules for the expiration model: with
 // KEY_MATERIAL_EXPIRES (the default) ValidTo is required; with
 // KEY_MATERIAL_DOES_NOT_EXPIRE it must be absent.
@@ -37,6 +40,9 @@ func (s *Server) importKeyMaterial(c *call, body []byte) (response, error) {
 			return response{}, kms.Errorf(kms.CodeValidation, "ValidTo is required when ExpirationModel is KEY_MATERIAL_EXPIRES")
 		}
 		validTo = time.UnixMilli(int64(in.ValidTo * 1000)).UTC()
+		if validTo.After(c.now.Add(maxValidTo)) {
+			return response{}, kms.Errorf(kms.CodeValidation, "ValidTo %s is more than 365 days from now", validTo.Format(time.RFC3339))
+		}
 	case "KEY_MATERIAL_DOES_NOT_EXPIRE":
 		if in.ValidTo != 0 {
 			return response{}, kms.Errorf(kms.CodeValidation, "ValidTo must not be set when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE")

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"strconv"
+
 	"github.com/kmsfs/kmsfs/kms"
 )
 
@@ -17,8 +19,14 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 	if in.KeyUsage != "" && in.KeyUsage != "ENCRYPT_DECRYPT" {
 		return response{}, kms.Errorf("UnsupportedOperationException", "KeyUsage %s is not supported: this KMS holds ENCRYPT_DECRYPT keys only", in.KeyUsage)
 	}
-	if in.MultiRegion {
-		return response{}, kms.Errorf("UnsupportedOperationException", "multi-Region keys are not supported")
+	// Never create something other than what was asked for.
+	switch {
+	case in.MultiRegion:
+		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "multi-Region keys are not supported")
+	case in.CustomKeyStoreId != "":
+		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "CustomKeyStoreId: custom key stores are not supported; the keystore's own protection (passphrase, root key or PKCS #11 token) holds every key")
+	case in.XksKeyId != "":
+		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "XksKeyId: external key stores are not supported")
 	}
 	policy := in.Policy
 	if policy == "" {
@@ -40,6 +48,8 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		Policy:      policy,
 		Principal:   c.cred.Principal,
 		Origin:      in.Origin,
+		Account:     c.cred.Account,
+		Tags:        tagMap(in.Tags),
 	})
 	if err != nil {
 		return response{}, err
@@ -69,16 +79,23 @@ func (s *Server) listKeys(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
-	keys, err := s.store.ListKeys(c.ctx)
+	all, err := s.store.ListKeys(c.ctx)
 	if err != nil {
 		return response{}, err
 	}
-	start, end, next, err := page(len(keys), in.Limit, in.Marker)
+	// The caller's account's keys only.
+	keys := all[:0]
+	for _, k := range all {
+		if arnAccount(k.ARN) == c.cred.Account {
+			keys = append(keys, k)
+		}
+	}
+	pg, next, err := listPage(keys, func(k *kms.KeyMetadata) string { return timeOrderKey(k.CreationDate, k.KeyID) }, in.Limit, in.Marker)
 	if err != nil {
 		return response{}, err
 	}
-	out := listKeysOutput{Keys: make([]keyListEntry, 0, end-start), Truncated: next != "", NextMarker: next}
-	for _, k := range keys[start:end] {
+	out := listKeysOutput{Keys: make([]keyListEntry, 0, len(pg)), Truncated: next != "", NextMarker: next}
+	for _, k := range pg {
 		out.Keys = append(out.Keys, keyListEntry{KeyId: k.KeyID, KeyArn: k.ARN})
 	}
 	return response{v: out}, nil
@@ -97,17 +114,19 @@ func (s *Server) scheduleKeyDeletion(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
-	arn, err := s.resolveAndAuthorize(c, in.KeyId, "")
+	days := in.PendingWindowInDays
+	if days == 0 {
+		days = kms.DefaultDeletionWindowDays
+	}
+	arn, err := s.resolveAndAuthorizeWith(c, in.KeyId, "", map[string][]string{
+		"kms:schedulekeydeletionpendingwindowindays": {strconv.Itoa(days)},
+	})
 	if err != nil {
 		return response{}, err
 	}
 	when, err := s.store.ScheduleKeyDeletion(c.ctx, arn, in.PendingWindowInDays)
 	if err != nil {
 		return response{}, err
-	}
-	days := in.PendingWindowInDays
-	if days == 0 {
-		days = kms.DefaultDeletionWindowDays
 	}
 	return response{v: scheduleKeyDeletionOutput{KeyId: arn, DeletionDate: epoch(when), KeyState: string(kms.KeyPendingDeletion), PendingWindowInDays: days}}, nil
 }

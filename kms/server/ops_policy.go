@@ -5,8 +5,10 @@ import (
 )
 
 func (s *Server) lockoutSafe(c *call, p *Policy, resource string) bool {
-	rc := RequestContext{Principal: c.cred.Principal, Account: c.cred.Account, Action: "kms:PutKeyPolicy", Resource: resource}
-	return p.Evaluate(&rc) == Allow
+	rc := s.requestContext(c, "kms:PutKeyPolicy", resource)
+	ok := p.Evaluate(&rc) == Allow
+	c.attrErr = nil // a lookup that failed only makes the check fail
+	return ok
 }
 
 func checkPolicyName(name string) error {

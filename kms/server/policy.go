@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/kmsfs/kmsfs/kms"
 )
@@ -33,14 +34,32 @@ func (d Decision) String() string {
 // RequestContext is what a policy is evaluated against: who asks for what on
 // which key, with which encryption context.
 type RequestContext struct {
-	Principal         string // caller's ARN
+	Principal string // caller's ARN (for a role session, the session's STS ARN)
+	// PrincipalArn is aws:PrincipalArn: the role's IAM ARN for a role
+	// session, else Principal. Empty means Principal.
+	PrincipalArn      string
 	Account           string // caller's account
 	Action            string // "kms:Decrypt"
 	Resource          string // key ARN
 	EncryptionContext kms.EncryptionContext
 	// Values holds further condition keys (lower-case names), e.g.
-	// "kms:granteeprincipal" for CreateGrant.
+	// "kms:granteeprincipal" for CreateGrant, "aws:sourceip" for every
+	// request. A key that is absent (or has no values) is not in the
+	// request context.
 	Values map[string][]string
+	// SecureTransport is aws:SecureTransport: the request came over TLS.
+	SecureTransport bool
+	// SourceIP is aws:SourceIp; "" leaves it out of the request context.
+	SourceIP string
+	// CurrentTime is aws:CurrentTime and aws:EpochTime; the zero time
+	// leaves them out.
+	CurrentTime time.Time
+	// RequestAlias is kms:RequestAlias: the alias name the request named
+	// its key by; "" leaves it out.
+	RequestAlias string
+	// Lazy supplies the condition keys that cost a store lookup (the key's
+	// aliases, origin, ...) when a condition asks for one; may be nil.
+	Lazy func(key string) ([]string, bool)
 }
 
 // Policy is a parsed key policy document.
@@ -58,22 +77,6 @@ type statement struct {
 	resources  []string
 	notRes     bool
 	conditions []condition
-}
-
-type setQualifier int
-
-const (
-	setNone setQualifier = iota
-	setForAnyValue
-	setForAllValues
-)
-
-type condition struct {
-	op       string // canonical base operator, e.g. "StringLike"
-	set      setQualifier
-	ifExists bool
-	key      string // lower-case condition key
-	values   []string
 }
 
 // stringOrList accepts a JSON string, a list of strings, or scalars (for
@@ -239,16 +242,16 @@ func parseStatement(r rawStatement) (statement, error) {
 	default:
 		return s, fmt.Errorf("has no Resource")
 	}
+	if err := noPolicyVariables("Resource", s.resources); err != nil {
+		return s, err
+	}
 	for opName, keys := range r.Condition {
-		base, set, ifExists, err := parseOperator(opName)
-		if err != nil {
-			return s, err
-		}
 		for key, vals := range keys {
-			if len(vals) == 0 {
-				return s, fmt.Errorf("condition %s on %s has no values", opName, key)
+			c, err := parseCondition(opName, key, vals)
+			if err != nil {
+				return s, err
 			}
-			s.conditions = append(s.conditions, condition{op: base, set: set, ifExists: ifExists, key: strings.ToLower(key), values: vals})
+			s.conditions = append(s.conditions, c)
 		}
 	}
 	return s, nil
@@ -289,33 +292,6 @@ func parsePrincipal(raw json.RawMessage) ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-var operators = map[string]bool{
-	"StringEquals": true, "StringNotEquals": true,
-	"StringEqualsIgnoreCase": true, "StringNotEqualsIgnoreCase": true,
-	"StringLike": true, "StringNotLike": true,
-	"ArnEquals": true, "ArnNotEquals": true, "ArnLike": true, "ArnNotLike": true,
-	"Bool": true, "Null": true,
-}
-
-func parseOperator(name string) (base string, set setQualifier, ifExists bool, err error) {
-	base = name
-	if rest, ok := strings.CutPrefix(base, "ForAnyValue:"); ok {
-		base, set = rest, setForAnyValue
-	} else if rest, ok := strings.CutPrefix(base, "ForAllValues:"); ok {
-		base, set = rest, setForAllValues
-	}
-	if rest, ok := strings.CutSuffix(base, "IfExists"); ok && base != "Null" {
-		base, ifExists = rest, true
-	}
-	if !operators[base] {
-		return "", 0, false, fmt.Errorf("unsupported condition operator %q", name)
-	}
-	if base == "Null" && (set != setNone || ifExists) {
-		return "", 0, false, fmt.Errorf("condition operator %q cannot be qualified", name)
-	}
-	return base, set, ifExists, nil
 }
 
 func lowerAll(in []string) []string {
@@ -382,11 +358,76 @@ func (s *statement) matchPrincipal(rc *RequestContext) bool {
 			if acct, err := AccountOf(p); err == nil && acct == rc.Account {
 				return true
 			}
-		case p == rc.Principal:
+		case PrincipalMatches(p, rc.Principal):
 			return true
 		}
 	}
 	return false
+}
+
+// PrincipalMatches reports whether the principal named in a policy or grant
+// (an IAM or STS ARN) covers the caller: the same ARN, or, as in AWS, a role
+// ARN (arn:aws:iam::ACCOUNT:role/[PATH/]NAME) covers every session of that
+// role (arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION).
+func PrincipalMatches(named, caller string) bool {
+	if named == caller {
+		return true
+	}
+	role, ok := sessionRole(caller)
+	if !ok {
+		return false
+	}
+	account, rest, ok := splitIAMARN(named)
+	if !ok || account != role.account {
+		return false
+	}
+	path, ok := strings.CutPrefix(rest, "role/")
+	if !ok {
+		return false
+	}
+	return path[strings.LastIndexByte(path, '/')+1:] == role.name
+}
+
+type roleSession struct{ account, name string }
+
+// sessionRole parses an assumed-role session ARN.
+func sessionRole(arn string) (roleSession, bool) {
+	rest, ok := strings.CutPrefix(arn, "arn:aws:sts::")
+	if !ok {
+		return roleSession{}, false
+	}
+	account, res, ok := strings.Cut(rest, ":")
+	if !ok || !isAccountID(account) {
+		return roleSession{}, false
+	}
+	res, ok = strings.CutPrefix(res, "assumed-role/")
+	if !ok {
+		return roleSession{}, false
+	}
+	name, session, ok := strings.Cut(res, "/")
+	if !ok || name == "" || session == "" {
+		return roleSession{}, false
+	}
+	return roleSession{account: account, name: name}, true
+}
+
+// splitIAMARN splits arn:aws:iam::ACCOUNT:RESOURCE.
+func splitIAMARN(arn string) (account, resource string, ok bool) {
+	rest, ok := strings.CutPrefix(arn, "arn:aws:iam::")
+	if !ok {
+		return "", "", false
+	}
+	account, resource, ok = strings.Cut(rest, ":")
+	return account, resource, ok && isAccountID(account)
+}
+
+// PrincipalARNOf is aws:PrincipalArn for a caller: for a role session the
+// role's ARN (arn:aws:iam::ACCOUNT:role/NAME), otherwise the caller's ARN.
+func PrincipalARNOf(caller string) string {
+	if r, ok := sessionRole(caller); ok {
+		return "arn:aws:iam::" + r.account + ":role/" + r.name
+	}
+	return caller
 }
 
 func matchAny(patterns []string, s string) bool {
@@ -396,97 +437,6 @@ func matchAny(patterns []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// requestValues returns the request's values for a (lower-case) condition key.
-func (rc *RequestContext) requestValues(key string) ([]string, bool) {
-	if ctxKey, ok := strings.CutPrefix(key, "kms:encryptioncontext:"); ok {
-		// The context key inside the condition key name is not case
-		// sensitive (IAM condition key names never are); its value is.
-		for k, v := range rc.EncryptionContext {
-			if strings.EqualFold(k, ctxKey) {
-				return []string{v}, true
-			}
-		}
-		return nil, false
-	}
-	switch key {
-	case "kms:encryptioncontextkeys":
-		if len(rc.EncryptionContext) == 0 {
-			return nil, false
-		}
-		keys := make([]string, 0, len(rc.EncryptionContext))
-		for k := range rc.EncryptionContext {
-			keys = append(keys, k)
-		}
-		return keys, true
-	case "aws:principalarn", "aws:userid":
-		return []string{rc.Principal}, true
-	case "aws:principalaccount", "kms:calleraccount":
-		return []string{rc.Account}, true
-	}
-	v, ok := rc.Values[key]
-	return v, ok && len(v) > 0
-}
-
-func (c *condition) eval(rc *RequestContext) bool {
-	vals, present := rc.requestValues(c.key)
-	if c.op == "Null" {
-		want := strings.EqualFold(c.values[0], "true")
-		return want != present
-	}
-	negated := strings.Contains(c.op, "Not")
-	if !present {
-		switch {
-		case c.set == setForAllValues:
-			return true // vacuously true for an empty set, as in IAM
-		case c.set == setForAnyValue:
-			return false
-		case c.ifExists || negated:
-			// IAM: a negated operator on a missing key is true.
-			return true
-		}
-		return false
-	}
-	switch c.set {
-	case setForAllValues:
-		for _, v := range vals {
-			if !c.matchOne(v, negated) {
-				return false
-			}
-		}
-		return true
-	default: // ForAnyValue, and single-valued keys
-		for _, v := range vals {
-			if c.matchOne(v, negated) {
-				return true
-			}
-		}
-		return false
-	}
-}
-
-// matchOne reports whether one request value satisfies the operator: for a
-// positive operator it must match one of the policy values, for a negated one
-// it must match none of them.
-func (c *condition) matchOne(v string, negated bool) bool {
-	hit := false
-	for _, p := range c.values {
-		switch c.op {
-		case "StringEquals", "StringNotEquals", "ArnEquals", "ArnNotEquals":
-			hit = v == p
-		case "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase":
-			hit = strings.EqualFold(v, p)
-		case "StringLike", "StringNotLike", "ArnLike", "ArnNotLike":
-			hit = wildcardMatch(p, v)
-		case "Bool":
-			hit = strings.EqualFold(v, p)
-		}
-		if hit {
-			break
-		}
-	}
-	return hit != negated
 }
 
 // wildcardMatch matches s against pattern, where '*' matches any run of

@@ -112,7 +112,8 @@ func TestParsePolicyRejectsMalformed(t *testing.T) {
 		`{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*"}}`,
 		`{"Statement":{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"*"}}`,
 		`{"Statement":{"Effect":"Allow","Principal":{"AWS":"bob"},"Action":"kms:*","Resource":"*"}}`,
-		`{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"DateGreaterThan":{"aws:CurrentTime":"2020"}}}}`,
+		`{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"DateGreaterThan":{"aws:CurrentTime":"yesterday"}}}}`,
+		`{"Statement":{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"arn:aws:kms:*:*:key/${aws:username}"}}`,
 	} {
 		if _, err := ParsePolicy(doc); kms.Code(err) != kms.CodeMalformedPolicy {
 			t.Errorf("%s: got %v, want MalformedPolicyDocumentException", doc, err)

@@ -2,7 +2,8 @@ package server
 
 import (
 	"encoding/base64"
-	"strconv"
+	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -19,14 +20,57 @@ type keyIDInput struct {
 }
 
 type createKeyInput struct {
-	Policy                         string `json:"Policy"`
-	Description                    string `json:"Description"`
-	KeyUsage                       string `json:"KeyUsage"`
-	KeySpec                        string `json:"KeySpec"`
-	CustomerMasterKeySpec          string `json:"CustomerMasterKeySpec"`
-	Origin                         string `json:"Origin"`
-	MultiRegion                    bool   `json:"MultiRegion"`
-	BypassPolicyLockoutSafetyCheck bool   `json:"BypassPolicyLockoutSafetyCheck"`
+	Policy                         string    `json:"Policy"`
+	Description                    string    `json:"Description"`
+	KeyUsage                       string    `json:"KeyUsage"`
+	KeySpec                        string    `json:"KeySpec"`
+	CustomerMasterKeySpec          string    `json:"CustomerMasterKeySpec"`
+	Origin                         string    `json:"Origin"`
+	MultiRegion                    bool      `json:"MultiRegion"`
+	BypassPolicyLockoutSafetyCheck bool      `json:"BypassPolicyLockoutSafetyCheck"`
+	CustomKeyStoreId               string    `json:"CustomKeyStoreId"`
+	XksKeyId                       string    `json:"XksKeyId"`
+	Tags                           []tagJSON `json:"Tags"`
+}
+
+type tagJSON struct {
+	TagKey   string `json:"TagKey"`
+	TagValue string `json:"TagValue"`
+}
+
+// tagMap turns a request's tag list into a map (a repeated key: the last
+// value).
+func tagMap(tags []tagJSON) map[string]string {
+	if len(tags) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(tags))
+	for _, t := range tags {
+		m[t.TagKey] = t.TagValue
+	}
+	return m
+}
+
+type tagResourceInput struct {
+	KeyId   string    `json:"KeyId"`
+	Tags    []tagJSON `json:"Tags"`
+	TagKeys []string  `json:"TagKeys"`
+}
+
+type listResourceTagsOutput struct {
+	Tags       []tagJSON `json:"Tags"`
+	Truncated  bool      `json:"Truncated"`
+	NextMarker string    `json:"NextMarker,omitempty"`
+}
+
+type updateKeyDescriptionInput struct {
+	KeyId       string `json:"KeyId"`
+	Description string `json:"Description"`
+}
+
+type listKeyPoliciesOutput struct {
+	PolicyNames []string `json:"PolicyNames"`
+	Truncated   bool     `json:"Truncated"`
 }
 
 type keyMetadataJSON struct {
@@ -79,11 +123,12 @@ type keyMetadataOutput struct {
 }
 
 type listInput struct {
-	KeyId            string `json:"KeyId"`
-	Limit            int    `json:"Limit"`
-	Marker           string `json:"Marker"`
-	GrantId          string `json:"GrantId"`
-	GranteePrincipal string `json:"GranteePrincipal"`
+	KeyId             string `json:"KeyId"`
+	Limit             int    `json:"Limit"`
+	Marker            string `json:"Marker"`
+	GrantId           string `json:"GrantId"`
+	GranteePrincipal  string `json:"GranteePrincipal"`
+	RetiringPrincipal string `json:"RetiringPrincipal"`
 }
 
 type keyListEntry struct {
@@ -103,9 +148,11 @@ type aliasInput struct {
 }
 
 type aliasListEntry struct {
-	AliasName   string `json:"AliasName"`
-	AliasArn    string `json:"AliasArn"`
-	TargetKeyId string `json:"TargetKeyId,omitempty"`
+	AliasName       string  `json:"AliasName"`
+	AliasArn        string  `json:"AliasArn"`
+	TargetKeyId     string  `json:"TargetKeyId,omitempty"`
+	CreationDate    float64 `json:"CreationDate,omitempty"`
+	LastUpdatedDate float64 `json:"LastUpdatedDate,omitempty"`
 }
 
 type listAliasesOutput struct {
@@ -199,6 +246,18 @@ type keyRotationStatusOutput struct {
 	KeyId                string  `json:"KeyId"`
 	RotationPeriodInDays int     `json:"RotationPeriodInDays,omitempty"`
 	NextRotationDate     float64 `json:"NextRotationDate,omitempty"`
+}
+
+type keyRotationJSON struct {
+	KeyId        string  `json:"KeyId"`
+	RotationDate float64 `json:"RotationDate"`
+	RotationType string  `json:"RotationType,omitempty"`
+}
+
+type listKeyRotationsOutput struct {
+	Rotations  []keyRotationJSON `json:"Rotations"`
+	Truncated  bool              `json:"Truncated"`
+	NextMarker string            `json:"NextMarker,omitempty"`
 }
 
 type keyIDOutput struct {
@@ -337,26 +396,54 @@ func (j *secretJSON) str(name, v string) {
 	j.b = jsonstr.Append(j.b, v)
 }
 
-// pageMarker encodes a list position as an opaque marker.
-func pageMarker(i int) string { return strconv.Itoa(i) }
-
-// page returns the [start, end) window of n items for a Limit/Marker request.
-func page(n, limit int, marker string) (start, end int, next string, err error) {
+// listPage returns one page of items for a Limit/Marker request. Items are
+// put in the order of their sort key (unique per item), and a marker names
+// the last item returned: the next page resumes after that item, so items
+// added or removed between pages are neither skipped nor repeated. Markers
+// are opaque to clients (base64url of the sort key).
+func listPage[T any](items []T, sortKey func(*T) string, limit int, marker string) (page []T, next string, err error) {
 	if limit == 0 {
 		limit = 100
 	}
 	if limit < 1 || limit > 1000 {
-		return 0, 0, "", kms.Errorf(kms.CodeValidation, "Limit %d outside 1..1000", limit)
+		return nil, "", kms.Errorf(kms.CodeValidation, "Limit %d outside 1..1000", limit)
 	}
+	keys := make([]string, len(items))
+	for i := range items {
+		keys[i] = sortKey(&items[i])
+	}
+	sort.Sort(byKey[T]{items, keys})
+	start := 0
 	if marker != "" {
-		start, err = strconv.Atoi(marker)
-		if err != nil || start < 0 || start > n {
-			return 0, 0, "", kms.Errorf("InvalidMarkerException", "marker %q is not valid", marker)
+		after, derr := base64.RawURLEncoding.DecodeString(marker)
+		if derr != nil || len(after) == 0 {
+			return nil, "", kms.Errorf("InvalidMarkerException", "marker %q is not valid", marker)
+		}
+		start = sort.SearchStrings(keys, string(after))
+		if start < len(keys) && keys[start] == string(after) {
+			start++
 		}
 	}
-	end = min(start+limit, n)
-	if end < n {
-		next = pageMarker(end)
+	end := min(start+limit, len(items))
+	if end < len(items) {
+		next = base64.RawURLEncoding.EncodeToString([]byte(keys[end-1]))
 	}
-	return start, end, next, nil
+	return items[start:end], next, nil
+}
+
+type byKey[T any] struct {
+	items []T
+	keys  []string
+}
+
+func (b byKey[T]) Len() int           { return len(b.items) }
+func (b byKey[T]) Less(i, j int) bool { return b.keys[i] < b.keys[j] }
+func (b byKey[T]) Swap(i, j int) {
+	b.items[i], b.items[j] = b.items[j], b.items[i]
+	b.keys[i], b.keys[j] = b.keys[j], b.keys[i]
+}
+
+// timeOrderKey is a sort key that orders by creation time, then ID.
+func timeOrderKey(t time.Time, id string) string {
+	return fmt.Sprintf("%020d/%s", t.UnixNano(), id)
 }

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +33,13 @@ type Store interface {
 	// CiphertextKeyARN returns the ARN of the key a ciphertext blob names,
 	// without decrypting, so Decrypt can be authorised before it runs.
 	CiphertextKeyARN(ciphertext []byte) (string, error)
+
+	// The control-plane operations beyond kms.Admin.
+	UpdateKeyDescription(ctx context.Context, keyID, description string) error
+	TagResource(ctx context.Context, keyID string, tags map[string]string) error
+	UntagResource(ctx context.Context, keyID string, tagKeys []string) error
+	ListResourceTags(ctx context.Context, keyID string) (map[string]string, error)
+	ListKeyRotations(ctx context.Context, keyID string) ([]kms.KeyRotation, error)
 }
 
 // Config configures a Server.
@@ -140,6 +149,15 @@ type call struct {
 	op    string
 	cred  Credential
 	entry *auditlog.Entry
+	// tls and sourceIP are aws:SecureTransport and aws:SourceIp.
+	tls      bool
+	sourceIP string
+	// requestAlias is kms:RequestAlias: the alias the request named its
+	// key by, if it did.
+	requestAlias string
+	// attrErr is a failure to look up a key attribute a condition asked
+	// for; the request then fails rather than skip the condition.
+	attrErr error
 }
 
 // response is a handler's answer: either a value for encoding/json, or a
@@ -180,12 +198,19 @@ var operations = map[string]operation{
 	"DisableKeyRotation":              {fn: (*Server).disableKeyRotation},
 	"GetKeyRotationStatus":            {fn: (*Server).getKeyRotationStatus},
 	"RotateKeyOnDemand":               {fn: (*Server).rotateKeyOnDemand},
+	"ListKeyRotations":                {fn: (*Server).listKeyRotations},
 	"GetKeyPolicy":                    {fn: (*Server).getKeyPolicy},
 	"PutKeyPolicy":                    {changesLookups: true, fn: (*Server).putKeyPolicy},
 	"CreateGrant":                     {fn: (*Server).createGrant},
 	"ListGrants":                      {fn: (*Server).listGrants},
 	"RevokeGrant":                     {fn: (*Server).revokeGrant},
 	"RetireGrant":                     {fn: (*Server).retireGrant},
+	"UpdateKeyDescription":            {fn: (*Server).updateKeyDescription},
+	"TagResource":                     {fn: (*Server).tagResource},
+	"UntagResource":                   {fn: (*Server).untagResource},
+	"ListResourceTags":                {fn: (*Server).listResourceTags},
+	"ListKeyPolicies":                 {fn: (*Server).listKeyPolicies},
+	"ListRetirableGrants":             {fn: (*Server).listRetirableGrants},
 	"GetParametersForImport":          {fn: (*Server).getParametersForImport},
 	"ImportKeyMaterial":               {fn: (*Server).importKeyMaterial},
 	"DeleteImportedKeyMaterial":       {fn: (*Server).deleteImportedKeyMaterial},
@@ -290,7 +315,11 @@ func (s *Server) handle(r *http.Request, op string, body []byte, now time.Time, 
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
-	resp, err := o.fn(s, &call{ctx: ctx, now: now, op: op, cred: cred, entry: entry}, body)
+	c := &call{ctx: ctx, now: now, op: op, cred: cred, entry: entry, tls: r.TLS != nil}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		c.sourceIP = ap.Addr().Unmap().String()
+	}
+	resp, err := o.fn(s, c, body)
 	if o.changesLookups {
 		s.cache.clear() // also on failure: the change may have half happened
 	}
@@ -332,8 +361,9 @@ func statusFor(code string) int {
 		return http.StatusInternalServerError
 	case kms.CodeDependencyTimeout, kms.CodeUnavailable:
 		return http.StatusServiceUnavailable
-	case kms.CodeNotFound:
-		return http.StatusBadRequest
+	case kms.CodeDisabled, kms.CodeInvalidState:
+		// AWS answers these with 409 Conflict.
+		return http.StatusConflict
 	}
 	return http.StatusBadRequest
 }
@@ -402,15 +432,89 @@ func (s *Server) decide(c *call, action, keyARN string, ec kms.EncryptionContext
 	if err != nil {
 		return NoMatch, err
 	}
-	rc := RequestContext{
-		Principal:         c.cred.Principal,
-		Account:           c.cred.Account,
-		Action:            action,
-		Resource:          keyARN,
-		EncryptionContext: ec,
-		Values:            extra,
+	rc := s.requestContext(c, action, keyARN)
+	rc.EncryptionContext = ec
+	rc.Values = extra
+	if grantRequestOps[c.op] {
+		// No AWS service calls this server on anyone's behalf.
+		rc.Values = maps.Clone(extra)
+		if rc.Values == nil {
+			rc.Values = map[string][]string{}
+		}
+		rc.Values["kms:grantisforawsresource"] = []string{"false"}
 	}
-	return p.Evaluate(&rc), nil
+	d := p.Evaluate(&rc)
+	if c.attrErr != nil {
+		return NoMatch, c.attrErr
+	}
+	return d, nil
+}
+
+// grantRequestOps are the operations whose request context has
+// kms:GrantIsForAWSResource.
+var grantRequestOps = map[string]bool{"CreateGrant": true, "ListGrants": true, "RevokeGrant": true}
+
+// requestContext is what the caller's request puts in a policy's request
+// context for action on resource (a key ARN, or "*").
+func (s *Server) requestContext(c *call, action, resource string) RequestContext {
+	rc := RequestContext{
+		Principal:       c.cred.Principal,
+		PrincipalArn:    c.cred.PrincipalArn,
+		Account:         c.cred.Account,
+		Action:          action,
+		Resource:        resource,
+		SecureTransport: c.tls,
+		SourceIP:        c.sourceIP,
+		CurrentTime:     c.now,
+	}
+	if requestAliasOps[c.op] {
+		rc.RequestAlias = c.requestAlias
+	}
+	if resource != "*" {
+		rc.Lazy = func(key string) ([]string, bool) { return s.keyAttribute(c, resource, key) }
+	}
+	return rc
+}
+
+// requestAliasOps are the operations whose request context has
+// kms:RequestAlias (AWS: the cryptographic operations, DescribeKey and
+// GetPublicKey).
+var requestAliasOps = map[string]bool{
+	"Encrypt": true, "Decrypt": true, "ReEncrypt": true, "GenerateDataKey": true,
+	"GenerateDataKeyWithoutPlaintext": true, "DescribeKey": true,
+}
+
+// keyAttribute answers the condition keys that describe the key itself,
+// looked up only when a policy asks.
+func (s *Server) keyAttribute(c *call, keyARN, key string) ([]string, bool) {
+	switch key {
+	case "kms:resourcealiases":
+		aliases, err := s.store.ListAliases(c.ctx, keyARN)
+		if err != nil {
+			c.attrErr = fmt.Errorf("kms:ResourceAliases of %s: %w", keyARN, err)
+			return nil, false
+		}
+		out := make([]string, 0, len(aliases))
+		for _, a := range aliases {
+			out = append(out, a.Name)
+		}
+		return out, len(out) > 0
+	case "kms:keyspec":
+		return []string{symmetricDefault}, true
+	case "kms:keyusage":
+		return []string{"ENCRYPT_DECRYPT"}, true
+	case "kms:keyorigin":
+		md, err := s.store.DescribeKey(c.ctx, keyARN)
+		if err != nil {
+			c.attrErr = fmt.Errorf("kms:KeyOrigin of %s: %w", keyARN, err)
+			return nil, false
+		}
+		if md.Origin == "" {
+			return []string{"AWS_KMS"}, true
+		}
+		return []string{md.Origin}, true
+	}
+	return nil, false
 }
 
 // authorize decides whether the caller may perform action on keyARN: an
@@ -458,7 +562,7 @@ func (s *Server) grantAllows(c *call, keyARN, op string, ec kms.EncryptionContex
 	}
 	for i := range grants {
 		g := &grants[i]
-		if g.GranteePrincipal != c.cred.Principal || !contains(g.Operations, op) {
+		if !PrincipalMatches(g.GranteePrincipal, c.cred.Principal) || !contains(g.Operations, op) {
 			continue
 		}
 		if cryptoGrantOps[op] && !constraintsMet(g, ec) {
@@ -516,38 +620,100 @@ func constraintsMet(g *kms.Grant, ec kms.EncryptionContext) bool {
 	return true
 }
 
-// resolve returns the ARN of the key keyID names.
+// resolve returns the ARN of the key keyID names, for the call's operation:
+// a key of another account only by key ARN or alias ARN, and only for the
+// operations AWS allows across accounts.
 func (s *Server) resolve(c *call, keyID string) (string, error) {
 	if keyID == "" {
 		return "", kms.Errorf(kms.CodeValidation, "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null")
+	}
+	if name, ok := aliasNameOf(keyID); ok {
+		c.requestAlias = name
 	}
 	arn, err := s.lookupARN(c, keyID)
 	if err != nil {
 		return "", err
 	}
 	c.entry.KeyARN = arn
+	if err := s.checkAccount(c, c.op, arn); err != nil {
+		return "", err
+	}
 	return arn, nil
 }
 
-// lookupARN resolves a key name through the lookup cache. Only successes
-// are cached, so a key created elsewhere is found at once.
+// checkAccount refuses op on a key of another account than the caller's
+// when AWS does not allow op across accounts.
+func (s *Server) checkAccount(c *call, op, keyARN string) error {
+	if arnAccount(keyARN) == c.cred.Account || crossAccountOps[op] {
+		return nil
+	}
+	return kms.Errorf(kms.CodeAccessDenied, "User: %s is not authorized to perform: kms:%s on resource: %s because %s cannot be used on a key in another account",
+		c.cred.Principal, op, keyARN, op)
+}
+
+// crossAccountOps are the operations AWS allows on a key of another account
+// (by key ARN, where its key policy or a grant allows).
+var crossAccountOps = map[string]bool{
+	"CreateGrant": true, "Decrypt": true, "DescribeKey": true, "Encrypt": true,
+	"GenerateDataKey": true, "GenerateDataKeyWithoutPlaintext": true, "GetKeyRotationStatus": true,
+	"ListGrants": true, "ReEncrypt": true, "RetireGrant": true, "RevokeGrant": true,
+}
+
+// aliasNameOf returns the alias name ("alias/x") a key reference names, if
+// it is an alias name or alias ARN.
+func aliasNameOf(keyID string) (string, bool) {
+	if strings.HasPrefix(keyID, "alias/") {
+		return keyID, true
+	}
+	if strings.HasPrefix(keyID, "arn:") {
+		if parts := strings.SplitN(keyID, ":", 6); len(parts) == 6 && strings.HasPrefix(parts[5], "alias/") {
+			return parts[5], true
+		}
+	}
+	return "", false
+}
+
+// qualify turns a key ID or alias name into the key ARN or alias ARN it
+// stands for in the caller's account; ARNs are left as they are. The store
+// then resolves names in the caller's account only.
+func (s *Server) qualify(c *call, keyID string) string {
+	if strings.HasPrefix(keyID, "arn:") {
+		return keyID
+	}
+	prefix := "arn:aws:kms:" + s.region + ":" + c.cred.Account + ":"
+	if strings.HasPrefix(keyID, "alias/") {
+		return prefix + keyID
+	}
+	return prefix + "key/" + keyID
+}
+
+// lookupARN resolves a key name, in the caller's account, through the
+// lookup cache. Only successes are cached, so a key created elsewhere is
+// found at once.
 func (s *Server) lookupARN(c *call, keyID string) (string, error) {
-	if arn, ok := s.cache.arn(keyID, c.now); ok {
+	q := s.qualify(c, keyID)
+	if arn, ok := s.cache.arn(q, c.now); ok {
 		return arn, nil
 	}
-	arn, err := s.store.ARNForKey(keyID)
+	arn, err := s.store.ARNForKey(q)
 	if err != nil {
 		return "", err
 	}
-	s.cache.putARN(keyID, arn, c.now)
+	s.cache.putARN(q, arn, c.now)
 	return arn, nil
 }
 
 // resolveAndAuthorize is the common prologue of operations on one key.
 func (s *Server) resolveAndAuthorize(c *call, keyID, grantOp string) (string, error) {
+	return s.resolveAndAuthorizeWith(c, keyID, grantOp, nil)
+}
+
+// resolveAndAuthorizeWith is resolveAndAuthorize with further condition
+// keys in the request context.
+func (s *Server) resolveAndAuthorizeWith(c *call, keyID, grantOp string, extra map[string][]string) (string, error) {
 	arn, err := s.resolve(c, keyID)
 	if err != nil {
 		return "", err
 	}
-	return arn, s.authorize(c, "kms:"+c.op, arn, nil, grantOp, nil)
+	return arn, s.authorize(c, "kms:"+c.op, arn, nil, grantOp, extra)
 }

@@ -365,3 +365,27 @@ func TestThrottlingThenSuccess(t *testing.T) {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+func TestListPageResumesAfterTheMarkedItem(t *testing.T) {
+	id := func(s *string) string { return *s }
+	items := []string{"d", "b", "f"}
+	pg, next, err := listPage(items, id, 2, "")
+	if err != nil || strings.Join(pg, "") != "bd" || next == "" {
+		t.Fatalf("first page %v %q %v", pg, next, err)
+	}
+	if next == "2" || strings.Contains(next, "d") {
+		t.Fatalf("marker %q is a position or the plain key", next)
+	}
+	// "a" and "e" arrive, "d" (the marked item) goes: the next page holds
+	// what follows "d" in order, nothing repeated or skipped.
+	pg, next2, err := listPage([]string{"f", "a", "e", "b"}, id, 2, next)
+	if err != nil || strings.Join(pg, "") != "ef" || next2 != "" {
+		t.Fatalf("second page %v %q %v", pg, next2, err)
+	}
+	if _, _, err := listPage(items, id, 2, "%%%"); kms.Code(err) != "InvalidMarkerException" {
+		t.Fatalf("bad marker: %v", err)
+	}
+	if _, _, err := listPage(items, id, 1001, ""); !errors.Is(err, kms.ErrValidation) {
+		t.Fatalf("limit 1001: %v", err)
+	}
+}
