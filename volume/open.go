@@ -72,12 +72,15 @@ type BackendOptions struct {
 	// OwnsPrefix: this process is the volume's mount, so multipart uploads
 	// found under the prefix are leftovers of a crash and are aborted.
 	OwnsPrefix bool
+	// Meta is the metadata database URL of a shared volume ("": the one
+	// its config names, if it is one).
+	Meta string
 }
 
 // OpenBackend opens a local directory, or an s3://bucket/prefix URL.
 func OpenBackend(ctx context.Context, spec string, o BackendOptions) (backend.Backend, error) {
 	if strings.HasPrefix(spec, "s3://") {
-		return openS3(ctx, spec, o)
+		return openS3Volume(ctx, spec, o)
 	}
 	if strings.Contains(spec, "://") {
 		return nil, fmt.Errorf("backend %q: unknown scheme (want a directory or s3://bucket/prefix)", spec)

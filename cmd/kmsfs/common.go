@@ -24,6 +24,7 @@ type commonFlags struct {
 	s3LeaseTTL     time.Duration
 	pkcs11         pkcs11Flags
 	auditLog       string
+	meta           string // shared volume's metadata database
 	// mounting is set by `kmsfs mount` (read-write): the process owns the
 	// volume's S3 prefix and may abort multipart uploads a crash left.
 	mounting bool
@@ -39,6 +40,7 @@ func (c *commonFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.s3PathStyle, "s3-path-style", false, "use path-style S3 addressing (most non-AWS servers)")
 	fs.DurationVar(&c.s3LeaseTTL, "s3-lease-ttl", s3.DefaultLeaseTTL, "how long an S3 volume's writer lease outlives a writer that stopped renewing it (a crashed mount on another machine)")
 	c.pkcs11.register(fs)
+	c.registerShared(fs)
 	fs.StringVar(&c.auditLog, "audit-log", "", "append every KMS call this process makes to FILE (hash-chained JSON lines; kmsfs kms audit verify FILE)")
 }
 
@@ -78,7 +80,7 @@ func (c *commonFlags) kmsOptions(cfg *volume.Config) (volume.KMSOptions, error) 
 }
 
 func (c *commonFlags) backendOptions() volume.BackendOptions {
-	return volume.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, S3LeaseTTL: c.s3LeaseTTL, OwnsPrefix: c.mounting}
+	return volume.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, S3LeaseTTL: c.s3LeaseTTL, OwnsPrefix: c.mounting, Meta: c.meta}
 }
 
 func newFlagSet(name, usage string) *pflag.FlagSet {

@@ -77,6 +77,7 @@ func initCommand(ctx context.Context, args []string) error {
 	defer closeAudit()
 	cfg, err := volume.Init(ctx, be, kmsChain{audit: record}.wrap(k), volume.InitOptions{
 		KeyID: key, KMS: ko.URL, KMSRegion: ko.Region, Mode: m, BlockSize: *blockSize, HeaderSize: *headerSize, EncryptNames: *encryptNames,
+		Meta: c.sharedMeta(),
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", spec, err)

@@ -21,6 +21,7 @@ Usage:
   kmsfs umount MOUNTPOINT                 unmount
   kmsfs cat [flags] BACKEND PATH          decrypt one file to stdout, without mounting
   kmsfs rewrap [flags] BACKEND            re-wrap every file key under another KMS key (ReEncrypt; data untouched)
+  kmsfs gc [flags] BACKEND                delete the unreferenced chunks of a shared volume
   kmsfs stats [--json] MOUNTPOINT         KMS calls, key cache and I/O counters of a mount
   kmsfs bench [flags]                     compare per-object and bucket-key modes (files/s, KMS calls)
   kmsfs kms SUBCOMMAND ...                KMS server and key administration (kmsfs kms help)
@@ -47,6 +48,8 @@ func main() {
 		err = catCommand(ctx, args)
 	case "rewrap":
 		err = rewrapCommand(ctx, args, os.Stdout, os.Stderr)
+	case "gc":
+		err = gcCommand(ctx, args)
 	case "stats":
 		err = statsCommand(ctx, args)
 	case "bench":
