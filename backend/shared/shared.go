@@ -393,11 +393,17 @@ func (b *Backend) Utimens(ctx context.Context, name string, atime, mtime *time.T
 }
 
 func (b *Backend) Getxattr(ctx context.Context, name, attr string) ([]byte, error) {
+	if isACL(attr) {
+		return nil, b.fail("getxattr", name, syscall.ENODATA)
+	}
 	v, err := b.store.GetXattr(opCtx(ctx), split(name), attr)
 	return v, b.fail("getxattr", name, err)
 }
 
 func (b *Backend) Setxattr(ctx context.Context, name, attr string, value []byte, flags int) error {
+	if isACL(attr) {
+		return b.setACL(ctx, name, attr, value)
+	}
 	return b.fail("setxattr", name, b.store.SetXattr(opCtx(ctx), split(name), attr, value, flags))
 }
 
@@ -407,6 +413,9 @@ func (b *Backend) Listxattr(ctx context.Context, name string) ([]string, error) 
 }
 
 func (b *Backend) Removexattr(ctx context.Context, name, attr string) error {
+	if isACL(attr) {
+		return b.fail("removexattr", name, syscall.ENODATA)
+	}
 	return b.fail("removexattr", name, b.store.RemoveXattr(opCtx(ctx), split(name), attr))
 }
 

@@ -103,10 +103,12 @@ func scanAttr(row pgx.Row, extra ...any) (meta.Attr, error) {
 	var a meta.Attr
 	var ino, mode, uid, gid, rdev int64
 	var nlink int32
-	dst := append(extra, &ino, &mode, &uid, &gid, &rdev, &a.Size, &nlink, &a.Gen, &a.Atime, &a.Mtime, &a.Ctime)
+	var at, mt, ct int64
+	dst := append(extra, &ino, &mode, &uid, &gid, &rdev, &a.Size, &nlink, &a.Gen, &at, &mt, &ct)
 	if err := row.Scan(dst...); err != nil {
 		return a, err
 	}
+	a.Atime, a.Mtime, a.Ctime = time.Unix(0, at), time.Unix(0, mt), time.Unix(0, ct)
 	a.Ino, a.Mode, a.Uid, a.Gid, a.Rdev, a.Nlink = uint64(ino), uint32(mode), uint32(uid), uint32(gid), uint64(rdev), uint32(nlink)
 	return a, nil
 }
@@ -159,7 +161,7 @@ func entry(ctx context.Context, q pgx.Tx, parent uint64, name string) (ino uint6
 // sets its times, changing its link count by dlink; a directory that is
 // gone is ENOENT.
 func touchDir(ctx context.Context, q pgx.Tx, ino uint64, dlink int) error {
-	tag, err := q.Exec(ctx, `UPDATE kmsfs_inodes SET mtime = now(), ctime = now(), nlink = nlink + $2 WHERE ino = $1`, int64(ino), dlink)
+	tag, err := q.Exec(ctx, `UPDATE kmsfs_inodes SET mtime = `+nowNS+`, ctime = `+nowNS+`, nlink = nlink + $2 WHERE ino = $1`, int64(ino), dlink)
 	if err != nil {
 		return err
 	}
@@ -186,7 +188,7 @@ func dropLink(ctx context.Context, q pgx.Tx, ino uint64, dir bool) error {
 	var nlink int32
 	if dir {
 		nlink = 0
-	} else if err := q.QueryRow(ctx, `UPDATE kmsfs_inodes SET nlink = nlink - 1, ctime = now() WHERE ino = $1 RETURNING nlink`, int64(ino)).Scan(&nlink); err != nil {
+	} else if err := q.QueryRow(ctx, `UPDATE kmsfs_inodes SET nlink = nlink - 1, ctime = `+nowNS+` WHERE ino = $1 RETURNING nlink`, int64(ino)).Scan(&nlink); err != nil {
 		return err
 	}
 	if nlink > 0 {
@@ -246,7 +248,7 @@ func (s *Store) CreateVolume(ctx context.Context, v meta.Volume, root meta.New) 
 		}
 		var ino int64
 		if err := tx.QueryRow(ctx, `INSERT INTO kmsfs_inodes (mode, uid, gid, nlink, atime, mtime, ctime)
-			VALUES ($1, $2, $3, 2, now(), now(), now()) RETURNING ino`,
+			VALUES ($1, $2, $3, 2, `+nowNS+`, `+nowNS+`, `+nowNS+`) RETURNING ino`,
 			int64(syscall.S_IFDIR|root.Mode&0o7777), int64(root.Uid), int64(root.Gid)).Scan(&ino); err != nil {
 			return err
 		}
@@ -345,7 +347,7 @@ func (s *Store) Create(ctx context.Context, path []string, n meta.New, excl bool
 			target, size = n.Target, int64(len(n.Target))
 		}
 		out, err = scanAttr(tx.QueryRow(ctx, `INSERT INTO kmsfs_inodes AS i (mode, uid, gid, rdev, size, nlink, atime, mtime, ctime, target)
-			VALUES ($1, $2, $3, $4, $5, $6, now(), now(), now(), $7) RETURNING `+attrColsI,
+			VALUES ($1, $2, $3, $4, $5, $6, `+nowNS+`, `+nowNS+`, `+nowNS+`, $7) RETURNING `+attrColsI,
 			int64(n.Mode), int64(n.Uid), int64(n.Gid), int64(n.Rdev), size, nlink, target))
 		if err != nil {
 			return err
@@ -490,7 +492,7 @@ func (s *Store) Rename(ctx context.Context, from, to []string, flags uint32) err
 				int64(fp), []byte(fn), int64(tp), []byte(tn), int64(src), int64(dst)); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, `UPDATE kmsfs_inodes SET ctime = now() WHERE ino = $1 OR ino = $2`, int64(src), int64(dst))
+			_, err := tx.Exec(ctx, `UPDATE kmsfs_inodes SET ctime = `+nowNS+` WHERE ino = $1 OR ino = $2`, int64(src), int64(dst))
 			return err
 		}
 		if dok {
@@ -536,9 +538,17 @@ func (s *Store) Rename(ctx context.Context, from, to []string, flags uint32) err
 			int64(fp), []byte(fn), int64(tp), []byte(tn)); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE kmsfs_inodes SET ctime = now() WHERE ino = $1`, int64(src))
+		_, err = tx.Exec(ctx, `UPDATE kmsfs_inodes SET ctime = `+nowNS+` WHERE ino = $1`, int64(src))
 		return err
 	})
+}
+
+func ns(t *time.Time) *int64 {
+	if t == nil {
+		return nil
+	}
+	v := t.UnixNano()
+	return &v
 }
 
 func b2i(b bool) int {
@@ -574,7 +584,7 @@ func (s *Store) Link(ctx context.Context, from, to []string) (meta.Attr, error) 
 		if err := touchDir(ctx, tx, tp, 0); err != nil {
 			return err
 		}
-		out, err = scanAttr(tx.QueryRow(ctx, `UPDATE kmsfs_inodes i SET nlink = nlink + 1, ctime = now() WHERE ino = $1 RETURNING `+attrColsI, int64(a.Ino)))
+		out, err = scanAttr(tx.QueryRow(ctx, `UPDATE kmsfs_inodes i SET nlink = nlink + 1, ctime = `+nowNS+` WHERE ino = $1 RETURNING `+attrColsI, int64(a.Ino)))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return syscall.ENOENT
 		}
@@ -609,8 +619,8 @@ func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) err
 		tag, err := tx.Exec(ctx, `UPDATE kmsfs_inodes SET
 			mode = CASE WHEN $2::bigint IS NULL THEN mode ELSE (mode & ~4095::bigint) | $2::bigint END,
 			uid = COALESCE($3::bigint, uid), gid = COALESCE($4::bigint, gid),
-			atime = COALESCE($5::timestamptz, atime), mtime = COALESCE($6::timestamptz, mtime), ctime = now()
-			WHERE ino = $1`, int64(a.Ino), mode, uid, gid, sa.Atime, sa.Mtime)
+			atime = COALESCE($5::bigint, atime), mtime = COALESCE($6::bigint, mtime), ctime = `+nowNS+`
+			WHERE ino = $1`, int64(a.Ino), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime))
 		if err == nil && tag.RowsAffected() == 0 {
 			err = syscall.ENOENT
 		}
@@ -664,7 +674,7 @@ func (s *Store) SetXattr(ctx context.Context, path []string, name string, value 
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE kmsfs_inodes SET ctime = now() WHERE ino = $1`, int64(a.Ino))
+		_, err = tx.Exec(ctx, `UPDATE kmsfs_inodes SET ctime = `+nowNS+` WHERE ino = $1`, int64(a.Ino))
 		return err
 	})
 }
@@ -699,7 +709,7 @@ func (s *Store) RemoveXattr(ctx context.Context, path []string, name string) err
 		if tag.RowsAffected() == 0 {
 			return syscall.ENODATA
 		}
-		_, err = tx.Exec(ctx, `UPDATE kmsfs_inodes SET ctime = now() WHERE ino = $1`, int64(a.Ino))
+		_, err = tx.Exec(ctx, `UPDATE kmsfs_inodes SET ctime = `+nowNS+` WHERE ino = $1`, int64(a.Ino))
 		return err
 	})
 }
@@ -741,7 +751,7 @@ func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) 
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `UPDATE kmsfs_inodes SET generation = generation + 1, size = $3,
-			mtime = CASE WHEN $4 THEN now() ELSE mtime END, ctime = CASE WHEN $4 THEN now() ELSE ctime END
+			mtime = CASE WHEN $4 THEN `+nowNS+` ELSE mtime END, ctime = CASE WHEN $4 THEN `+nowNS+` ELSE ctime END
 			WHERE ino = $1 AND generation = $2 RETURNING generation`, int64(c.Ino), c.BaseGen, c.Size, c.Touch).Scan(&gen)
 		if errors.Is(err, pgx.ErrNoRows) {
 			var cur int64

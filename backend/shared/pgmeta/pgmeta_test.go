@@ -5,6 +5,7 @@ import (
 	"errors"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -127,6 +128,15 @@ func TestStoreAgainstPostgres(t *testing.T) {
 	}
 	if v, err := s.GetXattr(ctx, []string{"g"}, "user.x"); err != nil || string(v) != "\x01\x02" {
 		t.Fatalf("getxattr: %v %v", v, err)
+	}
+	// Attributes.
+	mode := uint32(0o4711)
+	mt := time.Unix(1_300_000_000, 123456789)
+	if err := s.SetAttr(ctx, []string{"g"}, meta.SetAttr{Mode: &mode, Mtime: &mt}); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := s.Lookup(ctx, []string{"g"}); err != nil || a.Mode != syscall.S_IFREG|0o4711 || !a.Mtime.Equal(mt) {
+		t.Fatalf("after chmod and utimens: mode %o mtime %v, %v", a.Mode, a.Mtime, err)
 	}
 	// A newer schema is reported as such.
 	c.Psql("vol", "UPDATE kmsfs_volume SET schema_version = 99")

@@ -20,9 +20,9 @@ CREATE TABLE kmsfs_inodes (
 	size       bigint NOT NULL DEFAULT 0,
 	nlink      integer NOT NULL,
 	generation bigint NOT NULL DEFAULT 0,
-	atime      timestamptz NOT NULL,
-	mtime      timestamptz NOT NULL,
-	ctime      timestamptz NOT NULL,
+	atime      bigint NOT NULL, -- nanoseconds since 1970
+	mtime      bigint NOT NULL,
+	ctime      bigint NOT NULL,
 	target     bytea
 );
 CREATE TABLE kmsfs_dentries (
@@ -66,4 +66,6 @@ WITH RECURSIVE walk(depth, ino) AS (
 SELECT w.depth, i.ino, i.mode FROM walk w JOIN kmsfs_inodes i ON i.ino = w.ino
 ORDER BY w.depth DESC LIMIT 1`
 
-const attrCols = `ino, mode, uid, gid, rdev, size, nlink, generation, atime, mtime, ctime`
+// nowNS is the transaction's time in nanoseconds since 1970: times the
+// database sets come from one clock, not from each machine's.
+const nowNS = `(extract(epoch FROM now()) * 1000000000)::bigint`

@@ -1,0 +1,419 @@
+package integration
+
+// Shared volumes mounted for real: PostgreSQL 15 (its own cluster per
+// test) for the tree, versitygw for the chunks, and each mount its own
+// kmsfs process, as on separate machines.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/kmsfs/kmsfs/backend/shared/pgmeta/pgtest"
+)
+
+// sharedVolume is one shared volume: the gateway, the database, and the
+// mounts made of it so far.
+type sharedVolume struct {
+	g      *s3Gateway
+	pg     *pgtest.Cluster
+	db     string
+	meta   string
+	vault  string
+	prefix string
+	first  *mountVolume // carries the keystore; mounts[0]
+	mounts []*mountVolume
+}
+
+// sharedNew starts PostgreSQL and versitygw and runs `kmsfs init --meta`.
+func sharedNew(t *testing.T, prefix string) *sharedVolume {
+	t.Helper()
+	mountRequireFuse(t)
+	pg := pgtest.Start(t)
+	g := s3StartGateway(t)
+	sv := &sharedVolume{g: g, pg: pg, db: "vol", prefix: prefix, vault: "s3://" + s3Bucket + "/" + prefix}
+	sv.meta = pg.CreateDB(sv.db)
+	root := t.TempDir()
+	v := &mountVolume{t: t, vault: sv.vault, mnt: filepath.Join(root, "mnt"), keystore: filepath.Join(root, "keystore"), logPath: filepath.Join(root, "kmsfs.log")}
+	if err := os.Mkdir(v.mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.cleanup)
+	v.run(append(append([]string{"init"}, g.flags()...), "--meta", sv.meta, sv.vault)...)
+	sv.first = v
+	return sv
+}
+
+// mount makes one more mount of the volume, its own kmsfs process; the
+// first uses the --meta recorded in the config.
+func (sv *sharedVolume) mount(t *testing.T) *mountVolume {
+	t.Helper()
+	v := sv.first
+	if len(sv.mounts) > 0 {
+		root := t.TempDir()
+		v = &mountVolume{t: t, vault: sv.vault, mnt: filepath.Join(root, "mnt"), keystore: sv.first.keystore, logPath: filepath.Join(root, "kmsfs.log")}
+		if err := os.Mkdir(v.mnt, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(v.cleanup)
+	}
+	v.mount(sv.g.flags()...)
+	sv.mounts = append(sv.mounts, v)
+	return v
+}
+
+// chunkKeys lists the chunk objects in the bucket.
+func (sv *sharedVolume) chunkKeys(t *testing.T) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	p := s3.NewListObjectsV2Paginator(sv.g.client, &s3.ListObjectsV2Input{Bucket: aws.String(s3Bucket), Prefix: aws.String(sv.prefix + "/")})
+	for p.HasMorePages() {
+		page, err := p.NextPage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range page.Contents {
+			out[aws.ToString(o.Key)] = nil
+		}
+	}
+	return out
+}
+
+func TestSharedTwoMountsCopyAndRead(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	a, b := sv.mount(t), sv.mount(t)
+	src := filepath.Join(t.TempDir(), "src")
+	info := mountMakeTree(t, src, 11)
+	mountExec(t, "cp", "-a", src, a.path("tree"))
+	if out, err := mountExecOut("diff", "-r", "--no-dereference", src, b.path("tree")); err != nil {
+		t.Fatalf("diff -r of the tree copied on A, read on B: %v\n%s", err, mountTail(out, 20))
+	}
+	// Attributes as cp -a left them, read through the other mount.
+	mountCompareSnapshots(t, "B after cp -a on A", mountSnapshot(t, src), mountSnapshot(t, b.path("tree")))
+	// The hard link pair is one inode on B too.
+	var s1, s2 syscall.Stat_t
+	if err := syscall.Lstat(b.path("tree/"+info.hardLinks[0]), &s1); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Lstat(b.path("tree/"+info.hardLinks[1]), &s2); err != nil {
+		t.Fatal(err)
+	}
+	if s1.Ino != s2.Ino || s1.Nlink != 2 {
+		t.Errorf("hard links on B: inodes %d and %d, nlink %d", s1.Ino, s2.Ino, s1.Nlink)
+	}
+	if tgt, err := os.Readlink(b.path("tree/links/dangling")); err != nil || tgt != "does/not/exist" {
+		t.Errorf("symlink on B: %q, %v", tgt, err)
+	}
+
+	// A file written and closed on A, then opened on B: byte for byte,
+	// across several chunks and after an overwrite in the middle.
+	data := mountContent(rand.New(rand.NewPCG(3, 3)), 9<<20+12345)
+	if err := os.WriteFile(a.path("big.bin"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(b.path("big.bin")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("B read %d bytes (%v), want A's %d", len(got), err, len(data))
+	}
+	f, err := os.OpenFile(a.path("big.bin"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch := bytes.Repeat([]byte("patched!"), 1000)
+	if _, err := f.WriteAt(patch, 5<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	copy(data[5<<20:], patch)
+	if got, err := os.ReadFile(b.path("big.bin")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("B after A's overwrite: %d bytes, equal %v, %v", len(got), bytes.Equal(got, data), err)
+	}
+
+	// Nothing plaintext in the database nor in the bucket.
+	dump := sv.pg.Dump(sv.db)
+	for _, s := range []string{"target.txt", "does/not/exist", "hard2", "big.bin", "sizes", info.xattrVal, mountMarker} {
+		if strings.Contains(dump, s) {
+			t.Errorf("pg_dump shows %q", s)
+		}
+	}
+	if !strings.Contains(dump, "kmsfs_dentries") {
+		t.Errorf("pg_dump has no directory entries table:\n%s", mountTail(dump, 20))
+	}
+	listing := sv.g.aws(t, "s3", "ls", "--recursive", "s3://"+s3Bucket+"/"+sv.prefix+"/")
+	chunks := 0
+	for _, line := range strings.Split(strings.TrimSpace(listing), "\n") {
+		fields := strings.Fields(line)
+		key := fields[len(fields)-1]
+		if strings.Contains(key, "/chunks/") {
+			chunks++
+		} else if !strings.HasSuffix(key, "/.kmsfs/volume.json") {
+			t.Errorf("unexpected object %q", key)
+		}
+		if body := sv.g.get(t, key); bytes.Contains(body, []byte(mountMarker)) {
+			t.Errorf("object %s holds plaintext", key)
+		}
+	}
+	if chunks < info.files/2 {
+		t.Errorf("%d chunk objects for %d files", chunks, info.files)
+	}
+}
+
+func TestSharedConcurrentCreates(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	ms := []*mountVolume{sv.mount(t), sv.mount(t)}
+	if err := os.Mkdir(ms[0].path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const per = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*per)
+	for i, m := range ms {
+		for w := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := w; j < per; j += 2 {
+					name := m.path(fmt.Sprintf("d/m%d-%03d", i, j))
+					if err := os.WriteFile(name, []byte(name), 0o644); err != nil {
+						errs <- err
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the kernel's entry timeout
+	for _, m := range ms {
+		ents, err := os.ReadDir(m.path("d"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ents) != 2*per {
+			t.Errorf("%s lists %d entries, want %d", m.mnt, len(ents), 2*per)
+		}
+		for _, e := range ents {
+			got, err := os.ReadFile(m.path("d/" + e.Name()))
+			if err != nil || !strings.HasSuffix(string(got), "/d/"+e.Name()) {
+				t.Errorf("%s: %q, %v", e.Name(), got, err)
+			}
+		}
+	}
+}
+
+func TestSharedRenameWhileWriting(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	a, b := sv.mount(t), sv.mount(t)
+	if err := os.MkdirAll(a.path("old/sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	// B opens files below the directory and keeps writing them while A
+	// renames it.
+	var files []*os.File
+	for i := range 8 {
+		f, err := os.Create(b.path(fmt.Sprintf("old/sub/f%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	content := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i)}, 100_000+i) }
+	for i, f := range files {
+		if _, err := f.Write(content(i)[:50_000]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Rename(a.path("old"), a.path("new")); err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range files {
+		if _, err := f.Write(content(i)[50_000:]); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatalf("close on B after the rename on A: %v", err)
+		}
+	}
+	time.Sleep(1100 * time.Millisecond)
+	for _, m := range []*mountVolume{a, b} {
+		if _, err := os.Stat(m.path("old")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: old still there: %v", m.mnt, err)
+		}
+		for i := range files {
+			got, err := os.ReadFile(m.path(fmt.Sprintf("new/sub/f%d", i)))
+			if err != nil || !bytes.Equal(got, content(i)) {
+				t.Errorf("%s: new/sub/f%d: %d bytes, %v", m.mnt, i, len(got), err)
+			}
+		}
+	}
+}
+
+func TestSharedTwoWritersOneFile(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	a, b := sv.mount(t), sv.mount(t)
+	if err := os.WriteFile(a.path("f"), []byte("original"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fa, err := os.OpenFile(a.path("f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := os.OpenFile(b.path("f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wa := bytes.Repeat([]byte("A"), 300_000)
+	wb := bytes.Repeat([]byte("B"), 200_000)
+	if _, err := fa.WriteAt(wa, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fb.WriteAt(wb, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := fa.Close(); err != nil {
+		t.Fatalf("first close: %v", err)
+	}
+	if err := fb.Close(); err == nil {
+		t.Fatal("the second writer's close succeeded: its data would be lost silently")
+	} else {
+		t.Logf("second writer: %v", err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	for _, m := range []*mountVolume{a, b} {
+		got, err := os.ReadFile(m.path("f"))
+		if err != nil || !bytes.Equal(got, wa) {
+			t.Errorf("%s: %d bytes (%v), want A's complete content", m.mnt, len(got), err)
+		}
+	}
+	if !strings.Contains(b.log(), "another writer") {
+		t.Errorf("B's log does not name the lost race:\n%s", mountTail(b.log(), 10))
+	}
+}
+
+func TestSharedGC(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	a := sv.mount(t)
+	keep := mountContent(rand.New(rand.NewPCG(5, 5)), 300_000)
+	if err := os.WriteFile(a.path("keep"), keep, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Overwritten and removed data leave garbage records; an object no
+	// file ever pointed to (a writer killed before its commit) is found
+	// only by the sweep.
+	if err := os.WriteFile(a.path("gone"), keep, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(a.path("gone"), []byte("second"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(a.path("gone")); err != nil {
+		t.Fatal(err)
+	}
+	orphan := sv.prefix + "/chunks/00000000000000000000000000000000"
+	if _, err := sv.g.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(s3Bucket), Key: aws.String(orphan), Body: strings.NewReader("orphan")}); err != nil {
+		t.Fatal(err)
+	}
+	before := sv.chunkKeys(t)
+	if n := sv.pg.Psql(sv.db, "SELECT count(*) FROM kmsfs_garbage"); n == "0" {
+		t.Fatal("no garbage recorded after an overwrite and an unlink")
+	}
+	out := a.run(append(append([]string{"gc"}, sv.g.flags()...), "--grace", "0s", "--sweep", sv.vault)...)
+	t.Log(strings.TrimSpace(out))
+	after := sv.chunkKeys(t)
+	if _, ok := after[orphan]; ok {
+		t.Error("gc --sweep kept the orphaned chunk")
+	}
+	if len(after) >= len(before)-1 {
+		t.Errorf("gc deleted %d objects; the overwritten and removed chunks are still there", len(before)-len(after))
+	}
+	refs := sv.pg.Psql(sv.db, "SELECT count(*) FROM kmsfs_chunks")
+	if got := fmt.Sprint(len(after) - 1); got != refs { // - volume.json
+		t.Errorf("%s objects left besides the config, %s referenced", got, refs)
+	}
+	if n := sv.pg.Psql(sv.db, "SELECT count(*) FROM kmsfs_garbage"); n != "0" {
+		t.Errorf("%s garbage records left", n)
+	}
+	a.remount(sv.g.flags()...)
+	if got, err := os.ReadFile(a.path("keep")); err != nil || !bytes.Equal(got, keep) {
+		t.Fatalf("a referenced file after gc: %d bytes, %v", len(got), err)
+	}
+}
+
+func TestSharedBadMeta(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	oneLine := func(what, out string) {
+		t.Helper()
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 1 || !strings.HasPrefix(lines[0], "kmsfs ") {
+			t.Errorf("%s: want a one-line error, got:\n%s", what, out)
+		}
+		t.Logf("%s: %s", what, strings.TrimSpace(out))
+	}
+	v := sv.first
+	mnt := v.mnt
+	// Unreachable database.
+	bad := fmt.Sprintf("postgres://postgres@127.0.0.1:1/vol?sslmode=disable")
+	out, err := v.tryRun(append(append([]string{"mount"}, sv.g.flags()...), "--meta", bad, sv.vault, mnt)...)
+	if err == nil {
+		t.Fatal("mount with an unreachable database succeeded")
+	}
+	oneLine("unreachable --meta", out)
+	// A malformed URL.
+	out, err = v.tryRun(append(append([]string{"mount"}, sv.g.flags()...), "--meta", "postgres://[::1", sv.vault, mnt)...)
+	if err == nil {
+		t.Fatal("mount with a malformed --meta succeeded")
+	}
+	oneLine("malformed --meta", out)
+	// The database of another volume.
+	other := &sharedVolume{g: sv.g, pg: sv.pg, db: "other", prefix: "other", vault: "s3://" + s3Bucket + "/other"}
+	other.meta = sv.pg.CreateDB("other")
+	v.run(append(append([]string{"init"}, sv.g.flags()...), "--meta", other.meta, other.vault)...)
+	dumpBefore := sv.pg.Dump("other")
+	out, err = v.tryRun(append(append([]string{"mount"}, sv.g.flags()...), "--meta", other.meta, sv.vault, mnt)...)
+	if err == nil || !strings.Contains(out, "belongs to volume") {
+		t.Fatalf("mount with another volume's database: %v\n%s", err, out)
+	}
+	oneLine("other volume's database", out)
+	// init over a database that holds a volume already.
+	out, err = v.tryRun(append(append([]string{"init"}, sv.g.flags()...), "--meta", other.meta, "s3://"+s3Bucket+"/third")...)
+	if err == nil {
+		t.Fatal("init into a database holding a volume succeeded")
+	}
+	oneLine("init into a used database", out)
+	// A schema from a newer kmsfs.
+	sv.pg.Psql("vol", "UPDATE kmsfs_volume SET schema_version = schema_version + 1")
+	out, err = v.tryRun(append(append([]string{"mount"}, sv.g.flags()...), sv.vault, mnt)...)
+	if err == nil || !strings.Contains(out, "newer") {
+		t.Fatalf("mount of a newer schema: %v\n%s", err, out)
+	}
+	oneLine("newer schema", out)
+	sv.pg.Psql("vol", "UPDATE kmsfs_volume SET schema_version = schema_version - 1")
+	if after := sv.pg.Dump("other"); after != dumpBefore {
+		t.Error("a refused mount changed the other volume's database")
+	}
+	if mountIsMounted(mnt) {
+		t.Fatal("a refused mount is mounted")
+	}
+	// And the volume mounts with the URL its config records.
+	sv.mount(t)
+	if err := os.WriteFile(sv.first.path("ok"), []byte("ok"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
