@@ -406,7 +406,8 @@ func TestSharedBadMeta(t *testing.T) {
 	oneLine("newer schema", out)
 	sv.pg.Psql("vol", "UPDATE kmsfs_volume SET schema_version = schema_version - 1")
 	if after := sv.pg.Dump("other"); after != dumpBefore {
-		t.Error("a refused mount changed the other volume's database")
+		out, _ := mountExecOut("diff", writeTemp(t, dumpBefore), writeTemp(t, after))
+		t.Errorf("a refused mount changed the other volume's database:\n%s", out)
 	}
 	if mountIsMounted(mnt) {
 		t.Fatal("a refused mount is mounted")
@@ -416,4 +417,13 @@ func TestSharedBadMeta(t *testing.T) {
 	if err := os.WriteFile(sv.first.path("ok"), []byte("ok"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func writeTemp(t *testing.T, s string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
