@@ -427,3 +427,40 @@ func writeTemp(t *testing.T, s string) string {
 	}
 	return p
 }
+
+// A directory removed and made again under its name on one mount: the
+// other mount, which had used the old one, creates in the new one (its
+// names encrypted under the new directory's ID) once the kernel's entry
+// timeout has passed.
+func TestSharedDirReplacedElsewhere(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	a, b := sv.mount(t), sv.mount(t)
+	if err := os.Mkdir(a.path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if err := os.WriteFile(b.path("d/first"), []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(a.path("d"), a.path("old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(a.path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if err := os.WriteFile(b.path("d/second"), []byte("2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	for _, m := range []*mountVolume{a, b} {
+		for name, want := range map[string]string{"old/first": "1", "d/second": "2"} {
+			if got, err := os.ReadFile(m.path(name)); err != nil || string(got) != want {
+				t.Errorf("%s: %s: %q, %v", m.mnt, name, got, err)
+			}
+		}
+		if ents, _ := os.ReadDir(m.path("d")); len(ents) != 1 {
+			t.Errorf("%s: d lists %d entries, want 1", m.mnt, len(ents))
+		}
+	}
+}

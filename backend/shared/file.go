@@ -23,8 +23,14 @@ import (
 	"github.com/kmsfs/kmsfs/backend/shared/meta"
 )
 
-// uploadConcurrency is how many chunks of one file go up at once.
-const uploadConcurrency = 4
+const (
+	// uploadConcurrency is how many chunks of one file go up at once.
+	uploadConcurrency = 4
+	// smallChunk is the largest chunk kept in memory once read, and
+	// maxSmallChunks how many are (the cache is emptied when full).
+	smallChunk     = 4096
+	maxSmallChunks = 8192
+)
 
 // openFile is the state of one inode open in this process, shared by its
 // handles. Writes are staged in a local (unlinked) file, chunk by chunk:
@@ -176,14 +182,49 @@ func (f *openFile) stat(st *syscall.Stat_t) {
 	fillStat(a, st)
 }
 
-func (f *openFile) key(c meta.Chunk) string { return f.b.prefix + c.Key }
+func (b *Backend) chunkKey(c meta.Chunk) string { return b.prefix + c.Key }
 
-// fetch reads n data bytes at offset off within committed chunk c.
+// fetch reads len(p) data bytes at offset off within committed chunk c.
+// Small chunks (directory ID files, short files) are kept in memory:
+// chunks are immutable, so a cached one is never stale.
 func (f *openFile) fetch(c meta.Chunk, off int64, p []byte) error {
-	_, rs, _ := f.b.chunkGeometry()
+	if c.Len <= smallChunk {
+		data, err := f.b.smallChunk(c)
+		if err != nil {
+			return err
+		}
+		copy(p, data[off:])
+		return nil
+	}
+	return f.b.fetchRange(c, off, p)
+}
+
+// smallChunk returns the data of small chunk c, from memory if it can.
+func (b *Backend) smallChunk(c meta.Chunk) ([]byte, error) {
+	b.smallMu.Lock()
+	data, ok := b.small[c.Key]
+	b.smallMu.Unlock()
+	if ok {
+		return data, nil
+	}
+	data = make([]byte, c.Len)
+	if err := b.fetchRange(c, 0, data); err != nil {
+		return nil, err
+	}
+	b.smallMu.Lock()
+	if len(b.small) >= maxSmallChunks {
+		clear(b.small)
+	}
+	b.small[c.Key] = data
+	b.smallMu.Unlock()
+	return data, nil
+}
+
+func (b *Backend) fetchRange(c meta.Chunk, off int64, p []byte) error {
+	_, rs, _ := b.chunkGeometry()
 	start := int64(chunkFixed+rs) + off
-	out, err := f.b.client.GetObject(f.b.ctx, &awss3.GetObjectInput{
-		Bucket: aws.String(f.b.bucket), Key: aws.String(f.key(c)),
+	out, err := b.client.GetObject(b.ctx, &awss3.GetObjectInput{
+		Bucket: aws.String(b.bucket), Key: aws.String(b.chunkKey(c)),
 		Range: aws.String(fmt.Sprintf("bytes=%d-%d", start, start+int64(len(p))-1)),
 	})
 	if err != nil {
@@ -401,7 +442,7 @@ func (f *openFile) commit() error {
 			}
 			obj := encodeChunk(chunkHeader{VolumeID: vid, Ino: f.ino, Gen: f.gen + 1, Index: idx, Offset: idx * cs, Length: length}, region, rs, data)
 			_, err := f.b.client.PutObject(ctx, &awss3.PutObjectInput{
-				Bucket: aws.String(f.b.bucket), Key: aws.String(f.key(set[i])),
+				Bucket: aws.String(f.b.bucket), Key: aws.String(f.b.chunkKey(set[i])),
 				Body: bytes.NewReader(obj), ContentLength: aws.Int64(int64(len(obj))),
 			})
 			if err != nil {
@@ -425,7 +466,7 @@ func (f *openFile) commit() error {
 			// Never committed, so nobody points to them: safe to delete
 			// now (what this misses, gc --sweep finds).
 			for _, c := range set {
-				f.b.client.DeleteObject(f.b.ctx, &awss3.DeleteObjectInput{Bucket: aws.String(f.b.bucket), Key: aws.String(f.key(c))})
+				f.b.client.DeleteObject(f.b.ctx, &awss3.DeleteObjectInput{Bucket: aws.String(f.b.bucket), Key: aws.String(f.b.chunkKey(c))})
 			}
 		}
 		return err

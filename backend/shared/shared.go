@@ -97,6 +97,9 @@ type Backend struct {
 
 	mu   sync.Mutex
 	open map[uint64]*openFile
+
+	smallMu sync.Mutex
+	small   map[string][]byte // small chunks' data by key (immutable)
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -129,7 +132,7 @@ func parseVolumeDoc(data []byte) (volumeDoc, [16]byte, error) {
 func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	b := &Backend{
 		store: cfg.Store, s3b: cfg.S3, client: cfg.S3.Client(), bucket: cfg.S3.Bucket(), prefix: cfg.S3.Prefix(),
-		url: cfg.URL, log: cfg.Logger, newChunk: cfg.ChunkSize, open: map[uint64]*openFile{},
+		url: cfg.URL, log: cfg.Logger, newChunk: cfg.ChunkSize, open: map[uint64]*openFile{}, small: map[string][]byte{},
 		uid: uint32(os.Getuid()), gid: uint32(os.Getgid()),
 	}
 	if b.log == nil {
@@ -188,6 +191,10 @@ func (b *Backend) Store() meta.Store { return b.store }
 func (b *Backend) Caps() backend.Caps {
 	return backend.Caps{HardLinks: true, Xattrs: true, Rename2: true, Mknod: true}
 }
+
+// SharedNamespace says that other processes change the tree at the same
+// time: the volume then trusts what it caches by path only briefly.
+func (b *Backend) SharedNamespace() bool { return true }
 
 // Close removes the staging directory; files must be closed before.
 func (b *Backend) Close() error {
