@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -461,6 +462,96 @@ func TestSharedDirReplacedElsewhere(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(m.path("d")); len(ents) != 1 {
 			t.Errorf("%s: d lists %d entries, want 1", m.mnt, len(ents))
+		}
+	}
+}
+
+// One mount killed with SIGKILL in the middle of writing a large file: the
+// other mount keeps working, the file is either as it was or whole, and
+// gc --sweep collects what the killed process had uploaded.
+func TestSharedKillMidWrite(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	b := sv.mount(t)
+	root := t.TempDir()
+	a := &mountVolume{t: t, vault: sv.vault, mnt: filepath.Join(root, "mnt"), keystore: sv.first.keystore, logPath: filepath.Join(root, "kmsfs.log")}
+	if err := os.Mkdir(a.mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.cleanup)
+	proc := a.mountForeground(sv.g.flags()...)
+	before := len(sv.chunkKeys(t))
+	// A large file, fsynced: its chunks go up at the fsync; the process
+	// is killed once the first of them are in the bucket.
+	writer := exec.Command("dd", "if=/dev/urandom", "of="+a.path("big"), "bs=1M", "count=96", "conv=fsync")
+	if err := writer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for len(sv.chunkKeys(t)) < before+3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := proc.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	proc.wait(10 * time.Second)
+	writer.Wait()
+	exec.Command("umount", "-l", a.mnt).Run()
+
+	// The other mount works on, and sees the file untorn.
+	time.Sleep(1100 * time.Millisecond)
+	if err := os.WriteFile(b.path("after"), []byte("after"), 0o644); err != nil {
+		t.Fatalf("the surviving mount: %v", err)
+	}
+	if got, err := os.ReadFile(b.path("after")); err != nil || string(got) != "after" {
+		t.Fatalf("the surviving mount reads %q, %v", got, err)
+	}
+	st, err := os.Stat(b.path("big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != 0 && st.Size() != 96<<20 {
+		t.Fatalf("the killed writer's file is %d bytes: torn", st.Size())
+	}
+	if _, err := os.ReadFile(b.path("big")); err != nil {
+		t.Fatalf("reading the killed writer's file: %v", err)
+	}
+	t.Logf("killed writer's file: %d bytes; %d objects in the bucket", st.Size(), len(sv.chunkKeys(t)))
+	// Orphans collected, nothing referenced lost.
+	b.run(append(append([]string{"gc"}, sv.g.flags()...), "--grace", "0s", "--sweep", sv.vault)...)
+	refs := sv.pg.Psql(sv.db, "SELECT count(*) FROM kmsfs_chunks")
+	if got := fmt.Sprint(len(sv.chunkKeys(t)) - 1); got != refs {
+		t.Errorf("after gc: %s chunk objects, %s referenced", got, refs)
+	}
+	if got, err := os.ReadFile(b.path("after")); err != nil || string(got) != "after" {
+		t.Fatalf("after gc: %q, %v", got, err)
+	}
+}
+
+// PostgreSQL restarted under a mount: operations fail with EIO while it
+// is down and work again once it is back; nothing committed is lost.
+func TestSharedDatabaseRestart(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	a := sv.mount(t)
+	if err := os.WriteFile(a.path("before"), []byte("committed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	err := os.WriteFile(a.path("during"), []byte("x"), 0o644)
+	if !errors.Is(err, syscall.EIO) {
+		t.Errorf("create while the database is down: %v, want EIO", err)
+	}
+	if err := sv.pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if err := os.WriteFile(a.path("after"), []byte("again"), 0o644); err != nil {
+		t.Fatalf("create after the restart: %v", err)
+	}
+	for name, want := range map[string]string{"before": "committed", "after": "again"} {
+		if got, err := os.ReadFile(a.path(name)); err != nil || string(got) != want {
+			t.Errorf("%s: %q, %v", name, got, err)
 		}
 	}
 }

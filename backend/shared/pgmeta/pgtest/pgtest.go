@@ -25,6 +25,7 @@ type Cluster struct {
 	Dir  string // data directory's parent, also the socket directory
 	Port int
 	t    testing.TB
+	opts string // server options
 }
 
 func missing(t testing.TB, why string) {
@@ -71,12 +72,20 @@ func Start(t testing.TB) *Cluster {
 	}
 	c.Port = l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", c.Port, dir)
-	if out, err := c.pgctl("start", "-w", "-t", "60", "-l", filepath.Join(dir, "log"), "-o", opts); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "log"))
-		t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	c.opts = fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", c.Port, dir)
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
 	}
 	return c
+}
+
+// Start starts the stopped cluster again, on the same port.
+func (c *Cluster) Start() error {
+	if out, err := c.pgctl("start", "-w", "-t", "60", "-l", filepath.Join(c.Dir, "log"), "-o", c.opts); err != nil {
+		log, _ := os.ReadFile(filepath.Join(c.Dir, "log"))
+		return fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	}
+	return nil
 }
 
 func (c *Cluster) data() string { return filepath.Join(c.Dir, "data") }
@@ -90,8 +99,7 @@ func (c *Cluster) pgctl(args ...string) (string, error) {
 	return c.asPostgres(filepath.Join(BinDir, "pg_ctl"), append([]string{"-D", c.data()}, args...)...)
 }
 
-// Stop stops the cluster (fast shutdown) and Restart starts it again on
-// the same port.
+// Stop stops the cluster (fast shutdown).
 func (c *Cluster) Stop() error {
 	out, err := c.pgctl("stop", "-m", "fast", "-w")
 	if err != nil {
