@@ -555,3 +555,78 @@ func TestSharedDatabaseRestart(t *testing.T) {
 		}
 	}
 }
+
+// Four mounts copy four trees with rsync at once; each tree reads back
+// whole, attributes included, through another mount.
+func TestSharedFourMountsRsync(t *testing.T) {
+	mountRequireTool(t, "rsync")
+	sv := sharedNew(t, "vol")
+	var ms []*mountVolume
+	for range 4 {
+		ms = append(ms, sv.mount(t))
+	}
+	srcs := make([]string, len(ms))
+	for i := range ms {
+		srcs[i] = filepath.Join(t.TempDir(), "src")
+		mountMakeTree(t, srcs[i], uint64(20+i))
+	}
+	var wg sync.WaitGroup
+	outs := make([]string, len(ms))
+	errs := make([]error, len(ms))
+	for i, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], errs[i] = mountExecOut("rsync", "-aHX", srcs[i]+"/", m.path(fmt.Sprintf("t%d", i))+"/")
+		}()
+	}
+	wg.Wait()
+	for i := range ms {
+		if errs[i] != nil {
+			t.Fatalf("rsync on mount %d: %v\n%s", i, errs[i], mountTail(outs[i], 20))
+		}
+	}
+	for i := range ms {
+		other := ms[(i+1)%len(ms)]
+		dst := other.path(fmt.Sprintf("t%d", i))
+		if out, err := mountExecOut("diff", "-r", "--no-dereference", srcs[i], dst); err != nil {
+			t.Errorf("tree %d through mount %d: diff -r: %v\n%s", i, (i+1)%len(ms), err, mountTail(out, 20))
+		}
+		mountCompareSnapshots(t, fmt.Sprintf("tree %d", i), mountSnapshot(t, srcs[i]), mountSnapshot(t, dst))
+	}
+}
+
+// fio --verify on one mount, then fio --verify_only of the same data
+// through another mount (another process: the data comes from the bucket).
+func TestSharedFio(t *testing.T) {
+	mountRequireTool(t, "fio")
+	sv := sharedNew(t, "vol")
+	a, b := sv.mount(t), sv.mount(t)
+	if err := os.Mkdir(a.path("fio"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mountRunFio(t, mountFioRandom, a.path("fio"))
+	time.Sleep(1100 * time.Millisecond)
+	out := mountRunFio(t, mountFioRandom, b.path("fio"), "--verify_only")
+	if !strings.Contains(out, "READ:") {
+		t.Errorf("fio --verify_only on the other mount read nothing:\n%s", mountTail(out, 30))
+	}
+	mountRunFio(t, mountFioTruncate, b.path("fio"))
+}
+
+// kmsfs cat decrypts a file of a shared volume without mounting it.
+func TestSharedCat(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	a := sv.mount(t)
+	data := mountContent(rand.New(rand.NewPCG(9, 9)), 5<<20+3)
+	if err := os.MkdirAll(a.path("x/y"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(a.path("x/y/z"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.command(append(append([]string{"cat"}, sv.g.flags()...), sv.vault, "x/y/z")...).Output()
+	if err != nil || !bytes.Equal(out, data) {
+		t.Fatalf("kmsfs cat: %d bytes, %v", len(out), err)
+	}
+}
