@@ -99,9 +99,11 @@ func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32,
 	return &handle{f: f, name: name}, nil
 }
 
-// acquire returns the open state of inode a.Ino, loading its chunk list;
-// a state held already is reloaded if another process committed since and
-// this one has nothing staged (close-to-open).
+// acquire returns the open state of inode a.Ino, loading its chunk list.
+// While a file stays open here, its handles share one snapshot (and the
+// volume one set of file keys, which a rewrite elsewhere may replace): an
+// open sees another process's later commit once every earlier handle here
+// is closed (close-to-open).
 func (b *Backend) acquire(ctx context.Context, a meta.Attr) (*openFile, error) {
 	b.mu.Lock()
 	f := b.open[a.Ino]
@@ -115,7 +117,7 @@ func (b *Backend) acquire(ctx context.Context, a meta.Attr) (*openFile, error) {
 	defer f.commitMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.gen == a.Gen || len(f.dirty) > 0 || f.resized {
+	if f.gen >= 0 {
 		return f, nil
 	}
 	attr, chunks, err := b.store.File(ctx, a.Ino)
