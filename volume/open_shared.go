@@ -4,12 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/backend/s3"
 	"github.com/kmsfs/kmsfs/backend/shared"
 	"github.com/kmsfs/kmsfs/backend/shared/pgmeta"
 )
+
+// sharedGCEvery is how often a mount of a shared volume deletes the
+// chunks recorded as garbage (older than shared.DefaultGCGrace).
+const sharedGCEvery = 10 * time.Minute
 
 // openS3Volume opens an s3://bucket/prefix volume: a shared one (its tree
 // in the metadata database, o.Meta or the one its config names) or an
@@ -41,7 +46,11 @@ func openS3Volume(ctx context.Context, spec string, o BackendOptions) (backend.B
 		s3b.Close()
 		return nil, err
 	}
-	sb, err := shared.Open(ctx, shared.Config{Store: store, S3: s3b, URL: spec, StagingDir: o.StagingDir})
+	sc := shared.Config{Store: store, S3: s3b, URL: spec, StagingDir: o.StagingDir}
+	if o.OwnsPrefix {
+		sc.GCEvery = sharedGCEvery // a mount collects overwritten data
+	}
+	sb, err := shared.Open(ctx, sc)
 	if err != nil {
 		store.Close()
 		s3b.Close()

@@ -69,6 +69,11 @@ type Config struct {
 	// StagingDir holds staged ciphertext of files being written.
 	StagingDir string
 	Logger     *slog.Logger
+	// GCEvery, if set, runs GC of the recorded garbage (no sweep) in the
+	// background at this interval, with grace GCGrace (default
+	// DefaultGCGrace); mounts do, so that overwritten data does not pile up.
+	GCEvery time.Duration
+	GCGrace time.Duration
 }
 
 // Backend is a shared volume.
@@ -181,7 +186,37 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("shared backend: staging dir: %w", err)
 	}
 	b.ctx, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if cfg.GCEvery > 0 {
+		grace := cfg.GCGrace
+		if grace <= 0 {
+			grace = DefaultGCGrace
+		}
+		go b.backgroundGC(cfg.GCEvery, grace)
+	}
 	return b, nil
+}
+
+// backgroundGC collects recorded garbage until the backend is closed. Two
+// mounts doing so at once is harmless: a chunk is deleted only when no
+// file references it, and deleting it twice is no error.
+func (b *Backend) backgroundGC(every, grace time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !b.isReady() {
+			continue
+		}
+		if r, err := b.GC(b.ctx, GCOptions{Grace: grace}); err != nil && b.ctx.Err() == nil {
+			b.log.Warn("shared volume: background gc failed", "err", err)
+		} else if r.Deleted > 0 {
+			b.log.Info("shared volume: background gc", "deleted", r.Deleted)
+		}
+	}
 }
 
 // Store returns the metadata store.

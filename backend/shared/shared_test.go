@@ -88,7 +88,9 @@ type env struct {
 
 // open opens the volume as another process would: its own store
 // connection and S3 client.
-func (e *env) open() *Backend {
+func (e *env) open() *Backend { return e.openWith(Config{}) }
+
+func (e *env) openWith(cfg Config) *Backend {
 	e.t.Helper()
 	ctx := context.Background()
 	s3b, err := s3.New(ctx, s3.Config{Bucket: testBucket, Prefix: "vol", Endpoint: e.endpoint, PathStyle: true, StaleUploadAge: 24 * time.Hour, StagingDir: e.t.TempDir()})
@@ -99,7 +101,8 @@ func (e *env) open() *Backend {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	b, err := Open(ctx, Config{Store: store, S3: s3b, URL: "s3://" + testBucket + "/vol", ChunkSize: testChunk, StagingDir: e.t.TempDir()})
+	cfg.Store, cfg.S3, cfg.URL, cfg.ChunkSize, cfg.StagingDir = store, s3b, "s3://"+testBucket+"/vol", testChunk, e.t.TempDir()
+	b, err := Open(ctx, cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -275,5 +278,36 @@ func TestSecondWriterGetsAnError(t *testing.T) {
 	// The loser's uploads were not left behind.
 	if n := len(e.objects()); n != 3+2 { // 3 chunks + the 2 replaced, until gc
 		t.Errorf("%d objects", n)
+	}
+}
+
+func TestBackgroundGC(t *testing.T) {
+	e, a := newEnv(t)
+	ctx := context.Background()
+	f, err := a.Open(ctx, "f", syscall.O_RDWR|syscall.O_CREAT, 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, f, bytes.Repeat([]byte{1}, 2500), 0)
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	write(t, f, bytes.Repeat([]byte{2}, 2500), 0)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.objects()); n != 6 {
+		t.Fatalf("%d objects before gc, want 3 current and 3 replaced", n)
+	}
+	e.openWith(Config{GCEvery: 50 * time.Millisecond, GCGrace: time.Nanosecond})
+	deadline := time.Now().Add(10 * time.Second)
+	for len(e.objects()) != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("background gc left %d objects, want 3", len(e.objects()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := readAll(t, e.open(), "f"); !bytes.Equal(got, bytes.Repeat([]byte{2}, 2500)) {
+		t.Fatal("background gc took referenced data")
 	}
 }
