@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -23,6 +24,15 @@ func (c *commonFlags) registerShared(fs *pflag.FlagSet) {
 func (c *commonFlags) sharedMeta() string {
 	if c.meta == "" {
 		return ""
+	}
+	if !strings.Contains(c.meta, "://") { // libpq key=value form
+		var keep []string
+		for _, f := range strings.Fields(c.meta) {
+			if !strings.HasPrefix(f, "password=") {
+				keep = append(keep, f)
+			}
+		}
+		return strings.Join(keep, " ")
 	}
 	u, err := url.Parse(c.meta)
 	if err != nil || u.User == nil {
