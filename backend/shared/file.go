@@ -58,6 +58,15 @@ type openFile struct {
 	touched bool           // data changed since the last commit or utimens
 	mtime   time.Time      // when data last changed here
 	staging *os.File
+
+	// rmu guards the read pattern and the chunk kept for a sequential
+	// reader (reads run concurrently under mu held shared).
+	rmu              sync.Mutex
+	lastIdx, lastEnd int64
+	whole            struct {
+		key  string
+		data []byte
+	}
 }
 
 func (b *Backend) chunkGeometry() (int64, int, [16]byte) {
@@ -108,7 +117,7 @@ func (b *Backend) acquire(ctx context.Context, a meta.Attr) (*openFile, error) {
 	b.mu.Lock()
 	f := b.open[a.Ino]
 	if f == nil {
-		f = &openFile{b: b, ino: a.Ino, gen: -1}
+		f = &openFile{b: b, ino: a.Ino, gen: -1, lastIdx: -2}
 		b.open[a.Ino] = f
 	}
 	f.refs++
@@ -198,7 +207,46 @@ func (f *openFile) fetch(c meta.Chunk, off int64, p []byte) error {
 		copy(p, data[off:])
 		return nil
 	}
+	if f.sequential(c, off, len(p)) {
+		data, err := f.wholeChunk(c)
+		if err != nil {
+			return err
+		}
+		copy(p, data[off:])
+		return nil
+	}
 	return f.b.fetchRange(c, off, p)
+}
+
+// sequential reports whether a read of n bytes at off in chunk c follows
+// the previous read of this file; a sequential reader gets whole chunks
+// (one GET per chunk rather than one per read), a random one ranges.
+func (f *openFile) sequential(c meta.Chunk, off int64, n int) bool {
+	f.rmu.Lock()
+	defer f.rmu.Unlock()
+	seq := (c.Index == f.lastIdx && off == f.lastEnd) || (c.Index == f.lastIdx+1 && off == 0) || f.whole.key == c.Key
+	f.lastIdx, f.lastEnd = c.Index, off+int64(n)
+	return seq
+}
+
+// wholeChunk returns chunk c's data, from the one kept for a sequential
+// reader if it is that chunk (chunks are immutable: never stale).
+func (f *openFile) wholeChunk(c meta.Chunk) ([]byte, error) {
+	f.rmu.Lock()
+	if f.whole.key == c.Key {
+		data := f.whole.data
+		f.rmu.Unlock()
+		return data, nil
+	}
+	f.rmu.Unlock()
+	data := make([]byte, c.Len)
+	if err := f.b.fetchRange(c, 0, data); err != nil {
+		return nil, err
+	}
+	f.rmu.Lock()
+	f.whole.key, f.whole.data = c.Key, data
+	f.rmu.Unlock()
+	return data, nil
 }
 
 // smallChunk returns the data of small chunk c, from memory if it can.
