@@ -630,3 +630,135 @@ func TestSharedCat(t *testing.T) {
 		t.Fatalf("kmsfs cat: %d bytes, %v", len(out), err)
 	}
 }
+
+// A seeded random sequence of whole operations (each closes what it
+// opens), each on a random one of two mounts whose kernel caches expire at
+// once, checked against an in-memory model: close-to-open makes every
+// operation see all earlier ones, whichever mount made them.
+// $KMSFS_TEST_SEED replays a run.
+func TestSharedModelTwoMounts(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	var ms []*mountVolume
+	for range 2 {
+		v := sv.first
+		if len(sv.mounts) > 0 {
+			root := t.TempDir()
+			v = &mountVolume{t: t, vault: sv.vault, mnt: filepath.Join(root, "mnt"), keystore: sv.first.keystore, logPath: filepath.Join(root, "kmsfs.log")}
+			if err := os.Mkdir(v.mnt, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(v.cleanup)
+		}
+		v.mount(append(sv.g.flags(), "--attr-timeout", "0", "--entry-timeout", "0")...)
+		sv.mounts = append(sv.mounts, v)
+		ms = append(ms, v)
+	}
+	seed := mountSeed(t)
+	rng := rand.New(rand.NewPCG(seed, seed^7))
+	model := map[string][]byte{}
+	names := []string{"a", "b", "c", "d", "e", "f"}
+	pick := func() string { return names[rng.IntN(len(names))] }
+	content := func() []byte {
+		n := []int{0, 1, 100, 4095, 4096, 5000, 70_000, 4<<20 + 17}[rng.IntN(8)]
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	const ops = 300
+	for op := range ops {
+		m := ms[rng.IntN(len(ms))]
+		name := pick()
+		p := m.path(name)
+		_, exists := model[name]
+		switch r := rng.IntN(100); {
+		case r < 25:
+			data := content()
+			if err := os.WriteFile(p, data, 0o644); err != nil {
+				t.Fatalf("op %d: write %s on %s: %v", op, name, m.mnt, err)
+			}
+			model[name] = data
+		case r < 40 && exists:
+			// Overwrite a range inside or past the end.
+			cur := model[name]
+			off := rng.IntN(len(cur) + 1)
+			patch := content()
+			if len(patch) > 100_000 {
+				patch = patch[:100_000]
+			}
+			f, err := os.OpenFile(p, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatalf("op %d: open %s: %v", op, name, err)
+			}
+			if _, err := f.WriteAt(patch, int64(off)); err != nil {
+				t.Fatalf("op %d: pwrite %s: %v", op, name, err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatalf("op %d: close %s: %v", op, name, err)
+			}
+			if end := off + len(patch); end > len(cur) {
+				cur = append(cur, make([]byte, end-len(cur))...)
+			}
+			copy(cur[off:], patch)
+			model[name] = cur
+		case r < 50 && exists:
+			size := rng.IntN(len(model[name]) + 5000)
+			if err := os.Truncate(p, int64(size)); err != nil {
+				t.Fatalf("op %d: truncate %s: %v", op, name, err)
+			}
+			cur := model[name]
+			if size <= len(cur) {
+				cur = cur[:size]
+			} else {
+				cur = append(cur, make([]byte, size-len(cur))...)
+			}
+			model[name] = cur
+		case r < 60 && exists:
+			to := pick()
+			if err := os.Rename(p, m.path(to)); err != nil {
+				t.Fatalf("op %d: rename %s %s: %v", op, name, to, err)
+			}
+			data := model[name]
+			delete(model, name)
+			model[to] = data
+		case r < 65 && exists:
+			if err := os.Remove(p); err != nil {
+				t.Fatalf("op %d: unlink %s: %v", op, name, err)
+			}
+			delete(model, name)
+		case r < 90:
+			got, err := os.ReadFile(p)
+			if !exists {
+				if !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("op %d: read of removed %s on %s: %v", op, name, m.mnt, err)
+				}
+				continue
+			}
+			if err != nil || !bytes.Equal(got, model[name]) {
+				t.Fatalf("op %d (seed %d): %s on %s: %d bytes (%v), want %d", op, seed, name, m.mnt, len(got), err, len(model[name]))
+			}
+		default:
+			ents, err := os.ReadDir(m.mnt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ents) != len(model) {
+				t.Fatalf("op %d: %s lists %d names, the model %d", op, m.mnt, len(ents), len(model))
+			}
+			for _, e := range ents {
+				info, err := e.Info()
+				if err != nil || info.Size() != int64(len(model[e.Name()])) {
+					t.Fatalf("op %d: %s/%s: size %v (%v), want %d", op, m.mnt, e.Name(), info, err, len(model[e.Name()]))
+				}
+			}
+		}
+	}
+	for _, m := range ms {
+		for name, want := range model {
+			if got, err := os.ReadFile(m.path(name)); err != nil || !bytes.Equal(got, want) {
+				t.Errorf("end: %s on %s: %d bytes, %v", name, m.mnt, len(got), err)
+			}
+		}
+	}
+}
