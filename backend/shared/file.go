@@ -261,13 +261,19 @@ func (b *Backend) smallChunk(c meta.Chunk) ([]byte, error) {
 	if err := b.fetchRange(c, 0, data); err != nil {
 		return nil, err
 	}
+	b.keepSmall(c.Key, data)
+	return data, nil
+}
+
+// keepSmall keeps the data of a small chunk read or written here: a
+// directory's ID file is then read again without S3.
+func (b *Backend) keepSmall(key string, data []byte) {
 	b.smallMu.Lock()
+	defer b.smallMu.Unlock()
 	if len(b.small) >= maxSmallChunks {
 		clear(b.small)
 	}
-	b.small[c.Key] = data
-	b.smallMu.Unlock()
-	return data, nil
+	b.small[key] = data
 }
 
 func (b *Backend) fetchRange(c meta.Chunk, off int64, p []byte) error {
@@ -499,6 +505,9 @@ func (f *openFile) commit() error {
 				return fmt.Errorf("put chunk: %w", err)
 			}
 			uploaded.Add(1)
+			if length <= smallChunk {
+				f.b.keepSmall(set[i].Key, data)
+			}
 			return nil
 		})
 	}
@@ -550,13 +559,6 @@ type handle struct {
 var _ backend.Flusher = (*handle)(nil)
 
 func (h *handle) err(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return err
-	}
 	return h.f.b.fail(op, h.name, err)
 }
 

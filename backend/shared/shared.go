@@ -259,14 +259,20 @@ func (b *Backend) fail(op, name string, err error) error {
 	if err == nil {
 		return nil
 	}
-	var en syscall.Errno
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return err
+	}
+	// Only the store's own answers are errnos to pass on; an errno inside
+	// a network error (ECONNRESET from S3 or the database) is EIO.
+	en, ok := err.(syscall.Errno)
 	switch {
-	case errors.As(err, &en):
+	case ok:
 	case errors.Is(err, meta.ErrConflict):
 		b.log.Error("shared volume: write lost to a concurrent writer", "op", op, "path", "/"+name, "err", err)
 		en = syscall.EIO
 	default:
-		b.log.Error("shared volume: metadata store failed", "op", op, "path", "/"+name, "err", err)
+		b.log.Error("shared volume: operation failed", "op", op, "path", "/"+name, "err", err)
 		en = syscall.EIO
 	}
 	return &os.PathError{Op: op, Path: "/" + name, Err: en}
