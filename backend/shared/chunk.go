@@ -22,8 +22,8 @@ const (
 	DefaultChunkSize = 4 << 20
 )
 
-// chunkHeader is the fixed part of a chunk object.
-type chunkHeader struct {
+// ChunkHeader is the fixed part of a chunk object.
+type ChunkHeader struct {
 	VolumeID [16]byte
 	Ino      uint64
 	Gen      int64 // the generation of the chunk list it was written for
@@ -34,7 +34,7 @@ type chunkHeader struct {
 
 // encodeChunk builds a chunk object: header, region copy (exactly
 // regionSize bytes, zero-padded), data.
-func encodeChunk(h chunkHeader, region []byte, regionSize int, data []byte) []byte {
+func encodeChunk(h ChunkHeader, region []byte, regionSize int, data []byte) []byte {
 	out := make([]byte, chunkFixed+regionSize+len(data))
 	copy(out, chunkMagic)
 	binary.BigEndian.PutUint16(out[8:], chunkVersion)
@@ -51,8 +51,8 @@ func encodeChunk(h chunkHeader, region []byte, regionSize int, data []byte) []by
 }
 
 // ParseChunk splits a chunk object into its header, region copy and data.
-func ParseChunk(obj []byte) (chunkHeader, []byte, []byte, error) {
-	var h chunkHeader
+func ParseChunk(obj []byte) (ChunkHeader, []byte, []byte, error) {
+	var h ChunkHeader
 	if len(obj) < chunkFixed || !bytes.Equal(obj[:8], []byte(chunkMagic)) {
 		return h, nil, nil, errors.New("not a kmsfs chunk object")
 	}

@@ -122,19 +122,26 @@ func (b *Backend) acquire(ctx context.Context, a meta.Attr) (*openFile, error) {
 	}
 	f.refs++
 	b.mu.Unlock()
+	if err := f.loadOnce(ctx); err != nil {
+		b.release(f)
+		return nil, err
+	}
+	return f, nil
+}
+
+// loadOnce reads the file's attributes and chunk list when it is first
+// opened here.
+func (f *openFile) loadOnce(ctx context.Context) error {
 	f.commitMu.Lock()
 	defer f.commitMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.gen >= 0 {
-		return f, nil
+		return nil
 	}
-	attr, chunks, err := b.store.File(ctx, a.Ino)
+	attr, chunks, err := f.b.store.File(ctx, f.ino)
 	if err != nil {
-		f.mu.Unlock()
-		b.release(f)
-		f.mu.Lock()
-		return nil, err
+		return err
 	}
 	f.attr, f.gen, f.size = attr, attr.Gen, attr.Size
 	f.chunks = make(map[int64]meta.Chunk, len(chunks))
@@ -142,7 +149,7 @@ func (b *Backend) acquire(ctx context.Context, a meta.Attr) (*openFile, error) {
 		f.chunks[c.Index] = c
 	}
 	f.staged, f.dirty = map[int64]bool{}, map[int64]bool{}
-	return f, nil
+	return nil
 }
 
 func (b *Backend) release(f *openFile) {
@@ -496,7 +503,7 @@ func (f *openFile) commit() error {
 			if _, err := f.staging.ReadAt(data, idx*cs); err != nil && !errors.Is(err, io.EOF) {
 				return err
 			}
-			obj := encodeChunk(chunkHeader{VolumeID: vid, Ino: f.ino, Gen: f.gen + 1, Index: idx, Offset: idx * cs, Length: length}, region, rs, data)
+			obj := encodeChunk(ChunkHeader{VolumeID: vid, Ino: f.ino, Gen: f.gen + 1, Index: idx, Offset: idx * cs, Length: length}, region, rs, data)
 			_, err := f.b.client.PutObject(ctx, &awss3.PutObjectInput{
 				Bucket: aws.String(f.b.bucket), Key: aws.String(f.b.chunkKey(set[i])),
 				Body: bytes.NewReader(obj), ContentLength: aws.Int64(int64(len(obj))),

@@ -15,9 +15,10 @@
 // holds no plaintext, and file content is ciphertext.
 //
 // Nothing is cached across operations but the state of files open in this
-// process: every lookup, stat and listing reads the store, so another
-// mount's committed change is seen as soon as the kernel asks again (its
-// entry and attribute timeouts, 1 s).
+// process and the data of small chunks (immutable, so never stale): every
+// lookup, stat and listing reads the store, so another mount's committed
+// change is seen as soon as the kernel asks again (its entry and attribute
+// timeouts, 1 s).
 package shared
 
 import (
