@@ -402,14 +402,9 @@ func (b *Backend) Link(ctx context.Context, from, to string) error {
 // setattr changes attributes in the store and in the state of the file if
 // it is open here, so that fstat agrees with stat.
 func (b *Backend) setattr(ctx context.Context, op, name string, s meta.SetAttr) error {
-	ctx = opCtx(ctx)
-	p := split(name)
-	if err := b.store.SetAttr(ctx, p, s); err != nil {
-		return b.fail(op, name, err)
-	}
-	a, err := b.store.Lookup(ctx, p)
+	a, err := b.store.SetAttr(opCtx(ctx), split(name), s)
 	if err != nil {
-		return nil // changed; gone or renamed since
+		return b.fail(op, name, err)
 	}
 	b.mu.Lock()
 	f := b.open[a.Ino]

@@ -123,7 +123,8 @@ type Store interface {
 	// Rename with flags 0, RENAME_NOREPLACE or RENAME_EXCHANGE.
 	Rename(ctx context.Context, from, to []string, flags uint32) error
 	Link(ctx context.Context, from, to []string) (Attr, error)
-	SetAttr(ctx context.Context, path []string, s SetAttr) error
+	// SetAttr changes attributes and returns them as changed.
+	SetAttr(ctx context.Context, path []string, s SetAttr) (Attr, error)
 
 	GetXattr(ctx context.Context, path []string, name string) ([]byte, error)
 	// SetXattr with flags 0, XATTR_CREATE or XATTR_REPLACE.

@@ -113,8 +113,13 @@ func scanAttr(row pgx.Row, extra ...any) (meta.Attr, error) {
 	return a, nil
 }
 
+// querier is a transaction or the pool.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
 // resolve returns the attributes of the inode at path.
-func resolve(ctx context.Context, q pgx.Tx, path []string) (meta.Attr, error) {
+func resolve(ctx context.Context, q querier, path []string) (meta.Attr, error) {
 	var depth int
 	a, err := scanAttr(q.QueryRow(ctx, strings.Replace(resolveSQL, "w.depth, i.ino, i.mode", "w.depth, "+attrColsI, 1), names(path)), &depth)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -259,13 +264,10 @@ func (s *Store) CreateVolume(ctx context.Context, v meta.Volume, root meta.New) 
 	})
 }
 
+// Lookup is one statement, atomic without a transaction of its own (a
+// lookup is the most frequent request).
 func (s *Store) Lookup(ctx context.Context, path []string) (meta.Attr, error) {
-	var a meta.Attr
-	err := s.tx(ctx, func(tx pgx.Tx) (err error) {
-		a, err = resolve(ctx, tx, path)
-		return err
-	})
-	return a, err
+	return resolve(ctx, s.pool, path)
 }
 
 func (s *Store) ReadDir(ctx context.Context, path []string) ([]meta.Entry, error) {
@@ -597,7 +599,7 @@ func (s *Store) Link(ctx context.Context, from, to []string) (meta.Attr, error) 
 	return out, err
 }
 
-func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) error {
+func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (meta.Attr, error) {
 	var mode, uid, gid *int64
 	if sa.Mode != nil {
 		m := int64(*sa.Mode & 0o7777)
@@ -611,21 +613,23 @@ func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) err
 		g := int64(*sa.Gid)
 		gid = &g
 	}
-	return s.tx(ctx, func(tx pgx.Tx) error {
+	var out meta.Attr
+	err := s.tx(ctx, func(tx pgx.Tx) error {
 		a, err := resolve(ctx, tx, path)
 		if err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `UPDATE kmsfs_inodes SET
+		out, err = scanAttr(tx.QueryRow(ctx, `UPDATE kmsfs_inodes i SET
 			mode = CASE WHEN $2::bigint IS NULL THEN mode ELSE (mode & ~4095::bigint) | $2::bigint END,
 			uid = COALESCE($3::bigint, uid), gid = COALESCE($4::bigint, gid),
 			atime = COALESCE($5::bigint, atime), mtime = COALESCE($6::bigint, mtime), ctime = `+nowNS+`
-			WHERE ino = $1`, int64(a.Ino), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime))
-		if err == nil && tag.RowsAffected() == 0 {
-			err = syscall.ENOENT
+			WHERE ino = $1 RETURNING `+attrColsI, int64(a.Ino), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime)))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return syscall.ENOENT
 		}
 		return err
 	})
+	return out, err
 }
 
 func (s *Store) GetXattr(ctx context.Context, path []string, name string) ([]byte, error) {

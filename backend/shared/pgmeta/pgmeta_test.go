@@ -132,8 +132,8 @@ func TestStoreAgainstPostgres(t *testing.T) {
 	// Attributes.
 	mode := uint32(0o4711)
 	mt := time.Unix(1_300_000_000, 123456789)
-	if err := s.SetAttr(ctx, []string{"g"}, meta.SetAttr{Mode: &mode, Mtime: &mt}); err != nil {
-		t.Fatal(err)
+	if a, err := s.SetAttr(ctx, []string{"g"}, meta.SetAttr{Mode: &mode, Mtime: &mt}); err != nil || a.Mode != syscall.S_IFREG|0o4711 {
+		t.Fatalf("SetAttr = %+v, %v", a, err)
 	}
 	if a, err := s.Lookup(ctx, []string{"g"}); err != nil || a.Mode != syscall.S_IFREG|0o4711 || !a.Mtime.Equal(mt) {
 		t.Fatalf("after chmod and utimens: mode %o mtime %v, %v", a.Mode, a.Mtime, err)
