@@ -16,6 +16,8 @@ done
 # The Debian awscli is the independent client in the KMS and S3 tests; a
 # pyenv shim named aws does not count.
 [ -x /usr/bin/aws ] || need+=(awscli)
+# PostgreSQL 15 for the shared-volume tests (each starts its own cluster).
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "deps: missing packages ${need[*]}; run as root or install them" >&2

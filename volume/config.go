@@ -34,9 +34,12 @@ const (
 	// FeatureNameEncrypt: names and symlink targets are stored encrypted
 	// (docs/FORMAT.md section 10).
 	FeatureNameEncrypt = "name-encryption"
+	// FeatureShared: the tree is in a metadata database, data in chunk
+	// objects (docs/FORMAT.md, "Shared volumes"); Config.Meta names it.
+	FeatureShared = "shared-metadata"
 )
 
-var knownFeatures = []string{FeatureBucketKey, FeatureXattrEncrypt, FeatureNameEncrypt}
+var knownFeatures = []string{FeatureBucketKey, FeatureXattrEncrypt, FeatureNameEncrypt, FeatureShared}
 
 // HasFeature reports whether the volume uses feature f.
 func (c *Config) HasFeature(f string) bool { return slices.Contains(c.Features, f) }
@@ -57,6 +60,8 @@ type Config struct {
 	WrappedMetaKey []byte    `json:"wrapped_meta_key"`
 	Features       []string  `json:"features"`
 	Created        time.Time `json:"created"`
+	// Meta is the metadata database of a shared volume (no password).
+	Meta string `json:"meta,omitempty"`
 }
 
 // ID returns the binary volume ID.
@@ -117,6 +122,9 @@ type InitOptions struct {
 	HeaderSize int // 0: envelope.DefaultHeaderSize
 	// EncryptNames stores names and symlink targets encrypted.
 	EncryptNames bool
+	// Meta, if set, makes a shared volume with this metadata database;
+	// its names are always encrypted.
+	Meta string
 }
 
 // Init creates a new volume on an empty backend: a random volume ID and a
@@ -147,6 +155,10 @@ func Init(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt InitOp
 	case envelope.ModeBucketKey:
 		cfg.Mode = "bucket-key"
 		cfg.Features = append(cfg.Features, FeatureBucketKey)
+	}
+	if opt.Meta != "" {
+		cfg.Meta, opt.EncryptNames = opt.Meta, true
+		cfg.Features = append(cfg.Features, FeatureShared)
 	}
 	if opt.EncryptNames {
 		// Entries already there would be hidden: their names do not decrypt.

@@ -37,8 +37,25 @@ type nameBackend struct {
 	log   *slog.Logger
 
 	mu  sync.Mutex
-	ids map[string][envelope.DirIDLen]byte // plaintext directory path -> ID
+	ids map[string]cachedDirID // plaintext directory path -> ID
+	// idTTL bounds how long a cached ID is trusted (0: until this process
+	// moves or removes the directory). On a shared volume another mount
+	// may rename a directory and make a new one under the old name.
+	idTTL time.Duration
 }
+
+type cachedDirID struct {
+	id [envelope.DirIDLen]byte
+	at time.Time
+}
+
+// sharedNamespace is implemented by backends that other processes change
+// at the same time (backend/shared).
+type sharedNamespace interface{ SharedNamespace() bool }
+
+// sharedDirIDTTL matches the kernel's entry timeout: a directory renamed
+// or replaced on another mount is seen here within it.
+const sharedDirIDTTL = time.Second
 
 // nameBackendIntents is nameBackend over a backend that keeps intents; they
 // are keyed by file ID, not by name, so they pass through.
@@ -48,7 +65,10 @@ type nameBackendIntents struct {
 }
 
 func newNameBackend(be backend.Backend, names *envelope.NameCipher, log *slog.Logger) backend.Backend {
-	nb := &nameBackend{Backend: be, names: names, log: log, ids: map[string][envelope.DirIDLen]byte{}}
+	nb := &nameBackend{Backend: be, names: names, log: log, ids: map[string]cachedDirID{}}
+	if sh, ok := be.(sharedNamespace); ok && sh.SharedNamespace() {
+		nb.idTTL = sharedDirIDTTL
+	}
 	if ints, ok := be.(backend.Intents); ok {
 		return nameBackendIntents{nb, ints}
 	}
@@ -199,10 +219,10 @@ func (b *nameBackend) dirID(ctx context.Context, op, dir, encDir string) ([envel
 		return b.names.RootDirID(), nil
 	}
 	b.mu.Lock()
-	id, ok := b.ids[dir]
+	c, ok := b.ids[dir]
 	b.mu.Unlock()
-	if ok {
-		return id, nil
+	if ok && (b.idTTL == 0 || time.Since(c.at) < b.idTTL) {
+		return c.id, nil
 	}
 	id, err := b.readDirID(ctx, encDir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -212,7 +232,7 @@ func (b *nameBackend) dirID(ctx context.Context, op, dir, encDir string) ([envel
 		return id, err
 	}
 	b.mu.Lock()
-	b.ids[dir] = id
+	b.ids[dir] = cachedDirID{id, time.Now()}
 	b.mu.Unlock()
 	return id, nil
 }
@@ -359,7 +379,7 @@ func (b *nameBackend) Mkdir(ctx context.Context, name string, mode uint32, owner
 	}
 	b.forget(name)
 	b.mu.Lock()
-	b.ids[name] = id
+	b.ids[name] = cachedDirID{id, time.Now()}
 	b.mu.Unlock()
 	return nil
 }

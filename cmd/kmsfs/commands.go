@@ -10,6 +10,7 @@ func rootCommand() *command {
 			umountCommand(),
 			catCommand(),
 			rewrapCommand(),
+			gcCommand(),
 			statsCommand(),
 			benchCommand(),
 			kmsCommand(),

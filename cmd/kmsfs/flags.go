@@ -95,6 +95,7 @@ type commonFlags struct {
 	s3Region    string
 	s3PathStyle bool
 	s3LeaseTTL  time.Duration
+	meta        string
 	auditLog    string
 	// mounting is set by `kmsfs mount` (read-write): the process owns the
 	// volume's S3 prefix and may abort multipart uploads a crash left.
@@ -109,6 +110,7 @@ func (c *commonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.s3Region, "s3-region", "", "S3 `REGION` (default from the AWS config chain)")
 	fs.BoolVar(&c.s3PathStyle, "s3-path-style", false, "use path-style S3 addressing (most non-AWS servers)")
 	fs.DurationVar(&c.s3LeaseTTL, "s3-lease-ttl", compose.DefaultS3LeaseTTL, "how long an S3 volume's writer lease outlives a writer that stopped renewing it (a mount that crashed on another machine), as a `DURATION`")
+	c.registerShared(fs)
 	fs.StringVar(&c.auditLog, "audit-log", "", "append every KMS call this process makes to `FILE` (hash-chained JSON lines; kmsfs kms audit verify FILE)")
 }
 
@@ -123,7 +125,7 @@ func (c *commonFlags) kmsOptions(stderr io.Writer) (compose.KMSOptions, error) {
 }
 
 func (c *commonFlags) backendOptions() compose.BackendOptions {
-	return compose.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, S3LeaseTTL: c.s3LeaseTTL, OwnsPrefix: c.mounting}
+	return compose.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, S3LeaseTTL: c.s3LeaseTTL, Meta: c.meta, OwnsPrefix: c.mounting}
 }
 
 // parseMode reads a --mode value.

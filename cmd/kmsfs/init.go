@@ -80,7 +80,7 @@ func initVolume(ctx context.Context, inv *invocation, c *commonFlags, spec, key 
 		return err
 	}
 	defer closeAudit()
-	opts.KeyID, opts.KMS, opts.KMSRegion = key, ko.URL, ko.Region
+	opts.KeyID, opts.KMS, opts.KMSRegion, opts.Meta = key, ko.URL, ko.Region, c.sharedMeta()
 	cfg, err := volume.Init(ctx, be, compose.Chain{Audit: record}.Wrap(k), opts)
 	if err != nil {
 		return fmt.Errorf("%s: %w", spec, err)

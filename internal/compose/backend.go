@@ -20,6 +20,9 @@ type BackendOptions struct {
 	// S3LeaseTTL is the writer lease's TTL (0: s3.DefaultLeaseTTL).
 	S3LeaseTTL time.Duration
 	StagingDir string
+	// Meta is the metadata database URL of a shared volume ("": the one
+	// the volume config names, if it is shared).
+	Meta string
 	// OwnsPrefix: this process is the volume's mount, so multipart uploads
 	// found under the prefix are leftovers of a crash and are aborted.
 	OwnsPrefix bool
@@ -34,7 +37,7 @@ func IsS3(spec string) bool { return strings.HasPrefix(spec, "s3://") }
 // OpenBackend opens a local directory, or an s3://bucket/prefix URL.
 func OpenBackend(ctx context.Context, spec string, o BackendOptions) (backend.Backend, error) {
 	if IsS3(spec) {
-		return openS3(ctx, spec, o)
+		return openS3Volume(ctx, spec, o)
 	}
 	if strings.Contains(spec, "://") {
 		return nil, fmt.Errorf("backend %q: unknown scheme (want a directory or s3://bucket/prefix)", spec)

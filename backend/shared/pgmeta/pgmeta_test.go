@@ -1,0 +1,154 @@
+package pgmeta
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/backend/shared/meta"
+	"github.com/kmsfs/kmsfs/backend/shared/pgmeta/pgtest"
+)
+
+func TestStoreAgainstPostgres(t *testing.T) {
+	ctx := context.Background()
+	c := pgtest.Start(t)
+	s, err := Open(ctx, c.CreateDB("vol"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Volume(ctx); !errors.Is(err, meta.ErrNoVolume) {
+		t.Fatalf("empty database: %v, want ErrNoVolume", err)
+	}
+	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 1 << 20}, meta.New{Mode: 0o755}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateVolume(ctx, meta.Volume{ID: "ff", ChunkSize: 1}, meta.New{}); err == nil {
+		t.Fatal("a second CreateVolume succeeded")
+	}
+	v, err := s.Volume(ctx)
+	if err != nil || v.ID != "00112233445566778899aabbccddeeff" || v.SchemaVersion != meta.SchemaVersion || v.ChunkSize != 1<<20 {
+		t.Fatalf("Volume = %+v, %v", v, err)
+	}
+	mk := func(path []string, mode uint32) meta.Attr {
+		t.Helper()
+		a, err := s.Create(ctx, path, meta.New{Mode: mode}, true)
+		if err != nil {
+			t.Fatalf("create %v: %v", path, err)
+		}
+		return a
+	}
+	mk([]string{"a"}, syscall.S_IFDIR|0o755)
+	mk([]string{"a", "b"}, syscall.S_IFDIR|0o755)
+	f := mk([]string{"a", "b", "f"}, syscall.S_IFREG|0o644)
+	if _, err := s.Create(ctx, []string{"a", "b", "f"}, meta.New{Mode: syscall.S_IFREG}, true); !errors.Is(err, syscall.EEXIST) {
+		t.Fatalf("O_EXCL create of an existing name: %v", err)
+	}
+	if a, err := s.Create(ctx, []string{"a", "b", "f"}, meta.New{Mode: syscall.S_IFREG}, false); err != nil || a.Ino != f.Ino {
+		t.Fatalf("O_CREAT of an existing file: %+v, %v", a, err)
+	}
+	if _, err := s.Lookup(ctx, []string{"a", "b", "f", "x"}); !errors.Is(err, syscall.ENOTDIR) {
+		t.Fatalf("lookup below a file: %v", err)
+	}
+	if a, _ := s.Lookup(ctx, []string{"a"}); a.Nlink != 3 {
+		t.Fatalf("directory with one subdirectory has nlink %d", a.Nlink)
+	}
+	// A directory rename moves everything below it with one row.
+	if err := s.Rename(ctx, []string{"a"}, []string{"z"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := s.Lookup(ctx, []string{"z", "b", "f"}); err != nil || a.Ino != f.Ino {
+		t.Fatalf("after rename: %+v, %v", a, err)
+	}
+	if err := s.Rename(ctx, []string{"z"}, []string{"z", "b", "in"}, 0); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("rename into own subtree: %v", err)
+	}
+	if err := s.Remove(ctx, []string{"z"}, true); !errors.Is(err, syscall.ENOTEMPTY) {
+		t.Fatalf("rmdir of a non-empty directory: %v", err)
+	}
+	// Hard links.
+	if a, err := s.Link(ctx, []string{"z", "b", "f"}, []string{"g"}); err != nil || a.Nlink != 2 {
+		t.Fatalf("link: %+v, %v", a, err)
+	}
+	// Exchange.
+	mk([]string{"h"}, syscall.S_IFREG|0o600)
+	if err := s.Rename(ctx, []string{"g"}, []string{"h"}, unix.RENAME_NOREPLACE); !errors.Is(err, syscall.EEXIST) {
+		t.Fatalf("RENAME_NOREPLACE onto a name: %v", err)
+	}
+	h, _ := s.Lookup(ctx, []string{"h"})
+	if err := s.Rename(ctx, []string{"g"}, []string{"h"}, unix.RENAME_EXCHANGE); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := s.Lookup(ctx, []string{"g"}); a.Ino != h.Ino {
+		t.Fatalf("after exchange g is %d, want %d", a.Ino, h.Ino)
+	}
+	// Chunk lists: a commit from a stale generation is refused.
+	g1, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 0, Size: 10, Set: []meta.Chunk{{Index: 0, Key: "chunks/a", Len: 10}}, Keep: 1, Touch: true})
+	if err != nil || g1 != 1 {
+		t.Fatalf("first commit: %d, %v", g1, err)
+	}
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 0, Size: 5, Set: []meta.Chunk{{Index: 0, Key: "chunks/b", Len: 5}}, Keep: 1}); !errors.Is(err, meta.ErrConflict) {
+		t.Fatalf("stale commit: %v", err)
+	}
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 1, Size: 5, Set: []meta.Chunk{{Index: 0, Key: "chunks/c", Len: 5}}, Keep: 1}); err != nil {
+		t.Fatal(err)
+	}
+	a, chunks, err := s.File(ctx, f.Ino)
+	if err != nil || a.Size != 5 || len(chunks) != 1 || chunks[0].Key != "chunks/c" {
+		t.Fatalf("File = %+v %+v %v", a, chunks, err)
+	}
+	ref, _ := s.Referenced(ctx, []string{"chunks/a", "chunks/c"})
+	if ref["chunks/a"] || !ref["chunks/c"] {
+		t.Fatalf("Referenced = %v", ref)
+	}
+	// Removing the last name makes the chunks garbage.
+	if err := s.Remove(ctx, []string{"z", "b", "f"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(ctx, []string{"h"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.File(ctx, f.Ino); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("inode after its last unlink: %v", err)
+	}
+	gb, err := s.Garbage(ctx, a.Mtime.AddDate(1, 0, 0), 100)
+	if err != nil || len(gb) != 2 {
+		t.Fatalf("garbage = %+v, %v (want chunks/a and chunks/c)", gb, err)
+	}
+	// Xattrs.
+	if err := s.SetXattr(ctx, []string{"g"}, "user.x", []byte{1, 2}, unix.XATTR_CREATE); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetXattr(ctx, []string{"g"}, "user.x", []byte{3}, unix.XATTR_CREATE); !errors.Is(err, syscall.EEXIST) {
+		t.Fatalf("XATTR_CREATE twice: %v", err)
+	}
+	if v, err := s.GetXattr(ctx, []string{"g"}, "user.x"); err != nil || string(v) != "\x01\x02" {
+		t.Fatalf("getxattr: %v %v", v, err)
+	}
+	// Attributes.
+	mode := uint32(0o4711)
+	mt := time.Unix(1_300_000_000, 123456789)
+	if a, err := s.SetAttr(ctx, []string{"g"}, meta.SetAttr{Mode: &mode, Mtime: &mt}); err != nil || a.Mode != syscall.S_IFREG|0o4711 {
+		t.Fatalf("SetAttr = %+v, %v", a, err)
+	}
+	if a, err := s.Lookup(ctx, []string{"g"}); err != nil || a.Mode != syscall.S_IFREG|0o4711 || !a.Mtime.Equal(mt) {
+		t.Fatalf("after chmod and utimens: mode %o mtime %v, %v", a.Mode, a.Mtime, err)
+	}
+	// A newer schema is reported as such.
+	c.Psql("vol", "UPDATE kmsfs_volume SET schema_version = 99")
+	if v, err := s.Volume(ctx); err != nil || v.SchemaVersion != 99 {
+		t.Fatalf("Volume of a newer schema = %+v, %v", v, err)
+	}
+}
+
+func TestOpenBadURL(t *testing.T) {
+	_, err := Open(context.Background(), "postgres://nobody@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
+	if err == nil {
+		t.Fatal("Open of an unreachable database succeeded")
+	}
+	t.Log(err)
+}
