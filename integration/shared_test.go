@@ -364,7 +364,7 @@ func TestSharedBadMeta(t *testing.T) {
 	oneLine := func(what, out string) {
 		t.Helper()
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if len(lines) != 1 || !strings.HasPrefix(lines[0], "kmsfs ") {
+		if len(lines) != 1 || !strings.HasPrefix(lines[0], "kmsfs: ") {
 			t.Errorf("%s: want a one-line error, got:\n%s", what, out)
 		}
 		t.Logf("%s: %s", what, strings.TrimSpace(out))
