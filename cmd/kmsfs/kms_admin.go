@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -101,7 +103,12 @@ func kmsAdminCommands() []*command {
 			policyFile := fs.String("policy-file", "", "`FILE` holding the JSON key policy (default: the owning account may administer and use the key)")
 			alias := fs.String("alias", "", "also create this alias (`alias/NAME`) for the key")
 			origin := fs.String("origin", "AWS_KMS", "where the material comes from (`ORIGIN`): AWS_KMS, the KMS generates it; EXTERNAL, import it (import-key-material)")
+			tagArgs := fs.StringArray("tag", nil, "tag the key with `KEY=VALUE` (repeatable)")
 			return func(ctx context.Context, a kms.Admin, _ []string, out io.Writer) error {
+				tags, err := parseTags(*tagArgs)
+				if err != nil {
+					return err
+				}
 				var policy string
 				if *policyFile != "" {
 					b, err := os.ReadFile(*policyFile)
@@ -110,7 +117,7 @@ func kmsAdminCommands() []*command {
 					}
 					policy = string(b)
 				}
-				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin})
+				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin, Tags: tags})
 				if err != nil {
 					return err
 				}
@@ -159,6 +166,67 @@ func kmsAdminCommands() []*command {
 				kmsPrintMetadata(out, k)
 				return nil
 			}
+		}),
+		adminCommand("update-description", "KEY TEXT", "replace a key's description", 2, 2, func(fs *pflag.FlagSet) adminRun {
+			return withExtras(func(ctx context.Context, x keyExtras, args []string, out io.Writer) error {
+				if err := x.UpdateKeyDescription(ctx, args[0], args[1]); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "description of %s updated\n", args[0])
+				return nil
+			})
+		}),
+		adminCommand("tag", "KEY TAG=VALUE...", "add tags to a key (a tag it has gets the new value); KEY is a key ID or ARN", 2, -1, func(fs *pflag.FlagSet) adminRun {
+			return withExtras(func(ctx context.Context, x keyExtras, args []string, out io.Writer) error {
+				tags, err := parseTags(args[1:])
+				if err != nil {
+					return err
+				}
+				if err := x.TagResource(ctx, args[0], tags); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "%s tagged: %d tags set\n", args[0], len(tags))
+				return nil
+			})
+		}),
+		adminCommand("untag", "KEY TAG...", "remove tags from a key; KEY is a key ID or ARN", 2, -1, func(fs *pflag.FlagSet) adminRun {
+			return withExtras(func(ctx context.Context, x keyExtras, args []string, out io.Writer) error {
+				if err := x.UntagResource(ctx, args[0], args[1:]); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "%s untagged: %s\n", args[0], strings.Join(args[1:], ", "))
+				return nil
+			})
+		}),
+		adminCommand("list-tags", "KEY", "list a key's tags (TAG<tab>VALUE, sorted); KEY is a key ID or ARN", 1, 1, func(fs *pflag.FlagSet) adminRun {
+			return withExtras(func(ctx context.Context, x keyExtras, args []string, out io.Writer) error {
+				tags, err := x.ListResourceTags(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				for _, k := range slices.Sorted(maps.Keys(tags)) {
+					fmt.Fprintf(out, "%s\t%s\n", k, tags[k])
+				}
+				return nil
+			})
+		}),
+		adminCommand("list-rotations", "KEY", "list a key's completed rotations, oldest first; KEY is a key ID or ARN", 1, 1, func(fs *pflag.FlagSet) adminRun {
+			return withExtras(func(ctx context.Context, x keyExtras, args []string, out io.Writer) error {
+				rots, err := x.ListKeyRotations(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+				fmt.Fprintln(tw, "VERSION\tDATE\tTYPE")
+				for _, r := range rots {
+					typ := r.Type
+					if typ == "" {
+						typ = "-"
+					}
+					fmt.Fprintf(tw, "%d\t%s\t%s\n", r.Version, r.Date.UTC().Format(time.RFC3339), typ)
+				}
+				return tw.Flush()
+			})
 		}),
 		adminCommand("rotate", "KEY", "new backing material now; old ciphertext still decrypts", 1, 1, func(fs *pflag.FlagSet) adminRun {
 			return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
@@ -210,6 +278,46 @@ func kmsAdminCommands() []*command {
 		}),
 		kmsSimple("cancel-deletion", "cancel a scheduled deletion; the key is left disabled", func(ctx context.Context, a kms.Admin, key string) error { return a.CancelKeyDeletion(ctx, key) }, "deletion of %s cancelled; the key is disabled ('kmsfs kms enable' to use it)"),
 	}
+}
+
+// keyExtras are the control-plane operations beyond kms.Admin that both the
+// embedded keystore and the AWS KMS client have.
+type keyExtras interface {
+	UpdateKeyDescription(ctx context.Context, keyID, description string) error
+	TagResource(ctx context.Context, keyID string, tags map[string]string) error
+	UntagResource(ctx context.Context, keyID string, tagKeys []string) error
+	ListResourceTags(ctx context.Context, keyID string) (map[string]string, error)
+	ListKeyRotations(ctx context.Context, keyID string) ([]kms.KeyRotation, error)
+}
+
+// withExtras adapts a command that needs keyExtras to adminRun.
+func withExtras(run func(ctx context.Context, x keyExtras, args []string, out io.Writer) error) adminRun {
+	return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+		x, ok := a.(keyExtras)
+		if !ok {
+			return fmt.Errorf("this KMS (%T) has no tag, description or rotation listing operations", a)
+		}
+		return run(ctx, x, args, out)
+	}
+}
+
+// parseTags parses TAG=VALUE arguments; a tag named twice is an error.
+func parseTags(args []string) (map[string]string, error) {
+	if len(args) == 0 {
+		return nil, nil
+	}
+	tags := make(map[string]string, len(args))
+	for _, arg := range args {
+		k, v, ok := strings.Cut(arg, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("tag %q is not TAG=VALUE", arg)
+		}
+		if _, dup := tags[k]; dup {
+			return nil, fmt.Errorf("tag %q given twice", k)
+		}
+		tags[k] = v
+	}
+	return tags, nil
 }
 
 // kmsSimple is a command that does one thing to KEY and says so.

@@ -138,6 +138,7 @@ func (c *Client) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyM
 			Description: optString(in.Description),
 			Policy:      optString(in.Policy),
 			Origin:      types.OriginType(in.Origin),
+			Tags:        tagList(in.Tags),
 		})
 	})
 	if err != nil {

@@ -76,7 +76,7 @@ func (s *Server) createGrant(c *call, body []byte) (response, error) {
 // grant may only give operations that grant has (AWS's rule for grants that
 // create grants).
 func (s *Server) authorizeCreateGrant(c *call, arn string, ops []string, extra map[string][]string) error {
-	d, err := s.decide(c, "kms:CreateGrant", arn, nil, extra)
+	d, why, err := s.decide(c, "kms:CreateGrant", arn, nil, extra)
 	if err != nil {
 		return err
 	}
@@ -84,7 +84,7 @@ func (s *Server) authorizeCreateGrant(c *call, arn string, ops []string, extra m
 	case Allow:
 		return nil
 	case Deny:
-		return denied(c, "kms:CreateGrant", arn, true)
+		return denied(c, "kms:CreateGrant", arn, why)
 	}
 	grants, err := s.store.ListGrants(c.ctx, arn)
 	if err != nil {
@@ -105,7 +105,7 @@ func (s *Server) authorizeCreateGrant(c *call, arn string, ops []string, extra m
 			return nil
 		}
 	}
-	return denied(c, "kms:CreateGrant", arn, false)
+	return denied(c, "kms:CreateGrant", arn, why)
 }
 
 func arnAccount(arn string) string {

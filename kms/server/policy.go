@@ -72,6 +72,9 @@ type statement struct {
 	deny       bool
 	principals []string // "*", account IDs, or principal ARNs
 	notPrinc   bool
+	// identity marks a statement of an identity policy: it has no
+	// principal, it applies to the principal the policy is attached to.
+	identity   bool
 	actions    []string // lower-case patterns
 	notAction  bool
 	resources  []string
@@ -146,6 +149,18 @@ const MaxPolicySize = 32768
 // ParsePolicy parses a key policy. Malformed documents return a
 // MalformedPolicyDocumentException naming the problem.
 func ParsePolicy(doc string) (*Policy, error) {
+	return parsePolicy(doc, false)
+}
+
+// ParseIdentityPolicy parses an IAM identity policy: the key policy's
+// grammar and limits, except that a statement names no Principal (it is the
+// principal the policy is attached to) and may name actions of other
+// services (which no request here matches).
+func ParseIdentityPolicy(doc string) (*Policy, error) {
+	return parsePolicy(doc, true)
+}
+
+func parsePolicy(doc string, identity bool) (*Policy, error) {
 	bad := func(format string, args ...any) error {
 		return kms.Errorf(kms.CodeMalformedPolicy, format, args...)
 	}
@@ -177,7 +192,7 @@ func ParsePolicy(doc string) (*Policy, error) {
 	}
 	p := &Policy{statements: make([]statement, 0, len(raws))}
 	for i, r := range raws {
-		s, err := parseStatement(r)
+		s, err := parseStatement(r, identity)
 		if err != nil {
 			name := r.Sid
 			if name == "" {
@@ -190,8 +205,8 @@ func ParsePolicy(doc string) (*Policy, error) {
 	return p, nil
 }
 
-func parseStatement(r rawStatement) (statement, error) {
-	s := statement{sid: r.Sid}
+func parseStatement(r rawStatement, identity bool) (statement, error) {
+	s := statement{sid: r.Sid, identity: identity}
 	switch r.Effect {
 	case "Allow":
 	case "Deny":
@@ -201,6 +216,9 @@ func parseStatement(r rawStatement) (statement, error) {
 	}
 	var err error
 	switch {
+	case identity && (r.Principal != nil || r.NotPrincipal != nil):
+		return s, fmt.Errorf("has a Principal, which an identity policy does not take")
+	case identity:
 	case r.Principal != nil && r.NotPrincipal != nil:
 		return s, fmt.Errorf("has both Principal and NotPrincipal")
 	case r.Principal != nil:
@@ -227,6 +245,12 @@ func parseStatement(r rawStatement) (statement, error) {
 		return s, fmt.Errorf("has no Action")
 	}
 	for _, a := range s.actions {
+		if identity {
+			if svc, _, ok := strings.Cut(a, ":"); a != "*" && (!ok || svc == "") {
+				return s, fmt.Errorf("action %q is not SERVICE:ACTION", a)
+			}
+			continue
+		}
 		if a != "*" && !strings.HasPrefix(a, "kms:") {
 			return s, fmt.Errorf("action %q is not a kms: action", a)
 		}
@@ -306,63 +330,82 @@ func lowerAll(in []string) []string {
 // Allow statement applies, else NoMatch — IAM's rule that an explicit deny
 // always wins.
 func (p *Policy) Evaluate(rc *RequestContext) Decision {
+	d, _ := p.evaluate(rc)
+	return d
+}
+
+// evaluate is Evaluate that also tells, for Allow, whether some Allow
+// statement names the caller directly (its ARN, its role, "*" or by
+// NotPrincipal) rather than only through its account (an account ID or the
+// account root, which delegate to the caller's identity policy).
+func (p *Policy) evaluate(rc *RequestContext) (Decision, bool) {
 	action := strings.ToLower(rc.Action)
-	allowed := false
+	allowed, direct := false, false
 	for i := range p.statements {
 		s := &p.statements[i]
-		if !s.matches(rc, action) {
+		ok, viaAccount := s.matches(rc, action)
+		if !ok {
 			continue
 		}
 		if s.deny {
-			return Deny
+			return Deny, false
 		}
 		allowed = true
+		direct = direct || !viaAccount
 	}
 	if allowed {
-		return Allow
+		return Allow, direct
 	}
-	return NoMatch
+	return NoMatch, false
 }
 
-func (s *statement) matches(rc *RequestContext, action string) bool {
-	if s.matchPrincipal(rc) == s.notPrinc {
-		return false
+// matches reports whether the statement applies to the request, and whether
+// it names the caller only through the caller's account.
+func (s *statement) matches(rc *RequestContext, action string) (ok, viaAccount bool) {
+	if !s.identity {
+		matched, acct := s.matchPrincipal(rc)
+		if matched == s.notPrinc {
+			return false, false
+		}
+		viaAccount = acct && !s.notPrinc
 	}
 	if matchAny(s.actions, action) == s.notAction {
-		return false
+		return false, false
 	}
 	if matchAny(s.resources, rc.Resource) == s.notRes {
-		return false
+		return false, false
 	}
 	for i := range s.conditions {
 		if !s.conditions[i].eval(rc) {
-			return false
+			return false, false
 		}
 	}
-	return true
+	return true, viaAccount
 }
 
-func (s *statement) matchPrincipal(rc *RequestContext) bool {
+// matchPrincipal reports whether the statement's principals cover the
+// caller, and whether only through its account. A direct match wins over an
+// account match.
+func (s *statement) matchPrincipal(rc *RequestContext) (matched, viaAccount bool) {
 	for _, p := range s.principals {
 		switch {
 		case p == "*":
-			return true
+			return true, false
 		case isAccountID(p):
 			if p == rc.Account {
-				return true
+				matched, viaAccount = true, true
 			}
 		case strings.HasSuffix(p, ":root"):
-			// The account root principal stands for the whole account: in AWS
-			// it delegates to the account's IAM policies; here every principal
-			// of that account is allowed.
+			// The account root principal stands for the whole account: as
+			// in AWS it delegates to the account's identity policies.
 			if acct, err := AccountOf(p); err == nil && acct == rc.Account {
-				return true
+				matched, viaAccount = true, true
 			}
 		case PrincipalMatches(p, rc.Principal):
-			return true
+			return true, false
 		}
 	}
-	return false
+	return matched, viaAccount
 }
 
 // PrincipalMatches reports whether the principal named in a policy or grant

@@ -319,6 +319,11 @@ func (s *Server) handle(r *http.Request, op string, body []byte, now time.Time, 
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		c.sourceIP = ap.Addr().Unmap().String()
 	}
+	if identityOnlyOps[op] {
+		if err := s.authorizeIdentity(c); err != nil {
+			return response{}, err
+		}
+	}
 	resp, err := o.fn(s, c, body)
 	if o.changesLookups {
 		s.cache.clear() // also on failure: the change may have half happened
@@ -426,11 +431,17 @@ func (s *Server) loadPolicy(ctx context.Context, keyARN string) (*Policy, error)
 	return p, nil
 }
 
-// decide evaluates the key policy of keyARN for the caller.
-func (s *Server) decide(c *call, action, keyARN string, ec kms.EncryptionContext, extra map[string][]string) (Decision, error) {
+// decide evaluates the key policy of keyARN and the caller's identity policy
+// as AWS does: an explicit Deny in either wins; on a key of the caller's
+// account the key policy alone suffices if it names the caller directly, but
+// an Allow only through the caller's account (the account root) needs the
+// identity policy's Allow too; on a key of another account both must allow.
+// NoMatch leaves the request to grants; why says, for Deny and NoMatch, what
+// refused it.
+func (s *Server) decide(c *call, action, keyARN string, ec kms.EncryptionContext, extra map[string][]string) (Decision, string, error) {
 	p, err := s.policyFor(c, keyARN)
 	if err != nil {
-		return NoMatch, err
+		return NoMatch, "", err
 	}
 	rc := s.requestContext(c, action, keyARN)
 	rc.EncryptionContext = ec
@@ -443,11 +454,51 @@ func (s *Server) decide(c *call, action, keyARN string, ec kms.EncryptionContext
 		}
 		rc.Values["kms:grantisforawsresource"] = []string{"false"}
 	}
-	d := p.Evaluate(&rc)
+	kd, direct := p.evaluate(&rc)
 	if c.attrErr != nil {
-		return NoMatch, c.attrErr
+		return NoMatch, "", c.attrErr
 	}
-	return d, nil
+	if kd == Deny {
+		return Deny, "with an explicit deny in a resource-based policy", nil
+	}
+	id := Allow
+	if c.cred.Identity != nil {
+		id = c.cred.Identity.Evaluate(&rc)
+		if c.attrErr != nil {
+			return NoMatch, "", c.attrErr
+		}
+	}
+	switch {
+	case id == Deny:
+		return Deny, "with an explicit deny in an identity-based policy", nil
+	case kd != Allow:
+		return NoMatch, "because no resource-based policy or grant allows the " + action + " action", nil
+	case id == Allow || (direct && arnAccount(keyARN) == c.cred.Account):
+		return Allow, "", nil
+	}
+	return NoMatch, "because no identity-based policy allows the " + action + " action", nil
+}
+
+// identityOnlyOps are the operations that name no key (Resource "*"): AWS
+// decides them by the caller's identity policy alone.
+var identityOnlyOps = map[string]bool{
+	"CreateKey": true, "ListKeys": true, "ListAliases": true, "ListRetirableGrants": true, "GenerateRandom": true,
+}
+
+// authorizeIdentity decides an operation in identityOnlyOps.
+func (s *Server) authorizeIdentity(c *call) error {
+	if c.cred.Identity == nil {
+		return nil
+	}
+	action := "kms:" + c.op
+	rc := s.requestContext(c, action, "*")
+	switch c.cred.Identity.Evaluate(&rc) {
+	case Allow:
+		return nil
+	case Deny:
+		return denied(c, action, "*", "with an explicit deny in an identity-based policy")
+	}
+	return denied(c, action, "*", "because no identity-based policy allows the "+action+" action")
 }
 
 // grantRequestOps are the operations whose request context has
@@ -521,7 +572,7 @@ func (s *Server) keyAttribute(c *call, keyARN, key string) ([]string, bool) {
 // explicit Deny in the key policy wins; otherwise an Allow in the policy or a
 // grant for grantOp (if not "") permits; otherwise the request is denied.
 func (s *Server) authorize(c *call, action, keyARN string, ec kms.EncryptionContext, grantOp string, extra map[string][]string) error {
-	d, err := s.decide(c, action, keyARN, ec, extra)
+	d, why, err := s.decide(c, action, keyARN, ec, extra)
 	if err != nil {
 		return err
 	}
@@ -529,7 +580,7 @@ func (s *Server) authorize(c *call, action, keyARN string, ec kms.EncryptionCont
 	case Allow:
 		return nil
 	case Deny:
-		return denied(c, action, keyARN, true)
+		return denied(c, action, keyARN, why)
 	}
 	if grantOp != "" {
 		ok, err := s.grantAllows(c, keyARN, grantOp, ec)
@@ -540,15 +591,12 @@ func (s *Server) authorize(c *call, action, keyARN string, ec kms.EncryptionCont
 			return nil
 		}
 	}
-	return denied(c, action, keyARN, false)
+	return denied(c, action, keyARN, why)
 }
 
-// denied is AWS's AccessDeniedException for a refused request.
-func denied(c *call, action, keyARN string, explicit bool) error {
-	why := "because no resource-based policy or grant allows the " + action + " action"
-	if explicit {
-		why = "with an explicit deny in a resource-based policy"
-	}
+// denied is AWS's AccessDeniedException for a refused request; why says
+// which policy refused it.
+func denied(c *call, action, keyARN, why string) error {
 	return kms.Errorf(kms.CodeAccessDenied, "User: %s is not authorized to perform: %s on resource: %s %s",
 		c.cred.Principal, action, keyARN, why)
 }

@@ -44,23 +44,30 @@ type harness struct {
 	http     *httptest.Server
 	audit    string
 	auditLog *auditlog.Log
+	creds    Credentials
 	mu       sync.Mutex
 	now      time.Time // server clock offset base; zero means time.Now
 }
 
 func newHarness(t *testing.T, rate float64) *harness {
 	t.Helper()
+	return newHarnessWith(t, rate, testCreds)
+}
+
+// newHarnessWith is newHarness serving creds.
+func newHarnessWith(t *testing.T, rate float64, creds Credentials) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	ks, err := keystore.Open(filepath.Join(dir, "ks"), keystore.Options{Region: testRegion, Account: testAccount, Warn: func(string) {}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, audit: filepath.Join(dir, "audit.log")}
+	h := &harness{t: t, audit: filepath.Join(dir, "audit.log"), creds: creds}
 	h.auditLog, err = auditlog.Open(h.audit, auditlog.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv, err = New(Config{Store: ks, Credentials: testCreds, Region: testRegion, Audit: h.auditLog, Rate: rate, Now: h.clock})
+	h.srv, err = New(Config{Store: ks, Credentials: creds, Region: testRegion, Audit: h.auditLog, Rate: rate, Now: h.clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +92,7 @@ func (h *harness) clock() time.Time {
 func (h *harness) client(akid string, opts awskms.Options) *awskms.Client {
 	h.t.Helper()
 	secret := "wrong"
-	if c, ok := testCreds[akid]; ok {
+	if c, ok := h.creds[akid]; ok {
 		secret = c.SecretAccessKey
 	}
 	return h.clientWith(akid, secret, opts)
