@@ -44,6 +44,9 @@ type MountOptions struct {
 	// sequential writes.
 	WritebackCache bool
 	FsName         string
+	// VFS are the generic mount options (noatime, nosuid, sync, ...) that
+	// the kernel applies itself (vfsopts.go).
+	VFS VFSFlags
 }
 
 // DefaultMountOptions: one second of attribute and entry caching, the
@@ -91,6 +94,13 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 	}
 	if opt.ReadOnly {
 		mopts.Options = append(mopts.Options, "ro")
+	}
+	// Generic options are flag bits of mount(2), which FUSE's option
+	// string refuses; fusermount3 (used when we cannot call mount(2)
+	// ourselves, without root) takes them as words.
+	mopts.DirectMountFlags = opt.VFS.MountFlags()
+	if os.Geteuid() != 0 {
+		mopts.Options = append(mopts.Options, opt.VFS.fusermountOptions()...)
 	}
 	// The kernel leaves dropping suid/sgid on write to us, and stops asking
 	// for security.capability before every write (killpriv.go).

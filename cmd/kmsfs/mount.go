@@ -49,6 +49,7 @@ type mountFlags struct {
 	cpuProfile   string
 	options      string
 	writeback    bool
+	vfs          kfs.VFSFlags // generic options: noatime, nosuid, sync, ro/rw, ...
 }
 
 func (m *mountFlags) register(fs *pflag.FlagSet) {
@@ -83,6 +84,10 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 func (m *mountFlags) applyOptions() error {
 	for _, o := range strings.Split(m.options, ",") {
 		k, v, _ := strings.Cut(strings.TrimSpace(o), "=")
+		if m.vfs.Parse(k) {
+			m.readOnly = m.readOnly || m.vfs.ReadOnly()
+			continue
+		}
 		switch k {
 		case "", "rw", "dev", "suid", "nodev", "nosuid", "exec", "noexec", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "defaults":
 		case "allow_other":
@@ -120,6 +125,9 @@ func mountCommand(ctx context.Context, args []string) error {
 	if fs.NArg() != 2 {
 		fs.Usage()
 		return errors.New("want BACKEND and MOUNTPOINT")
+	}
+	if kfs.IsRemount(m.options) {
+		return kfs.Remount(fs.Arg(1), m.options)
 	}
 	if err := m.applyOptions(); err != nil {
 		return err
@@ -254,6 +262,7 @@ func runMount(ctx context.Context, m *mountFlags, spec, mnt string) (err error) 
 	mo.AllowOther, mo.ReadOnly, mo.Debug = m.allowOther, m.readOnly, m.debug
 	mo.AttrTimeout, mo.EntryTimeout = m.attrTimeout, m.entryTimeout
 	mo.WritebackCache = m.writeback
+	mo.VFS = m.vfs
 	mo.FsName = spec
 	srv, err := kfs.Mount(opened.vol, mnt, mo, log)
 	if err != nil {
