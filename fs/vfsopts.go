@@ -16,8 +16,8 @@ import (
 // them in the option string ("fuse: Unknown parameter 'noatime'"), so they
 // are passed as flag bits, or to fusermount3, which does the same.
 //
-// Later options override earlier ones, as with mount(8). The zero value is
-// the default of fusermount and go-fuse: nosuid,nodev.
+// Later options override earlier ones, as with mount(8). nosuid and nodev
+// always apply (see vfsOptionOf).
 type VFSFlags struct {
 	set, clear uintptr  // MS_* bits named, last word wins
 	words      []string // the options as given, for fusermount3
@@ -42,12 +42,16 @@ func vfsOptionOf(opt string) (o vfsOption, ok bool) {
 		return vfsOption{clear: unix.MS_RDONLY}, true
 	case "nosuid":
 		return vfsOption{set: unix.MS_NOSUID}, true
-	case "suid":
-		return vfsOption{clear: unix.MS_NOSUID}, true
 	case "nodev":
 		return vfsOption{set: unix.MS_NODEV}, true
-	case "dev":
-		return vfsOption{clear: unix.MS_NODEV}, true
+	case "suid", "dev":
+		// Accepted and not applied: a kmsfs mount is always nosuid and
+		// nodev. Modes and device numbers are backend metadata outside the
+		// encryption: whoever can write the backend could otherwise make a
+		// set-user-ID root program or a device node appear in the mount.
+		// mount.fuse3 adds both words to every mount(8) by root that does
+		// not say nosuid and nodev.
+		return vfsOption{}, true
 	case "noexec":
 		return vfsOption{set: unix.MS_NOEXEC}, true
 	case "exec":
@@ -95,7 +99,9 @@ func (f *VFSFlags) Parse(opt string) bool {
 	}
 	f.set = f.set&^o.clear | o.set
 	f.clear = f.clear&^o.set | o.clear
-	f.words = append(f.words, opt)
+	if o != (vfsOption{}) {
+		f.words = append(f.words, opt)
+	}
 	switch opt {
 	case "ro":
 		f.readOnly = 1
@@ -108,8 +114,7 @@ func (f *VFSFlags) Parse(opt string) bool {
 // ReadOnly reports whether the last of ro and rw given was ro.
 func (f VFSFlags) ReadOnly() bool { return f.readOnly > 0 }
 
-// MountFlags are the mount(2) flags: nosuid,nodev unless suid or dev was
-// given, and the options given.
+// MountFlags are the mount(2) flags: nosuid,nodev and the options given.
 func (f VFSFlags) MountFlags() uintptr {
 	const base = unix.MS_NOSUID | unix.MS_NODEV
 	return (base | f.set) &^ f.clear
