@@ -1,12 +1,16 @@
 package fs
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // VFSFlags collects the generic mount options: the ones the kernel applies
@@ -17,7 +21,8 @@ import (
 // are passed as flag bits, or to fusermount3, which does the same.
 //
 // Later options override earlier ones, as with mount(8). nosuid and nodev
-// always apply (see vfsOptionOf).
+// apply unless suid and dev are given, and the backend may impose them
+// anyway (BackendLimits).
 type VFSFlags struct {
 	set, clear uintptr  // MS_* bits named, last word wins
 	words      []string // the options as given, for fusermount3
@@ -42,16 +47,12 @@ func vfsOptionOf(opt string) (o vfsOption, ok bool) {
 		return vfsOption{clear: unix.MS_RDONLY}, true
 	case "nosuid":
 		return vfsOption{set: unix.MS_NOSUID}, true
+	case "suid":
+		return vfsOption{clear: unix.MS_NOSUID}, true
 	case "nodev":
 		return vfsOption{set: unix.MS_NODEV}, true
-	case "suid", "dev":
-		// Accepted and not applied: a kmsfs mount is always nosuid and
-		// nodev. Modes and device numbers are backend metadata outside the
-		// encryption: whoever can write the backend could otherwise make a
-		// set-user-ID root program or a device node appear in the mount.
-		// mount.fuse3 adds both words to every mount(8) by root that does
-		// not say nosuid and nodev.
-		return vfsOption{}, true
+	case "dev":
+		return vfsOption{clear: unix.MS_NODEV}, true
 	case "noexec":
 		return vfsOption{set: unix.MS_NOEXEC}, true
 	case "exec":
@@ -99,9 +100,7 @@ func (f *VFSFlags) Parse(opt string) bool {
 	}
 	f.set = f.set&^o.clear | o.set
 	f.clear = f.clear&^o.set | o.clear
-	if o != (vfsOption{}) {
-		f.words = append(f.words, opt)
-	}
+	f.words = append(f.words, opt)
 	switch opt {
 	case "ro":
 		f.readOnly = 1
@@ -114,7 +113,8 @@ func (f *VFSFlags) Parse(opt string) bool {
 // ReadOnly reports whether the last of ro and rw given was ro.
 func (f VFSFlags) ReadOnly() bool { return f.readOnly > 0 }
 
-// MountFlags are the mount(2) flags: nosuid,nodev and the options given.
+// MountFlags are the mount(2) flags: nosuid,nodev unless suid or dev was
+// given, and the options given.
 func (f VFSFlags) MountFlags() uintptr {
 	const base = unix.MS_NOSUID | unix.MS_NODEV
 	return (base | f.set) &^ f.clear
@@ -123,6 +123,35 @@ func (f VFSFlags) MountFlags() uintptr {
 // fusermountOptions are the options as fusermount3 takes them (for a
 // mount that is not made with mount(2) directly).
 func (f VFSFlags) fusermountOptions() []string { return f.words }
+
+// BackendLimits are the flags a mount of vol gets whatever the options
+// say. Set-ID bits and device numbers are backend metadata, outside the
+// encryption and its authentication, so they are honoured only where the
+// backend is a local filesystem's own inodes, made under its kernel's
+// rules (only root makes a device node or a set-user-ID root file there),
+// and only as far as that filesystem honours them itself: a backing
+// directory on a nosuid or nodev mount gives a nosuid or nodev kmsfs
+// mount. A backend without device nodes (S3: object metadata anyone with
+// write access to the bucket can set) always gives nosuid,nodev.
+func BackendLimits(ctx context.Context, vol *volume.Volume) uintptr {
+	const both = unix.MS_NOSUID | unix.MS_NODEV
+	be := vol.Backend()
+	if !be.Caps().Mknod {
+		return both
+	}
+	var st syscall.Statfs_t
+	if err := be.Statfs(ctx, &st); err != nil {
+		return both
+	}
+	var f uintptr
+	if st.Flags&unix.ST_NOSUID != 0 {
+		f |= unix.MS_NOSUID
+	}
+	if st.Flags&unix.ST_NODEV != 0 {
+		f |= unix.MS_NODEV
+	}
+	return f
+}
 
 // IsRemount reports whether a -o option list asks to remount: mount(8)
 // hands `mount -o remount,ro MOUNTPOINT` to the helper of the mount's type,
@@ -141,13 +170,24 @@ func IsRemount(options string) bool {
 // own (user_id=, max_read=, allow_other, keystore=, ...), which mount(8)
 // copies from the mount table; FUSE ignores filesystem options on a
 // remount, and kmsfs's cannot change without a new mount, so they are
-// dropped.
-func RemountFlags(options string) uintptr {
+// dropped. current are the mount's options now: a remount keeps nosuid
+// and nodev where the mount has them, since they may be the backend's
+// limits (BackendLimits), which a remount cannot check.
+func RemountFlags(options string, current []string) uintptr {
 	var f VFSFlags
 	for _, o := range strings.Split(options, ",") {
 		f.Parse(strings.TrimSpace(o))
 	}
-	return unix.MS_REMOUNT | f.MountFlags()
+	flags := unix.MS_REMOUNT | f.MountFlags()
+	for _, o := range current {
+		switch o {
+		case "nosuid":
+			flags |= unix.MS_NOSUID
+		case "nodev":
+			flags |= unix.MS_NODEV
+		}
+	}
+	return flags
 }
 
 // Remount changes the generic options of the kmsfs mount at mountpoint in
@@ -161,10 +201,11 @@ func Remount(mountpoint, options string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := mountDevice(abs); err != nil {
+	_, current, err := mountEntry(abs)
+	if err != nil {
 		return fmt.Errorf("remount %s: not mounted: %w", abs, err)
 	}
-	if err := unix.Mount("", abs, "", RemountFlags(options), ""); err != nil {
+	if err := unix.Mount("", abs, "", RemountFlags(options, current), ""); err != nil {
 		return &os.PathError{Op: "remount", Path: abs, Err: err}
 	}
 	return nil

@@ -28,6 +28,17 @@ func mountInstallForMount8(t *testing.T) {
 			t.Skip("no mount.fuse3 (fuse3 package)")
 		}
 	}
+	// A mount.fuse.kmsfs helper (the xfstests recipe installs one) is
+	// what mount(8) runs instead of mount.fuse3 for the type, with other
+	// options and keystore: the test would not test kmsfs's own handling.
+	for _, h := range []string{"/sbin/mount.fuse.kmsfs", "/usr/sbin/mount.fuse.kmsfs"} {
+		if _, err := os.Stat(h); err == nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is installed: mount(8) would run it instead of mount.fuse3", h)
+			}
+			t.Skipf("%s is installed: mount(8) would run it instead of mount.fuse3", h)
+		}
+	}
 	const dst = "/usr/local/bin/kmsfs"
 	saved := ""
 	if _, err := os.Stat(dst); err == nil {
@@ -218,9 +229,11 @@ func TestMountVFSOptions(t *testing.T) {
 	} {
 		v.mount8("-t", "fuse.kmsfs", "-o", c.opt+","+v.mountOwnOptions(), v.vault, v.mnt)
 		mnt, super := mountMountinfo(t, v.mnt)
-		// nosuid,nodev always: mount.fuse3 adds suid,dev, which kmsfs
-		// does not apply (modes are backend metadata).
-		mountHasOptions(t, c.opt+": mount", mnt, append(c.mnt, "nosuid", "nodev")...)
+		// mount.fuse3 adds suid,dev unless told nosuid,nodev, as mount(8)
+		// does for a local filesystem; the backing directory's filesystem
+		// allows both, so the mount gets them.
+		mountHasOptions(t, c.opt+": mount", mnt, c.mnt...)
+		mountLacksOptions(t, c.opt+": mount", mnt, "nosuid", "nodev")
 		mountHasOptions(t, c.opt+": superblock", super, c.super...)
 		mountLacksOptions(t, c.opt+": mount", mnt, c.lacks...)
 		mountExpectContent(t, v.path("file"), content2)
@@ -246,4 +259,39 @@ func TestMountVFSOptions(t *testing.T) {
 	mnt, _ = mountMountinfo(t, v.mnt)
 	mountHasOptions(t, "kmsfs mount -o", mnt, "relatime", "nodiratime", "nosuid", "nodev")
 	mountLacksOptions(t, "kmsfs mount -o", mnt, "noatime")
+}
+
+// TestMountSuidDevFollowTheBackend: suid and dev (which mount.fuse3 adds to
+// every mount by root) are honoured only as far as the backing directory's
+// filesystem honours them. On a backing tmpfs mounted nosuid,nodev, a
+// kmsfs mount asked for suid,dev is nosuid,nodev, a remount cannot lift
+// that, and a device node made through it cannot be opened; on one that
+// allows them, the device node works, also after remount,ro (generic/306).
+func TestMountSuidDevFollowTheBackend(t *testing.T) {
+	mountInstallForMount8(t)
+	for _, backing := range []string{"nosuid,nodev", "suid,dev"} {
+		t.Run(strings.ReplaceAll(backing, ",", "-"), func(t *testing.T) {
+			v := mountSmallVolume(t, "16m,"+backing)
+			v.mount8("-t", "fuse.kmsfs", "-o", "suid,dev,"+v.mountOwnOptions(), v.vault, v.mnt)
+			defer v.unmount()
+			if err := unix.Mknod(v.path("null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+				t.Fatalf("mknod through the mount: %v", err)
+			}
+			v.mount8("-o", "remount,ro,suid,dev", v.mnt)
+			mnt, _ := mountMountinfo(t, v.mnt)
+			err := os.WriteFile(v.path("null"), []byte("discarded"), 0)
+			if backing == "nosuid,nodev" {
+				mountHasOptions(t, "mount over a nosuid,nodev backing", mnt, "nosuid", "nodev", "ro")
+				if !errors.Is(err, syscall.EACCES) {
+					t.Errorf("writing to a device node on a nodev mount: %v, want EACCES", err)
+				}
+				return
+			}
+			mountLacksOptions(t, "mount over a suid,dev backing", mnt, "nosuid", "nodev")
+			mountHasOptions(t, "mount over a suid,dev backing", mnt, "ro")
+			if err != nil {
+				t.Errorf("writing to /dev/null's device node on a ro mount: %v", err)
+			}
+		})
+	}
 }
