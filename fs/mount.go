@@ -100,7 +100,7 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 	// Generic options are flag bits of mount(2), which FUSE's option
 	// string refuses; fusermount3 (used when we cannot call mount(2)
 	// ourselves, without root) takes them as words.
-	limits := BackendLimits(context.Background(), vol)
+	limits := backendLimits(context.Background(), vol)
 	mopts.DirectMountFlags = opt.VFS.MountFlags() | limits
 	if mopts.DirectMountFlags == 0 {
 		// go-fuse reads 0 as "nosuid,nodev"; MS_MGC_VAL is the kernel's

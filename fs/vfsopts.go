@@ -22,7 +22,7 @@ import (
 //
 // Later options override earlier ones, as with mount(8). nosuid and nodev
 // apply unless suid and dev are given, and the backend may impose them
-// anyway (BackendLimits).
+// anyway (backendLimits).
 type VFSFlags struct {
 	set, clear uintptr  // MS_* bits named, last word wins
 	words      []string // the options as given, for fusermount3
@@ -124,7 +124,7 @@ func (f VFSFlags) MountFlags() uintptr {
 // mount that is not made with mount(2) directly).
 func (f VFSFlags) fusermountOptions() []string { return f.words }
 
-// BackendLimits are the flags a mount of vol gets whatever the options
+// backendLimits are the flags a mount of vol gets whatever the options
 // say. Set-ID bits and device numbers are backend metadata, outside the
 // encryption and its authentication, so they are honoured only where the
 // backend is a local filesystem's own inodes, made under its kernel's
@@ -133,7 +133,7 @@ func (f VFSFlags) fusermountOptions() []string { return f.words }
 // directory on a nosuid or nodev mount gives a nosuid or nodev kmsfs
 // mount. A backend without device nodes (S3: object metadata anyone with
 // write access to the bucket can set) always gives nosuid,nodev.
-func BackendLimits(ctx context.Context, vol *volume.Volume) uintptr {
+func backendLimits(ctx context.Context, vol *volume.Volume) uintptr {
 	const both = unix.MS_NOSUID | unix.MS_NODEV
 	be := vol.Backend()
 	if !be.Caps().Mknod {
@@ -165,15 +165,15 @@ func IsRemount(options string) bool {
 	return false
 }
 
-// RemountFlags are the mount(2) flags for a remount with the -o options
+// remountFlags are the mount(2) flags for a remount with the -o options
 // given: the generic ones, and MS_REMOUNT. The rest are FUSE's or kmsfs's
 // own (user_id=, max_read=, allow_other, keystore=, ...), which mount(8)
 // copies from the mount table; FUSE ignores filesystem options on a
 // remount, and kmsfs's cannot change without a new mount, so they are
 // dropped. current are the mount's options now: a remount keeps nosuid
 // and nodev where the mount has them, since they may be the backend's
-// limits (BackendLimits), which a remount cannot check.
-func RemountFlags(options string, current []string) uintptr {
+// limits (backendLimits), which a remount cannot check.
+func remountFlags(options string, current []string) uintptr {
 	var f VFSFlags
 	for _, o := range strings.Split(options, ",") {
 		f.Parse(strings.TrimSpace(o))
@@ -205,7 +205,7 @@ func Remount(mountpoint, options string) error {
 	if err != nil {
 		return fmt.Errorf("remount %s: not mounted: %w", abs, err)
 	}
-	if err := unix.Mount("", abs, "", RemountFlags(options, current), ""); err != nil {
+	if err := unix.Mount("", abs, "", remountFlags(options, current), ""); err != nil {
 		return &os.PathError{Op: "remount", Path: abs, Err: err}
 	}
 	return nil

@@ -64,18 +64,18 @@ func TestRemountFlags(t *testing.T) {
 		t.Fatal("IsRemount")
 	}
 	want := uintptr(unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOATIME)
-	if got := RemountFlags(opts, []string{"rw", "nosuid", "nodev", "relatime"}); got != want {
+	if got := remountFlags(opts, []string{"rw", "nosuid", "nodev", "relatime"}); got != want {
 		t.Errorf("flags %#x, want %#x", got, want)
 	}
-	if got := RemountFlags("rw,remount", nil); got != unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV {
+	if got := remountFlags("rw,remount", nil); got != unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV {
 		t.Errorf("remount,rw: flags %#x", got)
 	}
 	// suid and dev asked for on a remount: granted only where the mount
 	// has them already (the backend's limits cannot be checked here).
-	if got := RemountFlags("remount,suid,dev", []string{"rw", "relatime"}); got != unix.MS_REMOUNT {
+	if got := remountFlags("remount,suid,dev", []string{"rw", "relatime"}); got != unix.MS_REMOUNT {
 		t.Errorf("remount,suid,dev of a suid,dev mount: flags %#x", got)
 	}
-	if got := RemountFlags("remount,suid,dev", []string{"rw", "nosuid", "nodev"}); got != unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV {
+	if got := remountFlags("remount,suid,dev", []string{"rw", "nosuid", "nodev"}); got != unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV {
 		t.Errorf("remount,suid,dev of a nosuid,nodev mount: flags %#x", got)
 	}
 }
