@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMountSetgidOnChmodAndACL: a file's owner who is not in its group
@@ -38,13 +40,26 @@ func TestMountSetgidOnChmodAndACL(t *testing.T) {
 		out, err := exec.Command("setpriv", append(args, argv...)...).CombinedOutput()
 		return string(out), err
 	}
+	// mode asks for the mode alone, as `stat -c %A` (and generic/375)
+	// does: statx with STATX_MODE is answered from the kernel's cached
+	// attributes, which a SETXATTR reply does not refresh.
 	mode := func(p string) os.FileMode {
 		t.Helper()
-		fi, err := os.Stat(p)
-		if err != nil {
+		var stx unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_MODE, &stx); err != nil {
 			t.Fatal(err)
 		}
-		return fi.Mode() & (os.ModePerm | os.ModeSetgid | os.ModeSetuid | os.ModeSticky)
+		m := os.FileMode(stx.Mode & 0o777)
+		if stx.Mode&unix.S_ISGID != 0 {
+			m |= os.ModeSetgid
+		}
+		if stx.Mode&unix.S_ISUID != 0 {
+			m |= os.ModeSetuid
+		}
+		if stx.Mode&unix.S_ISVTX != 0 {
+			m |= os.ModeSticky
+		}
+		return m
 	}
 	const sgid = os.ModeSetgid
 	type step struct {
