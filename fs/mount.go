@@ -1,12 +1,14 @@
 package fs
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -44,6 +46,9 @@ type MountOptions struct {
 	// sequential writes.
 	WritebackCache bool
 	FsName         string
+	// VFS are the generic mount options (noatime, nosuid, sync, ...) that
+	// the kernel applies itself (vfsopts.go).
+	VFS VFSFlags
 }
 
 // DefaultMountOptions: one second of attribute and entry caching, the
@@ -92,6 +97,25 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 	if opt.ReadOnly {
 		mopts.Options = append(mopts.Options, "ro")
 	}
+	// Generic options are flag bits of mount(2), which FUSE's option
+	// string refuses; fusermount3 (used when we cannot call mount(2)
+	// ourselves, without root) takes them as words.
+	limits := backendLimits(context.Background(), vol)
+	mopts.DirectMountFlags = opt.VFS.MountFlags() | limits
+	if mopts.DirectMountFlags == 0 {
+		// go-fuse reads 0 as "nosuid,nodev"; MS_MGC_VAL is the kernel's
+		// ignored "no flags".
+		mopts.DirectMountFlags = syscall.MS_MGC_VAL
+	}
+	if os.Geteuid() != 0 {
+		mopts.Options = append(mopts.Options, opt.VFS.fusermountOptions()...)
+	}
+	if limits&syscall.MS_NOSUID != 0 {
+		mopts.Options = append(mopts.Options, "nosuid")
+	}
+	if limits&syscall.MS_NODEV != 0 {
+		mopts.Options = append(mopts.Options, "nodev")
+	}
 	// The kernel leaves dropping suid/sgid on write to us, and stops asking
 	// for security.capability before every write (killpriv.go).
 	mopts.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
@@ -138,26 +162,33 @@ func setReadAhead(mountpoint string, kb int) error {
 // mountDevice returns "major:minor" of the filesystem mounted at mountpoint
 // (the last one, if mounts are stacked there), from /proc/self/mountinfo.
 func mountDevice(mountpoint string) (string, error) {
+	dev, _, err := mountEntry(mountpoint)
+	return dev, err
+}
+
+// mountEntry returns the device ("major:minor") and the per-mount options
+// (rw, nosuid, relatime, ...) of the filesystem mounted at mountpoint (the
+// last one, if mounts are stacked there), from /proc/self/mountinfo.
+func mountEntry(mountpoint string) (dev string, opts []string, err error) {
 	abs, err := filepath.Abs(mountpoint)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	dev := ""
 	for _, line := range strings.Split(string(data), "\n") {
 		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
 		f := strings.Fields(line)
-		if len(f) >= 5 && unescapeMountinfo(f[4]) == abs {
-			dev = f[2]
+		if len(f) >= 6 && unescapeMountinfo(f[4]) == abs {
+			dev, opts = f[2], strings.Split(f[5], ",")
 		}
 	}
 	if dev == "" {
-		return "", fmt.Errorf("%s: not in /proc/self/mountinfo", abs)
+		return "", nil, fmt.Errorf("%s: not in /proc/self/mountinfo", abs)
 	}
-	return dev, nil
+	return dev, opts, nil
 }
 
 // unescapeMountinfo undoes the octal escapes (\040 for a space, ...) the

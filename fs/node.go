@@ -299,8 +299,11 @@ func (n *Node) truncate(ctx context.Context, f fusefs.FileHandle, p string, size
 
 func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	defer n.t.timed(opStatfs, time.Now())
+	// Plaintext capacity (the backend's, less the encryption overhead), so
+	// that a program that fills what statfs reports free does not hit
+	// ENOSPC.
 	var st syscall.Statfs_t
-	if err := n.t.be.Statfs(ctx, &st); err != nil {
+	if err := n.t.vol.Statfs(ctx, &st); err != nil {
 		return n.t.fail(opStatfs, "", err)
 	}
 	out.FromStatfsT(&st)

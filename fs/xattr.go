@@ -72,7 +72,13 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if err != nil {
 		return n.t.fail(opSetxattr, p, fmt.Errorf("attribute %s: %w", attr, err))
 	}
-	return n.t.fail(opSetxattr, p, n.t.be.Setxattr(ctx, p, attr, stored, int(flags)))
+	if err := n.t.be.Setxattr(ctx, p, attr, stored, int(flags)); err != nil {
+		return n.t.fail(opSetxattr, p, err)
+	}
+	if attr == aclAccessXattr {
+		return n.t.fail(opSetxattr, p, n.aclChanged(ctx, p))
+	}
+	return 0
 }
 
 func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
@@ -114,5 +120,11 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if errno != 0 {
 		return n.t.fail(opRemovexattr, p, errno)
 	}
-	return n.t.fail(opRemovexattr, p, n.t.be.Removexattr(ctx, p, attr))
+	if err := n.t.be.Removexattr(ctx, p, attr); err != nil {
+		return n.t.fail(opRemovexattr, p, err)
+	}
+	if attr == aclAccessXattr {
+		return n.t.fail(opRemovexattr, p, n.aclChanged(ctx, p))
+	}
+	return 0
 }

@@ -27,7 +27,7 @@ func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint
 	// O_TRUNC is applied below under the file's content lock, not by the
 	// backend: a backend truncate would cut the header out from under a
 	// writer that holds the lock on another handle.
-	f, err := v.be.Open(ctx, name, flags&^(syscall.O_APPEND|syscall.O_TRUNC), mode, owner)
+	f, err := v.be.Open(ctx, name, backendOpenFlags(flags), mode, owner)
 	if err != nil {
 		return nil, err
 	}
@@ -48,6 +48,20 @@ func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint
 		}
 	}
 	return h, nil
+}
+
+// backendOpenFlags are the open(2) flags of a plaintext open as the backing
+// file gets them. O_TRUNC and O_APPEND apply to the plaintext (see
+// OpenFile). O_DIRECT is the kernel's business, not the backing file's: the
+// kernel already sends an O_DIRECT opener's reads and writes to us
+// uncached, at the opener's offsets and sizes, and we turn each into
+// whole sealed blocks at HeaderSize + k*SealedBlockSize (4124-byte blocks
+// after a 1024-byte header by default). Those never meet the backing
+// device's alignment, so an O_DIRECT backing file refused almost every
+// write with EINVAL (only runs that happened to be a multiple of 512 bytes
+// long, such as 256 blocks, went through).
+func backendOpenFlags(flags int) int {
+	return flags &^ (syscall.O_APPEND | syscall.O_TRUNC | syscall.O_DIRECT)
 }
 
 // Name is the path the handle was opened with, for log lines.

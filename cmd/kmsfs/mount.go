@@ -50,6 +50,7 @@ type mountFlags struct {
 	cpuProfile   string
 	options      string
 	writeback    bool
+	vfs          kfs.VFSFlags // generic options: noatime, nosuid, sync, ro/rw, ...
 }
 
 func (m *mountFlags) register(fs *pflag.FlagSet) {
@@ -84,12 +85,14 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 func (m *mountFlags) applyOptions() error {
 	for _, o := range strings.Split(m.options, ",") {
 		k, v, _ := strings.Cut(strings.TrimSpace(o), "=")
+		if m.vfs.Parse(k) {
+			m.readOnly = m.readOnly || m.vfs.ReadOnly()
+			continue
+		}
 		switch k {
-		case "", "rw", "dev", "suid", "nodev", "nosuid", "exec", "noexec", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "defaults":
+		case "", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "defaults":
 		case "allow_other":
 			m.allowOther = true
-		case "ro":
-			m.readOnly = true
 		case "debug":
 			m.debug = true
 		case "writeback_cache":
@@ -127,6 +130,9 @@ and returns once the mount answers; --foreground stays attached. mount(8) runs
 }
 
 func mount(ctx context.Context, inv *invocation, m *mountFlags) error {
+	if kfs.IsRemount(m.options) {
+		return kfs.Remount(inv.args[1], m.options)
+	}
 	if err := m.applyOptions(); err != nil {
 		return err
 	}
@@ -259,6 +265,7 @@ func runMount(ctx context.Context, m *mountFlags, mode envelope.Mode, spec, mnt 
 	mo.AllowOther, mo.ReadOnly, mo.Debug = m.allowOther, m.readOnly, m.debug
 	mo.AttrTimeout, mo.EntryTimeout = m.attrTimeout, m.entryTimeout
 	mo.WritebackCache = m.writeback
+	mo.VFS = m.vfs
 	mo.FsName = spec
 	srv, err := kfs.Mount(opened.Vol, mnt, mo, log)
 	if err != nil {
