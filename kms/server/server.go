@@ -27,6 +27,7 @@ type Store interface {
 	kms.Crypto
 	kms.Admin
 	kms.Importer
+	kms.Asymmetric
 	// ARNForKey resolves a key ID, key ARN, alias name or alias ARN to the
 	// key's ARN in any state; NotFoundException if there is no such key.
 	ARNForKey(keyID string) (string, error)
@@ -177,43 +178,50 @@ type operation struct {
 }
 
 var operations = map[string]operation{
-	"CreateKey":                       {fn: (*Server).createKey},
-	"DescribeKey":                     {fn: (*Server).describeKey},
-	"ListKeys":                        {fn: (*Server).listKeys},
-	"CreateAlias":                     {changesLookups: true, fn: (*Server).createAlias},
-	"UpdateAlias":                     {changesLookups: true, fn: (*Server).updateAlias},
-	"DeleteAlias":                     {changesLookups: true, fn: (*Server).deleteAlias},
-	"ListAliases":                     {fn: (*Server).listAliases},
-	"Encrypt":                         {crypto: true, fn: (*Server).encrypt},
-	"Decrypt":                         {crypto: true, fn: (*Server).decrypt},
-	"ReEncrypt":                       {crypto: true, fn: (*Server).reEncrypt},
-	"GenerateDataKey":                 {crypto: true, fn: (*Server).generateDataKey},
-	"GenerateDataKeyWithoutPlaintext": {crypto: true, fn: (*Server).generateDataKeyWithoutPlaintext},
-	"GenerateRandom":                  {crypto: true, fn: (*Server).generateRandom},
-	"EnableKey":                       {fn: (*Server).enableKey},
-	"DisableKey":                      {fn: (*Server).disableKey},
-	"ScheduleKeyDeletion":             {fn: (*Server).scheduleKeyDeletion},
-	"CancelKeyDeletion":               {fn: (*Server).cancelKeyDeletion},
-	"EnableKeyRotation":               {fn: (*Server).enableKeyRotation},
-	"DisableKeyRotation":              {fn: (*Server).disableKeyRotation},
-	"GetKeyRotationStatus":            {fn: (*Server).getKeyRotationStatus},
-	"RotateKeyOnDemand":               {fn: (*Server).rotateKeyOnDemand},
-	"ListKeyRotations":                {fn: (*Server).listKeyRotations},
-	"GetKeyPolicy":                    {fn: (*Server).getKeyPolicy},
-	"PutKeyPolicy":                    {changesLookups: true, fn: (*Server).putKeyPolicy},
-	"CreateGrant":                     {fn: (*Server).createGrant},
-	"ListGrants":                      {fn: (*Server).listGrants},
-	"RevokeGrant":                     {fn: (*Server).revokeGrant},
-	"RetireGrant":                     {fn: (*Server).retireGrant},
-	"UpdateKeyDescription":            {fn: (*Server).updateKeyDescription},
-	"TagResource":                     {fn: (*Server).tagResource},
-	"UntagResource":                   {fn: (*Server).untagResource},
-	"ListResourceTags":                {fn: (*Server).listResourceTags},
-	"ListKeyPolicies":                 {fn: (*Server).listKeyPolicies},
-	"ListRetirableGrants":             {fn: (*Server).listRetirableGrants},
-	"GetParametersForImport":          {fn: (*Server).getParametersForImport},
-	"ImportKeyMaterial":               {fn: (*Server).importKeyMaterial},
-	"DeleteImportedKeyMaterial":       {fn: (*Server).deleteImportedKeyMaterial},
+	"CreateKey":                           {fn: (*Server).createKey},
+	"DescribeKey":                         {fn: (*Server).describeKey},
+	"ListKeys":                            {fn: (*Server).listKeys},
+	"CreateAlias":                         {changesLookups: true, fn: (*Server).createAlias},
+	"UpdateAlias":                         {changesLookups: true, fn: (*Server).updateAlias},
+	"DeleteAlias":                         {changesLookups: true, fn: (*Server).deleteAlias},
+	"ListAliases":                         {fn: (*Server).listAliases},
+	"Encrypt":                             {crypto: true, fn: (*Server).encrypt},
+	"Decrypt":                             {crypto: true, fn: (*Server).decrypt},
+	"ReEncrypt":                           {crypto: true, fn: (*Server).reEncrypt},
+	"GenerateDataKey":                     {crypto: true, fn: (*Server).generateDataKey},
+	"GenerateDataKeyWithoutPlaintext":     {crypto: true, fn: (*Server).generateDataKeyWithoutPlaintext},
+	"GenerateRandom":                      {crypto: true, fn: (*Server).generateRandom},
+	"EnableKey":                           {fn: (*Server).enableKey},
+	"DisableKey":                          {fn: (*Server).disableKey},
+	"ScheduleKeyDeletion":                 {fn: (*Server).scheduleKeyDeletion},
+	"CancelKeyDeletion":                   {fn: (*Server).cancelKeyDeletion},
+	"EnableKeyRotation":                   {fn: (*Server).enableKeyRotation},
+	"DisableKeyRotation":                  {fn: (*Server).disableKeyRotation},
+	"GetKeyRotationStatus":                {fn: (*Server).getKeyRotationStatus},
+	"RotateKeyOnDemand":                   {fn: (*Server).rotateKeyOnDemand},
+	"ListKeyRotations":                    {fn: (*Server).listKeyRotations},
+	"GetKeyPolicy":                        {fn: (*Server).getKeyPolicy},
+	"PutKeyPolicy":                        {changesLookups: true, fn: (*Server).putKeyPolicy},
+	"CreateGrant":                         {fn: (*Server).createGrant},
+	"ListGrants":                          {fn: (*Server).listGrants},
+	"RevokeGrant":                         {fn: (*Server).revokeGrant},
+	"RetireGrant":                         {fn: (*Server).retireGrant},
+	"UpdateKeyDescription":                {fn: (*Server).updateKeyDescription},
+	"TagResource":                         {fn: (*Server).tagResource},
+	"UntagResource":                       {fn: (*Server).untagResource},
+	"ListResourceTags":                    {fn: (*Server).listResourceTags},
+	"ListKeyPolicies":                     {fn: (*Server).listKeyPolicies},
+	"ListRetirableGrants":                 {fn: (*Server).listRetirableGrants},
+	"GetParametersForImport":              {fn: (*Server).getParametersForImport},
+	"ImportKeyMaterial":                   {fn: (*Server).importKeyMaterial},
+	"DeleteImportedKeyMaterial":           {fn: (*Server).deleteImportedKeyMaterial},
+	"GetPublicKey":                        {fn: (*Server).getPublicKey},
+	"Sign":                                {crypto: true, fn: (*Server).sign},
+	"Verify":                              {crypto: true, fn: (*Server).verify},
+	"GenerateMac":                         {crypto: true, fn: (*Server).generateMac},
+	"VerifyMac":                           {crypto: true, fn: (*Server).verifyMac},
+	"GenerateDataKeyPair":                 {crypto: true, fn: (*Server).generateDataKeyPair},
+	"GenerateDataKeyPairWithoutPlaintext": {crypto: true, fn: (*Server).generateDataKeyPairWithoutPlaintext},
 }
 
 const targetPrefix = "TrentService."
@@ -482,6 +490,8 @@ func (s *Server) requestContext(c *call, action, resource string) RequestContext
 var requestAliasOps = map[string]bool{
 	"Encrypt": true, "Decrypt": true, "ReEncrypt": true, "GenerateDataKey": true,
 	"GenerateDataKeyWithoutPlaintext": true, "DescribeKey": true,
+	"GetPublicKey": true, "Sign": true, "Verify": true, "GenerateMac": true, "VerifyMac": true,
+	"GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
 }
 
 // keyAttribute answers the condition keys that describe the key itself,
@@ -499,10 +509,16 @@ func (s *Server) keyAttribute(c *call, keyARN, key string) ([]string, bool) {
 			out = append(out, a.Name)
 		}
 		return out, len(out) > 0
-	case "kms:keyspec":
-		return []string{symmetricDefault}, true
-	case "kms:keyusage":
-		return []string{"ENCRYPT_DECRYPT"}, true
+	case "kms:keyspec", "kms:keyusage":
+		md, err := s.store.DescribeKey(c.ctx, keyARN)
+		if err != nil {
+			c.attrErr = fmt.Errorf("%s of %s: %w", key, keyARN, err)
+			return nil, false
+		}
+		if key == "kms:keyspec" {
+			return []string{orDefault(md.KeySpec, symmetricDefault)}, true
+		}
+		return []string{orDefault(md.KeyUsage, kms.KeyUsageEncryptDecrypt)}, true
 	case "kms:keyorigin":
 		md, err := s.store.DescribeKey(c.ctx, keyARN)
 		if err != nil {
@@ -578,13 +594,16 @@ func (s *Server) grantAllows(c *call, keyARN, op string, ec kms.EncryptionContex
 var cryptoGrantOps = map[string]bool{
 	"Decrypt": true, "Encrypt": true, "GenerateDataKey": true,
 	"GenerateDataKeyWithoutPlaintext": true, "ReEncryptFrom": true, "ReEncryptTo": true,
+	"GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
 }
 
-// grantOperations are the operations a grant may give on a symmetric key.
+// grantOperations are the operations a grant may give.
 var grantOperations = map[string]bool{
 	"Decrypt": true, "Encrypt": true, "GenerateDataKey": true,
 	"GenerateDataKeyWithoutPlaintext": true, "ReEncryptFrom": true, "ReEncryptTo": true,
 	"CreateGrant": true, "RetireGrant": true, "DescribeKey": true,
+	"GetPublicKey": true, "Sign": true, "Verify": true, "GenerateMac": true, "VerifyMac": true,
+	"GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
 }
 
 // constraintsMet applies a grant's encryption context constraints. In a grant
@@ -657,6 +676,8 @@ var crossAccountOps = map[string]bool{
 	"CreateGrant": true, "Decrypt": true, "DescribeKey": true, "Encrypt": true,
 	"GenerateDataKey": true, "GenerateDataKeyWithoutPlaintext": true, "GetKeyRotationStatus": true,
 	"ListGrants": true, "ReEncrypt": true, "RetireGrant": true, "RevokeGrant": true,
+	"GetPublicKey": true, "Sign": true, "Verify": true, "GenerateMac": true, "VerifyMac": true,
+	"GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
 }
 
 // aliasNameOf returns the alias name ("alias/x") a key reference names, if
