@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha512"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -314,5 +315,55 @@ func TestAsymmetricStateFormat(t *testing.T) {
 	pub := publicKey(t, ks, md.KeyID).(*ecdsa.PublicKey)
 	if !ecdsa.VerifyASN1(pub, digest[:], sig2) {
 		t.Fatal("DIGEST signature does not verify with the public key")
+	}
+}
+
+// TestFormat1KeystoreTakesAsymmetricKeys: an old keystore opens, takes an
+// asymmetric key (becoming format 3) and still decrypts its old ciphertext
+// after a reopen; a state from a newer kmsfs is refused.
+func TestFormat1KeystoreTakesAsymmetricKeys(t *testing.T) {
+	ks, dir := openFormat1(t)
+	ctx := context.Background()
+	md, err := ks.CreateKey(ctx, kms.CreateKeyInput{KeySpec: kms.KeySpecHMAC512, KeyUsage: kms.KeyUsageGenerateVerifyMac})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := stateFormatOf(t, dir); f != 3 {
+		t.Fatalf("format %d with an HMAC key, want 3", f)
+	}
+	ks.Close()
+	ks, err = Open(dir, Options{Region: testRegion, Account: homeAccount, Warn: func(string) {}})
+	if err != nil {
+		t.Fatalf("reopen of a format 3 keystore: %v", err)
+	}
+	defer ks.Close()
+	b64, _ := os.ReadFile("testdata/format1-ciphertext.b64")
+	ct, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b64)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, _, err := ks.Decrypt(ctx, "alias/old", ct, kms.EncryptionContext{"v": "1"}); err != nil || string(pt) != "old plaintext" {
+		t.Fatalf("old ciphertext after the upgrade: %q %v", pt, err)
+	}
+	mac, _, err := ks.GenerateMac(ctx, md.KeyID, []byte("m"), algHMAC512)
+	if err != nil || len(mac) != 64 {
+		t.Fatalf("GenerateMac after reopen: %v", err)
+	}
+	ks.Close()
+
+	state := filepath.Join(dir, stateName)
+	data, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := strings.Replace(string(data), `"format": 3`, `"format": 4`, 1)
+	if newer == string(data) {
+		t.Fatal("state has no format 3 field")
+	}
+	if err := os.WriteFile(state, []byte(newer), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, Options{Region: testRegion, Account: homeAccount, Warn: func(string) {}}); err == nil || !strings.Contains(err.Error(), "format 4") {
+		t.Fatalf("Open of a format 4 state: %v", err)
 	}
 }
