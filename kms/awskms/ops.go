@@ -136,8 +136,8 @@ func metadata(m *types.KeyMetadata) kms.KeyMetadata {
 	}
 }
 
-// CreateKey creates a key (symmetric unless in.KeySpec says otherwise). in.Principal is ignored: the
-// KMS knows who calls.
+// CreateKey creates a key (symmetric unless in.KeySpec says otherwise).
+// in.Principal is ignored: the KMS knows who calls.
 func (c *Client) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error) {
 	out, err := call(c, ctx, "CreateKey", "", func(ctx context.Context) (*awskms.CreateKeyOutput, error) {
 		return c.api.CreateKey(ctx, &awskms.CreateKeyInput{

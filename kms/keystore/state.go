@@ -99,13 +99,8 @@ type state struct {
 type keyRecord struct {
 	ID string `json:"id"`
 	// Account owns the key when it is not the keystore's account ("").
-	Account     string `json:"account,omitempty"`
-	Description string `json:"description,omitempty"`
-	// KeySpec and KeyUsage are AWS's names; empty for symmetric
-	// (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT) keys, so that states without
-	// other keys keep their format.
-	KeySpec           string       `json:"key_spec,omitempty"`
-	KeyUsage          string       `json:"key_usage,omitempty"`
+	Account           string       `json:"account,omitempty"`
+	Description       string       `json:"description,omitempty"`
 	State             kms.KeyState `json:"state"`
 	Created           time.Time    `json:"created"`
 	DeletionDate      time.Time    `json:"deletion_date,omitzero"`
@@ -127,6 +122,12 @@ type keyRecord struct {
 	// been any: after DeleteImportedKeyMaterial the version keeps no
 	// material, and only material with this digest may be imported again.
 	Import *importedMaterial `json:"import,omitempty"`
+
+	// KeySpec and KeyUsage are AWS's names; empty for symmetric
+	// (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT) keys, so that states without
+	// other keys keep their format.
+	KeySpec  string `json:"key_spec,omitempty"`
+	KeyUsage string `json:"key_usage,omitempty"`
 
 	uuid keyUUID // parsed ID, set by index
 }
