@@ -126,6 +126,14 @@ type KeyMetadata struct {
 	// "KEY_MATERIAL_DOES_NOT_EXPIRE" once imported, and when it expires.
 	ExpirationModel string
 	ValidTo         time.Time
+	// KeySpec and KeyUsage, with AWS's names; empty means
+	// SYMMETRIC_DEFAULT and ENCRYPT_DECRYPT. The algorithm lists are
+	// those the key supports (empty: none of that kind).
+	KeySpec              string
+	KeyUsage             string
+	EncryptionAlgorithms []string
+	SigningAlgorithms    []string
+	MacAlgorithms        []string
 }
 
 // Wrapping algorithms and key specs for GetParametersForImport, with AWS's
@@ -214,6 +222,10 @@ type CreateKeyInput struct {
 	Account string
 	// Tags are resource tags for the key (AWS's limits apply).
 	Tags map[string]string
+	// KeySpec (empty: SYMMETRIC_DEFAULT) and KeyUsage (empty: the spec's
+	// only usage, or ENCRYPT_DECRYPT for RSA) as AWS names them.
+	KeySpec  string
+	KeyUsage string
 }
 
 // Admin is the key management surface: the AWS KMS control-plane operations
@@ -279,6 +291,10 @@ const (
 	CodeInvalidImportToken   = "InvalidImportTokenException"
 	CodeExpiredImportToken   = "ExpiredImportTokenException"
 	CodeIncorrectKeyMaterial = "IncorrectKeyMaterialException"
+
+	CodeInvalidKeyUsage     = "InvalidKeyUsageException"
+	CodeKMSInvalidSignature = "KMSInvalidSignatureException"
+	CodeKMSInvalidMac       = "KMSInvalidMacException"
 )
 
 // Error is a KMS failure with an AWS error code. Compare codes with errors.Is
@@ -321,6 +337,10 @@ var (
 	ErrInvalidImportToken   = &Error{Code: CodeInvalidImportToken}
 	ErrExpiredImportToken   = &Error{Code: CodeExpiredImportToken}
 	ErrIncorrectKeyMaterial = &Error{Code: CodeIncorrectKeyMaterial}
+
+	ErrInvalidKeyUsage     = &Error{Code: CodeInvalidKeyUsage}
+	ErrKMSInvalidSignature = &Error{Code: CodeKMSInvalidSignature}
+	ErrKMSInvalidMac       = &Error{Code: CodeKMSInvalidMac}
 )
 
 // Code returns the AWS error code carried by err, or "" if it has none.
@@ -330,4 +350,78 @@ func Code(err error) string {
 		return e.Code
 	}
 	return ""
+}
+
+// Key specs, key usages and algorithms, with AWS's names.
+const (
+	KeySpecSymmetric = "SYMMETRIC_DEFAULT"
+	KeySpecRSA2048   = "RSA_2048"
+	KeySpecRSA3072   = "RSA_3072"
+	KeySpecRSA4096   = "RSA_4096"
+	KeySpecP256      = "ECC_NIST_P256"
+	KeySpecP384      = "ECC_NIST_P384"
+	KeySpecP521      = "ECC_NIST_P521"
+	KeySpecSecp256k1 = "ECC_SECG_P256K1"
+	KeySpecHMAC224   = "HMAC_224"
+	KeySpecHMAC256   = "HMAC_256"
+	KeySpecHMAC384   = "HMAC_384"
+	KeySpecHMAC512   = "HMAC_512"
+
+	KeyUsageEncryptDecrypt    = "ENCRYPT_DECRYPT"
+	KeyUsageSignVerify        = "SIGN_VERIFY"
+	KeyUsageGenerateVerifyMac = "GENERATE_VERIFY_MAC"
+
+	MessageTypeRaw    = "RAW"
+	MessageTypeDigest = "DIGEST"
+)
+
+// MaxSignMessage is the largest message Sign, Verify, GenerateMac and
+// VerifyMac accept, as in AWS.
+const MaxSignMessage = 4096
+
+// PublicKey is GetPublicKey's result.
+type PublicKey struct {
+	KeyARN               string
+	KeySpec              string
+	KeyUsage             string
+	PublicKey            []byte // DER, PKIX (SubjectPublicKeyInfo)
+	EncryptionAlgorithms []string
+	SigningAlgorithms    []string
+}
+
+// DataKeyPair is GenerateDataKeyPair's result. PrivateKeyPlaintext (PKCS #8
+// DER) is secret: callers zero it (Zero) once used; it is nil from
+// GenerateDataKeyPairWithoutPlaintext.
+type DataKeyPair struct {
+	KeyARN                   string // the symmetric key that wraps the private key
+	KeyPairSpec              string
+	PublicKey                []byte // DER, PKIX
+	PrivateKeyPlaintext      []byte
+	PrivateKeyCiphertextBlob []byte
+}
+
+// Zero overwrites the plaintext private key in place.
+func (d *DataKeyPair) Zero() { Zero(d.PrivateKeyPlaintext) }
+
+// Asymmetric is the asymmetric and HMAC key surface of AWS KMS: the
+// private and HMAC keys stay inside the KMS; signatures, MACs and
+// RSA-OAEP decryption are computed there.
+type Asymmetric interface {
+	GetPublicKey(ctx context.Context, keyID string) (PublicKey, error)
+	Sign(ctx context.Context, keyID string, message []byte, messageType, algorithm string) (signature []byte, keyARN string, err error)
+	// Verify fails with KMSInvalidSignatureException when the signature
+	// does not verify.
+	Verify(ctx context.Context, keyID string, message []byte, messageType string, signature []byte, algorithm string) (keyARN string, err error)
+	// EncryptAsymmetric and DecryptAsymmetric are Encrypt and Decrypt with
+	// an RSA key and an RSAES_OAEP_* algorithm.
+	EncryptAsymmetric(ctx context.Context, keyID string, plaintext []byte, algorithm string) (ciphertext []byte, keyARN string, err error)
+	DecryptAsymmetric(ctx context.Context, keyID string, ciphertext []byte, algorithm string) (plaintext []byte, keyARN string, err error)
+	GenerateMac(ctx context.Context, keyID string, message []byte, algorithm string) (mac []byte, keyARN string, err error)
+	// VerifyMac fails with KMSInvalidMacException when the MAC does not
+	// match.
+	VerifyMac(ctx context.Context, keyID string, message, mac []byte, algorithm string) (keyARN string, err error)
+	// GenerateDataKeyPair makes a key pair of keyPairSpec and returns its
+	// private key encrypted under the symmetric key keyID (and, unless
+	// withoutPlaintext, in plaintext too).
+	GenerateDataKeyPair(ctx context.Context, keyID, keyPairSpec string, ec EncryptionContext, withoutPlaintext bool) (DataKeyPair, error)
 }

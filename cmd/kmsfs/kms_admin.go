@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"maps"
@@ -104,6 +105,8 @@ func kmsAdminCommands() []*command {
 			alias := fs.String("alias", "", "also create this alias (`alias/NAME`) for the key")
 			origin := fs.String("origin", "AWS_KMS", "where the material comes from (`ORIGIN`): AWS_KMS, the KMS generates it; EXTERNAL, import it (import-key-material)")
 			tagArgs := fs.StringArray("tag", nil, "tag the key with `KEY=VALUE` (repeatable)")
+			spec := fs.String("key-spec", kms.KeySpecSymmetric, "`SPEC`: SYMMETRIC_DEFAULT, RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, HMAC_224, HMAC_256, HMAC_384 or HMAC_512")
+			usage := fs.String("key-usage", "", "`USAGE`: ENCRYPT_DECRYPT (default for symmetric and RSA keys), SIGN_VERIFY (RSA, ECC) or GENERATE_VERIFY_MAC (HMAC); default: the spec's only usage")
 			return func(ctx context.Context, a kms.Admin, _ []string, out io.Writer) error {
 				tags, err := parseTags(*tagArgs)
 				if err != nil {
@@ -117,7 +120,7 @@ func kmsAdminCommands() []*command {
 					}
 					policy = string(b)
 				}
-				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin, Tags: tags})
+				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin, Tags: tags, KeySpec: *spec, KeyUsage: keyUsageFor(*spec, *usage)})
 				if err != nil {
 					return err
 				}
@@ -228,6 +231,25 @@ func kmsAdminCommands() []*command {
 				return tw.Flush()
 			})
 		}),
+		adminCommand("get-public-key", "KEY", "write an asymmetric key's public key (PEM)", 1, 1, func(fs *pflag.FlagSet) adminRun {
+			outFile := fs.String("out", "", "write the PEM to `FILE` instead of standard output")
+			return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
+				asym, ok := a.(kms.Asymmetric)
+				if !ok {
+					return fmt.Errorf("this KMS has no asymmetric keys")
+				}
+				pk, err := asym.GetPublicKey(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				data := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pk.PublicKey})
+				if *outFile == "" {
+					_, err = out.Write(data)
+					return err
+				}
+				return os.WriteFile(*outFile, data, 0o644)
+			}
+		}),
 		adminCommand("rotate", "KEY", "new backing material now; old ciphertext still decrypts", 1, 1, func(fs *pflag.FlagSet) adminRun {
 			return func(ctx context.Context, a kms.Admin, args []string, out io.Writer) error {
 				if err := a.RotateKeyOnDemand(ctx, args[0]); err != nil {
@@ -320,6 +342,21 @@ func parseTags(args []string) (map[string]string, error) {
 	return tags, nil
 }
 
+// keyUsageFor is the usage create-key asks for: the one given, or the
+// spec's only usage for ECC and HMAC specs (AWS's own default,
+// ENCRYPT_DECRYPT, fits only symmetric and RSA keys).
+func keyUsageFor(spec, usage string) string {
+	switch {
+	case usage != "":
+		return usage
+	case strings.HasPrefix(spec, "ECC_"):
+		return kms.KeyUsageSignVerify
+	case strings.HasPrefix(spec, "HMAC_"):
+		return kms.KeyUsageGenerateVerifyMac
+	}
+	return ""
+}
+
 // kmsSimple is a command that does one thing to KEY and says so.
 func kmsSimple(name, summary string, fn func(ctx context.Context, a kms.Admin, key string) error, done string) *command {
 	return adminCommand(name, "KEY", summary, 1, 1, func(fs *pflag.FlagSet) adminRun {
@@ -352,6 +389,11 @@ func kmsPrintMetadata(out io.Writer, k kms.KeyMetadata) {
 	row("Description", k.Description)
 	row("Created", date(k.CreationDate))
 	row("Origin", k.Origin)
+	row("Key spec", k.KeySpec)
+	row("Key usage", k.KeyUsage)
+	row("Encryption algorithms", strings.Join(k.EncryptionAlgorithms, ", "))
+	row("Signing algorithms", strings.Join(k.SigningAlgorithms, ", "))
+	row("MAC algorithms", strings.Join(k.MacAlgorithms, ", "))
 	row("Deletion date", date(k.DeletionDate))
 	if k.RotationEnabled {
 		row("Rotation", fmt.Sprintf("every %d days, next %s", k.RotationPeriodDays, date(k.NextRotationDate)))

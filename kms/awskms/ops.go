@@ -127,11 +127,17 @@ func metadata(m *types.KeyMetadata) kms.KeyMetadata {
 		KeyManager:      string(m.KeyManager),
 		ExpirationModel: string(m.ExpirationModel),
 		ValidTo:         aws.ToTime(m.ValidTo),
+		KeySpec:         string(m.KeySpec),
+		KeyUsage:        string(m.KeyUsage),
+
+		EncryptionAlgorithms: enumStrings(m.EncryptionAlgorithms),
+		SigningAlgorithms:    enumStrings(m.SigningAlgorithms),
+		MacAlgorithms:        enumStrings(m.MacAlgorithms),
 	}
 }
 
-// CreateKey creates a symmetric encryption key. in.Principal is ignored: the
-// KMS knows who calls.
+// CreateKey creates a key (symmetric unless in.KeySpec says otherwise).
+// in.Principal is ignored: the KMS knows who calls.
 func (c *Client) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error) {
 	out, err := call(c, ctx, "CreateKey", "", func(ctx context.Context) (*awskms.CreateKeyOutput, error) {
 		return c.api.CreateKey(ctx, &awskms.CreateKeyInput{
@@ -139,6 +145,8 @@ func (c *Client) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyM
 			Policy:      optString(in.Policy),
 			Origin:      types.OriginType(in.Origin),
 			Tags:        tagList(in.Tags),
+			KeySpec:     types.KeySpec(in.KeySpec),
+			KeyUsage:    types.KeyUsageType(in.KeyUsage),
 		})
 	})
 	if err != nil {

@@ -160,6 +160,9 @@ func (k *Keystore) forEncrypt(keyID string) (encryptingKey, error) {
 	if err != nil {
 		return encryptingKey{}, err
 	}
+	if rec.KeySpec != "" {
+		return encryptingKey{}, wrongUsage(rec, "a symmetric operation")
+	}
 	if err := usable(rec); err != nil {
 		return encryptingKey{}, err
 	}
@@ -198,6 +201,9 @@ func (k *Keystore) forDecrypt(p blob, keyID string) (cipher.AEAD, string, error)
 		if want.ID != rec.ID {
 			return nil, "", kms.Errorf(kms.CodeIncorrectKey, "ciphertext was encrypted under key %s, not %s", k.keyARN(rec), keyID)
 		}
+	}
+	if rec.KeySpec != "" {
+		return nil, "", wrongUsage(rec, "symmetric ciphertext")
 	}
 	if err := usable(rec); err != nil {
 		return nil, "", err

@@ -13,10 +13,14 @@ import (
 // of accounts other than the keystore's (the account fields below); a state
 // without any is still written as format 1, so that an older kmsfs keeps
 // reading it, and an older kmsfs refuses a format 2 state rather than
-// taking other accounts' keys for its own. Open refuses any other version.
+// taking other accounts' keys for its own. Format 3 adds asymmetric and
+// HMAC keys (key_spec, key_usage); a state with none is written as format 1
+// or 2 as before, and an older kmsfs refuses a format 3 state rather than
+// taking a private key for AES material. Open refuses any other version.
 const (
 	stateFormatV1 = 1
-	stateFormat   = 2
+	stateFormatV2 = 2
+	stateFormat   = 3
 )
 
 // Key origins, as AWS names them.
@@ -29,8 +33,9 @@ const (
 // state is the whole keystore, persisted as one JSON document (keystore.json).
 // Key material appears only sealed under the KEK (see master.go). Layout:
 //
-//	format       1, or 2 when some key or alias belongs to another account
-//	             than the keystore's; any other value is refused
+//	format       1; 2 when some key or alias belongs to another account
+//	             than the keystore's; 3 when some key is asymmetric or
+//	             HMAC; any other value is refused
 //	generation   write counter
 //	protection   {kind: "passphrase-argon2id" | "root-key-file" | "pkcs11",
 //	              argon2id: {salt, time, memory_kib, threads} (passphrase only),
@@ -41,12 +46,16 @@ const (
 //	              account (format 2: the owning account when it is not the
 //	                       keystore's; absent: the keystore's account, the
 //	                       one given to Open),
+//	              key_spec, key_usage (format 3; absent: SYMMETRIC_DEFAULT,
+//	                       ENCRYPT_DECRYPT),
 //	              origin, key_manager, creating_principal, policy (verbatim),
 //	              tags: {"<key>": "<value>"} (absent: none),
 //	              rotation: {enabled, period_days, base, last, on_demand},
 //	              current_version,
 //	              versions: [{version, created, rotation (AUTOMATIC|ON_DEMAND),
-//	                          material: base64(nonce || AES-GCM_KEK(256-bit key))
+//	                          material: base64(nonce || AES-GCM_KEK(256-bit key;
+//	                                    PKCS #8 DER private key for RSA and
+//	                                    ECC specs; the HMAC key for HMAC specs))
 //	                                    (absent: imported material deleted)}],
 //	              import: {digest, valid_to} (origin EXTERNAL, once imported)}}
 //	aliases      {"alias/<name>": "<uuid>"}: the keystore account's aliases
@@ -114,6 +123,12 @@ type keyRecord struct {
 	// material, and only material with this digest may be imported again.
 	Import *importedMaterial `json:"import,omitempty"`
 
+	// KeySpec and KeyUsage are AWS's names; empty for symmetric
+	// (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT) keys, so that states without
+	// other keys keep their format.
+	KeySpec  string `json:"key_spec,omitempty"`
+	KeyUsage string `json:"key_usage,omitempty"`
+
 	uuid keyUUID // parsed ID, set by index
 }
 
@@ -168,8 +183,8 @@ func decodeState(data []byte) (*state, error) {
 	if err := json.Unmarshal(data, &st); err != nil {
 		return nil, fmt.Errorf("parse state: %w", err)
 	}
-	if st.Format != stateFormatV1 && st.Format != stateFormat {
-		return nil, fmt.Errorf("state format %d is not supported (this kmsfs reads formats %d and %d)", st.Format, stateFormatV1, stateFormat)
+	if st.Format < stateFormatV1 || st.Format > stateFormat {
+		return nil, fmt.Errorf("state format %d is not supported (this kmsfs reads formats %d to %d)", st.Format, stateFormatV1, stateFormat)
 	}
 	if st.Keys == nil {
 		st.Keys = map[string]*keyRecord{}
@@ -403,16 +418,21 @@ func (st *state) deleteAlias(owner, name string) {
 	}
 }
 
-// format is the layout version st needs: 2 once it holds a key or an alias
-// of another account, else 1 (see stateFormat).
+// format is the layout version st needs: 3 once it holds an asymmetric or
+// HMAC key, 2 once it holds a key or an alias of another account, else 1
+// (see stateFormat).
 func (st *state) format() int {
+	f := stateFormatV1
 	if len(st.AccountAliases) > 0 {
-		return stateFormat
+		f = stateFormatV2
 	}
 	for _, rec := range st.Keys {
-		if rec.Account != "" {
+		if rec.KeySpec != "" {
 			return stateFormat
 		}
+		if rec.Account != "" {
+			f = stateFormatV2
+		}
 	}
-	return stateFormatV1
+	return f
 }

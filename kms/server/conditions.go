@@ -66,6 +66,13 @@ var conditionKeys = map[string]keyInfo{
 	"kms:resourcealiases":       {typ: typeString, multi: true},
 	"kms:viaservice":            {typ: typeString},
 
+	// The asymmetric and HMAC operations' request parameters.
+	"kms:datakeypairspec":     {typ: typeString},
+	"kms:encryptionalgorithm": {typ: typeString},
+	"kms:macalgorithm":        {typ: typeString},
+	"kms:messagetype":         {typ: typeString},
+	"kms:signingalgorithm":    {typ: typeString},
+
 	"kms:rotationperiodindays":                   {typ: typeNumeric},
 	"kms:schedulekeydeletionpendingwindowindays": {typ: typeNumeric},
 }

@@ -22,6 +22,9 @@ func (s *Server) encrypt(c *call, body []byte) (response, error) {
 	if len(in.Plaintext) == 0 || len(in.Plaintext) > kms.MaxEncryptPlaintext {
 		return response{}, kms.Errorf(kms.CodeValidation, "1 validation error detected: Value at 'plaintext' failed to satisfy constraint: Member must have length between 1 and %d (got %d bytes)", kms.MaxEncryptPlaintext, len(in.Plaintext))
 	}
+	if isRSAEncryption(in.EncryptionAlgorithm) {
+		return s.encryptAsymmetric(c, in)
+	}
 	if err := checkAlgorithm(in.EncryptionAlgorithm); err != nil {
 		return response{}, err
 	}
@@ -74,6 +77,9 @@ func (s *Server) decrypt(c *call, body []byte) (response, error) {
 		return response{}, err
 	}
 	c.entry.EncryptionContext = in.EncryptionContext
+	if isRSAEncryption(in.EncryptionAlgorithm) {
+		return s.decryptAsymmetric(c, in)
+	}
 	if err := checkAlgorithm(in.EncryptionAlgorithm); err != nil {
 		return response{}, err
 	}

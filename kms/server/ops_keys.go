@@ -11,13 +11,14 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
-	for _, spec := range []string{in.KeySpec, in.CustomerMasterKeySpec} {
-		if spec != "" && spec != symmetricDefault {
-			return response{}, kms.Errorf("UnsupportedOperationException", "KeySpec %s is not supported: this KMS holds SYMMETRIC_DEFAULT keys only", spec)
+	// KeySpec supersedes the deprecated CustomerMasterKeySpec; AWS
+	// refuses both at once. The store checks the spec and usage.
+	spec := in.KeySpec
+	if in.CustomerMasterKeySpec != "" {
+		if spec != "" {
+			return response{}, kms.Errorf(kms.CodeValidation, "specify KeySpec or CustomerMasterKeySpec, not both")
 		}
-	}
-	if in.KeyUsage != "" && in.KeyUsage != "ENCRYPT_DECRYPT" {
-		return response{}, kms.Errorf("UnsupportedOperationException", "KeyUsage %s is not supported: this KMS holds ENCRYPT_DECRYPT keys only", in.KeyUsage)
+		spec = in.CustomerMasterKeySpec
 	}
 	// Never create something other than what was asked for.
 	switch {
@@ -50,6 +51,8 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		Origin:      in.Origin,
 		Account:     c.cred.Account,
 		Tags:        tagMap(in.Tags),
+		KeySpec:     spec,
+		KeyUsage:    in.KeyUsage,
 	})
 	if err != nil {
 		return response{}, err

@@ -87,7 +87,9 @@ type keyMetadataJSON struct {
 	KeyManager            string   `json:"KeyManager"`
 	CustomerMasterKeySpec string   `json:"CustomerMasterKeySpec"`
 	KeySpec               string   `json:"KeySpec"`
-	EncryptionAlgorithms  []string `json:"EncryptionAlgorithms"`
+	EncryptionAlgorithms  []string `json:"EncryptionAlgorithms,omitempty"`
+	SigningAlgorithms     []string `json:"SigningAlgorithms,omitempty"`
+	MacAlgorithms         []string `json:"MacAlgorithms,omitempty"`
 	MultiRegion           bool     `json:"MultiRegion"`
 	ExpirationModel       string   `json:"ExpirationModel,omitempty"`
 	ValidTo               float64  `json:"ValidTo,omitempty"`
@@ -354,14 +356,16 @@ func metadataJSON(m kms.KeyMetadata) keyMetadataJSON {
 		CreationDate:          epoch(m.CreationDate),
 		Enabled:               m.State == kms.KeyEnabled,
 		Description:           m.Description,
-		KeyUsage:              "ENCRYPT_DECRYPT",
+		KeyUsage:              orDefault(m.KeyUsage, kms.KeyUsageEncryptDecrypt),
 		KeyState:              string(m.State),
 		DeletionDate:          epoch(m.DeletionDate),
 		Origin:                origin,
 		KeyManager:            manager,
-		CustomerMasterKeySpec: symmetricDefault,
-		KeySpec:               symmetricDefault,
-		EncryptionAlgorithms:  []string{symmetricDefault},
+		CustomerMasterKeySpec: orDefault(m.KeySpec, symmetricDefault),
+		KeySpec:               orDefault(m.KeySpec, symmetricDefault),
+		EncryptionAlgorithms:  m.EncryptionAlgorithms,
+		SigningAlgorithms:     m.SigningAlgorithms,
+		MacAlgorithms:         m.MacAlgorithms,
 		ExpirationModel:       m.ExpirationModel,
 		ValidTo:               epoch(m.ValidTo),
 	}

@@ -27,6 +27,7 @@ type Store interface {
 	kms.Crypto
 	kms.Admin
 	kms.Importer
+	kms.Asymmetric
 	// ARNForKey resolves a key ID, key ARN, alias name or alias ARN to the
 	// key's ARN in any state; NotFoundException if there is no such key.
 	ARNForKey(keyID string) (string, error)
@@ -214,6 +215,15 @@ var operations = map[string]operation{
 	"GetParametersForImport":          {fn: (*Server).getParametersForImport},
 	"ImportKeyMaterial":               {fn: (*Server).importKeyMaterial},
 	"DeleteImportedKeyMaterial":       {fn: (*Server).deleteImportedKeyMaterial},
+
+	// Asymmetric and HMAC keys (ops_asymmetric.go).
+	"GetPublicKey":                        {fn: (*Server).getPublicKey},
+	"Sign":                                {crypto: true, fn: (*Server).sign},
+	"Verify":                              {crypto: true, fn: (*Server).verify},
+	"GenerateMac":                         {crypto: true, fn: (*Server).generateMac},
+	"VerifyMac":                           {crypto: true, fn: (*Server).verifyMac},
+	"GenerateDataKeyPair":                 {crypto: true, fn: (*Server).generateDataKeyPair},
+	"GenerateDataKeyPairWithoutPlaintext": {crypto: true, fn: (*Server).generateDataKeyPairWithoutPlaintext},
 }
 
 const targetPrefix = "TrentService."
@@ -533,6 +543,8 @@ func (s *Server) requestContext(c *call, action, resource string) RequestContext
 var requestAliasOps = map[string]bool{
 	"Encrypt": true, "Decrypt": true, "ReEncrypt": true, "GenerateDataKey": true,
 	"GenerateDataKeyWithoutPlaintext": true, "DescribeKey": true,
+	"GetPublicKey": true, "Sign": true, "Verify": true, "GenerateMac": true, "VerifyMac": true,
+	"GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
 }
 
 // keyAttribute answers the condition keys that describe the key itself,
@@ -550,10 +562,16 @@ func (s *Server) keyAttribute(c *call, keyARN, key string) ([]string, bool) {
 			out = append(out, a.Name)
 		}
 		return out, len(out) > 0
-	case "kms:keyspec":
-		return []string{symmetricDefault}, true
-	case "kms:keyusage":
-		return []string{"ENCRYPT_DECRYPT"}, true
+	case "kms:keyspec", "kms:keyusage":
+		md, err := s.store.DescribeKey(c.ctx, keyARN)
+		if err != nil {
+			c.attrErr = fmt.Errorf("%s of %s: %w", key, keyARN, err)
+			return nil, false
+		}
+		if key == "kms:keyspec" {
+			return []string{orDefault(md.KeySpec, symmetricDefault)}, true
+		}
+		return []string{orDefault(md.KeyUsage, kms.KeyUsageEncryptDecrypt)}, true
 	case "kms:keyorigin":
 		md, err := s.store.DescribeKey(c.ctx, keyARN)
 		if err != nil {
@@ -626,13 +644,16 @@ func (s *Server) grantAllows(c *call, keyARN, op string, ec kms.EncryptionContex
 var cryptoGrantOps = map[string]bool{
 	"Decrypt": true, "Encrypt": true, "GenerateDataKey": true,
 	"GenerateDataKeyWithoutPlaintext": true, "ReEncryptFrom": true, "ReEncryptTo": true,
+	"GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
 }
 
-// grantOperations are the operations a grant may give on a symmetric key.
+// grantOperations are the operations a grant may give.
 var grantOperations = map[string]bool{
 	"Decrypt": true, "Encrypt": true, "GenerateDataKey": true,
 	"GenerateDataKeyWithoutPlaintext": true, "ReEncryptFrom": true, "ReEncryptTo": true,
 	"CreateGrant": true, "RetireGrant": true, "DescribeKey": true,
+	"GetPublicKey": true, "Sign": true, "Verify": true, "GenerateMac": true, "VerifyMac": true,
+	"GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
 }
 
 // constraintsMet applies a grant's encryption context constraints. In a grant
@@ -705,6 +726,8 @@ var crossAccountOps = map[string]bool{
 	"CreateGrant": true, "Decrypt": true, "DescribeKey": true, "Encrypt": true,
 	"GenerateDataKey": true, "GenerateDataKeyWithoutPlaintext": true, "GetKeyRotationStatus": true,
 	"ListGrants": true, "ReEncrypt": true, "RetireGrant": true, "RevokeGrant": true,
+	"GetPublicKey": true, "Sign": true, "Verify": true, "GenerateMac": true, "VerifyMac": true,
+	"GenerateDataKeyPair": true, "GenerateDataKeyPairWithoutPlaintext": true,
 }
 
 // aliasNameOf returns the alias name ("alias/x") a key reference names, if
