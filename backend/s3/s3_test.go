@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/backend"
+	"github.com/kmsfs/kmsfs/backend/posixacl"
 )
 
 var bg = context.Background()
@@ -906,14 +907,14 @@ func TestACLBecomesMode(t *testing.T) {
 	create(t, b, "f", []byte("x"))
 	// user::rwx group::r-x other::--x
 	acl := []byte{2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 1, 0, 0xff, 0xff, 0xff, 0xff}
-	if err := b.Setxattr(bg, "f", xattrACLAccess, acl, 0); err != nil {
+	if err := b.Setxattr(bg, "f", posixacl.XattrAccess, acl, 0); err != nil {
 		t.Fatal(err)
 	}
 	var st syscall.Stat_t
 	if err := b.Lstat(bg, "f", &st); err != nil || st.Mode != syscall.S_IFREG|0o751 {
 		t.Fatalf("mode after ACL: %o, %v", st.Mode, err)
 	}
-	if _, err := b.Getxattr(bg, "f", xattrACLAccess); !errors.Is(err, syscall.ENODATA) {
+	if _, err := b.Getxattr(bg, "f", posixacl.XattrAccess); !errors.Is(err, syscall.ENODATA) {
 		t.Fatalf("getxattr ACL: %v", err)
 	}
 	if l, _ := b.Listxattr(bg, "f"); len(l) != 0 {
@@ -921,7 +922,7 @@ func TestACLBecomesMode(t *testing.T) {
 	}
 	// A named-user entry cannot be expressed by the mode.
 	ext := append(slices.Clone(acl), 2, 0, 7, 0, 0xe8, 3, 0, 0, 0x10, 0, 7, 0, 0xff, 0xff, 0xff, 0xff)
-	wantErrno(t, b.Setxattr(bg, "f", xattrACLAccess, ext, 0), syscall.ENOTSUP)
+	wantErrno(t, b.Setxattr(bg, "f", posixacl.XattrAccess, ext, 0), syscall.ENOTSUP)
 }
 
 // A FUSE INTERRUPT (any signal to the caller, SIGURG in Go programs)

@@ -40,6 +40,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/kmsfs/kmsfs/backend"
+	"github.com/kmsfs/kmsfs/backend/posixacl"
 	"github.com/kmsfs/kmsfs/backend/s3"
 	"github.com/kmsfs/kmsfs/backend/shared/meta"
 )
@@ -437,7 +438,7 @@ func (b *Backend) Utimens(ctx context.Context, name string, atime, mtime *time.T
 }
 
 func (b *Backend) Getxattr(ctx context.Context, name, attr string) ([]byte, error) {
-	if isACL(attr) {
+	if posixacl.IsACL(attr) {
 		return nil, b.fail("getxattr", name, syscall.ENODATA)
 	}
 	v, err := b.store.GetXattr(opCtx(ctx), split(name), attr)
@@ -445,7 +446,7 @@ func (b *Backend) Getxattr(ctx context.Context, name, attr string) ([]byte, erro
 }
 
 func (b *Backend) Setxattr(ctx context.Context, name, attr string, value []byte, flags int) error {
-	if isACL(attr) {
+	if posixacl.IsACL(attr) {
 		return b.setACL(ctx, name, attr, value)
 	}
 	return b.fail("setxattr", name, b.store.SetXattr(opCtx(ctx), split(name), attr, value, flags))
@@ -457,7 +458,7 @@ func (b *Backend) Listxattr(ctx context.Context, name string) ([]string, error) 
 }
 
 func (b *Backend) Removexattr(ctx context.Context, name, attr string) error {
-	if isACL(attr) {
+	if posixacl.IsACL(attr) {
 		return b.fail("removexattr", name, syscall.ENODATA)
 	}
 	return b.fail("removexattr", name, b.store.RemoveXattr(opCtx(ctx), split(name), attr))
