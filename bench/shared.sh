@@ -11,7 +11,7 @@
 #   cp-rclone    `rclone copy` of the tree to an rclone crypt remote on the same
 #                gateway (its own client, --transfers 4: rclone's mount needs a
 #                write cache that would time the local disk, not S3)
-#   rename       mv of the copied top directory (FILES files below it), shared and object
+#   rename       rename(2) of the copied top directory (FILES files below it), shared and object
 #   stat cold    find -printf %s (one lstat per entry) after umount, drop_caches, mount
 #   stat warm    the same again at once
 #   seq write    cp of SIZE MiB of random bytes into the mount (until close returns)
@@ -116,7 +116,9 @@ fs_cases() {
 	cold "$d" "$vault"
 	t=$(now); find "$d/mnt/tree" -printf '%s\n' >/dev/null; rec "statcold-$kind" "$(since "$t")"
 	t=$(now); find "$d/mnt/tree" -printf '%s\n' >/dev/null; rec "statwarm-$kind" "$(since "$t")"
-	t=$(now); mv "$d/mnt/tree" "$d/mnt/moved"; rec "rename-$kind" "$(since "$t")"
+	# rename(2) timed inside one process: mv's fork and exec on a loaded
+	# machine would be most of the figure.
+	rec "rename-$kind" "$(perl -MTime::HiRes=time -e '$t = time; rename($ARGV[0], $ARGV[1]) or system("mv", @ARGV) == 0 or die "mv: $?\n"; printf "%.6f", time - $t' "$d/mnt/tree" "$d/mnt/moved")"
 	t=$(now); cp "$work/big" "$d/mnt/big"; rec "write-$kind" "$(since "$t")"
 	cold "$d" "$vault"
 	t=$(now); cat "$d/mnt/big" >/dev/null; rec "read-$kind" "$(since "$t")"
@@ -166,7 +168,7 @@ done
 
 # Report: medians, rates, ratios against the targets.
 perl - "$work" "$files" "$size" "$repeat" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)" \
-	"$(git rev-parse --short HEAD 2>/dev/null || echo '?')" <<'EOF'
+	"$(git rev-parse --short HEAD 2>/dev/null || echo '?') ($bin)" <<'EOF'
 use strict; use warnings;
 my ($work, $files, $size, $repeat, $load, $ncpu, $rev) = @ARGV;
 sub med { my $c = shift; open my $f, '<', "$work/samples.$c" or return undef;
