@@ -41,9 +41,9 @@ done
 pgbin=/usr/lib/postgresql/15/bin
 gw= pgdir=
 bench_on_exit() {
-	[ -n "$gw" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null
-	[ -n "$pgdir" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" stop -m immediate -w >/dev/null 2>&1
-	return 0
+	# Each may fail (not started yet); the scratch directory is removed anyway.
+	[ -n "$gw" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null || true
+	[ -n "$pgdir" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" stop -m immediate -w >/dev/null 2>&1 || true
 }
 . bench/lib/scratch.sh
 bench_scratch shared-bench
