@@ -122,7 +122,7 @@ func (b *Backend) acquire(ctx context.Context, a meta.Attr) (*openFile, error) {
 	}
 	f.refs++
 	b.mu.Unlock()
-	if err := f.loadOnce(ctx); err != nil {
+	if err := f.loadOnce(ctx, a); err != nil {
 		b.release(f)
 		return nil, err
 	}
@@ -130,8 +130,11 @@ func (b *Backend) acquire(ctx context.Context, a meta.Attr) (*openFile, error) {
 }
 
 // loadOnce reads the file's attributes and chunk list when it is first
-// opened here.
-func (f *openFile) loadOnce(ctx context.Context) error {
+// opened here. A file at generation 0 has never had a chunk list committed
+// (every commit raises the generation, and only a commit sets the size), so
+// the attributes a it was opened with, read in one statement, are its whole
+// state then: a new file costs no second round trip.
+func (f *openFile) loadOnce(ctx context.Context, a meta.Attr) error {
 	f.commitMu.Lock()
 	defer f.commitMu.Unlock()
 	f.mu.Lock()
@@ -139,9 +142,12 @@ func (f *openFile) loadOnce(ctx context.Context) error {
 	if f.gen >= 0 {
 		return nil
 	}
-	attr, chunks, err := f.b.store.File(ctx, f.ino)
-	if err != nil {
-		return err
+	attr, chunks := a, []meta.Chunk(nil)
+	if a.Gen != 0 {
+		var err error
+		if attr, chunks, err = f.b.store.File(ctx, f.ino); err != nil {
+			return err
+		}
 	}
 	f.attr, f.gen, f.size = attr, attr.Gen, attr.Size
 	f.chunks = make(map[int64]meta.Chunk, len(chunks))

@@ -318,6 +318,9 @@ func (s *Store) Create(ctx context.Context, path []string, n meta.New, excl bool
 		return out, syscall.EEXIST
 	}
 	name := path[len(path)-1]
+	if a, ok, err := s.createFast(ctx, path, n); err != nil || ok {
+		return a, err
+	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		parent, err := resolveDir(ctx, tx, path[:len(path)-1])
 		if err != nil {
@@ -358,6 +361,53 @@ func (s *Store) Create(ctx context.Context, path []string, n meta.New, excl bool
 		return err
 	})
 	return out, err
+}
+
+// createSQL creates entry $2 in the directory at path $1 in one statement
+// (one round trip instead of seven): it returns no row when the parent is
+// missing or not a directory or already holds the name, and the caller
+// takes the transaction path, which tells those cases apart. It changes the
+// same rows in the same order as that path, so the locking argument of the
+// package comment holds: the parent's row is updated before the entry is
+// inserted, and a racing create of the same name ends in a unique violation.
+var createSQL = walkSQL + `, p AS (
+	SELECT w.ino FROM walk w JOIN kmsfs_inodes i ON i.ino = w.ino
+	WHERE w.depth = cardinality($1::bytea[]) AND (i.mode & ` + fmt.Sprint(syscall.S_IFMT) + `) = ` + fmt.Sprint(syscall.S_IFDIR) + `
+	AND NOT EXISTS (SELECT 1 FROM kmsfs_dentries d WHERE d.parent = w.ino AND d.name = $2::bytea)
+), t AS (
+	UPDATE kmsfs_inodes SET mtime = ` + nowNS + `, ctime = ` + nowNS + `, nlink = nlink + $3::integer
+	WHERE ino = (SELECT ino FROM p) RETURNING ino
+), n AS (
+	INSERT INTO kmsfs_inodes AS i (mode, uid, gid, rdev, size, nlink, atime, mtime, ctime, target)
+	SELECT $4::bigint, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::integer, ` + nowNS + `, ` + nowNS + `, ` + nowNS + `, $10::bytea FROM t RETURNING ` + attrColsI + `
+), e AS (
+	INSERT INTO kmsfs_dentries (parent, name, ino) SELECT t.ino, $2, n.ino FROM t, n
+)
+SELECT * FROM n`
+
+// createFast is Create's one-statement path for a new name in an existing
+// directory; ok is false when the caller must take the transaction path.
+func (s *Store) createFast(ctx context.Context, path []string, n meta.New) (meta.Attr, bool, error) {
+	nlink, dlink := 1, 0
+	if isDir(n.Mode) {
+		nlink, dlink = 2, 1
+	}
+	var target []byte
+	size := int64(0)
+	if n.Mode&syscall.S_IFMT == syscall.S_IFLNK {
+		target, size = n.Target, int64(len(n.Target))
+	}
+	a, err := scanAttr(s.pool.QueryRow(ctx, createSQL, names(path[:len(path)-1]), []byte(path[len(path)-1]), dlink,
+		int64(n.Mode), int64(n.Uid), int64(n.Gid), int64(n.Rdev), size, nlink, target))
+	var pe *pgconn.PgError
+	switch {
+	case err == nil:
+		return a, true, nil
+	case errors.Is(err, pgx.ErrNoRows), errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01" || pe.Code == "23505"):
+		return a, false, nil
+	default:
+		return a, false, err
+	}
 }
 
 func (s *Store) Remove(ctx context.Context, path []string, dir bool) error {
@@ -613,8 +663,13 @@ func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (me
 		g := int64(*sa.Gid)
 		gid = &g
 	}
-	var out meta.Attr
-	err := s.tx(ctx, func(tx pgx.Tx) error {
+	// One statement when the path resolves; else the transaction below
+	// finds out why not (ENOENT, ENOTDIR).
+	out, err := scanAttr(s.pool.QueryRow(ctx, setAttrSQL, names(path), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime)))
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return out, err
+	}
+	err = s.tx(ctx, func(tx pgx.Tx) error {
 		a, err := resolve(ctx, tx, path)
 		if err != nil {
 			return err
@@ -631,6 +686,14 @@ func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (me
 	})
 	return out, err
 }
+
+// setAttrSQL is SetAttr in one statement: the walk of resolveSQL, then the
+// update of the inode it reached when it reached the whole path.
+var setAttrSQL = walkSQL + `UPDATE kmsfs_inodes i SET
+	mode = CASE WHEN $2::bigint IS NULL THEN mode ELSE (mode & ~4095::bigint) | $2::bigint END,
+	uid = COALESCE($3::bigint, uid), gid = COALESCE($4::bigint, gid),
+	atime = COALESCE($5::bigint, atime), mtime = COALESCE($6::bigint, mtime), ctime = ` + nowNS + `
+	WHERE i.ino = (SELECT ino FROM walk WHERE depth = cardinality($1::bytea[])) RETURNING ` + attrColsI
 
 func (s *Store) GetXattr(ctx context.Context, path []string, name string) ([]byte, error) {
 	var v []byte
@@ -718,31 +781,26 @@ func (s *Store) RemoveXattr(ctx context.Context, path []string, name string) err
 	})
 }
 
-// File reads attributes and chunk list in one REPEATABLE READ snapshot.
+// File reads attributes and chunk list in one statement, so from one
+// snapshot, and in one round trip.
 func (s *Store) File(ctx context.Context, ino uint64) (meta.Attr, []meta.Chunk, error) {
-	var a meta.Attr
-	var chunks []meta.Chunk
-	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var err error
-		a, err = scanAttr(tx.QueryRow(ctx, `SELECT `+attrColsI+` FROM kmsfs_inodes i WHERE i.ino = $1`, int64(ino)))
-		if errors.Is(err, pgx.ErrNoRows) {
-			return syscall.ENOENT
-		}
-		if err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, `SELECT idx, key, len FROM kmsfs_chunks WHERE ino = $1 ORDER BY idx`, int64(ino))
-		if err != nil {
-			return err
-		}
-		chunks, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (meta.Chunk, error) {
-			var c meta.Chunk
-			err := r.Scan(&c.Index, &c.Key, &c.Len)
-			return c, err
-		})
-		return err
-	})
-	return a, chunks, err
+	var idx, lens []int64
+	var keys []string
+	a, err := scanAttr(s.pool.QueryRow(ctx, `SELECT c.idx, c.keys, c.lens, `+attrColsI+` FROM kmsfs_inodes i,
+		LATERAL (SELECT COALESCE(array_agg(idx ORDER BY idx), '{}') AS idx, COALESCE(array_agg(key ORDER BY idx), '{}') AS keys,
+			COALESCE(array_agg(len ORDER BY idx), '{}') AS lens FROM kmsfs_chunks WHERE ino = i.ino) c
+		WHERE i.ino = $1`, int64(ino)), &idx, &keys, &lens)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return a, nil, syscall.ENOENT
+	}
+	if err != nil {
+		return a, nil, err
+	}
+	chunks := make([]meta.Chunk, len(idx))
+	for k := range idx {
+		chunks[k] = meta.Chunk{Index: idx[k], Key: keys[k], Len: lens[k]}
+	}
+	return a, chunks, nil
 }
 
 func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) {
@@ -753,32 +811,40 @@ func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) 
 	for i, ch := range c.Set {
 		idx[i], keys[i], lens[i] = ch.Index, ch.Key, ch.Len
 	}
+	// The four statements go to the server in one round trip (a batch in the
+	// transaction); when the update matches no row the transaction is rolled
+	// back, so what the other three did is undone.
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `UPDATE kmsfs_inodes SET generation = generation + 1, size = $3,
+		b := &pgx.Batch{}
+		b.Queue(`UPDATE kmsfs_inodes SET generation = generation + 1, size = $3,
 			mtime = CASE WHEN $4 THEN `+nowNS+` ELSE mtime END, ctime = CASE WHEN $4 THEN `+nowNS+` ELSE ctime END
-			WHERE ino = $1 AND generation = $2 RETURNING generation`, int64(c.Ino), c.BaseGen, c.Size, c.Touch).Scan(&gen)
-		if errors.Is(err, pgx.ErrNoRows) {
-			var cur int64
-			if err := tx.QueryRow(ctx, `SELECT generation FROM kmsfs_inodes WHERE ino = $1`, int64(c.Ino)).Scan(&cur); errors.Is(err, pgx.ErrNoRows) {
-				return syscall.ENOENT
-			} else if err != nil {
-				return err
-			}
-			return meta.ErrConflict
-		}
-		if err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO kmsfs_garbage (key) SELECT key FROM kmsfs_chunks
-			WHERE ino = $1 AND (idx >= $2 OR idx = ANY($3)) ON CONFLICT DO NOTHING`, int64(c.Ino), c.Keep, idx); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM kmsfs_chunks WHERE ino = $1 AND (idx >= $2 OR idx = ANY($3))`, int64(c.Ino), c.Keep, idx); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO kmsfs_chunks (ino, idx, key, len) SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[])`,
+			WHERE ino = $1 AND generation = $2 RETURNING generation`, int64(c.Ino), c.BaseGen, c.Size, c.Touch)
+		b.Queue(`INSERT INTO kmsfs_garbage (key) SELECT key FROM kmsfs_chunks
+			WHERE ino = $1 AND (idx >= $2 OR idx = ANY($3)) ON CONFLICT DO NOTHING`, int64(c.Ino), c.Keep, idx)
+		b.Queue(`DELETE FROM kmsfs_chunks WHERE ino = $1 AND (idx >= $2 OR idx = ANY($3))`, int64(c.Ino), c.Keep, idx)
+		b.Queue(`INSERT INTO kmsfs_chunks (ino, idx, key, len) SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[])`,
 			int64(c.Ino), idx, keys, lens)
-		return err
+		br := tx.SendBatch(ctx, b)
+		err := br.QueryRow().Scan(&gen)
+		for range 3 {
+			if err != nil {
+				break
+			}
+			_, err = br.Exec()
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		var cur int64
+		if err := tx.QueryRow(ctx, `SELECT generation FROM kmsfs_inodes WHERE ino = $1`, int64(c.Ino)).Scan(&cur); errors.Is(err, pgx.ErrNoRows) {
+			return syscall.ENOENT
+		} else if err != nil {
+			return err
+		}
+		return meta.ErrConflict
 	})
 	return gen, err
 }

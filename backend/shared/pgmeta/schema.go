@@ -55,16 +55,20 @@ CREATE INDEX kmsfs_garbage_since ON kmsfs_garbage (since);
 // resolveSQL walks a path from the root (inode 1) one entry per level and
 // returns the deepest inode reached, its depth and mode: the caller
 // compares the depth with the path's length.
-const resolveSQL = `
+const resolveSQL = walkSQL + `
+SELECT w.depth, i.ino, i.mode FROM walk w JOIN kmsfs_inodes i ON i.ino = w.ino
+ORDER BY w.depth DESC LIMIT 1`
+
+// walkSQL is the recursive walk of resolveSQL, for the statements that
+// resolve a path and act on what they reached in one round trip.
+const walkSQL = `
 WITH RECURSIVE walk(depth, ino) AS (
 	SELECT 0, 1::bigint
 	UNION ALL
 	SELECT w.depth + 1, d.ino FROM walk w
 	JOIN kmsfs_dentries d ON d.parent = w.ino AND d.name = ($1::bytea[])[w.depth + 1]
 	WHERE w.depth < cardinality($1::bytea[])
-)
-SELECT w.depth, i.ino, i.mode FROM walk w JOIN kmsfs_inodes i ON i.ino = w.ino
-ORDER BY w.depth DESC LIMIT 1`
+)`
 
 // nowNS is the transaction's time in nanoseconds since 1970: times the
 // database sets come from one clock, not from each machine's.

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# bench/shared.sh — shared volumes (PostgreSQL tree, chunk objects in S3)
+# against the object-per-file S3 volume, rclone crypt and the raw S3 client,
+# all on one versitygw, in one run, repetitions interleaved, medians printed.
+#
+# Cases (per repetition, in this order):
+#   cp-shared    cp -a of the FILES-file gentree.pl tree into a shared volume, 1 mount
+#   cp-shared4   4 mounts of one shared volume, each cp -a of a disjoint quarter at once
+#                (aggregate files/s; the quarters are 4 gentree.pl trees of FILES/4)
+#   cp-object    the same tree into the object-per-file S3 volume
+#   cp-rclone    `rclone copy` of the tree to an rclone crypt remote on the same
+#                gateway (its own client, --transfers 4: rclone's mount needs a
+#                write cache that would time the local disk, not S3)
+#   rename       rename(2) of the copied top directory (FILES files below it), shared and object
+#   stat cold    find -printf %s (one lstat per entry) after umount, drop_caches, mount
+#   stat warm    the same again at once
+#   seq write    cp of SIZE MiB of random bytes into the mount (until close returns)
+#   seq read     cat of it to /dev/null after umount, drop_caches, mount
+#   raw          the same bytes through `aws s3 cp` (awscli, multipart, 8 MiB parts)
+#   KMS/file     KMS calls the mount made during cp -a, per file (kmsfs stats)
+# cp -a times stop when cp returns (each file is uploaded on close, so the
+# data is in S3 by then); the umount after it is not timed.
+#
+# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN]
+# Needs: root, fuse3, perl, versitygw (PATH or ~/go/bin), PostgreSQL 15 in
+# /usr/lib/postgresql/15/bin and a postgres user, awscli, rclone.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+
+files=10000 size=1024 repeat=3 bin=
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--files) files=$2; shift 2 ;;
+	--size) size=$2; shift 2 ;;
+	--repeat) repeat=$2; shift 2 ;;
+	--kmsfs-bin) bin=$2; shift 2 ;;
+	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN]" >&2; exit 2 ;;
+	esac
+done
+pgbin=/usr/lib/postgresql/15/bin
+gw= pgdir=
+bench_on_exit() {
+	# Each may fail (not started yet); the scratch directory is removed anyway.
+	[ -n "$gw" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null || true
+	[ -n "$pgdir" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" stop -m immediate -w >/dev/null 2>&1 || true
+}
+. bench/lib/scratch.sh
+bench_scratch shared-bench
+free_port() { perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0")->sockport'; }
+
+# versitygw on loopback, one bucket.
+vgw=$(command -v versitygw || echo "$HOME/go/bin/versitygw")
+mkdir -p "$work/s3/bench"
+port=$(free_port)
+endpoint=http://127.0.0.1:$port
+ROOT_ACCESS_KEY=benchkey ROOT_SECRET_KEY=benchsecret "$vgw" --port "127.0.0.1:$port" posix "$work/s3" >"$work/versitygw.log" 2>&1 &
+gw=$!
+export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
+unset AWS_PROFILE AWS_SESSION_TOKEN
+for _ in $(seq 150); do perl -MIO::Socket::INET -e 'exit !IO::Socket::INET->new("127.0.0.1:'"$port"'")' && break; sleep 0.1; done
+
+# PostgreSQL 15: a scratch cluster owned by postgres, durability off as in the tests.
+pgdir=$work/pg
+chmod 755 "$work" # postgres must reach its directory
+mkdir -p "$pgdir" && chown postgres: "$pgdir"
+runuser -u postgres -- "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres --no-sync -E UTF8 >"$pgdir/initdb.log" 2>&1 ||
+	{ cat "$pgdir/initdb.log" >&2; exit 1; }
+pgport=$(free_port)
+runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" start -w -t 60 -l "$pgdir/log" \
+	-o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_preload_libraries=pg_stat_statements" >/dev/null
+psql_() { runuser -u postgres -- "$pgbin/psql" -h "$pgdir" -p "$pgport" -U postgres -qAt -v ON_ERROR_STOP=1 "$@"; }
+
+export KMSFS_KEYSTORE=$work/keystore
+s3flags=(--s3-endpoint "$endpoint" --s3-path-style)
+
+# Sources: the tree, its four quarters, the big file.
+perl bench/lib/gentree.pl "$work/src/tree" "$files" >/dev/null
+quarter=$((files / 4))
+for q in 0 1 2 3; do perl bench/lib/gentree.pl "$work/src4/q$q" "$quarter" $((20261123 + q + 1)) >/dev/null; done
+head -c $((size << 20)) /dev/urandom >"$work/big"
+
+# rclone crypt on the same gateway, configured through the environment.
+rclone_env=(env -u AWS_CA_BUNDLE RCLONE_CONFIG="$work/rclone.conf"
+	RCLONE_CONFIG_GW_TYPE=s3 RCLONE_CONFIG_GW_PROVIDER=Other RCLONE_CONFIG_GW_ENDPOINT="$endpoint"
+	RCLONE_CONFIG_GW_ACCESS_KEY_ID=benchkey RCLONE_CONFIG_GW_SECRET_ACCESS_KEY=benchsecret
+	RCLONE_CONFIG_GW_FORCE_PATH_STYLE=true RCLONE_CONFIG_GW_REGION=us-east-1
+	RCLONE_CONFIG_CR_TYPE=crypt RCLONE_CONFIG_CR_PASSWORD="$(rclone obscure bench-password)")
+touch "$work/rclone.conf"
+
+mnt_new() { # mnt_new DIR: a fresh mountpoint DIR/mnt
+	mkdir -p "$1/mnt"
+}
+mount_() { "$bin" mount --log "$1/kmsfs.log" "${s3flags[@]}" "$2" "$1/mnt"; }
+umount_() { "$bin" umount "$1/mnt"; }
+cold() { umount_ "$1"; sync; echo 3 >/proc/sys/vm/drop_caches; mount_ "$1" "$2"; }
+now() { echo "$EPOCHREALTIME"; }
+# rec CASE VALUE: one sample.
+rec() { echo "$2" >>"$work/samples.$1"; }
+since() { perl -e 'printf "%.6f", $ARGV[1] - $ARGV[0]' "$1" "$(now)"; }
+kmscalls() { "$bin" stats --json "$1/mnt" | perl -MJSON::PP -0777 -ne 'my $s = decode_json($_); my $n = 0; $n += $_->{count} for values %{$s->{kms_latency} || {}}; print $n'; }
+
+# fs_cases KIND DIR VAULT: cp -a, KMS per file, rename, stat cold/warm, seq write/read.
+fs_cases() {
+	local kind=$1 d=$2 vault=$3 t k0
+	k0=$(kmscalls "$d")
+	[ "$kind" = shared ] && psql_ -d "$db" -c 'SELECT pg_stat_statements_reset()' >/dev/null
+	t=$(now); cp -a "$work/src/tree" "$d/mnt/"; rec "cp-$kind" "$(since "$t")"
+	# Statements the cp -a made, per file, and which (into pgstat.txt).
+	if [ "$kind" = shared ]; then
+		rec pg-shared "$(psql_ -d "$db" -c "SELECT round(sum(calls)::numeric / $files, 2) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")"
+		psql_ -d "$db" -c "SELECT calls, left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY calls DESC LIMIT 15" >"$work/pgstat.txt"
+	fi
+	rec "kms-$kind" "$(perl -e 'printf "%.3f", ($ARGV[1] - $ARGV[0]) / $ARGV[2]' "$k0" "$(kmscalls "$d")" "$files")"
+	cold "$d" "$vault"
+	t=$(now); find "$d/mnt/tree" -printf '%s\n' >/dev/null; rec "statcold-$kind" "$(since "$t")"
+	t=$(now); find "$d/mnt/tree" -printf '%s\n' >/dev/null; rec "statwarm-$kind" "$(since "$t")"
+	# rename(2) timed inside one process: mv's fork and exec on a loaded
+	# machine would be most of the figure.
+	rec "rename-$kind" "$(perl -MTime::HiRes=time -e '$t = time; rename($ARGV[0], $ARGV[1]) or system("mv", @ARGV) == 0 or die "mv: $?\n"; printf "%.6f", time - $t' "$d/mnt/tree" "$d/mnt/moved")"
+	t=$(now); cp "$work/big" "$d/mnt/big"; rec "write-$kind" "$(since "$t")"
+	cold "$d" "$vault"
+	t=$(now); cat "$d/mnt/big" >/dev/null; rec "read-$kind" "$(since "$t")"
+	umount_ "$d"
+}
+
+for rep in $(seq "$repeat"); do
+	echo "repetition $rep/$repeat (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+	# (a) shared, one mount.
+	db=sh$rep
+	psql_ -d postgres -c "CREATE DATABASE $db"
+	d=$work/sh$rep && mnt_new "$d"
+	"$bin" init "${s3flags[@]}" --meta "postgres://postgres@127.0.0.1:$pgport/$db?sslmode=disable" "s3://bench/sh$rep" >/dev/null 2>&1
+	mount_ "$d" "s3://bench/sh$rep"
+	psql_ -d "$db" -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements'
+	fs_cases shared "$d" "s3://bench/sh$rep"
+
+	# (b) four mounts of one shared volume, a quarter each, at once.
+	db=sq$rep
+	psql_ -d postgres -c "CREATE DATABASE $db"
+	"$bin" init "${s3flags[@]}" --meta "postgres://postgres@127.0.0.1:$pgport/$db?sslmode=disable" "s3://bench/sq$rep" >/dev/null 2>&1
+	for q in 0 1 2 3; do mnt_new "$work/sq$rep-$q"; mount_ "$work/sq$rep-$q" "s3://bench/sq$rep"; done
+	t=$(now)
+	pids=()
+	for q in 0 1 2 3; do cp -a "$work/src4/q$q" "$work/sq$rep-$q/mnt/" & pids+=($!); done
+	for p in "${pids[@]}"; do wait "$p"; done
+	rec cp-shared4 "$(since "$t")"
+	for q in 0 1 2 3; do umount_ "$work/sq$rep-$q"; done
+
+	# (c) object-per-file S3 volume.
+	d=$work/ob$rep && mnt_new "$d"
+	"$bin" init "${s3flags[@]}" "s3://bench/ob$rep" >/dev/null 2>&1
+	mount_ "$d" "s3://bench/ob$rep"
+	fs_cases object "$d" "s3://bench/ob$rep"
+
+	# (d) rclone crypt.
+	RCLONE_CONFIG_CR_REMOTE=gw:bench/rc$rep
+	t=$(now)
+	"${rclone_env[@]}" RCLONE_CONFIG_CR_REMOTE="$RCLONE_CONFIG_CR_REMOTE" rclone copy --transfers 4 --links "$work/src/tree" cr:tree
+	rec cp-rclone "$(since "$t")"
+
+	# Raw S3 client: the same bytes up and down.
+	t=$(now); aws --endpoint-url "$endpoint" s3 cp --only-show-errors "$work/big" "s3://bench/raw$rep/big"; rec write-raw "$(since "$t")"
+	sync; echo 3 >/proc/sys/vm/drop_caches
+	t=$(now); aws --endpoint-url "$endpoint" s3 cp --only-show-errors "s3://bench/raw$rep/big" - >/dev/null; rec read-raw "$(since "$t")"
+done
+
+# Report: medians, rates, ratios against the targets.
+perl - "$work" "$files" "$size" "$repeat" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)" \
+	"$(git rev-parse --short HEAD 2>/dev/null || echo '?') ($bin)" <<'EOF'
+use strict; use warnings;
+my ($work, $files, $size, $repeat, $load, $ncpu, $rev) = @ARGV;
+sub med { my $c = shift; open my $f, '<', "$work/samples.$c" or return undef;
+	my @v = sort { $a <=> $b } map { chomp; $_ } <$f>; return undef unless @v;
+	return @v % 2 ? $v[$#v / 2] : ($v[@v / 2 - 1] + $v[@v / 2]) / 2; }
+my %m = map { $_ => med($_) } qw(cp-shared cp-shared4 cp-object cp-rclone rename-shared rename-object
+	statcold-shared statcold-object statwarm-shared statwarm-object write-shared write-object write-raw
+	read-shared read-object read-raw kms-shared kms-object pg-shared);
+my $fps = sub { defined $_[0] && $_[0] > 0 ? $files / $_[0] : 0 };
+my $mbs = sub { defined $_[0] && $_[0] > 0 ? $size / $_[0] : 0 };
+my $quarters = 4 * int($files / 4);
+print "# kmsfs shared volumes: $files files, $size MiB, median of $repeat, $ncpu CPUs, load $load, kmsfs $rev\n\n";
+print "| measure | shared | object-per-file | other | ratio | target | met |\n|---|---|---|---|---|---|---|\n";
+my $sh = $fps->($m{'cp-shared'}); my $ob = $fps->($m{'cp-object'});
+my $sh4 = $m{'cp-shared4'} ? $quarters / $m{'cp-shared4'} : 0;
+my $rc = $fps->($m{'cp-rclone'});
+my $row = sub { printf "| %s | %s | %s | %s | %s | %s | %s |\n", @_ };
+$row->('cp -a, files/s (1 mount)', sprintf('%.0f', $sh), sprintf('%.0f', $ob), sprintf('rclone crypt %.0f', $rc),
+	sprintf('%.2f× object', $ob ? $sh / $ob : 0), '≥ 2×', ($ob && $sh / $ob >= 2) ? 'yes' : 'no');
+$row->('cp -a, files/s (4 mounts, aggregate)', sprintf('%.0f', $sh4), sprintf('%.0f', $ob), '',
+	sprintf('%.2f× object', $ob ? $sh4 / $ob : 0), '≥ 2×', ($ob && $sh4 / $ob >= 2) ? 'yes' : 'no');
+$row->('rename of a dir of all files, ms', sprintf('%.1f', 1000 * $m{'rename-shared'}), sprintf('%.1f', 1000 * $m{'rename-object'}), '',
+	'', '< 100 ms', 1000 * $m{'rename-shared'} < 100 ? 'yes' : 'no');
+$row->('stat cold, files/s', sprintf('%.0f', $fps->($m{'statcold-shared'})), sprintf('%.0f', $fps->($m{'statcold-object'})), '',
+	sprintf('%.2f× object', $fps->($m{'statcold-object'}) ? $fps->($m{'statcold-shared'}) / $fps->($m{'statcold-object'}) : 0), '', '');
+$row->('stat warm, files/s', sprintf('%.0f', $fps->($m{'statwarm-shared'})), sprintf('%.0f', $fps->($m{'statwarm-object'})), '',
+	sprintf('%.2f× object', $fps->($m{'statwarm-object'}) ? $fps->($m{'statwarm-shared'}) / $fps->($m{'statwarm-object'}) : 0), '', '');
+for my $d (['write', 'seq write'], ['read', 'seq read (cold)']) {
+	my ($s, $o, $r) = map { $mbs->($m{"$d->[0]-$_"}) } qw(shared object raw);
+	$row->("$d->[1], MiB/s", sprintf('%.1f', $s), sprintf('%.1f', $o), sprintf('raw aws s3 cp %.1f', $r),
+		sprintf('%.2f× raw', $r ? $s / $r : 0), '≥ 0.8× raw', ($r && $s / $r >= 0.8) ? 'yes' : 'no');
+}
+$row->('KMS calls per new file', sprintf('%.3f', $m{'kms-shared'}), sprintf('%.3f', $m{'kms-object'}), '', '', '', '');
+$row->('PostgreSQL statements per file copied', sprintf('%.2f', $m{'pg-shared'}), '', '', '', '', '');
+EOF
+echo
+echo "Most frequent statements during the last shared cp -a (calls, query):"
+sed 's/^/    /' "$work/pgstat.txt"
