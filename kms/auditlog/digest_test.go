@@ -193,7 +193,7 @@ func TestTruncatedLogFailsByDigestAge(t *testing.T) {
 	if err != nil || sum.Signed != 2 || sum.Entries != 8 {
 		t.Fatalf("whole log (reopened once): %+v, %v", sum, err)
 	}
-	// Keep the first session only: the chain is intact, its last digest is
+	// Keep the first run of the writer only: the chain is intact, its last digest is
 	// 20 minutes old.
 	data, err := os.ReadFile(path)
 	if err != nil {
