@@ -39,17 +39,30 @@ type mountCrashWriter struct {
 	overlay bool  // overwrite a synced file (version 0) with version 1 in place
 	big     bool  // write 256 KiB..1 MiB per request
 	size    int64 // for overlay: the synced size
-	maxEnd  int64 // highest offset a write was attempted up to
-	writes  atomic.Int64
+	// direct writes with O_DIRECT through buf (page-aligned, from
+	// mountDirectBuf), in multiples of 512 bytes at multiples of 512.
+	direct bool
+	buf    []byte
+	maxEnd int64 // highest offset a write was attempted up to
+	writes atomic.Int64
 }
 
 func (w *mountCrashWriter) run(rng *rand.Rand, stop <-chan struct{}) {
 	flags := os.O_WRONLY | os.O_CREATE
+	unit := int64(1)
+	if w.direct {
+		flags |= syscall.O_DIRECT
+		unit = 512
+	}
 	f, err := os.OpenFile(w.path, flags, 0o644)
 	if err != nil {
 		return
 	}
 	defer f.Close()
+	version := 0
+	if w.overlay {
+		version = 1
+	}
 	var off int64
 	for {
 		select {
@@ -57,20 +70,25 @@ func (w *mountCrashWriter) run(rng *rand.Rand, stop <-chan struct{}) {
 			return
 		default:
 		}
-		n := 1 + rng.IntN(20000)
-		if w.big {
+		var n int
+		switch {
+		case w.direct:
+			n = 512 * (1 + rng.IntN(len(w.buf)/512))
+		case w.big:
 			n = 256<<10 + rng.IntN(768<<10)
+		default:
+			n = 1 + rng.IntN(20000)
 		}
 		if w.overlay {
-			off = rng.Int64N(w.size)
+			off = unit * rng.Int64N(w.size/unit)
 			n = min(n, int(w.size-off))
 		}
 		w.maxEnd = max(w.maxEnd, off+int64(n))
-		version := 0
-		if w.overlay {
-			version = 1
+		data := mountCrashContent(w.file, version, off, n)
+		if w.direct {
+			data = w.buf[:copy(w.buf, data)]
 		}
-		if _, err := f.WriteAt(mountCrashContent(w.file, version, off, n), off); err != nil {
+		if _, err := f.WriteAt(data, off); err != nil {
 			return
 		}
 		w.writes.Add(1)

@@ -236,45 +236,6 @@ func mountDirectIO(t *testing.T, mountFlags []string) {
 	mountExpectDirect(t, v.path("patched"), model)
 }
 
-// mountDirectWriter writes w's content with O_DIRECT (sizes and offsets
-// multiples of 512) without fsync until its writes fail (the mount died)
-// or stop is closed; it keeps w.maxEnd and w.writes as mountCrashWriter.run
-// does, for mountCheckUnsynced.
-func mountDirectWriter(t *testing.T, w *mountCrashWriter, rng *rand.Rand, stop <-chan struct{}) {
-	fd, err := unix.Open(w.path, unix.O_WRONLY|unix.O_CREAT|unix.O_DIRECT|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return
-	}
-	defer unix.Close(fd)
-	buf := mountDirectBuf(t, 64<<10)
-	var off int64
-	version := 0
-	if w.overlay {
-		version = 1
-	}
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		n := 512 * (1 + rng.IntN(len(buf)/512))
-		if w.overlay {
-			off = 512 * rng.Int64N(w.size/512)
-			n = min(n, int(w.size-off))
-		}
-		w.maxEnd = max(w.maxEnd, off+int64(n))
-		copy(buf, mountCrashContent(w.file, version, off, n))
-		if _, err := unix.Pwrite(fd, buf[:n], off); err != nil {
-			return
-		}
-		w.writes.Add(1)
-		if !w.overlay {
-			off += int64(n)
-		}
-	}
-}
-
 // TestMountDirectIOCrash holds O_DIRECT writes to the crash test's
 // promises: files written with O_DIRECT and fsynced survive a kill -9 of
 // kmsfs intact, and files being written with O_DIRECT when it dies read as
@@ -334,10 +295,11 @@ func TestMountDirectIOCrash(t *testing.T) {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for i, w := range writers {
+			w.direct, w.buf = true, mountDirectBuf(t, 64<<10)
 			wg.Add(1)
 			go func(w *mountCrashWriter, wrng *rand.Rand) {
 				defer wg.Done()
-				mountDirectWriter(t, w, wrng, stop)
+				w.run(wrng, stop)
 			}(w, rand.New(rand.NewPCG(seed, uint64(100*round+i))))
 		}
 		mountCrashWhileWriting(t, writers, time.Duration(200+rng.IntN(300))*time.Millisecond)
