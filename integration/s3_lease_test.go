@@ -16,18 +16,17 @@ import (
 // s3LeaseKey is the writer lease object of the volume at prefix.
 func s3LeaseKey(prefix string) string { return prefix + "/.kmsfs/lease" }
 
-// second is another mount point of the same volume (same keystore, same
-// log), as a second machine would mount it.
+// second is another mount point of the same volume (same backend and
+// keystore, a log of its own), as a second machine would mount it.
 func (v *mountVolume) second(t *testing.T) *mountVolume {
 	t.Helper()
-	w := *v
-	w.foreground = nil
-	w.mnt = filepath.Join(t.TempDir(), "mnt2")
+	root := t.TempDir()
+	w := &mountVolume{t: t, vault: v.vault, keystore: v.keystore, mnt: filepath.Join(root, "mnt"), logPath: filepath.Join(root, "kmsfs.log")}
 	if err := os.Mkdir(w.mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.cleanup)
-	return &w
+	return w
 }
 
 // A second read-write mount of an object-per-file S3 volume is refused with

@@ -65,12 +65,7 @@ func (sv *sharedVolume) mount(t *testing.T) *mountVolume {
 	t.Helper()
 	v := sv.first
 	if len(sv.mounts) > 0 {
-		root := t.TempDir()
-		v = &mountVolume{t: t, vault: sv.vault, mnt: filepath.Join(root, "mnt"), keystore: sv.first.keystore, logPath: filepath.Join(root, "kmsfs.log")}
-		if err := os.Mkdir(v.mnt, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(v.cleanup)
+		v = sv.first.second(t)
 	}
 	v.mount(sv.g.flags()...)
 	sv.mounts = append(sv.mounts, v)
