@@ -97,8 +97,9 @@ type commonFlags struct {
 	s3LeaseTTL  time.Duration
 	meta        string
 	auditLog    string
-	// mounting is set by `kmsfs mount` (read-write): the process owns the
-	// volume's S3 prefix and may abort multipart uploads a crash left.
+	// mounting is set by `kmsfs mount` (read-write): once it holds the
+	// writer lease, the process owns the volume's S3 prefix and aborts the
+	// multipart uploads a crash left.
 	mounting bool
 }
 
