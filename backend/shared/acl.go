@@ -14,10 +14,6 @@ func (b *Backend) setACL(ctx context.Context, name, attr string, value []byte) e
 	if attr != posixacl.XattrAccess || !ok {
 		return b.fail("setxattr", name, syscall.ENOTSUP)
 	}
-	a, err := b.store.Lookup(opCtx(ctx), split(name))
-	if err != nil {
-		return b.fail("setxattr", name, err)
-	}
-	mode := a.Mode&0o7000 | perm
-	return b.setattr(ctx, "setxattr", name, meta.SetAttr{Mode: &mode})
+	// One statement: the store keeps the set-ID and sticky bits itself.
+	return b.setattr(ctx, "setxattr", name, meta.SetAttr{Perm: &perm})
 }

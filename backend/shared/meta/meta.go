@@ -63,7 +63,11 @@ type New struct {
 
 // SetAttr names the attributes to change; nil leaves one as it is.
 type SetAttr struct {
-	Mode         *uint32 // permission bits only
+	Mode *uint32 // permission bits only
+	// Perm replaces the rwx bits (0o777) only, keeping the set-ID and
+	// sticky bits: what a mode-equivalent access ACL sets. Ignored with
+	// Mode.
+	Perm         *uint32
 	Uid, Gid     *uint32
 	Atime, Mtime *time.Time
 }

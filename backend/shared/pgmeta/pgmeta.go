@@ -651,9 +651,14 @@ func (s *Store) Link(ctx context.Context, from, to []string) (meta.Attr, error) 
 
 func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (meta.Attr, error) {
 	var mode, uid, gid *int64
-	if sa.Mode != nil {
+	mask := int64(0o7777)
+	switch {
+	case sa.Mode != nil:
 		m := int64(*sa.Mode & 0o7777)
 		mode = &m
+	case sa.Perm != nil:
+		m := int64(*sa.Perm & 0o777)
+		mode, mask = &m, 0o777
 	}
 	if sa.Uid != nil {
 		u := int64(*sa.Uid)
@@ -665,7 +670,7 @@ func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (me
 	}
 	// One statement when the path resolves; else the transaction below
 	// finds out why not (ENOENT, ENOTDIR).
-	out, err := scanAttr(s.pool.QueryRow(ctx, setAttrSQL, names(path), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime)))
+	out, err := scanAttr(s.pool.QueryRow(ctx, setAttrSQL, names(path), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime), mask))
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return out, err
 	}
@@ -675,10 +680,10 @@ func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (me
 			return err
 		}
 		out, err = scanAttr(tx.QueryRow(ctx, `UPDATE kmsfs_inodes i SET
-			mode = CASE WHEN $2::bigint IS NULL THEN mode ELSE (mode & ~4095::bigint) | $2::bigint END,
+			mode = CASE WHEN $2::bigint IS NULL THEN mode ELSE (mode & ~$7::bigint) | $2::bigint END,
 			uid = COALESCE($3::bigint, uid), gid = COALESCE($4::bigint, gid),
 			atime = COALESCE($5::bigint, atime), mtime = COALESCE($6::bigint, mtime), ctime = `+nowNS+`
-			WHERE ino = $1 RETURNING `+attrColsI, int64(a.Ino), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime)))
+			WHERE ino = $1 RETURNING `+attrColsI, int64(a.Ino), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime), mask))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return syscall.ENOENT
 		}
@@ -690,7 +695,7 @@ func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (me
 // setAttrSQL is SetAttr in one statement: the walk of resolveSQL, then the
 // update of the inode it reached when it reached the whole path.
 var setAttrSQL = walkSQL + `UPDATE kmsfs_inodes i SET
-	mode = CASE WHEN $2::bigint IS NULL THEN mode ELSE (mode & ~4095::bigint) | $2::bigint END,
+	mode = CASE WHEN $2::bigint IS NULL THEN mode ELSE (mode & ~$7::bigint) | $2::bigint END,
 	uid = COALESCE($3::bigint, uid), gid = COALESCE($4::bigint, gid),
 	atime = COALESCE($5::bigint, atime), mtime = COALESCE($6::bigint, mtime), ctime = ` + nowNS + `
 	WHERE i.ino = (SELECT ino FROM walk WHERE depth = cardinality($1::bytea[])) RETURNING ` + attrColsI
@@ -811,42 +816,37 @@ func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) 
 	for i, ch := range c.Set {
 		idx[i], keys[i], lens[i] = ch.Index, ch.Key, ch.Len
 	}
-	// The four statements go to the server in one round trip (a batch in the
-	// transaction); when the update matches no row the transaction is rolled
-	// back, so what the other three did is undone.
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
-		b.Queue(`UPDATE kmsfs_inodes SET generation = generation + 1, size = $3,
-			mtime = CASE WHEN $4 THEN `+nowNS+` ELSE mtime END, ctime = CASE WHEN $4 THEN `+nowNS+` ELSE ctime END
-			WHERE ino = $1 AND generation = $2 RETURNING generation`, int64(c.Ino), c.BaseGen, c.Size, c.Touch)
-		b.Queue(`INSERT INTO kmsfs_garbage (key) SELECT key FROM kmsfs_chunks
-			WHERE ino = $1 AND (idx >= $2 OR idx = ANY($3)) ON CONFLICT DO NOTHING`, int64(c.Ino), c.Keep, idx)
-		b.Queue(`DELETE FROM kmsfs_chunks WHERE ino = $1 AND (idx >= $2 OR idx = ANY($3))`, int64(c.Ino), c.Keep, idx)
-		b.Queue(`INSERT INTO kmsfs_chunks (ino, idx, key, len) SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[])`,
-			int64(c.Ino), idx, keys, lens)
-		br := tx.SendBatch(ctx, b)
-		err := br.QueryRow().Scan(&gen)
-		for range 3 {
-			if err != nil {
-				break
-			}
-			_, err = br.Exec()
-		}
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		var cur int64
-		if err := tx.QueryRow(ctx, `SELECT generation FROM kmsfs_inodes WHERE ino = $1`, int64(c.Ino)).Scan(&cur); errors.Is(err, pgx.ErrNoRows) {
-			return syscall.ENOENT
-		} else if err != nil {
-			return err
-		}
-		return meta.ErrConflict
-	})
-	return gen, err
+	// One statement, so one round trip and no transaction to begin and
+	// commit: the generation-guarded update is the statement's first
+	// data-modifying CTE and the others act only if it matched, so a stale
+	// writer changes nothing. All CTEs read one snapshot, so the garbage
+	// insert records the keys that were there before; the replaced chunks
+	// are upserted in place and only chunks past the new end deleted, so
+	// no two CTEs touch one row (whose order PostgreSQL leaves open:
+	// https://www.postgresql.org/docs/15/queries-with.html#QUERIES-WITH-MODIFYING).
+	// Under READ COMMITTED a racing committer's row lock makes the update
+	// wait and then re-check the generation against the committed row.
+	err := s.pool.QueryRow(ctx, `WITH u AS (
+			UPDATE kmsfs_inodes SET generation = generation + 1, size = $3,
+				mtime = CASE WHEN $4 THEN `+nowNS+` ELSE mtime END, ctime = CASE WHEN $4 THEN `+nowNS+` ELSE ctime END
+			WHERE ino = $1 AND generation = $2 RETURNING generation),
+		g AS (INSERT INTO kmsfs_garbage (key) SELECT key FROM kmsfs_chunks
+			WHERE ino = $1 AND (idx >= $5 OR idx = ANY($6)) AND EXISTS (SELECT 1 FROM u) ON CONFLICT DO NOTHING),
+		d AS (DELETE FROM kmsfs_chunks WHERE ino = $1 AND idx >= $5 AND EXISTS (SELECT 1 FROM u)),
+		i AS (INSERT INTO kmsfs_chunks (ino, idx, key, len)
+			SELECT $1, * FROM unnest($6::bigint[], $7::text[], $8::bigint[]) WHERE EXISTS (SELECT 1 FROM u)
+			ON CONFLICT (ino, idx) DO UPDATE SET key = EXCLUDED.key, len = EXCLUDED.len)
+		SELECT generation FROM u`, int64(c.Ino), c.BaseGen, c.Size, c.Touch, c.Keep, idx, keys, lens).Scan(&gen)
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return gen, err
+	}
+	var cur int64
+	if err := s.pool.QueryRow(ctx, `SELECT generation FROM kmsfs_inodes WHERE ino = $1`, int64(c.Ino)).Scan(&cur); errors.Is(err, pgx.ErrNoRows) {
+		return 0, syscall.ENOENT
+	} else if err != nil {
+		return 0, err
+	}
+	return 0, meta.ErrConflict
 }
 
 func (s *Store) Garbage(ctx context.Context, before time.Time, limit int) ([]meta.Garbage, error) {

@@ -138,6 +138,11 @@ func TestStoreAgainstPostgres(t *testing.T) {
 	if a, err := s.Lookup(ctx, []string{"g"}); err != nil || a.Mode != syscall.S_IFREG|0o4711 || !a.Mtime.Equal(mt) {
 		t.Fatalf("after chmod and utimens: mode %o mtime %v, %v", a.Mode, a.Mtime, err)
 	}
+	// Perm (a mode-equivalent ACL) keeps the set-ID and sticky bits.
+	perm := uint32(0o640)
+	if a, err := s.SetAttr(ctx, []string{"g"}, meta.SetAttr{Perm: &perm}); err != nil || a.Mode != syscall.S_IFREG|0o4640 {
+		t.Fatalf("SetAttr Perm = %o, %v; want %o", a.Mode, err, syscall.S_IFREG|0o4640)
+	}
 	// A newer schema is reported as such.
 	c.Psql("vol", "UPDATE kmsfs_volume SET schema_version = 99")
 	if v, err := s.Volume(ctx); err != nil || v.SchemaVersion != 99 {
@@ -151,4 +156,62 @@ func TestOpenBadURL(t *testing.T) {
 		t.Fatal("Open of an unreachable database succeeded")
 	}
 	t.Log(err)
+}
+
+// TestCommitChunksReplaceAndShrink: a commit replaces chunks in place, drops
+// those past the new end, and records exactly the replaced and dropped keys
+// as garbage; one from a stale generation or of a removed file changes
+// nothing.
+func TestCommitChunksReplaceAndShrink(t *testing.T) {
+	ctx := context.Background()
+	c := pgtest.Start(t)
+	s, err := Open(ctx, c.CreateDB("vol"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.Create(ctx, []string{"f"}, meta.New{Mode: syscall.S_IFREG | 0o644}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	three := []meta.Chunk{{Index: 0, Key: "chunks/0", Len: 10}, {Index: 1, Key: "chunks/1", Len: 10}, {Index: 2, Key: "chunks/2", Len: 5}}
+	if g, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 0, Size: 25, Set: three, Keep: 3}); err != nil || g != 1 {
+		t.Fatalf("first commit: %d, %v", g, err)
+	}
+	// Rewrite chunk 1 and cut the file to 15 bytes: chunk 2 goes.
+	g, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 1, Size: 15, Set: []meta.Chunk{{Index: 1, Key: "chunks/1b", Len: 5}}, Keep: 2})
+	if err != nil || g != 2 {
+		t.Fatalf("second commit: %d, %v", g, err)
+	}
+	a, chunks, err := s.File(ctx, f.Ino)
+	if err != nil || a.Size != 15 || a.Gen != 2 || len(chunks) != 2 || chunks[0].Key != "chunks/0" || chunks[1].Key != "chunks/1b" || chunks[1].Len != 5 {
+		t.Fatalf("File = %+v %+v %v", a, chunks, err)
+	}
+	gb, err := s.Garbage(ctx, time.Now().Add(time.Hour), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, x := range gb {
+		got[x.Key] = true
+	}
+	if len(got) != 2 || !got["chunks/1"] || !got["chunks/2"] {
+		t.Fatalf("garbage = %v, want chunks/1 and chunks/2", got)
+	}
+	// A stale writer changes nothing, not even the garbage.
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 1, Size: 1, Set: []meta.Chunk{{Index: 0, Key: "chunks/x", Len: 1}}, Keep: 1}); !errors.Is(err, meta.ErrConflict) {
+		t.Fatalf("stale commit: %v", err)
+	}
+	if _, chunks, _ := s.File(ctx, f.Ino); len(chunks) != 2 || chunks[0].Key != "chunks/0" {
+		t.Fatalf("after a stale commit: %+v", chunks)
+	}
+	if gb, _ := s.Garbage(ctx, time.Now().Add(time.Hour), 100); len(gb) != 2 {
+		t.Fatalf("a stale commit recorded garbage: %+v", gb)
+	}
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: 999999, BaseGen: 0, Size: 1, Keep: 1}); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("commit of a missing inode: %v", err)
+	}
 }
