@@ -527,6 +527,7 @@ func (f *openFile) commit() error {
 	err := g.Wait()
 	var gen int64
 	if err == nil {
+		f.b.echoes.drop() // the size and times change
 		gen, err = f.b.store.CommitChunks(f.b.ctx, meta.Commit{Ino: f.ino, BaseGen: f.gen, Size: f.size, Set: set, Keep: keep, Touch: f.touched})
 	}
 	if errors.Is(err, syscall.ENOENT) {

@@ -15,10 +15,11 @@
 // holds no plaintext, and file content is ciphertext.
 //
 // Nothing is cached across operations but the state of files open in this
-// process and the data of small chunks (immutable, so never stale): every
-// lookup, stat and listing reads the store, so another mount's committed
-// change is seen as soon as the kernel asks again (its entry and attribute
-// timeouts, 1 s).
+// process, the data of small chunks (immutable, so never stale) and, for
+// the stat that follows it, what this process's own latest change returned
+// (echo.go): every other lookup, stat and listing reads the store, so
+// another mount's committed change is seen as soon as the kernel asks
+// again (its entry and attribute timeouts, at most SharedAttrTimeout).
 package shared
 
 import (
@@ -107,6 +108,8 @@ type Backend struct {
 
 	smallMu sync.Mutex
 	small   map[string][]byte // small chunks' data by key (immutable)
+
+	echoes echoes // attributes of this process's latest changes, by path
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -306,9 +309,12 @@ func (b *Backend) Lstat(ctx context.Context, name string, st *syscall.Stat_t) er
 	if !b.isReady() {
 		return b.fail("stat", name, syscall.ENOENT)
 	}
-	a, err := b.store.Lookup(opCtx(ctx), split(name))
-	if err != nil {
-		return b.fail("stat", name, err)
+	a, ok := b.echoes.take(name)
+	if !ok {
+		var err error
+		if a, err = b.store.Lookup(opCtx(ctx), split(name)); err != nil {
+			return b.fail("stat", name, err)
+		}
 	}
 	b.overlay(&a)
 	fillStat(a, st)
@@ -349,8 +355,13 @@ func (b *Backend) create(ctx context.Context, op, name string, n meta.New, o *ba
 		return meta.Attr{}, b.fail(op, name, syscall.EIO)
 	}
 	n.Uid, n.Gid = b.owner(o)
+	epoch := b.echoes.drop() // the parent's times and link count change
 	a, err := b.store.Create(opCtx(ctx), split(name), n, excl)
-	return a, b.fail(op, name, err)
+	if err != nil {
+		return a, b.fail(op, name, err)
+	}
+	b.echoes.put(name, a, epoch)
+	return a, nil
 }
 
 func (b *Backend) Mkdir(ctx context.Context, name string, mode uint32, o *backend.Owner) error {
@@ -384,18 +395,22 @@ func (b *Backend) Readlink(ctx context.Context, name string) (string, error) {
 }
 
 func (b *Backend) Rmdir(ctx context.Context, name string) error {
+	b.echoes.drop()
 	return b.fail("rmdir", name, b.store.Remove(opCtx(ctx), split(name), true))
 }
 
 func (b *Backend) Unlink(ctx context.Context, name string) error {
+	b.echoes.drop()
 	return b.fail("unlink", name, b.store.Remove(opCtx(ctx), split(name), false))
 }
 
 func (b *Backend) Rename(ctx context.Context, from, to string, flags uint32) error {
+	b.echoes.drop()
 	return b.fail("rename", from, b.store.Rename(opCtx(ctx), split(from), split(to), flags))
 }
 
 func (b *Backend) Link(ctx context.Context, from, to string) error {
+	b.echoes.drop()
 	_, err := b.store.Link(opCtx(ctx), split(from), split(to))
 	return b.fail("link", to, err)
 }
@@ -403,10 +418,12 @@ func (b *Backend) Link(ctx context.Context, from, to string) error {
 // setattr changes attributes in the store and in the state of the file if
 // it is open here, so that fstat agrees with stat.
 func (b *Backend) setattr(ctx context.Context, op, name string, s meta.SetAttr) error {
+	epoch := b.echoes.drop()
 	a, err := b.store.SetAttr(opCtx(ctx), split(name), s)
 	if err != nil {
 		return b.fail(op, name, err)
 	}
+	b.echoes.put(name, a, epoch)
 	b.mu.Lock()
 	f := b.open[a.Ino]
 	b.mu.Unlock()
@@ -449,6 +466,7 @@ func (b *Backend) Setxattr(ctx context.Context, name, attr string, value []byte,
 	if posixacl.IsACL(attr) {
 		return b.setACL(ctx, name, attr, value)
 	}
+	b.echoes.drop()
 	return b.fail("setxattr", name, b.store.SetXattr(opCtx(ctx), split(name), attr, value, flags))
 }
 
@@ -461,6 +479,7 @@ func (b *Backend) Removexattr(ctx context.Context, name, attr string) error {
 	if posixacl.IsACL(attr) {
 		return b.fail("removexattr", name, syscall.ENODATA)
 	}
+	b.echoes.drop()
 	return b.fail("removexattr", name, b.store.RemoveXattr(opCtx(ctx), split(name), attr))
 }
 

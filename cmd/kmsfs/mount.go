@@ -264,6 +264,9 @@ func runMount(ctx context.Context, m *mountFlags, mode envelope.Mode, spec, mnt 
 	mo := kfs.DefaultMountOptions()
 	mo.AllowOther, mo.ReadOnly, mo.Debug = m.allowOther, m.readOnly, m.debug
 	mo.AttrTimeout, mo.EntryTimeout = m.attrTimeout, m.entryTimeout
+	if limit := opened.MaxCacheTimeout(); limit > 0 {
+		mo.AttrTimeout, mo.EntryTimeout = min(mo.AttrTimeout, limit), min(mo.EntryTimeout, limit)
+	}
 	mo.WritebackCache = m.writeback
 	mo.VFS = m.vfs
 	mo.FsName = spec

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kmsfs/kmsfs/backend"
+	"github.com/kmsfs/kmsfs/backend/shared"
 	"github.com/kmsfs/kmsfs/keycache"
 	"github.com/kmsfs/kmsfs/kms"
 	"github.com/kmsfs/kmsfs/kms/kmsmw"
@@ -72,6 +73,17 @@ type Opened struct {
 	Cache   *keycache.Cache
 	KMS     KMS
 	Backend backend.Backend
+}
+
+// MaxCacheTimeout is the longest entry and attribute timeout a mount of
+// the volume may give the kernel (0: no bound). A shared volume's other
+// mounts change its tree, and their changes must show within the second
+// promised (backend/shared.SharedAttrTimeout).
+func (o *Opened) MaxCacheTimeout() time.Duration {
+	if sh, ok := o.Backend.(interface{ SharedNamespace() bool }); ok && sh.SharedNamespace() {
+		return shared.SharedAttrTimeout
+	}
+	return 0
 }
 
 // OpenVolume opens the backend spec names, reads the volume config, opens
