@@ -31,6 +31,10 @@ import (
 // a command in seconds rather than the TCP timeout.
 const connectTimeout = 10 * time.Second
 
+// defaultPoolSize is the connection pool size of a mount unless the URL
+// sets pool_max_conns (see docs/BENCHMARKS.md for how it was chosen).
+const defaultPoolSize = 16
+
 // renameLock is the advisory lock key that serialises renames.
 const renameLock = 0x6b6d7366 // "kmsf"
 
@@ -52,7 +56,12 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > connectTimeout {
 		cfg.ConnConfig.ConnectTimeout = connectTimeout
 	}
-	cfg.MaxConns = max(cfg.MaxConns, 16)
+	// pgxpool's default (4 or one per CPU) queues a mount's requests
+	// behind background collection and readers on small machines; an
+	// explicit pool_max_conns in the URL is kept.
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = max(cfg.MaxConns, defaultPoolSize)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("metadata database: %s", oneLine(err))
