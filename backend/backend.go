@@ -123,5 +123,15 @@ type Locker interface {
 	LockVolume(ctx context.Context) (release func() error, err error)
 }
 
+// SharedLocker is implemented by backends that many read-write mounts use
+// at once (shared volumes): a mount takes the lock shared, so mounts
+// exclude only an exclusive holder (`kmsfs rewrap`), and LockVolume takes
+// it exclusively. A holder that loses the lock (its database went away)
+// stops changing the volume until it holds it again.
+type SharedLocker interface {
+	Locker
+	LockVolumeShared(ctx context.Context) (release func() error, err error)
+}
+
 // ErrVolumeBusy says another kmsfs process holds the volume's lock.
 var ErrVolumeBusy = errors.New("volume is in use by another kmsfs process (a read-write mount or a rewrap)")

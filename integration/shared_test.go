@@ -7,6 +7,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -625,6 +626,53 @@ func TestSharedCat(t *testing.T) {
 	out, err := a.command(append(append([]string{"cat"}, sv.g.flags()...), sv.vault, "x/y/z")...).Output()
 	if err != nil || !bytes.Equal(out, data) {
 		t.Fatalf("kmsfs cat: %d bytes, %v", len(out), err)
+	}
+}
+
+// Rewrap of a shared volume: refused while a read-write mount holds the
+// volume lock (it would go on wrapping new files' keys under the old key),
+// then every file moves to the new key: with the old key disabled, a cold
+// mount reads the tree back whole.
+func TestSharedRewrap(t *testing.T) {
+	mountRequireTool(t, "rsync")
+	sv := sharedNew(t, "vol")
+	a := sv.mount(t)
+	src := filepath.Join(t.TempDir(), "src")
+	mountMakeTree(t, src, 21)
+	want := mountSnapshot(t, src)
+	mountExec(t, "cp", "-a", src, a.path("tree"))
+	var oldKey struct {
+		KeyID string `json:"kms_key_id"`
+	}
+	if err := json.Unmarshal(sv.g.get(t, sv.prefix+"/.kmsfs/volume.json"), &oldKey); err != nil || oldKey.KeyID == "" {
+		t.Fatalf("volume config: %v", err)
+	}
+	var newKey string
+	for _, line := range strings.Split(a.run("kms", "create-key"), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[1], "arn:aws:kms:") {
+			newKey = f[0]
+		}
+	}
+	if newKey == "" {
+		t.Fatal("kms create-key printed no key")
+	}
+	rewrap := append(append([]string{"rewrap", "--to-key", newKey}, sv.g.flags()...), sv.vault)
+	if out, err := a.tryRun(rewrap...); err == nil || !strings.Contains(out, "a read-write mount holds it") {
+		t.Fatalf("rewrap beside a read-write mount: %v\n%s", err, out)
+	}
+	a.unmount()
+	if out := a.run(rewrap...); !strings.Contains(out, " 0 failed") {
+		t.Fatalf("rewrap:\n%s", out)
+	}
+	a.run("kms", "disable", oldKey.KeyID)
+	a.mount(sv.g.flags()...)
+	mountCompareSnapshots(t, "after rewrap, old key disabled", want, mountSnapshot(t, a.path("tree")))
+	if out, err := mountExecOut("diff", "-r", "--no-dereference", src, a.path("tree")); err != nil {
+		t.Errorf("after rewrap: diff -r: %v\n%s", err, mountTail(out, 20))
+	}
+	// New files after the rewrap are under the new key as well.
+	if err := os.WriteFile(a.path("new"), []byte("after"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -61,7 +61,7 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 	}
 	var unlock func() error
 	if !opt.ReadOnly {
-		if unlock, err = lockVolume(ctx, be); err != nil {
+		if unlock, err = lockVolumeShared(ctx, be); err != nil {
 			return nil, err
 		}
 	}
@@ -146,6 +146,18 @@ func lockVolume(ctx context.Context, be backend.Backend) (func() error, error) {
 	ctx, cancel := context.WithTimeout(ctx, lockWait)
 	defer cancel()
 	return l.LockVolume(ctx)
+}
+
+// lockVolumeShared takes the lock as a read-write mount: shared where the
+// backend lets many mounts write at once, else as lockVolume.
+func lockVolumeShared(ctx context.Context, be backend.Backend) (func() error, error) {
+	l, ok := be.(backend.SharedLocker)
+	if !ok {
+		return lockVolume(ctx, be)
+	}
+	ctx, cancel := context.WithTimeout(ctx, lockWait)
+	defer cancel()
+	return l.LockVolumeShared(ctx)
 }
 
 // PlainSize converts a backend stat of a regular file to its plaintext

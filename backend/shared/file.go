@@ -57,6 +57,8 @@ type openFile struct {
 	resized bool           // size changed since the last commit
 	touched bool           // data changed since the last commit or utimens
 	mtime   time.Time      // when data last changed here
+	wver    uint64         // counts data changes (writes, truncates)
+	early   *earlyBatch    // an upload started before the commit (early.go)
 	staging *os.File
 
 	// rmu guards the read pattern and the chunk kept for a sequential
@@ -105,7 +107,13 @@ func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32,
 	if err != nil {
 		return nil, b.fail("open", name, err)
 	}
-	return &handle{f: f, name: name}, nil
+	h := &handle{f: f, name: name, writer: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
+	if h.writer {
+		b.mu.Lock()
+		b.writing[name] = f
+		b.mu.Unlock()
+	}
+	return h, nil
 }
 
 // acquire returns the open state of inode a.Ino, loading its chunk list.
@@ -392,6 +400,7 @@ func (f *openFile) grow(to int64) error {
 
 func (f *openFile) changed() {
 	f.touched, f.mtime = true, time.Now()
+	f.wver++
 }
 
 func (f *openFile) writeAt(p []byte, off int64) (int, error) {
@@ -480,6 +489,9 @@ func (f *openFile) commit() error {
 	if len(f.dirty) == 0 && !f.resized {
 		return nil
 	}
+	if err := f.b.guard("commit", ""); err != nil {
+		return err
+	}
 	cs, rs, vid := f.b.chunkGeometry()
 	keep := (f.size + cs - 1) / cs
 	region := make([]byte, min(int64(rs), f.size))
@@ -494,37 +506,34 @@ func (f *openFile) commit() error {
 	}
 	sort.Slice(idxs, func(i, j int) bool { return idxs[i] < idxs[j] })
 	set := make([]meta.Chunk, len(idxs))
-	g, ctx := errgroup.WithContext(f.b.ctx)
-	g.SetLimit(uploadConcurrency)
 	var uploaded atomic.Int64
-	for i, idx := range idxs {
-		length := min(cs, f.size-idx*cs)
-		var rnd [16]byte
-		if _, err := rand.Read(rnd[:]); err != nil {
-			return err
+	var err error
+	if e := f.takeEarly(idxs); e != nil {
+		// The chunks went up while the application changed attributes.
+		for i, idx := range idxs {
+			set[i] = e.chunks[idx]
 		}
-		set[i] = meta.Chunk{Index: idx, Key: ChunkDir + hex.EncodeToString(rnd[:]), Len: length}
-		g.Go(func() error {
-			data := make([]byte, length)
-			if _, err := f.staging.ReadAt(data, idx*cs); err != nil && !errors.Is(err, io.EOF) {
-				return err
-			}
-			obj := encodeChunk(ChunkHeader{VolumeID: vid, Ino: f.ino, Gen: f.gen + 1, Index: idx, Offset: idx * cs, Length: length}, region, rs, data)
-			_, err := f.b.client.PutObject(ctx, &awss3.PutObjectInput{
-				Bucket: aws.String(f.b.bucket), Key: aws.String(f.b.chunkKey(set[i])),
-				Body: bytes.NewReader(obj), ContentLength: aws.Int64(int64(len(obj))),
+		uploaded.Store(int64(len(set)))
+	} else {
+		g, ctx := errgroup.WithContext(f.b.ctx)
+		g.SetLimit(uploadConcurrency)
+		for i, idx := range idxs {
+			length := min(cs, f.size-idx*cs)
+			set[i] = meta.Chunk{Index: idx, Key: newChunkKey(), Len: length}
+			g.Go(func() error {
+				data := make([]byte, length)
+				if _, err := f.staging.ReadAt(data, idx*cs); err != nil && !errors.Is(err, io.EOF) {
+					return err
+				}
+				if err := f.b.putChunk(ctx, ChunkHeader{VolumeID: vid, Ino: f.ino, Gen: f.gen + 1, Index: idx, Offset: idx * cs, Length: length}, region, rs, set[i].Key, data); err != nil {
+					return err
+				}
+				uploaded.Add(1)
+				return nil
 			})
-			if err != nil {
-				return fmt.Errorf("put chunk: %w", err)
-			}
-			uploaded.Add(1)
-			if length <= smallChunk {
-				f.b.keepSmall(set[i].Key, data)
-			}
-			return nil
-		})
+		}
+		err = g.Wait()
 	}
-	err := g.Wait()
 	var gen int64
 	if err == nil {
 		f.b.echoes.drop() // the size and times change
@@ -563,10 +572,35 @@ func (f *openFile) commit() error {
 	return nil
 }
 
+// newChunkKey is a chunk object's key under the volume prefix: random, so
+// a write never replaces an object anyone may be reading.
+func newChunkKey() string {
+	var rnd [16]byte
+	rand.Read(rnd[:]) // never fails (crypto/rand, Go 1.24+)
+	return ChunkDir + hex.EncodeToString(rnd[:])
+}
+
+// putChunk uploads one chunk object; a small one is kept in memory too.
+func (b *Backend) putChunk(ctx context.Context, h ChunkHeader, region []byte, rs int, key string, data []byte) error {
+	obj := encodeChunk(h, region, rs, data)
+	_, err := b.client.PutObject(ctx, &awss3.PutObjectInput{
+		Bucket: aws.String(b.bucket), Key: aws.String(b.prefix + key),
+		Body: bytes.NewReader(obj), ContentLength: aws.Int64(int64(len(obj))),
+	})
+	if err != nil {
+		return fmt.Errorf("put chunk: %w", err)
+	}
+	if h.Length <= smallChunk {
+		b.keepSmall(key, data)
+	}
+	return nil
+}
+
 // handle is one open of a file.
 type handle struct {
 	f      *openFile
 	name   string
+	writer bool // opened for writing: listed in Backend.writing
 	closed atomic.Bool
 }
 
@@ -637,6 +671,14 @@ func (h *handle) Close() error {
 		return os.ErrClosed
 	}
 	err := h.f.commit()
+	if h.writer {
+		b := h.f.b
+		b.mu.Lock()
+		if b.writing[h.name] == h.f {
+			delete(b.writing, h.name)
+		}
+		b.mu.Unlock()
+	}
 	h.f.b.release(h.f)
 	return h.err("close", err)
 }

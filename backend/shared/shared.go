@@ -103,13 +103,15 @@ type Backend struct {
 	regionSize int
 	ready      bool
 
-	mu   sync.Mutex
-	open map[uint64]*openFile
+	mu      sync.Mutex
+	open    map[uint64]*openFile
+	writing map[string]*openFile // by the name a handle opened it for writing
 
 	smallMu sync.Mutex
 	small   map[string][]byte // small chunks' data by key (immutable)
 
 	echoes echoes // attributes of this process's latest changes, by path
+	lock   volumeLock
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -142,7 +144,7 @@ func parseVolumeDoc(data []byte) (volumeDoc, [16]byte, error) {
 func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	b := &Backend{
 		store: cfg.Store, s3b: cfg.S3, client: cfg.S3.Client(), bucket: cfg.S3.Bucket(), prefix: cfg.S3.Prefix(),
-		url: cfg.URL, log: cfg.Logger, newChunk: cfg.ChunkSize, open: map[uint64]*openFile{}, small: map[string][]byte{},
+		url: cfg.URL, log: cfg.Logger, newChunk: cfg.ChunkSize, open: map[uint64]*openFile{}, writing: map[string]*openFile{}, small: map[string][]byte{},
 		uid: uint32(os.Getuid()), gid: uint32(os.Getgid()),
 	}
 	if b.log == nil {
@@ -354,6 +356,9 @@ func (b *Backend) create(ctx context.Context, op, name string, n meta.New, o *ba
 	if !b.isReady() {
 		return meta.Attr{}, b.fail(op, name, syscall.EIO)
 	}
+	if err := b.guard(op, name); err != nil {
+		return meta.Attr{}, err
+	}
 	n.Uid, n.Gid = b.owner(o)
 	epoch := b.echoes.drop() // the parent's times and link count change
 	a, err := b.store.Create(opCtx(ctx), split(name), n, excl)
@@ -395,21 +400,33 @@ func (b *Backend) Readlink(ctx context.Context, name string) (string, error) {
 }
 
 func (b *Backend) Rmdir(ctx context.Context, name string) error {
+	if err := b.guard("rmdir", name); err != nil {
+		return err
+	}
 	b.echoes.drop()
 	return b.fail("rmdir", name, b.store.Remove(opCtx(ctx), split(name), true))
 }
 
 func (b *Backend) Unlink(ctx context.Context, name string) error {
+	if err := b.guard("unlink", name); err != nil {
+		return err
+	}
 	b.echoes.drop()
 	return b.fail("unlink", name, b.store.Remove(opCtx(ctx), split(name), false))
 }
 
 func (b *Backend) Rename(ctx context.Context, from, to string, flags uint32) error {
+	if err := b.guard("rename", from); err != nil {
+		return err
+	}
 	b.echoes.drop()
 	return b.fail("rename", from, b.store.Rename(opCtx(ctx), split(from), split(to), flags))
 }
 
 func (b *Backend) Link(ctx context.Context, from, to string) error {
+	if err := b.guard("link", to); err != nil {
+		return err
+	}
 	b.echoes.drop()
 	_, err := b.store.Link(opCtx(ctx), split(from), split(to))
 	return b.fail("link", to, err)
@@ -418,6 +435,10 @@ func (b *Backend) Link(ctx context.Context, from, to string) error {
 // setattr changes attributes in the store and in the state of the file if
 // it is open here, so that fstat agrees with stat.
 func (b *Backend) setattr(ctx context.Context, op, name string, s meta.SetAttr) error {
+	if err := b.guard(op, name); err != nil {
+		return err
+	}
+	b.earlyFor(name) // its round trip overlaps the upload
 	epoch := b.echoes.drop()
 	a, err := b.store.SetAttr(opCtx(ctx), split(name), s)
 	if err != nil {
@@ -466,6 +487,10 @@ func (b *Backend) Setxattr(ctx context.Context, name, attr string, value []byte,
 	if posixacl.IsACL(attr) {
 		return b.setACL(ctx, name, attr, value)
 	}
+	if err := b.guard("setxattr", name); err != nil {
+		return err
+	}
+	b.earlyFor(name)
 	b.echoes.drop()
 	return b.fail("setxattr", name, b.store.SetXattr(opCtx(ctx), split(name), attr, value, flags))
 }
@@ -478,6 +503,9 @@ func (b *Backend) Listxattr(ctx context.Context, name string) ([]string, error) 
 func (b *Backend) Removexattr(ctx context.Context, name, attr string) error {
 	if posixacl.IsACL(attr) {
 		return b.fail("removexattr", name, syscall.ENODATA)
+	}
+	if err := b.guard("removexattr", name); err != nil {
+		return err
 	}
 	b.echoes.drop()
 	return b.fail("removexattr", name, b.store.RemoveXattr(opCtx(ctx), split(name), attr))

@@ -28,6 +28,17 @@ const SchemaVersion = 1
 // writer read it: the writer's data is not committed.
 var ErrConflict = errors.New("the file was changed by another writer since it was opened; this writer's data was not committed")
 
+// ErrLockBusy says another process holds the volume lock in a mode that
+// excludes the one asked for.
+var ErrLockBusy = errors.New("the volume lock is held by another kmsfs process")
+
+// Lock is a held volume lock. Lost is closed if the store lets go of it
+// without Release (the connection holding it broke).
+type Lock interface {
+	Lost() <-chan struct{}
+	Release() error
+}
+
 // ErrNoVolume says the store holds no volume yet.
 var ErrNoVolume = errors.New("the metadata database holds no kmsfs volume")
 
@@ -142,6 +153,11 @@ type Store interface {
 	// c.BaseGen (else ErrConflict; ENOENT if it is gone), records the
 	// replaced chunks as garbage, and returns the new generation.
 	CommitChunks(ctx context.Context, c Commit) (int64, error)
+
+	// LockVolume takes the volume lock, shared (a mount) or exclusive (a
+	// rewrap), polling while ctx allows; ErrLockBusy if it stays held in
+	// the other mode. The store releases it when the process dies.
+	LockVolume(ctx context.Context, exclusive bool) (Lock, error)
 
 	// Garbage lists chunks recorded as unreferenced before cutoff.
 	Garbage(ctx context.Context, before time.Time, limit int) ([]Garbage, error)

@@ -215,3 +215,54 @@ func TestCommitChunksReplaceAndShrink(t *testing.T) {
 		t.Fatalf("commit of a missing inode: %v", err)
 	}
 }
+
+// TestVolumeLock: mounts share the lock, a rewrap holds it alone, and a
+// holder whose connection the server ends learns that it lost it.
+func TestVolumeLock(t *testing.T) {
+	ctx := context.Background()
+	c := pgtest.Start(t)
+	s, err := Open(ctx, c.CreateDB("vol"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	m1, err := s.LockVolume(short(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := s.LockVolume(short(), false)
+	if err != nil {
+		t.Fatalf("a second mount: %v", err)
+	}
+	if _, err := s.LockVolume(short(), true); !errors.Is(err, meta.ErrLockBusy) {
+		t.Fatalf("exclusive beside two mounts: %v, want ErrLockBusy", err)
+	}
+	m1.Release()
+	m2.Release()
+	rw, err := s.LockVolume(short(), true)
+	if err != nil {
+		t.Fatalf("exclusive after the mounts released: %v", err)
+	}
+	if _, err := s.LockVolume(short(), false); !errors.Is(err, meta.ErrLockBusy) {
+		t.Fatalf("a mount beside a rewrap: %v, want ErrLockBusy", err)
+	}
+	// The server ends the holder's session: the lock is gone, and the
+	// holder is told.
+	c.Psql("vol", "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()")
+	select {
+	case <-rw.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the holder was not told that its session ended")
+	}
+	m3, err := s.LockVolume(short(), false)
+	if err != nil {
+		t.Fatalf("a mount after the rewrap's session ended: %v", err)
+	}
+	m3.Release()
+	rw.Release()
+}
