@@ -18,24 +18,27 @@
 #   seq read     cat of it to /dev/null after umount, drop_caches, mount
 #   raw          the same bytes through `aws s3 cp` (awscli, multipart, 8 MiB parts)
 #   KMS/file     KMS calls the mount made during cp -a, per file (kmsfs stats)
+#   baseline     with --baseline-bin BIN: cp-shared and cp-shared4 again with another
+#                kmsfs build, in the same repetition, for a before/after ratio
 # cp -a times stop when cp returns (each file is uploaded on close, so the
 # data is in S3 by then); the umount after it is not timed.
 #
-# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN]
+# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN]
 # Needs: root, fuse3, perl, versitygw (PATH or ~/go/bin), PostgreSQL 15 in
 # /usr/lib/postgresql/15/bin and a postgres user, awscli, rclone.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
 
-files=10000 size=1024 repeat=3 bin=
+files=10000 size=1024 repeat=3 bin= basebin=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--files) files=$2; shift 2 ;;
 	--size) size=$2; shift 2 ;;
 	--repeat) repeat=$2; shift 2 ;;
 	--kmsfs-bin) bin=$2; shift 2 ;;
-	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN]" >&2; exit 2 ;;
+	--baseline-bin) basebin=$2; shift 2 ;;
+	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN]" >&2; exit 2 ;;
 	esac
 done
 pgbin=/usr/lib/postgresql/15/bin
@@ -92,8 +95,10 @@ touch "$work/rclone.conf"
 mnt_new() { # mnt_new DIR: a fresh mountpoint DIR/mnt
 	mkdir -p "$1/mnt"
 }
-mount_() { "$bin" mount --log "$1/kmsfs.log" "${s3flags[@]}" "$2" "$1/mnt"; }
-umount_() { "$bin" umount "$1/mnt"; }
+# K is the kmsfs build the mount helpers run: $bin, or $basebin for the baseline cases.
+K=
+mount_() { "${K:-$bin}" mount --log "$1/kmsfs.log" "${s3flags[@]}" "$2" "$1/mnt"; }
+umount_() { "${K:-$bin}" umount "$1/mnt"; }
 cold() { umount_ "$1"; sync; echo 3 >/proc/sys/vm/drop_caches; mount_ "$1" "$2"; }
 now() { echo "$EPOCHREALTIME"; }
 # rec CASE VALUE: one sample.
@@ -125,6 +130,20 @@ fs_cases() {
 	umount_ "$d"
 }
 
+# cp_four CASE DB: four mounts of a new shared volume in database DB, each
+# copying a disjoint quarter at once; records the time as CASE.
+cp_four() {
+	local case=$1 db=$2 t q p pids=()
+	psql_ -d postgres -c "CREATE DATABASE $db"
+	"${K:-$bin}" init "${s3flags[@]}" --meta "postgres://postgres@127.0.0.1:$pgport/$db?sslmode=disable" "s3://bench/$db" >/dev/null 2>&1
+	for q in 0 1 2 3; do mnt_new "$work/$db-$q"; mount_ "$work/$db-$q" "s3://bench/$db"; done
+	t=$(now)
+	for q in 0 1 2 3; do cp -a "$work/src4/q$q" "$work/$db-$q/mnt/" & pids+=($!); done
+	for p in "${pids[@]}"; do wait "$p"; done
+	rec "cp-$case" "$(since "$t")"
+	for q in 0 1 2 3; do umount_ "$work/$db-$q"; done
+}
+
 for rep in $(seq "$repeat"); do
 	echo "repetition $rep/$repeat (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
 	# (a) shared, one mount.
@@ -137,16 +156,21 @@ for rep in $(seq "$repeat"); do
 	fs_cases shared "$d" "s3://bench/sh$rep"
 
 	# (b) four mounts of one shared volume, a quarter each, at once.
-	db=sq$rep
-	psql_ -d postgres -c "CREATE DATABASE $db"
-	"$bin" init "${s3flags[@]}" --meta "postgres://postgres@127.0.0.1:$pgport/$db?sslmode=disable" "s3://bench/sq$rep" >/dev/null 2>&1
-	for q in 0 1 2 3; do mnt_new "$work/sq$rep-$q"; mount_ "$work/sq$rep-$q" "s3://bench/sq$rep"; done
-	t=$(now)
-	pids=()
-	for q in 0 1 2 3; do cp -a "$work/src4/q$q" "$work/sq$rep-$q/mnt/" & pids+=($!); done
-	for p in "${pids[@]}"; do wait "$p"; done
-	rec cp-shared4 "$(since "$t")"
-	for q in 0 1 2 3; do umount_ "$work/sq$rep-$q"; done
+	cp_four shared4 sq$rep
+
+	# (b') the baseline build: cp -a with one mount and with four.
+	if [ -n "$basebin" ]; then
+		K=$basebin
+		db=bb$rep
+		psql_ -d postgres -c "CREATE DATABASE $db"
+		d=$work/bb$rep && mnt_new "$d"
+		"$K" init "${s3flags[@]}" --meta "postgres://postgres@127.0.0.1:$pgport/$db?sslmode=disable" "s3://bench/bb$rep" >/dev/null 2>&1
+		mount_ "$d" "s3://bench/bb$rep"
+		t=$(now); cp -a "$work/src/tree" "$d/mnt/"; rec cp-base "$(since "$t")"
+		umount_ "$d"
+		cp_four base4 bq$rep
+		K=
+	fi
 
 	# (c) object-per-file S3 volume.
 	d=$work/ob$rep && mnt_new "$d"
@@ -174,7 +198,7 @@ my ($work, $files, $size, $repeat, $load, $ncpu, $rev) = @ARGV;
 sub med { my $c = shift; open my $f, '<', "$work/samples.$c" or return undef;
 	my @v = sort { $a <=> $b } map { chomp; $_ } <$f>; return undef unless @v;
 	return @v % 2 ? $v[$#v / 2] : ($v[@v / 2 - 1] + $v[@v / 2]) / 2; }
-my %m = map { $_ => med($_) } qw(cp-shared cp-shared4 cp-object cp-rclone rename-shared rename-object
+my %m = map { $_ => med($_) } qw(cp-shared cp-shared4 cp-base cp-base4 cp-object cp-rclone rename-shared rename-object
 	statcold-shared statcold-object statwarm-shared statwarm-object write-shared write-object write-raw
 	read-shared read-object read-raw kms-shared kms-object pg-shared);
 my $fps = sub { defined $_[0] && $_[0] > 0 ? $files / $_[0] : 0 };
@@ -190,6 +214,13 @@ $row->('cp -a, files/s (1 mount)', sprintf('%.0f', $sh), sprintf('%.0f', $ob), s
 	sprintf('%.2f× object', $ob ? $sh / $ob : 0), '≥ 2×', ($ob && $sh / $ob >= 2) ? 'yes' : 'no');
 $row->('cp -a, files/s (4 mounts, aggregate)', sprintf('%.0f', $sh4), sprintf('%.0f', $ob), '',
 	sprintf('%.2f× object', $ob ? $sh4 / $ob : 0), '≥ 2×', ($ob && $sh4 / $ob >= 2) ? 'yes' : 'no');
+if ($m{'cp-base'}) {
+	my $b1 = $fps->($m{'cp-base'}); my $b4 = $m{'cp-base4'} ? $quarters / $m{'cp-base4'} : 0;
+	$row->('cp -a, files/s (1 mount), baseline build', sprintf('%.0f', $b1), sprintf('%.0f', $ob), '',
+		sprintf('%.2f× object; this build %.2f× it', $ob ? $b1 / $ob : 0, $b1 ? $sh / $b1 : 0), '', '');
+	$row->('cp -a, files/s (4 mounts), baseline build', sprintf('%.0f', $b4), sprintf('%.0f', $ob), '',
+		sprintf('%.2f× object; this build %.2f× it', $ob ? $b4 / $ob : 0, $b4 ? $sh4 / $b4 : 0), '', '');
+}
 $row->('rename of a dir of all files, ms', sprintf('%.1f', 1000 * $m{'rename-shared'}), sprintf('%.1f', 1000 * $m{'rename-object'}), '',
 	'', '< 100 ms', 1000 * $m{'rename-shared'} < 100 ? 'yes' : 'no');
 $row->('stat cold, files/s', sprintf('%.0f', $fps->($m{'statcold-shared'})), sprintf('%.0f', $fps->($m{'statcold-object'})), '',

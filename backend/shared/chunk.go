@@ -52,12 +52,25 @@ func encodeChunk(h ChunkHeader, region []byte, regionSize int, data []byte) []by
 
 // ParseChunk splits a chunk object into its header, region copy and data.
 func ParseChunk(obj []byte) (ChunkHeader, []byte, []byte, error) {
+	h, rs, err := parseChunkHead(obj)
+	if err != nil {
+		return h, nil, nil, err
+	}
+	if int64(len(obj)) != int64(chunkFixed+rs)+h.Length {
+		return h, nil, nil, fmt.Errorf("chunk object is %d bytes, its header says %d", len(obj), int64(chunkFixed+rs)+h.Length)
+	}
+	return h, obj[chunkFixed : chunkFixed+rs], obj[chunkFixed+rs:], nil
+}
+
+// parseChunkHead parses the fixed header at the start of a chunk object
+// and returns the length of the region copy that follows it.
+func parseChunkHead(obj []byte) (ChunkHeader, int, error) {
 	var h ChunkHeader
 	if len(obj) < chunkFixed || !bytes.Equal(obj[:8], []byte(chunkMagic)) {
-		return h, nil, nil, errors.New("not a kmsfs chunk object")
+		return h, 0, errors.New("not a kmsfs chunk object")
 	}
 	if v := binary.BigEndian.Uint16(obj[8:]); v != chunkVersion {
-		return h, nil, nil, fmt.Errorf("chunk object version %d is not supported", v)
+		return h, 0, fmt.Errorf("chunk object version %d is not supported", v)
 	}
 	rs := int(binary.BigEndian.Uint32(obj[12:]))
 	copy(h.VolumeID[:], obj[16:32])
@@ -66,8 +79,8 @@ func ParseChunk(obj []byte) (ChunkHeader, []byte, []byte, error) {
 	h.Index = int64(binary.BigEndian.Uint64(obj[48:]))
 	h.Offset = int64(binary.BigEndian.Uint64(obj[56:]))
 	h.Length = int64(binary.BigEndian.Uint64(obj[64:]))
-	if int64(len(obj)) != int64(chunkFixed+rs)+h.Length {
-		return h, nil, nil, fmt.Errorf("chunk object is %d bytes, its header says %d", len(obj), int64(chunkFixed+rs)+h.Length)
+	if h.Length < 0 || h.Offset < 0 || h.Index < 0 {
+		return h, 0, errors.New("chunk object header has a negative field")
 	}
-	return h, obj[chunkFixed : chunkFixed+rs], obj[chunkFixed+rs:], nil
+	return h, rs, nil
 }

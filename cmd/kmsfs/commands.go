@@ -11,6 +11,7 @@ func rootCommand() *command {
 			catCommand(),
 			rewrapCommand(),
 			gcCommand(),
+			salvageCommand(),
 			statsCommand(),
 			benchCommand(),
 			kmsCommand(),

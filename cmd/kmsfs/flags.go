@@ -101,6 +101,9 @@ type commonFlags struct {
 	// writer lease, the process owns the volume's S3 prefix and aborts the
 	// multipart uploads a crash left.
 	mounting bool
+	// salvage is set by `kmsfs salvage`: the volume's files are rebuilt
+	// from the bucket alone.
+	salvage bool
 }
 
 func (c *commonFlags) register(fs *pflag.FlagSet) {
@@ -126,7 +129,7 @@ func (c *commonFlags) kmsOptions(stderr io.Writer) (compose.KMSOptions, error) {
 }
 
 func (c *commonFlags) backendOptions() compose.BackendOptions {
-	return compose.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, S3LeaseTTL: c.s3LeaseTTL, Meta: c.meta, OwnsPrefix: c.mounting}
+	return compose.BackendOptions{S3Endpoint: c.s3Endpoint, S3Region: c.s3Region, S3PathStyle: c.s3PathStyle, S3LeaseTTL: c.s3LeaseTTL, Meta: c.meta, OwnsPrefix: c.mounting, Salvage: c.salvage}
 }
 
 // parseMode reads a --mode value.

@@ -2,15 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/kmsfs/kmsfs/backend/shared"
 	"github.com/kmsfs/kmsfs/internal/compose"
+	"github.com/kmsfs/kmsfs/keycache"
 )
 
 // registerShared adds the flag of shared volumes.
@@ -85,4 +92,105 @@ func collectGarbage(ctx context.Context, inv *invocation, c *commonFlags, spec s
 	}
 	fmt.Fprintf(inv.stdout, "gc: deleted %d chunk objects, kept %d still referenced, listed %d (%s)\n", r.Deleted, r.Kept, r.Scanned, time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// salvageCommand is `kmsfs salvage`: the files of a shared volume whose
+// metadata database is lost, rebuilt from the bucket and the KMS alone.
+func salvageCommand() *command {
+	return &command{
+		name: "salvage", args: "s3://BUCKET/PREFIX DIR", minArgs: 2, maxArgs: 2,
+		summary: "rebuild a shared volume's files from its bucket alone (metadata database lost)",
+		about: `For a shared volume whose metadata database is lost: every chunk object
+carries its inode number, generation, stream range and the file's wrapped data
+key, so each file's content is rebuilt from the bucket, decrypted with the KMS,
+and written to DIR/inode-N (the names, directories, attributes and xattrs were
+in the database only). Nothing in the bucket is changed. Chunks that cannot be
+used and inodes missing a chunk are listed on stderr. A file deleted, or cut to
+a multiple of the chunk size, within the gc grace period before the database
+was lost may come back, or with its old tail; run it before any gc.`,
+		setup: func(fs *pflag.FlagSet) runFunc {
+			var c commonFlags
+			c.register(fs)
+			return func(ctx context.Context, inv *invocation) error {
+				c.salvage = true
+				return salvageFiles(ctx, inv, &c, inv.args[0], inv.args[1])
+			}
+		},
+	}
+}
+
+func salvageFiles(ctx context.Context, inv *invocation, c *commonFlags, spec, dir string) error {
+	if !compose.IsS3(spec) {
+		return fmt.Errorf("%s: a shared volume is an s3://BUCKET/PREFIX", spec)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	opened, err := openVolume(ctx, c, spec, volumeRequest{
+		readOnly: true, limits: keycache.DefaultLimits(), log: slog.New(slog.NewTextHandler(inv.stderr, nil)),
+		stderr: inv.stderr, command: "salvage",
+	})
+	if err != nil {
+		return err
+	}
+	defer opened.Close()
+	sv := opened.Backend.(*shared.Salvage)
+	for _, s := range sv.Skipped {
+		fmt.Fprintf(inv.stderr, "salvage: skipped %s\n", s)
+	}
+	var files, failed int
+	var bytes int64
+	for _, name := range sv.Files() {
+		n, err := salvageOne(ctx, opened, name, filepath.Join(dir, name))
+		if err != nil {
+			fmt.Fprintf(inv.stderr, "salvage: %s: %v\n", name, err)
+			failed++
+			continue
+		}
+		files++
+		bytes += n
+	}
+	fmt.Fprintf(inv.stdout, "salvage: %d files (%d bytes) written to %s; %d failed, %d chunks or inodes skipped\n", files, bytes, dir, failed, len(sv.Skipped))
+	if failed > 0 {
+		return fmt.Errorf("%d files could not be rebuilt", failed)
+	}
+	return nil
+}
+
+// salvageOne decrypts one rebuilt file into path (written under a
+// temporary name and renamed, so a file that fails leaves nothing).
+func salvageOne(ctx context.Context, opened *openedVolume, name, path string) (int64, error) {
+	h, err := opened.Vol.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	out, err := os.OpenFile(path+".part", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(path + ".part")
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, rerr := h.ReadAt(ctx, buf, off)
+		if n > 0 {
+			if _, err := out.Write(buf[:n]); err != nil {
+				out.Close()
+				return off, err
+			}
+			off += int64(n)
+		}
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			out.Close()
+			return off, rerr
+		}
+	}
+	if err := out.Close(); err != nil {
+		return off, err
+	}
+	return off, os.Rename(path+".part", path)
 }

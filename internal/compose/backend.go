@@ -26,6 +26,10 @@ type BackendOptions struct {
 	// OwnsPrefix: this process is the volume's mount, so multipart uploads
 	// found under the prefix are leftovers of a crash and are aborted.
 	OwnsPrefix bool
+	// Salvage opens a shared volume's bucket without its database: the
+	// read-only backend/shared.Salvage, which rebuilds the files from the
+	// chunk objects.
+	Salvage bool
 }
 
 // DefaultS3LeaseTTL is the S3 writer lease's TTL when none is given.

@@ -26,6 +26,14 @@ func openS3Volume(ctx context.Context, spec string, o BackendOptions) (backend.B
 		return nil, err
 	}
 	s3b := be.(*s3.Backend)
+	if o.Salvage {
+		sv, err := shared.OpenSalvage(ctx, s3b)
+		if err != nil {
+			s3b.Close()
+			return nil, fmt.Errorf("%s: %w", spec, err)
+		}
+		return sv, nil
+	}
 	metaURL := o.Meta
 	if metaURL == "" {
 		data, err := s3b.ReadMeta(ctx, volume.ConfigName)
