@@ -1,0 +1,219 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	sdkkms "github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/kmsfs/kmsfs/kms/auditlog"
+	"github.com/kmsfs/kmsfs/kms/keystore"
+)
+
+// regionServer is one region's server on its own keystore.
+type regionServer struct {
+	region string
+	srv    *Server
+	http   *httptest.Server
+	audit  string
+}
+
+func newRegionServer(t *testing.T, region string) *regionServer {
+	t.Helper()
+	dir := t.TempDir()
+	ks, err := keystore.Open(filepath.Join(dir, "ks"), keystore.Options{Region: region, Account: testAccount, Warn: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &regionServer{region: region, audit: filepath.Join(dir, "audit.log")}
+	al, err := auditlog.Open(r.audit, auditlog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.srv, err = New(Config{Store: ks, Credentials: testCreds, Region: region, Audit: al})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.http = httptest.NewServer(r.srv)
+	t.Cleanup(func() {
+		r.http.Close()
+		al.Close()
+		ks.Close()
+	})
+	return r
+}
+
+func (r *regionServer) sdk(akid, secret string) *sdkkms.Client {
+	return sdkkms.New(sdkkms.Options{
+		Region:       r.region,
+		BaseEndpoint: aws.String(r.http.URL),
+		Credentials:  credentials.NewStaticCredentialsProvider(akid, secret, ""),
+	})
+}
+
+func wantAPIError(t *testing.T, err error, code string) {
+	t.Helper()
+	var api smithy.APIError
+	if !errors.As(err, &api) || api.ErrorCode() != code {
+		t.Fatalf("got %v, want %s", err, code)
+	}
+}
+
+func TestReplicateKeyAcrossServers(t *testing.T) {
+	ctx := context.Background()
+	a, b := newRegionServer(t, "eu-west-1"), newRegionServer(t, "us-east-2")
+	a.srv.peers = Peers{"us-east-2": {Endpoint: b.http.URL, AccessKeyID: "AKIDBOB", SecretAccessKey: "bob-secret"}}
+	b.srv.peers = Peers{"eu-west-1": {Endpoint: a.http.URL, AccessKeyID: "AKIDBOB", SecretAccessKey: "bob-secret"}}
+	ca, cb := a.sdk("AKIDALICE", "alice-secret"), b.sdk("AKIDALICE", "alice-secret")
+
+	created, err := ca.CreateKey(ctx, &sdkkms.CreateKeyInput{MultiRegion: aws.Bool(true), Description: aws.String("primary")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := *created.KeyMetadata.KeyId
+	if !strings.HasPrefix(id, "mrk-") || !*created.KeyMetadata.MultiRegion || created.KeyMetadata.MultiRegionConfiguration.MultiRegionKeyType != types.MultiRegionKeyTypePrimary {
+		t.Fatalf("CreateKey MultiRegion: %+v", created.KeyMetadata)
+	}
+	enc, err := ca.Encrypt(ctx, &sdkkms.EncryptInput{KeyId: aws.String(id), Plaintext: []byte("across regions")})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rep, err := ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: aws.String(id), ReplicaRegion: aws.String("us-east-2"),
+		Description: aws.String("replica"), Tags: []types.Tag{{TagKey: aws.String("region"), TagValue: aws.String("b")}}})
+	if err != nil {
+		t.Fatalf("ReplicateKey: %v", err)
+	}
+	if *rep.ReplicaKeyMetadata.Arn != "arn:aws:kms:us-east-2:"+testAccount+":key/"+id || *rep.ReplicaKeyMetadata.Description != "replica" || len(rep.ReplicaTags) != 1 {
+		t.Fatalf("ReplicateKey output: %+v", rep)
+	}
+	dec, err := cb.Decrypt(ctx, &sdkkms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+	if err != nil || string(dec.Plaintext) != "across regions" || *dec.KeyId != *rep.ReplicaKeyMetadata.Arn {
+		t.Fatalf("Decrypt in the replica region: %v", err)
+	}
+	d, err := ca.DescribeKey(ctx, &sdkkms.DescribeKeyInput{KeyId: aws.String(id)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := d.KeyMetadata.MultiRegionConfiguration; len(c.ReplicaKeys) != 1 || *c.ReplicaKeys[0].Region != "us-east-2" {
+		t.Fatalf("primary's configuration: %+v", c)
+	}
+
+	// AWS's error types.
+	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: aws.String(id), ReplicaRegion: aws.String("us-east-2")})
+	wantAPIError(t, err, "AlreadyExistsException")
+	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: aws.String(id), ReplicaRegion: aws.String("eu-west-1")})
+	wantAPIError(t, err, "ValidationException")
+	_, err = cb.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: aws.String(id), ReplicaRegion: aws.String("eu-west-1")})
+	wantAPIError(t, err, "UnsupportedOperationException")
+	single, err := ca.CreateKey(ctx, &sdkkms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: single.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")})
+	wantAPIError(t, err, "UnsupportedOperationException")
+	// Mallory is of another account: the primary's policy refuses her.
+	_, err = a.sdk("AKIDMAL", "mal-secret").ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.Arn, ReplicaRegion: aws.String("us-east-2")})
+	wantAPIError(t, err, "AccessDeniedException")
+
+	// UpdatePrimaryRegion changes both sides.
+	_, err = ca.UpdatePrimaryRegion(ctx, &sdkkms.UpdatePrimaryRegionInput{KeyId: aws.String(id), PrimaryRegion: aws.String("ap-south-1")})
+	wantAPIError(t, err, "NotFoundException")
+	if _, err := ca.UpdatePrimaryRegion(ctx, &sdkkms.UpdatePrimaryRegionInput{KeyId: aws.String(id), PrimaryRegion: aws.String("us-east-2")}); err != nil {
+		t.Fatalf("UpdatePrimaryRegion: %v", err)
+	}
+	for _, tc := range []struct {
+		c    *sdkkms.Client
+		want types.MultiRegionKeyType
+	}{{ca, types.MultiRegionKeyTypeReplica}, {cb, types.MultiRegionKeyTypePrimary}} {
+		d, err := tc.c.DescribeKey(ctx, &sdkkms.DescribeKeyInput{KeyId: aws.String(id)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := d.KeyMetadata.MultiRegionConfiguration
+		if c.MultiRegionKeyType != tc.want || *c.PrimaryKey.Region != "us-east-2" || len(c.ReplicaKeys) != 1 || *c.ReplicaKeys[0].Region != "eu-west-1" {
+			t.Fatalf("after UpdatePrimaryRegion: %+v", c)
+		}
+	}
+
+	// The audit logs record the operations, on both sides; neither log
+	// holds the material (nor any request body).
+	for _, r := range []*regionServer{a, b} {
+		data, err := os.ReadFile(r.audit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range map[string][]string{
+			"eu-west-1": {`"ReplicateKey"`, `"UpdatePrimaryRegion"`},
+			"us-east-2": {`"KmsfsReplicaWrappingKey"`, `"KmsfsImportReplica"`, `"KmsfsSetMultiRegionConfiguration"`},
+		}[r.region] {
+			if !bytes.Contains(data, []byte(op)) {
+				t.Errorf("audit log of %s has no %s entry", r.region, op)
+			}
+		}
+		if bytes.Contains(data, []byte("EncryptedKeyMaterial")) {
+			t.Errorf("audit log of %s holds request bodies", r.region)
+		}
+	}
+}
+
+func TestReplicateKeyPeerAuthorisation(t *testing.T) {
+	ctx := context.Background()
+	a, b := newRegionServer(t, "eu-west-1"), newRegionServer(t, "us-east-2")
+	// The peer signs as Mallory, of another account: the replica's server
+	// refuses to create a key of Alice's account for her.
+	a.srv.peers = Peers{"us-east-2": {Endpoint: b.http.URL, AccessKeyID: "AKIDMAL", SecretAccessKey: "mal-secret"}}
+	ca := a.sdk("AKIDALICE", "alice-secret")
+	created, err := ca.CreateKey(ctx, &sdkkms.CreateKeyInput{MultiRegion: aws.Bool(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")})
+	wantAPIError(t, err, "AccessDeniedException")
+	// A wrong secret fails the peer's signature check.
+	a.srv.peers = Peers{"us-east-2": {Endpoint: b.http.URL, AccessKeyID: "AKIDBOB", SecretAccessKey: "wrong"}}
+	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")})
+	wantAPIError(t, err, "InvalidSignatureException")
+	// No peer for the region.
+	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("sa-east-1")})
+	wantAPIError(t, err, "ValidationException")
+	// A peer that is down.
+	b.http.Close()
+	a.srv.peers = Peers{"us-east-2": {Endpoint: b.http.URL, AccessKeyID: "AKIDBOB", SecretAccessKey: "bob-secret"}}
+	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")})
+	wantAPIError(t, err, "DependencyTimeoutException")
+	d, err := ca.DescribeKey(ctx, &sdkkms.DescribeKeyInput{KeyId: created.KeyMetadata.KeyId})
+	if err != nil || len(d.KeyMetadata.MultiRegionConfiguration.ReplicaKeys) != 0 {
+		t.Fatalf("failed replications left replicas on the primary: %v %+v", err, d.KeyMetadata.MultiRegionConfiguration)
+	}
+}
+
+func TestLoadPeers(t *testing.T) {
+	dir := t.TempDir()
+	for body, want := range map[string]string{
+		`{"us-east-2": {"Endpoint": "http://127.0.0.1:1", "AccessKeyId": "A", "SecretAccessKey": "S"}}`: "",
+		`{"us-east-2": {"Endpoint": "127.0.0.1:1", "AccessKeyId": "A", "SecretAccessKey": "S"}}`:        "not an http(s) URL",
+		`{"us-east-2": {"Endpoint": "http://x", "AccessKeyId": "A"}}`:                                   "are required",
+		`{"bad region": {"Endpoint": "http://x", "AccessKeyId": "A", "SecretAccessKey": "S"}}`:          "not a region name",
+		`{"r": {"Endpoint": "http://x", "Secret": "S"}}`:                                                "unknown field",
+	} {
+		p := filepath.Join(dir, "peers.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadPeers(p)
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("LoadPeers(%s): %v, want %q", body, err, want)
+		}
+	}
+}
