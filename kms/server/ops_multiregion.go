@@ -283,8 +283,10 @@ func (s *Server) importReplica(c *call, body []byte) (response, error) {
 			Version: v.Version, Created: time.UnixMilli(int64(v.CreationDate * 1000)).UTC(), Rotation: v.Rotation, Wrapped: v.EncryptedKeyMaterial,
 		})
 	}
+	// The creating principal is the primary's caller, as the primary's
+	// server says; only one of the calling server's own account is taken.
 	principal := in.Principal
-	if principal == "" {
+	if principal == "" || arnAccount(principal) != c.cred.Account {
 		principal = c.cred.Principal
 	}
 	md, err := mr.ImportReplica(c.ctx, in.ImportToken, ex, keystore.ReplicaInput{
