@@ -47,18 +47,14 @@ func (c *Config) HasFeature(f string) bool { return slices.Contains(c.Features, 
 // Config is the volume config, stored as JSON in the backend's metadata
 // area. It holds no secret: the metadata key is wrapped by the KMS.
 type Config struct {
-	Format    int    `json:"format"`
-	VolumeID  string `json:"volume_id"` // 32 hex digits
-	Mode      string `json:"mode"`      // "per-object" or "bucket-key"
-	KeyID     string `json:"kms_key_id"`
-	KMS       string `json:"kms"` // "embedded" or the remote KMS endpoint URL
-	KMSRegion string `json:"kms_region,omitempty"`
-	// KMSReplicas are other regions' KMSs with replicas of a
-	// multi-Region key, "REGION=URL", that a mount unwraps with when
-	// the KMS is unreachable; absent: none.
-	KMSReplicas []string `json:"kms_replicas,omitempty"`
-	BlockSize   int      `json:"block_size"`
-	HeaderSize  int      `json:"header_size"`
+	Format     int    `json:"format"`
+	VolumeID   string `json:"volume_id"` // 32 hex digits
+	Mode       string `json:"mode"`      // "per-object" or "bucket-key"
+	KeyID      string `json:"kms_key_id"`
+	KMS        string `json:"kms"` // "embedded" or the remote KMS endpoint URL
+	KMSRegion  string `json:"kms_region,omitempty"`
+	BlockSize  int    `json:"block_size"`
+	HeaderSize int    `json:"header_size"`
 	// WrappedMetaKey is a KMS data key under context {volume, purpose:
 	// metadata}, used for xattr values (and file names, later).
 	WrappedMetaKey []byte    `json:"wrapped_meta_key"`
@@ -66,6 +62,11 @@ type Config struct {
 	Created        time.Time `json:"created"`
 	// Meta is the metadata database of a shared volume (no password).
 	Meta string `json:"meta,omitempty"`
+
+	// KMSReplicas are other regions' KMSs with replicas of a
+	// multi-Region key, "REGION=URL", that a mount unwraps with while
+	// the KMS is unreachable; absent: none.
+	KMSReplicas []string `json:"kms_replicas,omitempty"`
 }
 
 // ID returns the binary volume ID.
@@ -118,19 +119,20 @@ func (c *Config) validate() error {
 
 // InitOptions are the choices made once, at `kmsfs init`.
 type InitOptions struct {
-	KeyID     string // KMS key (ID, ARN or alias); resolved to an ARN
-	KMS       string // "embedded" or URL, recorded for `kmsfs mount`
-	KMSRegion string
-	// KMSReplicas: Config.KMSReplicas.
-	KMSReplicas []string
-	Mode        envelope.Mode
-	BlockSize   int // 0: envelope.DefaultBlockSize
-	HeaderSize  int // 0: envelope.DefaultHeaderSize
+	KeyID      string // KMS key (ID, ARN or alias); resolved to an ARN
+	KMS        string // "embedded" or URL, recorded for `kmsfs mount`
+	KMSRegion  string
+	Mode       envelope.Mode
+	BlockSize  int // 0: envelope.DefaultBlockSize
+	HeaderSize int // 0: envelope.DefaultHeaderSize
 	// EncryptNames stores names and symlink targets encrypted.
 	EncryptNames bool
 	// Meta, if set, makes a shared volume with this metadata database;
 	// its names are always encrypted.
 	Meta string
+
+	// KMSReplicas: Config.KMSReplicas.
+	KMSReplicas []string
 }
 
 // Init creates a new volume on an empty backend: a random volume ID and a
