@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/kmsfs/kmsfs/kms"
 )
@@ -157,5 +158,31 @@ func TestMultiRegionStateRefusesInconsistentIDs(t *testing.T) {
 	u, err := parseStateKeyID(&keyRecord{ID: "mrk-0123456789abcdef0123456789abcdef", MultiRegion: &multiRegionRecord{PrimaryRegion: "x"}})
 	if err != nil || mrkID(u) != "mrk-0123456789abcdef0123456789abcdef" {
 		t.Fatalf("valid multi-Region ID: %v", err)
+	}
+}
+
+// TestMultiRegionStateFormatFallsBackWhenTheKeyIsGone: format 4 only while
+// a multi-Region key exists; once it is purged the state is written as
+// format 1 again, for older kmsfs to read.
+func TestMultiRegionStateFormatFallsBackWhenTheKeyIsGone(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	createKey(t, f.ks)
+	md, err := f.ks.CreateKey(ctx, kms.CreateKeyInput{MultiRegion: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stateFormatOf(t, f.dir); got != stateFormatV4 {
+		t.Fatalf("format %d with a multi-Region key, want 4", got)
+	}
+	if _, err := f.ks.ScheduleKeyDeletion(ctx, md.KeyID, 7); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(8 * 24 * time.Hour)
+	if _, err := f.ks.DescribeKey(ctx, md.KeyID); kms.Code(err) != kms.CodeNotFound {
+		t.Fatalf("DescribeKey after the deletion window: %v", err)
+	}
+	if got := stateFormatOf(t, f.dir); got != stateFormatV1 {
+		t.Fatalf("format %d after the multi-Region key was purged, want 1", got)
 	}
 }
