@@ -30,6 +30,11 @@ type regionServer struct {
 
 func newRegionServer(t *testing.T, region string) *regionServer {
 	t.Helper()
+	return newRegionServerWith(t, region, testCreds)
+}
+
+func newRegionServerWith(t *testing.T, region string, creds Credentials) *regionServer {
+	t.Helper()
 	dir := t.TempDir()
 	ks, err := keystore.Open(filepath.Join(dir, "ks"), keystore.Options{Region: region, Account: testAccount, Warn: func(string) {}})
 	if err != nil {
@@ -40,7 +45,7 @@ func newRegionServer(t *testing.T, region string) *regionServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.srv, err = New(Config{Store: ks, Credentials: testCreds, Region: region, Audit: al})
+	r.srv, err = New(Config{Store: ks, Credentials: creds, Region: region, Audit: al})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +185,27 @@ func TestReplicateKeyPeerAuthorisation(t *testing.T) {
 	}
 	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")})
 	wantAPIError(t, err, "AccessDeniedException")
+	// Bob may not create keys in the replica region (his identity
+	// policy): the replica's server refuses him as the peer, before it
+	// hands out a wrapping key.
+	onlyUse, err := ParseIdentityPolicy(`{"Statement":[{"Effect":"Allow","Action":["kms:Encrypt","kms:Decrypt"],"Resource":"*"}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restricted := Credentials{}
+	for id, c := range testCreds {
+		restricted[id] = c
+	}
+	bob := restricted["AKIDBOB"]
+	bob.Identity = onlyUse
+	restricted["AKIDBOB"] = bob
+	c := newRegionServerWith(t, "ap-south-1", restricted)
+	a.srv.peers = Peers{"ap-south-1": {Endpoint: c.http.URL, AccessKeyID: "AKIDBOB", SecretAccessKey: "bob-secret"}}
+	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("ap-south-1")})
+	wantAPIError(t, err, "AccessDeniedException")
+	if data, _ := os.ReadFile(c.audit); !bytes.Contains(data, []byte(`"operation":"KmsfsReplicaWrappingKey"`)) || !bytes.Contains(data, []byte(`"result":"AccessDeniedException"`)) {
+		t.Errorf("the replica's audit log does not record the refused peer call:\n%s", data)
+	}
 	// A wrong secret fails the peer's signature check.
 	a.srv.peers = Peers{"us-east-2": {Endpoint: b.http.URL, AccessKeyID: "AKIDBOB", SecretAccessKey: "wrong"}}
 	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")})
