@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -28,6 +30,11 @@ type Peer struct {
 	Endpoint        string `json:"Endpoint"`
 	AccessKeyID     string `json:"AccessKeyId"`
 	SecretAccessKey string `json:"SecretAccessKey"`
+	// CAFile, if set, is a PEM file of the certificates that sign the
+	// peer's TLS certificate (default: the system's roots).
+	CAFile string `json:"CAFile,omitempty"`
+
+	http *http.Client
 }
 
 // Peers maps a region to its server.
@@ -37,7 +44,9 @@ type Peers map[string]Peer
 const PeersFileHelp = `Peers file (--peers): a JSON object mapping each other region's name to
 its 'kmsfs kms serve' and the access key this server signs with there:
   {"us-east-2": {"Endpoint": "https://kms-b.example:8900",
-                 "AccessKeyId": "AKIDPEER", "SecretAccessKey": "..."}}
+                 "AccessKeyId": "AKIDPEER", "SecretAccessKey": "...",
+                 "CAFile": "/etc/kmsfs/peer-ca.pem"}}
+CAFile is optional (default: the system's roots).
 ReplicateKey and UpdatePrimaryRegion call the peer of the region they
 name; key material crosses only wrapped (RSAES_OAEP_SHA_256) to a key pair
 the receiving server made for that one transfer.`
@@ -64,6 +73,20 @@ func LoadPeers(path string) (Peers, error) {
 		if peer.AccessKeyID == "" || peer.SecretAccessKey == "" {
 			return nil, fmt.Errorf("peers file %s: region %s: AccessKeyId and SecretAccessKey are required", path, region)
 		}
+		if peer.CAFile != "" {
+			pem, err := os.ReadFile(peer.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("peers file %s: region %s: %w", path, region, err)
+			}
+			roots := x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("peers file %s: region %s: %s holds no PEM certificate", path, region, peer.CAFile)
+			}
+			peer.http = &http.Client{Timeout: peerTimeout, Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+			}}
+			p[region] = peer
+		}
 	}
 	return p, nil
 }
@@ -84,7 +107,11 @@ func (s *Server) peerFor(region string) (*peerClient, error) {
 	if !ok {
 		return nil, kms.Errorf(kms.CodeValidation, "no KMS server is configured for region %s (the server's --peers file)", region)
 	}
-	return &peerClient{region: region, peer: p, http: s.peerHTTP}, nil
+	hc := p.http
+	if hc == nil {
+		hc = s.peerHTTP
+	}
+	return &peerClient{region: region, peer: p, http: hc}, nil
 }
 
 // call sends one signed request to the peer and decodes its answer into

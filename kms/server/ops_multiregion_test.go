@@ -3,6 +3,8 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"net/http/httptest"
 	"os"
@@ -241,5 +243,50 @@ func TestLoadPeers(t *testing.T) {
 		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
 			t.Errorf("LoadPeers(%s): %v, want %q", body, err, want)
 		}
+	}
+}
+
+// TestReplicateKeyToTLSPeer: a peer over HTTPS whose certificate the
+// system does not trust is reached with the peers file's CAFile, and not
+// without it.
+func TestReplicateKeyToTLSPeer(t *testing.T) {
+	ctx := context.Background()
+	a := newRegionServer(t, "eu-west-1")
+	b := newRegionServer(t, "us-east-2")
+	b.http.Close()
+	b.http = httptest.NewTLSServer(b.srv)
+	t.Cleanup(b.http.Close)
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: b.http.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func(withCA bool) Peers {
+		peer := map[string]string{"Endpoint": b.http.URL, "AccessKeyId": "AKIDBOB", "SecretAccessKey": "bob-secret"}
+		if withCA {
+			peer["CAFile"] = ca
+		}
+		data, _ := json.Marshal(map[string]any{"us-east-2": peer})
+		p := filepath.Join(dir, "peers.json")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		peers, err := LoadPeers(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return peers
+	}
+	ca1 := a.sdk("AKIDALICE", "alice-secret")
+	created, err := ca1.CreateKey(ctx, &sdkkms.CreateKeyInput{MultiRegion: aws.Bool(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.srv.peers = load(false)
+	_, err = ca1.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")})
+	wantAPIError(t, err, "DependencyTimeoutException")
+	a.srv.peers = load(true)
+	if _, err := ca1.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")}); err != nil {
+		t.Fatalf("ReplicateKey over TLS with the peer's CA: %v", err)
 	}
 }
