@@ -3,8 +3,11 @@ package keystore
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -184,5 +187,54 @@ func TestMultiRegionStateFormatFallsBackWhenTheKeyIsGone(t *testing.T) {
 	}
 	if got := stateFormatOf(t, f.dir); got != stateFormatV1 {
 		t.Fatalf("format %d after the multi-Region key was purged, want 1", got)
+	}
+}
+
+// TestFormat4Fixture reads testdata/format4-mrk, a keystore of region
+// eu-west-1 written when multi-Region keys came (a primary key, alias/mrk,
+// with a replica in us-east-2), and a ciphertext made under it: the
+// ciphertext decrypts, the configuration reads back, and a rewrite keeps
+// format 4.
+func TestFormat4Fixture(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "ks")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{stateName, rootKeyName} {
+		b, err := os.ReadFile(filepath.Join("testdata/format4-mrk", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ks := openRegion(t, dir, "eu-west-1")
+	const id = "mrk-960ded201f2609f4d55490bc4d2e0df2"
+	b64, err := os.ReadFile("testdata/format4-mrk-ciphertext.b64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b64)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, arn, err := ks.Decrypt(ctx, "alias/mrk", ct, kms.EncryptionContext{"v": "4"})
+	if err != nil || string(pt) != "format 4 plaintext" || arn != "arn:aws:kms:eu-west-1:000000000000:key/"+id {
+		t.Fatalf("Decrypt of the format 4 ciphertext: %q %s %v", pt, arn, err)
+	}
+	md, err := ks.DescribeKey(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := md.MultiRegionConfiguration; c == nil || c.KeyType != kms.MultiRegionPrimary || len(c.ReplicaKeys) != 1 || c.ReplicaKeys[0].ARN != "arn:aws:kms:us-east-2:000000000000:key/"+id {
+		t.Fatalf("configuration of the format 4 key: %+v", c)
+	}
+	if err := ks.UpdateKeyDescription(ctx, id, "rewritten"); err != nil {
+		t.Fatal(err)
+	}
+	if got := stateFormatOf(t, dir); got != stateFormatV4 {
+		t.Fatalf("rewritten as format %d, want 4", got)
 	}
 }
