@@ -443,6 +443,23 @@ func (k *Keystore) AddReplicaRegion(ctx context.Context, keyID, region string) e
 	})
 }
 
+// DropReplicaRegion forgets, on the primary key, the replica in region: the
+// replica's keystore has no such key any more (it was deleted there), so a
+// new replica may be made, as AWS allows once a replica is deleted.
+func (k *Keystore) DropReplicaRegion(ctx context.Context, keyID, region string) error {
+	return k.change(ctx, func(st *state, now time.Time) (bool, error) {
+		rec, err := k.primaryHere(st, keyID, now)
+		if err != nil {
+			return false, err
+		}
+		if !slices.Contains(rec.MultiRegion.ReplicaRegions, region) {
+			return false, nil
+		}
+		rec.MultiRegion.ReplicaRegions = slices.DeleteFunc(slices.Clone(rec.MultiRegion.ReplicaRegions), func(r string) bool { return r == region })
+		return true, nil
+	})
+}
+
 // UpdatePrimaryRegion makes the replica in region the primary key of
 // keyID's set, and this key (the primary until now) a replica, as AWS's
 // UpdatePrimaryRegion does; it returns the new configuration for the other
@@ -550,6 +567,11 @@ func Replicate(ctx context.Context, primary, replica *Keystore, keyID string, in
 	}
 	token, pub, err := replica.ReplicaWrappingKey(ctx, id)
 	if err != nil {
+		return kms.KeyMetadata{}, err
+	}
+	// The replica's keystore has no such key: a replica the primary still
+	// lists there was deleted.
+	if err := primary.DropReplicaRegion(ctx, id, replica.region); err != nil {
 		return kms.KeyMetadata{}, err
 	}
 	ex, err := primary.ExportReplica(ctx, id, replica.region, pub)

@@ -238,3 +238,42 @@ func TestFormat4Fixture(t *testing.T) {
 		t.Fatalf("rewritten as format %d, want 4", got)
 	}
 }
+
+// TestMultiRegionReplicateAgainAfterTheReplicaIsDeleted: AWS lets a
+// replica be made again in a region whose replica was deleted; the
+// primary, which still lists it, learns so from the replica's keystore.
+func TestMultiRegionReplicateAgainAfterTheReplicaIsDeleted(t *testing.T) {
+	ctx := context.Background()
+	a := openRegion(t, filepath.Join(t.TempDir(), "a"), "eu-west-1")
+	clock := newFakeClock()
+	b, err := Open(filepath.Join(t.TempDir(), "b"), Options{Region: "us-east-2", Now: clock.Now, Warn: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	md, err := a.CreateKey(ctx, kms.CreateKeyInput{MultiRegion: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Replicate(ctx, a, b, md.KeyID, ReplicaInput{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ScheduleKeyDeletion(ctx, md.KeyID, 7); err != nil {
+		t.Fatal(err)
+	}
+	// Pending deletion is not deleted: the replica still exists.
+	_, err = Replicate(ctx, a, b, md.KeyID, ReplicaInput{})
+	wantCodeName(t, err, kms.CodeAlreadyExists)
+	clock.Advance(8 * 24 * time.Hour)
+	rmd, err := Replicate(ctx, a, b, md.KeyID, ReplicaInput{Description: "again"})
+	if err != nil {
+		t.Fatalf("Replicate after the replica was deleted: %v", err)
+	}
+	if rmd.State != kms.KeyEnabled || rmd.Description != "again" {
+		t.Fatalf("new replica: %+v", rmd)
+	}
+	pmd, err := a.DescribeKey(ctx, md.KeyID)
+	if err != nil || len(pmd.MultiRegionConfiguration.ReplicaKeys) != 1 {
+		t.Fatalf("primary lists %+v (%v), want the one replica", pmd.MultiRegionConfiguration, err)
+	}
+}

@@ -43,6 +43,7 @@ type multiRegionStore interface {
 	ExportReplica(ctx context.Context, keyID, replicaRegion string, wrappingKey []byte) (keystore.ReplicaExport, error)
 	ImportReplica(ctx context.Context, importToken []byte, ex keystore.ReplicaExport, in keystore.ReplicaInput) (kms.KeyMetadata, error)
 	AddReplicaRegion(ctx context.Context, keyID, region string) error
+	DropReplicaRegion(ctx context.Context, keyID, region string) error
 	CheckPrimaryUpdate(ctx context.Context, keyID, region string) error
 	UpdatePrimaryRegion(ctx context.Context, keyID, region string) (primary string, replicas []string, err error)
 	SetMultiRegionConfiguration(ctx context.Context, keyID, primary string, replicas []string) error
@@ -172,18 +173,28 @@ func (s *Server) replicateKey(c *call, body []byte) (response, error) {
 	if in.ReplicaRegion == s.region {
 		return response{}, kms.Errorf(kms.CodeValidation, "ReplicaRegion %s is the region of the primary key %s", in.ReplicaRegion, arn)
 	}
+	listed := false
 	for _, r := range md.MultiRegionConfiguration.ReplicaKeys {
-		if r.Region == in.ReplicaRegion {
-			return response{}, kms.Errorf(kms.CodeAlreadyExists, "key %s already has a replica in %s", arn, in.ReplicaRegion)
-		}
+		listed = listed || r.Region == in.ReplicaRegion
 	}
 	peer, err := s.peerFor(in.ReplicaRegion)
 	if err != nil {
+		if listed {
+			return response{}, kms.Errorf(kms.CodeAlreadyExists, "key %s already has a replica in %s", arn, in.ReplicaRegion)
+		}
 		return response{}, err
 	}
+	// The replica's server answers AlreadyExistsException if it has the
+	// key. If it has not, a replica the primary still lists there was
+	// deleted, and a new one may be made, as in AWS.
 	var wk replicaWrappingKeyOutput
 	if err := peer.call(c.ctx, "KmsfsReplicaWrappingKey", replicaWrappingKeyInput{KeyId: md.KeyID}, &wk); err != nil {
 		return response{}, err
+	}
+	if listed {
+		if err := mr.DropReplicaRegion(c.ctx, arn, in.ReplicaRegion); err != nil {
+			return response{}, err
+		}
 	}
 	ex, err := mr.ExportReplica(c.ctx, arn, in.ReplicaRegion, wk.PublicKey)
 	if err != nil {

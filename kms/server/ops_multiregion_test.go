@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -32,13 +34,15 @@ type regionServer struct {
 
 func newRegionServer(t *testing.T, region string) *regionServer {
 	t.Helper()
-	return newRegionServerWith(t, region, testCreds)
+	return newRegionServerWith(t, region, testCreds, nil)
 }
 
-func newRegionServerWith(t *testing.T, region string, creds Credentials) *regionServer {
+// newRegionServerWith is newRegionServer serving creds, with the
+// keystore's clock now (nil: time.Now).
+func newRegionServerWith(t *testing.T, region string, creds Credentials, now func() time.Time) *regionServer {
 	t.Helper()
 	dir := t.TempDir()
-	ks, err := keystore.Open(filepath.Join(dir, "ks"), keystore.Options{Region: region, Account: testAccount, Warn: func(string) {}})
+	ks, err := keystore.Open(filepath.Join(dir, "ks"), keystore.Options{Region: region, Account: testAccount, Now: now, Warn: func(string) {}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +205,7 @@ func TestReplicateKeyPeerAuthorisation(t *testing.T) {
 	bob := restricted["AKIDBOB"]
 	bob.Identity = onlyUse
 	restricted["AKIDBOB"] = bob
-	c := newRegionServerWith(t, "ap-south-1", restricted)
+	c := newRegionServerWith(t, "ap-south-1", restricted, nil)
 	a.srv.peers = Peers{"ap-south-1": {Endpoint: c.http.URL, AccessKeyID: "AKIDBOB", SecretAccessKey: "bob-secret"}}
 	_, err = ca.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("ap-south-1")})
 	wantAPIError(t, err, "AccessDeniedException")
@@ -288,5 +292,47 @@ func TestReplicateKeyToTLSPeer(t *testing.T) {
 	a.srv.peers = load(true)
 	if _, err := ca1.ReplicateKey(ctx, &sdkkms.ReplicateKeyInput{KeyId: created.KeyMetadata.KeyId, ReplicaRegion: aws.String("us-east-2")}); err != nil {
 		t.Fatalf("ReplicateKey over TLS with the peer's CA: %v", err)
+	}
+}
+
+// TestReplicateKeyAgainAfterTheReplicaIsDeleted: the primary's server
+// still lists a replica whose key was deleted in its region; ReplicateKey
+// there makes a new one, as AWS allows.
+func TestReplicateKeyAgainAfterTheReplicaIsDeleted(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	offset := time.Duration(0)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return time.Now().Add(offset)
+	}
+	a := newRegionServer(t, "eu-west-1")
+	b := newRegionServerWith(t, "us-east-2", testCreds, clock)
+	a.srv.peers = Peers{"us-east-2": {Endpoint: b.http.URL, AccessKeyID: "AKIDBOB", SecretAccessKey: "bob-secret"}}
+	ca, cb := a.sdk("AKIDALICE", "alice-secret"), b.sdk("AKIDALICE", "alice-secret")
+	created, err := ca.CreateKey(ctx, &sdkkms.CreateKeyInput{MultiRegion: aws.Bool(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.KeyMetadata.KeyId
+	rep := &sdkkms.ReplicateKeyInput{KeyId: id, ReplicaRegion: aws.String("us-east-2")}
+	if _, err := ca.ReplicateKey(ctx, rep); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cb.ScheduleKeyDeletion(ctx, &sdkkms.ScheduleKeyDeletionInput{KeyId: id, PendingWindowInDays: aws.Int32(7)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ca.ReplicateKey(ctx, rep)
+	wantAPIError(t, err, "AlreadyExistsException")
+	mu.Lock()
+	offset = 8 * 24 * time.Hour
+	mu.Unlock()
+	if _, err := ca.ReplicateKey(ctx, rep); err != nil {
+		t.Fatalf("ReplicateKey after the replica was deleted: %v", err)
+	}
+	d, err := cb.DescribeKey(ctx, &sdkkms.DescribeKeyInput{KeyId: id})
+	if err != nil || d.KeyMetadata.KeyState != types.KeyStateEnabled {
+		t.Fatalf("the new replica: %v %+v", err, d)
 	}
 }
