@@ -87,6 +87,9 @@ func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
 		if peers, err = server.LoadPeers(o.peersFile); err != nil {
 			return err
 		}
+		if _, self := peers[o.region]; self {
+			return usagef("--peers %s names this server's own region %s; peers are the servers of other regions", o.peersFile, o.region)
+		}
 	}
 	ko, err := o.keystore.options(stderr)
 	if err != nil {
