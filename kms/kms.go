@@ -134,6 +134,31 @@ type KeyMetadata struct {
 	EncryptionAlgorithms []string
 	SigningAlgorithms    []string
 	MacAlgorithms        []string
+	// MultiRegion marks a multi-Region key (ID "mrk-..."); its
+	// MultiRegionConfiguration says which region holds the primary and
+	// which hold replicas (nil for single-Region keys).
+	MultiRegion              bool
+	MultiRegionConfiguration *MultiRegionConfiguration
+}
+
+// Multi-Region key types, as AWS names them.
+const (
+	MultiRegionPrimary = "PRIMARY"
+	MultiRegionReplica = "REPLICA"
+)
+
+// MultiRegionKey names one key of a set of related multi-Region keys.
+type MultiRegionKey struct {
+	ARN    string
+	Region string
+}
+
+// MultiRegionConfiguration is DescribeKey's view of a multi-Region key: whether
+// this one is the primary or a replica, the primary, and every replica.
+type MultiRegionConfiguration struct {
+	KeyType     string // MultiRegionPrimary or MultiRegionReplica
+	PrimaryKey  MultiRegionKey
+	ReplicaKeys []MultiRegionKey
 }
 
 // Wrapping algorithms and key specs for GetParametersForImport, with AWS's
@@ -226,6 +251,8 @@ type CreateKeyInput struct {
 	// only usage, or ENCRYPT_DECRYPT for RSA) as AWS names them.
 	KeySpec  string
 	KeyUsage string
+	// MultiRegion creates a multi-Region primary key (key ID "mrk-...").
+	MultiRegion bool
 }
 
 // Admin is the key management surface: the AWS KMS control-plane operations

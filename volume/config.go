@@ -62,6 +62,11 @@ type Config struct {
 	Created        time.Time `json:"created"`
 	// Meta is the metadata database of a shared volume (no password).
 	Meta string `json:"meta,omitempty"`
+
+	// KMSReplicas are other regions' KMSs with replicas of a
+	// multi-Region key, "REGION=URL", that a mount unwraps with while
+	// the KMS is unreachable; absent: none.
+	KMSReplicas []string `json:"kms_replicas,omitempty"`
 }
 
 // ID returns the binary volume ID.
@@ -125,6 +130,9 @@ type InitOptions struct {
 	// Meta, if set, makes a shared volume with this metadata database;
 	// its names are always encrypted.
 	Meta string
+
+	// KMSReplicas: Config.KMSReplicas.
+	KMSReplicas []string
 }
 
 // Init creates a new volume on an empty backend: a random volume ID and a
@@ -136,7 +144,7 @@ func Init(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt InitOp
 		return nil, fmt.Errorf("read volume config: %w", err)
 	}
 	cfg := &Config{
-		Format: ConfigFormat, KMS: opt.KMS, KMSRegion: opt.KMSRegion,
+		Format: ConfigFormat, KMS: opt.KMS, KMSRegion: opt.KMSRegion, KMSReplicas: opt.KMSReplicas,
 		BlockSize: opt.BlockSize, HeaderSize: opt.HeaderSize,
 		Features: []string{FeatureXattrEncrypt}, Created: time.Now().UTC(),
 	}

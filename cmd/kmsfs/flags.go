@@ -91,6 +91,7 @@ type commonFlags struct {
 	keystore    keystoreFlags
 	kmsURL      string
 	kmsRegion   string
+	kmsReplicas []string
 	s3Endpoint  string
 	s3Region    string
 	s3PathStyle bool
@@ -110,6 +111,7 @@ func (c *commonFlags) register(fs *pflag.FlagSet) {
 	c.keystore.register(fs)
 	fs.StringVar(&c.kmsURL, "kms", "", "remote KMS endpoint `URL` speaking the AWS KMS API (default: the volume's, else embedded)")
 	fs.StringVar(&c.kmsRegion, "kms-region", "", "`REGION` the remote KMS signs for (default: the volume's, else the AWS config chain's)")
+	fs.StringArrayVar(&c.kmsReplicas, "kms-replica", nil, "another region's KMS holding a replica of the volume's multi-Region key, as `REGION=URL` (repeatable; default: the volume's): keys are unwrapped there while --kms is unreachable")
 	fs.StringVar(&c.s3Endpoint, "s3-endpoint", "", "S3 endpoint `URL` for s3:// backends (default AWS)")
 	fs.StringVar(&c.s3Region, "s3-region", "", "S3 `REGION` (default from the AWS config chain)")
 	fs.BoolVar(&c.s3PathStyle, "s3-path-style", false, "use path-style S3 addressing (most non-AWS servers)")
@@ -125,7 +127,12 @@ func (c *commonFlags) kmsOptions(stderr io.Writer) (compose.KMSOptions, error) {
 	if err != nil {
 		return compose.KMSOptions{}, err
 	}
-	return compose.KMSOptions{URL: c.kmsURL, Region: c.kmsRegion, Keystore: ks}, nil
+	for _, r := range c.kmsReplicas {
+		if _, err := compose.ParseKMSReplica(r); err != nil {
+			return compose.KMSOptions{}, usagef("--kms-replica: %v", err)
+		}
+	}
+	return compose.KMSOptions{URL: c.kmsURL, Region: c.kmsRegion, Keystore: ks, Replicas: c.kmsReplicas}, nil
 }
 
 func (c *commonFlags) backendOptions() compose.BackendOptions {

@@ -75,12 +75,24 @@ func initVolume(ctx context.Context, inv *invocation, c *commonFlags, spec, key 
 		key = md.ARN
 		fmt.Fprintf(inv.stderr, "kmsfs: created KMS key %s\n", key)
 	}
+	if len(ko.Replicas) > 0 {
+		// Failing over needs the same key in the replicas' regions: a
+		// multi-Region key (AWS: "mrk-" key IDs).
+		md, err := k.DescribeKey(ctx, key)
+		if err != nil {
+			return fmt.Errorf("KMS key %s: %w", key, err)
+		}
+		if !md.MultiRegion {
+			return usagef("--kms-replica: key %s is not a multi-Region key; replicas hold only multi-Region keys", key)
+		}
+	}
 	record, closeAudit, err := c.openAudit("init")
 	if err != nil {
 		return err
 	}
 	defer closeAudit()
 	opts.KeyID, opts.KMS, opts.KMSRegion, opts.Meta = key, ko.URL, ko.Region, c.sharedMeta()
+	opts.KMSReplicas = ko.Replicas
 	cfg, err := volume.Init(ctx, be, compose.Chain{Audit: record}.Wrap(k), opts)
 	if err != nil {
 		return fmt.Errorf("%s: %w", spec, err)

@@ -23,6 +23,7 @@ import (
 func kmsCommand() *command {
 	subs := []*command{kmsServeCommand()}
 	subs = append(subs, kmsAdminCommands()...)
+	subs = append(subs, kmsMultiRegionCommands()...)
 	subs = append(subs, kmsAliasCommand(), kmsAuditCommand())
 	return &command{
 		name:    "kms",
@@ -106,6 +107,7 @@ func kmsAdminCommands() []*command {
 			origin := fs.String("origin", "AWS_KMS", "where the material comes from (`ORIGIN`): AWS_KMS, the KMS generates it; EXTERNAL, import it (import-key-material)")
 			tagArgs := fs.StringArray("tag", nil, "tag the key with `KEY=VALUE` (repeatable)")
 			spec := fs.String("key-spec", kms.KeySpecSymmetric, "`SPEC`: SYMMETRIC_DEFAULT, RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, HMAC_224, HMAC_256, HMAC_384 or HMAC_512")
+			multiRegion := fs.Bool("multi-region", false, "create a multi-Region primary key (ID mrk-...; symmetric, origin AWS_KMS), which 'replicate' copies to other regions")
 			usage := fs.String("key-usage", "", "`USAGE`: ENCRYPT_DECRYPT (default for symmetric and RSA keys), SIGN_VERIFY (RSA, ECC) or GENERATE_VERIFY_MAC (HMAC); default: the spec's only usage")
 			return func(ctx context.Context, a kms.Admin, _ []string, out io.Writer) error {
 				tags, err := parseTags(*tagArgs)
@@ -120,7 +122,7 @@ func kmsAdminCommands() []*command {
 					}
 					policy = string(b)
 				}
-				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin, Tags: tags, KeySpec: *spec, KeyUsage: keyUsageFor(*spec, *usage)})
+				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin, Tags: tags, KeySpec: *spec, KeyUsage: keyUsageFor(*spec, *usage), MultiRegion: *multiRegion})
 				if err != nil {
 					return err
 				}
@@ -395,6 +397,7 @@ func kmsPrintMetadata(out io.Writer, k kms.KeyMetadata) {
 	row("Signing algorithms", strings.Join(k.SigningAlgorithms, ", "))
 	row("MAC algorithms", strings.Join(k.MacAlgorithms, ", "))
 	row("Deletion date", date(k.DeletionDate))
+	kmsPrintMultiRegion(row, k)
 	if k.RotationEnabled {
 		row("Rotation", fmt.Sprintf("every %d days, next %s", k.RotationPeriodDays, date(k.NextRotationDate)))
 	} else {

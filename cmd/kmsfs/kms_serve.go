@@ -30,7 +30,7 @@ the owning account administer and use them.`
 func kmsServeCommand() *command {
 	return &command{
 		name: "serve", summary: "serve a keystore over the AWS KMS API",
-		about: kmsServeAbout, footer: server.CredentialsFileHelp,
+		about: kmsServeAbout, footer: server.CredentialsFileHelp + "\n\n" + server.PeersFileHelp,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			var o serveFlags
 			o.register(fs)
@@ -50,6 +50,7 @@ type serveFlags struct {
 	burst               int
 	region, account     string
 	tlsCert, tlsKey     string
+	peersFile           string
 }
 
 func (o *serveFlags) register(fs *pflag.FlagSet) {
@@ -66,6 +67,7 @@ func (o *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.account, "account", "000000000000", "default `ACCOUNT` ID: of keys the keystore holds without one (created before accounts were recorded, or by 'kmsfs kms create-key'); each principal's own account comes from its ARN")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with the certificate in `FILE` (PEM)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "private key `FILE` for --tls-cert (PEM)")
+	fs.StringVar(&o.peersFile, "peers", "", "JSON `FILE` naming the servers of other regions, for ReplicateKey and UpdatePrimaryRegion of multi-Region keys (format below)")
 }
 
 func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
@@ -79,6 +81,15 @@ func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
 	creds, err := server.LoadCredentials(o.credFile)
 	if err != nil {
 		return err
+	}
+	var peers server.Peers
+	if o.peersFile != "" {
+		if peers, err = server.LoadPeers(o.peersFile); err != nil {
+			return err
+		}
+		if _, self := peers[o.region]; self {
+			return usagef("--peers %s names this server's own region %s; peers are the servers of other regions", o.peersFile, o.region)
+		}
 	}
 	ko, err := o.keystore.options(stderr)
 	if err != nil {
@@ -112,6 +123,7 @@ func kmsServe(ctx context.Context, inv *invocation, o *serveFlags) error {
 		Audit:       audit,
 		Rate:        o.rate,
 		Burst:       o.burst,
+		Peers:       peers,
 		Logf:        func(format string, a ...any) { fmt.Fprintf(stderr, "kmsfs kms serve: "+format+"\n", a...) },
 	})
 	if err != nil {

@@ -28,6 +28,14 @@ type KMSOptions struct {
 	URL      string
 	Region   string // the remote KMS's region ("" = the AWS config chain's)
 	Keystore KeystoreOptions
+	// Replicas are other regions' KMSs holding replicas of the volume's
+	// multi-Region key, as "REGION=URL" (ParseKMSReplica): a remote KMS
+	// with replicas fails over to them (kms_failover.go).
+	Replicas []string
+	// Warn receives the failover's log lines; nil discards them.
+	Warn func(string)
+
+	replicas []KMSReplica // Replicas, parsed
 }
 
 // Embedded reports whether o names the embedded keystore.
@@ -44,11 +52,17 @@ type KMS interface {
 // OpenKMS opens the KMS named by o.
 func OpenKMS(ctx context.Context, o KMSOptions) (KMS, error) {
 	if o.Embedded() {
+		if len(o.Replicas) > 0 {
+			return nil, fmt.Errorf("KMS replicas %v: failing over takes a remote KMS and a multi-Region key, not the embedded keystore", o.Replicas)
+		}
 		ks, err := OpenKeystore(o.Keystore)
 		if err != nil {
 			return nil, err
 		}
 		return ks, nil
+	}
+	if len(o.Replicas) > 0 {
+		return openWithReplicas(ctx, o)
 	}
 	c, err := awskms.New(ctx, awskms.Options{Endpoint: o.URL, Region: o.Region})
 	if err != nil {

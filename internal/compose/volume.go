@@ -53,6 +53,9 @@ func (o KMSOptions) ForVolume(cfg *volume.Config) KMSOptions {
 	if o.Region == "" && cfg != nil {
 		o.Region = cfg.KMSRegion
 	}
+	if o.Replicas == nil && cfg != nil {
+		o.Replicas = cfg.KMSReplicas
+	}
 	return o
 }
 
@@ -97,7 +100,11 @@ func OpenVolume(ctx context.Context, spec string, o VolumeOptions) (*Opened, err
 	if err != nil {
 		return nil, errors.Join(err, be.Close())
 	}
-	k, err := OpenKMS(ctx, o.KMS.ForVolume(cfg))
+	ko := o.KMS.ForVolume(cfg)
+	if ko.Warn == nil && o.Logger != nil {
+		ko.Warn = func(msg string) { o.Logger.Warn(msg) }
+	}
+	k, err := OpenKMS(ctx, ko)
 	if err != nil {
 		return nil, errors.Join(err, be.Close())
 	}

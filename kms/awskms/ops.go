@@ -133,6 +133,9 @@ func metadata(m *types.KeyMetadata) kms.KeyMetadata {
 		EncryptionAlgorithms: enumStrings(m.EncryptionAlgorithms),
 		SigningAlgorithms:    enumStrings(m.SigningAlgorithms),
 		MacAlgorithms:        enumStrings(m.MacAlgorithms),
+
+		MultiRegion:              aws.ToBool(m.MultiRegion),
+		MultiRegionConfiguration: multiRegionConfiguration(m.MultiRegionConfiguration),
 	}
 }
 
@@ -147,6 +150,7 @@ func (c *Client) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyM
 			Tags:        tagList(in.Tags),
 			KeySpec:     types.KeySpec(in.KeySpec),
 			KeyUsage:    types.KeyUsageType(in.KeyUsage),
+			MultiRegion: optBool(in.MultiRegion),
 		})
 	})
 	if err != nil {

@@ -356,14 +356,14 @@ func TestFormat1KeystoreTakesAsymmetricKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	newer := strings.Replace(string(data), `"format": 3`, `"format": 4`, 1)
+	newer := strings.Replace(string(data), `"format": 3`, `"format": 99`, 1)
 	if newer == string(data) {
 		t.Fatal("state has no format 3 field")
 	}
 	if err := os.WriteFile(state, []byte(newer), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(dir, Options{Region: testRegion, Account: homeAccount, Warn: func(string) {}}); err == nil || !strings.Contains(err.Error(), "format 4") {
-		t.Fatalf("Open of a format 4 state: %v", err)
+	if _, err := Open(dir, Options{Region: testRegion, Account: homeAccount, Warn: func(string) {}}); err == nil || !strings.Contains(err.Error(), "format 99") {
+		t.Fatalf("Open of a format 99 state: %v", err)
 	}
 }

@@ -188,8 +188,11 @@ func (k *Keystore) encryptingKeyFor(ctx context.Context, keyID string) (encrypti
 // holds mu and has refreshed.
 func (k *Keystore) forDecrypt(p blob, keyID string) (cipher.AEAD, string, error) {
 	now := k.now()
+	rec, ok := k.st.blobKey(p.key)
 	id := p.key.String()
-	rec, ok := k.st.Keys[id]
+	if ok {
+		id = rec.ID
+	}
 	if !ok || rec.expired(now) {
 		return nil, "", kms.Errorf(kms.CodeNotFound, "key %s named by the ciphertext not found", id)
 	}
@@ -385,7 +388,7 @@ func (k *Keystore) CiphertextKeyARN(ciphertext []byte) (string, error) {
 	if err := k.refresh(context.Background()); err != nil {
 		return "", err
 	}
-	rec, ok := k.st.Keys[p.key.String()]
+	rec, ok := k.st.blobKey(p.key)
 	if !ok || rec.expired(k.now()) {
 		return "", kms.Errorf(kms.CodeNotFound, "key %s named by the ciphertext not found", p.key)
 	}

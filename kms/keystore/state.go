@@ -16,11 +16,15 @@ import (
 // taking other accounts' keys for its own. Format 3 adds asymmetric and
 // HMAC keys (key_spec, key_usage); a state with none is written as format 1
 // or 2 as before, and an older kmsfs refuses a format 3 state rather than
-// taking a private key for AES material. Open refuses any other version.
+// taking a private key for AES material. Format 4 adds multi-Region keys
+// (multi_region, key IDs "mrk-..."; see multiregion.go); a state with none
+// is written in the lowest format above. Open refuses any other version.
 const (
 	stateFormatV1 = 1
 	stateFormatV2 = 2
-	stateFormat   = 3
+	stateFormatV3 = 3
+	stateFormatV4 = 4
+	stateFormat   = stateFormatV4
 )
 
 // Key origins, as AWS names them.
@@ -35,14 +39,15 @@ const (
 //
 //	format       1; 2 when some key or alias belongs to another account
 //	             than the keystore's; 3 when some key is asymmetric or
-//	             HMAC; any other value is refused
+//	             HMAC; 4 when some key is multi-Region; any other value
+//	             is refused
 //	generation   write counter
 //	protection   {kind: "passphrase-argon2id" | "root-key-file" | "pkcs11",
 //	              argon2id: {salt, time, memory_kib, threads} (passphrase only),
 //	              pkcs11: {token, key} (labels of the token and of the AES key
 //	                       in it that is the KEK; pkcs11 only),
 //	              check: base64(nonce || AES-GCM_KEK("kmsfs keystore check v1"))}
-//	keys         {"<uuid>": {id, description, state, created, deletion_date,
+//	keys         {"<key ID>": {id, description, state, created, deletion_date,
 //	              account (format 2: the owning account when it is not the
 //	                       keystore's; absent: the keystore's account, the
 //	                       one given to Open),
@@ -57,7 +62,10 @@ const (
 //	                                    PKCS #8 DER private key for RSA and
 //	                                    ECC specs; the HMAC key for HMAC specs))
 //	                                    (absent: imported material deleted)}],
-//	              import: {digest, valid_to} (origin EXTERNAL, once imported)}}
+//	              import: {digest, valid_to} (origin EXTERNAL, once imported),
+//	              multi_region: {primary_region, replica_regions: [...]}
+//	                       (format 4; only for key IDs "mrk-" + 32 hex,
+//	                       which every other key ID is not: a UUID)}}
 //	aliases      {"alias/<name>": "<uuid>"}: the keystore account's aliases
 //	account_aliases  (format 2) {"<account>": {"alias/<name>": "<uuid>"}}:
 //	             the aliases of other accounts, each naming a key of its account
@@ -128,6 +136,9 @@ type keyRecord struct {
 	// other keys keep their format.
 	KeySpec  string `json:"key_spec,omitempty"`
 	KeyUsage string `json:"key_usage,omitempty"`
+
+	// MultiRegion is set for multi-Region keys (format 4; multiregion.go).
+	MultiRegion *multiRegionRecord `json:"multi_region,omitempty"`
 
 	uuid keyUUID // parsed ID, set by index
 }
@@ -210,9 +221,9 @@ func (st *state) index() error {
 		if rec == nil || rec.ID != id {
 			return fmt.Errorf("state: key entry %q is inconsistent", id)
 		}
-		u, ok := parseUUID(id)
-		if !ok || u.String() != id {
-			return fmt.Errorf("state: key ID %q is not a lowercase UUID", id)
+		u, err := parseStateKeyID(rec)
+		if err != nil {
+			return err
 		}
 		rec.uuid = u
 		for i, v := range rec.Versions {
@@ -270,6 +281,7 @@ func (st *state) clone() *state {
 		r := *rec
 		r.Versions = append([]versionRecord(nil), rec.Versions...)
 		r.Tags = maps.Clone(rec.Tags)
+		r.MultiRegion = rec.MultiRegion.clone()
 		if rec.Import != nil {
 			im := *rec.Import
 			r.Import = &im
@@ -418,9 +430,9 @@ func (st *state) deleteAlias(owner, name string) {
 	}
 }
 
-// format is the layout version st needs: 3 once it holds an asymmetric or
-// HMAC key, 2 once it holds a key or an alias of another account, else 1
-// (see stateFormat).
+// format is the layout version st needs: 4 once it holds a multi-Region
+// key, 3 once it holds an asymmetric or HMAC key, 2 once it holds a key or
+// an alias of another account, else 1 (see stateFormat).
 func (st *state) format() int {
 	f := stateFormatV1
 	if len(st.AccountAliases) > 0 {
@@ -428,10 +440,13 @@ func (st *state) format() int {
 	}
 	for _, rec := range st.Keys {
 		if rec.KeySpec != "" {
-			return stateFormat
+			f = max(f, stateFormatV3)
 		}
 		if rec.Account != "" {
-			f = stateFormatV2
+			f = max(f, stateFormatV2)
+		}
+		if rec.MultiRegion != nil {
+			f = max(f, stateFormatV4)
 		}
 	}
 	return f

@@ -22,8 +22,6 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 	}
 	// Never create something other than what was asked for.
 	switch {
-	case in.MultiRegion:
-		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "multi-Region keys are not supported")
 	case in.CustomKeyStoreId != "":
 		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "CustomKeyStoreId: custom key stores are not supported; the keystore's own protection (passphrase, root key or PKCS #11 token) holds every key")
 	case in.XksKeyId != "":
@@ -53,6 +51,7 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		Tags:        tagMap(in.Tags),
 		KeySpec:     spec,
 		KeyUsage:    in.KeyUsage,
+		MultiRegion: in.MultiRegion,
 	})
 	if err != nil {
 		return response{}, err

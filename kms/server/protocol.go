@@ -91,8 +91,10 @@ type keyMetadataJSON struct {
 	SigningAlgorithms     []string `json:"SigningAlgorithms,omitempty"`
 	MacAlgorithms         []string `json:"MacAlgorithms,omitempty"`
 	MultiRegion           bool     `json:"MultiRegion"`
-	ExpirationModel       string   `json:"ExpirationModel,omitempty"`
-	ValidTo               float64  `json:"ValidTo,omitempty"`
+	// MultiRegionConfiguration: ops_multiregion.go.
+	MultiRegionConfiguration *multiRegionConfigurationJSON `json:"MultiRegionConfiguration,omitempty"`
+	ExpirationModel          string                        `json:"ExpirationModel,omitempty"`
+	ValidTo                  float64                       `json:"ValidTo,omitempty"`
 }
 
 type getParametersForImportInput struct {
@@ -368,6 +370,9 @@ func metadataJSON(m kms.KeyMetadata) keyMetadataJSON {
 		MacAlgorithms:         m.MacAlgorithms,
 		ExpirationModel:       m.ExpirationModel,
 		ValidTo:               epoch(m.ValidTo),
+
+		MultiRegion:              m.MultiRegion,
+		MultiRegionConfiguration: multiRegionJSON(m.MultiRegionConfiguration),
 	}
 }
 

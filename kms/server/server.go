@@ -61,6 +61,9 @@ type Config struct {
 	Logf func(format string, args ...any)
 	// CallTimeout bounds each store call; default 30s.
 	CallTimeout time.Duration
+	// Peers are the servers of other regions, for multi-Region keys
+	// (ops_multiregion.go); nil: none.
+	Peers Peers
 	// CacheTTL is how long key name resolutions and key policies are
 	// reused (see lookupCache); 0 means the default, 1s; negative disables.
 	CacheTTL time.Duration
@@ -87,6 +90,9 @@ type Server struct {
 	policies map[string]*Policy // parsed policy by document text
 
 	cache *lookupCache
+
+	peers    Peers
+	peerHTTP *http.Client
 }
 
 // maxRequestBody bounds a request body: the largest legitimate one is a
@@ -115,6 +121,8 @@ func New(cfg Config) (*Server, error) {
 		logf:     cfg.Logf,
 		timeout:  cfg.CallTimeout,
 		policies: make(map[string]*Policy),
+		peers:    cfg.Peers,
+		peerHTTP: &http.Client{Timeout: peerTimeout},
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -224,6 +232,14 @@ var operations = map[string]operation{
 	"VerifyMac":                           {crypto: true, fn: (*Server).verifyMac},
 	"GenerateDataKeyPair":                 {crypto: true, fn: (*Server).generateDataKeyPair},
 	"GenerateDataKeyPairWithoutPlaintext": {crypto: true, fn: (*Server).generateDataKeyPairWithoutPlaintext},
+
+	// Multi-Region keys (ops_multiregion.go); the Kmsfs* operations are
+	// the ones servers of different regions call on each other.
+	"ReplicateKey":                     {fn: (*Server).replicateKey},
+	"UpdatePrimaryRegion":              {fn: (*Server).updatePrimaryRegion},
+	"KmsfsReplicaWrappingKey":          {fn: (*Server).replicaWrappingKey},
+	"KmsfsImportReplica":               {fn: (*Server).importReplica},
+	"KmsfsSetMultiRegionConfiguration": {fn: (*Server).setMultiRegionConfiguration},
 }
 
 const targetPrefix = "TrentService."
