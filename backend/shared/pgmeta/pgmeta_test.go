@@ -13,14 +13,21 @@ import (
 	"github.com/kmsfs/kmsfs/backend/shared/pgmeta/pgtest"
 )
 
-func TestStoreAgainstPostgres(t *testing.T) {
-	ctx := context.Background()
+// openStore starts a cluster and opens a store on a new database "vol".
+func openStore(t *testing.T) (*Store, *pgtest.Cluster) {
+	t.Helper()
 	c := pgtest.Start(t)
-	s, err := Open(ctx, c.CreateDB("vol"))
+	s, err := Open(context.Background(), c.CreateDB("vol"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(s.Close)
+	return s, c
+}
+
+func TestStoreAgainstPostgres(t *testing.T) {
+	ctx := context.Background()
+	s, c := openStore(t)
 	if _, err := s.Volume(ctx); !errors.Is(err, meta.ErrNoVolume) {
 		t.Fatalf("empty database: %v, want ErrNoVolume", err)
 	}
@@ -164,12 +171,7 @@ func TestOpenBadURL(t *testing.T) {
 // nothing.
 func TestCommitChunksReplaceAndShrink(t *testing.T) {
 	ctx := context.Background()
-	c := pgtest.Start(t)
-	s, err := Open(ctx, c.CreateDB("vol"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, _ := openStore(t)
 	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
 		t.Fatal(err)
 	}
@@ -220,12 +222,7 @@ func TestCommitChunksReplaceAndShrink(t *testing.T) {
 // holder whose connection the server ends learns that it lost it.
 func TestVolumeLock(t *testing.T) {
 	ctx := context.Background()
-	c := pgtest.Start(t)
-	s, err := Open(ctx, c.CreateDB("vol"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, c := openStore(t)
 	short := func() context.Context {
 		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		t.Cleanup(cancel)
