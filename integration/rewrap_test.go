@@ -160,21 +160,8 @@ func TestRewrapOnS3(t *testing.T) {
 	mountExec(t, "cp", "-a", src, dst)
 	v.unmount()
 
-	var cfg struct {
-		KeyID string `json:"kms_key_id"`
-	}
-	if err := json.Unmarshal(g.get(t, prefix+"/.kmsfs/volume.json"), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	var keyB string
-	for _, line := range strings.Split(v.run("kms", "create-key"), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[1], "arn:aws:kms:") {
-			keyB = f[0]
-		}
-	}
-	if keyB == "" {
-		t.Fatal("kms create-key printed no key")
-	}
+	keyA := s3VolumeKey(t, g, prefix)
+	keyB := v.createKey()
 	rewrap := func(endpoint string) []string {
 		return []string{"rewrap", "--to-key", keyB, "--parallel", "1", "--s3-endpoint", endpoint, "--s3-path-style", v.vault}
 	}
@@ -211,7 +198,7 @@ func TestRewrapOnS3(t *testing.T) {
 	if !strings.Contains(out, "resuming an interrupted rewrap") {
 		t.Errorf("the second run did not resume the first:\n%s", out)
 	}
-	v.run("kms", "disable", cfg.KeyID)
+	v.run("kms", "disable", keyA)
 	v.mount(g.flags()...)
 	mountCompareSnapshots(t, "after rewrap", want, s3Snapshot(t, dst))
 	if out, err := mountExecOut("diff", "-r", "--no-dereference", src, dst); err != nil {
@@ -248,4 +235,28 @@ func TestRewrapOnS3(t *testing.T) {
 	if checked == 0 {
 		t.Fatal("no object with a header found")
 	}
+}
+
+// s3VolumeKey is the KMS key ID the config of the S3 volume at prefix names.
+func s3VolumeKey(t *testing.T, g *s3Gateway, prefix string) string {
+	t.Helper()
+	var cfg struct {
+		KeyID string `json:"kms_key_id"`
+	}
+	if err := json.Unmarshal(g.get(t, prefix+"/.kmsfs/volume.json"), &cfg); err != nil || cfg.KeyID == "" {
+		t.Fatalf("volume config of %s: %v", prefix, err)
+	}
+	return cfg.KeyID
+}
+
+// createKey creates a key in the volume's keystore and returns its ID.
+func (v *mountVolume) createKey() string {
+	v.t.Helper()
+	for _, line := range strings.Split(v.run("kms", "create-key"), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[1], "arn:aws:kms:") {
+			return f[0]
+		}
+	}
+	v.t.Fatal("kms create-key printed no key")
+	return ""
 }

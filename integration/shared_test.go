@@ -7,7 +7,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -641,21 +640,8 @@ func TestSharedRewrap(t *testing.T) {
 	mountMakeTree(t, src, 21)
 	want := mountSnapshot(t, src)
 	mountExec(t, "cp", "-a", src, a.path("tree"))
-	var oldKey struct {
-		KeyID string `json:"kms_key_id"`
-	}
-	if err := json.Unmarshal(sv.g.get(t, sv.prefix+"/.kmsfs/volume.json"), &oldKey); err != nil || oldKey.KeyID == "" {
-		t.Fatalf("volume config: %v", err)
-	}
-	var newKey string
-	for _, line := range strings.Split(a.run("kms", "create-key"), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[1], "arn:aws:kms:") {
-			newKey = f[0]
-		}
-	}
-	if newKey == "" {
-		t.Fatal("kms create-key printed no key")
-	}
+	oldKey := s3VolumeKey(t, sv.g, sv.prefix)
+	newKey := a.createKey()
 	rewrap := append(append([]string{"rewrap", "--to-key", newKey}, sv.g.flags()...), sv.vault)
 	if out, err := a.tryRun(rewrap...); err == nil || !strings.Contains(out, "a read-write mount holds it") {
 		t.Fatalf("rewrap beside a read-write mount: %v\n%s", err, out)
@@ -664,7 +650,7 @@ func TestSharedRewrap(t *testing.T) {
 	if out := a.run(rewrap...); !strings.Contains(out, " 0 failed") {
 		t.Fatalf("rewrap:\n%s", out)
 	}
-	a.run("kms", "disable", oldKey.KeyID)
+	a.run("kms", "disable", oldKey)
 	a.mount(sv.g.flags()...)
 	mountCompareSnapshots(t, "after rewrap, old key disabled", want, mountSnapshot(t, a.path("tree")))
 	if out, err := mountExecOut("diff", "-r", "--no-dereference", src, a.path("tree")); err != nil {

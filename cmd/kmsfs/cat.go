@@ -39,25 +39,34 @@ func catFile(ctx context.Context, inv *invocation, c *commonFlags, spec, name st
 		return err
 	}
 	defer opened.Close()
+	if _, err := decryptTo(ctx, opened, name, inv.stdout); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// decryptTo writes the plaintext of the volume's file name to w and
+// returns how many bytes it wrote.
+func decryptTo(ctx context.Context, opened *openedVolume, name string, w io.Writer) (int64, error) {
 	h, err := opened.Vol.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
 	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return 0, err
 	}
 	defer h.Close()
 	buf := make([]byte, 1<<20)
 	for off := int64(0); ; {
 		n, err := h.ReadAt(ctx, buf, off)
 		if n > 0 {
-			if _, werr := inv.stdout.Write(buf[:n]); werr != nil {
-				return werr
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return off, werr
 			}
 			off += int64(n)
 		}
 		if errors.Is(err, io.EOF) {
-			return nil
+			return off, nil
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return off, err
 		}
 	}
 }

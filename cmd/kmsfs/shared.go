@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -160,37 +157,17 @@ func salvageFiles(ctx context.Context, inv *invocation, c *commonFlags, spec, di
 // salvageOne decrypts one rebuilt file into path (written under a
 // temporary name and renamed, so a file that fails leaves nothing).
 func salvageOne(ctx context.Context, opened *openedVolume, name, path string) (int64, error) {
-	h, err := opened.Vol.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
-	if err != nil {
-		return 0, err
-	}
-	defer h.Close()
 	out, err := os.OpenFile(path+".part", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return 0, err
 	}
 	defer os.Remove(path + ".part")
-	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		n, rerr := h.ReadAt(ctx, buf, off)
-		if n > 0 {
-			if _, err := out.Write(buf[:n]); err != nil {
-				out.Close()
-				return off, err
-			}
-			off += int64(n)
-		}
-		if errors.Is(rerr, io.EOF) {
-			break
-		}
-		if rerr != nil {
-			out.Close()
-			return off, rerr
-		}
+	n, err := decryptTo(ctx, opened, name, out)
+	if cerr := out.Close(); err == nil {
+		err = cerr
 	}
-	if err := out.Close(); err != nil {
-		return off, err
+	if err != nil {
+		return n, err
 	}
-	return off, os.Rename(path+".part", path)
+	return n, os.Rename(path+".part", path)
 }
