@@ -57,27 +57,39 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 			}
 		}
 	}
-	switch {
-	case off > size && off-size <= maxDeferredGap && len(p) > 0:
-		if err := h.writePastEnd(ctx, keys, p, off, size); err != nil {
+	finish := noFinish
+	if end > size {
+		if finish, err = h.beginExtend(ctx, keys, size); err != nil {
 			return 0, err
 		}
-	case off > size:
-		if err := h.extendLocked(ctx, keys, size, off); err != nil {
-			return 0, err
-		}
-		size = off
-		fallthrough
-	default:
-		if err := h.writeLocked(ctx, keys, p, off, size); err != nil {
-			return 0, err
-		}
+	}
+	err = h.writeAtLocked(ctx, keys, p, off, size)
+	if ferr := finish(err == nil); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return 0, err
 	}
 	if end >= size {
 		h.writeBehind(h.v.layout.CipherSize(end, true))
 	}
 	h.v.stats.bytesWritten.Add(uint64(len(p)))
 	return len(p), nil
+}
+
+// writeAtLocked is WriteAt's write once the gaps it meets are dealt with:
+// past the end (leaving a gap, or filling the hole first) or over the file.
+func (h *Handle) writeAtLocked(ctx context.Context, keys *envelope.FileKeys, p []byte, off, size int64) error {
+	switch {
+	case off > size && off-size <= maxDeferredGap && len(p) > 0:
+		return h.writePastEnd(ctx, keys, p, off, size)
+	case off > size:
+		if err := h.extendLocked(ctx, keys, size, off); err != nil {
+			return err
+		}
+		size = off
+	}
+	return h.writeLocked(ctx, keys, p, off, size)
 }
 
 // maxDeferredGap is the largest gap a write past the end leaves to be
@@ -113,6 +125,8 @@ func (h *Handle) writeBehind(cipherEnd int64) {
 
 // writeLocked writes p at off <= size as whole sealed blocks: the first and
 // last blocks are read, modified and resealed when p covers them partly.
+// A write that extends a version 2 file ending on a block boundary follows
+// beginExtend, which resealed its old last block as followed by more.
 func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []byte, off, size int64) error {
 	if len(p) == 0 {
 		return nil
@@ -165,9 +179,12 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 		}
 		copy(buf[end-regionStart:], tail[end-lastStart:regionEnd-lastStart])
 	}
+	newSize := max(end, size)
+	holdsLast := regionEnd == newSize && keys.MarksEnd()
+	final := holdsLast && tailFinal(newSize, bs, end > size, h.st.openTail)
 	sbp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(sbp)
-	sealed, err := keys.SealBlocks((*sbp)[:0], buf, first, int(bs))
+	sealed, err := keys.SealBlocks((*sbp)[:0], buf, first, int(bs), final)
 	if err != nil {
 		return err
 	}
@@ -176,7 +193,13 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 		*pbp = buf[:0]
 	}
 	oldBytes := cs - l.BlockOffset(first) // stored bytes this write replaces
-	return h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, oldBytes, -1)
+	if err := h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, oldBytes, -1); err != nil {
+		return err
+	}
+	if holdsLast {
+		h.st.openTail = !final
+	}
+	return nil
 }
 
 // MaxFileSize is the largest plaintext file kmsfs makes: ext4's limit with
@@ -250,7 +273,15 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 		if err != nil {
 			return err
 		}
-		return h.extendLocked(ctx, keys, size, newSize)
+		finish, err := h.beginExtend(ctx, keys, size)
+		if err != nil {
+			return err
+		}
+		err = h.extendLocked(ctx, keys, size, newSize)
+		if ferr := finish(err == nil); err == nil {
+			err = ferr
+		}
+		return err
 	}
 	keys, err := h.fileKeys(ctx, false)
 	if err != nil {
@@ -264,13 +295,22 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 		if err != nil {
 			return err
 		}
-		sealed, err := keys.SealBlock(nil, plain[:rest], blockNo)
+		sealed, err := keys.SealBlock(nil, plain[:rest], blockNo, true)
 		if err != nil {
 			return err
 		}
 		// Truncate, then rewrite the new last block: a crash between the
 		// two would leave a cut block, so the pair is one intent.
-		return h.changeInPlace(ctx, keys, l.BlockOffset(blockNo), sealed, int64(len(sealed)), l.CipherSize(newSize, true))
+		if err := h.changeInPlace(ctx, keys, l.BlockOffset(blockNo), sealed, int64(len(sealed)), l.CipherSize(newSize, true)); err != nil {
+			return err
+		}
+		h.st.openTail = false
+		return nil
+	}
+	if keys.MarksEnd() {
+		// The new last block was sealed as followed by more: reseal it as
+		// the last, in the same intent as the cut.
+		return h.cutAtBlock(ctx, keys, newSize, size)
 	}
 	return h.f.Truncate(l.CipherSize(newSize, true))
 }
