@@ -451,7 +451,10 @@ func FuzzParseHeader(f *testing.F) {
 	keys := testKeys(f, h.FileID)
 	region := marshal(f, h, keys.MACKey())
 	f.Add(region)
+	h.Version = Version1
+	f.Add(marshal(f, h, keys.MACKey()))
 	f.Add([]byte("KMFS\x01\x00\x01\x00\x00\x00"))
+	f.Add([]byte("KMFS\x02\x00\x01\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := ParseHeader(b)
 		if err != nil {

@@ -36,6 +36,10 @@ type fileState struct {
 	// way; finishTail seals it as the last one (tail.go). Guarded by
 	// content.
 	openTail bool
+	// tailSynced: the backend was synced while the tail was open (an
+	// fsync through a read-only handle, which cannot seal it), so the open
+	// last block may hold fsynced bytes. Guarded by content.
+	tailSynced bool
 }
 
 func (v *Volume) acquire(ino uint64) *fileState {

@@ -98,6 +98,13 @@ func (h *Handle) Sync(ctx context.Context) error {
 	if err := h.fillAllGaps(ctx); err != nil {
 		return err
 	}
+	if !h.writable {
+		// A read-only handle cannot seal an open tail (tail.go): note
+		// that its last block becomes durable unsealed.
+		h.st.content.Lock()
+		h.st.tailSynced = h.st.openTail
+		h.st.content.Unlock()
+	}
 	return h.f.Sync()
 }
 

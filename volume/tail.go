@@ -155,11 +155,17 @@ func (h *Handle) finishTail(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Journaled: the block may hold bytes an earlier fsync made durable
-	// (when the extension that opened the tail wrote nothing after it).
-	if err := h.changeInPlace(ctx, keys, l.BlockOffset(last), sealed, int64(len(sealed)), -1); err != nil {
+	// While the tail is open the last block was written by the extension
+	// that opened it, after the last fsync (which seals the tail): a torn
+	// rewrite can lose only bytes never fsynced, as any crash can, so it
+	// needs no intent, unless the backend was synced meanwhile.
+	var oldBytes int64
+	if st.tailSynced {
+		oldBytes = int64(len(sealed))
+	}
+	if err := h.changeInPlace(ctx, keys, l.BlockOffset(last), sealed, oldBytes, -1); err != nil {
 		return err
 	}
-	st.openTail = false
+	st.openTail, st.tailSynced = false, false
 	return nil
 }

@@ -198,6 +198,7 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 	}
 	if holdsLast {
 		h.st.openTail = !final
+		h.st.tailSynced = h.st.tailSynced && !final
 	}
 	return nil
 }
