@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/envelope"
 )
 
@@ -159,12 +160,24 @@ func (h *Handle) finishTail(ctx context.Context) error {
 	// that opened it, after the last fsync (which seals the tail): a torn
 	// rewrite can lose only bytes never fsynced, as any crash can, so it
 	// needs no intent, unless the backend was synced meanwhile.
-	var oldBytes int64
-	if st.tailSynced {
-		oldBytes = int64(len(sealed))
-	}
-	if err := h.changeInPlace(ctx, keys, l.BlockOffset(last), sealed, oldBytes, -1); err != nil {
-		return err
+	//
+	// The content does not change, so neither does the modification time
+	// where the backend can keep it: this runs at close, after cp -p or
+	// rsync -t may have set the times of the open file.
+	qw, quiet := h.f.(backend.QuietWriter)
+	switch {
+	case quiet && !st.tailSynced:
+		if _, err := qw.WriteAtQuiet(sealed, l.BlockOffset(last)); err != nil {
+			return err
+		}
+	default:
+		var oldBytes int64
+		if st.tailSynced {
+			oldBytes = int64(len(sealed))
+		}
+		if err := h.changeInPlace(ctx, keys, l.BlockOffset(last), sealed, oldBytes, -1); err != nil {
+			return err
+		}
 	}
 	st.openTail, st.tailSynced = false, false
 	return nil

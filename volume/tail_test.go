@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kmsfs/kmsfs/envelope"
 )
@@ -202,4 +203,34 @@ func TestCrashDuringExtensionRestoresTheOldEnd(t *testing.T) {
 	h2.Close()
 	h.st.openTail = false // the crashed writer must not touch the file at cleanup
 	h.Close()
+}
+
+// TestSealingTheEndKeepsTheMtime: a file written to a block boundary, whose
+// times are then set on the open file (cp -p, rsync -t), keeps them when
+// its end is sealed at close.
+func TestSealingTheEndKeepsTheMtime(t *testing.T) {
+	tv := newTestVolume(t, envelope.ModePerObject)
+	ctx := context.Background()
+	h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+	if _, err := h.WriteAt(ctx, pattern(2*4096, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	if !h.st.openTail {
+		t.Fatal("a write to a block boundary left the tail closed; the test needs it open")
+	}
+	when := time.Date(2001, 2, 3, 4, 5, 6, 7, time.UTC)
+	if err := tv.Backend().Utimens(ctx, "f", nil, &when); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	fi, err := os.Stat(filepath.Join(tv.dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fi.ModTime().Equal(when) {
+		t.Fatalf("mtime %v after close, want the %v set before it", fi.ModTime(), when)
+	}
+	if got, err := readErr(t, tv, "f"); err != nil || !bytes.Equal(got, pattern(2*4096, 1)) {
+		t.Fatalf("read back: %d bytes, %v", len(got), err)
+	}
 }

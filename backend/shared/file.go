@@ -394,7 +394,8 @@ func (f *openFile) changed() {
 	f.touched, f.mtime = true, time.Now()
 }
 
-func (f *openFile) writeAt(p []byte, off int64) (int, error) {
+// writeAt writes p at off; quiet leaves the modification time alone.
+func (f *openFile) writeAt(p []byte, off int64, quiet bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(p) == 0 {
@@ -429,7 +430,9 @@ func (f *openFile) writeAt(p []byte, off int64) (int, error) {
 	if end > f.size {
 		f.size, f.resized = end, true
 	}
-	f.changed()
+	if !quiet {
+		f.changed()
+	}
 	return len(p), nil
 }
 
@@ -599,7 +602,16 @@ func (h *handle) WriteAt(p []byte, off int64) (int, error) {
 	if h.closed.Load() {
 		return 0, os.ErrClosed
 	}
-	n, err := h.f.writeAt(p, off)
+	n, err := h.f.writeAt(p, off, false)
+	return n, h.err("write", err)
+}
+
+// WriteAtQuiet is WriteAt keeping the modification time (backend.QuietWriter).
+func (h *handle) WriteAtQuiet(p []byte, off int64) (int, error) {
+	if h.closed.Load() {
+		return 0, os.ErrClosed
+	}
+	n, err := h.f.writeAt(p, off, true)
 	return n, h.err("write", err)
 }
 
