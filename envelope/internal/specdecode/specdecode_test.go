@@ -21,6 +21,7 @@ import (
 var (
 	envelopeTestdata = filepath.Join("..", "..", "testdata")
 	fixtureVolumes   = filepath.Join("..", "..", "..", "volume", "testdata", "v1")
+	fixtureVolumesV2 = filepath.Join("..", "..", "..", "volume", "testdata", "v2")
 )
 
 func unhex(t *testing.T, s string) []byte {
@@ -319,7 +320,14 @@ func fixtureKeystore(t *testing.T) func(BlobKey) ([]byte, error) {
 // only: volume.json, the metadata key through the embedded KMS blob, every
 // file's header, key (per-object data key or bucket key), MAC and blocks,
 // and the encrypted xattr value, against the manifest's SHA-256 sums.
-func TestV1Fixtures(t *testing.T) {
+func TestV1Fixtures(t *testing.T) { testFixtures(t, fixtureVolumes, 1) }
+
+// TestV2Fixtures reads the volumes written when format version 2 was new
+// (under the keystore of the version 1 fixtures) the same way: every file a
+// version 2 file, its last block sealed as the last.
+func TestV2Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV2, 2) }
+
+func testFixtures(t *testing.T, volumes string, version byte) {
 	var manifest struct {
 		Files  map[string]string `json:"files"`
 		Xattrs map[string]struct {
@@ -327,11 +335,11 @@ func TestV1Fixtures(t *testing.T) {
 			Stored                string `json:"stored_base64"`
 		} `json:"xattrs"`
 	}
-	readJSON(t, filepath.Join(fixtureVolumes, "manifest.json"), &manifest)
+	readJSON(t, filepath.Join(volumes, "manifest.json"), &manifest)
 	material := fixtureKeystore(t)
 	for _, mode := range []string{"per-object", "bucket-key"} {
 		t.Run(mode, func(t *testing.T) {
-			dir := filepath.Join(fixtureVolumes, mode)
+			dir := filepath.Join(volumes, mode)
 			var cfg struct {
 				Format         int      `json:"format"`
 				VolumeID       string   `json:"volume_id"`
@@ -372,6 +380,11 @@ func TestV1Fixtures(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				if len(stored) > 0 {
+					if h, err := ParseHeader(stored[:cfg.HeaderSize]); err != nil || h.Version != version {
+						t.Errorf("%s: header %v, want version %d", name, err, version)
+					}
+				}
 				plain, err := DecryptFile(stored, cfg.HeaderSize, cfg.BlockSize, fileKey)
 				if err != nil {
 					t.Errorf("%s: %v", name, err)
@@ -380,6 +393,9 @@ func TestV1Fixtures(t *testing.T) {
 				if got := sha256.Sum256(plain); hex.EncodeToString(got[:]) != sum {
 					t.Errorf("%s: %d bytes that differ from the manifest", name, len(plain))
 				}
+			}
+			if version != 1 {
+				return // attribute values did not change with version 2
 			}
 			x, ok := manifest.Xattrs[mode]
 			if !ok {
