@@ -268,6 +268,7 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 			h.st.keys = nil
 		}
 		h.st.keyMu.Unlock()
+		h.st.openTail, h.st.tailSynced = false, false
 		return h.f.Truncate(0)
 	case newSize > size:
 		keys, err := h.fileKeys(ctx, true)
