@@ -234,3 +234,45 @@ func TestSealingTheEndKeepsTheMtime(t *testing.T) {
 		t.Fatalf("read back: %d bytes, %v", len(got), err)
 	}
 }
+
+// TestAllocateZeroRange: fallocate FALLOC_FL_ZERO_RANGE zeroes the range,
+// growing the file unless KEEP_SIZE is given, and the file's end stays
+// sealed; PUNCH_HOLE is refused.
+func TestAllocateZeroRange(t *testing.T) {
+	const zero, keep, punch = 0x10, 0x01, 0x02
+	tv := newTestVolume(t, envelope.ModePerObject)
+	ctx := context.Background()
+	h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+	model := pattern(3*4096+100, 5)
+	if _, err := h.WriteAt(ctx, model, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		off, n int64
+		mode   uint32
+	}{
+		{100, 5000, zero},
+		{int64(len(model)) - 10, 5000, zero | keep},
+		{int64(len(model)) + 100, 9000, zero},
+		{0, 4096, zero},
+		{int64(len(model)), 4096 - int64(len(model))%4096, zero},
+	} {
+		if err := h.Allocate(ctx, tc.off, tc.n, tc.mode); err != nil {
+			t.Fatalf("zero range %d+%d mode %#x: %v", tc.off, tc.n, tc.mode, err)
+		}
+		end := tc.off + tc.n
+		if tc.mode&keep == 0 && end > int64(len(model)) {
+			model = append(model, make([]byte, end-int64(len(model)))...)
+		}
+		clear(model[min(tc.off, int64(len(model))):min(end, int64(len(model)))])
+		h.Close()
+		if got, err := readErr(t, tv, "f"); err != nil || !bytes.Equal(got, model) {
+			t.Fatalf("after zero range %d+%d mode %#x: %d bytes, %v; want %d", tc.off, tc.n, tc.mode, len(got), err, len(model))
+		}
+		h = tv.open(t, "f", syscall.O_RDWR)
+	}
+	if err := h.Allocate(ctx, 0, 4096, punch|keep); !errors.Is(err, syscall.EOPNOTSUPP) {
+		t.Errorf("punch hole: %v, want EOPNOTSUPP", err)
+	}
+	h.Close()
+}

@@ -32,13 +32,22 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if h.append {
 		off = size
 	}
+	if err := h.writeAtOffset(ctx, p, off, size); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// writeAtOffset is WriteAt at off, for a file of size bytes. The content
+// lock is held.
+func (h *Handle) writeAtOffset(ctx context.Context, p []byte, off, size int64) error {
 	end := off + int64(len(p))
 	if end > MaxFileSize {
-		return 0, syscall.EFBIG
+		return syscall.EFBIG
 	}
 	keys, err := h.fileKeys(ctx, true)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if len(h.st.gaps) > 0 && len(p) > 0 {
 		bs := h.v.layout.BlockSize
@@ -46,21 +55,21 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 		if h.st.gapsOverlap(lo, hi) {
 			done, err := h.writeIntoGap(ctx, keys, p, off)
 			if err != nil {
-				return 0, err
+				return err
 			}
 			if done {
 				h.v.stats.bytesWritten.Add(uint64(len(p)))
-				return len(p), nil
+				return nil
 			}
 			if err := h.fillGaps(ctx, lo, hi); err != nil {
-				return 0, err
+				return err
 			}
 		}
 	}
 	finish := noFinish
 	if end > size {
 		if finish, err = h.beginExtend(ctx, keys, size); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	err = h.writeAtLocked(ctx, keys, p, off, size)
@@ -68,13 +77,13 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 		err = ferr
 	}
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if end >= size {
 		h.writeBehind(h.v.layout.CipherSize(end, true))
 	}
 	h.v.stats.bytesWritten.Add(uint64(len(p)))
-	return len(p), nil
+	return nil
 }
 
 // writeAtLocked is WriteAt's write once the gaps it meets are dealt with:
@@ -317,11 +326,23 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 	return h.f.Truncate(l.CipherSize(newSize, true))
 }
 
-// Allocate implements fallocate(2) mode 0 (reserve, growing the size) and
+// fallocate(2) modes (linux/falloc.h).
+const (
+	fallocKeepSize  = 0x01
+	fallocZeroRange = 0x10
+)
+
+// Allocate implements fallocate(2) mode 0 (reserve, growing the size),
 // FALLOC_FL_KEEP_SIZE (a no-op: space is reserved by writing, and blocks
-// past the end would be read as a torn file). Other modes are ENOTSUP.
+// past the end would be read as a torn file) and FALLOC_FL_ZERO_RANGE, with
+// or without KEEP_SIZE: the range is written as encrypted zeros, which is
+// what the mode promises (zeros, with the space allocated). Other modes
+// (PUNCH_HOLE: stored files have no holes, docs/FORMAT.md section 4) are
+// ENOTSUP.
 func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error {
-	const fallocKeepSize = 0x01
+	if mode&fallocZeroRange != 0 && mode&^(fallocZeroRange|fallocKeepSize) == 0 {
+		return h.zeroRange(ctx, off, off+n, mode&fallocKeepSize != 0)
+	}
 	switch mode {
 	case 0:
 		size, err := h.Size()
@@ -336,4 +357,38 @@ func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error 
 		return nil
 	}
 	return syscall.EOPNOTSUPP
+}
+
+// zeroRange writes zeros over [off, end), growing the file to end unless
+// keepSize (then only the part below the size is zeroed).
+func (h *Handle) zeroRange(ctx context.Context, off, end int64, keepSize bool) error {
+	if h.v.readOnly {
+		return syscall.EROFS
+	}
+	if off < 0 || end <= off {
+		return syscall.EINVAL
+	}
+	h.st.content.Lock()
+	defer h.st.content.Unlock()
+	size, err := h.Size()
+	if err != nil {
+		return err
+	}
+	if keepSize {
+		end = min(end, size)
+	}
+	const chunk = 1 << 20
+	zeros := make([]byte, min(chunk, max(end-off, 0)))
+	for at := off; at < end; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := min(end-at, chunk-at%chunk)
+		if err := h.writeAtOffset(ctx, zeros[:n], at, size); err != nil {
+			return err
+		}
+		at += n
+		size = max(size, at)
+	}
+	return nil
 }
