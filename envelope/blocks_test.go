@@ -127,3 +127,44 @@ func TestFinalFlagDetectsMovedEnd(t *testing.T) {
 		}
 	}
 }
+
+// FuzzOpenBlocks: a run of sealed blocks opens only as a genuine run: whole
+// blocks of what was sealed, at their own numbers, ending the file exactly
+// when they end with its last block. Any other input, a run cut or extended
+// at a block boundary included, is an error and returns no plaintext.
+func FuzzOpenBlocks(f *testing.F) {
+	const bs = MinBlockSize
+	keys := testKeys(f, id(9))
+	plain := bytes.Repeat([]byte("fuzz"), 3*bs/4+10) // 3 full blocks and a short one
+	nonces := make([]byte, 4*NonceSize)              // fixed: every fuzz worker seals the same run
+	var sealed []byte
+	for i := 0; i < 4; i++ {
+		sealed = keys.sealWithNonce(sealed, plain[i*bs:min((i+1)*bs, len(plain))], 2+uint64(i), i == 3, nonces[i*NonceSize:(i+1)*NonceSize])
+	}
+	sb := bs + BlockOverhead
+	f.Add(sealed, uint64(2), true)
+	f.Add(sealed[:3*sb], uint64(2), true)
+	f.Add(sealed[sb:], uint64(3), true)
+	f.Add(sealed, uint64(2), false)
+	f.Fuzz(func(t *testing.T, b []byte, first uint64, final bool) {
+		got, err := keys.OpenBlocks(nil, b, first, sb, final)
+		genuine := false
+		var want []byte
+		for k0 := 0; k0 < 4; k0++ {
+			for k1 := k0 + 1; k1 <= 4; k1++ {
+				if first == 2+uint64(k0) && final == (k1 == 4) && bytes.Equal(b, sealed[k0*sb:min(k1*sb, len(sealed))]) {
+					genuine, want = true, plain[k0*bs:min(k1*bs, len(plain))]
+				}
+			}
+		}
+		if err == nil && !genuine && len(b) > 0 {
+			t.Fatalf("a forged run of %d bytes opened as block %d (final %v)", len(b), first, final)
+		}
+		if err != nil && got != nil {
+			t.Fatal("plaintext returned with an error")
+		}
+		if genuine && (err != nil || !bytes.Equal(got, want)) {
+			t.Fatalf("a genuine run: %v", err)
+		}
+	})
+}
