@@ -81,6 +81,16 @@ type File interface {
 	Close() error
 }
 
+// QuietWriter is implemented by files that can rewrite stored bytes without
+// moving the file's modification time: for a change in how the content is
+// stored, not in the content. The volume seals a file's last block as the
+// last one at close (docs/FORMAT.md section 4), which may come after the
+// application set the file's times (cp -p and rsync -t set them on the open
+// file, then close it).
+type QuietWriter interface {
+	WriteAtQuiet(p []byte, off int64) (int, error)
+}
+
 // Flusher is implemented by files whose backend makes writes visible only
 // when told to (S3 uploads the staged object). Flush runs on every close(2);
 // local files do not need it.

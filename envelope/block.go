@@ -26,46 +26,79 @@ const (
 	KeySize = 32
 )
 
+// Final-block flag values of a version 2 block's AAD.
+const (
+	flagMore  = 0x00 // more blocks follow
+	flagFinal = 0x01 // the file's last block
+)
+
 // blockAAD is the associated data of block blockNo: file ID || blockNo
-// (uint64 big-endian). It makes a block swapped within a file (other blockNo)
-// or between files (other file ID, and other key) fail to open.
-func (k *FileKeys) blockAAD(blockNo uint64) [IDLen + 8]byte {
-	var ad [IDLen + 8]byte
+// (uint64 big-endian), and in version 2 a final-block flag byte. It makes a
+// block swapped within a file (other blockNo) or between files (other file
+// ID, and other key) fail to open; the flag makes a file cut at a block
+// boundary (its new last block was not sealed final) or extended by a block
+// (the old last one was) fail too, as age marks its last chunk
+// (https://age-encryption.org/v1, "payload").
+func (k *FileKeys) blockAAD(ad *[IDLen + 9]byte, blockNo uint64, final bool) []byte {
 	copy(ad[:], k.fileID[:])
 	binary.BigEndian.PutUint64(ad[IDLen:], blockNo)
-	return ad
+	if k.version < Version2 {
+		return ad[:IDLen+8]
+	}
+	ad[IDLen+8] = flagMore
+	if final {
+		ad[IDLen+8] = flagFinal
+	}
+	return ad[:]
 }
 
 // SealBlock appends the encrypted block blockNo (nonce || ciphertext || tag)
 // to dst. plain must be 1..BlockSize bytes; only the last block of a file is
-// short. The nonce is random: see docs/FORMAT.md for the bound on writes.
-func (k *FileKeys) SealBlock(dst, plain []byte, blockNo uint64) ([]byte, error) {
+// short. final marks the file's last block (ignored for version 1 files).
+// The nonce is random: see docs/FORMAT.md for the bound on writes.
+func (k *FileKeys) SealBlock(dst, plain []byte, blockNo uint64, final bool) ([]byte, error) {
 	var nonce [NonceSize]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return nil, err
 	}
-	return k.sealWithNonce(dst, plain, blockNo, nonce[:]), nil
+	return k.sealWithNonce(dst, plain, blockNo, final, nonce[:]), nil
 }
 
-func (k *FileKeys) sealWithNonce(dst, plain []byte, blockNo uint64, nonce []byte) []byte {
-	ad := k.blockAAD(blockNo)
+func (k *FileKeys) sealWithNonce(dst, plain []byte, blockNo uint64, final bool, nonce []byte) []byte {
+	var buf [IDLen + 9]byte
+	ad := k.blockAAD(&buf, blockNo, final)
 	dst = append(dst, nonce...)
-	return k.aead.Seal(dst, nonce, plain, ad[:])
+	return k.aead.Seal(dst, nonce, plain, ad)
 }
 
 // ErrBlockAuth is returned for a block that fails authentication: a flipped
 // bit, a block from another position or another file, a wrong key.
 var ErrBlockAuth = errors.New("block authentication failed")
 
-// OpenBlock appends the plaintext of encrypted block blockNo to dst.
-func (k *FileKeys) OpenBlock(dst, sealed []byte, blockNo uint64) ([]byte, error) {
+// OpenBlock appends the plaintext of encrypted block blockNo to dst. final
+// says whether the caller expects it to be the file's last block (ignored
+// for version 1 files).
+func (k *FileKeys) OpenBlock(dst, sealed []byte, blockNo uint64, final bool) ([]byte, error) {
 	if len(sealed) <= BlockOverhead {
 		return nil, fmt.Errorf("block %d: %w (only %d bytes)", blockNo, ErrBlockAuth, len(sealed))
 	}
-	ad := k.blockAAD(blockNo)
-	out, err := k.aead.Open(dst, sealed[:NonceSize], sealed[NonceSize:], ad[:])
-	if err != nil {
-		return nil, fmt.Errorf("block %d: %w", blockNo, ErrBlockAuth)
+	var buf [IDLen + 9]byte
+	out, err := k.aead.Open(dst, sealed[:NonceSize], sealed[NonceSize:], k.blockAAD(&buf, blockNo, final))
+	if err == nil {
+		return out, nil
 	}
-	return out, nil
+	if k.version >= Version2 {
+		// Only to name the cause in the log: a block that opens with the
+		// other flag is genuine but in the wrong role, so the file's end
+		// was moved (blocks cut off, or appended). Failure costs nothing
+		// on the good path.
+		if pt, err2 := k.aead.Open(dst[len(dst):], sealed[:NonceSize], sealed[NonceSize:], k.blockAAD(&buf, blockNo, !final)); err2 == nil {
+			clear(pt)
+			if final {
+				return nil, fmt.Errorf("block %d: %w (it should be the file's last block but is not sealed as one: the file was cut at a block boundary)", blockNo, ErrBlockAuth)
+			}
+			return nil, fmt.Errorf("block %d: %w (it is sealed as the file's last block but more blocks follow: blocks were appended)", blockNo, ErrBlockAuth)
+		}
+	}
+	return nil, fmt.Errorf("block %d: %w", blockNo, ErrBlockAuth)
 }

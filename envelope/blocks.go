@@ -51,8 +51,10 @@ func shares(n, blockBytes int, fn func(lo, hi int) error) error {
 // block firstBlock: plain is split into blockSize pieces (the last may be
 // short). One call to the random source serves all nonces, which matters at
 // 4 KiB blocks, and a large run is sealed on several cores (a sealed
-// block's position in the output depends only on its index).
-func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize int) ([]byte, error) {
+// block's position in the output depends only on its index). final seals
+// the run's last block as the file's last block (version 2; every other
+// block of the run is sealed as followed by more).
+func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize int, final bool) ([]byte, error) {
 	n := (len(plain) + blockSize - 1) / blockSize
 	nonces := make([]byte, n*NonceSize)
 	if _, err := rand.Read(nonces); err != nil {
@@ -68,7 +70,7 @@ func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize in
 			end := min((i+1)*blockSize, len(plain))
 			o := i * sealedSize
 			// Seal appends in place: out[o:o] has the capacity of the rest.
-			k.sealWithNonce(out[o:o], plain[i*blockSize:end], firstBlock+uint64(i), nonces[i*NonceSize:(i+1)*NonceSize])
+			k.sealWithNonce(out[o:o], plain[i*blockSize:end], firstBlock+uint64(i), final && i == n-1, nonces[i*NonceSize:(i+1)*NonceSize])
 		}
 		return nil
 	})
@@ -77,9 +79,11 @@ func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize in
 
 // OpenBlocks appends the plaintext of the consecutive sealed blocks in
 // sealed (every one sealedBlockSize bytes but the last, which may be
-// shorter), the first of which is block firstBlock. A block that fails
-// authentication fails the whole call, naming the lowest such block.
-func (k *FileKeys) OpenBlocks(dst, sealed []byte, firstBlock uint64, sealedBlockSize int) ([]byte, error) {
+// shorter), the first of which is block firstBlock. final says the run ends
+// with the file's last block (version 2: it must be sealed final, the
+// others not). A block that fails authentication fails the whole call,
+// naming the lowest such block.
+func (k *FileKeys) OpenBlocks(dst, sealed []byte, firstBlock uint64, sealedBlockSize int, final bool) ([]byte, error) {
 	if len(sealed) == 0 {
 		return dst, nil
 	}
@@ -96,7 +100,7 @@ func (k *FileKeys) OpenBlocks(dst, sealed []byte, firstBlock uint64, sealedBlock
 	err := shares(n, blockSize, func(lo, hi int) error {
 		for i := lo; i < hi; i++ {
 			blk := sealed[i*sealedBlockSize : min((i+1)*sealedBlockSize, len(sealed))]
-			if _, err := k.OpenBlock(out[i*blockSize:i*blockSize], blk, firstBlock+uint64(i)); err != nil {
+			if _, err := k.OpenBlock(out[i*blockSize:i*blockSize], blk, firstBlock+uint64(i), final && i == n-1); err != nil {
 				return err
 			}
 		}

@@ -22,7 +22,7 @@ func TestBlocksParallelMatchesSerial(t *testing.T) {
 				plain[i] = byte(i*131 + i>>12)
 			}
 			prefix := []byte("keep")
-			sealed, err := keys.SealBlocks(append([]byte(nil), prefix...), plain, 5, bs)
+			sealed, err := keys.SealBlocks(append([]byte(nil), prefix...), plain, 5, bs, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -35,7 +35,7 @@ func TestBlocksParallelMatchesSerial(t *testing.T) {
 				t.Fatalf("sealed %d bytes, want %d", len(sealed), want)
 			}
 			for i := 0; i < n; i++ {
-				got, err := keys.OpenBlock(nil, sealed[i*sb:min((i+1)*sb, len(sealed))], 5+uint64(i))
+				got, err := keys.OpenBlock(nil, sealed[i*sb:min((i+1)*sb, len(sealed))], 5+uint64(i), i == n-1)
 				if err != nil {
 					t.Fatalf("block %d: %v", i, err)
 				}
@@ -43,7 +43,7 @@ func TestBlocksParallelMatchesSerial(t *testing.T) {
 					t.Fatalf("block %d: wrong plaintext", i)
 				}
 			}
-			opened, err := keys.OpenBlocks([]byte("x"), sealed, 5, sb)
+			opened, err := keys.OpenBlocks([]byte("x"), sealed, 5, sb, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -61,14 +61,14 @@ func TestOpenBlocksTamperInLaterShare(t *testing.T) {
 	const bs = 4096
 	sb := bs + BlockOverhead
 	plain := bytes.Repeat([]byte{0xab}, 1<<20)
-	sealed, err := keys.SealBlocks(nil, plain, 0, bs)
+	sealed, err := keys.SealBlocks(nil, plain, 0, bs, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, bad := range []int{0, 200, 255} {
 		c := bytes.Clone(sealed)
 		c[bad*sb+NonceSize+3] ^= 1
-		out, err := keys.OpenBlocks(nil, c, 0, sb)
+		out, err := keys.OpenBlocks(nil, c, 0, sb, false)
 		if !errors.Is(err, ErrBlockAuth) {
 			t.Fatalf("block %d tampered: err = %v, want ErrBlockAuth", bad, err)
 		}
@@ -82,11 +82,89 @@ func TestOpenBlocksTamperInLaterShare(t *testing.T) {
 	// Blocks swapped between the two halves fail too.
 	c := bytes.Clone(sealed)
 	copy(c[10*sb:11*sb], sealed[200*sb:201*sb])
-	if _, err := keys.OpenBlocks(nil, c, 0, sb); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlocks(nil, c, 0, sb, false); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("swapped block: err = %v", err)
 	}
 	// A last block too short to hold a tag.
-	if _, err := keys.OpenBlocks(nil, sealed[:sb+BlockOverhead], 0, sb); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlocks(nil, sealed[:sb+BlockOverhead], 0, sb, false); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("short last block: err = %v", err)
 	}
+}
+
+// TestFinalFlagDetectsMovedEnd: in version 2 a file cut at a block
+// boundary, or extended with a genuine block of an older, longer version
+// of itself, fails to open; version 1 accepts both (the gap version 2
+// closes).
+func TestFinalFlagDetectsMovedEnd(t *testing.T) {
+	const bs = 4096
+	sb := bs + BlockOverhead
+	plain := bytes.Repeat([]byte("0123456789abcdef"), 4*bs/16) // 4 blocks
+	for _, version := range []uint8{Version1, Version2} {
+		keys, err := DeriveFileKeys(bytes.Repeat([]byte{0x42}, KeySize), id(3), version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		long, err := keys.SealBlocks(nil, plain, 0, bs, true) // an older, longer version
+		if err != nil {
+			t.Fatal(err)
+		}
+		short, err := keys.SealBlocks(nil, plain[:3*bs], 0, bs, true) // the file now
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := keys.OpenBlocks(nil, short, 0, sb, true); err != nil {
+			t.Fatalf("v%d: the file itself: %v", version, err)
+		}
+		cut := short[:2*sb]
+		_, err = keys.OpenBlocks(nil, cut, 0, sb, true)
+		if wantFail := version == Version2; (err != nil) != wantFail || (err != nil && !errors.Is(err, ErrBlockAuth)) {
+			t.Errorf("v%d: cut at a block boundary: %v", version, err)
+		}
+		extended := append(bytes.Clone(short), long[3*sb:]...)
+		_, err = keys.OpenBlocks(nil, extended, 0, sb, true)
+		if wantFail := version == Version2; (err != nil) != wantFail || (err != nil && !errors.Is(err, ErrBlockAuth)) {
+			t.Errorf("v%d: a block appended: %v", version, err)
+		}
+	}
+}
+
+// FuzzOpenBlocks: a run of sealed blocks opens only as a genuine run: whole
+// blocks of what was sealed, at their own numbers, ending the file exactly
+// when they end with its last block. Any other input, a run cut or extended
+// at a block boundary included, is an error and returns no plaintext.
+func FuzzOpenBlocks(f *testing.F) {
+	const bs = MinBlockSize
+	keys := testKeys(f, id(9))
+	plain := bytes.Repeat([]byte("fuzz"), 3*bs/4+10) // 3 full blocks and a short one
+	nonces := make([]byte, 4*NonceSize)              // fixed: every fuzz worker seals the same run
+	var sealed []byte
+	for i := 0; i < 4; i++ {
+		sealed = keys.sealWithNonce(sealed, plain[i*bs:min((i+1)*bs, len(plain))], 2+uint64(i), i == 3, nonces[i*NonceSize:(i+1)*NonceSize])
+	}
+	sb := bs + BlockOverhead
+	f.Add(sealed, uint64(2), true)
+	f.Add(sealed[:3*sb], uint64(2), true)
+	f.Add(sealed[sb:], uint64(3), true)
+	f.Add(sealed, uint64(2), false)
+	f.Fuzz(func(t *testing.T, b []byte, first uint64, final bool) {
+		got, err := keys.OpenBlocks(nil, b, first, sb, final)
+		genuine := false
+		var want []byte
+		for k0 := 0; k0 < 4; k0++ {
+			for k1 := k0 + 1; k1 <= 4; k1++ {
+				if first == 2+uint64(k0) && final == (k1 == 4) && bytes.Equal(b, sealed[k0*sb:min(k1*sb, len(sealed))]) {
+					genuine, want = true, plain[k0*bs:min(k1*bs, len(plain))]
+				}
+			}
+		}
+		if err == nil && !genuine && len(b) > 0 {
+			t.Fatalf("a forged run of %d bytes opened as block %d (final %v)", len(b), first, final)
+		}
+		if err != nil && got != nil {
+			t.Fatal("plaintext returned with an error")
+		}
+		if genuine && (err != nil || !bytes.Equal(got, want)) {
+			t.Fatalf("a genuine run: %v", err)
+		}
+	})
 }

@@ -32,7 +32,7 @@ func id(b byte) (out [IDLen]byte) {
 func testKeys(t testing.TB, fileID [IDLen]byte) *FileKeys {
 	t.Helper()
 	key := bytes.Repeat([]byte{0x42}, KeySize)
-	k, err := DeriveFileKeys(key, fileID)
+	k, err := DeriveFileKeys(key, fileID, CurrentVersion)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,31 +72,45 @@ func testHeader(mode Mode) Header {
 	return h
 }
 
-// vectors is testdata/vectors.json: fixed key, IDs, nonces and plaintext and
-// the exact bytes they must produce. A format change that breaks existing
-// volumes changes these bytes and fails TestVectors.
+// vectors is testdata/vectors.json (version 1) or vectors_v2.json: fixed
+// key, IDs, nonces and plaintext and the exact bytes they must produce. A
+// format change that breaks existing volumes changes these bytes and fails
+// TestVectors.
 type vectors struct {
-	FileKey    string `json:"file_key"`
-	FileID     string `json:"file_id"`
-	BlockKey   string `json:"block_key"`
-	HeaderMAC  string `json:"header_mac_key"`
-	BucketKey  string `json:"bucket_key"`
-	BucketFile string `json:"bucket_file_key"`
-	Header     string `json:"header_region"`
-	Blocks     []struct {
-		BlockNo    uint64 `json:"block_no"`
-		Nonce      string `json:"nonce"`
-		Plaintext  string `json:"plaintext"`
-		Ciphertext string `json:"sealed"`
-	} `json:"blocks"`
+	Version    uint8         `json:"version,omitempty"`
+	FileKey    string        `json:"file_key"`
+	FileID     string        `json:"file_id"`
+	BlockKey   string        `json:"block_key"`
+	HeaderMAC  string        `json:"header_mac_key"`
+	BucketKey  string        `json:"bucket_key"`
+	BucketFile string        `json:"bucket_file_key"`
+	Header     string        `json:"header_region"`
+	Blocks     []vectorBlock `json:"blocks"`
+}
+
+type vectorBlock struct {
+	BlockNo    uint64 `json:"block_no"`
+	Final      bool   `json:"final,omitempty"`
+	Nonce      string `json:"nonce"`
+	Plaintext  string `json:"plaintext"`
+	Ciphertext string `json:"sealed"`
 }
 
 func TestVectors(t *testing.T) {
-	path := filepath.Join("testdata", "vectors.json")
+	t.Run("v1", func(t *testing.T) { testVectors(t, Version1, "vectors.json") })
+	t.Run("v2", func(t *testing.T) { testVectors(t, Version2, "vectors_v2.json") })
+}
+
+func testVectors(t *testing.T, version uint8, file string) {
+	path := filepath.Join("testdata", file)
 	fileKey := bytes.Repeat([]byte{0x42}, KeySize)
 	fileID := id(0x10)
-	keys := testKeys(t, fileID)
+	keys, err := DeriveFileKeys(fileKey, fileID, version)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := testHeader(ModePerObject)
+	h.Version = version
 	region, err := h.Marshal(keys.MACKey())
 	if err != nil {
 		t.Fatal(err)
@@ -106,22 +120,29 @@ func TestVectors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *update {
+	// Vectors are written once, when their version is new: never for an
+	// older version, whose stored files they stand for.
+	if *update && version == CurrentVersion {
 		v := vectors{
+			Version: version,
 			FileKey: hex.EncodeToString(fileKey), FileID: hex.EncodeToString(fileID[:]),
 			BlockKey: hex.EncodeToString(keys.blockKey), HeaderMAC: hex.EncodeToString(keys.macKey),
 			BucketKey: hex.EncodeToString(bucketKey), BucketFile: hex.EncodeToString(bfk),
 			Header: hex.EncodeToString(region),
 		}
-		for i, pt := range [][]byte{[]byte("hello, kmsfs"), bytes.Repeat([]byte{0}, DefaultBlockSize), {0xff}} {
+		for i, b := range []struct {
+			no    uint64
+			final bool
+			pt    []byte
+		}{
+			{0, false, []byte("hello, kmsfs")},
+			{0, true, []byte("hello, kmsfs")},
+			{7, false, bytes.Repeat([]byte{0}, DefaultBlockSize)},
+			{14, true, []byte{0xff}},
+		} {
 			nonce := bytes.Repeat([]byte{byte(i + 1)}, NonceSize)
-			sealed := keys.sealWithNonce(nil, pt, uint64(i*7), nonce)
-			v.Blocks = append(v.Blocks, struct {
-				BlockNo    uint64 `json:"block_no"`
-				Nonce      string `json:"nonce"`
-				Plaintext  string `json:"plaintext"`
-				Ciphertext string `json:"sealed"`
-			}{uint64(i * 7), hex.EncodeToString(nonce), hex.EncodeToString(pt), hex.EncodeToString(sealed)})
+			sealed := keys.sealWithNonce(nil, b.pt, b.no, b.final, nonce)
+			v.Blocks = append(v.Blocks, vectorBlock{b.no, b.final, hex.EncodeToString(nonce), hex.EncodeToString(b.pt), hex.EncodeToString(sealed)})
 		}
 		b, err := json.MarshalIndent(v, "", "  ")
 		if err != nil {
@@ -151,22 +172,35 @@ func TestVectors(t *testing.T) {
 	if got := hex.EncodeToString(region); got != v.Header {
 		t.Errorf("header encoding changed:\n got %s\nwant %s", got, v.Header)
 	}
-	// The stored header must parse and verify with the stored keys.
+	// The stored header must parse and verify with the stored keys, and
+	// only with keys of its own version.
 	p, err := ParseHeader(mustHex(t, v.Header))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if p.Version != version {
+		t.Errorf("header vector parses as version %d, want %d", p.Version, version)
+	}
 	if err := p.Verify(keys); err != nil {
 		t.Fatal(err)
 	}
+	otherVersion := map[uint8]uint8{Version1: Version2, Version2: Version1}[version]
+	if ok, _ := DeriveFileKeys(fileKey, fileID, otherVersion); p.Verify(ok) == nil {
+		t.Errorf("a version %d header verified with version %d keys", version, otherVersion)
+	}
 	for _, b := range v.Blocks {
-		sealed := keys.sealWithNonce(nil, mustHex(t, b.Plaintext), b.BlockNo, mustHex(t, b.Nonce))
+		sealed := keys.sealWithNonce(nil, mustHex(t, b.Plaintext), b.BlockNo, b.Final, mustHex(t, b.Nonce))
 		if hex.EncodeToString(sealed) != b.Ciphertext {
 			t.Errorf("block %d: sealing changed", b.BlockNo)
 		}
-		pt, err := keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo)
+		pt, err := keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo, b.Final)
 		if err != nil || !bytes.Equal(pt, mustHex(t, b.Plaintext)) {
 			t.Errorf("block %d: vector does not open: %v", b.BlockNo, err)
+		}
+		// Version 2 binds the final flag; version 1 has none.
+		_, err = keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo, !b.Final)
+		if (err == nil) != (version == Version1) {
+			t.Errorf("block %d (final %v) opened with the other flag: %v", b.BlockNo, b.Final, err)
 		}
 	}
 }
@@ -237,7 +271,7 @@ func TestHeaderMovedToOtherFile(t *testing.T) {
 	keysA := testKeys(t, a.FileID)
 	regionA := marshal(t, a, keysA.MACKey())
 	otherKey := bytes.Repeat([]byte{0x43}, KeySize)
-	keysB, err := DeriveFileKeys(otherKey, a.FileID)
+	keysB, err := DeriveFileKeys(otherKey, a.FileID, CurrentVersion)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +332,7 @@ func TestHeaderFileIDSurvivesATornRewrap(t *testing.T) {
 		"short":       region[:20],
 		"zeroed":      make([]byte, len(region)),
 		"bad magic":   append([]byte("XMFS"), region[4:]...),
-		"bad version": append(append(bytes.Clone(region[:4]), 2), region[5:]...),
+		"bad version": append(append(bytes.Clone(region[:4]), 3), region[5:]...),
 	} {
 		if _, ok := HeaderFileID(bad); ok {
 			t.Fatalf("%s region gave a file ID", name)
@@ -329,7 +363,7 @@ func TestBlockRoundTripAndTamper(t *testing.T) {
 	keys := testKeys(t, id(1))
 	other := testKeys(t, id(2))
 	plain := bytes.Repeat([]byte("0123456789abcdef"), 1024) // 16 KiB = 4 blocks
-	sealed, err := keys.SealBlocks(nil, plain, 0, DefaultBlockSize)
+	sealed, err := keys.SealBlocks(nil, plain, 0, DefaultBlockSize, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +373,7 @@ func TestBlockRoundTripAndTamper(t *testing.T) {
 	}
 	blk := func(i int) []byte { return sealed[i*sb : (i+1)*sb] }
 	for i := 0; i < 4; i++ {
-		pt, err := keys.OpenBlock(nil, blk(i), uint64(i))
+		pt, err := keys.OpenBlock(nil, blk(i), uint64(i), false)
 		if err != nil || !bytes.Equal(pt, plain[i*DefaultBlockSize:(i+1)*DefaultBlockSize]) {
 			t.Fatalf("block %d: %v", i, err)
 		}
@@ -348,23 +382,23 @@ func TestBlockRoundTripAndTamper(t *testing.T) {
 	for _, pos := range []int{0, NonceSize, NonceSize + 100, sb - 1} {
 		bad := bytes.Clone(blk(1))
 		bad[pos] ^= 0x80
-		if _, err := keys.OpenBlock(nil, bad, 1); !errors.Is(err, ErrBlockAuth) {
+		if _, err := keys.OpenBlock(nil, bad, 1, false); !errors.Is(err, ErrBlockAuth) {
 			t.Fatalf("bit flip at %d: %v", pos, err)
 		}
 	}
 	// Block swapped within the file.
-	if _, err := keys.OpenBlock(nil, blk(2), 1); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlock(nil, blk(2), 1, false); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("swapped block opened: %v", err)
 	}
 	// Block moved to another file.
-	if _, err := other.OpenBlock(nil, blk(1), 1); !errors.Is(err, ErrBlockAuth) {
+	if _, err := other.OpenBlock(nil, blk(1), 1, false); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("block from another file opened: %v", err)
 	}
 	// Truncated block.
-	if _, err := keys.OpenBlock(nil, blk(1)[:sb-1], 1); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlock(nil, blk(1)[:sb-1], 1, false); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("truncated block opened: %v", err)
 	}
-	if _, err := keys.OpenBlock(nil, blk(1)[:5], 1); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlock(nil, blk(1)[:5], 1, false); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("short block: %v", err)
 	}
 }
@@ -374,7 +408,7 @@ func TestNoncesDistinct(t *testing.T) {
 	keys := testKeys(t, id(1))
 	seen := map[string]bool{}
 	for i := 0; i < 20000; i++ {
-		s, err := keys.SealBlock(nil, []byte("same"), 0)
+		s, err := keys.SealBlock(nil, []byte("same"), 0, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -417,7 +451,10 @@ func FuzzParseHeader(f *testing.F) {
 	keys := testKeys(f, h.FileID)
 	region := marshal(f, h, keys.MACKey())
 	f.Add(region)
+	h.Version = Version1
+	f.Add(marshal(f, h, keys.MACKey()))
 	f.Add([]byte("KMFS\x01\x00\x01\x00\x00\x00"))
+	f.Add([]byte("KMFS\x02\x00\x01\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := ParseHeader(b)
 		if err != nil {
@@ -432,12 +469,13 @@ func FuzzOpenBlock(f *testing.F) {
 	keys := testKeys(f, id(1))
 	// A fixed nonce: fuzz workers run this setup again and must get the
 	// same genuine block as the coordinator that seeded the corpus.
-	s := keys.sealWithNonce(nil, []byte("seed"), 3, make([]byte, NonceSize))
-	f.Add(s, uint64(3))
-	f.Add([]byte{}, uint64(0))
-	f.Fuzz(func(t *testing.T, b []byte, n uint64) {
-		pt, err := keys.OpenBlock(nil, b, n)
-		if err == nil && !(n == 3 && bytes.Equal(b, s) && string(pt) == "seed") {
+	s := keys.sealWithNonce(nil, []byte("seed"), 3, true, make([]byte, NonceSize))
+	f.Add(s, uint64(3), true)
+	f.Add(s, uint64(3), false)
+	f.Add([]byte{}, uint64(0), false)
+	f.Fuzz(func(t *testing.T, b []byte, n uint64, final bool) {
+		pt, err := keys.OpenBlock(nil, b, n, final)
+		if err == nil && !(n == 3 && final && bytes.Equal(b, s) && string(pt) == "seed") {
 			t.Fatalf("forged block opened")
 		}
 	})

@@ -15,8 +15,14 @@ import (
 	"fmt"
 )
 
-// Version is the header format version this package writes and reads.
-const Version = 1
+// Header format versions. Version 2 differs from 1 only in the block AAD
+// (a final-block flag, docs/FORMAT.md section 4); the header layout is the
+// same. New files are written as CurrentVersion; both are read.
+const (
+	Version1       = 1
+	Version2       = 2
+	CurrentVersion = Version2
+)
 
 // Magic starts every encrypted file.
 const Magic = "KMFS"
@@ -88,7 +94,8 @@ const IDLen = 16
 
 // Header is the decoded file header.
 type Header struct {
-	RegionSize  int // bytes reserved for the header; block 0 starts here
+	Version     uint8 // format version; 0 in Marshal means CurrentVersion
+	RegionSize  int   // bytes reserved for the header; block 0 starts here
 	Mode        Mode
 	Suite       uint8
 	BlockSize   int // plaintext bytes per block
@@ -139,10 +146,17 @@ func (h *Header) Marshal(macKey []byte) ([]byte, error) {
 	add(fieldKeyID, []byte(h.KeyID))
 	add(fieldWrappedKey, h.WrappedKey)
 
+	version := h.Version
+	if version == 0 {
+		version = CurrentVersion
+	}
+	if version != Version1 && version != Version2 {
+		return nil, fmt.Errorf("%w %d", ErrVersion, version)
+	}
 	out := make([]byte, prefixLen, h.RegionSize)
 	copy(out, Magic)
-	out[4] = Version
-	out[5] = 0 // flags: none defined in version 1
+	out[4] = version
+	out[5] = 0 // flags: none defined in versions 1 and 2
 	binary.BigEndian.PutUint16(out[6:], uint16(h.RegionSize))
 	for _, f := range fields {
 		if len(f.value) > 0xffff {
@@ -198,8 +212,8 @@ func ParseHeader(region []byte) (*ParsedHeader, error) {
 	if len(region) < prefixLen || string(region[:4]) != Magic {
 		return nil, ErrNotEncrypted
 	}
-	if region[4] != Version {
-		return nil, fmt.Errorf("%w %d (this kmsfs reads version %d)", ErrVersion, region[4], Version)
+	if region[4] != Version1 && region[4] != Version2 {
+		return nil, fmt.Errorf("%w %d (this kmsfs reads versions %d and %d)", ErrVersion, region[4], Version1, Version2)
 	}
 	if region[5] != 0 {
 		return nil, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, region[5])
@@ -213,6 +227,7 @@ func ParseHeader(region []byte) (*ParsedHeader, error) {
 		return nil, fmt.Errorf("%w: fields length %d overflows region", ErrCorrupt, fieldsLen)
 	}
 	p := &ParsedHeader{prefix8: region[:8:8]}
+	p.Version = region[4]
 	p.RegionSize = regionSize
 	body := region[prefixLen : prefixLen+fieldsLen]
 	seen := map[uint8]bool{}
@@ -320,6 +335,9 @@ func (p *ParsedHeader) Verify(keys *FileKeys) error {
 	if keys.fileID != p.FileID {
 		return fmt.Errorf("header: %w (keys are for another file)", ErrAuth)
 	}
+	if keys.version != p.Version {
+		return fmt.Errorf("header: %w (keys are for format version %d, the header is version %d)", ErrAuth, keys.version, p.Version)
+	}
 	want := headerMAC(keys.macKey, p.prefix8, p.fields)
 	if !hmac.Equal(want, p.mac) {
 		return fmt.Errorf("header: %w", ErrAuth)
@@ -359,10 +377,10 @@ func (p *ParsedHeader) ReplaceKeySlot(keyID string, wrapped []byte) ([]byte, err
 // changes only the fields length and the key slot, so the file ID can be
 // read even from a region torn between its old and new versions: enough to
 // find the intent that completes it. ok is false when the region does not
-// start like a version 1 header.
+// start like a version 1 or 2 header.
 func HeaderFileID(region []byte) (id [IDLen]byte, ok bool) {
 	const at = prefixLen + 3
-	if len(region) < at+IDLen || string(region[:4]) != Magic || region[4] != Version ||
+	if len(region) < at+IDLen || string(region[:4]) != Magic || (region[4] != Version1 && region[4] != Version2) ||
 		region[prefixLen] != fieldFileID || binary.BigEndian.Uint16(region[prefixLen+1:]) != IDLen {
 		return id, false
 	}

@@ -22,14 +22,20 @@ const (
 // file keeps; Zero it on release.
 type FileKeys struct {
 	fileID   [IDLen]byte
+	version  uint8 // the header format version: how blocks are bound (block.go)
 	blockKey []byte
 	macKey   []byte
 	aead     cipher.AEAD
 }
 
 // DeriveFileKeys derives the block and header keys from a file key (the
-// per-object data key, or the output of BucketFileKey).
-func DeriveFileKeys(fileKey []byte, fileID [IDLen]byte) (*FileKeys, error) {
+// per-object data key, or the output of BucketFileKey), for a file of header
+// format version (Version1 or Version2), which decides how its blocks are
+// bound (docs/FORMAT.md section 4).
+func DeriveFileKeys(fileKey []byte, fileID [IDLen]byte, version uint8) (*FileKeys, error) {
+	if version != Version1 && version != Version2 {
+		return nil, fmt.Errorf("%w %d", ErrVersion, version)
+	}
 	if len(fileKey) != KeySize {
 		return nil, fmt.Errorf("file key has %d bytes, want %d", len(fileKey), KeySize)
 	}
@@ -49,7 +55,7 @@ func DeriveFileKeys(fileKey []byte, fileID [IDLen]byte) (*FileKeys, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &FileKeys{fileID: fileID, blockKey: blockKey, macKey: macKey, aead: aead}, nil
+	return &FileKeys{fileID: fileID, version: version, blockKey: blockKey, macKey: macKey, aead: aead}, nil
 }
 
 // BucketFileKey derives a file's own key from a volume-level bucket key and
@@ -75,3 +81,12 @@ func (k *FileKeys) Zero() {
 
 // FileID is the ID of the file these keys belong to.
 func (k *FileKeys) FileID() [IDLen]byte { return k.fileID }
+
+// Version is the header format version of the file these keys belong to.
+func (k *FileKeys) Version() uint8 { return k.version }
+
+// MarksEnd says whether the file's blocks carry the final-block flag
+// (version 2): its last block must then be sealed final, and every other
+// block not, so that a file cut at a block boundary or extended with a
+// block from elsewhere fails authentication.
+func (k *FileKeys) MarksEnd() bool { return k.version >= Version2 }

@@ -28,7 +28,7 @@ func TestWrittenFilesDecodeBySpec(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			keys, err := envelope.DeriveFileKeys(fileKey, fileID)
+			keys, err := envelope.DeriveFileKeys(fileKey, fileID, envelope.CurrentVersion)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -46,7 +46,7 @@ func TestWrittenFilesDecodeBySpec(t *testing.T) {
 			}
 			plain := make([]byte, 3*blockSize+77)
 			rand.Read(plain)
-			stored, err := keys.SealBlocks(region, plain, 0, blockSize)
+			stored, err := keys.SealBlocks(region, plain, 0, blockSize, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -61,6 +61,17 @@ func TestWrittenFilesDecodeBySpec(t *testing.T) {
 			})
 			if err != nil || !bytes.Equal(got, plain) {
 				t.Fatalf("decoded by FORMAT.md: %d bytes, %v; want the %d written", len(got), err, len(plain))
+			}
+			// Cut at a block boundary: the new last block was not sealed as
+			// the last one, which FORMAT.md's reader must refuse.
+			cut := stored[:headerSize+3*(blockSize+envelope.BlockOverhead)]
+			if got, err := specdecode.DecryptFile(cut, headerSize, blockSize, func(p *specdecode.Header) ([]byte, error) {
+				if p.Mode == 2 {
+					return specdecode.BucketFileKey(secret, p.FileID), nil
+				}
+				return secret, nil
+			}); err == nil {
+				t.Fatalf("a file cut at a block boundary decoded by FORMAT.md as %d bytes", len(got))
 			}
 		})
 	}

@@ -59,7 +59,7 @@ func mountTamper(t *testing.T, mode string) {
 	for i, name := range []string{
 		"flip-block", "flip-tag", "flip-nonce", "flip-header", "swap-blocks", "swap-last",
 		"donor", "victim", "cross-a", "cross-b", "cut-tag", "cut-odd", "cut-header", "zero-header",
-		"intact1", "dir/intact2",
+		"cut-block", "cut-blocks", "intact1", "dir/intact2",
 	} {
 		if strings.HasPrefix(name, "dir/") {
 			if err := os.MkdirAll(v.path("dir"), 0o755); err != nil {
@@ -77,6 +77,15 @@ func mountTamper(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	files["intact1-link"] = files["intact1"]
+	// A file four whole blocks long, whose block 3 comes back after the
+	// file was truncated to three: a genuine block of the same file and key.
+	mountWriteFile(t, v.path("append-block"), mountPattern(4*mountBlockSize, 99))
+	v.unmount()
+	stale := mountReadBacking(t, v.backing("append-block"), mountBlockOffset(3), mountCipherBlockSize)
+	v.mount()
+	if err := os.Truncate(v.path("append-block"), 3*mountBlockSize); err != nil {
+		t.Fatal(err)
+	}
 	v.unmount()
 
 	flip := func(name string, off int64) {
@@ -114,7 +123,17 @@ func mountTamper(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	mountPatchBacking(t, v.backing("zero-header"), 0, make([]byte, mountHeaderSize))
-	tampered := []string{"flip-block", "flip-tag", "flip-nonce", "flip-header", "swap-blocks", "swap-last", "victim", "cross-b", "cut-tag", "cut-odd", "cut-header", "zero-header"}
+	// Cut at a block boundary: the short last block removed, and all but
+	// block 0; and the stale block appended.
+	if err := os.Truncate(v.backing("cut-block"), mountBlockOffset(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(v.backing("cut-blocks"), mountBlockOffset(1)); err != nil {
+		t.Fatal(err)
+	}
+	mountPatchBacking(t, v.backing("append-block"), mountBlockOffset(3), stale)
+	tampered := []string{"flip-block", "flip-tag", "flip-nonce", "flip-header", "swap-blocks", "swap-last", "victim", "cross-b", "cut-tag", "cut-odd", "cut-header", "zero-header",
+		"cut-block", "cut-blocks", "append-block"}
 
 	v.mount()
 	for _, name := range tampered {

@@ -30,6 +30,16 @@ type fileState struct {
 	// while any gap is (a writable handle fills them all when it closes),
 	// so a reader on a read-only handle can fill gaps through it.
 	gapWriter *Handle
+
+	// openTail: the stored last block of a version 2 file is sealed as
+	// followed by more blocks, because an extension of the file is under
+	// way; finishTail seals it as the last one (tail.go). Guarded by
+	// content.
+	openTail bool
+	// tailSynced: the backend was synced while the tail was open (an
+	// fsync through a read-only handle, which cannot seal it), so the open
+	// last block may hold fsynced bytes. Guarded by content.
+	tailSynced bool
 }
 
 func (v *Volume) acquire(ino uint64) *fileState {

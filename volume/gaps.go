@@ -91,7 +91,8 @@ func (h *Handle) writeIntoGap(ctx context.Context, keys *envelope.FileKeys, p []
 	}
 	sbp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(sbp)
-	sealed, err := keys.SealBlocks((*sbp)[:0], plain, first, int(bs))
+	// A gap is always followed by data: none of its blocks is the last.
+	sealed, err := keys.SealBlocks((*sbp)[:0], plain, first, int(bs), false)
 	if err != nil {
 		return true, err
 	}
@@ -175,7 +176,7 @@ func (h *Handle) fillGaps(ctx context.Context, lo, hi int64) error {
 		for at := g.lo; at < g.hi; at += chunk {
 			n := min(g.hi-at, chunk)
 			blockNo := uint64(at / l.BlockSize)
-			sealed, err := keys.SealBlocks(nil, zeros[:n], blockNo, int(l.BlockSize))
+			sealed, err := keys.SealBlocks(nil, zeros[:n], blockNo, int(l.BlockSize), false)
 			if err == nil {
 				err = w.changeInPlace(ctx, keys, l.BlockOffset(blockNo), sealed, 0, -1)
 			}

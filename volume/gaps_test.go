@@ -193,7 +193,9 @@ func TestUnfilledGapIsEIOAfterCrash(t *testing.T) {
 	if _, err := h.WriteAt(ctx, pattern(4096, 1), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.WriteAt(ctx, pattern(4096, 2), 1<<20); err != nil {
+	// A partial last block: sealed as the last at once (tail.go), so the
+	// crash leaves only the gap unreadable.
+	if _, err := h.WriteAt(ctx, pattern(4000, 2), 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	// "Crash": the handle is never closed; read through a second volume.
@@ -210,7 +212,7 @@ func TestUnfilledGapIsEIOAfterCrash(t *testing.T) {
 	if _, err := h2.ReadAt(ctx, buf, 0); err != nil || !bytes.Equal(buf, pattern(4096, 1)) {
 		t.Fatalf("block before the gap: %v", err)
 	}
-	if _, err := h2.ReadAt(ctx, buf, 1<<20); err != nil && !errors.Is(err, io.EOF) || !bytes.Equal(buf, pattern(4096, 2)) {
+	if n, err := h2.ReadAt(ctx, buf, 1<<20); err != nil && !errors.Is(err, io.EOF) || !bytes.Equal(buf[:n], pattern(4000, 2)) {
 		t.Fatalf("block after the gap: %v", err)
 	}
 	if _, err := h2.ReadAt(ctx, buf, 8192); !errors.Is(err, envelope.ErrBlockAuth) {

@@ -98,15 +98,29 @@ func (h *Handle) Sync(ctx context.Context) error {
 	if err := h.fillAllGaps(ctx); err != nil {
 		return err
 	}
+	if !h.writable {
+		// A read-only handle cannot seal an open tail (tail.go): note
+		// that its last block becomes durable unsealed.
+		h.st.content.Lock()
+		h.st.tailSynced = h.st.openTail
+		h.st.content.Unlock()
+	}
 	return h.f.Sync()
 }
 
-// fillAllGaps fills the file's gaps (gaps.go) before the backend must hold
-// the whole file.
+// fillAllGaps fills the file's gaps (gaps.go) and, through a writable
+// handle, seals its end (tail.go) before the backend must hold the whole
+// file.
 func (h *Handle) fillAllGaps(ctx context.Context) error {
 	h.st.content.Lock()
 	defer h.st.content.Unlock()
-	return h.fillGaps(ctx, 0, -1)
+	if err := h.fillGaps(ctx, 0, -1); err != nil {
+		return err
+	}
+	if !h.writable {
+		return nil
+	}
+	return h.finishTail(ctx)
 }
 
 // Close releases the handle; the file's keys are zeroed when its last
@@ -125,10 +139,12 @@ func (h *Handle) Close() error {
 		if h.st.gapWriter == h {
 			h.st.gapWriter = nil
 		}
-		h.st.content.Unlock()
 		if err != nil {
 			h.v.log.Error("close: holes left unfilled read as EIO", "path", "/"+h.name, "err", err)
+		} else if err := h.finishTail(context.Background()); err != nil {
+			h.v.log.Error("close: the file's last block could not be sealed as the last; it reads as EIO", "path", "/"+h.name, "err", err)
 		}
+		h.st.content.Unlock()
 	}
 	h.v.release(h.st)
 	return h.f.Close()

@@ -36,6 +36,7 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 			return nil, err
 		}
 		st.keys = keys
+		st.openTail = false
 		return keys, nil
 	}
 	region := make([]byte, h.v.layout.HeaderSize)
@@ -107,7 +108,7 @@ func (v *Volume) newHeader(ctx context.Context, f backend.File, name string) (*e
 		return nil, err
 	}
 	h := envelope.Header{
-		RegionSize: int(v.layout.HeaderSize), Mode: v.mode, Suite: envelope.SuiteAES256GCM,
+		Version: envelope.CurrentVersion, RegionSize: int(v.layout.HeaderSize), Mode: v.mode, Suite: envelope.SuiteAES256GCM,
 		BlockSize: int(v.layout.BlockSize), FileID: fileID, VolumeID: v.id,
 	}
 	var fileKey []byte
@@ -124,7 +125,7 @@ func (v *Volume) newHeader(ctx context.Context, f backend.File, name string) (*e
 		h.KeyID, h.WrappedKey, fileKey = dk.KeyID, dk.CiphertextBlob, dk.Plaintext
 	}
 	defer kms.Zero(fileKey)
-	keys, err := envelope.DeriveFileKeys(fileKey, fileID)
+	keys, err := envelope.DeriveFileKeys(fileKey, fileID, envelope.CurrentVersion)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +174,7 @@ func (v *Volume) openHeader(ctx context.Context, region []byte) (*envelope.FileK
 		}
 	}
 	defer kms.Zero(fileKey)
-	keys, err := envelope.DeriveFileKeys(fileKey, p.FileID)
+	keys, err := envelope.DeriveFileKeys(fileKey, p.FileID, p.Version)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,10 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20+64<<10); re
 
 // readBlocks decrypts blocks [first, end) into dst (appending). A block
 // short of the file's end stops the read (EOF); a block that fails
-// authentication is an error.
+// authentication is an error. A run that reaches the end of the stored file
+// (cipherSize) ends with its last block, which a version 2 file has sealed
+// as the last unless an extension is under way (tail.go). The content lock
+// is held.
 func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint64, cipherSize int64) ([]byte, error) {
 	l := h.v.layout
 	off := l.BlockOffset(first)
@@ -39,7 +42,8 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 		}
 		cbuf = cbuf[:n]
 	}
-	return keys.OpenBlocks(dst, cbuf, first, int(l.SealedBlockSize()))
+	final := stop == cipherSize && !h.st.openTail
+	return keys.OpenBlocks(dst, cbuf, first, int(l.SealedBlockSize()), final)
 }
 
 // ReadAt reads plaintext at off. It returns io.EOF at the end of the file.

@@ -32,13 +32,22 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if h.append {
 		off = size
 	}
+	if err := h.writeAtOffset(ctx, p, off, size); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// writeAtOffset is WriteAt at off, for a file of size bytes. The content
+// lock is held.
+func (h *Handle) writeAtOffset(ctx context.Context, p []byte, off, size int64) error {
 	end := off + int64(len(p))
 	if end > MaxFileSize {
-		return 0, syscall.EFBIG
+		return syscall.EFBIG
 	}
 	keys, err := h.fileKeys(ctx, true)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if len(h.st.gaps) > 0 && len(p) > 0 {
 		bs := h.v.layout.BlockSize
@@ -46,38 +55,50 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 		if h.st.gapsOverlap(lo, hi) {
 			done, err := h.writeIntoGap(ctx, keys, p, off)
 			if err != nil {
-				return 0, err
+				return err
 			}
 			if done {
 				h.v.stats.bytesWritten.Add(uint64(len(p)))
-				return len(p), nil
+				return nil
 			}
 			if err := h.fillGaps(ctx, lo, hi); err != nil {
-				return 0, err
+				return err
 			}
 		}
 	}
-	switch {
-	case off > size && off-size <= maxDeferredGap && len(p) > 0:
-		if err := h.writePastEnd(ctx, keys, p, off, size); err != nil {
-			return 0, err
+	finish := noFinish
+	if end > size {
+		if finish, err = h.beginExtend(ctx, keys, size); err != nil {
+			return err
 		}
-	case off > size:
-		if err := h.extendLocked(ctx, keys, size, off); err != nil {
-			return 0, err
-		}
-		size = off
-		fallthrough
-	default:
-		if err := h.writeLocked(ctx, keys, p, off, size); err != nil {
-			return 0, err
-		}
+	}
+	err = h.writeAtLocked(ctx, keys, p, off, size)
+	if ferr := finish(err == nil); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return err
 	}
 	if end >= size {
 		h.writeBehind(h.v.layout.CipherSize(end, true))
 	}
 	h.v.stats.bytesWritten.Add(uint64(len(p)))
-	return len(p), nil
+	return nil
+}
+
+// writeAtLocked is WriteAt's write once the gaps it meets are dealt with:
+// past the end (leaving a gap, or filling the hole first) or over the file.
+func (h *Handle) writeAtLocked(ctx context.Context, keys *envelope.FileKeys, p []byte, off, size int64) error {
+	switch {
+	case off > size && off-size <= maxDeferredGap && len(p) > 0:
+		return h.writePastEnd(ctx, keys, p, off, size)
+	case off > size:
+		if err := h.extendLocked(ctx, keys, size, off); err != nil {
+			return err
+		}
+		size = off
+	}
+	return h.writeLocked(ctx, keys, p, off, size)
 }
 
 // maxDeferredGap is the largest gap a write past the end leaves to be
@@ -113,6 +134,8 @@ func (h *Handle) writeBehind(cipherEnd int64) {
 
 // writeLocked writes p at off <= size as whole sealed blocks: the first and
 // last blocks are read, modified and resealed when p covers them partly.
+// A write that extends a version 2 file ending on a block boundary follows
+// beginExtend, which resealed its old last block as followed by more.
 func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []byte, off, size int64) error {
 	if len(p) == 0 {
 		return nil
@@ -165,9 +188,12 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 		}
 		copy(buf[end-regionStart:], tail[end-lastStart:regionEnd-lastStart])
 	}
+	newSize := max(end, size)
+	holdsLast := regionEnd == newSize && keys.MarksEnd()
+	final := holdsLast && tailFinal(newSize, bs, end > size, h.st.openTail)
 	sbp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(sbp)
-	sealed, err := keys.SealBlocks((*sbp)[:0], buf, first, int(bs))
+	sealed, err := keys.SealBlocks((*sbp)[:0], buf, first, int(bs), final)
 	if err != nil {
 		return err
 	}
@@ -176,7 +202,14 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 		*pbp = buf[:0]
 	}
 	oldBytes := cs - l.BlockOffset(first) // stored bytes this write replaces
-	return h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, oldBytes, -1)
+	if err := h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, oldBytes, -1); err != nil {
+		return err
+	}
+	if holdsLast {
+		h.st.openTail = !final
+		h.st.tailSynced = h.st.tailSynced && !final
+	}
+	return nil
 }
 
 // MaxFileSize is the largest plaintext file kmsfs makes: ext4's limit with
@@ -244,13 +277,22 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 			h.st.keys = nil
 		}
 		h.st.keyMu.Unlock()
+		h.st.openTail, h.st.tailSynced = false, false
 		return h.f.Truncate(0)
 	case newSize > size:
 		keys, err := h.fileKeys(ctx, true)
 		if err != nil {
 			return err
 		}
-		return h.extendLocked(ctx, keys, size, newSize)
+		finish, err := h.beginExtend(ctx, keys, size)
+		if err != nil {
+			return err
+		}
+		err = h.extendLocked(ctx, keys, size, newSize)
+		if ferr := finish(err == nil); err == nil {
+			err = ferr
+		}
+		return err
 	}
 	keys, err := h.fileKeys(ctx, false)
 	if err != nil {
@@ -264,22 +306,43 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 		if err != nil {
 			return err
 		}
-		sealed, err := keys.SealBlock(nil, plain[:rest], blockNo)
+		sealed, err := keys.SealBlock(nil, plain[:rest], blockNo, true)
 		if err != nil {
 			return err
 		}
 		// Truncate, then rewrite the new last block: a crash between the
 		// two would leave a cut block, so the pair is one intent.
-		return h.changeInPlace(ctx, keys, l.BlockOffset(blockNo), sealed, int64(len(sealed)), l.CipherSize(newSize, true))
+		if err := h.changeInPlace(ctx, keys, l.BlockOffset(blockNo), sealed, int64(len(sealed)), l.CipherSize(newSize, true)); err != nil {
+			return err
+		}
+		h.st.openTail = false
+		return nil
+	}
+	if keys.MarksEnd() {
+		// The new last block was sealed as followed by more: reseal it as
+		// the last, in the same intent as the cut.
+		return h.cutAtBlock(ctx, keys, newSize, size)
 	}
 	return h.f.Truncate(l.CipherSize(newSize, true))
 }
 
-// Allocate implements fallocate(2) mode 0 (reserve, growing the size) and
+// fallocate(2) modes (linux/falloc.h).
+const (
+	fallocKeepSize  = 0x01
+	fallocZeroRange = 0x10
+)
+
+// Allocate implements fallocate(2) mode 0 (reserve, growing the size),
 // FALLOC_FL_KEEP_SIZE (a no-op: space is reserved by writing, and blocks
-// past the end would be read as a torn file). Other modes are ENOTSUP.
+// past the end would be read as a torn file) and FALLOC_FL_ZERO_RANGE, with
+// or without KEEP_SIZE: the range is written as encrypted zeros, which is
+// what the mode promises (zeros, with the space allocated). Other modes
+// (PUNCH_HOLE: stored files have no holes, docs/FORMAT.md section 4) are
+// ENOTSUP.
 func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error {
-	const fallocKeepSize = 0x01
+	if mode&fallocZeroRange != 0 && mode&^(fallocZeroRange|fallocKeepSize) == 0 {
+		return h.zeroRange(ctx, off, off+n, mode&fallocKeepSize != 0)
+	}
 	switch mode {
 	case 0:
 		size, err := h.Size()
@@ -294,4 +357,38 @@ func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error 
 		return nil
 	}
 	return syscall.EOPNOTSUPP
+}
+
+// zeroRange writes zeros over [off, end), growing the file to end unless
+// keepSize (then only the part below the size is zeroed).
+func (h *Handle) zeroRange(ctx context.Context, off, end int64, keepSize bool) error {
+	if h.v.readOnly {
+		return syscall.EROFS
+	}
+	if off < 0 || end <= off {
+		return syscall.EINVAL
+	}
+	h.st.content.Lock()
+	defer h.st.content.Unlock()
+	size, err := h.Size()
+	if err != nil {
+		return err
+	}
+	if keepSize {
+		end = min(end, size)
+	}
+	const chunk = 1 << 20
+	zeros := make([]byte, min(chunk, max(end-off, 0)))
+	for at := off; at < end; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := min(end-at, chunk-at%chunk)
+		if err := h.writeAtOffset(ctx, zeros[:n], at, size); err != nil {
+			return err
+		}
+		at += n
+		size = max(size, at)
+	}
+	return nil
 }

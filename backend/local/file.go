@@ -3,6 +3,8 @@ package local
 import (
 	"io"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // file is an open backing file on a raw descriptor. Its methods retry
@@ -40,6 +42,21 @@ func (f *file) WriteAt(p []byte, off int64) (int, error) {
 		n += m
 	}
 	return n, nil
+}
+
+// WriteAtQuiet writes p and puts back the modification time the file had
+// (backend.QuietWriter); the change time moves, as for any write.
+func (f *file) WriteAtQuiet(p []byte, off int64) (int, error) {
+	var st syscall.Stat_t
+	if err := f.Stat(&st); err != nil {
+		return 0, err
+	}
+	n, err := f.WriteAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}}
+	return n, retry(func() error { return unix.UtimesNanoAt(f.fd, "", ts, unix.AT_EMPTY_PATH) })
 }
 
 func (f *file) Truncate(size int64) error {

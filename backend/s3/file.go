@@ -425,7 +425,8 @@ func (f *openFile) readAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-func (f *openFile) writeAt(p []byte, off int64) (int, error) {
+// writeAt writes p at off; quiet leaves the modification time alone.
+func (f *openFile) writeAt(p []byte, off int64, quiet bool) (int, error) {
 	if off < 0 {
 		return 0, pathErr("write", f.name, syscall.EINVAL)
 	}
@@ -439,7 +440,11 @@ func (f *openFile) writeAt(p []byte, off int64) (int, error) {
 		f.size = end
 	}
 	if n > 0 {
+		mtime, ctime := f.attrs.mtime, f.attrs.ctime
 		f.touch()
+		if quiet {
+			f.attrs.mtime, f.attrs.ctime = mtime, ctime
+		}
 		f.noteWrite(off, int64(n), f.size)
 	}
 	return n, err
@@ -541,7 +546,15 @@ func (h *handle) WriteAt(p []byte, off int64) (int, error) {
 	if h.closed.Load() {
 		return 0, os.ErrClosed
 	}
-	return h.f.writeAt(p, off)
+	return h.f.writeAt(p, off, false)
+}
+
+// WriteAtQuiet is WriteAt keeping the modification time (backend.QuietWriter).
+func (h *handle) WriteAtQuiet(p []byte, off int64) (int, error) {
+	if h.closed.Load() {
+		return 0, os.ErrClosed
+	}
+	return h.f.writeAt(p, off, true)
 }
 
 func (h *handle) Truncate(size int64) error {

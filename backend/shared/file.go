@@ -403,7 +403,8 @@ func (f *openFile) changed() {
 	f.wver++
 }
 
-func (f *openFile) writeAt(p []byte, off int64) (int, error) {
+// writeAt writes p at off; quiet leaves the modification time alone.
+func (f *openFile) writeAt(p []byte, off int64, quiet bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(p) == 0 {
@@ -438,7 +439,9 @@ func (f *openFile) writeAt(p []byte, off int64) (int, error) {
 	if end > f.size {
 		f.size, f.resized = end, true
 	}
-	f.changed()
+	if !quiet {
+		f.changed()
+	}
 	return len(p), nil
 }
 
@@ -634,7 +637,16 @@ func (h *handle) WriteAt(p []byte, off int64) (int, error) {
 	if h.closed.Load() {
 		return 0, os.ErrClosed
 	}
-	n, err := h.f.writeAt(p, off)
+	n, err := h.f.writeAt(p, off, false)
+	return n, h.err("write", err)
+}
+
+// WriteAtQuiet is WriteAt keeping the modification time (backend.QuietWriter).
+func (h *handle) WriteAtQuiet(p []byte, off int64) (int, error) {
+	if h.closed.Load() {
+		return 0, os.ErrClosed
+	}
+	n, err := h.f.writeAt(p, off, true)
 	return n, h.err("write", err)
 }
 

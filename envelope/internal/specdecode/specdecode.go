@@ -54,6 +54,7 @@ type Field struct {
 
 // Header is a parsed header region.
 type Header struct {
+	Version    byte   // byte 4: 1 or 2 (section 4: how blocks are bound)
 	Prefix     []byte // bytes 0..7
 	RegionSize int
 	Fields     []Field // in stored order
@@ -67,19 +68,19 @@ type Header struct {
 }
 
 // ParseHeader decodes a header region by the rules of section 3 (magic,
-// version 1, no flags, TLV fields each at most once, the required ones
+// version 1 or 2, no flags, TLV fields each at most once, the required ones
 // present, zero padding). It does not check the MAC: Verify does.
 func ParseHeader(region []byte) (*Header, error) {
 	if len(region) < prefixLen || string(region[:4]) != magic {
 		return nil, errors.New("no KMFS magic")
 	}
-	if region[4] != 1 {
+	if region[4] != 1 && region[4] != 2 {
 		return nil, fmt.Errorf("version %d", region[4])
 	}
 	if region[5] != 0 {
 		return nil, fmt.Errorf("flags 0x%02x", region[5])
 	}
-	h := &Header{Prefix: region[:8], RegionSize: int(binary.BigEndian.Uint16(region[6:8]))}
+	h := &Header{Version: region[4], Prefix: region[:8], RegionSize: int(binary.BigEndian.Uint16(region[6:8]))}
 	fieldsLen := int(binary.BigEndian.Uint16(region[8:10]))
 	if h.RegionSize < minRegion || h.RegionSize > len(region) {
 		return nil, fmt.Errorf("region size %d with %d bytes", h.RegionSize, len(region))
@@ -192,8 +193,8 @@ func (h *Header) Verify(macKey []byte) error {
 
 // EncodeHeader writes a header region as section 3 tells writers to: the
 // authenticated fields in ascending type order, then 0x81, then 0x82, the
-// MAC and zero padding up to regionSize.
-func EncodeHeader(regionSize int, fields []Field, macKey []byte) ([]byte, error) {
+// MAC and zero padding up to regionSize, as format version.
+func EncodeHeader(version byte, regionSize int, fields []Field, macKey []byte) ([]byte, error) {
 	auth := []Field{}
 	slot := map[byte][]byte{}
 	for _, f := range fields {
@@ -206,7 +207,7 @@ func EncodeHeader(regionSize int, fields []Field, macKey []byte) ([]byte, error)
 	sort.SliceStable(auth, func(i, j int) bool { return auth[i].Type < auth[j].Type })
 	ordered := append(auth, Field{TypeKMSKeyID, slot[TypeKMSKeyID]}, Field{TypeWrappedKey, slot[TypeWrappedKey]})
 	out := []byte(magic)
-	out = append(out, 1, 0, byte(regionSize>>8), byte(regionSize), 0, 0)
+	out = append(out, version, 0, byte(regionSize>>8), byte(regionSize), 0, 0)
 	for _, f := range ordered {
 		out = append(out, f.Type, byte(len(f.Value)>>8), byte(len(f.Value)))
 		out = append(out, f.Value...)
@@ -254,22 +255,31 @@ func gcm(key []byte) cipher.AEAD {
 
 // Section 4: blocks.
 
-// BlockAAD is file ID || block number (uint64).
-func BlockAAD(fileID []byte, blockNo uint64) []byte {
-	return binary.BigEndian.AppendUint64(append([]byte(nil), fileID...), blockNo)
+// BlockAAD is file ID || block number (uint64), and in version 2 one more
+// byte: 0x01 for the file's last block, 0x00 for every other.
+func BlockAAD(version byte, fileID []byte, blockNo uint64, last bool) []byte {
+	ad := binary.BigEndian.AppendUint64(append([]byte(nil), fileID...), blockNo)
+	if version == 2 {
+		flag := byte(0)
+		if last {
+			flag = 1
+		}
+		ad = append(ad, flag)
+	}
+	return ad
 }
 
 // SealBlock is nonce || AES-GCM(blockKey, nonce, plain, BlockAAD).
-func SealBlock(blockKey, fileID []byte, blockNo uint64, nonce, plain []byte) []byte {
-	return gcm(blockKey).Seal(append([]byte(nil), nonce...), nonce, plain, BlockAAD(fileID, blockNo))
+func SealBlock(version byte, blockKey, fileID []byte, blockNo uint64, last bool, nonce, plain []byte) []byte {
+	return gcm(blockKey).Seal(append([]byte(nil), nonce...), nonce, plain, BlockAAD(version, fileID, blockNo, last))
 }
 
 // OpenBlock authenticates and decrypts one sealed block.
-func OpenBlock(blockKey, fileID []byte, blockNo uint64, sealed []byte) ([]byte, error) {
+func OpenBlock(version byte, blockKey, fileID []byte, blockNo uint64, last bool, sealed []byte) ([]byte, error) {
 	if len(sealed) <= blockExtra {
 		return nil, fmt.Errorf("block %d: %d bytes", blockNo, len(sealed))
 	}
-	return gcm(blockKey).Open(nil, sealed[:nonceLen], sealed[nonceLen:], BlockAAD(fileID, blockNo))
+	return gcm(blockKey).Open(nil, sealed[:nonceLen], sealed[nonceLen:], BlockAAD(version, fileID, blockNo, last))
 }
 
 // PlaintextSize is the plaintext size of a stored file of size stored, by
@@ -319,7 +329,8 @@ func DecryptFile(stored []byte, headerSize, blockSize int, fileKey func(*Header)
 	var out []byte
 	s := blockSize + blockExtra
 	for i, off := uint64(0), headerSize; off < len(stored); i, off = i+1, off+s {
-		plain, err := OpenBlock(blockKey, h.FileID, i, stored[off:min(off+s, len(stored))])
+		last := off+s >= len(stored)
+		plain, err := OpenBlock(h.Version, blockKey, h.FileID, i, last, stored[off:min(off+s, len(stored))])
 		if err != nil {
 			return nil, fmt.Errorf("block %d: %w", i, err)
 		}

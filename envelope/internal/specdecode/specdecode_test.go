@@ -21,6 +21,7 @@ import (
 var (
 	envelopeTestdata = filepath.Join("..", "..", "testdata")
 	fixtureVolumes   = filepath.Join("..", "..", "..", "volume", "testdata", "v1")
+	fixtureVolumesV2 = filepath.Join("..", "..", "..", "volume", "testdata", "v2")
 )
 
 func unhex(t *testing.T, s string) []byte {
@@ -47,6 +48,11 @@ func readJSON(t *testing.T, path string, v any) {
 // values, MAC, and the writer's field order) and the sealed blocks of
 // vectors.json are what FORMAT.md sections 3 to 5 say.
 func TestVectors(t *testing.T) {
+	t.Run("v1", func(t *testing.T) { testVectors(t, 1, "vectors.json") })
+	t.Run("v2", func(t *testing.T) { testVectors(t, 2, "vectors_v2.json") })
+}
+
+func testVectors(t *testing.T, version byte, file string) {
 	var v struct {
 		FileKey    string `json:"file_key"`
 		FileID     string `json:"file_id"`
@@ -57,12 +63,13 @@ func TestVectors(t *testing.T) {
 		Header     string `json:"header_region"`
 		Blocks     []struct {
 			BlockNo   uint64 `json:"block_no"`
+			Final     bool   `json:"final"`
 			Nonce     string `json:"nonce"`
 			Plaintext string `json:"plaintext"`
 			Sealed    string `json:"sealed"`
 		} `json:"blocks"`
 	}
-	readJSON(t, filepath.Join(envelopeTestdata, "vectors.json"), &v)
+	readJSON(t, filepath.Join(envelopeTestdata, file), &v)
 	fileKey, fileID := unhex(t, v.FileKey), unhex(t, v.FileID)
 
 	blockKey, macKey := FileSubkeys(fileKey, fileID)
@@ -81,7 +88,7 @@ func TestVectors(t *testing.T) {
 	if err != nil {
 		t.Fatalf("header vector: %v", err)
 	}
-	if h.RegionSize != len(region) || !bytes.Equal(h.FileID, fileID) || h.Mode != 1 || h.Suite != 1 || h.BlockSize != 4096 ||
+	if h.Version != version || h.RegionSize != len(region) || !bytes.Equal(h.FileID, fileID) || h.Mode != 1 || h.Suite != 1 || h.BlockSize != 4096 ||
 		!strings.HasPrefix(h.KMSKeyID, "arn:aws:kms:") || len(h.WrappedKey) == 0 || h.BucketKeyID != nil {
 		t.Errorf("header vector fields: region %d of %d bytes, file ID %x, mode %d, suite %d, block size %d, key %q, %d-byte wrapped key, bucket key ID %x",
 			h.RegionSize, len(region), h.FileID, h.Mode, h.Suite, h.BlockSize, h.KMSKeyID, len(h.WrappedKey), h.BucketKeyID)
@@ -94,7 +101,7 @@ func TestVectors(t *testing.T) {
 	if got := region[13:29]; !bytes.Equal(got, fileID) {
 		t.Errorf("bytes 13..28 of the header are %x, not the file ID %x", got, fileID)
 	}
-	if again, err := EncodeHeader(h.RegionSize, h.Fields, macKey); err != nil || !bytes.Equal(again, region) {
+	if again, err := EncodeHeader(version, h.RegionSize, h.Fields, macKey); err != nil || !bytes.Equal(again, region) {
 		t.Errorf("a header written by FORMAT.md's writer rules differs from the vector (%v):\n got %x\nwant %x", err, again, region)
 	}
 	// Verify above recomputed the MAC from bytes 0..7 and the fields below
@@ -125,14 +132,18 @@ func TestVectors(t *testing.T) {
 	}
 	for _, b := range v.Blocks {
 		nonce, plain, sealed := unhex(t, b.Nonce), unhex(t, b.Plaintext), unhex(t, b.Sealed)
-		if got := SealBlock(blockKey, fileID, b.BlockNo, nonce, plain); !bytes.Equal(got, sealed) {
+		if got := SealBlock(version, blockKey, fileID, b.BlockNo, b.Final, nonce, plain); !bytes.Equal(got, sealed) {
 			t.Errorf("block %d: FORMAT.md seals it as %s, the vector says %s", b.BlockNo, short(got), short(sealed))
 		}
-		if got, err := OpenBlock(blockKey, fileID, b.BlockNo, sealed); err != nil || !bytes.Equal(got, plain) {
+		if got, err := OpenBlock(version, blockKey, fileID, b.BlockNo, b.Final, sealed); err != nil || !bytes.Equal(got, plain) {
 			t.Errorf("block %d: opens as %s, %v", b.BlockNo, short(got), err)
 		}
-		if _, err := OpenBlock(blockKey, fileID, b.BlockNo+1, sealed); err == nil {
+		if _, err := OpenBlock(version, blockKey, fileID, b.BlockNo+1, b.Final, sealed); err == nil {
 			t.Errorf("block %d opened at position %d", b.BlockNo, b.BlockNo+1)
+		}
+		// Section 4: version 2 binds the last-block flag, version 1 has none.
+		if _, err := OpenBlock(version, blockKey, fileID, b.BlockNo, !b.Final, sealed); (err == nil) != (version == 1) {
+			t.Errorf("version %d block %d (last: %v) with the other flag: %v", version, b.BlockNo, b.Final, err)
 		}
 	}
 }
@@ -309,7 +320,14 @@ func fixtureKeystore(t *testing.T) func(BlobKey) ([]byte, error) {
 // only: volume.json, the metadata key through the embedded KMS blob, every
 // file's header, key (per-object data key or bucket key), MAC and blocks,
 // and the encrypted xattr value, against the manifest's SHA-256 sums.
-func TestV1Fixtures(t *testing.T) {
+func TestV1Fixtures(t *testing.T) { testFixtures(t, fixtureVolumes, 1) }
+
+// TestV2Fixtures reads the volumes written when format version 2 was new
+// (under the keystore of the version 1 fixtures) the same way: every file a
+// version 2 file, its last block sealed as the last.
+func TestV2Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV2, 2) }
+
+func testFixtures(t *testing.T, volumes string, version byte) {
 	var manifest struct {
 		Files  map[string]string `json:"files"`
 		Xattrs map[string]struct {
@@ -317,11 +335,11 @@ func TestV1Fixtures(t *testing.T) {
 			Stored                string `json:"stored_base64"`
 		} `json:"xattrs"`
 	}
-	readJSON(t, filepath.Join(fixtureVolumes, "manifest.json"), &manifest)
+	readJSON(t, filepath.Join(volumes, "manifest.json"), &manifest)
 	material := fixtureKeystore(t)
 	for _, mode := range []string{"per-object", "bucket-key"} {
 		t.Run(mode, func(t *testing.T) {
-			dir := filepath.Join(fixtureVolumes, mode)
+			dir := filepath.Join(volumes, mode)
 			var cfg struct {
 				Format         int      `json:"format"`
 				VolumeID       string   `json:"volume_id"`
@@ -362,6 +380,11 @@ func TestV1Fixtures(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				if len(stored) > 0 {
+					if h, err := ParseHeader(stored[:cfg.HeaderSize]); err != nil || h.Version != version {
+						t.Errorf("%s: header %v, want version %d", name, err, version)
+					}
+				}
 				plain, err := DecryptFile(stored, cfg.HeaderSize, cfg.BlockSize, fileKey)
 				if err != nil {
 					t.Errorf("%s: %v", name, err)
@@ -370,6 +393,9 @@ func TestV1Fixtures(t *testing.T) {
 				if got := sha256.Sum256(plain); hex.EncodeToString(got[:]) != sum {
 					t.Errorf("%s: %d bytes that differ from the manifest", name, len(plain))
 				}
+			}
+			if version != 1 {
+				return // attribute values did not change with version 2
 			}
 			x, ok := manifest.Xattrs[mode]
 			if !ok {
