@@ -134,6 +134,10 @@ type KeyMetadata struct {
 	EncryptionAlgorithms []string
 	SigningAlgorithms    []string
 	MacAlgorithms        []string
+	// CustomKeyStoreID and CloudHsmClusterID are set for a key in a
+	// custom key store (Origin AWS_CLOUDHSM; see customkeystore.go).
+	CustomKeyStoreID  string
+	CloudHsmClusterID string
 }
 
 // Wrapping algorithms and key specs for GetParametersForImport, with AWS's
@@ -226,6 +230,9 @@ type CreateKeyInput struct {
 	// only usage, or ENCRYPT_DECRYPT for RSA) as AWS names them.
 	KeySpec  string
 	KeyUsage string
+	// CustomKeyStoreID names the custom key store a key of Origin
+	// AWS_CLOUDHSM is generated in.
+	CustomKeyStoreID string
 }
 
 // Admin is the key management surface: the AWS KMS control-plane operations

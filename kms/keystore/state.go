@@ -16,7 +16,8 @@ import (
 // taking other accounts' keys for its own. Format 3 adds asymmetric and
 // HMAC keys (key_spec, key_usage); a state with none is written as format 1
 // or 2 as before, and an older kmsfs refuses a format 3 state rather than
-// taking a private key for AES material. Open refuses any other version.
+// taking a private key for AES material. Format 5 adds custom key stores
+// (customkeystore.go). Open refuses any other version.
 const (
 	stateFormatV1 = 1
 	stateFormatV2 = 2
@@ -64,6 +65,7 @@ const (
 //	alias_dates  {"alias/<name>" (keystore account) or "<account>:alias/<name>":
 //	              {created, updated}}
 //	grants       {"<grant id>": kms.Grant fields; KeyID is the key UUID}
+//	custom_key_stores  (format 5) see customkeystore.go
 //	imports      {"<token id>": {key_id, algorithm, valid_to,
 //	              private_key: base64(nonce || AES-GCM_KEK(PKCS #8 RSA key))}}
 //
@@ -94,6 +96,8 @@ type state struct {
 	// Imports are the outstanding GetParametersForImport results, by token
 	// ID: a private key each, sealed, until used or 24 hours old.
 	Imports map[string]*pendingImport `json:"imports,omitempty"`
+	// CustomKeyStores (format 5) are the custom key stores, by ID.
+	CustomKeyStores map[string]*customKeyStoreRecord `json:"custom_key_stores,omitempty"`
 }
 
 type keyRecord struct {
@@ -128,6 +132,9 @@ type keyRecord struct {
 	// other keys keep their format.
 	KeySpec  string `json:"key_spec,omitempty"`
 	KeyUsage string `json:"key_usage,omitempty"`
+	// CustomKeyStore (format 5) is the ID of the custom key store whose
+	// token holds the key (origin AWS_CLOUDHSM).
+	CustomKeyStore string `json:"custom_key_store,omitempty"`
 
 	uuid keyUUID // parsed ID, set by index
 }
@@ -183,7 +190,7 @@ func decodeState(data []byte) (*state, error) {
 	if err := json.Unmarshal(data, &st); err != nil {
 		return nil, fmt.Errorf("parse state: %w", err)
 	}
-	if st.Format < stateFormatV1 || st.Format > stateFormat {
+	if (st.Format < stateFormatV1 || st.Format > stateFormat) && st.Format != stateFormatCustomKeyStores {
 		return nil, fmt.Errorf("state format %d is not supported (this kmsfs reads formats %d to %d)", st.Format, stateFormatV1, stateFormat)
 	}
 	if st.Keys == nil {
@@ -244,6 +251,9 @@ func (st *state) index() error {
 			return fmt.Errorf("state: grant entry %q is inconsistent", gid)
 		}
 	}
+	if err := st.indexCustomKeyStores(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -259,6 +269,7 @@ func (st *state) clone() *state {
 		Grants:     make(map[string]*kms.Grant, len(st.Grants)),
 		AliasDates: maps.Clone(st.AliasDates),
 	}
+	c.CustomKeyStores = cloneCustomKeyStores(st.CustomKeyStores)
 	if st.AccountAliases != nil {
 		c.AccountAliases = make(map[string]map[string]string, len(st.AccountAliases))
 		for account, names := range st.AccountAliases {
@@ -422,6 +433,9 @@ func (st *state) deleteAlias(owner, name string) {
 // HMAC key, 2 once it holds a key or an alias of another account, else 1
 // (see stateFormat).
 func (st *state) format() int {
+	if len(st.CustomKeyStores) > 0 {
+		return stateFormatCustomKeyStores
+	}
 	f := stateFormatV1
 	if len(st.AccountAliases) > 0 {
 		f = stateFormatV2
