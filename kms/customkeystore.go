@@ -95,6 +95,8 @@ type CreateCustomKeyStoreInput struct {
 	// KeyStorePassword is the token's user PIN. The store keeps it only
 	// sealed under the keystore's key-encryption key; callers zero it.
 	KeyStorePassword []byte
+	// Account owns the store; empty means the account of the key store.
+	Account string
 }
 
 // UpdateCustomKeyStoreInput carries UpdateCustomKeyStore's parameters; empty
@@ -104,19 +106,23 @@ type UpdateCustomKeyStoreInput struct {
 	NewName           string
 	CloudHsmClusterID string
 	KeyStorePassword  []byte
+	Account           string // the caller's account ("": the key store's)
 }
 
-// CustomKeyStores is the custom key store surface of AWS KMS.
+// CustomKeyStores is the custom key store surface of AWS KMS. A store
+// belongs to an account, as in AWS: account is the caller's ("" means the
+// account of the key store), and another account's store is not found.
 type CustomKeyStores interface {
 	CreateCustomKeyStore(ctx context.Context, in CreateCustomKeyStoreInput) (id string, err error)
 	// ConnectCustomKeyStore succeeds once the attempt is made, as AWS's
 	// does: a failed connection leaves the store FAILED with its
 	// ConnectionErrorCode, which DescribeCustomKeyStores reports.
-	ConnectCustomKeyStore(ctx context.Context, id string) error
-	DisconnectCustomKeyStore(ctx context.Context, id string) error
-	// DescribeCustomKeyStores lists every store when id and name are
-	// empty, else the one named (CustomKeyStoreNotFoundException if none).
-	DescribeCustomKeyStores(ctx context.Context, id, name string) ([]CustomKeyStore, error)
+	ConnectCustomKeyStore(ctx context.Context, account, id string) error
+	DisconnectCustomKeyStore(ctx context.Context, account, id string) error
+	// DescribeCustomKeyStores lists every store of the account when id
+	// and name are empty, else the one named (CustomKeyStoreNotFoundException
+	// if none).
+	DescribeCustomKeyStores(ctx context.Context, account, id, name string) ([]CustomKeyStore, error)
 	UpdateCustomKeyStore(ctx context.Context, in UpdateCustomKeyStoreInput) error
-	DeleteCustomKeyStore(ctx context.Context, id string) error
+	DeleteCustomKeyStore(ctx context.Context, account, id string) error
 }

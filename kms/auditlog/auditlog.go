@@ -43,14 +43,16 @@ import (
 // Entry is one line of the audit log: one request, allowed or refused.
 // It never carries plaintext, data keys or key material.
 type Entry struct {
-	Time              string            `json:"time"` // RFC 3339, UTC, nanoseconds
-	RequestID         string            `json:"requestId"`
-	Operation         string            `json:"operation"`
-	Principal         string            `json:"principal,omitempty"`
-	AccessKeyID       string            `json:"accessKeyId,omitempty"`
-	KeyARN            string            `json:"keyArn,omitempty"`
-	DestKeyARN        string            `json:"destinationKeyArn,omitempty"` // ReEncrypt
-	GrantID           string            `json:"grantId,omitempty"`
+	Time        string `json:"time"` // RFC 3339, UTC, nanoseconds
+	RequestID   string `json:"requestId"`
+	Operation   string `json:"operation"`
+	Principal   string `json:"principal,omitempty"`
+	AccessKeyID string `json:"accessKeyId,omitempty"`
+	KeyARN      string `json:"keyArn,omitempty"`
+	DestKeyARN  string `json:"destinationKeyArn,omitempty"` // ReEncrypt
+	GrantID     string `json:"grantId,omitempty"`
+	// CustomKeyStoreID names the custom key store a request acted on.
+	CustomKeyStoreID  string            `json:"customKeyStoreId,omitempty"`
 	EncryptionContext map[string]string `json:"encryptionContext,omitempty"`
 	DestContext       map[string]string `json:"destinationEncryptionContext,omitempty"`
 	SourceAddress     string            `json:"sourceAddress"`
@@ -424,6 +426,7 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	b = appendOptString(b, "keyArn", e.KeyARN)
 	b = appendOptString(b, "destinationKeyArn", e.DestKeyARN)
 	b = appendOptString(b, "grantId", e.GrantID)
+	b = appendOptString(b, "customKeyStoreId", e.CustomKeyStoreID)
 	b = appendOptMap(b, "encryptionContext", e.EncryptionContext)
 	b = appendOptMap(b, "destinationEncryptionContext", e.DestContext)
 	b = append(b, `,"sourceAddress":`...)

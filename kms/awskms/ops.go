@@ -133,6 +133,9 @@ func metadata(m *types.KeyMetadata) kms.KeyMetadata {
 		EncryptionAlgorithms: enumStrings(m.EncryptionAlgorithms),
 		SigningAlgorithms:    enumStrings(m.SigningAlgorithms),
 		MacAlgorithms:        enumStrings(m.MacAlgorithms),
+
+		CustomKeyStoreID:  aws.ToString(m.CustomKeyStoreId),
+		CloudHsmClusterID: aws.ToString(m.CloudHsmClusterId),
 	}
 }
 
@@ -147,6 +150,8 @@ func (c *Client) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyM
 			Tags:        tagList(in.Tags),
 			KeySpec:     types.KeySpec(in.KeySpec),
 			KeyUsage:    types.KeyUsageType(in.KeyUsage),
+
+			CustomKeyStoreId: optString(in.CustomKeyStoreID),
 		})
 	})
 	if err != nil {

@@ -49,6 +49,7 @@ const stateFormatCustomKeyStores = 5
 // customKeyStoreRecord is one custom key store in keystore.json:
 //
 //	custom_key_stores {"<cks-id>": {id, name, type ("AWS_CLOUDHSM"),
+//	              account (absent: the keystore's account),
 //	              token (the token label: CloudHsmClusterId),
 //	              trust_anchor (PKCS#11 URI: TrustAnchorCertificate),
 //	              pin: base64(nonce || AES-GCM_KEK(user PIN)), additional
@@ -60,6 +61,7 @@ const stateFormatCustomKeyStores = 5
 // with no material.
 type customKeyStoreRecord struct {
 	ID          string    `json:"id"`
+	Account     string    `json:"account,omitempty"`
 	Name        string    `json:"name"`
 	Type        string    `json:"type"`
 	Token       string    `json:"token"`
@@ -277,6 +279,14 @@ func checkTokenPIN(pin []byte) error {
 	return nil
 }
 
+// ownerOf is owner for a caller's account, "" meaning the keystore's.
+func (k *Keystore) ownerOf(account string) string {
+	if account == "" {
+		return ""
+	}
+	return k.owner(account)
+}
+
 // newCustomKeyStoreID returns an ID of AWS's form: "cks-" and 17 hex digits.
 func newCustomKeyStoreID() (string, error) {
 	h, err := randomHex(9)
@@ -286,19 +296,19 @@ func newCustomKeyStoreID() (string, error) {
 	return "cks-" + h[:17], nil
 }
 
-// customKeyStore finds a store by ID (CustomKeyStoreNotFoundException).
-func (st *state) customKeyStore(id string) (*customKeyStoreRecord, error) {
+// customKeyStore finds owner's store by ID (CustomKeyStoreNotFoundException).
+func (st *state) customKeyStore(owner, id string) (*customKeyStoreRecord, error) {
 	rec := st.CustomKeyStores[id]
-	if rec == nil {
+	if rec == nil || rec.Account != owner {
 		return nil, kms.Errorf(kms.CodeCustomKeyStoreNotFound, "custom key store %s not found", id)
 	}
 	return rec, nil
 }
 
-// storeByName finds a store by name, nil if none.
-func (st *state) storeByName(name string) *customKeyStoreRecord {
+// storeByName finds owner's store by name, nil if none.
+func (st *state) storeByName(owner, name string) *customKeyStoreRecord {
 	for _, rec := range st.CustomKeyStores {
-		if rec.Name == name {
+		if rec.Name == name && rec.Account == owner {
 			return rec
 		}
 	}
@@ -348,7 +358,7 @@ func (st *state) indexCustomKeyStores() error {
 			}
 			continue
 		}
-		if st.CustomKeyStores[rec.CustomKeyStore] == nil {
+		if s := st.CustomKeyStores[rec.CustomKeyStore]; s == nil || s.Account != rec.Account {
 			return fmt.Errorf("state: key %s names missing custom key store %s", id, rec.CustomKeyStore)
 		}
 		if rec.Origin != kms.OriginCloudHSM || rec.KeySpec != "" || len(rec.Versions) != 1 || rec.Versions[0].Material != nil {
@@ -422,12 +432,20 @@ func (k *Keystore) CreateCustomKeyStore(ctx context.Context, in kms.CreateCustom
 			return "", kms.Errorf(kms.CodeIncorrectTrustAnchor, "TrustAnchorCertificate names token %q, CloudHsmClusterId %q", t, in.CloudHsmClusterID)
 		}
 	}
+	account := in.Account
+	if account == "" {
+		account = k.account
+	}
+	if !isAccountID(account) {
+		return "", kms.Errorf(kms.CodeValidation, "account %q is not a 12-digit account ID", in.Account)
+	}
+	owner := k.owner(account)
 	id, err := newCustomKeyStoreID()
 	if err != nil {
 		return "", err
 	}
 	err = k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		if other := st.storeByName(in.Name); other != nil {
+		if other := st.storeByName(owner, in.Name); other != nil {
 			return false, kms.Errorf(kms.CodeCustomKeyStoreNameInUse, "custom key store name %q is in use by %s", in.Name, other.ID)
 		}
 		if other := st.storeByToken(in.CloudHsmClusterID, ""); other != nil {
@@ -451,7 +469,7 @@ func (k *Keystore) CreateCustomKeyStore(ctx context.Context, in kms.CreateCustom
 			st.CustomKeyStores = map[string]*customKeyStoreRecord{}
 		}
 		st.CustomKeyStores[id] = &customKeyStoreRecord{
-			ID: id, Name: in.Name, Type: kms.CustomKeyStoreTypeCloudHSM, Token: in.CloudHsmClusterID,
+			ID: id, Account: owner, Name: in.Name, Type: kms.CustomKeyStoreTypeCloudHSM, Token: in.CloudHsmClusterID,
 			TrustAnchor: ta, PIN: pin, State: kms.ConnectionDisconnected, Created: now,
 		}
 		return true, nil
@@ -468,7 +486,7 @@ func (k *Keystore) CreateCustomKeyStore(ctx context.Context, in kms.CreateCustom
 // CONNECTED store, and a FAILED store must be disconnected first
 // (CustomKeyStoreInvalidStateException). Other processes see CONNECTING
 // while the attempt runs.
-func (k *Keystore) ConnectCustomKeyStore(ctx context.Context, id string) error {
+func (k *Keystore) ConnectCustomKeyStore(ctx context.Context, account, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -476,7 +494,7 @@ func (k *Keystore) ConnectCustomKeyStore(ctx context.Context, id string) error {
 	defer k.mu.Unlock()
 	var rec customKeyStoreRecord
 	st, err := k.mutate(ctx, func(st *state, now time.Time) (bool, error) {
-		r, err := st.customKeyStore(id)
+		r, err := st.customKeyStore(k.ownerOf(account), id)
 		if err != nil {
 			return false, err
 		}
@@ -557,9 +575,9 @@ func (k *Keystore) connectStore(rec *customKeyStoreRecord) (*storeConn, error) {
 // Unavailable in every process from its next call (this one closes its
 // sessions with the token now). CustomKeyStoreInvalidStateException if it
 // is DISCONNECTED already, as in AWS.
-func (k *Keystore) DisconnectCustomKeyStore(ctx context.Context, id string) error {
+func (k *Keystore) DisconnectCustomKeyStore(ctx context.Context, account, id string) error {
 	err := k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		r, err := st.customKeyStore(id)
+		r, err := st.customKeyStore(k.ownerOf(account), id)
 		if err != nil {
 			return false, err
 		}
@@ -577,11 +595,12 @@ func (k *Keystore) DisconnectCustomKeyStore(ctx context.Context, id string) erro
 
 // DescribeCustomKeyStores lists the stores, oldest first, or the one id or
 // name names (both given: they must name the same store).
-func (k *Keystore) DescribeCustomKeyStores(ctx context.Context, id, name string) ([]kms.CustomKeyStore, error) {
+func (k *Keystore) DescribeCustomKeyStores(ctx context.Context, account, id, name string) ([]kms.CustomKeyStore, error) {
 	var out []kms.CustomKeyStore
+	owner := k.ownerOf(account)
 	err := k.view(ctx, func(st *state, now time.Time) error {
 		for _, rec := range st.CustomKeyStores {
-			if (id == "" || rec.ID == id) && (name == "" || rec.Name == name) {
+			if rec.Account == owner && (id == "" || rec.ID == id) && (name == "" || rec.Name == name) {
 				out = append(out, rec.describe())
 			}
 		}
@@ -628,7 +647,7 @@ func (k *Keystore) UpdateCustomKeyStore(ctx context.Context, in kms.UpdateCustom
 		}
 	}
 	err := k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		r, err := st.customKeyStore(in.ID)
+		r, err := st.customKeyStore(k.ownerOf(in.Account), in.ID)
 		if err != nil {
 			return false, err
 		}
@@ -636,7 +655,7 @@ func (k *Keystore) UpdateCustomKeyStore(ctx context.Context, in kms.UpdateCustom
 			return false, kms.Errorf(kms.CodeCustomKeyStoreInvalidState, "custom key store %s is %s; disconnect it to change its token or PIN (only its name can change while connected)", in.ID, r.State)
 		}
 		if in.NewName != "" && in.NewName != r.Name {
-			if other := st.storeByName(in.NewName); other != nil {
+			if other := st.storeByName(r.Account, in.NewName); other != nil {
 				return false, kms.Errorf(kms.CodeCustomKeyStoreNameInUse, "custom key store name %q is in use by %s", in.NewName, other.ID)
 			}
 			r.Name = in.NewName
@@ -678,9 +697,9 @@ func (k *Keystore) UpdateCustomKeyStore(ctx context.Context, in kms.UpdateCustom
 // DeleteCustomKeyStore forgets a DISCONNECTED store that holds no keys
 // (CustomKeyStoreHasCMKsException, keys pending deletion included, as in
 // AWS). The token and whatever is in it are left alone.
-func (k *Keystore) DeleteCustomKeyStore(ctx context.Context, id string) error {
+func (k *Keystore) DeleteCustomKeyStore(ctx context.Context, account, id string) error {
 	err := k.change(ctx, func(st *state, now time.Time) (bool, error) {
-		r, err := st.customKeyStore(id)
+		r, err := st.customKeyStore(k.ownerOf(account), id)
 		if err != nil {
 			return false, err
 		}
@@ -737,7 +756,7 @@ func (k *Keystore) storeConnFor(rec *keyRecord) (tokenConn, error) {
 // createInStore generates rec's material in the token of store storeID:
 // CreateKey with origin AWS_CLOUDHSM. Caller holds mu, inside a change.
 func (k *Keystore) createInStore(st *state, rec *keyRecord, storeID string, now time.Time) error {
-	s, err := st.customKeyStore(storeID)
+	s, err := st.customKeyStore(rec.Account, storeID)
 	if err != nil {
 		return err
 	}
@@ -804,7 +823,7 @@ func (k *Keystore) storeMetadata(rec *keyRecord, md *kms.KeyMetadata) {
 
 // GenerateRandomInStore returns numBytes random bytes from the token of a
 // CONNECTED custom key store (GenerateRandom with CustomKeyStoreId).
-func (k *Keystore) GenerateRandomInStore(ctx context.Context, storeID string, numBytes int) ([]byte, error) {
+func (k *Keystore) GenerateRandomInStore(ctx context.Context, account, storeID string, numBytes int) ([]byte, error) {
 	if numBytes < 1 || numBytes > maxRandomBytes {
 		return nil, kms.Errorf(kms.CodeValidation, "GenerateRandom: NumberOfBytes %d outside 1..%d", numBytes, maxRandomBytes)
 	}
@@ -813,7 +832,7 @@ func (k *Keystore) GenerateRandomInStore(ctx context.Context, storeID string, nu
 		k.mu.Unlock()
 		return nil, err
 	}
-	s, err := k.st.customKeyStore(storeID)
+	s, err := k.st.customKeyStore(k.ownerOf(account), storeID)
 	var conn tokenConn
 	if err == nil {
 		if s.State != kms.ConnectionConnected {

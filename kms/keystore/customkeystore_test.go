@@ -88,7 +88,7 @@ func inspectToken(t *testing.T, label, pin string, id keyUUID) tokenObject {
 
 func describeStore(t *testing.T, ks *Keystore, id string) kms.CustomKeyStore {
 	t.Helper()
-	got, err := ks.DescribeCustomKeyStores(context.Background(), id, "")
+	got, err := ks.DescribeCustomKeyStores(context.Background(), "", id, "")
 	if err != nil || len(got) != 1 {
 		t.Fatalf("DescribeCustomKeyStores(%s): %v, %v", id, got, err)
 	}
@@ -167,22 +167,33 @@ func TestCustomKeyStore(t *testing.T) {
 	_, err = ks.CreateCustomKeyStore(ctx, kms.CreateCustomKeyStoreInput{Name: "hsm2", CloudHsmClusterID: label, KeyStorePassword: []byte(pin)})
 	wantCodeName(t, err, kms.CodeCloudHsmClusterInUse)
 
+	// Another account's store is not found.
+	const other = "111122223333"
+	_, err = ks.DescribeCustomKeyStores(ctx, other, id, "")
+	wantCodeName(t, err, kms.CodeCustomKeyStoreNotFound)
+	wantCodeName(t, ks.ConnectCustomKeyStore(ctx, other, id), kms.CodeCustomKeyStoreNotFound)
+	if all, err := ks.DescribeCustomKeyStores(ctx, other, "", ""); err != nil || len(all) != 0 {
+		t.Fatalf("another account lists %v, %v", all, err)
+	}
+
 	// No keys in a disconnected store; DISCONNECTED cannot be disconnected.
 	_, err = ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id})
 	wantCodeName(t, err, kms.CodeCustomKeyStoreInvalidState)
-	wantCodeName(t, ks.DisconnectCustomKeyStore(ctx, id), kms.CodeCustomKeyStoreInvalidState)
+	wantCodeName(t, ks.DisconnectCustomKeyStore(ctx, "", id), kms.CodeCustomKeyStoreInvalidState)
 	_, err = ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM})
 	wantCodeName(t, err, kms.CodeValidation)
 
-	if err := ks.ConnectCustomKeyStore(ctx, id); err != nil {
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatal(err)
 	}
 	if d := describeStore(t, ks, id); d.ConnectionState != kms.ConnectionConnected || d.ConnectionErrorCode != "" {
 		t.Fatalf("after connect: %+v", d)
 	}
-	if err := ks.ConnectCustomKeyStore(ctx, id); err != nil {
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatalf("connecting a CONNECTED store is a no-op: %v", err)
 	}
+	_, err = ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id, Account: other})
+	wantCodeName(t, err, kms.CodeCustomKeyStoreNotFound)
 	_, err = ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id, KeySpec: kms.KeySpecRSA2048})
 	wantCodeName(t, err, kms.CodeUnsupportedOperation)
 	md, err := ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id, Description: "in the token"})
@@ -260,11 +271,11 @@ func TestCustomKeyStore(t *testing.T) {
 		t.Fatalf("second keystore: %q, %v", pt, err)
 	}
 	wantCodeName(t, ks.UpdateCustomKeyStore(ctx, kms.UpdateCustomKeyStoreInput{ID: id, KeyStorePassword: []byte("x")}), kms.CodeCustomKeyStoreInvalidState)
-	wantCodeName(t, ks.DeleteCustomKeyStore(ctx, id), kms.CodeCustomKeyStoreInvalidState)
+	wantCodeName(t, ks.DeleteCustomKeyStore(ctx, "", id), kms.CodeCustomKeyStoreInvalidState)
 	if err := ks.UpdateCustomKeyStore(ctx, kms.UpdateCustomKeyStoreInput{ID: id, NewName: "hsm-renamed"}); err != nil {
 		t.Fatalf("renaming a connected store: %v", err)
 	}
-	if err := ks.DisconnectCustomKeyStore(ctx, id); err != nil {
+	if err := ks.DisconnectCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatal(err)
 	}
 	for name, k := range map[string]*Keystore{"this": ks, "other": ks2} {
@@ -284,7 +295,7 @@ func TestCustomKeyStore(t *testing.T) {
 	}
 	_, err = ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id})
 	wantCodeName(t, err, kms.CodeCustomKeyStoreInvalidState)
-	wantCodeName(t, ks.DeleteCustomKeyStore(ctx, id), kms.CodeCustomKeyStoreHasCMKs)
+	wantCodeName(t, ks.DeleteCustomKeyStore(ctx, "", id), kms.CodeCustomKeyStoreHasCMKs)
 	ks2.Close()
 
 	// A wrong PIN: FAILED, INVALID_CREDENTIALS; FAILED must be
@@ -292,7 +303,7 @@ func TestCustomKeyStore(t *testing.T) {
 	if err := ks.UpdateCustomKeyStore(ctx, kms.UpdateCustomKeyStoreInput{ID: id, KeyStorePassword: []byte("wrong-pin")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := ks.ConnectCustomKeyStore(ctx, id); err != nil {
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatal(err)
 	}
 	if d := describeStore(t, ks, id); d.ConnectionState != kms.ConnectionFailed || d.ConnectionErrorCode != kms.ConnErrInvalidCredentials {
@@ -300,15 +311,15 @@ func TestCustomKeyStore(t *testing.T) {
 	}
 	_, _, err = ks.Decrypt(ctx, "", ct, ec)
 	wantCode(t, err, kms.ErrInvalidState)
-	wantCodeName(t, ks.ConnectCustomKeyStore(ctx, id), kms.CodeCustomKeyStoreInvalidState)
-	if err := ks.DisconnectCustomKeyStore(ctx, id); err != nil {
+	wantCodeName(t, ks.ConnectCustomKeyStore(ctx, "", id), kms.CodeCustomKeyStoreInvalidState)
+	if err := ks.DisconnectCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatal(err)
 	}
 	if err := ks.UpdateCustomKeyStore(ctx, kms.UpdateCustomKeyStoreInput{ID: id, KeyStorePassword: []byte(pin)}); err != nil {
 		t.Fatal(err)
 	}
 	wantCodeName(t, ks.UpdateCustomKeyStore(ctx, kms.UpdateCustomKeyStoreInput{ID: id, CloudHsmClusterID: "no-such-token"}), kms.CodeCloudHsmClusterNotFound)
-	if err := ks.ConnectCustomKeyStore(ctx, id); err != nil {
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatal(err)
 	}
 	if pt, _, err := ks.Decrypt(ctx, "", ct, ec); err != nil || string(pt) != "token secret" {
@@ -350,13 +361,13 @@ func TestCustomKeyStore(t *testing.T) {
 	if o := inspectToken(t, label, pin, u); o.found != 0 {
 		t.Fatalf("token object left after the key was deleted: %+v", o)
 	}
-	if err := ks.DisconnectCustomKeyStore(ctx, id); err != nil {
+	if err := ks.DisconnectCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatal(err)
 	}
-	if err := ks.DeleteCustomKeyStore(ctx, id); err != nil {
+	if err := ks.DeleteCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatal(err)
 	}
-	_, err = ks.DescribeCustomKeyStores(ctx, id, "")
+	_, err = ks.DescribeCustomKeyStores(ctx, "", id, "")
 	wantCodeName(t, err, kms.CodeCustomKeyStoreNotFound)
 	if f := stateFormat(); f != stateFormatV1 {
 		t.Fatalf("state without custom key stores has format %d, want 1", f)
@@ -392,7 +403,7 @@ func TestCustomKeyStoreWithoutModule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := withMod.ConnectCustomKeyStore(ctx, id); err != nil {
+	if err := withMod.ConnectCustomKeyStore(ctx, "", id); err != nil {
 		t.Fatal(err)
 	}
 	md, err := withMod.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id})

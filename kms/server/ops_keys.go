@@ -24,8 +24,6 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 	switch {
 	case in.MultiRegion:
 		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "multi-Region keys are not supported")
-	case in.CustomKeyStoreId != "":
-		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "CustomKeyStoreId: custom key stores are not supported; the keystore's own protection (passphrase, root key or PKCS #11 token) holds every key")
 	case in.XksKeyId != "":
 		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "XksKeyId: external key stores are not supported")
 	}
@@ -53,6 +51,8 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		Tags:        tagMap(in.Tags),
 		KeySpec:     spec,
 		KeyUsage:    in.KeyUsage,
+
+		CustomKeyStoreID: in.CustomKeyStoreId,
 	})
 	if err != nil {
 		return response{}, err

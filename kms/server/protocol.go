@@ -93,6 +93,8 @@ type keyMetadataJSON struct {
 	MultiRegion           bool     `json:"MultiRegion"`
 	ExpirationModel       string   `json:"ExpirationModel,omitempty"`
 	ValidTo               float64  `json:"ValidTo,omitempty"`
+	CustomKeyStoreId      string   `json:"CustomKeyStoreId,omitempty"`
+	CloudHsmClusterId     string   `json:"CloudHsmClusterId,omitempty"`
 }
 
 type getParametersForImportInput struct {
@@ -368,6 +370,8 @@ func metadataJSON(m kms.KeyMetadata) keyMetadataJSON {
 		MacAlgorithms:         m.MacAlgorithms,
 		ExpirationModel:       m.ExpirationModel,
 		ValidTo:               epoch(m.ValidTo),
+		CustomKeyStoreId:      m.CustomKeyStoreID,
+		CloudHsmClusterId:     m.CloudHsmClusterID,
 	}
 }
 
