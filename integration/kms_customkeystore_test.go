@@ -69,7 +69,7 @@ func cksSerial(t *testing.T, label string) string {
 
 type cksStore struct {
 	CustomKeyStoreId, CustomKeyStoreName, CloudHsmClusterId, TrustAnchorCertificate string
-	ConnectionState, ConnectionErrorCode, CustomKeyStoreType                         string
+	ConnectionState, ConnectionErrorCode, CustomKeyStoreType                        string
 }
 
 func (h *kmsHarness) cksDescribe(akid, id string) cksStore {
