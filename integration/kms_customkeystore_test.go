@@ -276,3 +276,56 @@ func TestKMSCustomKeyStoreServeAndMount(t *testing.T) {
 		t.Error("the mount's Decrypt calls under the key in the store are not audited")
 	}
 }
+
+// TestReadmeCustomKeyStore runs the README's custom key store example as it
+// is written (on a SoftHSM2 token labelled as in the README), the store ID
+// the first line prints standing in for CKS-ID: the store connects, a key
+// is created in it, a volume is made on that key, and once the store is
+// disconnected a second volume on the key cannot be made.
+func TestReadmeCustomKeyStore(t *testing.T) {
+	cksNewToken(t, "my-token", "readme-pin-1357")
+	sh := newReadmeShell(t)
+	sh.env = append(sh.env, "SOFTHSM2_CONF="+os.Getenv("SOFTHSM2_CONF"))
+	if err := os.WriteFile(filepath.Join(sh.work, "pin"), []byte("readme-pin-1357\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id := ""
+	for _, line := range readmeBlock(t, "## Keys that never leave an HSM (custom key store)") {
+		if kv, ok := strings.CutPrefix(line, "export "); ok {
+			sh.env = append(sh.env, strings.Fields(kv)...)
+			continue
+		}
+		if strings.Contains(line, "CKS-ID") && !strings.HasPrefix(line, "#") {
+			if id == "" {
+				t.Fatalf("README line %q comes before the store is created", line)
+			}
+			line = strings.ReplaceAll(line, "CKS-ID", id)
+		}
+		out := sh.run(line)
+		switch {
+		case strings.Contains(line, "create-custom-key-store"):
+			// The ID is the last line (a warning about the root key file
+			// may come first: sh.run merges stderr).
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			id = lines[len(lines)-1]
+			if !strings.HasPrefix(id, "cks-") {
+				t.Fatalf("create-custom-key-store printed %q", out)
+			}
+		case strings.Contains(line, "connect-custom-key-store") && !strings.Contains(line, "disconnect"):
+			if !strings.Contains(out, "CONNECTED") {
+				t.Fatalf("connect-custom-key-store: %s", out)
+			}
+		}
+	}
+	if id == "" {
+		t.Fatal("the README example creates no custom key store")
+	}
+	if _, err := os.Stat(filepath.Join(sh.path("/data/vault"), ".kmsfs", "volume.json")); err != nil {
+		t.Fatalf("the README's volume on the key in the store: %v", err)
+	}
+	cmd := exec.Command("bash", "-euc", "kmsfs init --key alias/hsm "+sh.path("/data/vault2"))
+	cmd.Dir, cmd.Env = sh.work, append(append([]string{}, sh.env...), "KMSFS_KEYSTORE="+sh.path("/srv/kms"))
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "KMSInvalidStateException") {
+		t.Fatalf("init on a key of a disconnected store: %v\n%s", err, out)
+	}
+}
