@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -437,4 +438,102 @@ func TestParseTrustAnchor(t *testing.T) {
 			t.Errorf("%q: %v", bad, err)
 		}
 	}
+}
+
+// TestCustomKeyStoreConcurrentUseAndDisconnect: many goroutines share the
+// store's session pool; a disconnect in the middle of their work makes each
+// later call fail with KMSInvalidStateException, never with anything else
+// (no use of a closed session, no hang), and a reconnect serves them again.
+func TestCustomKeyStoreConcurrentUseAndDisconnect(t *testing.T) {
+	ctx := context.Background()
+	const label, pin = "kmsfs-cks-conc", "cks-pin-9753"
+	newSoftHSMToken(t, label, pin)
+	ks, err := Open(filepath.Join(t.TempDir(), "ks"), Options{CustomKeyStoreModule: softHSMModule, Warn: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	id, err := ks.CreateCustomKeyStore(ctx, kms.CreateCustomKeyStoreInput{Name: "s", CloudHsmClusterID: label, KeyStorePassword: []byte(pin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
+		t.Fatal(err)
+	}
+	md, err := ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec := kms.EncryptionContext{"k": "v"}
+	const workers, rounds = 24, 40
+	var ok, refused atomicCount
+	errs := make(chan error, workers)
+	start := make(chan struct{})
+	half := make(chan struct{}, workers)
+	for w := 0; w < workers; w++ {
+		go func() {
+			<-start
+			for i := 0; i < rounds; i++ {
+				if i == rounds/2 {
+					half <- struct{}{}
+				}
+				dk, err := ks.GenerateDataKey(ctx, md.KeyID, 32, ec)
+				if err == nil {
+					var pt []byte
+					pt, _, err = ks.Decrypt(ctx, "", dk.CiphertextBlob, ec)
+					if err == nil && !bytes.Equal(pt, dk.Plaintext) {
+						errs <- errorString("a data key decrypted to other bytes")
+						return
+					}
+				}
+				switch {
+				case err == nil:
+					ok.add()
+				case kms.Code(err) == kms.CodeInvalidState:
+					refused.add()
+				default:
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	close(start)
+	for w := 0; w < workers; w++ {
+		<-half
+	}
+	if err := ks.DisconnectCustomKeyStore(ctx, "", id); err != nil {
+		t.Fatal(err)
+	}
+	for w := 0; w < workers; w++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("a worker failed: %v", err)
+		}
+	}
+	if ok.get() < workers*rounds/2-workers || refused.get() == 0 {
+		t.Fatalf("%d calls succeeded and %d were refused; want about half of %d each", ok.get(), refused.get(), workers*rounds)
+	}
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.GenerateDataKey(ctx, md.KeyID, 32, ec); err != nil {
+		t.Fatalf("after reconnecting: %v", err)
+	}
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+type atomicCount struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *atomicCount) add() { c.mu.Lock(); c.n++; c.mu.Unlock() }
+func (c *atomicCount) get() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
 }
