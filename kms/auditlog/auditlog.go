@@ -43,16 +43,15 @@ import (
 // Entry is one line of the audit log: one request, allowed or refused.
 // It never carries plaintext, data keys or key material.
 type Entry struct {
-	Time        string `json:"time"` // RFC 3339, UTC, nanoseconds
-	RequestID   string `json:"requestId"`
-	Operation   string `json:"operation"`
-	Principal   string `json:"principal,omitempty"`
-	AccessKeyID string `json:"accessKeyId,omitempty"`
-	KeyARN      string `json:"keyArn,omitempty"`
-	DestKeyARN  string `json:"destinationKeyArn,omitempty"` // ReEncrypt
-	GrantID     string `json:"grantId,omitempty"`
-	// CustomKeyStoreID names the custom key store a request acted on.
-	CustomKeyStoreID  string            `json:"customKeyStoreId,omitempty"`
+	Time              string            `json:"time"` // RFC 3339, UTC, nanoseconds
+	RequestID         string            `json:"requestId"`
+	Operation         string            `json:"operation"`
+	Principal         string            `json:"principal,omitempty"`
+	AccessKeyID       string            `json:"accessKeyId,omitempty"`
+	KeyARN            string            `json:"keyArn,omitempty"`
+	DestKeyARN        string            `json:"destinationKeyArn,omitempty"` // ReEncrypt
+	GrantID           string            `json:"grantId,omitempty"`
+	CustomKeyStoreID  string            `json:"customKeyStoreId,omitempty"` // the custom key store a request acted on
 	EncryptionContext map[string]string `json:"encryptionContext,omitempty"`
 	DestContext       map[string]string `json:"destinationEncryptionContext,omitempty"`
 	SourceAddress     string            `json:"sourceAddress"`
