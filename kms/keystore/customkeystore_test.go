@@ -537,3 +537,56 @@ func (c *atomicCount) get() int {
 	defer c.mu.Unlock()
 	return c.n
 }
+
+// TestCustomKeyStoreLeftConnecting: a store left CONNECTING (a process that
+// stopped between recording the attempt and its outcome) keeps its keys
+// Unavailable and can be connected, or disconnected, again.
+func TestCustomKeyStoreLeftConnecting(t *testing.T) {
+	ctx := context.Background()
+	const label, pin = "kmsfs-cks-connecting", "cks-pin-1470"
+	newSoftHSMToken(t, label, pin)
+	ks, err := Open(filepath.Join(t.TempDir(), "ks"), Options{CustomKeyStoreModule: softHSMModule, Warn: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	id, err := ks.CreateCustomKeyStore(ctx, kms.CreateCustomKeyStoreInput{Name: "s", CloudHsmClusterID: label, KeyStorePassword: []byte(pin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
+		t.Fatal(err)
+	}
+	md, err := ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setState := func(state string) {
+		t.Helper()
+		if err := ks.change(ctx, func(st *state, now time.Time) (bool, error) {
+			st.CustomKeyStores[id].State = state
+			return true, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setState(kms.ConnectionConnecting)
+	if d := describeStore(t, ks, id); d.ConnectionState != kms.ConnectionConnecting {
+		t.Fatalf("store: %+v", d)
+	}
+	_, err = ks.GenerateDataKey(ctx, md.KeyID, 32, nil)
+	wantCode(t, err, kms.ErrInvalidState)
+	if got, _ := ks.DescribeKey(ctx, md.KeyID); got.State != kms.KeyUnavailable {
+		t.Fatalf("key of a CONNECTING store: %s", got.State)
+	}
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.GenerateDataKey(ctx, md.KeyID, 32, nil); err != nil {
+		t.Fatalf("after connecting a CONNECTING store: %v", err)
+	}
+	setState(kms.ConnectionConnecting)
+	if err := ks.DisconnectCustomKeyStore(ctx, "", id); err != nil {
+		t.Fatalf("disconnecting a CONNECTING store: %v", err)
+	}
+}

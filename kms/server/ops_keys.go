@@ -58,6 +58,7 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		return response{}, err
 	}
 	c.entry.KeyARN = meta.ARN
+	c.entry.CustomKeyStoreID = meta.CustomKeyStoreID
 	return response{v: keyMetadataOutput{KeyMetadata: metadataJSON(meta)}}, nil
 }
 
