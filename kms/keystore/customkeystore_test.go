@@ -561,10 +561,10 @@ func TestCustomKeyStoreLeftConnecting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	setState := func(state string) {
+	setState := func(conn string) {
 		t.Helper()
 		if err := ks.change(ctx, func(st *state, now time.Time) (bool, error) {
-			st.CustomKeyStores[id].State = state
+			st.CustomKeyStores[id].State = conn
 			return true, nil
 		}); err != nil {
 			t.Fatal(err)
