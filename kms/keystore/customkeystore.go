@@ -105,6 +105,8 @@ type tokenConn interface {
 	decrypt(id keyUUID, nonce, sealed, aad []byte) ([]byte, error)
 	destroyKey(id keyUUID) error
 	random(n int) ([]byte, error)
+	// healthy is false once the token lost our sessions or login.
+	healthy() bool
 	close()
 }
 
@@ -739,7 +741,7 @@ func (k *Keystore) storeConnFor(rec *keyRecord) (tokenConn, error) {
 	if s.State != kms.ConnectionConnected {
 		return nil, kms.Errorf(kms.CodeInvalidState, "key %s is %s: its custom key store %s is %s", rec.ID, kms.KeyUnavailable, s.ID, s.State)
 	}
-	if c := k.stores.conns[s.ID]; c != nil && c.matches(s) {
+	if c := k.stores.conns[s.ID]; c != nil && c.matches(s) && c.conn.healthy() {
 		return c.conn, nil
 	}
 	c, err := k.connectStore(s)

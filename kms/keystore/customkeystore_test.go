@@ -590,3 +590,53 @@ func TestCustomKeyStoreLeftConnecting(t *testing.T) {
 		t.Fatalf("disconnecting a CONNECTING store: %v", err)
 	}
 }
+
+// TestCustomKeyStoreLoginAgainAfterLosingSessions: when the token drops
+// every session of the process (and so its login), the call that finds out
+// fails with KMSInvalidStateException and the next one logs in again.
+func TestCustomKeyStoreLoginAgainAfterLosingSessions(t *testing.T) {
+	ctx := context.Background()
+	const label, pin = "kmsfs-cks-relogin", "cks-pin-8642"
+	newSoftHSMToken(t, label, pin)
+	ks, err := Open(filepath.Join(t.TempDir(), "ks"), Options{CustomKeyStoreModule: softHSMModule, Warn: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	id, err := ks.CreateCustomKeyStore(ctx, kms.CreateCustomKeyStoreInput{Name: "s", CloudHsmClusterID: label, KeyStorePassword: []byte(pin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.ConnectCustomKeyStore(ctx, "", id); err != nil {
+		t.Fatal(err)
+	}
+	md, err := ks.CreateKey(ctx, kms.CreateKeyInput{Origin: kms.OriginCloudHSM, CustomKeyStoreID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, _, err := ks.Encrypt(ctx, md.KeyID, []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pkcs11.New(softHSMModule)
+	if err := p.Initialize(); err != nil && err != pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		t.Fatal(err)
+	}
+	slots, err := p.GetSlotList(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, slot := range slots {
+		if err := p.CloseAllSessions(slot); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, err = ks.Decrypt(ctx, "", ct, nil)
+	wantCode(t, err, kms.ErrInvalidState)
+	if pt, _, err := ks.Decrypt(ctx, "", ct, nil); err != nil || string(pt) != "x" {
+		t.Fatalf("the call after the sessions were lost: %q, %v", pt, err)
+	}
+	if d := describeStore(t, ks, id); d.ConnectionState != kms.ConnectionConnected {
+		t.Fatalf("store: %+v", d)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
 
@@ -239,7 +240,14 @@ type tokenConnImpl struct {
 	closed  bool
 	opened  int
 	handles map[keyUUID]pkcs11.ObjectHandle
+
+	// broken is set once the token lost a session or our login (removed,
+	// reset, or every session closed under us): the keystore then logs in
+	// again on the next call instead of failing on this connection forever.
+	broken atomic.Bool
 }
+
+func (c *tokenConnImpl) healthy() bool { return !c.broken.Load() }
 
 func (m *tokenModuleImpl) connect(label string, pin []byte, check func(tokenInfo) error) (tokenConn, error) {
 	slot, info, err := m.find(label)
@@ -353,7 +361,8 @@ func (c *tokenConnImpl) close() {
 
 // sessionLost reports PKCS#11 errors after which the session is gone.
 func sessionLost(err error) bool {
-	for _, rv := range []uint{pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_USER_NOT_LOGGED_IN} {
+	for _, rv := range []uint{pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT,
+		pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_USER_NOT_LOGGED_IN, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED} {
 		if errors.Is(err, pkcs11.Error(rv)) {
 			return true
 		}
@@ -414,7 +423,11 @@ func (c *tokenConnImpl) with(fn func(s pkcs11.SessionHandle) error) error {
 		return err
 	}
 	err = fn(s)
-	c.release(s, err != nil && sessionLost(err))
+	lost := err != nil && sessionLost(err)
+	if lost {
+		c.broken.Store(true)
+	}
+	c.release(s, lost)
 	return err
 }
 
