@@ -741,12 +741,23 @@ func (k *Keystore) storeConnFor(rec *keyRecord) (tokenConn, error) {
 	if s.State != kms.ConnectionConnected {
 		return nil, kms.Errorf(kms.CodeInvalidState, "key %s is %s: its custom key store %s is %s", rec.ID, kms.KeyUnavailable, s.ID, s.State)
 	}
+	conn, err := k.openConn(s)
+	if err != nil {
+		return nil, kms.Errorf(kms.CodeInvalidState, "key %s is unavailable: custom key store %s is CONNECTED but this process cannot reach its token: %v", rec.ID, s.ID, err)
+	}
+	return conn, nil
+}
+
+// openConn returns this process's connection to the token of the CONNECTED
+// store s, logging in when there is none, or the one there is was made
+// with other settings or lost its login. Caller holds mu.
+func (k *Keystore) openConn(s *customKeyStoreRecord) (tokenConn, error) {
 	if c := k.stores.conns[s.ID]; c != nil && c.matches(s) && c.conn.healthy() {
 		return c.conn, nil
 	}
 	c, err := k.connectStore(s)
 	if err != nil {
-		return nil, kms.Errorf(kms.CodeInvalidState, "key %s is unavailable: custom key store %s is CONNECTED but this process cannot reach its token: %v", rec.ID, s.ID, err)
+		return nil, err
 	}
 	if old := k.stores.conns[s.ID]; old != nil {
 		old.conn.close()
@@ -839,8 +850,8 @@ func (k *Keystore) GenerateRandomInStore(ctx context.Context, account, storeID s
 	if err == nil {
 		if s.State != kms.ConnectionConnected {
 			err = kms.Errorf(kms.CodeCustomKeyStoreInvalidState, "custom key store %s is %s", storeID, s.State)
-		} else {
-			conn, err = k.storeConnFor(&keyRecord{ID: "(random)", CustomKeyStore: storeID})
+		} else if conn, err = k.openConn(s); err != nil {
+			err = kms.Errorf(kms.CodeCustomKeyStoreInvalidState, "custom key store %s is CONNECTED but this process cannot reach its token: %v", storeID, err)
 		}
 	}
 	k.mu.Unlock()
