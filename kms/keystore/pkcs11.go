@@ -169,7 +169,7 @@ func (t *tokenKEK) close() {
 
 // tokenModuleImpl is a PKCS#11 library loaded for custom key stores. The
 // library's state is per process: C_Finalize ends every session the process
-// has with it, the KEK's included (PKCS#11 v2.40 section 5.4). So close
+// has with it, the KEK's included (PKCS#11 v2.40, C_Finalize). So close
 // finalises it only when this module's C_Initialize was the one that
 // initialised it, and a library the KEK initialised first is left to the KEK.
 type tokenModuleImpl struct {
@@ -225,7 +225,7 @@ func (m *tokenModuleImpl) probe(label string) (tokenInfo, error) {
 }
 
 // maxTokenSessions bounds the sessions one store keeps open: a session runs
-// one operation at a time (PKCS#11 v2.40 section 5.6), so concurrent
+// one operation at a time (PKCS#11 v2.40, sessions), so concurrent
 // requests each need their own.
 const maxTokenSessions = 8
 
@@ -262,7 +262,7 @@ func (m *tokenModuleImpl) connect(label string, pin []byte, check func(tokenInfo
 		return nil, &connectError{code: kms.ConnErrInternal, err: fmt.Errorf("token %q: open session: %w", label, err)}
 	}
 	// The login state belongs to the application and covers every session
-	// it opens with the token later (PKCS#11 v2.40 section 5.6).
+	// it opens with the token later (PKCS#11 v2.40, C_Login).
 	if err := m.ctx.Login(s, pkcs11.CKU_USER, string(pin)); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
 		m.ctx.CloseSession(s)
 		code := kms.ConnErrInternal
@@ -391,7 +391,7 @@ func (c *tokenConnImpl) findKey(s pkcs11.SessionHandle, id keyUUID) ([]pkcs11.Ob
 }
 
 // handle returns the object handle of id's key: token object handles are
-// valid in every session of the application (PKCS#11 v2.40 section 2.3).
+// valid in every session of the application (PKCS#11 v2.40, object handles).
 func (c *tokenConnImpl) handle(s pkcs11.SessionHandle, id keyUUID) (pkcs11.ObjectHandle, error) {
 	c.mu.Lock()
 	h, ok := c.handles[id]
@@ -432,8 +432,9 @@ func (c *tokenConnImpl) with(fn func(s pkcs11.SessionHandle) error) error {
 }
 
 // generateKey creates id's AES-256 key in the token: sensitive and not
-// extractable, so its value never leaves the token (PKCS#11 v2.40 section
-// 4.4, CKA_SENSITIVE / CKA_EXTRACTABLE), usable only to encrypt and decrypt.
+// extractable, so its value never leaves the token (PKCS#11 v2.40, secret
+// key objects: CKA_SENSITIVE, CKA_EXTRACTABLE), usable only to encrypt and
+// decrypt.
 func (c *tokenConnImpl) generateKey(id keyUUID) error {
 	return c.with(func(s pkcs11.SessionHandle) error {
 		h, err := c.ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, append(keyTemplate(id),
