@@ -329,3 +329,78 @@ func TestReadmeCustomKeyStore(t *testing.T) {
 		t.Fatalf("init on a key of a disconnected store: %v\n%s", err, out)
 	}
 }
+
+// TestKMSCustomKeyStoreEmbeddedMount: the same with the embedded keystore
+// in the mount process, and the store disconnected and reconnected by
+// `kmsfs kms` in other processes while the volume is mounted: the mount
+// follows the connection state recorded in the keystore (EACCES while
+// disconnected, for files whose keys it has not cached), with no restart.
+func TestKMSCustomKeyStoreEmbeddedMount(t *testing.T) {
+	mountRequireFuse(t)
+	const label, pin = "kmsfs-cks-embedded", "cks-pin-2468"
+	cksNewToken(t, label, pin)
+	t.Setenv("KMSFS_PKCS11_MODULE", softHSMModule) // every kmsfs process below
+	dir := t.TempDir()
+	ks := filepath.Join(dir, "keystore")
+	pinFile := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pinFile, []byte(pin+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(kmsfsBinary(), append(append([]string{"kms"}, args...), "--keystore", ks)...).Output()
+		if err != nil {
+			var stderr []byte
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = ee.Stderr
+			}
+			t.Fatalf("kmsfs kms %s: %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	id := admin("create-custom-key-store", "--name", "hsm", "--token", label, "--token-pin-file", pinFile)
+	if !strings.Contains(admin("connect-custom-key-store", id), "CONNECTED") {
+		t.Fatal("the store did not connect")
+	}
+	admin("create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", id, "--alias", "alias/hsm")
+
+	v := mountNewVolume(t, "--keystore", ks, "--key", "alias/hsm")
+	v.mount("--keystore", ks)
+	want := map[string][]byte{}
+	for i := range 12 {
+		name := filepath.Join("d", strings.Repeat("f", i+1))
+		want[name] = []byte(strings.Repeat(mountMarker+" "+name+"\n", 50*(i+1)))
+	}
+	if err := os.Mkdir(v.path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range want {
+		if err := os.WriteFile(v.path(name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.remount("--keystore", ks)
+	read := func(name string) ([]byte, error) { return os.ReadFile(v.path(name)) }
+	if got, err := read("d/f"); err != nil || !bytes.Equal(got, want["d/f"]) {
+		t.Fatalf("read back after a remount: %v", err)
+	}
+
+	admin("disconnect-custom-key-store", id)
+	if _, err := read("d/ff"); mountErrno(err) != syscall.EACCES {
+		t.Fatalf("read of an uncached file while the store is disconnected: %v, want EACCES", err)
+	}
+	if err := os.WriteFile(v.path("d/new"), []byte("x"), 0o644); mountErrno(err) != syscall.EACCES {
+		t.Fatalf("new file while the store is disconnected: %v, want EACCES", err)
+	}
+	admin("connect-custom-key-store", id)
+	for name, b := range want {
+		if got, err := read(name); err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("%s after reconnecting: %v", name, err)
+		}
+	}
+	if err := os.WriteFile(v.path("d/new"), []byte("after reconnecting"), 0o644); err != nil {
+		t.Fatalf("new file after reconnecting: %v", err)
+	}
+	v.unmount()
+	mountRequireNoPlaintext(t, v.vault)
+}
