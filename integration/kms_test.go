@@ -963,7 +963,6 @@ func TestKMSServeCreateKeyRefusesWhatItCannotHonour(t *testing.T) {
 	kmsAWS(t)
 	h := kmsStartServer(t)
 	for _, args := range [][]string{
-		{"--custom-key-store-id", "cks-1234567890abcdef0"},
 		{"--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id", "cks-1234567890abcdef0", "--xks-key-id", "xks-key-1"},
 	} {
 		_, err := h.aws(kmsAliceKey, append([]string{"create-key"}, args...)...)
@@ -971,6 +970,9 @@ func TestKMSServeCreateKeyRefusesWhatItCannotHonour(t *testing.T) {
 			t.Errorf("create-key %v: %v", args, err)
 		}
 	}
+	// A custom key store key needs its origin, and the store.
+	h.awsFails(kmsAliceKey, "ValidationException", "create-key", "--custom-key-store-id", "cks-1234567890abcdef0")
+	h.awsFails(kmsAliceKey, "CustomKeyStoreNotFoundException", "create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", "cks-1234567890abcdef0")
 	h.awsFails(kmsAliceKey, "TagException", "create-key", "--tags", "TagKey=aws:team,TagValue=red")
 	var keys struct{ Keys []struct{ KeyId string } }
 	h.awsJSON(kmsAliceKey, &keys, "list-keys")

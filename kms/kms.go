@@ -134,6 +134,10 @@ type KeyMetadata struct {
 	EncryptionAlgorithms []string
 	SigningAlgorithms    []string
 	MacAlgorithms        []string
+	// CustomKeyStoreID and CloudHsmClusterID are set for a key in a
+	// custom key store (Origin AWS_CLOUDHSM; see customkeystore.go).
+	CustomKeyStoreID  string
+	CloudHsmClusterID string
 	// MultiRegion marks a multi-Region key (ID "mrk-..."); its
 	// MultiRegionConfiguration says which region holds the primary and
 	// which hold replicas (nil for single-Region keys).
@@ -253,6 +257,9 @@ type CreateKeyInput struct {
 	KeyUsage string
 	// MultiRegion creates a multi-Region primary key (key ID "mrk-...").
 	MultiRegion bool
+	// CustomKeyStoreID names the custom key store a key of Origin
+	// AWS_CLOUDHSM is generated in.
+	CustomKeyStoreID string
 }
 
 // Admin is the key management surface: the AWS KMS control-plane operations

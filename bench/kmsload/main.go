@@ -15,11 +15,12 @@
 // Usage:
 //
 //	kmsload --endpoint http://127.0.0.1:8900 --region local \
-//	    --access-key AKID --secret SECRET [--key KEY] \
+//	    --access-key AKID --secret SECRET [--key KEY | --custom-key-store-id ID] \
 //	    --op GenerateDataKey|Decrypt [--mode raw|sdk] [--conns 32] [--duration 10s]
 //
 // Credentials may also come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
-// Without --key a key is created first.
+// Without --key a key is created first (in the custom key store ID, with
+// --custom-key-store-id).
 package main
 
 import (
@@ -58,6 +59,7 @@ type config struct {
 	accessKey string
 	secret    string
 	key       string
+	store     string
 	op        string
 	mode      string
 	conns     int
@@ -73,6 +75,7 @@ func main() {
 	flag.StringVar(&c.accessKey, "access-key", os.Getenv("AWS_ACCESS_KEY_ID"), "access key ID")
 	flag.StringVar(&c.secret, "secret", os.Getenv("AWS_SECRET_ACCESS_KEY"), "secret access key")
 	flag.StringVar(&c.key, "key", "", "key ID, ARN or alias (default: create one)")
+	flag.StringVar(&c.store, "custom-key-store-id", "", "without --key, create the key in this custom key store (origin AWS_CLOUDHSM: the token does the AES-GCM)")
 	flag.StringVar(&c.op, "op", "GenerateDataKey", "GenerateDataKey or Decrypt")
 	flag.StringVar(&c.mode, "mode", "raw", "raw (lean replay: server capacity) or sdk (Go SDK clients: end to end)")
 	flag.IntVar(&c.conns, "conns", 32, "concurrent connections (raw) or SDK clients (sdk)")
@@ -110,7 +113,11 @@ func run(c config) error {
 		return err
 	}
 	if c.key == "" {
-		md, err := client.CreateKey(ctx, kms.CreateKeyInput{Description: "kmsload"})
+		in := kms.CreateKeyInput{Description: "kmsload"}
+		if c.store != "" {
+			in.Origin, in.CustomKeyStoreID = kms.OriginCloudHSM, c.store
+		}
+		md, err := client.CreateKey(ctx, in)
 		if err != nil {
 			return err
 		}

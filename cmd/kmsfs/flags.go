@@ -48,7 +48,7 @@ func (k *keystoreFlags) options(stderr io.Writer) (compose.KeystoreOptions, erro
 	if err != nil {
 		return compose.KeystoreOptions{}, err
 	}
-	return compose.KeystoreOptions{Dir: k.dir, Passphrase: pass, PKCS11: hsm, Warn: warnTo(stderr)}, nil
+	return compose.KeystoreOptions{Dir: k.dir, Passphrase: pass, PKCS11: hsm, CustomKeyStoreModule: k.pkcs11.module, Warn: warnTo(stderr)}, nil
 }
 
 func warnTo(w io.Writer) func(string) {
@@ -63,17 +63,18 @@ type pkcs11Flags struct {
 }
 
 func (p *pkcs11Flags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&p.module, "pkcs11-module", os.Getenv(envPKCS11Module), "PKCS#11 library `FILE` of the token holding the embedded keystore's KEK, e.g. /usr/lib/softhsm/libsofthsm2.so (or $"+envPKCS11Module+")")
+	fs.StringVar(&p.module, "pkcs11-module", os.Getenv(envPKCS11Module), "PKCS#11 library `FILE` of the token holding the embedded keystore's KEK, and of the tokens of its custom key stores, e.g. /usr/lib/softhsm/libsofthsm2.so (or $"+envPKCS11Module+")")
 	fs.StringVar(&p.token, "pkcs11-token", os.Getenv(envPKCS11Token), "`LABEL` of that token (or $"+envPKCS11Token+")")
 	fs.StringVar(&p.pinFile, "pkcs11-pin-file", "", "`FILE` holding the token's user PIN (or set $"+envPKCS11PIN+")")
 }
 
-// options returns nil when no token is named.
+// options returns nil when no token is named (a module alone serves the
+// custom key stores).
 func (p *pkcs11Flags) options() (*keystore.PKCS11Options, error) {
-	if p.module == "" && p.token == "" {
+	if p.token == "" {
 		return nil, nil
 	}
-	if p.module == "" || p.token == "" {
+	if p.module == "" {
 		return nil, usagef("a PKCS#11 token needs both --pkcs11-module and --pkcs11-token")
 	}
 	pin, err := compose.ReadSecret("PKCS#11 PIN", p.pinFile, os.Getenv(envPKCS11PIN))

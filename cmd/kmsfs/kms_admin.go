@@ -24,6 +24,7 @@ func kmsCommand() *command {
 	subs := []*command{kmsServeCommand()}
 	subs = append(subs, kmsAdminCommands()...)
 	subs = append(subs, kmsMultiRegionCommands()...)
+	subs = append(subs, kmsCustomKeyStoreCommands()...)
 	subs = append(subs, kmsAliasCommand(), kmsAuditCommand())
 	return &command{
 		name:    "kms",
@@ -104,7 +105,8 @@ func kmsAdminCommands() []*command {
 			desc := fs.String("description", "", "key description `TEXT`")
 			policyFile := fs.String("policy-file", "", "`FILE` holding the JSON key policy (default: the owning account may administer and use the key)")
 			alias := fs.String("alias", "", "also create this alias (`alias/NAME`) for the key")
-			origin := fs.String("origin", "AWS_KMS", "where the material comes from (`ORIGIN`): AWS_KMS, the KMS generates it; EXTERNAL, import it (import-key-material)")
+			origin := fs.String("origin", "AWS_KMS", "where the material comes from (`ORIGIN`): AWS_KMS, the KMS generates it; EXTERNAL, import it (import-key-material); AWS_CLOUDHSM, generated in the token of --custom-key-store-id")
+			storeID := fs.String("custom-key-store-id", "", "create the key in the custom key store `ID` (with --origin AWS_CLOUDHSM)")
 			tagArgs := fs.StringArray("tag", nil, "tag the key with `KEY=VALUE` (repeatable)")
 			spec := fs.String("key-spec", kms.KeySpecSymmetric, "`SPEC`: SYMMETRIC_DEFAULT, RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, HMAC_224, HMAC_256, HMAC_384 or HMAC_512")
 			multiRegion := fs.Bool("multi-region", false, "create a multi-Region primary key (ID mrk-...; symmetric, origin AWS_KMS), which 'replicate' copies to other regions")
@@ -122,7 +124,7 @@ func kmsAdminCommands() []*command {
 					}
 					policy = string(b)
 				}
-				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin, Tags: tags, KeySpec: *spec, KeyUsage: keyUsageFor(*spec, *usage), MultiRegion: *multiRegion})
+				md, err := a.CreateKey(ctx, kms.CreateKeyInput{Description: *desc, Policy: policy, Origin: *origin, Tags: tags, KeySpec: *spec, KeyUsage: keyUsageFor(*spec, *usage), MultiRegion: *multiRegion, CustomKeyStoreID: *storeID})
 				if err != nil {
 					return err
 				}
@@ -410,9 +412,13 @@ func kmsPrintMetadata(out io.Writer, k kms.KeyMetadata) {
 		row("Material", "imported, expires "+k.ValidTo.UTC().Format(time.RFC3339))
 	case k.Origin == "EXTERNAL":
 		row("Material", "none (import it with import-key-material)")
+	case k.CustomKeyStoreID != "":
+		row("Material", "in the token, never leaves it")
 	case k.CurrentVersion > 0:
 		row("Material", fmt.Sprintf("version %d current, %d kept", k.CurrentVersion, k.Versions))
 	}
+	row("Custom key store", k.CustomKeyStoreID)
+	row("Token", k.CloudHsmClusterID)
 	row("Last rotation", date(k.LastRotationDate))
 	row("Created by", k.CreatingPrincipalARN)
 	tw.Flush()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +12,9 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 )
+
+// softHSMModule is the Debian softhsm2 package's PKCS#11 library.
+const softHSMModule = "/usr/lib/softhsm/libsofthsm2.so"
 
 // TestMain lets the scripts run this package's main as "kmsfs", in a child
 // process, as a user would run the installed binary.
@@ -40,6 +44,18 @@ func TestScripts(t *testing.T) {
 				}
 				ts.Setenv(args[0], f[0])
 			},
+		},
+		// [softhsm]: SoftHSM2 is installed; with CI=true its absence
+		// fails the script instead of skipping it.
+		Condition: func(cond string) (bool, error) {
+			if cond != "softhsm" {
+				return false, fmt.Errorf("unknown condition %q", cond)
+			}
+			_, err := os.Stat(softHSMModule)
+			if err != nil && os.Getenv("CI") == "true" {
+				return false, fmt.Errorf("SoftHSM2 is not installed (apt install softhsm2), and CI=true: %v", err)
+			}
+			return err == nil, nil
 		},
 		Setup: func(env *testscript.Env) error {
 			dst := filepath.Join(env.WorkDir, "fixture")

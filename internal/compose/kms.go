@@ -17,6 +17,8 @@ type KeystoreOptions struct {
 	// PKCS11 names the token holding the keystore's KEK, if any; its PIN
 	// is zeroed once the keystore is open.
 	PKCS11 *keystore.PKCS11Options
+	// CustomKeyStoreModule is the PKCS#11 library of custom key stores' tokens.
+	CustomKeyStoreModule string
 	// Region and Account appear in the keystore's key ARNs ("" = its defaults).
 	Region, Account string
 	Warn            func(string)
@@ -92,7 +94,7 @@ func OpenKeystore(o KeystoreOptions) (*keystore.Keystore, error) {
 		}
 	}
 	ks, err := keystore.Open(dir, keystore.Options{
-		Passphrase: o.Passphrase, PKCS11: o.PKCS11, Region: o.Region, Account: o.Account, Warn: o.Warn,
+		Passphrase: o.Passphrase, PKCS11: o.PKCS11, CustomKeyStoreModule: o.CustomKeyStoreModule, Region: o.Region, Account: o.Account, Warn: o.Warn,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded KMS keystore %s: %w", dir, err)

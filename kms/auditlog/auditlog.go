@@ -51,6 +51,7 @@ type Entry struct {
 	KeyARN            string            `json:"keyArn,omitempty"`
 	DestKeyARN        string            `json:"destinationKeyArn,omitempty"` // ReEncrypt
 	GrantID           string            `json:"grantId,omitempty"`
+	CustomKeyStoreID  string            `json:"customKeyStoreId,omitempty"` // the custom key store a request acted on
 	EncryptionContext map[string]string `json:"encryptionContext,omitempty"`
 	DestContext       map[string]string `json:"destinationEncryptionContext,omitempty"`
 	SourceAddress     string            `json:"sourceAddress"`
@@ -424,6 +425,7 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	b = appendOptString(b, "keyArn", e.KeyARN)
 	b = appendOptString(b, "destinationKeyArn", e.DestKeyARN)
 	b = appendOptString(b, "grantId", e.GrantID)
+	b = appendOptString(b, "customKeyStoreId", e.CustomKeyStoreID)
 	b = appendOptMap(b, "encryptionContext", e.EncryptionContext)
 	b = appendOptMap(b, "destinationEncryptionContext", e.DestContext)
 	b = append(b, `,"sourceAddress":`...)

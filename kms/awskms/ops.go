@@ -136,6 +136,8 @@ func metadata(m *types.KeyMetadata) kms.KeyMetadata {
 
 		MultiRegion:              aws.ToBool(m.MultiRegion),
 		MultiRegionConfiguration: multiRegionConfiguration(m.MultiRegionConfiguration),
+		CustomKeyStoreID:         aws.ToString(m.CustomKeyStoreId),
+		CloudHsmClusterID:        aws.ToString(m.CloudHsmClusterId),
 	}
 }
 
@@ -144,13 +146,14 @@ func metadata(m *types.KeyMetadata) kms.KeyMetadata {
 func (c *Client) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error) {
 	out, err := call(c, ctx, "CreateKey", "", func(ctx context.Context) (*awskms.CreateKeyOutput, error) {
 		return c.api.CreateKey(ctx, &awskms.CreateKeyInput{
-			Description: optString(in.Description),
-			Policy:      optString(in.Policy),
-			Origin:      types.OriginType(in.Origin),
-			Tags:        tagList(in.Tags),
-			KeySpec:     types.KeySpec(in.KeySpec),
-			KeyUsage:    types.KeyUsageType(in.KeyUsage),
-			MultiRegion: optBool(in.MultiRegion),
+			Description:      optString(in.Description),
+			Policy:           optString(in.Policy),
+			Origin:           types.OriginType(in.Origin),
+			Tags:             tagList(in.Tags),
+			KeySpec:          types.KeySpec(in.KeySpec),
+			KeyUsage:         types.KeyUsageType(in.KeyUsage),
+			MultiRegion:      optBool(in.MultiRegion),
+			CustomKeyStoreId: optString(in.CustomKeyStoreID),
 		})
 	})
 	if err != nil {

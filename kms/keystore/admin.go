@@ -129,6 +129,7 @@ func (k *Keystore) metadata(rec *keyRecord) kms.KeyMetadata {
 	}
 	algorithms(rec, &md)
 	k.multiRegionMetadata(rec, &md)
+	k.storeMetadata(rec, &md)
 	if rec.State == kms.KeyPendingDeletion {
 		md.DeletionDate = rec.DeletionDate
 	}
@@ -173,8 +174,12 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 	if origin == "" {
 		origin = originAWSKMS
 	}
-	if origin != originAWSKMS && origin != originExternal {
-		return kms.KeyMetadata{}, kms.Errorf(kms.CodeValidation, "origin %q is not supported (use %s or %s)", origin, originAWSKMS, originExternal)
+	if origin != originAWSKMS && origin != originExternal && origin != kms.OriginCloudHSM {
+		return kms.KeyMetadata{}, kms.Errorf(kms.CodeValidation, "origin %q is not supported (use %s, %s or %s)", origin, originAWSKMS, originExternal, kms.OriginCloudHSM)
+	}
+	if (origin == kms.OriginCloudHSM) != (in.CustomKeyStoreID != "") {
+		// AWS: a key in a custom key store takes both.
+		return kms.KeyMetadata{}, kms.Errorf(kms.CodeValidation, "a key in a custom key store needs Origin %s and a CustomKeyStoreId, together", kms.OriginCloudHSM)
 	}
 	spec, usage, err := checkSpec(in.KeySpec, in.KeyUsage, origin)
 	if err != nil {
@@ -185,6 +190,7 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 		return kms.KeyMetadata{}, err
 	}
 	var md kms.KeyMetadata
+	inToken := false // made in a token: destroyed there if the state write fails
 	err = k.change(ctx, func(st *state, now time.Time) (bool, error) {
 		rec := &keyRecord{
 			ID:                id,
@@ -208,6 +214,11 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 			}
 		} else if origin == originExternal {
 			rec.State = kms.KeyPendingImport
+		} else if origin == kms.OriginCloudHSM {
+			if err := k.createInStore(st, rec, in.CustomKeyStoreID, now); err != nil {
+				return false, err
+			}
+			inToken = true
 		} else if err := k.addVersion(rec, now, ""); err != nil {
 			return false, err
 		}
@@ -219,6 +230,11 @@ func (k *Keystore) CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.Ke
 		return true, nil
 	})
 	if err != nil {
+		if inToken {
+			k.mu.Lock()
+			k.abandonInStore(in.CustomKeyStoreID, u)
+			k.mu.Unlock()
+		}
 		return kms.KeyMetadata{}, fmt.Errorf("CreateKey: %w", err)
 	}
 	return md, nil

@@ -571,7 +571,7 @@ func (k *Keystore) GenerateDataKeyPair(ctx context.Context, keyID, keyPairSpec s
 	if err != nil {
 		return kms.DataKeyPair{}, fmt.Errorf("GenerateDataKeyPair: %w", err)
 	}
-	blob, err := sealBlob(ek.aead, ek.uuid, ek.version, der, ec)
+	blob, err := ek.aead.seal(ek.uuid, ek.version, der, ec)
 	if err != nil {
 		kms.Zero(der)
 		return kms.DataKeyPair{}, fmt.Errorf("GenerateDataKeyPair: %w", err)

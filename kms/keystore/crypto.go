@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"context"
-	"crypto/cipher"
 	"crypto/rand"
 	"fmt"
 	"strings"
@@ -150,7 +149,7 @@ type encryptingKey struct {
 	uuid    keyUUID
 	arn     string
 	version uint32
-	aead    cipher.AEAD
+	aead    blobCipher
 }
 
 // forEncrypt resolves keyID to an enabled key and its current material.
@@ -166,7 +165,7 @@ func (k *Keystore) forEncrypt(keyID string) (encryptingKey, error) {
 	if err := usable(rec); err != nil {
 		return encryptingKey{}, err
 	}
-	a, err := k.aead(rec, rec.CurrentVersion)
+	a, err := k.blobCipherFor(rec, rec.CurrentVersion)
 	if err != nil {
 		return encryptingKey{}, err
 	}
@@ -186,7 +185,7 @@ func (k *Keystore) encryptingKeyFor(ctx context.Context, keyID string) (encrypti
 // forDecrypt finds the key and material a parsed blob names. When keyID is
 // given it must name the same key (IncorrectKeyException otherwise). Caller
 // holds mu and has refreshed.
-func (k *Keystore) forDecrypt(p blob, keyID string) (cipher.AEAD, string, error) {
+func (k *Keystore) forDecrypt(p blob, keyID string) (blobCipher, string, error) {
 	now := k.now()
 	rec, ok := k.st.blobKey(p.key)
 	id := p.key.String()
@@ -214,7 +213,7 @@ func (k *Keystore) forDecrypt(p blob, keyID string) (cipher.AEAD, string, error)
 	if int64(p.version) > int64(len(rec.Versions)) {
 		return nil, "", kms.Errorf(kms.CodeInvalidCiphertext, "ciphertext names material version %d of key %s, which has %d", p.version, id, len(rec.Versions))
 	}
-	a, err := k.aead(rec, int(p.version))
+	a, err := k.blobCipherFor(rec, int(p.version))
 	if err != nil {
 		return nil, "", err
 	}
@@ -238,7 +237,7 @@ func (k *Keystore) GenerateDataKey(ctx context.Context, keyID string, numBytes i
 	if _, err := rand.Read(pt); err != nil {
 		return kms.DataKey{}, fmt.Errorf("GenerateDataKey: %w", err)
 	}
-	blob, err := sealBlob(ek.aead, ek.uuid, ek.version, pt, ec)
+	blob, err := ek.aead.seal(ek.uuid, ek.version, pt, ec)
 	if err != nil {
 		kms.Zero(pt)
 		return kms.DataKey{}, fmt.Errorf("GenerateDataKey: %w", err)
@@ -269,7 +268,7 @@ func (k *Keystore) Encrypt(ctx context.Context, keyID string, plaintext []byte, 
 	if err != nil {
 		return nil, "", err
 	}
-	blob, err := sealBlob(ek.aead, ek.uuid, ek.version, plaintext, ec)
+	blob, err := ek.aead.seal(ek.uuid, ek.version, plaintext, ec)
 	if err != nil {
 		return nil, "", fmt.Errorf("Encrypt: %w", err)
 	}
@@ -296,7 +295,7 @@ func (k *Keystore) Decrypt(ctx context.Context, keyID string, ciphertext []byte,
 	if err != nil {
 		return nil, "", err
 	}
-	pt, err := openBlob(a, p, ec)
+	pt, err := a.open(p, ec)
 	if err != nil {
 		return nil, "", err
 	}
@@ -332,12 +331,12 @@ func (k *Keystore) ReEncrypt(ctx context.Context, ciphertext []byte, srcEC kms.E
 	if err != nil {
 		return nil, "", "", err
 	}
-	pt, err := openBlob(srcAEAD, p, srcEC)
+	pt, err := srcAEAD.open(p, srcEC)
 	if err != nil {
 		return nil, "", "", err
 	}
 	defer kms.Zero(pt)
-	out, err := sealBlob(dest.aead, dest.uuid, dest.version, pt, destEC)
+	out, err := dest.aead.seal(dest.uuid, dest.version, pt, destEC)
 	if err != nil {
 		return nil, "", "", fmt.Errorf("ReEncrypt: %w", err)
 	}

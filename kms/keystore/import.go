@@ -65,7 +65,7 @@ func materialDigest(keyID string, material []byte) []byte {
 // hasMaterial reports whether the key can encrypt or decrypt at all: it has
 // a version whose material was not deleted.
 func (r *keyRecord) hasMaterial() bool {
-	return len(r.Versions) > 0 && r.Versions[r.CurrentVersion-1].Material != nil
+	return len(r.Versions) > 0 && (r.Versions[r.CurrentVersion-1].Material != nil || r.CustomKeyStore != "")
 }
 
 // materialExpires reports whether imported material has an expiry date.

@@ -65,6 +65,9 @@ type Options struct {
 	// key material inside the token. Set it when the keystore is created
 	// to take effect, and on every later Open.
 	PKCS11 *PKCS11Options
+	// CustomKeyStoreModule is the PKCS#11 library through which this
+	// process reaches the tokens of custom key stores (customkeystore.go).
+	CustomKeyStoreModule string
 	// Now is the clock (tests advance it); default time.Now.
 	Now func() time.Time
 	// Warn receives warnings; default writes them to stderr. It is called
@@ -100,6 +103,7 @@ type Keystore struct {
 	due     time.Time // st.nextDue()
 	retryAt time.Time // no maintenance attempts before this
 	aeads   map[aeadKey]cipher.AEAD
+	stores  *storeConns // this process's custom key store connections
 }
 
 // aeadKey names one version of one key's backing material.
@@ -161,6 +165,7 @@ func Open(dir string, opts Options) (*Keystore, error) {
 		warn:      opts.Warn,
 		lock:      lock,
 		aeads:     map[aeadKey]cipher.AEAD{},
+		stores:    newStoreConns(opts.CustomKeyStoreModule),
 	}
 	if err := k.init(opts.Passphrase, opts.PKCS11); err != nil {
 		lock.close()
@@ -281,6 +286,7 @@ func (k *Keystore) Close() error {
 		return nil
 	}
 	k.closed = true
+	k.stores.closeAll()
 	k.mk.zero()
 	k.aeads = nil
 	k.st = nil
@@ -299,6 +305,7 @@ func (k *Keystore) install(st *state, f *os.File, id fileID) {
 	}
 	k.st, k.held, k.heldID = st, f, id
 	k.due = st.nextDue()
+	k.stores.sync(st)
 	for ak := range k.aeads {
 		if _, ok := st.Keys[ak.key.String()]; !ok {
 			delete(k.aeads, ak)
@@ -444,6 +451,7 @@ func (k *Keystore) maintain(st *state, now time.Time) (bool, error) {
 	changed := false
 	for id, rec := range st.Keys {
 		if rec.expired(now) {
+			k.destroyInStore(rec)
 			st.purge(id)
 			changed = true
 			continue

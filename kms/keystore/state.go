@@ -18,13 +18,14 @@ import (
 // or 2 as before, and an older kmsfs refuses a format 3 state rather than
 // taking a private key for AES material. Format 4 adds multi-Region keys
 // (multi_region, key IDs "mrk-..."; see multiregion.go); a state with none
-// is written in the lowest format above. Open refuses any other version.
+// is written in the lowest format above. Format 5 adds custom key stores
+// (customkeystore.go). Open refuses any other version.
 const (
 	stateFormatV1 = 1
 	stateFormatV2 = 2
 	stateFormatV3 = 3
 	stateFormatV4 = 4
-	stateFormat   = stateFormatV4
+	stateFormat   = stateFormatCustomKeyStores
 )
 
 // Key origins, as AWS names them.
@@ -72,6 +73,7 @@ const (
 //	alias_dates  {"alias/<name>" (keystore account) or "<account>:alias/<name>":
 //	              {created, updated}}
 //	grants       {"<grant id>": kms.Grant fields; KeyID is the key UUID}
+//	custom_key_stores  (format 5) see customkeystore.go
 //	imports      {"<token id>": {key_id, algorithm, valid_to,
 //	              private_key: base64(nonce || AES-GCM_KEK(PKCS #8 RSA key))}}
 //
@@ -102,6 +104,8 @@ type state struct {
 	// Imports are the outstanding GetParametersForImport results, by token
 	// ID: a private key each, sealed, until used or 24 hours old.
 	Imports map[string]*pendingImport `json:"imports,omitempty"`
+	// CustomKeyStores (format 5) are the custom key stores, by ID.
+	CustomKeyStores map[string]*customKeyStoreRecord `json:"custom_key_stores,omitempty"`
 }
 
 type keyRecord struct {
@@ -136,6 +140,9 @@ type keyRecord struct {
 	// other keys keep their format.
 	KeySpec  string `json:"key_spec,omitempty"`
 	KeyUsage string `json:"key_usage,omitempty"`
+	// CustomKeyStore (format 5) is the ID of the custom key store whose
+	// token holds the key (origin AWS_CLOUDHSM).
+	CustomKeyStore string `json:"custom_key_store,omitempty"`
 
 	// MultiRegion is set for multi-Region keys (format 4; multiregion.go).
 	MultiRegion *multiRegionRecord `json:"multi_region,omitempty"`
@@ -255,6 +262,9 @@ func (st *state) index() error {
 			return fmt.Errorf("state: grant entry %q is inconsistent", gid)
 		}
 	}
+	if err := st.indexCustomKeyStores(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -270,6 +280,7 @@ func (st *state) clone() *state {
 		Grants:     make(map[string]*kms.Grant, len(st.Grants)),
 		AliasDates: maps.Clone(st.AliasDates),
 	}
+	c.CustomKeyStores = cloneCustomKeyStores(st.CustomKeyStores)
 	if st.AccountAliases != nil {
 		c.AccountAliases = make(map[string]map[string]string, len(st.AccountAliases))
 		for account, names := range st.AccountAliases {
@@ -430,10 +441,13 @@ func (st *state) deleteAlias(owner, name string) {
 	}
 }
 
-// format is the layout version st needs: 4 once it holds a multi-Region
-// key, 3 once it holds an asymmetric or HMAC key, 2 once it holds a key or
+// format is the layout version st needs: 5 once it holds a custom key
+// store, 4 once it holds a multi-Region key, 3 once it holds an asymmetric or HMAC key, 2 once it holds a key or
 // an alias of another account, else 1 (see stateFormat).
 func (st *state) format() int {
+	if len(st.CustomKeyStores) > 0 {
+		return stateFormatCustomKeyStores
+	}
 	f := stateFormatV1
 	if len(st.AccountAliases) > 0 {
 		f = stateFormatV2

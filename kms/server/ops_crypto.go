@@ -240,10 +240,16 @@ func (s *Server) generateRandom(c *call, body []byte) (response, error) {
 	if err := decode(body, &in); err != nil {
 		return response{}, err
 	}
+	var b []byte
+	var err error
 	if in.CustomKeyStoreId != "" {
-		return response{}, kms.Errorf("CustomKeyStoreNotFoundException", "custom key store %s not found", in.CustomKeyStoreId)
+		// Random bytes from the store's token (AWS: from the CloudHSM
+		// cluster).
+		c.entry.CustomKeyStoreID = in.CustomKeyStoreId
+		b, err = s.store.GenerateRandomInStore(c.ctx, c.cred.Account, in.CustomKeyStoreId, in.NumberOfBytes)
+	} else {
+		b, err = s.store.GenerateRandom(c.ctx, in.NumberOfBytes)
 	}
-	b, err := s.store.GenerateRandom(c.ctx, in.NumberOfBytes)
 	if err != nil {
 		return response{}, err
 	}

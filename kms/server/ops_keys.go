@@ -22,8 +22,6 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 	}
 	// Never create something other than what was asked for.
 	switch {
-	case in.CustomKeyStoreId != "":
-		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "CustomKeyStoreId: custom key stores are not supported; the keystore's own protection (passphrase, root key or PKCS #11 token) holds every key")
 	case in.XksKeyId != "":
 		return response{}, kms.Errorf(kms.CodeUnsupportedOperation, "XksKeyId: external key stores are not supported")
 	}
@@ -43,20 +41,22 @@ func (s *Server) createKey(c *call, body []byte) (response, error) {
 		}
 	}
 	meta, err := s.store.CreateKey(c.ctx, kms.CreateKeyInput{
-		Description: in.Description,
-		Policy:      policy,
-		Principal:   c.cred.Principal,
-		Origin:      in.Origin,
-		Account:     c.cred.Account,
-		Tags:        tagMap(in.Tags),
-		KeySpec:     spec,
-		KeyUsage:    in.KeyUsage,
-		MultiRegion: in.MultiRegion,
+		Description:      in.Description,
+		Policy:           policy,
+		Principal:        c.cred.Principal,
+		Origin:           in.Origin,
+		Account:          c.cred.Account,
+		Tags:             tagMap(in.Tags),
+		KeySpec:          spec,
+		KeyUsage:         in.KeyUsage,
+		MultiRegion:      in.MultiRegion,
+		CustomKeyStoreID: in.CustomKeyStoreId,
 	})
 	if err != nil {
 		return response{}, err
 	}
 	c.entry.KeyARN = meta.ARN
+	c.entry.CustomKeyStoreID = meta.CustomKeyStoreID
 	return response{v: keyMetadataOutput{KeyMetadata: metadataJSON(meta)}}, nil
 }
 

@@ -95,6 +95,8 @@ type keyMetadataJSON struct {
 	MultiRegionConfiguration *multiRegionConfigurationJSON `json:"MultiRegionConfiguration,omitempty"`
 	ExpirationModel          string                        `json:"ExpirationModel,omitempty"`
 	ValidTo                  float64                       `json:"ValidTo,omitempty"`
+	CustomKeyStoreId         string                        `json:"CustomKeyStoreId,omitempty"`
+	CloudHsmClusterId        string                        `json:"CloudHsmClusterId,omitempty"`
 }
 
 type getParametersForImportInput struct {
@@ -373,6 +375,8 @@ func metadataJSON(m kms.KeyMetadata) keyMetadataJSON {
 
 		MultiRegion:              m.MultiRegion,
 		MultiRegionConfiguration: multiRegionJSON(m.MultiRegionConfiguration),
+		CustomKeyStoreId:         m.CustomKeyStoreID,
+		CloudHsmClusterId:        m.CloudHsmClusterID,
 	}
 }
 

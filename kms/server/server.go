@@ -41,6 +41,10 @@ type Store interface {
 	UntagResource(ctx context.Context, keyID string, tagKeys []string) error
 	ListResourceTags(ctx context.Context, keyID string) (map[string]string, error)
 	ListKeyRotations(ctx context.Context, keyID string) ([]kms.KeyRotation, error)
+
+	// Custom key stores (ops_customkeystore.go).
+	kms.CustomKeyStores
+	GenerateRandomInStore(ctx context.Context, account, customKeyStoreID string, numBytes int) ([]byte, error)
 }
 
 // Config configures a Server.
@@ -240,6 +244,13 @@ var operations = map[string]operation{
 	"KmsfsReplicaWrappingKey":          {fn: (*Server).replicaWrappingKey},
 	"KmsfsImportReplica":               {fn: (*Server).importReplica},
 	"KmsfsSetMultiRegionConfiguration": {fn: (*Server).setMultiRegionConfiguration},
+	// Custom key stores (ops_customkeystore.go).
+	"CreateCustomKeyStore":     {fn: (*Server).createCustomKeyStore},
+	"ConnectCustomKeyStore":    {fn: (*Server).connectCustomKeyStore},
+	"DisconnectCustomKeyStore": {fn: (*Server).disconnectCustomKeyStore},
+	"DescribeCustomKeyStores":  {fn: (*Server).describeCustomKeyStores},
+	"UpdateCustomKeyStore":     {fn: (*Server).updateCustomKeyStore},
+	"DeleteCustomKeyStore":     {fn: (*Server).deleteCustomKeyStore},
 }
 
 const targetPrefix = "TrentService."
@@ -509,6 +520,8 @@ func (s *Server) decide(c *call, action, keyARN string, ec kms.EncryptionContext
 // decides them by the caller's identity policy alone.
 var identityOnlyOps = map[string]bool{
 	"CreateKey": true, "ListKeys": true, "ListAliases": true, "ListRetirableGrants": true, "GenerateRandom": true,
+	"CreateCustomKeyStore": true, "ConnectCustomKeyStore": true, "DisconnectCustomKeyStore": true,
+	"DescribeCustomKeyStores": true, "UpdateCustomKeyStore": true, "DeleteCustomKeyStore": true,
 }
 
 // authorizeIdentity decides an operation in identityOnlyOps.
