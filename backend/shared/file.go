@@ -57,7 +57,7 @@ type openFile struct {
 	resized bool           // size changed since the last commit
 	touched bool           // data changed since the last commit or utimens
 	mtime   time.Time      // when data last changed here
-	wver    uint64         // counts data changes (writes, truncates)
+	wver    uint64         // counts data changes (writes, quiet ones too, and truncates)
 	early   *earlyBatch    // an upload started before the commit (early.go)
 	staging *os.File
 
@@ -400,7 +400,6 @@ func (f *openFile) grow(to int64) error {
 
 func (f *openFile) changed() {
 	f.touched, f.mtime = true, time.Now()
-	f.wver++
 }
 
 // writeAt writes p at off; quiet leaves the modification time alone.
@@ -439,6 +438,7 @@ func (f *openFile) writeAt(p []byte, off int64, quiet bool) (int, error) {
 	if end > f.size {
 		f.size, f.resized = end, true
 	}
+	f.wver++ // quiet or not: no early upload of the old data is current
 	if !quiet {
 		f.changed()
 	}
@@ -451,6 +451,7 @@ func (f *openFile) truncate(n int64) error {
 	if n == f.size {
 		return nil
 	}
+	f.wver++ // no early upload of the old data is current
 	cs, _, _ := f.b.chunkGeometry()
 	if n > f.size {
 		if err := f.grow(n); err != nil {
