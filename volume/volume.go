@@ -28,6 +28,9 @@ type Options struct {
 	// PrefetchMax bounds the per-object data key pool (0: DefaultPrefetchMax;
 	// negative: no prefetching).
 	PrefetchMax int
+	// NoKeyReadAhead turns off the read-ahead of keys (prefetch.go), which
+	// is on whenever Keys implements KeyPrefetcher.
+	NoKeyReadAhead bool
 }
 
 // Volume is an open kmsfs volume.
@@ -48,6 +51,7 @@ type Volume struct {
 	bucket bucketKeySource
 	meta   metaKey
 	pool   *keyPool // per-object mode: data keys fetched ahead
+	ra     *keyReadAhead
 	stats  counters
 
 	unlock func() error // releases the backend's volume lock (read-write only)
@@ -98,6 +102,10 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 		}
 		v.be = newNameBackend(be, names, log)
 	}
+	if kp, ok := opt.Keys.(KeyPrefetcher); ok && !opt.NoKeyReadAhead {
+		v.ra = newKeyReadAhead(v, kp)
+		v.keys = readAheadKeys{Crypto: opt.Keys, ra: v.ra}
+	}
 	if mode == envelope.ModePerObject && !opt.ReadOnly && opt.PrefetchMax >= 0 {
 		n := opt.PrefetchMax
 		if n == 0 {
@@ -125,6 +133,7 @@ func (v *Volume) Close() error {
 	v.bucket.zero()
 	v.meta.zero()
 	v.pool.close()
+	v.ra.close()
 	if unlock := v.unlock; unlock != nil {
 		v.unlock = nil // a second Close must not close a reused descriptor
 		return unlock()
