@@ -55,6 +55,8 @@ type Volume struct {
 	stats  counters
 
 	unlock func() error // releases the backend's volume lock (read-write only)
+	// exclusive: nothing but this Volume changes the tree (see Exclusive).
+	exclusive bool
 }
 
 // Open opens the volume stored in be.
@@ -82,6 +84,10 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 		cfg: cfg, id: id, mode: mode, be: be, keys: opt.Keys, log: log, readOnly: opt.ReadOnly,
 		layout: envelope.Layout{HeaderSize: int64(cfg.HeaderSize), BlockSize: int64(cfg.BlockSize)},
 		files:  map[uint64]*fileState{}, unlock: unlock,
+	}
+	if unlock != nil {
+		sh, ok := be.(sharedNamespace)
+		v.exclusive = !ok || !sh.SharedNamespace()
 	}
 	v.bucket = bucketKeySource{maxAge: opt.BucketKeyMaxAge, maxFiles: opt.BucketKeyMaxFiles}
 	if v.bucket.maxAge <= 0 {
@@ -124,6 +130,15 @@ func (v *Volume) Backend() backend.Backend { return v.be }
 
 // Layout returns the volume's block geometry.
 func (v *Volume) Layout() envelope.Layout { return v.layout }
+
+// Exclusive reports whether nothing but this open volume changes its tree:
+// it holds the backend's volume lock (a read-write open of a local
+// directory, or the writer lease of an S3 volume) and the backend is not a
+// namespace other mounts change at the same time (a shared volume). A
+// read-only open holds no lock, so a writer elsewhere may change the tree
+// under it. The mount caches names and attributes in the kernel far longer
+// when this is true.
+func (v *Volume) Exclusive() bool { return v.exclusive }
 
 // ReadOnly reports whether the volume was opened read-only.
 func (v *Volume) ReadOnly() bool { return v.readOnly }
