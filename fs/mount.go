@@ -19,9 +19,9 @@ import (
 
 // MountOptions are the user-facing mount options.
 type MountOptions struct {
-	AllowOther   bool
-	ReadOnly     bool
-	Debug bool
+	AllowOther bool
+	ReadOnly   bool
+	Debug      bool
 	// AttrTimeout, EntryTimeout and NegativeTimeout are how long the kernel
 	// caches attributes, names and "no such file" answers. AutoTimeout (the
 	// default) picks them from the volume: see cacheTimeouts.
