@@ -415,7 +415,10 @@ func (c *Cache) failed(k cacheKey, keyID string, err error) ([]byte, string, err
 		return nil, "", err
 	}
 	e := c.entries[k]
-	if e == nil || !e.accepts(keyID) || !c.now().Before(e.expires.Add(c.lim.Grace)) {
+	// A key prefetched and never used is not one the mount was reading
+	// with: grace does not make a file readable that nobody opened before
+	// the KMS went away.
+	if e == nil || e.speculative || !e.accepts(keyID) || !c.now().Before(e.expires.Add(c.lim.Grace)) {
 		return nil, "", err
 	}
 	plain, arn := c.serveLocked(e)

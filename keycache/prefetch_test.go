@@ -125,3 +125,27 @@ func TestPrefetchErrorNotCached(t *testing.T) {
 	}
 	e.wantKMSDecrypts(2)
 }
+
+// TestGraceSkipsUnusedPrefetch: Grace serves expired keys the mount was
+// using while the KMS is unreachable, not keys prefetched and never used.
+func TestGraceSkipsUnusedPrefetch(t *testing.T) {
+	e := newEnv(t, Limits{MaxAge: time.Second, Grace: time.Hour})
+	used, unused := e.newKey("used"), e.newKey("unused")
+	for _, f := range []struct {
+		dk   kms.DataKey
+		name string
+	}{{used, "used"}, {unused, "unused"}} {
+		if _, err := e.c.Prefetch(context.Background(), "", f.dk.CiphertextBlob, ecFor(f.name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.decrypt("", used, "used")
+	e.clock.advance(2 * time.Second)
+	e.kms.setErr(kms.ErrUnavailable)
+	if _, _, err := e.c.Decrypt(context.Background(), "", used.CiphertextBlob, ecFor("used")); err != nil {
+		t.Fatalf("a used key within grace: %v", err)
+	}
+	if _, _, err := e.c.Decrypt(context.Background(), "", unused.CiphertextBlob, ecFor("unused")); err == nil {
+		t.Fatal("grace served a prefetched key nobody had used")
+	}
+}
