@@ -82,6 +82,11 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
 			n=${NAMES[$(((i + k) % ${#NAMES[@]}))]}
 			m=$(mnt "$n")
 			mount_v "$n" || { log "$n: mount failed"; exit 1; }
+			# A copy row starts from an empty destination (untimed).
+			case $row in
+			cp) rm -rf "$m/cp" ;;
+			rsync) rm -rf "$m/rsync" ;;
+			esac
 			sync
 			echo 3 >/proc/sys/vm/drop_caches
 			tar -cf - -C "$SRC" . | cat >/dev/null
