@@ -187,8 +187,8 @@ func TestRunnerPhasesAndCounts(t *testing.T) {
 			t.Errorf("finding failed: %+v", f)
 		}
 	}
-	if len(rep.Findings) != 4 { // share, two warm re-reads, verification
-		t.Errorf("%d findings, want 4: %+v", len(rep.Findings), rep.Findings)
+	if len(rep.Findings) != 5 { // share, per-object cold calls per file, two warm re-reads, verification
+		t.Errorf("%d findings, want 5: %+v", len(rep.Findings), rep.Findings)
 	}
 }
 

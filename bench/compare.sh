@@ -47,6 +47,8 @@ Usage: bench/compare.sh [flags]
   --size MIB        sequential write/read size in MiB (default 512)
   --files N         files in the generated source tree (default 10000)
   --fs LIST         comma-separated subset of ext4,kmsfs,gocryptfs,securefs,gofuse (default all)
+  --rows LIST       comma-separated subset of seqwrite,seqread,cp,rsync,rsync_checksum,diff,rm
+                    (default all; rsync_checksum needs rsync, diff and rm need cp)
   --mode MODE       kmsfs key mode for init: per-object (default) or bucket-key
   --kmsfs-bin PATH  use this kmsfs binary instead of building ./cmd/kmsfs
   --baseline-bin PATH  add a column kmsfs-base run with this other kmsfs binary (e.g.
@@ -69,6 +71,7 @@ REPEAT=3
 SIZE_MIB=512
 FILES=10000
 FSLIST=ext4,kmsfs,gocryptfs,securefs,gofuse
+ROWLIST=seqwrite,seqread,cp,rsync,rsync_checksum,diff,rm
 MODE=per-object
 KMSFS_BIN=
 BASE_BIN=
@@ -84,6 +87,7 @@ while (($#)); do
 	--size) SIZE_MIB=$2; shift 2 ;;
 	--files) FILES=$2; shift 2 ;;
 	--fs) FSLIST=$2; shift 2 ;;
+	--rows) ROWLIST=$2; shift 2 ;;
 	--mode) MODE=$2; shift 2 ;;
 	--kmsfs-bin) KMSFS_BIN=$2; shift 2 ;;
 	--baseline-bin) BASE_BIN=$2; shift 2 ;;
@@ -459,7 +463,10 @@ note() { printf 'note\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
 
 # run_row FS ROW REP: one timed run of ROW on FS, from cold. Returns non-zero
 # only if the mount itself broke (a failed command is recorded as an error).
-ROWS=(seqwrite seqread cp rsync rsync_checksum diff rm)
+IFS=, read -r -a ROWS <<<"$ROWLIST"
+for r in "${ROWS[@]}"; do
+	[[ $r =~ ^(seqwrite|seqread|cp|rsync|rsync_checksum|diff|rm)$ ]] || die "--rows: unknown row $r"
+done
 run_row() {
 	local fs=$1 row=$2 rep=$3 m d n
 	m=$(mnt "$fs") d=$(fsdir "$fs")

@@ -34,6 +34,12 @@ const (
 	// rates at KMS latency L, relative to zero latency, each mode must keep.
 	BucketKeyLatencyFactor = 0.9
 	PerObjectLatencyFactor = 0.5
+	// ColdReadLatencyFactor is the per-object cold read rate of one reader
+	// at KMS latency L, relative to zero latency, that the read-ahead of
+	// keys must keep; ColdReadCallsPerFile the KMS calls per file read it
+	// may make (speculative ones included).
+	ColdReadLatencyFactor = 0.5
+	ColdReadCallsPerFile  = 1.1
 )
 
 // Findings checks the targets that the runs can answer:
@@ -41,6 +47,8 @@ const (
 //     files (runs that differ only in mode);
 //   - the create rate at a KMS latency is at least 0.9× (bucket-key) or 0.5×
 //     (per-object) the rate at zero latency (runs that differ only in latency);
+//   - a per-object cold read by one reader at a KMS latency keeps 0.5× its
+//     rate at zero latency, with at most 1.1 KMS calls per file read;
 //   - a warm re-read makes no KMS call;
 //   - under a quota no file operation fails and KMS calls stay within it;
 //   - every file read back matched.
@@ -102,6 +110,36 @@ func Findings(runs []Run) []Finding {
 			Pass:   f >= want,
 			Detail: fmt.Sprintf("%.0f vs %.0f files/s (%.2fx)", rc.FilesPerSec, bc.FilesPerSec, f),
 		})
+	}
+
+	for _, r := range runs {
+		lat, err := time.ParseDuration(r.KMSLatency)
+		if err != nil || lat == 0 || r.Mode != "per-object" || r.Jobs != 1 {
+			continue
+		}
+		base, ok := byMode[r.Mode][zeroLat(r)]
+		rc, bc := r.Phase(PhaseReadCold), base.Phase(PhaseReadCold)
+		if !ok || rc == nil || bc == nil || bc.FilesPerSec == 0 {
+			continue
+		}
+		f := rc.FilesPerSec / bc.FilesPerSec
+		out = append(out, Finding{
+			Target: fmt.Sprintf("per-object cold read rate of one reader at %v KMS latency >= %.1fx its rate at 0", lat, ColdReadLatencyFactor),
+			Run:    r.Label() + " / " + base.Label(),
+			Pass:   f >= ColdReadLatencyFactor,
+			Detail: fmt.Sprintf("%.0f vs %.0f files/s (%.2fx)", rc.FilesPerSec, bc.FilesPerSec, f),
+		})
+	}
+	for _, r := range runs {
+		if p := r.Phase(PhaseReadCold); p != nil && r.Mode == "per-object" && p.Files > 0 {
+			per := float64(p.KMSCallsTotal) / float64(p.Files)
+			out = append(out, Finding{
+				Target: fmt.Sprintf("per-object cold read makes <= %.1f KMS calls per file read", ColdReadCallsPerFile),
+				Run:    r.Label(),
+				Pass:   per <= ColdReadCallsPerFile,
+				Detail: fmt.Sprintf("%d KMS calls for %d files (%.3f)", p.KMSCallsTotal, p.Files, per),
+			})
+		}
 	}
 
 	for _, r := range runs {

@@ -137,6 +137,9 @@ func (n *Node) killSetid(ctx context.Context, f fusefs.FileHandle, p string) sys
 		if err := n.t.be.Chmod(ctx, p, st.Mode&07777&^kill); err != nil {
 			return n.t.fail(opSetattr, p, err)
 		}
+		// The kernel drops only the size and times it cached after a
+		// write (fuse_write_update_attr); the mode must be dropped too.
+		n.NotifyContent(-1, 0)
 	}
 	n.noSetid.Store(true)
 	return 0

@@ -19,12 +19,14 @@ import (
 
 // MountOptions are the user-facing mount options.
 type MountOptions struct {
-	AllowOther   bool
-	ReadOnly     bool
-	Debug        bool
-	AttrTimeout  time.Duration
-	EntryTimeout time.Duration
-	// NegativeTimeout caches "no such file" answers.
+	AllowOther bool
+	ReadOnly   bool
+	Debug      bool
+	// AttrTimeout, EntryTimeout and NegativeTimeout are how long the kernel
+	// caches attributes, names and "no such file" answers. AutoTimeout (the
+	// default) picks them from the volume: see cacheTimeouts.
+	AttrTimeout     time.Duration
+	EntryTimeout    time.Duration
 	NegativeTimeout time.Duration
 	// MaxWrite is the largest WRITE/READ request (bytes); 1 MiB lets the
 	// kernel batch sequential I/O (Linux >= 4.20 honours max_pages up to 256).
@@ -51,11 +53,52 @@ type MountOptions struct {
 	VFS VFSFlags
 }
 
-// DefaultMountOptions: one second of attribute and entry caching, the
-// go-fuse default and what gocryptfs uses: the backing store changes only
-// through this mount.
+// DefaultMountOptions: kernel cache timeouts picked from the volume
+// (cacheTimeouts), 1 MiB requests, 4 MiB readahead.
 func DefaultMountOptions() MountOptions {
-	return MountOptions{AttrTimeout: time.Second, EntryTimeout: time.Second, MaxWrite: 1 << 20, ReadAheadKB: 4096, FsName: "kmsfs"}
+	return MountOptions{AttrTimeout: AutoTimeout, EntryTimeout: AutoTimeout, NegativeTimeout: AutoTimeout,
+		MaxWrite: 1 << 20, ReadAheadKB: 4096, FsName: "kmsfs"}
+}
+
+// AutoTimeout, as a timeout of MountOptions, lets the mount pick it.
+const AutoTimeout time.Duration = -1
+
+// Kernel cache timeouts (cacheTimeouts).
+const (
+	// exclusiveTimeout: what securefs uses for all three, and what a mount
+	// that alone changes its tree can afford (longer would only matter for
+	// trees walked less often than every 30 s).
+	exclusiveTimeout = 30 * time.Second
+	// sharedTimeout: go-fuse's default and gocryptfs's, for a tree others
+	// may change: their changes show within a second.
+	sharedTimeout = time.Second
+)
+
+// cacheTimeouts are the kernel's attribute, entry and negative entry
+// timeouts for a mount of vol: those given, and for AutoTimeout 30 s when
+// the mount is the only one that changes the tree (volume.Exclusive: a
+// read-write mount holds the volume lock or the S3 writer lease), else 1 s
+// and no negative caching (a read-only mount, a shared volume: other mounts
+// change the tree, and show their changes within a second).
+//
+// Long timeouts cost no consistency through this mount: the kernel updates
+// or drops what it caches for every change it sends us (the entry and
+// attributes in the reply to CREATE, MKDIR, LINK, SETATTR; fuse_dir_changed
+// and fuse_invalidate_attr for the parent and the inode on unlink, rename,
+// write). What kmsfs changes on its own, the kernel is told (NotifyContent):
+// the mode an ACL rewrites (acl.go) and the set-id bits a write drops
+// (killpriv.go). Negative entries are replaced by the kernel on create.
+func (o MountOptions) cacheTimeouts(vol *volume.Volume) (attr, entry, neg time.Duration) {
+	pick := func(d, shared time.Duration) time.Duration {
+		switch {
+		case d >= 0:
+			return d
+		case vol.Exclusive():
+			return exclusiveTimeout
+		}
+		return shared
+	}
+	return pick(o.AttrTimeout, sharedTimeout), pick(o.EntryTimeout, sharedTimeout), pick(o.NegativeTimeout, 0)
 }
 
 // Mount mounts vol at mountpoint and returns the running server; call
@@ -63,7 +106,8 @@ func DefaultMountOptions() MountOptions {
 func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Logger) (*fuse.Server, error) {
 	root := NewRoot(vol, log)
 	root.t.writeback = opt.WritebackCache && !opt.ReadOnly
-	attr, entry, neg := opt.AttrTimeout, opt.EntryTimeout, opt.NegativeTimeout
+	attr, entry, neg := opt.cacheTimeouts(vol)
+	root.t.attrTimeout = attr
 	mopts := fuse.MountOptions{
 		AllowOther: opt.AllowOther,
 		Debug:      opt.Debug,
@@ -81,6 +125,11 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 		// its header does not fit the default 1 MiB pipe-max-size (go-fuse
 		// then logs and falls back for every read).
 		DisableSplice: true,
+		// A symlink's target never changes (a new target is a new inode),
+		// so the kernel may keep what READLINK said for the inode's life
+		// (FUSE_CACHE_SYMLINKS): diff -r and rsync read every link once
+		// per pass otherwise.
+		EnableSymlinkCaching: true,
 	}
 	// With --allow-other, let the kernel check permissions from the
 	// attributes we report: the daemon often runs as root and the backend

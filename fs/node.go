@@ -31,6 +31,8 @@ type tree struct {
 	log *slog.Logger
 	// writeback: the kernel caches writes (MountOptions.WritebackCache).
 	writeback bool
+	// attrTimeout is how long the kernel may keep the attributes we reply.
+	attrTimeout time.Duration
 	// recorders time the requests, by operation (boundary.go).
 	recorders recorders
 }
@@ -273,7 +275,15 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 			return n.t.fail(opSetattr, p, err)
 		}
 	}
-	return n.getattr(ctx, opSetattr, f, out)
+	if errno := n.getattr(ctx, opSetattr, f, out); errno != 0 {
+		return errno
+	}
+	// go-fuse's bridge gives GETATTR and LOOKUP replies the attribute
+	// timeout, but not SETATTR's: a reply valid for 0 s made the kernel ask
+	// GETATTR right after every chmod, chown and utimes (rsync -a: two per
+	// file).
+	out.SetTimeout(n.t.attrTimeout)
+	return 0
 }
 
 func (n *Node) truncate(ctx context.Context, f fusefs.FileHandle, p string, size int64) syscall.Errno {

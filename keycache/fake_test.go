@@ -26,7 +26,8 @@ type fakeKMS struct {
 	gate  chan struct{} // when non-nil, Decrypt waits for it to close (or ctx)
 	err   error         // when non-nil, every call returns it
 
-	decrypts atomic.Int64
+	decrypts    atomic.Int64
+	speculative atomic.Int64 // Decrypt calls made with kms.WithSpeculative
 }
 
 type fakeBlob struct {
@@ -98,6 +99,9 @@ func (f *fakeKMS) Encrypt(ctx context.Context, keyID string, plaintext []byte, e
 
 func (f *fakeKMS) Decrypt(ctx context.Context, keyID string, ciphertext []byte, ec kms.EncryptionContext) ([]byte, string, error) {
 	f.decrypts.Add(1)
+	if kms.IsSpeculative(ctx) {
+		f.speculative.Add(1)
+	}
 	f.mu.Lock()
 	gate := f.gate
 	f.mu.Unlock()

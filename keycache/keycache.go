@@ -69,10 +69,14 @@ type entry struct {
 	// which is what checks it, as AWS KMS Decrypt does.
 	accepted []string
 	expires  time.Time
+	inserted time.Time
 	uses     uint64
 	bytes    uint64
 	lru      *list.Element // in Cache.lru, most recently used at the front
-	age      *list.Element // in Cache.byAge, oldest at the front
+	age      *list.Element // in Cache.byAge (Cache.unused if speculative), oldest at the front
+	// speculative: filled by Prefetch and not handed out yet. Such an entry
+	// lives at most PrefetchMaxAge (see Prefetch).
+	speculative bool
 }
 
 func (e *entry) accepts(keyID string) bool {
@@ -117,6 +121,8 @@ type flight struct {
 	// leaderCanceled: the caller that made the KMS call had its context
 	// ended, so err says nothing about the key and waiters retry.
 	leaderCanceled bool
+	// speculative: the call was made by Prefetch.
+	speculative bool
 }
 
 // Cache is a cache of plaintext data keys in front of a kms.Crypto. It is
@@ -132,6 +138,9 @@ type Cache struct {
 	entries map[cacheKey]*entry
 	lru     *list.List // of *entry
 	byAge   *list.List // of *entry, in insertion order, which is expiry order
+	// unused are the speculative entries (Prefetch) not handed out yet, in
+	// insertion order, which is their expiry order (PrefetchMaxAge).
+	unused  *list.List
 	flights map[flightKey]*flight
 	gen     uint64 // incremented by Purge: in-flight results from before are not cached
 	closed  bool
@@ -165,6 +174,7 @@ func New(k kms.Crypto, lim Limits, now func() time.Time) (*Cache, error) {
 		entries:     make(map[cacheKey]*entry),
 		lru:         list.New(),
 		byAge:       list.New(),
+		unused:      list.New(),
 		flights:     make(map[flightKey]*flight),
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
@@ -277,6 +287,87 @@ func (c *Cache) Decrypt(ctx context.Context, keyID string, wrapped []byte, ec km
 	}
 }
 
+// Prefetch unwraps a data key ahead of need: a Decrypt made speculatively,
+// before the caller that will use it asks, so that the KMS latency is out
+// of that caller's way. It makes no KMS call when the key is cached or a
+// Decrypt for it is in flight already, and reports whether it made one.
+//
+// The call is counted as a Decrypt like any other (Stats.KMSCalls) and also
+// in Stats.Prefetches, and is made with kms.WithSpeculative, so an audit log
+// tells it apart. The key it yields is cached for at most PrefetchMaxAge
+// (bounded by MaxAge) until a Decrypt uses it; Stats.PrefetchUnused counts
+// the ones that left unused. A Decrypt that arrives while the Prefetch is in
+// flight waits for it instead of asking again. Once used, the entry is an
+// ordinary one whose MaxAge counts from the Prefetch. The KMS error, if
+// any, is returned and never cached.
+func (c *Cache) Prefetch(ctx context.Context, keyID string, wrapped []byte, ec kms.EncryptionContext) (bool, error) {
+	k := keyFor(wrapped, ec)
+	fk := flightKey{key: k, keyID: keyID}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false, ErrClosed
+	}
+	now := c.now()
+	c.sweepLocked(now)
+	if e := c.entries[k]; (e != nil && now.Before(e.expires) && e.accepts(keyID)) || c.flights[fk] != nil {
+		c.mu.Unlock()
+		return false, nil
+	}
+	f := &flight{done: make(chan struct{}), gen: c.gen, speculative: true}
+	c.flights[fk] = f
+	c.mu.Unlock()
+
+	c.prefetches.Add(1)
+	plain, arn, err := c.kms.Decrypt(kms.WithSpeculative(ctx), keyID, wrapped, ec)
+	c.countCall(opDecrypt, err)
+
+	c.mu.Lock()
+	delete(c.flights, fk)
+	if err != nil {
+		kms.Zero(plain)
+		f.err = fmt.Errorf("keycache: prefetch: %s: %w", describeDecrypt(keyID), err)
+		f.leaderCanceled = ctx.Err() != nil
+	} else {
+		f.keyARN = arn
+		if f.waiters > 0 {
+			// Used already: callers were waiting for it.
+			f.plain = clone(plain)
+			c.prefetchUsed.Add(1)
+			c.fill(k, f.gen, plain, arn, keyID, uint64(f.waiters), false)
+		} else {
+			c.fill(k, f.gen, plain, arn, keyID, 0, true)
+		}
+	}
+	close(f.done)
+	c.mu.Unlock()
+	kms.Zero(plain)
+	if err != nil {
+		return true, f.err
+	}
+	return true, nil
+}
+
+// KeyState says whether a Decrypt of the wrapped key would be answered
+// without a KMS call of its own: known is true when a fresh entry holds it
+// or a Decrypt for it is in flight; speculative when that entry or call
+// comes from Prefetch and no Decrypt has used it yet. It counts nothing.
+func (c *Cache) KeyState(keyID string, wrapped []byte, ec kms.EncryptionContext) (known, speculative bool) {
+	k := keyFor(wrapped, ec)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false, false
+	}
+	if e := c.entries[k]; e != nil && c.now().Before(e.expires) && e.accepts(keyID) {
+		return true, e.speculative
+	}
+	if f := c.flights[flightKey{key: k, keyID: keyID}]; f != nil {
+		return true, f.speculative
+	}
+	return false, false
+}
+
 func describeDecrypt(keyID string) string {
 	if keyID == "" {
 		return "Decrypt data key"
@@ -324,7 +415,10 @@ func (c *Cache) failed(k cacheKey, keyID string, err error) ([]byte, string, err
 		return nil, "", err
 	}
 	e := c.entries[k]
-	if e == nil || !e.accepts(keyID) || !c.now().Before(e.expires.Add(c.lim.Grace)) {
+	// A key prefetched and never used is not one the mount was reading
+	// with: grace does not make a file readable that nobody opened before
+	// the KMS went away.
+	if e == nil || e.speculative || !e.accepts(keyID) || !c.now().Before(e.expires.Add(c.lim.Grace)) {
 		return nil, "", err
 	}
 	plain, arn := c.serveLocked(e)
@@ -347,6 +441,7 @@ func unavailable(err error) bool {
 // entry if that was its last permitted use.
 func (c *Cache) serveLocked(e *entry) ([]byte, string) {
 	plain := clone(e.plain)
+	c.promoteLocked(e)
 	c.lru.MoveToFront(e.lru)
 	e.uses++
 	if e.uses >= c.lim.MaxUses {
@@ -359,6 +454,11 @@ func (c *Cache) serveLocked(e *entry) ([]byte, string) {
 // generation gen and has already been handed out uses times. keyIDs are the
 // identifiers the KMS accepted for this wrapped key.
 func (c *Cache) fillLocked(k cacheKey, gen uint64, plain []byte, keyARN string, keyID string, uses uint64) {
+	c.fill(k, gen, plain, keyARN, keyID, uses, false)
+}
+
+// fill is fillLocked; speculative fills a new entry as Prefetch does.
+func (c *Cache) fill(k cacheKey, gen uint64, plain []byte, keyARN string, keyID string, uses uint64, speculative bool) {
 	if c.closed || gen != c.gen {
 		return // purged while the KMS call was out: do not resurrect
 	}
@@ -372,6 +472,9 @@ func (c *Cache) fillLocked(k cacheKey, gen uint64, plain []byte, keyARN string, 
 			}
 			e.accept(keyID)
 			c.lru.MoveToFront(e.lru)
+			if uses > 0 {
+				c.promoteLocked(e)
+			}
 			e.uses += uses
 			if e.uses >= c.lim.MaxUses {
 				c.evictLocked(e, reasonUses)
@@ -381,15 +484,22 @@ func (c *Cache) fillLocked(k cacheKey, gen uint64, plain []byte, keyARN string, 
 		c.evictLocked(e, reasonAge) // expired (perhaps kept for Grace): replace
 	}
 	e := &entry{
-		key:     k,
-		plain:   clone(plain),
-		keyARN:  keyARN,
-		expires: now.Add(c.lim.MaxAge),
-		uses:    uses,
+		key:         k,
+		plain:       clone(plain),
+		keyARN:      keyARN,
+		inserted:    now,
+		expires:     now.Add(c.lim.MaxAge),
+		uses:        uses,
+		speculative: speculative,
 	}
 	e.accept(keyID)
 	e.lru = c.lru.PushFront(e)
-	e.age = c.byAge.PushBack(e)
+	if speculative {
+		e.expires = now.Add(min(c.lim.MaxAge, c.lim.PrefetchMaxAge))
+		e.age = c.unused.PushBack(e)
+	} else {
+		e.age = c.byAge.PushBack(e)
+	}
 	c.entries[k] = e
 	c.counters.entries.Add(1)
 	if e.uses >= c.lim.MaxUses {
@@ -402,16 +512,34 @@ func (c *Cache) fillLocked(k cacheKey, gen uint64, plain []byte, keyARN string, 
 	}
 }
 
+// promoteLocked makes a speculative entry an ordinary one as it is handed
+// out for the first time: it then lives MaxAge from when it was filled, as
+// if it had been filled by the Decrypt that uses it.
+func (c *Cache) promoteLocked(e *entry) {
+	if !e.speculative {
+		return
+	}
+	c.unused.Remove(e.age)
+	e.speculative = false
+	e.expires = e.inserted.Add(c.lim.MaxAge)
+	// byAge stays in expiry order up to PrefetchMaxAge: the sweep may find
+	// this entry that much late, and Decrypt never serves it past expires.
+	e.age = c.byAge.PushBack(e)
+	c.prefetchUsed.Add(1)
+}
+
 // sweepLocked evicts the entries past MaxAge + Grace. Entries are in byAge in
 // insertion order and MaxAge is the same for all, so the expired ones are a
 // prefix of the list.
 func (c *Cache) sweepLocked(now time.Time) {
-	for el := c.byAge.Front(); el != nil; el = c.byAge.Front() {
-		e := el.Value.(*entry)
-		if now.Before(e.expires.Add(c.lim.Grace)) {
-			return
+	for _, l := range []*list.List{c.byAge, c.unused} {
+		for el := l.Front(); el != nil; el = l.Front() {
+			e := el.Value.(*entry)
+			if now.Before(e.expires.Add(c.lim.Grace)) {
+				break
+			}
+			c.evictLocked(e, reasonAge)
 		}
-		c.evictLocked(e, reasonAge)
 	}
 }
 
@@ -419,7 +547,12 @@ func (c *Cache) sweepLocked(now time.Time) {
 func (c *Cache) evictLocked(e *entry, reason int) {
 	kms.Zero(e.plain)
 	c.lru.Remove(e.lru)
-	c.byAge.Remove(e.age)
+	if e.speculative {
+		c.unused.Remove(e.age)
+		c.prefetchUnused.Add(1)
+	} else {
+		c.byAge.Remove(e.age)
+	}
 	delete(c.entries, e.key)
 	c.counters.entries.Add(-1)
 	c.evictions[reason].Add(1)
@@ -492,8 +625,10 @@ func (c *Cache) Purge() {
 
 func (c *Cache) purgeLocked() {
 	c.gen++
-	for el := c.byAge.Front(); el != nil; el = c.byAge.Front() {
-		c.evictLocked(el.Value.(*entry), reasonExplicit)
+	for _, l := range []*list.List{c.byAge, c.unused} {
+		for el := l.Front(); el != nil; el = l.Front() {
+			c.evictLocked(el.Value.(*entry), reasonExplicit)
+		}
 	}
 }
 

@@ -35,6 +35,13 @@ type Limits struct {
 	// recently used entry is evicted.
 	Capacity int
 
+	// PrefetchMaxAge is how long a key unwrapped ahead of need (Prefetch)
+	// stays cached if nothing uses it; MaxAge bounds it too. A reader that
+	// was meant to use it does so within a few KMS round trips; a key
+	// nobody asks for should not stay in memory, nor keep a file readable,
+	// for a whole MaxAge.
+	PrefetchMaxAge time.Duration
+
 	// Grace, when non-zero, lets an entry that expired by MaxAge less than
 	// Grace ago be served when the KMS call that should refresh it fails
 	// because the KMS is unreachable or timed out (kms.ErrUnavailable,
@@ -56,14 +63,17 @@ type Limits struct {
 //     bounded by the envelope format, not here.
 //   - Capacity 10000 entries: about 1.5 MB of entries and keys, enough for the
 //     working set of a large tree walk; an LRU beyond that.
+//   - PrefetchMaxAge 15 seconds: far longer than a reader takes to reach a
+//     key prefetched for it (the lookahead covers a few KMS round trips).
 //   - Grace 0 (off): serving expired keys is a policy decision the mount
 //     must opt into.
 func DefaultLimits() Limits {
 	return Limits{
-		MaxAge:   5 * time.Minute,
-		MaxUses:  1 << 32,
-		MaxBytes: math.MaxInt64,
-		Capacity: 10000,
+		MaxAge:         5 * time.Minute,
+		MaxUses:        1 << 32,
+		MaxBytes:       math.MaxInt64,
+		Capacity:       10000,
+		PrefetchMaxAge: 15 * time.Second,
 	}
 }
 
@@ -74,6 +84,9 @@ func (l Limits) withDefaults() (Limits, error) {
 	}
 	if l.Grace < 0 {
 		return l, fmt.Errorf("keycache: negative Grace %v", l.Grace)
+	}
+	if l.PrefetchMaxAge < 0 {
+		return l, fmt.Errorf("keycache: negative PrefetchMaxAge %v", l.PrefetchMaxAge)
 	}
 	if l.Capacity < 0 {
 		return l, fmt.Errorf("keycache: negative Capacity %d", l.Capacity)
@@ -90,6 +103,9 @@ func (l Limits) withDefaults() (Limits, error) {
 	}
 	if l.Capacity == 0 {
 		l.Capacity = d.Capacity
+	}
+	if l.PrefetchMaxAge == 0 {
+		l.PrefetchMaxAge = d.PrefetchMaxAge
 	}
 	return l, nil
 }

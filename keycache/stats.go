@@ -86,6 +86,8 @@ const (
 // counters are updated without the cache lock, so Stats never waits for it.
 type counters struct {
 	hits, misses, coalesced, graceHits atomic.Uint64
+	prefetches, prefetchUsed           atomic.Uint64
+	prefetchUnused                     atomic.Uint64
 	entries                            atomic.Int64
 	evictions                          [numReasons]atomic.Uint64
 	calls                              [numOps][numResults]atomic.Uint64
@@ -120,6 +122,10 @@ type Stats struct {
 	// GraceHits counts misses served from an expired entry because the KMS
 	// was unreachable (Limits.Grace).
 	GraceHits uint64
+	// Prefetches counts the speculative Decrypt calls Prefetch made (they
+	// are in KMSCalls too); PrefetchUsed the keys they yielded that a
+	// Decrypt then used, PrefetchUnused those evicted before any did.
+	Prefetches, PrefetchUsed, PrefetchUnused uint64
 	// Entries is the number of keys cached now.
 	Entries int
 	// Evictions counts entries that left the cache, by reason.
@@ -149,11 +155,13 @@ func (s Stats) HitRate() float64 {
 
 func (c *counters) snapshot() Stats {
 	s := Stats{
-		Hits:      c.hits.Load(),
-		Misses:    c.misses.Load(),
-		Coalesced: c.coalesced.Load(),
-		GraceHits: c.graceHits.Load(),
-		Entries:   int(c.entries.Load()),
+		Hits:       c.hits.Load(),
+		Misses:     c.misses.Load(),
+		Coalesced:  c.coalesced.Load(),
+		GraceHits:  c.graceHits.Load(),
+		Prefetches: c.prefetches.Load(), PrefetchUsed: c.prefetchUsed.Load(),
+		PrefetchUnused: c.prefetchUnused.Load(),
+		Entries:        int(c.entries.Load()),
 		Evictions: Evictions{
 			Age:      c.evictions[reasonAge].Load(),
 			Uses:     c.evictions[reasonUses].Load(),

@@ -12,6 +12,8 @@ type counters struct {
 	cacheEntries, prefetch  *prometheus.Desc
 	hits, misses, coalesced *prometheus.Desc
 	graceHits               *prometheus.Desc
+	prefetches, prefUsed    *prometheus.Desc
+	prefUnused              *prometheus.Desc
 	bytesRead, bytesWritten *prometheus.Desc
 	filesCreated, opened    *prometheus.Desc
 	errors, authFailures    *prometheus.Desc
@@ -31,6 +33,9 @@ func newCounters(s *Set) *counters {
 		misses:       d("kmsfs_cache_misses_total", "Data key lookups that needed the KMS."),
 		coalesced:    d("kmsfs_cache_coalesced_total", "Misses that shared another caller's KMS call."),
 		graceHits:    d("kmsfs_cache_grace_hits_total", "Expired keys served while the KMS was unreachable."),
+		prefetches:   d("kmsfs_key_prefetches_total", "Speculative KMS Decrypts: keys unwrapped ahead of a reader."),
+		prefUsed:     d("kmsfs_key_prefetches_used_total", "Keys unwrapped ahead of a reader that a reader then used."),
+		prefUnused:   d("kmsfs_key_prefetches_unused_total", "Keys unwrapped ahead of a reader that left the cache unused."),
 		bytesRead:    d("kmsfs_bytes_read_total", "Plaintext bytes read."),
 		bytesWritten: d("kmsfs_bytes_written_total", "Plaintext bytes written."),
 		filesCreated: d("kmsfs_files_created_total", "Files that got a new data key."),
@@ -42,7 +47,7 @@ func newCounters(s *Set) *counters {
 
 func (c *counters) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.kmsCalls, c.evictions, c.cacheEntries, c.prefetch, c.hits, c.misses,
-		c.coalesced, c.graceHits, c.bytesRead, c.bytesWritten, c.filesCreated, c.opened, c.errors, c.authFailures} {
+		c.coalesced, c.graceHits, c.prefetches, c.prefUsed, c.prefUnused, c.bytesRead, c.bytesWritten, c.filesCreated, c.opened, c.errors, c.authFailures} {
 		ch <- d
 	}
 }
@@ -71,6 +76,9 @@ func (c *counters) Collect(ch chan<- prometheus.Metric) {
 	counter(c.misses, cs.Misses)
 	counter(c.coalesced, cs.Coalesced)
 	counter(c.graceHits, cs.GraceHits)
+	counter(c.prefetches, cs.Prefetches)
+	counter(c.prefUsed, cs.PrefetchUsed)
+	counter(c.prefUnused, cs.PrefetchUnused)
 	counter(c.bytesRead, vs.BytesRead)
 	counter(c.bytesWritten, vs.BytesWritten)
 	counter(c.filesCreated, vs.FilesCreated)

@@ -107,6 +107,8 @@ func FormatText(s Snapshot) string {
 	fmt.Fprintf(&b, "key cache       %d hits, %d misses (%.1f%% hit rate), %d entries, %d evictions\n",
 		s.Cache.Hits, s.Cache.Misses, rate, s.Cache.Entries, s.Cache.Evictions.Total())
 	fmt.Fprintf(&b, "prefetched keys %d\nKMS retries     %d\n", s.Volume.PrefetchedKeys, s.KMSRetries)
+	fmt.Fprintf(&b, "key read-ahead  %d speculative Decrypts, %d used, %d unused\n",
+		s.Cache.Prefetches, s.Cache.PrefetchUsed, s.Cache.PrefetchUnused)
 	var ops []string
 	for op := range s.Cache.KMSCalls {
 		ops = append(ops, op)

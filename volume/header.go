@@ -23,6 +23,9 @@ func (h *Handle) fileKeys(ctx context.Context, create bool) (*envelope.FileKeys,
 	}
 	ctx, cancel := detachKeyWork(ctx)
 	defer cancel()
+	// The key read-ahead (prefetch.go) learns from this Decrypt which file
+	// the reader opened.
+	ctx = withOpening(ctx, h.name)
 	cs, err := h.cipherSize()
 	if err != nil {
 		return nil, err

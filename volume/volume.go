@@ -28,6 +28,9 @@ type Options struct {
 	// PrefetchMax bounds the per-object data key pool (0: DefaultPrefetchMax;
 	// negative: no prefetching).
 	PrefetchMax int
+	// NoKeyReadAhead turns off the read-ahead of keys (prefetch.go), which
+	// is on whenever Keys implements KeyPrefetcher.
+	NoKeyReadAhead bool
 }
 
 // Volume is an open kmsfs volume.
@@ -48,9 +51,12 @@ type Volume struct {
 	bucket bucketKeySource
 	meta   metaKey
 	pool   *keyPool // per-object mode: data keys fetched ahead
+	ra     *keyReadAhead
 	stats  counters
 
 	unlock func() error // releases the backend's volume lock (read-write only)
+	// exclusive: nothing but this Volume changes the tree (see Exclusive).
+	exclusive bool
 }
 
 // Open opens the volume stored in be.
@@ -79,6 +85,10 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 		layout: envelope.Layout{HeaderSize: int64(cfg.HeaderSize), BlockSize: int64(cfg.BlockSize)},
 		files:  map[uint64]*fileState{}, unlock: unlock,
 	}
+	if unlock != nil {
+		sh, ok := be.(sharedNamespace)
+		v.exclusive = !ok || !sh.SharedNamespace()
+	}
 	v.bucket = bucketKeySource{maxAge: opt.BucketKeyMaxAge, maxFiles: opt.BucketKeyMaxFiles}
 	if v.bucket.maxAge <= 0 {
 		v.bucket.maxAge = DefaultBucketKeyMaxAge
@@ -97,6 +107,10 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 			return nil, err
 		}
 		v.be = newNameBackend(be, names, log)
+	}
+	if kp, ok := opt.Keys.(KeyPrefetcher); ok && !opt.NoKeyReadAhead {
+		v.ra = newKeyReadAhead(v, kp)
+		v.keys = readAheadKeys{Crypto: opt.Keys, ra: v.ra}
 	}
 	if mode == envelope.ModePerObject && !opt.ReadOnly && opt.PrefetchMax >= 0 {
 		n := opt.PrefetchMax
@@ -117,6 +131,15 @@ func (v *Volume) Backend() backend.Backend { return v.be }
 // Layout returns the volume's block geometry.
 func (v *Volume) Layout() envelope.Layout { return v.layout }
 
+// Exclusive reports whether nothing but this open volume changes its tree:
+// it holds the backend's volume lock (a read-write open of a local
+// directory, or the writer lease of an S3 volume) and the backend is not a
+// namespace other mounts change at the same time (a shared volume). A
+// read-only open holds no lock, so a writer elsewhere may change the tree
+// under it. The mount caches names and attributes in the kernel far longer
+// when this is true.
+func (v *Volume) Exclusive() bool { return v.exclusive }
+
 // ReadOnly reports whether the volume was opened read-only.
 func (v *Volume) ReadOnly() bool { return v.readOnly }
 
@@ -125,6 +148,7 @@ func (v *Volume) Close() error {
 	v.bucket.zero()
 	v.meta.zero()
 	v.pool.close()
+	v.ra.close()
 	if unlock := v.unlock; unlock != nil {
 		v.unlock = nil // a second Close must not close a reused descriptor
 		return unlock()

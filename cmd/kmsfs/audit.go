@@ -53,6 +53,7 @@ func (c *commonFlags) openAudit(command string) (record func(kmsmw.AuditRecord) 
 			DestContext:       r.DestContext,
 			SourceAddress:     source,
 			Result:            auditlog.ResultSuccess,
+			Speculative:       r.Speculative,
 		}
 		if r.Err != nil {
 			e.Result, e.ErrorMessage = kms.Code(r.Err), r.Err.Error()

@@ -39,6 +39,8 @@ type mountFlags struct {
 	logFile      string
 	attrTimeout  time.Duration
 	entryTimeout time.Duration
+	negTimeout   time.Duration
+	flagSet      *pflag.FlagSet // to tell timeouts given from defaults
 	cache        keycache.Limits
 	bucketAge    time.Duration
 	bucketFiles  int
@@ -62,8 +64,11 @@ func (m *mountFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&m.readOnly, "read-only", false, "mount read-only")
 	fs.BoolVar(&m.debug, "debug", false, "log every FUSE request")
 	fs.StringVar(&m.logFile, "log", "", "append the mount's log to `FILE` (default: stderr with --foreground, else ~/.cache/kmsfs/mount-NAME-HASH.log)")
-	fs.DurationVar(&m.attrTimeout, "attr-timeout", d.AttrTimeout, "how long (`DURATION`) the kernel caches attributes")
-	fs.DurationVar(&m.entryTimeout, "entry-timeout", d.EntryTimeout, "how long (`DURATION`) the kernel caches name lookups")
+	m.flagSet = fs
+	const auto = " (default: 30s on a read-write mount, which alone changes the volume; 1s on a read-only mount or a shared volume)"
+	fs.DurationVar(&m.attrTimeout, "attr-timeout", 0, "how long (`DURATION`) the kernel caches attributes"+auto)
+	fs.DurationVar(&m.entryTimeout, "entry-timeout", 0, "how long (`DURATION`) the kernel caches name lookups"+auto)
+	fs.DurationVar(&m.negTimeout, "negative-timeout", 0, "how long (`DURATION`) the kernel caches \"no such file\" (default: as --entry-timeout, but 0 on a read-only mount or a shared volume)")
 	fs.BoolVar(&m.writeback, "writeback-cache", d.WritebackCache, "let the kernel cache writes and send them in the background: small write(2)s 2-3x faster, rsync -a slower (see docs/BENCHMARKS.md)")
 	fs.DurationVar(&m.cache.MaxAge, "cache-max-age", lim.MaxAge, "key cache: how long (`DURATION`) a plaintext data key is reused before asking the KMS again")
 	fs.Uint64Var(&m.cache.MaxUses, "cache-max-uses", lim.MaxUses, "key cache: how many times (`N`) a cached key is served")
@@ -263,9 +268,26 @@ func runMount(ctx context.Context, m *mountFlags, mode envelope.Mode, spec, mnt 
 
 	mo := kfs.DefaultMountOptions()
 	mo.AllowOther, mo.ReadOnly, mo.Debug = m.allowOther, m.readOnly, m.debug
-	mo.AttrTimeout, mo.EntryTimeout = m.attrTimeout, m.entryTimeout
+	for _, t := range []struct {
+		flag string
+		dst  *time.Duration
+		val  time.Duration
+	}{{"attr-timeout", &mo.AttrTimeout, m.attrTimeout}, {"entry-timeout", &mo.EntryTimeout, m.entryTimeout}, {"negative-timeout", &mo.NegativeTimeout, m.negTimeout}} {
+		if m.flagSet != nil && m.flagSet.Changed(t.flag) {
+			*t.dst = t.val
+		}
+	}
 	if limit := opened.MaxCacheTimeout(); limit > 0 {
-		mo.AttrTimeout, mo.EntryTimeout = min(mo.AttrTimeout, limit), min(mo.EntryTimeout, limit)
+		// A shared volume: other mounts' changes show within a second,
+		// whatever was asked for (the automatic timeout included).
+		capped := func(d time.Duration) time.Duration {
+			if d < 0 || d > limit {
+				return limit
+			}
+			return d
+		}
+		mo.AttrTimeout, mo.EntryTimeout = capped(mo.AttrTimeout), capped(mo.EntryTimeout)
+		mo.NegativeTimeout = min(mo.NegativeTimeout, limit) // automatic: none
 	}
 	mo.WritebackCache = m.writeback
 	mo.VFS = m.vfs

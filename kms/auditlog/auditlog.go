@@ -57,6 +57,10 @@ type Entry struct {
 	SourceAddress     string            `json:"sourceAddress"`
 	Result            string            `json:"result"` // "Success" or the AWS error code
 	ErrorMessage      string            `json:"errorMessage,omitempty"`
+	// Speculative marks a call a client made ahead of need (a data key
+	// unwrapped before the file it protects was opened), as opposed to one
+	// a reader waited for. Client-side logs only; absent when false.
+	Speculative bool `json:"speculative,omitempty"`
 	// SignedEntries, SigningKey and Signature are set on digest lines only
 	// (Operation DigestOperation, digest.go): how many lines come before it,
 	// the signing key's fingerprint, and the Ed25519 signature.
@@ -433,6 +437,9 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	b = append(b, `,"result":`...)
 	b = jsonstr.Append(b, e.Result)
 	b = appendOptString(b, "errorMessage", e.ErrorMessage)
+	if e.Speculative {
+		b = append(b, `,"speculative":true`...)
+	}
 	if e.SignedEntries != 0 || e.Signature != "" {
 		b = append(b, `,"signedEntries":`...)
 		b = strconv.AppendUint(b, e.SignedEntries, 10)

@@ -103,6 +103,7 @@ func TestEntryJSONMatchesEncodingJSON(t *testing.T) {
 		{Time: "t", RequestID: "r", Operation: "ReEncrypt", Principal: "p\"\\", AccessKeyID: "k\n", KeyARN: "arn<&>", DestKeyARN: "d",
 			GrantID: "g", EncryptionContext: map[string]string{"b": "2", "a": "ü\x01", "c": ""}, DestContext: map[string]string{"x": "y"},
 			SourceAddress: "s", Result: "AccessDeniedException", ErrorMessage: "m\t\u2028", Prev: "p"},
+		{Time: "t", RequestID: "r", Operation: "Decrypt", SourceAddress: "a", Result: "Success", Speculative: true, Prev: genesisHash},
 	} {
 		want, err := json.Marshal(&e)
 		if err != nil {

@@ -15,6 +15,10 @@ type AuditRecord struct {
 	Context     kms.EncryptionContext
 	DestContext kms.EncryptionContext // ReEncrypt only
 	Err         error                 // nil: success
+	// Speculative: the call was made ahead of need (a data key unwrapped
+	// before its file was opened, kms.WithSpeculative), not for a request
+	// that waited for it.
+	Speculative bool
 }
 
 // Audit wraps inner so that every call is passed to record once it has
@@ -73,7 +77,8 @@ func (a *audited) Encrypt(ctx context.Context, keyID string, pt []byte, ec kms.E
 
 func (a *audited) Decrypt(ctx context.Context, keyID string, blob []byte, ec kms.EncryptionContext) ([]byte, string, error) {
 	pt, arn, err := a.inner.Decrypt(ctx, keyID, blob, ec)
-	if err = a.done(AuditRecord{Operation: "Decrypt", KeyARN: arn, Context: ec, Err: err}, keyID, func() { kms.Zero(pt) }); err != nil {
+	r := AuditRecord{Operation: "Decrypt", KeyARN: arn, Context: ec, Err: err, Speculative: kms.IsSpeculative(ctx)}
+	if err = a.done(r, keyID, func() { kms.Zero(pt) }); err != nil {
 		return nil, "", err
 	}
 	return pt, arn, nil
