@@ -47,7 +47,7 @@ func (n *Node) entry(ctx context.Context, o op, p string, out *fuse.EntryOut) (*
 		return nil, n.t.fail(o, p, err)
 	}
 	n.t.statToAttr(p, &st, &out.Attr)
-	return n.newChild(ctx, &st), 0
+	return n.newChild(ctx, &st, &out.Attr), 0
 }
 
 func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {

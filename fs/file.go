@@ -80,7 +80,7 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, n.t.fail(opCreate, p, err)
 	}
 	out.Attr.FromStat(&st)
-	ch := n.newChild(ctx, &st)
+	ch := n.newChild(ctx, &st, &out.Attr)
 	fh := &fileHandle{t: n.t, h: h}
 	if cn, ok := ch.Operations().(*Node); ok {
 		cn.addOpen(fh)
@@ -141,6 +141,17 @@ func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
 
 func (f *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	defer f.t.timed(opFallocate, time.Now())
+	// Filesystems drop set-id bits on fallocate as on a write (ext4 and
+	// xfs call file_modified), but FUSE_FALLOCATE carries no kill flag and,
+	// with FUSE_HANDLE_KILLPRIV_V2, the kernel leaves the bits to us
+	// (killpriv.go). Root stands for CAP_FSETID, as in callerInGroup.
+	if c, ok := fuse.FromContext(ctx); ok && c.Uid != 0 && f.node != nil {
+		if p, errno := f.node.path(); errno == 0 {
+			if errno := f.node.killSetid(ctx, f, p); errno != 0 {
+				return errno
+			}
+		}
+	}
 	return f.t.fail(opFallocate, f.h.Name(), f.h.Allocate(ctx, int64(off), int64(size), mode))
 }
 

@@ -93,21 +93,25 @@ func (k killPrivFS) kill(cancel <-chan struct{}, hdr fuse.InHeader, node, fh uin
 }
 
 // setidBits is what a write by a caller without CAP_FSETID drops from mode:
-// S_ISUID, and S_ISGID only with group execute (without it S_ISGID marks
-// mandatory locking, not a set-group-ID program).
-func setidBits(mode uint32) uint32 {
+// S_ISUID, and S_ISGID when the file is group-executable or the caller is
+// not in the file's group (setattr_should_drop_sgid in fs/attr.c, Linux
+// 6.2 and later; before, S_ISGID went with group execute only).
+func setidBits(mode uint32, inGroup bool) uint32 {
 	kill := mode & syscall.S_ISUID
-	if mode&(syscall.S_ISGID|syscall.S_IXGRP) == syscall.S_ISGID|syscall.S_IXGRP {
+	if mode&syscall.S_ISGID != 0 && (mode&syscall.S_IXGRP != 0 || !inGroup) {
 		kill |= syscall.S_ISGID
 	}
 	return kill
 }
 
+// setidMask is every bit setidBits may drop, for some caller.
+const setidMask = syscall.S_ISUID | syscall.S_ISGID
+
 // knowMode records whether mode has bits a write would drop, so that the
 // writes of an unprivileged caller cost no stat. Called with the mode just
 // set or read, under setidMu unless the node is new.
 func (n *Node) knowMode(mode uint32) {
-	n.noSetid.Store(setidBits(mode) == 0)
+	n.noSetid.Store(mode&setidMask == 0)
 }
 
 // killSetid clears S_ISUID and S_ISGID (see setidBits) for a write, truncate
@@ -133,7 +137,9 @@ func (n *Node) killSetid(ctx context.Context, f fusefs.FileHandle, p string) sys
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return 0
 	}
-	if kill := setidBits(st.Mode); kill != 0 {
+	c, ok := fuse.FromContext(ctx)
+	kill := setidBits(st.Mode, !ok || callerInGroup(c, st.Gid))
+	if kill != 0 {
 		if err := n.t.be.Chmod(ctx, p, st.Mode&07777&^kill); err != nil {
 			return n.t.fail(opSetattr, p, err)
 		}
@@ -141,6 +147,6 @@ func (n *Node) killSetid(ctx context.Context, f fusefs.FileHandle, p string) sys
 		// write (fuse_write_update_attr); the mode must be dropped too.
 		n.NotifyContent(-1, 0)
 	}
-	n.noSetid.Store(true)
+	n.knowMode(st.Mode &^ kill)
 	return 0
 }

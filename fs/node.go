@@ -58,6 +58,11 @@ type Node struct {
 	// write drops (killpriv.go); setidMu orders its updates.
 	setidMu sync.Mutex
 	noSetid atomic.Bool
+
+	// dirAttr is a directory's attributes as last looked up or stat'ed:
+	// what fstat of a descriptor on it answers once it was removed or
+	// renamed over (it has no path then), with no links, as ext4 does.
+	dirAttr atomic.Pointer[fuse.Attr]
 }
 
 func (n *Node) addOpen(f *fileHandle) {
@@ -127,8 +132,22 @@ func (t *tree) statToAttr(name string, st *syscall.Stat_t, out *fuse.Attr) {
 	out.FromStat(st)
 }
 
-func (n *Node) newChild(ctx context.Context, st *syscall.Stat_t) *fusefs.Inode {
-	return n.NewInode(ctx, &Node{t: n.t}, fusefs.StableAttr{Mode: st.Mode & syscall.S_IFMT, Ino: st.Ino})
+// newChild makes (or finds) the inode of a child just looked up or created,
+// whose attributes are out.
+func (n *Node) newChild(ctx context.Context, st *syscall.Stat_t, out *fuse.Attr) *fusefs.Inode {
+	ch := n.NewInode(ctx, &Node{t: n.t}, fusefs.StableAttr{Mode: st.Mode & syscall.S_IFMT, Ino: st.Ino})
+	if cn, ok := ch.Operations().(*Node); ok {
+		cn.rememberDir(out)
+	}
+	return ch
+}
+
+// rememberDir keeps a directory's attributes for its removal (dirAttr).
+func (n *Node) rememberDir(a *fuse.Attr) {
+	if a.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		c := *a
+		n.dirAttr.Store(&c)
+	}
 }
 
 func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
@@ -142,7 +161,7 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 		return nil, n.t.fail(opLookup, p, err)
 	}
 	n.t.statToAttr(p, &st, &out.Attr)
-	return n.newChild(ctx, &st), 0
+	return n.newChild(ctx, &st, &out.Attr), 0
 }
 
 func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -165,6 +184,11 @@ func (n *Node) getattr(ctx context.Context, o op, f fusefs.FileHandle, out *fuse
 		if fh := n.anyOpen(); fh != nil {
 			return n.getattr(ctx, o, fh, out)
 		}
+		if a := n.dirAttr.Load(); a != nil {
+			out.Attr = *a
+			out.Attr.Nlink = 0 // removed, or renamed over
+			return 0
+		}
 		return n.t.fail(o, p, errno)
 	}
 	var st syscall.Stat_t
@@ -172,6 +196,7 @@ func (n *Node) getattr(ctx context.Context, o op, f fusefs.FileHandle, out *fuse
 		return n.t.fail(o, p, err)
 	}
 	n.t.statToAttr(p, &st, &out.Attr)
+	n.rememberDir(&out.Attr)
 	return 0
 }
 

@@ -582,3 +582,41 @@ func TestMountInodeReuse(t *testing.T) {
 		}
 	}
 }
+
+// fstat of a directory descriptor after the directory was removed, or
+// renamed over, answers with no links, as on ext4 (xfstests generic/035),
+// not ENOENT.
+func TestMountFstatRemovedDir(t *testing.T) {
+	v := mountNewVolume(t)
+	v.mount()
+	for _, how := range []string{"rmdir", "renamed over"} {
+		d := v.path("victim")
+		if err := os.Mkdir(d, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if how == "rmdir" {
+			err = os.Remove(d)
+		} else {
+			// rename(2) itself: os.Rename refuses a directory target.
+			if err = os.Mkdir(v.path("other"), 0o755); err == nil {
+				err = syscall.Rename(v.path("other"), d)
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+			t.Errorf("%s: fstat: %v", how, err)
+		} else if st.Mode != syscall.S_IFDIR|0o750 || st.Nlink != 0 {
+			t.Errorf("%s: fstat: mode %o nlink %d, want %o and 0", how, st.Mode, st.Nlink, syscall.S_IFDIR|0o750)
+		}
+		f.Close()
+		os.Remove(d)
+	}
+}
