@@ -81,6 +81,7 @@ func TestKMSAsymmetricSignaturesVerifyWithOpenSSL(t *testing.T) {
 		{"RSA_4096", "RSASSA_PKCS1_V1_5_SHA_384", []string{"-sha384"}},
 		{"ECC_NIST_P256", "ECDSA_SHA_256", []string{"-sha256"}},
 		{"ECC_NIST_P384", "ECDSA_SHA_384", []string{"-sha384"}},
+		{"ECC_SECG_P256K1", "ECDSA_SHA_256", []string{"-sha256"}},
 	} {
 		id := h.kmsCreateAsymKey(c.spec, "SIGN_VERIFY")
 		pub := h.kmsPublicPEM(id)
@@ -207,7 +208,7 @@ func TestKMSAsymmetricOAEPHMACAndDataKeyPairs(t *testing.T) {
 	// Data key pairs: the private key matches the public key (openssl
 	// derives one from the other) and its wrapped copy decrypts to it.
 	sym, _ := h.createKey(kmsAliceKey)
-	for _, spec := range []string{"ECC_NIST_P256", "RSA_2048"} {
+	for _, spec := range []string{"ECC_NIST_P256", "ECC_SECG_P256K1", "RSA_2048"} {
 		var pair struct{ PrivateKeyCiphertextBlob, PrivateKeyPlaintext, PublicKey, KeyId, KeyPairSpec string }
 		h.awsJSON(kmsAliceKey, &pair, "generate-data-key-pair", "--key-id", sym, "--key-pair-spec", spec, "--encryption-context", "use=pair")
 		priv := h.kmsWrite("priv.der", kmsB64(t, pair.PrivateKeyPlaintext))

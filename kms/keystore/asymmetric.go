@@ -52,7 +52,8 @@ const (
 type specInfo struct {
 	rsaBits int
 	curve   elliptic.Curve
-	hmacLen int // HMAC key length in bytes
+	k1      bool // secp256k1 (secp256k1.go)
+	hmacLen int  // HMAC key length in bytes
 	usages  []string
 	signing []string
 	macAlg  string
@@ -62,9 +63,7 @@ func rsaSigning() []string {
 	return []string{algPSS256, algPSS384, algPSS512, algPKCS256, algPKCS384, algPKCS512}
 }
 
-// specs are the key specs this keystore creates. ECC_SECG_P256K1 is not
-// among them: the standard library has no secp256k1, so CreateKey refuses
-// it (UnsupportedOperationException) rather than create something else.
+// specFor says what the key specs this keystore creates allow.
 func specFor(spec string) (specInfo, bool) {
 	switch spec {
 	case kms.KeySpecRSA2048, kms.KeySpecRSA3072, kms.KeySpecRSA4096:
@@ -76,6 +75,8 @@ func specFor(spec string) (specInfo, bool) {
 		return specInfo{curve: elliptic.P384(), usages: []string{kms.KeyUsageSignVerify}, signing: []string{algECDSA384}}, true
 	case kms.KeySpecP521:
 		return specInfo{curve: elliptic.P521(), usages: []string{kms.KeyUsageSignVerify}, signing: []string{algECDSA512}}, true
+	case kms.KeySpecSecp256k1:
+		return specInfo{k1: true, usages: []string{kms.KeyUsageSignVerify}, signing: []string{algECDSA256}}, true
 	case kms.KeySpecHMAC224:
 		return specInfo{hmacLen: 28, usages: []string{kms.KeyUsageGenerateVerifyMac}, macAlg: algHMAC224}, true
 	case kms.KeySpecHMAC256:
@@ -96,9 +97,6 @@ func checkSpec(spec, usage, origin string) (string, string, error) {
 			return "", "", kms.Errorf(kms.CodeValidation, "KeyUsage %s is not valid for KeySpec %s", usage, kms.KeySpecSymmetric)
 		}
 		return "", "", nil
-	}
-	if spec == kms.KeySpecSecp256k1 {
-		return "", "", kms.Errorf(kms.CodeUnsupportedOperation, "KeySpec %s is not supported by this KMS", spec)
 	}
 	info, ok := specFor(spec)
 	if !ok {
@@ -136,11 +134,27 @@ func newAsymmetricMaterial(spec string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	der, err := marshalPrivate(priv)
 	if err != nil {
 		return nil, fmt.Errorf("encode private key: %w", err)
 	}
 	return der, nil
+}
+
+// marshalPrivate encodes a private key as PKCS #8 DER.
+func marshalPrivate(priv crypto.Signer) ([]byte, error) {
+	if k, ok := priv.(k1Private); ok {
+		return marshalK1PKCS8(k)
+	}
+	return x509.MarshalPKCS8PrivateKey(priv)
+}
+
+// marshalPublic encodes a public key as a DER SubjectPublicKeyInfo.
+func marshalPublic(pub crypto.PublicKey) ([]byte, error) {
+	if k, ok := pub.(k1Public); ok {
+		return marshalK1SPKI(k)
+	}
+	return x509.MarshalPKIXPublicKey(pub)
 }
 
 func generatePrivate(info specInfo) (crypto.Signer, error) {
@@ -150,6 +164,9 @@ func generatePrivate(info specInfo) (crypto.Signer, error) {
 			return nil, fmt.Errorf("generate RSA key: %w", err)
 		}
 		return k, nil
+	}
+	if info.k1 {
+		return generateK1()
 	}
 	k, err := ecdsa.GenerateKey(info.curve, rand.Reader)
 	if err != nil {
@@ -251,6 +268,12 @@ func (k *Keystore) openKey(ctx context.Context, keyID string, check func(*keyRec
 }
 
 func (a asymmetricKey) private() (crypto.Signer, error) {
+	if k, ok, err := parseK1PKCS8(a.raw); ok {
+		if err != nil {
+			return nil, kms.Errorf(kms.CodeInternal, "key %s: private key: %v", a.arn, err)
+		}
+		return k, nil
+	}
 	p, err := x509.ParsePKCS8PrivateKey(a.raw)
 	if err != nil {
 		return nil, kms.Errorf(kms.CodeInternal, "key %s: private key: %v", a.arn, err)
@@ -280,7 +303,7 @@ func (k *Keystore) GetPublicKey(ctx context.Context, keyID string) (kms.PublicKe
 	if err != nil {
 		return kms.PublicKey{}, err
 	}
-	der, err := x509.MarshalPKIXPublicKey(priv.Public())
+	der, err := marshalPublic(priv.Public())
 	if err != nil {
 		return kms.PublicKey{}, fmt.Errorf("GetPublicKey: %w", err)
 	}
@@ -399,6 +422,8 @@ func (k *Keystore) Verify(ctx context.Context, keyID string, message []byte, mes
 		}
 	case *ecdsa.PublicKey:
 		ok = ecdsa.VerifyASN1(pub, digest, signature)
+	case k1Public:
+		ok = verifyK1(pub, digest, signature)
 	}
 	if !ok {
 		return "", kms.Errorf(kms.CodeKMSInvalidSignature, "the signature does not verify with key %s and %s", a.arn, alg)
@@ -546,9 +571,6 @@ func (k *Keystore) VerifyMac(ctx context.Context, keyID string, message, mac []b
 // withoutPlaintext, the private key in plaintext.
 func (k *Keystore) GenerateDataKeyPair(ctx context.Context, keyID, keyPairSpec string, ec kms.EncryptionContext, withoutPlaintext bool) (kms.DataKeyPair, error) {
 	info, ok := specFor(keyPairSpec)
-	if keyPairSpec == kms.KeySpecSecp256k1 {
-		return kms.DataKeyPair{}, kms.Errorf(kms.CodeUnsupportedOperation, "KeyPairSpec %s is not supported by this KMS", keyPairSpec)
-	}
 	if !ok || info.hmacLen > 0 {
 		return kms.DataKeyPair{}, kms.Errorf(kms.CodeValidation, "KeyPairSpec %q is not a valid key pair spec", keyPairSpec)
 	}
@@ -563,11 +585,11 @@ func (k *Keystore) GenerateDataKeyPair(ctx context.Context, keyID, keyPairSpec s
 	if err != nil {
 		return kms.DataKeyPair{}, fmt.Errorf("GenerateDataKeyPair: %w", err)
 	}
-	pub, err := x509.MarshalPKIXPublicKey(priv.Public())
+	pub, err := marshalPublic(priv.Public())
 	if err != nil {
 		return kms.DataKeyPair{}, fmt.Errorf("GenerateDataKeyPair: %w", err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	der, err := marshalPrivate(priv)
 	if err != nil {
 		return kms.DataKeyPair{}, fmt.Errorf("GenerateDataKeyPair: %w", err)
 	}

@@ -7,14 +7,19 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 
 	"github.com/kmsfs/kmsfs/kms"
 )
@@ -146,9 +151,9 @@ func TestSignErrors(t *testing.T) {
 	_, _, err = f.ks.Sign(ctx, p256.KeyID, []byte("m"), "", algECDSA256)
 	wantCode(t, err, kms.ErrDisabled)
 
-	// Unsupported and invalid specs.
-	_, err = f.ks.CreateKey(ctx, kms.CreateKeyInput{KeySpec: kms.KeySpecSecp256k1, KeyUsage: kms.KeyUsageSignVerify})
-	wantCodeName(t, err, kms.CodeUnsupportedOperation)
+	// Invalid specs.
+	_, err = f.ks.CreateKey(ctx, kms.CreateKeyInput{KeySpec: kms.KeySpecSecp256k1, KeyUsage: kms.KeyUsageEncryptDecrypt})
+	wantCode(t, err, kms.ErrValidation)
 	_, err = f.ks.CreateKey(ctx, kms.CreateKeyInput{KeySpec: kms.KeySpecP256, KeyUsage: kms.KeyUsageEncryptDecrypt})
 	wantCode(t, err, kms.ErrValidation)
 	_, err = f.ks.CreateKey(ctx, kms.CreateKeyInput{KeySpec: kms.KeySpecHMAC256})
@@ -365,5 +370,68 @@ func TestFormat1KeystoreTakesAsymmetricKeys(t *testing.T) {
 	}
 	if _, err := Open(dir, Options{Region: testRegion, Account: homeAccount, Warn: func(string) {}}); err == nil || !strings.Contains(err.Error(), "format 99") {
 		t.Fatalf("Open of a format 99 state: %v", err)
+	}
+}
+
+// secp256k1 keys sign and verify through the keystore; the public key is
+// an uncompressed point on secp256k1 in a SubjectPublicKeyInfo, and a
+// signature made outside the keystore with the same key verifies too.
+func TestSecp256k1(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	md, err := f.ks.CreateKey(ctx, kms.CreateKeyInput{KeySpec: kms.KeySpecSecp256k1, KeyUsage: kms.KeyUsageSignVerify})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(md.SigningAlgorithms, ",") != algECDSA256 {
+		t.Fatalf("signing algorithms %v", md.SigningAlgorithms)
+	}
+	msg := []byte("pay 1 BTC to nobody")
+	sig, _, err := f.ks.Sign(ctx, md.KeyID, msg, kms.MessageTypeRaw, algECDSA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ks.Verify(ctx, md.KeyID, msg, kms.MessageTypeRaw, sig, algECDSA256); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if _, err := f.ks.Verify(ctx, md.KeyID, []byte("pay 2 BTC"), kms.MessageTypeRaw, sig, algECDSA256); !errors.Is(err, kms.ErrKMSInvalidSignature) {
+		t.Fatalf("verify of another message: %v", err)
+	}
+	_, _, err = f.ks.Sign(ctx, md.KeyID, msg, kms.MessageTypeRaw, algECDSA384)
+	wantCodeName(t, err, kms.CodeInvalidKeyUsage)
+
+	pk, err := f.ks.GetPublicKey(ctx, md.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spki k1SPKI
+	if rest, err := asn1.Unmarshal(pk.PublicKey, &spki); err != nil || len(rest) != 0 ||
+		!spki.Algorithm.Curve.Equal(oidSecp256k1) || len(spki.PublicKey.Bytes) != 65 {
+		t.Fatalf("public key: %x, %v", pk.PublicKey, err)
+	}
+	pub, err := secp256k1.ParsePubKey(spki.PublicKey.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256(msg)
+	if !verifyK1(k1Public{pub}, digest[:], sig) {
+		t.Fatal("the signature does not verify with the exported public key")
+	}
+	// A data key pair of the spec: its private key parses back and signs.
+	sym, err := f.ks.CreateKey(ctx, kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := f.ks.GenerateDataKeyPair(ctx, sym.KeyID, kms.KeySpecSecp256k1, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, ok, err := parseK1PKCS8(pair.PrivateKeyPlaintext)
+	if !ok || err != nil {
+		t.Fatalf("data key pair private key: %v %v", ok, err)
+	}
+	s, _ := priv.Sign(nil, digest[:], nil)
+	if !verifyK1(priv.Public().(k1Public), digest[:], s) {
+		t.Fatal("data key pair signature does not verify")
 	}
 }
