@@ -68,3 +68,11 @@ func (v *Volume) release(st *fileState) {
 		st.keyMu.Unlock()
 	}
 }
+
+// holesKeys says whether the file's keys are loaded and for a file that may
+// have holes (version 3).
+func (st *fileState) holesKeys() bool {
+	st.keyMu.Lock()
+	defer st.keyMu.Unlock()
+	return st.keys != nil && st.keys.HasHoles()
+}

@@ -176,8 +176,8 @@ func TestFormatV1FilesStayV1(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.Close()
-			if got := version("new-file"); got != 2 {
-				t.Errorf("a new file in a version 1 volume: header version %d, want 2", got)
+			if got := version("new-file"); got != envelope.CurrentVersion {
+				t.Errorf("a new file in a version 1 volume: header version %d, want %d", got, envelope.CurrentVersion)
 			}
 		})
 	}

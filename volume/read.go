@@ -43,7 +43,10 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 		cbuf = cbuf[:n]
 	}
 	final := stop == cipherSize && !h.st.openTail
-	return keys.OpenBlocks(dst, cbuf, first, int(l.SealedBlockSize()), final)
+	if keys.HasHoles() {
+		return h.openWithHoles(keys, dst, cbuf, first, cipherSize, final)
+	}
+	return keys.OpenBlocks(dst, cbuf, first, int(l.SealedBlockSize()), final, 0)
 }
 
 // ReadAt reads plaintext at off. It returns io.EOF at the end of the file.
@@ -56,6 +59,22 @@ func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 			return 0, err
 		}
 	}
+	n, err := h.readAtLocked(ctx, p, off)
+	for errors.Is(err, errGapAhead) {
+		// Holes of a version 3 file are vouched for by the next stored
+		// block, past a gap: the gaps are closed (made holes) first.
+		if err := h.fillGapsShared(ctx, 0, MaxFileSize); err != nil {
+			return 0, err
+		}
+		n, err = h.readAtLocked(ctx, p, off)
+	}
+	return n, err
+}
+
+// readAtLocked is ReadAt once the gaps it reads are filled. The content lock
+// is held (shared).
+func (h *Handle) readAtLocked(ctx context.Context, p []byte, off int64) (int, error) {
+	bs := h.v.layout.BlockSize
 	cs, err := h.cipherSize()
 	if err != nil {
 		return 0, err

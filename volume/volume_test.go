@@ -476,7 +476,7 @@ func TestIntentReplayAfterTornWrite(t *testing.T) {
 	keys, _ := h.fileKeys(ctx, false)
 	l := tv.Layout()
 	newBlock := bytes.Repeat([]byte("n"), 4096)
-	sealed, _ := keys.SealBlock(nil, newBlock, 1, false)
+	sealed, _ := keys.SealBlock(nil, newBlock, 1, false, densePrev(1))
 	in := &intent{fileID: keys.FileID(), off: l.BlockOffset(1), truncateTo: -1, data: sealed}
 	h.Close()
 	ints := tv.Backend().(interface {
