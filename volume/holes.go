@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"syscall"
 
 	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/envelope"
@@ -459,4 +460,108 @@ func (h *Handle) writeAfterHole(ctx context.Context, keys *envelope.FileKeys, p 
 		copy(buf[off-start:], p)
 	}
 	return h.writeLocked(ctx, keys, buf, start, start)
+}
+
+// punchHole makes [off, end) of a version 3 file on a sparse backend read
+// as zeros: the whole blocks in it (but the last block of the file, which
+// is always stored) are punched out of the backing file, with the next
+// stored block resealed to name the stored block before them, in one
+// intent; the partial blocks at its edges are written with zeros unless
+// they are holes already.
+func (h *Handle) punchHole(ctx context.Context, off, end int64) error {
+	if h.v.readOnly {
+		return syscall.EROFS
+	}
+	if off < 0 || end <= off {
+		return syscall.EINVAL
+	}
+	h.st.content.Lock()
+	defer h.st.content.Unlock()
+	keys, err := h.fileKeys(ctx, false)
+	if err != nil {
+		return err
+	}
+	if keys == nil {
+		return nil // an empty file: nothing to punch
+	}
+	if !h.sparse(keys) {
+		return syscall.EOPNOTSUPP
+	}
+	if err := h.fillGaps(ctx, 0, -1); err != nil {
+		return err
+	}
+	size, err := h.Size()
+	if err != nil {
+		return err
+	}
+	end = min(end, size)
+	if off >= end {
+		return nil
+	}
+	bs := h.v.layout.BlockSize
+	lastBlock := (size - 1) / bs
+	a := (off + bs - 1) / bs
+	b := min(end/bs, lastBlock)
+	if a < b {
+		if err := h.punchBlocks(ctx, keys, uint64(a), uint64(b)); err != nil {
+			return err
+		}
+	}
+	// The edges: what of [off, end) is not in the punched blocks.
+	edges := [][2]int64{{off, min(end, a*bs)}, {max(off, max(a, b)*bs), end}}
+	if a >= b {
+		edges = [][2]int64{{off, end}}
+	}
+	for _, e := range edges {
+		for lo := e[0]; lo < e[1]; {
+			blk := lo / bs
+			hi := min(e[1], (blk+1)*bs)
+			hole := false
+			if blk != lastBlock {
+				if hole, err = h.holeAt(uint64(blk)); err != nil {
+					return err
+				}
+			}
+			if !hole {
+				if err := h.writeAtOffset(ctx, make([]byte, hi-lo), lo, size); err != nil {
+					return err
+				}
+			}
+			lo = hi
+		}
+	}
+	return nil
+}
+
+// punchBlocks punches blocks [a, b) (b at most the last block) out of a
+// version 3 file, resealing the next stored block in the same intent.
+func (h *Handle) punchBlocks(ctx context.Context, keys *envelope.FileKeys, a, b uint64) error {
+	cs, err := h.cipherSize()
+	if err != nil {
+		return err
+	}
+	if first, err := h.nextStored(a, cs); err != nil || first >= b {
+		return err // all holes already
+	}
+	j, err := h.nextStored(b, cs)
+	if err != nil {
+		return err
+	}
+	oldPrev, err := h.prevStored(j)
+	if err != nil {
+		return err
+	}
+	newPrev, err := h.prevStored(a)
+	if err != nil {
+		return err
+	}
+	sealed, err := h.resealPrev(keys, j, oldPrev, newPrev, cs)
+	if err != nil {
+		return err
+	}
+	l := h.v.layout
+	return h.changeRanges(ctx, keys, []intentRange{
+		{off: l.BlockOffset(a), holeLen: l.BlockOffset(b) - l.BlockOffset(a)},
+		{off: l.BlockOffset(j), data: sealed},
+	})
 }

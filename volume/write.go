@@ -362,19 +362,26 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 // fallocate(2) modes (linux/falloc.h).
 const (
 	fallocKeepSize  = 0x01
+	fallocPunchHole = 0x02
 	fallocZeroRange = 0x10
 )
 
 // Allocate implements fallocate(2) mode 0 (reserve, growing the size),
 // FALLOC_FL_KEEP_SIZE (a no-op: space is reserved by writing, and blocks
-// past the end would be read as a torn file) and FALLOC_FL_ZERO_RANGE, with
+// past the end would be read as a torn file), FALLOC_FL_ZERO_RANGE, with
 // or without KEEP_SIZE: the range is written as encrypted zeros, which is
-// what the mode promises (zeros, with the space allocated). Other modes
-// (PUNCH_HOLE: stored files have no holes, docs/FORMAT.md section 4) are
+// what the mode promises (zeros, with the space allocated), and
+// FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE (the only form Linux passes on)
+// on version 3 files of backends with sparse files (holes.go). Other modes,
+// and PUNCH_HOLE where stored files cannot have holes (versions 1 and 2,
+// docs/FORMAT.md section 4, and backends without sparse files), are
 // ENOTSUP.
 func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error {
 	if mode&fallocZeroRange != 0 && mode&^(fallocZeroRange|fallocKeepSize) == 0 {
 		return h.zeroRange(ctx, off, off+n, mode&fallocKeepSize != 0)
+	}
+	if mode == fallocPunchHole|fallocKeepSize {
+		return h.punchHole(ctx, off, off+n)
 	}
 	switch mode {
 	case 0:

@@ -1,0 +1,242 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/envelope"
+)
+
+// backingUse is the space the backing file of name takes on disk.
+func (tv *testVol) backingUse(t *testing.T, name string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(tv.dir, name), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// zeroBlock overwrites stored block i of name with zeros behind the
+// volume's back, as an attacker with the backing store could.
+func (tv *testVol) zeroBlock(t *testing.T, name string, i uint64) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(tv.dir, name), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	l := tv.layout
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := min(l.SealedBlockSize(), fi.Size()-l.BlockOffset(i))
+	if _, err := f.WriteAt(make([]byte, n), l.BlockOffset(i)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readAtErr(h *Handle, off int64, n int) ([]byte, error) {
+	buf := make([]byte, n)
+	got, err := h.ReadAt(context.Background(), buf, off)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return buf[:got], err
+}
+
+// TestSparseGrowthCostsNoSpace: truncate up and a write far past the end
+// of a version 3 file leave holes: a 10 GiB file takes a few blocks of
+// backing store and reads zeros in its holes.
+func TestSparseGrowthCostsNoSpace(t *testing.T) {
+	const size = 10 << 30
+	for _, how := range []string{"truncate", "write"} {
+		t.Run(how, func(t *testing.T) {
+			tv := newTestVolume(t, envelope.ModePerObject)
+			ctx := context.Background()
+			h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+			if _, err := h.WriteAt(ctx, []byte("head"), 0); err != nil {
+				t.Fatal(err)
+			}
+			tail := pattern(4096, 3)
+			switch how {
+			case "truncate":
+				if err := h.Truncate(ctx, size); err != nil {
+					t.Fatal(err)
+				}
+				tail = make([]byte, 4096)
+			case "write":
+				if _, err := h.WriteAt(ctx, tail, size-4096); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := h.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if use := tv.backingUse(t, "f"); use >= 1<<20 {
+				t.Errorf("a %d-byte sparse file takes %d bytes of backing store", size, use)
+			}
+			tv = tv.reopen(t)
+			h = tv.open(t, "f", syscall.O_RDONLY)
+			defer h.Close()
+			if got, _ := h.Size(); got != size {
+				t.Fatalf("size %d, want %d", got, size)
+			}
+			for _, off := range []int64{4, 4096, 1 << 20, 5 << 30, size - 3*8192} {
+				got, err := readAtErr(h, off, 8192)
+				if err != nil || !bytes.Equal(got, make([]byte, 8192)) {
+					t.Fatalf("hole at %d: %v (%d bytes)", off, err, len(got))
+				}
+			}
+			got, err := readAtErr(h, 0, 4)
+			if err != nil || string(got) != "head" {
+				t.Fatalf("head: %q, %v", got, err)
+			}
+			got, err = readAtErr(h, size-4096, 4096)
+			if err != nil || !bytes.Equal(got, tail) {
+				t.Fatalf("tail: %v", err)
+			}
+		})
+	}
+}
+
+// TestZeroedBlockIsEIO: a stored block zeroed in the backing file reads as
+// an authentication error, as do the blocks (holes or not) it leaves
+// unvouched, whether it is in the middle, before a hole, or the last one.
+func TestZeroedBlockIsEIO(t *testing.T) {
+	const bs = envelope.DefaultBlockSize
+	// Blocks 0..9 data, 10..29 holes, 30..34 data.
+	build := func(t *testing.T) (*testVol, *Handle) {
+		tv := newTestVolume(t, envelope.ModePerObject)
+		ctx := context.Background()
+		h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+		if _, err := h.WriteAt(ctx, pattern(10*bs, 1), 0); err != nil {
+			t.Fatal(err)
+		}
+		// A write past the end leaves a gap, closed as holes at close.
+		if _, err := h.WriteAt(ctx, pattern(5*bs, 2), 30*bs); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
+		tv = tv.reopen(t)
+		return tv, tv.open(t, "f", syscall.O_RDONLY)
+	}
+	tv, h := build(t)
+	got, err := readAtErr(h, 0, 35*bs)
+	want := append(append(pattern(10*bs, 1), make([]byte, 20*bs)...), pattern(5*bs, 2)...)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("untouched file: %v", err)
+	}
+	h.Close()
+	_ = tv
+	for _, tc := range []struct {
+		zero    []uint64
+		bad     []int64 // block numbers that must fail
+		good    []int64 // block numbers that must read
+		comment string
+	}{
+		{[]uint64{3}, []int64{3, 4}, []int64{2, 5, 15, 31}, "a middle block"},
+		{[]uint64{3, 4}, []int64{3, 4, 5}, []int64{2, 6}, "two adjacent blocks"},
+		{[]uint64{9}, []int64{9, 10, 29, 30}, []int64{8, 31}, "the block before the holes"},
+		{[]uint64{30}, []int64{30, 31, 10, 29}, []int64{9, 32}, "the block after the holes"},
+		{[]uint64{34}, []int64{34}, []int64{0, 33}, "the last block"},
+		{[]uint64{31, 32, 33, 34}, []int64{31, 34}, []int64{30}, "the file's last blocks"},
+	} {
+		t.Run(tc.comment, func(t *testing.T) {
+			tv, h := build(t)
+			defer h.Close()
+			for _, b := range tc.zero {
+				tv.zeroBlock(t, "f", b)
+			}
+			for _, b := range tc.bad {
+				if _, err := readAtErr(h, b*bs, bs); !errors.Is(err, envelope.ErrBlockAuth) {
+					t.Errorf("block %d: err = %v, want ErrBlockAuth", b, err)
+				}
+			}
+			for _, b := range tc.good {
+				if got, err := readAtErr(h, b*bs, bs); err != nil || !bytes.Equal(got, want[b*bs:(b+1)*bs]) {
+					t.Errorf("block %d: %v", b, err)
+				}
+			}
+		})
+	}
+}
+
+// TestHolesAgainstModel writes, truncates and punches a version 3 file at
+// random, with large jumps past the end that leave holes, and compares it
+// with a plain byte slice after each step and after a reopen.
+func TestHolesAgainstModel(t *testing.T) {
+	const bs = envelope.DefaultBlockSize
+	tv := newTestVolume(t, envelope.ModePerObject)
+	ctx := context.Background()
+	rng := rand.New(rand.NewSource(7))
+	h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+	var model []byte
+	check := func(op int, what string) {
+		t.Helper()
+		got, err := readAtErr(h, 0, len(model)+10)
+		if err != nil || !bytes.Equal(got, model) {
+			t.Fatalf("op %d (%s): read %d bytes, %v; model %d bytes", op, what, len(got), err, len(model))
+		}
+	}
+	for op := 0; op < 300; op++ {
+		switch r := rng.Intn(10); {
+		case r < 5:
+			// A write anywhere up to well past the end (> maxDeferredGap
+			// now and then, which leaves a hole at once).
+			limit := len(model) + 3*bs
+			if rng.Intn(8) == 0 {
+				limit = len(model) + maxDeferredGap + 40*bs
+			}
+			off := rng.Intn(limit + 1)
+			p := pattern(1+rng.Intn(3*bs), byte(op))
+			if _, err := h.WriteAt(ctx, p, int64(off)); err != nil {
+				t.Fatalf("op %d: write %d@%d: %v", op, len(p), off, err)
+			}
+			if need := off + len(p); need > len(model) {
+				model = append(model, make([]byte, need-len(model))...)
+			}
+			copy(model[off:], p)
+			check(op, "write")
+		case r < 7:
+			n := rng.Intn(len(model) + 50*bs + 1)
+			if err := h.Truncate(ctx, int64(n)); err != nil {
+				t.Fatalf("op %d: truncate %d: %v", op, n, err)
+			}
+			if n > len(model) {
+				model = append(model, make([]byte, n-len(model))...)
+			}
+			model = model[:n]
+			check(op, "truncate")
+		case r < 9:
+			if len(model) == 0 {
+				continue
+			}
+			off := rng.Intn(len(model))
+			n := 1 + rng.Intn(min(len(model)-off, 20*bs))
+			if err := h.Allocate(ctx, int64(off), int64(n), fallocPunchHole|fallocKeepSize); err != nil {
+				t.Fatalf("op %d: punch %d@%d: %v", op, n, off, err)
+			}
+			clear(model[off : off+n])
+			check(op, "punch")
+		default:
+			if err := h.Close(); err != nil {
+				t.Fatal(err)
+			}
+			tv = tv.reopen(t)
+			h = tv.open(t, "f", syscall.O_RDWR)
+			check(op, "reopen")
+		}
+	}
+	h.Close()
+}
