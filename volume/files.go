@@ -11,6 +11,8 @@ import (
 type fileState struct {
 	ino  uint64
 	refs int
+	// writers counts the handles open for writing; guarded by Volume.mu.
+	writers int
 
 	// content serialises writers against readers and each other: a write
 	// is a read-modify-write of whole blocks.

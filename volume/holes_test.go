@@ -240,3 +240,43 @@ func TestHolesAgainstModel(t *testing.T) {
 	}
 	h.Close()
 }
+
+// TestSeekDataHole: SEEK_DATA and SEEK_HOLE report a version 3 file's holes
+// in plaintext offsets, the end of the file as a hole, ENXIO past it.
+func TestSeekDataHole(t *testing.T) {
+	const bs = envelope.DefaultBlockSize
+	tv := newTestVolume(t, envelope.ModePerObject)
+	ctx := context.Background()
+	h := tv.open(t, "f", syscall.O_RDWR|syscall.O_CREAT)
+	defer h.Close()
+	// Data in blocks 0..1, holes 2..99 (a gap), data 100, holes 101..999
+	// (truncate), the last block 1000 stored.
+	if _, err := h.WriteAt(ctx, pattern(2*bs, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.WriteAt(ctx, pattern(bs, 2), 100*bs); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Truncate(ctx, 1000*bs+10); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		off    int64
+		whence int
+		want   int64
+	}{
+		{0, SeekData, 0}, {0, SeekHole, 2 * bs}, {bs + 5, SeekHole, 2 * bs},
+		{2 * bs, SeekData, 100 * bs}, {3*bs + 7, SeekHole, 3*bs + 7}, {100*bs + 1, SeekData, 100*bs + 1},
+		{100 * bs, SeekHole, 101 * bs}, {101 * bs, SeekData, 1000 * bs}, {1000 * bs, SeekHole, 1000*bs + 10},
+	} {
+		got, err := h.Seek(ctx, tc.off, tc.whence)
+		if err != nil || got != tc.want {
+			t.Errorf("seek %d whence %d: %d, %v; want %d", tc.off, tc.whence, got, err, tc.want)
+		}
+	}
+	for _, whence := range []int{SeekData, SeekHole} {
+		if _, err := h.Seek(ctx, 1000*bs+10, whence); !errors.Is(err, syscall.ENXIO) {
+			t.Errorf("whence %d at the end: %v, want ENXIO", whence, err)
+		}
+	}
+}
