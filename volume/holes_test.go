@@ -15,7 +15,7 @@ import (
 )
 
 // backingUse is the space the backing file of name takes on disk.
-func (tv *testVol) backingUse(t *testing.T, name string) int64 {
+func (tv *testVol) backingUse(t testing.TB, name string) int64 {
 	t.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(tv.dir, name), &st); err != nil {
@@ -26,7 +26,7 @@ func (tv *testVol) backingUse(t *testing.T, name string) int64 {
 
 // zeroBlock overwrites stored block i of name with zeros behind the
 // volume's back, as an attacker with the backing store could.
-func (tv *testVol) zeroBlock(t *testing.T, name string, i uint64) {
+func (tv *testVol) zeroBlock(t testing.TB, name string, i uint64) {
 	t.Helper()
 	f, err := os.OpenFile(filepath.Join(tv.dir, name), os.O_RDWR, 0)
 	if err != nil {
@@ -279,4 +279,91 @@ func TestSeekDataHole(t *testing.T) {
 			t.Errorf("whence %d at the end: %v, want ENXIO", whence, err)
 		}
 	}
+}
+
+// FuzzReadHoles edits the stored bytes of a version 3 file with holes (one
+// block zeroed, or one byte changed, anywhere after the header) and reads
+// it: a read either fails authentication or returns the plaintext written,
+// and a file whose stored bytes changed never reads whole.
+func FuzzReadHoles(f *testing.F) {
+	// The smallest blocks: the most blocks (and holes) per byte decrypted.
+	const bs = envelope.MinBlockSize
+	tv := newTestVolumeInit(f, InitOptions{Mode: envelope.ModePerObject, BlockSize: bs}, Options{PrefetchMax: -1})
+	ctx := context.Background()
+	h := tv.open(f, "f", syscall.O_RDWR|syscall.O_CREAT)
+	// Blocks 0..3 data, 4..9 holes (a gap closed at close), 10 and the
+	// short last block 11 data.
+	want := append(append(pattern(4*bs, 1), make([]byte, 6*bs)...), pattern(bs+100, 2)...)
+	if _, err := h.WriteAt(ctx, want[:4*bs], 0); err != nil {
+		f.Fatal(err)
+	}
+	if _, err := h.WriteAt(ctx, want[10*bs:], 10*bs); err != nil {
+		f.Fatal(err)
+	}
+	if err := h.Close(); err != nil {
+		f.Fatal(err)
+	}
+	backing := filepath.Join(tv.dir, "f")
+	genuine, err := os.ReadFile(backing)
+	if err != nil {
+		f.Fatal(err)
+	}
+	// One handle and one descriptor for all inputs: each input patches the
+	// stored bytes in place and puts them back after.
+	bf, err := os.OpenFile(backing, os.O_RDWR, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { bf.Close() })
+	h, err = tv.OpenFile(ctx, "f", syscall.O_RDONLY, 0, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { h.Close() })
+	f.Add(uint8(3), true, uint32(0), uint8(0), int64(0))
+	f.Add(uint8(5), false, uint32(6*(bs+envelope.BlockOverhead)+7), uint8(1), int64(5*bs))
+	f.Add(uint8(11), true, uint32(0), uint8(0), int64(11*bs))
+	f.Add(uint8(9), false, uint32(0), uint8(0), int64(9*bs-10))
+	f.Fuzz(func(t *testing.T, block uint8, zero bool, at uint32, xor uint8, off int64) {
+		l := tv.layout
+		var lo, hi int64 // the stored range the input changes
+		if zero {
+			i := uint64(block) % 12
+			lo, hi = l.BlockOffset(i), min(l.BlockOffset(i+1), int64(len(genuine)))
+		} else {
+			lo = l.HeaderSize + int64(at)%(int64(len(genuine))-l.HeaderSize)
+			hi = lo + 1
+		}
+		patch := bytes.Clone(genuine[lo:hi])
+		if zero {
+			clear(patch)
+		} else {
+			patch[0] ^= xor
+		}
+		changed := !bytes.Equal(patch, genuine[lo:hi])
+		if _, err := bf.WriteAt(patch, lo); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if _, err := bf.WriteAt(genuine[lo:hi], lo); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		off = max(0, off%int64(len(want)))
+		for k, r := range [][2]int64{{0, int64(len(want))}, {off, min(3*bs, int64(len(want))-off)}} {
+			got, err := readAtErr(h, r[0], int(r[1]))
+			if err != nil {
+				if !errors.Is(err, envelope.ErrBlockAuth) && !errors.Is(err, envelope.ErrCorrupt) {
+					t.Fatalf("read %d@%d: %v, want an authentication error", r[1], r[0], err)
+				}
+				continue
+			}
+			if !bytes.Equal(got, want[r[0]:r[0]+r[1]]) {
+				t.Fatalf("read %d@%d returned other data", r[1], r[0])
+			}
+			if k == 0 && changed {
+				t.Fatal("a changed stored file read whole without an error")
+			}
+		}
+	})
 }
