@@ -279,3 +279,36 @@ func TestMountSeekDataHole(t *testing.T) {
 		mountCmpZero(t, p, 1040*bs, (4096-1040)*bs)
 	}
 }
+
+// TestMountSeekWritebackOpen: with the writeback cache, SEEK_DATA and
+// SEEK_HOLE on a file still open for writing, whose pages the kernel has
+// not written back, see those pages: data written just before, a hole
+// between two writes, and the end where the kernel has it.
+func TestMountSeekWritebackOpen(t *testing.T) {
+	const bs = mountBlockSize
+	v := mountNewVolume(t)
+	v.mount("--writeback-cache")
+	f, err := os.Create(v.path("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(mountPattern(8*bs, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(mountPattern(2*bs, 2), 100*bs); err != nil {
+		t.Fatal(err)
+	}
+	fd := int(f.Fd())
+	for _, c := range [][3]int64{
+		{0, unix.SEEK_DATA, 0}, {0, unix.SEEK_HOLE, 8 * bs}, {8 * bs, unix.SEEK_DATA, 100 * bs},
+		{100 * bs, unix.SEEK_HOLE, 102 * bs},
+	} {
+		if got, err := unix.Seek(fd, c[0], int(c[1])); err != nil || got != c[2] {
+			t.Errorf("lseek(%d, %d) before any fsync = %d, %v; want %d", c[0], c[1], got, err, c[2])
+		}
+	}
+	if got, err := mountReadAt(v.path("f"), 50*bs, bs); err != nil || !bytes.Equal(got, make([]byte, bs)) {
+		t.Errorf("the hole: %v", err)
+	}
+}
