@@ -245,13 +245,14 @@ func (h *Handle) nextStored(i uint64, cs int64) (uint64, error) {
 // runs of stored blocks are opened naming the stored block before them,
 // holes read as zeros. A run that ends in holes is vouched for by the next
 // stored block, which is opened too. final: cbuf ends with the file's last
-// block, sealed as the last.
-func (h *Handle) openWithHoles(keys *envelope.FileKeys, dst, cbuf []byte, first uint64, cs int64, final bool) ([]byte, error) {
+// block, sealed as the last. prev is the stored block before block first
+// when known (the caller read the block before), else it is looked up.
+func (h *Handle) openWithHoles(keys *envelope.FileKeys, dst, cbuf []byte, first uint64, cs int64, final bool, prev uint64, known bool) ([]byte, error) {
 	l := h.v.layout
 	sbs := int(l.SealedBlockSize())
 	n := (len(cbuf) + sbs - 1) / sbs
 	block := func(i int) []byte { return cbuf[i*sbs : min((i+1)*sbs, len(cbuf))] }
-	prev, known := uint64(0), false // the stored block before block first+i
+	// prev, known: the stored block before block first+i
 	prevOf := func() (uint64, error) {
 		if !known {
 			p, err := h.prevStored(first)

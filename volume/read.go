@@ -28,6 +28,15 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 	if stop <= off {
 		return dst, nil
 	}
+	// A version 3 block is opened naming the stored block before it: the
+	// block before the run is read with it (one read, not two: on S3 a
+	// second read is a second request), and it is that block unless it is
+	// a hole.
+	pre := int64(0)
+	if keys.HasHoles() && first > 0 {
+		pre = l.SealedBlockSize()
+		off -= pre
+	}
 	cbp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(cbp)
 	cbuf := (*cbp)[:0]
@@ -44,7 +53,17 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 	}
 	final := stop == cipherSize && !h.st.openTail
 	if keys.HasHoles() {
-		return h.openWithHoles(keys, dst, cbuf, first, cipherSize, final)
+		prev := envelope.NoPrev
+		if pre > 0 {
+			if int64(len(cbuf)) < pre {
+				return nil, fmt.Errorf("%w: stored file ends before block %d", envelope.ErrCorrupt, first)
+			}
+			if !envelope.IsHole(cbuf[:pre]) {
+				prev = first - 1
+			}
+			cbuf = cbuf[pre:]
+		}
+		return h.openWithHoles(keys, dst, cbuf, first, cipherSize, final, prev, pre == 0 || prev != envelope.NoPrev)
 	}
 	return keys.OpenBlocks(dst, cbuf, first, int(l.SealedBlockSize()), final, 0)
 }
