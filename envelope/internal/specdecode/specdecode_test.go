@@ -22,6 +22,7 @@ var (
 	envelopeTestdata = filepath.Join("..", "..", "testdata")
 	fixtureVolumes   = filepath.Join("..", "..", "..", "volume", "testdata", "v1")
 	fixtureVolumesV2 = filepath.Join("..", "..", "..", "volume", "testdata", "v2")
+	fixtureVolumesV3 = filepath.Join("..", "..", "..", "volume", "testdata", "v3")
 )
 
 func unhex(t *testing.T, s string) []byte {
@@ -340,6 +341,11 @@ func TestV1Fixtures(t *testing.T) { testFixtures(t, fixtureVolumes, 1) }
 // (under the keystore of the version 1 fixtures) the same way: every file a
 // version 2 file, its last block sealed as the last.
 func TestV2Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV2, 2) }
+
+// TestV3Fixtures reads the volumes written when format version 3 was new,
+// among them a file with holes (all-zero blocks, each stored block naming
+// the stored block before it).
+func TestV3Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV3, 3) }
 
 func testFixtures(t *testing.T, volumes string, version byte) {
 	var manifest struct {
