@@ -38,6 +38,9 @@ type fileState struct {
 	// way; finishTail seals it as the last one (tail.go). Guarded by
 	// content.
 	openTail bool
+	// allocating: an extension under way is fallocate(2) mode 0, which
+	// writes encrypted zeros instead of leaving holes. Guarded by content.
+	allocating bool
 	// tailSynced: the backend was synced while the tail was open (an
 	// fsync through a read-only handle, which cannot seal it), so the open
 	// last block may hold fsynced bytes. Guarded by content.

@@ -426,3 +426,33 @@ func TestIntentRangesRoundTrip(t *testing.T) {
 		t.Fatal("a torn KMI2 record parsed")
 	}
 }
+
+// TestAllocateModeZeroAllocates: fallocate(2) mode 0 promises that writes
+// into the range will not fail for lack of space, so it grows a version 3
+// file with encrypted zeros, where truncate leaves holes.
+func TestAllocateModeZeroAllocates(t *testing.T) {
+	tv := newTestVolume(t, envelope.ModePerObject)
+	ctx := context.Background()
+	for _, name := range []string{"allocated", "truncated"} {
+		h := tv.open(t, name, syscall.O_RDWR|syscall.O_CREAT)
+		if _, err := h.WriteAt(ctx, []byte("x"), 0); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if name == "allocated" {
+			err = h.Allocate(ctx, 0, 8<<20, 0)
+		} else {
+			err = h.Truncate(ctx, 8<<20)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := readAtErr(h, 4<<20, 4096); err != nil || !bytes.Equal(got, make([]byte, 4096)) {
+			t.Fatalf("%s: %v", name, err)
+		}
+		h.Close()
+	}
+	if a, tr := tv.backingUse(t, "allocated"), tv.backingUse(t, "truncated"); a < 8<<20 || tr >= 1<<20 {
+		t.Errorf("backing use: allocated %d bytes, want >= 8 MiB; truncated %d, want < 1 MiB", a, tr)
+	}
+}

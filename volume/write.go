@@ -253,7 +253,7 @@ func (h *Handle) extendLocked(ctx context.Context, keys *envelope.FileKeys, size
 		return syscall.EFBIG
 	}
 	l := h.v.layout
-	if h.sparse(keys) {
+	if h.sparse(keys) && !h.st.allocating {
 		return h.extendWithHoles(ctx, keys, size, newSize)
 	}
 	if need := l.CipherSize(newSize, true) - l.CipherSize(size, true); need > 64<<20 {
@@ -390,6 +390,17 @@ func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error 
 			return err
 		}
 		if off+n > size {
+			// posix_fallocate promises that writes into the range will
+			// not fail for lack of space: the growth is written as
+			// encrypted zeros, not left as holes.
+			h.st.content.Lock()
+			h.st.allocating = true
+			h.st.content.Unlock()
+			defer func() {
+				h.st.content.Lock()
+				h.st.allocating = false
+				h.st.content.Unlock()
+			}()
 			return h.Truncate(ctx, off+n)
 		}
 		return nil
