@@ -257,6 +257,14 @@ func TestMountSeekDataHole(t *testing.T) {
 	if _, err := seek(4096*bs+100, data); !errors.Is(err, syscall.ENXIO) {
 		t.Errorf("SEEK_DATA at the end: %v, want ENXIO", err)
 	}
+	// The same map as xfs_io (xfsprogs) prints it, walking the file with
+	// SEEK_DATA and SEEK_HOLE in turn.
+	xfsIO := mountRequireTool(t, "xfs_io")
+	out, err := exec.Command(xfsIO, "-r", "-c", "seek -a -r 0", p).CombinedOutput()
+	wantMap := "Whence\tResult\nDATA\t0\nHOLE\t1048576\nDATA\t4194304\nHOLE\t4259840\nDATA\t16777216\nHOLE\t16777316\n"
+	if err != nil || string(out) != wantMap {
+		t.Errorf("xfs_io seek -a -r 0: %v\n%s\nwant\n%s", err, out, wantMap)
+	}
 	before := mountBackingUse(t, v.backing("f"))
 	// Punch blocks 64..191 (512 KiB) and parts of blocks 10 and 200.
 	off, n := int64(10*bs+100), int64(190*bs+50)
