@@ -200,6 +200,9 @@ var errGapAhead = errors.New("a deferred gap follows the hole")
 // It is errGapAhead when a deferred gap comes first.
 func (h *Handle) nextStored(i uint64, cs int64) (uint64, error) {
 	nb := h.storedBlocks(cs)
+	if nb == 0 {
+		return 0, fmt.Errorf("%w: no stored block after a hole", envelope.ErrCorrupt)
+	}
 	bs := h.v.layout.BlockSize
 	gap := uint64(MaxFileSize / bs) // the first gap block at or after i
 	for _, g := range h.st.gaps {
