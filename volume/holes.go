@@ -130,11 +130,12 @@ func (h *Handle) prevStored(i uint64) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if at < 0 {
-			return envelope.NoPrev, nil
+		floor := uint64(0) // no data before c: only a gap can be stored
+		if at >= 0 {
+			floor = h.blockOf(at) + 1
 		}
 		// A gap between the data found and c counts as stored.
-		j = h.st.gapAbove(h.blockOf(at)+1, c, bs)
+		j = h.st.gapAbove(floor, c, bs)
 	}
 	return envelope.NoPrev, nil
 }
