@@ -320,3 +320,31 @@ func TestMountSeekWritebackOpen(t *testing.T) {
 		t.Errorf("the hole: %v", err)
 	}
 }
+
+// TestS3MountHolesAsZeros: on the S3 backend, whose objects cannot be
+// sparse, a file grown by truncate(1) is stored as encrypted zeros (a
+// version 3 file without holes) and reads zeros after a remount, and
+// fallocate --punch-hole is refused as not supported.
+func TestS3MountHolesAsZeros(t *testing.T) {
+	fallocate := mountRequireTool(t, "fallocate")
+	g := s3StartGateway(t)
+	v := s3NewVolume(t, g, "vol")
+	v.mount(g.flags()...)
+	p := v.path("f")
+	mountWriteFile(t, p, []byte("head"))
+	mountExec(t, "truncate", "-s", "1M", p)
+	out, err := exec.Command(fallocate, "--punch-hole", "--offset", "0", "--length", "4096", p).CombinedOutput()
+	// util-linux words EOPNOTSUPP for a mode with KEEP_SIZE (which punching
+	// implies) as "keep size mode is unsupported".
+	if err == nil || !strings.Contains(string(out), "unsupported") && !strings.Contains(string(out), "not supported") {
+		t.Errorf("fallocate --punch-hole on S3: %v %s; want it refused as not supported", err, out)
+	}
+	v.unmount()
+	if stored := len(g.get(t, "vol/f")); stored < 1<<20 {
+		t.Errorf("the object of a 1 MiB file holds %d bytes; want the zeros stored", stored)
+	}
+	v.mount(g.flags()...)
+	want := make([]byte, 1<<20)
+	copy(want, "head")
+	mountExpectContent(t, p, want)
+}
