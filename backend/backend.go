@@ -145,3 +145,19 @@ type SharedLocker interface {
 
 // ErrVolumeBusy says another kmsfs process holds the volume's lock.
 var ErrVolumeBusy = errors.New("volume is in use by another kmsfs process (a read-write mount or a rewrap)")
+
+// SparseFile is implemented by files whose backing store keeps holes (a
+// local file on a filesystem with sparse files): a hole costs no space, and
+// the volume finds and makes holes with lseek(2) SEEK_DATA/SEEK_HOLE and
+// fallocate(2) FALLOC_FL_PUNCH_HOLE.
+type SparseFile interface {
+	// SeekData returns the first offset at or after off that may hold
+	// data, or io.EOF when there is none before the end of the file.
+	SeekData(off int64) (int64, error)
+	// SeekHole returns the first offset at or after off in a hole (the
+	// end of the file counts as one).
+	SeekHole(off int64) (int64, error)
+	// PunchHole frees [off, off+n) keeping the file's size; the range then
+	// reads as zeros.
+	PunchHole(off, n int64) error
+}

@@ -20,7 +20,7 @@ func BenchmarkSeal(b *testing.B) {
 			dst := make([]byte, 0, len(plain)+len(plain)/bs*BlockOverhead+BlockOverhead)
 			b.SetBytes(int64(len(plain)))
 			for b.Loop() {
-				if _, err := keys.SealBlocks(dst[:0], plain, 0, bs, false); err != nil {
+				if _, err := keys.SealBlocks(dst[:0], plain, 0, bs, false, densePrev(0)); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -33,7 +33,7 @@ func BenchmarkOpen(b *testing.B) {
 	plain := make([]byte, 1<<20)
 	for _, bs := range benchBlockSizes {
 		b.Run(fmt.Sprintf("block=%d", bs), func(b *testing.B) {
-			sealed, err := keys.SealBlocks(nil, plain, 0, bs, false)
+			sealed, err := keys.SealBlocks(nil, plain, 0, bs, false, densePrev(0))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -42,7 +42,7 @@ func BenchmarkOpen(b *testing.B) {
 			b.SetBytes(int64(len(plain)))
 			for b.Loop() {
 				for i := 0; i*sb < len(sealed); i++ {
-					if _, err := keys.OpenBlock(dst[:0], sealed[i*sb:(i+1)*sb], uint64(i), false); err != nil {
+					if _, err := keys.OpenBlock(dst[:0], sealed[i*sb:(i+1)*sb], uint64(i), false, densePrev(uint64(i))); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -56,7 +56,7 @@ func BenchmarkRandomWrite4K(b *testing.B) {
 	for _, bs := range benchBlockSizes {
 		b.Run(fmt.Sprintf("block=%d", bs), func(b *testing.B) {
 			plain := make([]byte, bs)
-			sealed, err := keys.SealBlock(nil, plain, 0, false)
+			sealed, err := keys.SealBlock(nil, plain, 0, false, densePrev(0))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -66,11 +66,11 @@ func BenchmarkRandomWrite4K(b *testing.B) {
 			for b.Loop() {
 				var err error
 				if bs > 4096 { // read-modify-write of the enclosing block
-					if buf, err = keys.OpenBlock(buf[:0], sealed, 0, false); err != nil {
+					if buf, err = keys.OpenBlock(buf[:0], sealed, 0, false, densePrev(0)); err != nil {
 						b.Fatal(err)
 					}
 				}
-				if _, err = keys.SealBlock(out[:0], plain, 0, false); err != nil {
+				if _, err = keys.SealBlock(out[:0], plain, 0, false, densePrev(0)); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -83,14 +83,14 @@ func BenchmarkRandomWrite4K(b *testing.B) {
 func BenchmarkOpenBlocks(b *testing.B) {
 	keys := testKeys(b, id(1))
 	plain := make([]byte, 1<<20)
-	sealed, err := keys.SealBlocks(nil, plain, 0, DefaultBlockSize, false)
+	sealed, err := keys.SealBlocks(nil, plain, 0, DefaultBlockSize, false, densePrev(0))
 	if err != nil {
 		b.Fatal(err)
 	}
 	dst := make([]byte, 0, len(plain))
 	b.SetBytes(int64(len(plain)))
 	for b.Loop() {
-		if _, err := keys.OpenBlocks(dst[:0], sealed, 0, DefaultBlockSize+BlockOverhead, false); err != nil {
+		if _, err := keys.OpenBlocks(dst[:0], sealed, 0, DefaultBlockSize+BlockOverhead, false, densePrev(0)); err != nil {
 			b.Fatal(err)
 		}
 	}

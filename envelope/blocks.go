@@ -53,11 +53,13 @@ func shares(n, blockBytes int, fn func(lo, hi int) error) error {
 // 4 KiB blocks, and a large run is sealed on several cores (a sealed
 // block's position in the output depends only on its index). final seals
 // the run's last block as the file's last block (version 2; every other
-// block of the run is sealed as followed by more).
-func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize int, final bool) ([]byte, error) {
+// block of the run is sealed as followed by more). prev is the stored block
+// before the run (version 3): each later block of the run follows the one
+// before it.
+func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize int, final bool, prev uint64) ([]byte, error) {
 	n := (len(plain) + blockSize - 1) / blockSize
 	nonces := make([]byte, n*NonceSize)
-	if _, err := rand.Read(nonces); err != nil {
+	if err := randNonces(nonces); err != nil {
 		return nil, err
 	}
 	total := len(plain) + n*BlockOverhead
@@ -70,7 +72,7 @@ func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize in
 			end := min((i+1)*blockSize, len(plain))
 			o := i * sealedSize
 			// Seal appends in place: out[o:o] has the capacity of the rest.
-			k.sealWithNonce(out[o:o], plain[i*blockSize:end], firstBlock+uint64(i), final && i == n-1, nonces[i*NonceSize:(i+1)*NonceSize])
+			k.sealWithNonce(out[o:o], plain[i*blockSize:end], firstBlock+uint64(i), final && i == n-1, runPrev(prev, firstBlock, i), nonces[i*NonceSize:(i+1)*NonceSize])
 		}
 		return nil
 	})
@@ -81,9 +83,10 @@ func (k *FileKeys) SealBlocks(dst, plain []byte, firstBlock uint64, blockSize in
 // sealed (every one sealedBlockSize bytes but the last, which may be
 // shorter), the first of which is block firstBlock. final says the run ends
 // with the file's last block (version 2: it must be sealed final, the
-// others not). A block that fails authentication fails the whole call,
-// naming the lowest such block.
-func (k *FileKeys) OpenBlocks(dst, sealed []byte, firstBlock uint64, sealedBlockSize int, final bool) ([]byte, error) {
+// others not). prev is the stored block before the run (version 3); the
+// run holds no hole. A block that fails authentication fails the whole
+// call, naming the lowest such block.
+func (k *FileKeys) OpenBlocks(dst, sealed []byte, firstBlock uint64, sealedBlockSize int, final bool, prev uint64) ([]byte, error) {
 	if len(sealed) == 0 {
 		return dst, nil
 	}
@@ -100,7 +103,7 @@ func (k *FileKeys) OpenBlocks(dst, sealed []byte, firstBlock uint64, sealedBlock
 	err := shares(n, blockSize, func(lo, hi int) error {
 		for i := lo; i < hi; i++ {
 			blk := sealed[i*sealedBlockSize : min((i+1)*sealedBlockSize, len(sealed))]
-			if _, err := k.OpenBlock(out[i*blockSize:i*blockSize], blk, firstBlock+uint64(i), final && i == n-1); err != nil {
+			if _, err := k.OpenBlock(out[i*blockSize:i*blockSize], blk, firstBlock+uint64(i), final && i == n-1, runPrev(prev, firstBlock, i)); err != nil {
 				return err
 			}
 		}
@@ -112,4 +115,38 @@ func (k *FileKeys) OpenBlocks(dst, sealed []byte, firstBlock uint64, sealedBlock
 		return nil, err
 	}
 	return dst, nil
+}
+
+// runPrev is the previous stored block of the i-th block of a run without
+// holes that starts at firstBlock after stored block prev.
+func runPrev(prev, firstBlock uint64, i int) uint64 {
+	if i == 0 {
+		return prev
+	}
+	return firstBlock + uint64(i) - 1
+}
+
+// randNonces fills nonces with random 12-byte nonces, none of them zero:
+// a zero nonce could make a sealed block read as a hole (version 3).
+func randNonces(nonces []byte) error {
+	if _, err := rand.Read(nonces); err != nil {
+		return err
+	}
+	for o := 0; o < len(nonces); o += NonceSize {
+		for isZero(nonces[o : o+NonceSize]) {
+			if _, err := rand.Read(nonces[o : o+NonceSize]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -22,7 +22,7 @@ func TestBlocksParallelMatchesSerial(t *testing.T) {
 				plain[i] = byte(i*131 + i>>12)
 			}
 			prefix := []byte("keep")
-			sealed, err := keys.SealBlocks(append([]byte(nil), prefix...), plain, 5, bs, true)
+			sealed, err := keys.SealBlocks(append([]byte(nil), prefix...), plain, 5, bs, true, densePrev(5))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -35,7 +35,7 @@ func TestBlocksParallelMatchesSerial(t *testing.T) {
 				t.Fatalf("sealed %d bytes, want %d", len(sealed), want)
 			}
 			for i := 0; i < n; i++ {
-				got, err := keys.OpenBlock(nil, sealed[i*sb:min((i+1)*sb, len(sealed))], 5+uint64(i), i == n-1)
+				got, err := keys.OpenBlock(nil, sealed[i*sb:min((i+1)*sb, len(sealed))], 5+uint64(i), i == n-1, densePrev(5+uint64(i)))
 				if err != nil {
 					t.Fatalf("block %d: %v", i, err)
 				}
@@ -43,7 +43,7 @@ func TestBlocksParallelMatchesSerial(t *testing.T) {
 					t.Fatalf("block %d: wrong plaintext", i)
 				}
 			}
-			opened, err := keys.OpenBlocks([]byte("x"), sealed, 5, sb, true)
+			opened, err := keys.OpenBlocks([]byte("x"), sealed, 5, sb, true, densePrev(5))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -61,14 +61,14 @@ func TestOpenBlocksTamperInLaterShare(t *testing.T) {
 	const bs = 4096
 	sb := bs + BlockOverhead
 	plain := bytes.Repeat([]byte{0xab}, 1<<20)
-	sealed, err := keys.SealBlocks(nil, plain, 0, bs, false)
+	sealed, err := keys.SealBlocks(nil, plain, 0, bs, false, densePrev(0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, bad := range []int{0, 200, 255} {
 		c := bytes.Clone(sealed)
 		c[bad*sb+NonceSize+3] ^= 1
-		out, err := keys.OpenBlocks(nil, c, 0, sb, false)
+		out, err := keys.OpenBlocks(nil, c, 0, sb, false, densePrev(0))
 		if !errors.Is(err, ErrBlockAuth) {
 			t.Fatalf("block %d tampered: err = %v, want ErrBlockAuth", bad, err)
 		}
@@ -82,11 +82,11 @@ func TestOpenBlocksTamperInLaterShare(t *testing.T) {
 	// Blocks swapped between the two halves fail too.
 	c := bytes.Clone(sealed)
 	copy(c[10*sb:11*sb], sealed[200*sb:201*sb])
-	if _, err := keys.OpenBlocks(nil, c, 0, sb, false); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlocks(nil, c, 0, sb, false, densePrev(0)); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("swapped block: err = %v", err)
 	}
 	// A last block too short to hold a tag.
-	if _, err := keys.OpenBlocks(nil, sealed[:sb+BlockOverhead], 0, sb, false); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlocks(nil, sealed[:sb+BlockOverhead], 0, sb, false, densePrev(0)); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("short last block: err = %v", err)
 	}
 }
@@ -104,24 +104,24 @@ func TestFinalFlagDetectsMovedEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		long, err := keys.SealBlocks(nil, plain, 0, bs, true) // an older, longer version
+		long, err := keys.SealBlocks(nil, plain, 0, bs, true, densePrev(0)) // an older, longer version
 		if err != nil {
 			t.Fatal(err)
 		}
-		short, err := keys.SealBlocks(nil, plain[:3*bs], 0, bs, true) // the file now
+		short, err := keys.SealBlocks(nil, plain[:3*bs], 0, bs, true, densePrev(0)) // the file now
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := keys.OpenBlocks(nil, short, 0, sb, true); err != nil {
+		if _, err := keys.OpenBlocks(nil, short, 0, sb, true, densePrev(0)); err != nil {
 			t.Fatalf("v%d: the file itself: %v", version, err)
 		}
 		cut := short[:2*sb]
-		_, err = keys.OpenBlocks(nil, cut, 0, sb, true)
+		_, err = keys.OpenBlocks(nil, cut, 0, sb, true, densePrev(0))
 		if wantFail := version == Version2; (err != nil) != wantFail || (err != nil && !errors.Is(err, ErrBlockAuth)) {
 			t.Errorf("v%d: cut at a block boundary: %v", version, err)
 		}
 		extended := append(bytes.Clone(short), long[3*sb:]...)
-		_, err = keys.OpenBlocks(nil, extended, 0, sb, true)
+		_, err = keys.OpenBlocks(nil, extended, 0, sb, true, densePrev(0))
 		if wantFail := version == Version2; (err != nil) != wantFail || (err != nil && !errors.Is(err, ErrBlockAuth)) {
 			t.Errorf("v%d: a block appended: %v", version, err)
 		}
@@ -139,7 +139,7 @@ func FuzzOpenBlocks(f *testing.F) {
 	nonces := make([]byte, 4*NonceSize)              // fixed: every fuzz worker seals the same run
 	var sealed []byte
 	for i := 0; i < 4; i++ {
-		sealed = keys.sealWithNonce(sealed, plain[i*bs:min((i+1)*bs, len(plain))], 2+uint64(i), i == 3, nonces[i*NonceSize:(i+1)*NonceSize])
+		sealed = keys.sealWithNonce(sealed, plain[i*bs:min((i+1)*bs, len(plain))], 2+uint64(i), i == 3, densePrev(2+uint64(i)), nonces[i*NonceSize:(i+1)*NonceSize])
 	}
 	sb := bs + BlockOverhead
 	f.Add(sealed, uint64(2), true)
@@ -147,7 +147,7 @@ func FuzzOpenBlocks(f *testing.F) {
 	f.Add(sealed[sb:], uint64(3), true)
 	f.Add(sealed, uint64(2), false)
 	f.Fuzz(func(t *testing.T, b []byte, first uint64, final bool) {
-		got, err := keys.OpenBlocks(nil, b, first, sb, final)
+		got, err := keys.OpenBlocks(nil, b, first, sb, final, densePrev(first))
 		genuine := false
 		var want []byte
 		for k0 := 0; k0 < 4; k0++ {
@@ -167,4 +167,12 @@ func FuzzOpenBlocks(f *testing.F) {
 			t.Fatalf("a genuine run: %v", err)
 		}
 	})
+}
+
+// densePrev is the previous stored block of block i in a file without holes.
+func densePrev(i uint64) uint64 {
+	if i == 0 {
+		return NoPrev
+	}
+	return i - 1
 }

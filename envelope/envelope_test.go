@@ -72,7 +72,8 @@ func testHeader(mode Mode) Header {
 	return h
 }
 
-// vectors is testdata/vectors.json (version 1) or vectors_v2.json: fixed
+// vectors is testdata/vectors.json (version 1), vectors_v2.json or
+// vectors_v3.json: fixed
 // key, IDs, nonces and plaintext and the exact bytes they must produce. A
 // format change that breaks existing volumes changes these bytes and fails
 // TestVectors.
@@ -89,16 +90,27 @@ type vectors struct {
 }
 
 type vectorBlock struct {
-	BlockNo    uint64 `json:"block_no"`
-	Final      bool   `json:"final,omitempty"`
-	Nonce      string `json:"nonce"`
-	Plaintext  string `json:"plaintext"`
-	Ciphertext string `json:"sealed"`
+	BlockNo uint64 `json:"block_no"`
+	Final   bool   `json:"final,omitempty"`
+	// Prev is the previous stored block (version 3 only; NoPrev for none).
+	Prev       *uint64 `json:"prev,omitempty"`
+	Nonce      string  `json:"nonce"`
+	Plaintext  string  `json:"plaintext"`
+	Ciphertext string  `json:"sealed"`
 }
 
 func TestVectors(t *testing.T) {
 	t.Run("v1", func(t *testing.T) { testVectors(t, Version1, "vectors.json") })
 	t.Run("v2", func(t *testing.T) { testVectors(t, Version2, "vectors_v2.json") })
+	t.Run("v3", func(t *testing.T) { testVectors(t, Version3, "vectors_v3.json") })
+}
+
+// vectorPrev is the previous stored block a vector block was sealed after.
+func vectorPrev(b vectorBlock) uint64 {
+	if b.Prev != nil {
+		return *b.Prev
+	}
+	return densePrev(b.BlockNo)
 }
 
 func testVectors(t *testing.T, version uint8, file string) {
@@ -130,19 +142,23 @@ func testVectors(t *testing.T, version uint8, file string) {
 			BucketKey: hex.EncodeToString(bucketKey), BucketFile: hex.EncodeToString(bfk),
 			Header: hex.EncodeToString(region),
 		}
+		// Version 3: block 7 follows holes 1..6 after stored block 0, and
+		// block 14 follows block 7 (holes 8..13); block 0 has no stored
+		// block before it.
 		for i, b := range []struct {
-			no    uint64
-			final bool
-			pt    []byte
+			no, prev uint64
+			final    bool
+			pt       []byte
 		}{
-			{0, false, []byte("hello, kmsfs")},
-			{0, true, []byte("hello, kmsfs")},
-			{7, false, bytes.Repeat([]byte{0}, DefaultBlockSize)},
-			{14, true, []byte{0xff}},
+			{0, NoPrev, false, []byte("hello, kmsfs")},
+			{0, NoPrev, true, []byte("hello, kmsfs")},
+			{7, 0, false, bytes.Repeat([]byte{0}, DefaultBlockSize)},
+			{14, 7, true, []byte{0xff}},
+			{14, 13, true, []byte{0xff}},
 		} {
 			nonce := bytes.Repeat([]byte{byte(i + 1)}, NonceSize)
-			sealed := keys.sealWithNonce(nil, b.pt, b.no, b.final, nonce)
-			v.Blocks = append(v.Blocks, vectorBlock{b.no, b.final, hex.EncodeToString(nonce), hex.EncodeToString(b.pt), hex.EncodeToString(sealed)})
+			sealed := keys.sealWithNonce(nil, b.pt, b.no, b.final, b.prev, nonce)
+			v.Blocks = append(v.Blocks, vectorBlock{b.no, b.final, &b.prev, hex.EncodeToString(nonce), hex.EncodeToString(b.pt), hex.EncodeToString(sealed)})
 		}
 		b, err := json.MarshalIndent(v, "", "  ")
 		if err != nil {
@@ -184,23 +200,29 @@ func testVectors(t *testing.T, version uint8, file string) {
 	if err := p.Verify(keys); err != nil {
 		t.Fatal(err)
 	}
-	otherVersion := map[uint8]uint8{Version1: Version2, Version2: Version1}[version]
-	if ok, _ := DeriveFileKeys(fileKey, fileID, otherVersion); p.Verify(ok) == nil {
-		t.Errorf("a version %d header verified with version %d keys", version, otherVersion)
+	for _, other := range []uint8{Version1, Version2, Version3} {
+		if ok, _ := DeriveFileKeys(fileKey, fileID, other); other != version && p.Verify(ok) == nil {
+			t.Errorf("a version %d header verified with version %d keys", version, other)
+		}
 	}
 	for _, b := range v.Blocks {
-		sealed := keys.sealWithNonce(nil, mustHex(t, b.Plaintext), b.BlockNo, b.Final, mustHex(t, b.Nonce))
+		sealed := keys.sealWithNonce(nil, mustHex(t, b.Plaintext), b.BlockNo, b.Final, vectorPrev(b), mustHex(t, b.Nonce))
 		if hex.EncodeToString(sealed) != b.Ciphertext {
 			t.Errorf("block %d: sealing changed", b.BlockNo)
 		}
-		pt, err := keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo, b.Final)
+		pt, err := keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo, b.Final, vectorPrev(b))
 		if err != nil || !bytes.Equal(pt, mustHex(t, b.Plaintext)) {
 			t.Errorf("block %d: vector does not open: %v", b.BlockNo, err)
 		}
 		// Version 2 binds the final flag; version 1 has none.
-		_, err = keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo, !b.Final)
+		_, err = keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo, !b.Final, vectorPrev(b))
 		if (err == nil) != (version == Version1) {
 			t.Errorf("block %d (final %v) opened with the other flag: %v", b.BlockNo, b.Final, err)
+		}
+		// Version 3 binds the previous stored block; earlier versions do not.
+		_, err = keys.OpenBlock(nil, mustHex(t, b.Ciphertext), b.BlockNo, b.Final, vectorPrev(b)-1)
+		if (err == nil) != (version < Version3) {
+			t.Errorf("block %d (prev %d) opened with another previous block: %v", b.BlockNo, vectorPrev(b), err)
 		}
 	}
 }
@@ -332,7 +354,7 @@ func TestHeaderFileIDSurvivesATornRewrap(t *testing.T) {
 		"short":       region[:20],
 		"zeroed":      make([]byte, len(region)),
 		"bad magic":   append([]byte("XMFS"), region[4:]...),
-		"bad version": append(append(bytes.Clone(region[:4]), 3), region[5:]...),
+		"bad version": append(append(bytes.Clone(region[:4]), 4), region[5:]...),
 	} {
 		if _, ok := HeaderFileID(bad); ok {
 			t.Fatalf("%s region gave a file ID", name)
@@ -363,7 +385,7 @@ func TestBlockRoundTripAndTamper(t *testing.T) {
 	keys := testKeys(t, id(1))
 	other := testKeys(t, id(2))
 	plain := bytes.Repeat([]byte("0123456789abcdef"), 1024) // 16 KiB = 4 blocks
-	sealed, err := keys.SealBlocks(nil, plain, 0, DefaultBlockSize, false)
+	sealed, err := keys.SealBlocks(nil, plain, 0, DefaultBlockSize, false, densePrev(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +395,7 @@ func TestBlockRoundTripAndTamper(t *testing.T) {
 	}
 	blk := func(i int) []byte { return sealed[i*sb : (i+1)*sb] }
 	for i := 0; i < 4; i++ {
-		pt, err := keys.OpenBlock(nil, blk(i), uint64(i), false)
+		pt, err := keys.OpenBlock(nil, blk(i), uint64(i), false, densePrev(uint64(i)))
 		if err != nil || !bytes.Equal(pt, plain[i*DefaultBlockSize:(i+1)*DefaultBlockSize]) {
 			t.Fatalf("block %d: %v", i, err)
 		}
@@ -382,23 +404,23 @@ func TestBlockRoundTripAndTamper(t *testing.T) {
 	for _, pos := range []int{0, NonceSize, NonceSize + 100, sb - 1} {
 		bad := bytes.Clone(blk(1))
 		bad[pos] ^= 0x80
-		if _, err := keys.OpenBlock(nil, bad, 1, false); !errors.Is(err, ErrBlockAuth) {
+		if _, err := keys.OpenBlock(nil, bad, 1, false, densePrev(1)); !errors.Is(err, ErrBlockAuth) {
 			t.Fatalf("bit flip at %d: %v", pos, err)
 		}
 	}
 	// Block swapped within the file.
-	if _, err := keys.OpenBlock(nil, blk(2), 1, false); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlock(nil, blk(2), 1, false, densePrev(1)); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("swapped block opened: %v", err)
 	}
 	// Block moved to another file.
-	if _, err := other.OpenBlock(nil, blk(1), 1, false); !errors.Is(err, ErrBlockAuth) {
+	if _, err := other.OpenBlock(nil, blk(1), 1, false, densePrev(1)); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("block from another file opened: %v", err)
 	}
 	// Truncated block.
-	if _, err := keys.OpenBlock(nil, blk(1)[:sb-1], 1, false); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlock(nil, blk(1)[:sb-1], 1, false, densePrev(1)); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("truncated block opened: %v", err)
 	}
-	if _, err := keys.OpenBlock(nil, blk(1)[:5], 1, false); !errors.Is(err, ErrBlockAuth) {
+	if _, err := keys.OpenBlock(nil, blk(1)[:5], 1, false, densePrev(1)); !errors.Is(err, ErrBlockAuth) {
 		t.Fatalf("short block: %v", err)
 	}
 }
@@ -408,7 +430,7 @@ func TestNoncesDistinct(t *testing.T) {
 	keys := testKeys(t, id(1))
 	seen := map[string]bool{}
 	for i := 0; i < 20000; i++ {
-		s, err := keys.SealBlock(nil, []byte("same"), 0, false)
+		s, err := keys.SealBlock(nil, []byte("same"), 0, false, densePrev(0))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -469,13 +491,16 @@ func FuzzOpenBlock(f *testing.F) {
 	keys := testKeys(f, id(1))
 	// A fixed nonce: fuzz workers run this setup again and must get the
 	// same genuine block as the coordinator that seeded the corpus.
-	s := keys.sealWithNonce(nil, []byte("seed"), 3, true, make([]byte, NonceSize))
-	f.Add(s, uint64(3), true)
-	f.Add(s, uint64(3), false)
-	f.Add([]byte{}, uint64(0), false)
-	f.Fuzz(func(t *testing.T, b []byte, n uint64, final bool) {
-		pt, err := keys.OpenBlock(nil, b, n, final)
-		if err == nil && !(n == 3 && final && bytes.Equal(b, s) && string(pt) == "seed") {
+	// Block 3 sealed after stored block 1 (block 2 a hole: version 3).
+	s := keys.sealWithNonce(nil, []byte("seed"), 3, true, 1, make([]byte, NonceSize))
+	f.Add(s, uint64(3), true, uint64(1))
+	f.Add(s, uint64(3), false, uint64(1))
+	f.Add(s, uint64(3), true, uint64(2))
+	f.Add(make([]byte, 64), uint64(3), true, uint64(1))
+	f.Add([]byte{}, uint64(0), false, NoPrev)
+	f.Fuzz(func(t *testing.T, b []byte, n uint64, final bool, prev uint64) {
+		pt, err := keys.OpenBlock(nil, b, n, final, prev)
+		if err == nil && !(n == 3 && final && prev == 1 && bytes.Equal(b, s) && string(pt) == "seed") {
 			t.Fatalf("forged block opened")
 		}
 	})

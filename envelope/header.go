@@ -16,13 +16,19 @@ import (
 )
 
 // Header format versions. Version 2 differs from 1 only in the block AAD
-// (a final-block flag, docs/FORMAT.md section 4); the header layout is the
-// same. New files are written as CurrentVersion; both are read.
+// (a final-block flag, docs/FORMAT.md section 4), version 3 from 2 only in
+// the block AAD too (the index of the previous stored block, so that holes
+// stay holes and stay authenticated); the header layout is the same. New
+// files are written as CurrentVersion; all are read.
 const (
 	Version1       = 1
 	Version2       = 2
-	CurrentVersion = Version2
+	Version3       = 3
+	CurrentVersion = Version3
 )
+
+// knownVersion says whether this kmsfs reads header format version v.
+func knownVersion(v uint8) bool { return v >= Version1 && v <= Version3 }
 
 // Magic starts every encrypted file.
 const Magic = "KMFS"
@@ -150,13 +156,13 @@ func (h *Header) Marshal(macKey []byte) ([]byte, error) {
 	if version == 0 {
 		version = CurrentVersion
 	}
-	if version != Version1 && version != Version2 {
+	if !knownVersion(version) {
 		return nil, fmt.Errorf("%w %d", ErrVersion, version)
 	}
 	out := make([]byte, prefixLen, h.RegionSize)
 	copy(out, Magic)
 	out[4] = version
-	out[5] = 0 // flags: none defined in versions 1 and 2
+	out[5] = 0 // flags: none defined in versions 1 to 3
 	binary.BigEndian.PutUint16(out[6:], uint16(h.RegionSize))
 	for _, f := range fields {
 		if len(f.value) > 0xffff {
@@ -212,8 +218,8 @@ func ParseHeader(region []byte) (*ParsedHeader, error) {
 	if len(region) < prefixLen || string(region[:4]) != Magic {
 		return nil, ErrNotEncrypted
 	}
-	if region[4] != Version1 && region[4] != Version2 {
-		return nil, fmt.Errorf("%w %d (this kmsfs reads versions %d and %d)", ErrVersion, region[4], Version1, Version2)
+	if !knownVersion(region[4]) {
+		return nil, fmt.Errorf("%w %d (this kmsfs reads versions %d to %d)", ErrVersion, region[4], Version1, Version3)
 	}
 	if region[5] != 0 {
 		return nil, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, region[5])
@@ -380,7 +386,7 @@ func (p *ParsedHeader) ReplaceKeySlot(keyID string, wrapped []byte) ([]byte, err
 // start like a version 1 or 2 header.
 func HeaderFileID(region []byte) (id [IDLen]byte, ok bool) {
 	const at = prefixLen + 3
-	if len(region) < at+IDLen || string(region[:4]) != Magic || (region[4] != Version1 && region[4] != Version2) ||
+	if len(region) < at+IDLen || string(region[:4]) != Magic || !knownVersion(region[4]) ||
 		region[prefixLen] != fieldFileID || binary.BigEndian.Uint16(region[prefixLen+1:]) != IDLen {
 		return id, false
 	}

@@ -30,10 +30,10 @@ type FileKeys struct {
 
 // DeriveFileKeys derives the block and header keys from a file key (the
 // per-object data key, or the output of BucketFileKey), for a file of header
-// format version (Version1 or Version2), which decides how its blocks are
+// format version (Version1 to Version3), which decides how its blocks are
 // bound (docs/FORMAT.md section 4).
 func DeriveFileKeys(fileKey []byte, fileID [IDLen]byte, version uint8) (*FileKeys, error) {
-	if version != Version1 && version != Version2 {
+	if !knownVersion(version) {
 		return nil, fmt.Errorf("%w %d", ErrVersion, version)
 	}
 	if len(fileKey) != KeySize {
@@ -90,3 +90,8 @@ func (k *FileKeys) Version() uint8 { return k.version }
 // block not, so that a file cut at a block boundary or extended with a
 // block from elsewhere fails authentication.
 func (k *FileKeys) MarksEnd() bool { return k.version >= Version2 }
+
+// HasHoles says whether the file may hold holes (version 3): all-zero
+// stored blocks that read as zeros, each stored block naming the stored
+// block before it.
+func (k *FileKeys) HasHoles() bool { return k.version >= Version3 }

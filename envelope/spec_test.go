@@ -46,7 +46,7 @@ func TestWrittenFilesDecodeBySpec(t *testing.T) {
 			}
 			plain := make([]byte, 3*blockSize+77)
 			rand.Read(plain)
-			stored, err := keys.SealBlocks(region, plain, 0, blockSize, true)
+			stored, err := keys.SealBlocks(region, plain, 0, blockSize, true, envelope.NoPrev)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -96,5 +96,70 @@ func TestWrittenFilesDecodeBySpec(t *testing.T) {
 	root := c.RootDirID()
 	if !bytes.Equal(nk.RootDirID(), root[:]) {
 		t.Fatalf("root directory ID %x, FORMAT.md gives %x", root, nk.RootDirID())
+	}
+}
+
+// TestHolesDecodeBySpec: a version 3 file with holes, as envelope seals it
+// (each stored block naming the stored block before it), reads by
+// docs/FORMAT.md alone as its plaintext with zeros in the holes; a stored
+// block zeroed into a hole fails, whichever block it is and however many
+// stored blocks after it are zeroed too.
+func TestHolesDecodeBySpec(t *testing.T) {
+	fileKey := make([]byte, envelope.KeySize)
+	rand.Read(fileKey)
+	var fileID, volumeID [envelope.IDLen]byte
+	rand.Read(fileID[:])
+	rand.Read(volumeID[:])
+	keys, err := envelope.DeriveFileKeys(fileKey, fileID, envelope.Version3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const headerSize, blockSize = 512, 1024
+	const sealedSize = blockSize + envelope.BlockOverhead
+	h := envelope.Header{
+		RegionSize: headerSize, Mode: envelope.ModePerObject, Suite: envelope.SuiteAES256GCM, BlockSize: blockSize,
+		FileID: fileID, VolumeID: volumeID, KeyID: "arn:aws:kms:local:000000000000:key/k", WrappedKey: []byte("wrapped"),
+	}
+	region, err := h.Marshal(keys.MACKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Blocks 1, 2 and 5 to 7 are holes; 0, 3, 4, 8 and the short last block
+	// 9 are stored.
+	const nBlocks, lastLen = 10, 100
+	holes := map[uint64]bool{1: true, 2: true, 5: true, 6: true, 7: true}
+	plain := make([]byte, (nBlocks-1)*blockSize+lastLen)
+	stored := bytes.Clone(region)
+	prev := envelope.NoPrev
+	for i := uint64(0); i < nBlocks; i++ {
+		if holes[i] {
+			stored = append(stored, make([]byte, sealedSize)...)
+			continue
+		}
+		p := plain[i*blockSize : min((i+1)*blockSize, uint64(len(plain)))]
+		rand.Read(p)
+		if stored, err = keys.SealBlock(stored, p, i, i == nBlocks-1, prev); err != nil {
+			t.Fatal(err)
+		}
+		prev = i
+	}
+	key := func(*specdecode.Header) ([]byte, error) { return fileKey, nil }
+	got, err := specdecode.DecryptFile(stored, headerSize, blockSize, key)
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("decoded by FORMAT.md: %d bytes, %v; want the %d written", len(got), err, len(plain))
+	}
+	for first := uint64(0); first < nBlocks; first++ {
+		if holes[first] {
+			continue
+		}
+		for last := first; last < nBlocks; last++ {
+			bad := bytes.Clone(stored)
+			for i := first; i <= last; i++ {
+				clear(bad[headerSize+i*sealedSize : min(headerSize+(i+1)*sealedSize, uint64(len(bad)))])
+			}
+			if _, err := specdecode.DecryptFile(bad, headerSize, blockSize, key); err == nil {
+				t.Errorf("blocks %d..%d zeroed: decoded by FORMAT.md without an error", first, last)
+			}
+		}
 	}
 }

@@ -155,14 +155,8 @@ func (f *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32
 	return f.t.fail(opFallocate, f.h.Name(), f.h.Allocate(ctx, int64(off), int64(size), mode))
 }
 
-// Lseek answers ENOSYS, once per mount (the kernel then sets no_lseek and
-// never asks again): SEEK_DATA and SEEK_HOLE are then resolved by the
-// kernel's generic_file_llseek from its own file size. kmsfs stores holes
-// as encrypted zeros, so a file is data from start to end either way, and
-// only the kernel knows the size of a file with pages still in the
-// writeback cache: go-fuse's default answer, from our stat of the backing
-// file, said ENXIO for SEEK_DATA into data not yet written back.
+// Lseek answers SEEK_DATA and SEEK_HOLE from the file's holes (sparse.go).
 func (n *Node) Lseek(ctx context.Context, f fusefs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
 	defer n.t.timed(opLseek, time.Now())
-	return 0, n.t.fail(opLseek, "", syscall.ENOSYS)
+	return n.lseek(ctx, f, off, whence)
 }

@@ -105,3 +105,45 @@ func benchAppend(b *testing.B, writes, n int) {
 
 func BenchmarkAppendBlocks(b *testing.B) { benchAppend(b, 16, 4096) }
 func BenchmarkAppendSmall(b *testing.B)  { benchAppend(b, 1, 300) }
+
+// BenchmarkSeqRead reads a 64 MiB file front to back in 1 MiB requests (a
+// version 3 file reads the block before each run with it) and, in
+// BenchmarkRandRead4K, in 4 KiB reads at scattered block offsets.
+func BenchmarkSeqRead(b *testing.B) {
+	v := benchVolume(b)
+	const size, req = 64 << 20, 1 << 20
+	h := benchOpen(b, v, "seq", syscall.O_RDWR|syscall.O_CREAT|syscall.O_TRUNC)
+	defer h.Close()
+	p := make([]byte, req)
+	for off := int64(0); off < size; off += req {
+		benchWrite(b, h, p, off)
+	}
+	b.SetBytes(size)
+	for b.Loop() {
+		for off := int64(0); off < size; off += req {
+			if _, err := h.ReadAt(context.Background(), p, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+func BenchmarkRandRead4K(b *testing.B) {
+	v := benchVolume(b)
+	const size, req = 64 << 20, 4096
+	h := benchOpen(b, v, "rand", syscall.O_RDWR|syscall.O_CREAT|syscall.O_TRUNC)
+	defer h.Close()
+	p := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(p)) {
+		benchWrite(b, h, p, off)
+	}
+	b.SetBytes(req)
+	i := int64(0)
+	for b.Loop() {
+		off := (i * 7919 % (size / req)) * req
+		i++
+		if _, err := h.ReadAt(context.Background(), p[:req], off); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -11,6 +11,8 @@ import (
 type fileState struct {
 	ino  uint64
 	refs int
+	// writers counts the handles open for writing; guarded by Volume.mu.
+	writers int
 
 	// content serialises writers against readers and each other: a write
 	// is a read-modify-write of whole blocks.
@@ -36,6 +38,9 @@ type fileState struct {
 	// way; finishTail seals it as the last one (tail.go). Guarded by
 	// content.
 	openTail bool
+	// allocating: an extension under way is fallocate(2) mode 0, which
+	// writes encrypted zeros instead of leaving holes. Guarded by content.
+	allocating bool
 	// tailSynced: the backend was synced while the tail was open (an
 	// fsync through a read-only handle, which cannot seal it), so the open
 	// last block may hold fsynced bytes. Guarded by content.
@@ -67,4 +72,12 @@ func (v *Volume) release(st *fileState) {
 		}
 		st.keyMu.Unlock()
 	}
+}
+
+// holesKeys says whether the file's keys are loaded and for a file that may
+// have holes (version 3).
+func (st *fileState) holesKeys() bool {
+	st.keyMu.Lock()
+	defer st.keyMu.Unlock()
+	return st.keys != nil && st.keys.HasHoles()
 }

@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"flag"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -176,8 +178,8 @@ func TestFormatV1FilesStayV1(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.Close()
-			if got := version("new-file"); got != 2 {
-				t.Errorf("a new file in a version 1 volume: header version %d, want 2", got)
+			if got := version("new-file"); got != envelope.CurrentVersion {
+				t.Errorf("a new file in a version 1 volume: header version %d, want %d", got, envelope.CurrentVersion)
 			}
 		})
 	}
@@ -198,6 +200,61 @@ func TestWriteV2Fixtures(t *testing.T) {
 	if !*writeV2Fixtures {
 		t.Skip("only with -write-v2-fixtures")
 	}
+	writeFixtures(t, "v2", nil)
+}
+
+var writeV3Fixtures = flag.Bool("write-v3-fixtures", false,
+	"write testdata/v3 (once, when file format version 3 was new; never again)")
+
+// v3FixtureSparse is the file of testdata/v3 with holes: 4 KiB of data,
+// holes left by a truncation up to 64 KiB, 100 bytes written at 96 KiB
+// (the blocks between are a gap closed as holes), and a final truncation
+// up to 160 KiB + 10 (holes, then a stored last block of zeros).
+const v3FixtureSparse = "sparse.bin"
+
+// v3SparseContent is the plaintext of v3FixtureSparse.
+func v3SparseContent() []byte {
+	b := make([]byte, 160<<10+10)
+	copy(b, pattern(4096, 3))
+	copy(b[96<<10:], pattern(100, 4))
+	return b
+}
+
+// TestWriteV3Fixtures writes testdata/v3 with -write-v3-fixtures, as
+// TestWriteV2Fixtures wrote testdata/v2, plus a file with holes.
+func TestWriteV3Fixtures(t *testing.T) {
+	if !*writeV3Fixtures {
+		t.Skip("only with -write-v3-fixtures")
+	}
+	writeFixtures(t, "v3", func(ctx context.Context, v *Volume) map[string][]byte {
+		h, err := v.OpenFile(ctx, v3FixtureSparse, syscall.O_RDWR|syscall.O_CREAT, 0o644, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.WriteAt(ctx, pattern(4096, 3), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Truncate(ctx, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.WriteAt(ctx, pattern(100, 4), 96<<10); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Truncate(ctx, 160<<10+10); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return map[string][]byte{v3FixtureSparse: v3SparseContent()}
+	})
+}
+
+// writeFixtures writes testdata/NAME: the files of the version 1 fixtures
+// written anew in a per-object and a bucket-key volume under the keystore
+// of testdata/v1, a file appended to across a block boundary in a second
+// session, and what extra writes (returning the contents it wrote).
+func writeFixtures(t *testing.T, name string, extra func(context.Context, *Volume) map[string][]byte) {
 	ctx := context.Background()
 	tmp := t.TempDir()
 	if err := os.CopyFS(tmp, os.DirFS("testdata/v1")); err != nil {
@@ -219,7 +276,8 @@ func TestWriteV2Fixtures(t *testing.T) {
 	if err := json.Unmarshal(raw, &manifest); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join("testdata", "v2")
+	out := filepath.Join("testdata", name)
+	extraSums := map[string]string{} // what extra wrote, for the manifest
 	if err := os.RemoveAll(out); err != nil {
 		t.Fatal(err)
 	}
@@ -273,6 +331,12 @@ func TestWriteV2Fixtures(t *testing.T) {
 		}
 		write(v2FixtureAppended, pattern(4096, 1), 0)
 		write(v2FixtureAppended, pattern(4096+100, 2), syscall.O_APPEND)
+		if extra != nil {
+			for n, data := range extra(ctx, v) {
+				sum := sha256.Sum256(data)
+				extraSums[n] = hex.EncodeToString(sum[:])
+			}
+		}
 		v.Close()
 		v1.Close()
 		// What a mount leaves behind that is not part of the format.
@@ -281,6 +345,7 @@ func TestWriteV2Fixtures(t *testing.T) {
 	}
 	sum := sha256.Sum256(append(pattern(4096, 1), pattern(4096+100, 2)...))
 	manifest.Files[v2FixtureAppended] = hex.EncodeToString(sum[:])
+	maps.Copy(manifest.Files, extraSums)
 	b, err := json.MarshalIndent(manifest, "", " ")
 	if err != nil {
 		t.Fatal(err)
@@ -294,8 +359,16 @@ func TestWriteV2Fixtures(t *testing.T) {
 // format version 2 was new (their keys are in the keystore of
 // testdata/v1): every file is a version 2 file and reads back as its
 // manifest says. Never regenerate these files for format version 2.
-func TestFormatV2Fixtures(t *testing.T) {
+func TestFormatV2Fixtures(t *testing.T) { testFormatFixtures(t, 2, nil) }
+
+// TestFormatV3Fixtures reads the volumes of testdata/v3 (written when file
+// format version 3 was new, keys in the keystore of testdata/v1) the same
+// way, a file with holes among them. Never regenerate them.
+func TestFormatV3Fixtures(t *testing.T) { testFormatFixtures(t, 3, []string{v3FixtureSparse}) }
+
+func testFormatFixtures(t *testing.T, version byte, must []string) {
 	ctx := context.Background()
+	dirName := fmt.Sprintf("v%d", version)
 	tmp := t.TempDir()
 	if err := os.CopyFS(tmp, os.DirFS("testdata")); err != nil {
 		t.Fatal(err)
@@ -309,19 +382,21 @@ func TestFormatV2Fixtures(t *testing.T) {
 	var manifest struct {
 		Files map[string]string `json:"files"`
 	}
-	raw, err := os.ReadFile(filepath.Join(tmp, "v2", "manifest.json"))
+	raw, err := os.ReadFile(filepath.Join(tmp, dirName, "manifest.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := json.Unmarshal(raw, &manifest); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := manifest.Files[v2FixtureAppended]; !ok {
-		t.Fatalf("no %s in the v2 manifest", v2FixtureAppended)
+	for _, name := range append(must, v2FixtureAppended) {
+		if _, ok := manifest.Files[name]; !ok {
+			t.Fatalf("no %s in the %s manifest", name, dirName)
+		}
 	}
 	for _, mode := range []string{"per-object", "bucket-key"} {
 		t.Run(mode, func(t *testing.T) {
-			root := filepath.Join(tmp, "v2", mode)
+			root := filepath.Join(tmp, dirName, mode)
 			be, err := local.New(root)
 			if err != nil {
 				t.Fatal(err)
@@ -336,8 +411,8 @@ func TestFormatV2Fixtures(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if len(stored) > 4 && stored[4] != 2 {
-					t.Errorf("%s: header version %d, want 2", name, stored[4])
+				if len(stored) > 4 && stored[4] != version {
+					t.Errorf("%s: header version %d, want %d", name, stored[4], version)
 				}
 				h, err := v.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
 				if err != nil {
@@ -346,7 +421,7 @@ func TestFormatV2Fixtures(t *testing.T) {
 				got := readAll(t, h)
 				h.Close()
 				if s := sha256.Sum256(got); hex.EncodeToString(s[:]) != sum {
-					t.Errorf("%s: content differs from the v2 fixture", name)
+					t.Errorf("%s: content differs from the %s fixture", name, dirName)
 				}
 			}
 		})

@@ -92,7 +92,7 @@ func (h *Handle) writeIntoGap(ctx context.Context, keys *envelope.FileKeys, p []
 	sbp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(sbp)
 	// A gap is always followed by data: none of its blocks is the last.
-	sealed, err := keys.SealBlocks((*sbp)[:0], plain, first, int(bs), false)
+	sealed, err := keys.SealBlocks((*sbp)[:0], plain, first, int(bs), false, densePrev(first))
 	if err != nil {
 		return true, err
 	}
@@ -129,19 +129,26 @@ func (h *Handle) writePastEnd(ctx context.Context, keys *envelope.FileKeys, p []
 		buf = make([]byte, off-start+int64(len(p)))
 		copy(buf[off-start:], p)
 	}
-	// Written as an append at start: nothing is read back, nothing replaced.
-	if err := h.writeLocked(ctx, keys, buf, start, start); err != nil {
-		return err
-	}
+	// The gap is recorded first: a version 3 file's block at start is
+	// sealed naming the gap's last block as its previous one (gaps count
+	// as stored until they are filled or closed as holes).
 	if start > size {
 		h.st.gaps = append(h.st.gaps, gapRange{size, start})
 		h.st.gapWriter = h
+	}
+	// Written as an append at start: nothing is read back, nothing replaced.
+	if err := h.writeLocked(ctx, keys, buf, start, start); err != nil {
+		if start > size {
+			h.st.gaps = h.st.gaps[:len(h.st.gaps)-1]
+		}
+		return err
 	}
 	return nil
 }
 
 // fillGaps writes encrypted zeros into every gap with a block in [lo, hi)
-// (all gaps when hi < 0). The content lock is held.
+// (all gaps when hi < 0), or on a sparse version 3 file makes them holes.
+// The content lock is held.
 func (h *Handle) fillGaps(ctx context.Context, lo, hi int64) error {
 	if len(h.st.gaps) == 0 {
 		return nil
@@ -173,10 +180,19 @@ func (h *Handle) fillGaps(ctx context.Context, lo, hi int64) error {
 		if zeros == nil {
 			zeros = make([]byte, chunk)
 		}
+		if w.sparse(keys) {
+			// A version 3 file on a sparse backend keeps the gap as a
+			// hole: only the block after it is sealed again.
+			if err := w.closeGap(ctx, keys, g); err != nil {
+				h.st.gaps = append(append(kept, g), h.st.gaps[i+1:]...)
+				return fmt.Errorf("close hole: %w", err)
+			}
+			continue
+		}
 		for at := g.lo; at < g.hi; at += chunk {
 			n := min(g.hi-at, chunk)
 			blockNo := uint64(at / l.BlockSize)
-			sealed, err := keys.SealBlocks(nil, zeros[:n], blockNo, int(l.BlockSize), false)
+			sealed, err := keys.SealBlocks(nil, zeros[:n], blockNo, int(l.BlockSize), false, densePrev(blockNo))
 			if err == nil {
 				err = w.changeInPlace(ctx, keys, l.BlockOffset(blockNo), sealed, 0, -1)
 			}
@@ -206,4 +222,27 @@ func (h *Handle) fillGapsShared(ctx context.Context, lo, hi int64) error {
 	h.st.content.Unlock()
 	h.st.content.RLock()
 	return err
+}
+
+// closeGap makes gap g of a version 3 file a hole: the block after it (a
+// gap is always followed by data), sealed naming the gap's last block as
+// its previous one, is sealed again naming the stored block before the gap.
+// g is still in the gap list while the previous block is looked up, which
+// is found below g.lo. The content lock is held.
+func (h *Handle) closeGap(ctx context.Context, keys *envelope.FileKeys, g gapRange) error {
+	bs := h.v.layout.BlockSize
+	cs, err := h.cipherSize()
+	if err != nil {
+		return err
+	}
+	j := uint64(g.hi / bs)
+	prev, err := h.prevStored(uint64(g.lo / bs))
+	if err != nil {
+		return err
+	}
+	sealed, err := h.resealPrev(keys, j, j-1, prev, cs)
+	if err != nil {
+		return err
+	}
+	return h.changeInPlace(ctx, keys, h.v.layout.BlockOffset(j), sealed, int64(len(sealed)), -1)
 }

@@ -38,6 +38,11 @@ func (v *Volume) OpenFile(ctx context.Context, name string, flags int, mode uint
 	}
 	h := &Handle{v: v, name: name, f: f, st: v.acquire(sst.Ino), append: flags&syscall.O_APPEND != 0,
 		writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
+	if h.writable {
+		v.mu.Lock()
+		h.st.writers++
+		v.mu.Unlock()
+	}
 	v.stats.filesOpened.Add(1)
 	if flags&syscall.O_TRUNC != 0 && sst.Size != 0 {
 		// Truncating to 0 drops the header too: the next write makes a new
@@ -145,6 +150,9 @@ func (h *Handle) Close() error {
 			h.v.log.Error("close: the file's last block could not be sealed as the last; it reads as EIO", "path", "/"+h.name, "err", err)
 		}
 		h.st.content.Unlock()
+		h.v.mu.Lock()
+		h.st.writers--
+		h.v.mu.Unlock()
 	}
 	h.v.release(h.st)
 	return h.f.Close()

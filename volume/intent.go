@@ -24,16 +24,44 @@ import (
 //
 // Replay truncates first (if asked), then writes data at offset. Replaying a
 // change that had completed is harmless: the bytes are the same.
-const intentMagic = "KMI1"
+//
+// A change of a version 3 file that also moves a hole (docs/FORMAT.md
+// section 4: filling or punching a hole reseals the next stored block) is
+// several ranges, recorded as one "KMI2" record so that replay makes all of
+// them or none:
+//
+//	magic "KMI2" | file ID (16) | truncate-to (int64) | count (uint32) |
+//	count x (offset (uint64) | kind (1: 0 data, 1 hole) | length (uint64) | data, for kind 0) |
+//	SHA-256 of everything before it (32)
+//
+// A hole range is replayed as a punched hole (zeros where the file cannot
+// punch).
+const (
+	intentMagic       = "KMI1"
+	intentMagicRanges = "KMI2"
+)
 
 type intent struct {
 	fileID     [envelope.IDLen]byte
 	off        int64
 	truncateTo int64
 	data       []byte
+	// more are ranges changed after data (KMI2).
+	more []intentRange
+}
+
+// intentRange is one more range of a KMI2 record: data written at off, or
+// (data nil) a hole of holeLen bytes punched at off.
+type intentRange struct {
+	off     int64
+	data    []byte
+	holeLen int64
 }
 
 func (in *intent) marshal() []byte {
+	if len(in.more) > 0 {
+		return in.marshalRanges()
+	}
 	b := make([]byte, 0, 4+envelope.IDLen+8+8+4+len(in.data)+sha256.Size)
 	b = append(b, intentMagic...)
 	b = append(b, in.fileID[:]...)
@@ -45,16 +73,85 @@ func (in *intent) marshal() []byte {
 	return append(b, sum[:]...)
 }
 
+// ranges is every range of the record in replay order.
+func (in *intent) ranges() []intentRange {
+	var rs []intentRange
+	if len(in.data) > 0 {
+		rs = append(rs, intentRange{off: in.off, data: in.data})
+	}
+	return append(rs, in.more...)
+}
+
+func (in *intent) marshalRanges() []byte {
+	rs := in.ranges()
+	b := make([]byte, 0, 4+envelope.IDLen+8+4+len(rs)*17+sha256.Size)
+	b = append(b, intentMagicRanges...)
+	b = append(b, in.fileID[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(in.truncateTo))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(rs)))
+	for _, r := range rs {
+		b = binary.BigEndian.AppendUint64(b, uint64(r.off))
+		if r.data == nil {
+			b = append(b, 1)
+			b = binary.BigEndian.AppendUint64(b, uint64(r.holeLen))
+			continue
+		}
+		b = append(b, 0)
+		b = binary.BigEndian.AppendUint64(b, uint64(len(r.data)))
+		b = append(b, r.data...)
+	}
+	sum := sha256.Sum256(b)
+	return append(b, sum[:]...)
+}
+
+// parseIntentRanges decodes the body (checksum checked) of a KMI2 record.
+func parseIntentRanges(body []byte) (*intent, error) {
+	const fixed = 4 + envelope.IDLen + 8 + 4
+	bad := errors.New("intent record: bad length")
+	if len(body) < fixed {
+		return nil, bad
+	}
+	in := &intent{}
+	copy(in.fileID[:], body[4:])
+	in.truncateTo = int64(binary.BigEndian.Uint64(body[4+envelope.IDLen:]))
+	n := binary.BigEndian.Uint32(body[4+envelope.IDLen+8:])
+	rest := body[fixed:]
+	for range n {
+		if len(rest) < 17 {
+			return nil, bad
+		}
+		r := intentRange{off: int64(binary.BigEndian.Uint64(rest))}
+		kind, length := rest[8], binary.BigEndian.Uint64(rest[9:])
+		rest = rest[17:]
+		switch {
+		case kind == 1:
+			r.holeLen = int64(length)
+		case kind == 0 && length <= uint64(len(rest)):
+			r.data, rest = rest[:length], rest[length:]
+		default:
+			return nil, bad
+		}
+		in.more = append(in.more, r)
+	}
+	if len(rest) != 0 {
+		return nil, bad
+	}
+	return in, nil
+}
+
 // parseIntent decodes a record; a torn or foreign one is an error (and
 // means the change it announced never started).
 func parseIntent(b []byte) (*intent, error) {
 	const fixed = 4 + envelope.IDLen + 8 + 8 + 4
-	if len(b) < fixed+sha256.Size || string(b[:4]) != intentMagic {
+	if len(b) < fixed+sha256.Size || (string(b[:4]) != intentMagic && string(b[:4]) != intentMagicRanges) {
 		return nil, errors.New("intent record: torn or not an intent")
 	}
 	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
 	if want := sha256.Sum256(body); !bytes.Equal(want[:], sum) {
 		return nil, errors.New("intent record: checksum mismatch (torn)")
+	}
+	if string(b[:4]) == intentMagicRanges {
+		return parseIntentRanges(body)
 	}
 	in := &intent{}
 	copy(in.fileID[:], b[4:])
@@ -143,7 +240,7 @@ func finishIntent(ctx context.Context, be backend.Backend, log *slog.Logger, nam
 	in, perr := parseIntent(rec)
 	replayed := false
 	if perr == nil && in.fileID == fileID {
-		log.Warn("finishing a write interrupted by a crash", "path", "/"+name, "offset", in.off, "bytes", len(in.data))
+		log.Warn("finishing a write interrupted by a crash", "path", "/"+name, "offset", in.off, "bytes", len(in.data), "ranges", len(in.more))
 		// The caller's handle may be read-only: replay through one of our own.
 		f, err := be.Open(ctx, name, syscall.O_RDWR, 0, nil)
 		if err != nil {
@@ -169,10 +266,37 @@ func (in *intent) apply(f backend.File) error {
 			return err
 		}
 	}
-	if len(in.data) > 0 {
-		if _, err := f.WriteAt(in.data, in.off); err != nil {
+	for _, r := range in.ranges() {
+		if r.data == nil {
+			if err := punch(f, r.off, r.holeLen); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := f.WriteAt(r.data, r.off); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// punch makes [off, off+n) of a stored file zeros: a punched hole where the
+// backing file can have one, else written zeros (which read the same: a
+// version 3 block whose bytes are all zero is a hole).
+func punch(f backend.File, off, n int64) error {
+	if sf, ok := f.(backend.SparseFile); ok {
+		err := sf.PunchHole(off, n)
+		if err == nil || !errors.Is(err, syscall.EOPNOTSUPP) {
+			return err
+		}
+	}
+	zeros := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(zeros)))
+		if _, err := f.WriteAt(zeros[:k], off); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
 	}
 	return nil
 }

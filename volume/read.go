@@ -28,6 +28,15 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 	if stop <= off {
 		return dst, nil
 	}
+	// A version 3 block is opened naming the stored block before it: the
+	// block before the run is read with it (one read, not two: on S3 a
+	// second read is a second request), and it is that block unless it is
+	// a hole.
+	pre := int64(0)
+	if keys.HasHoles() && first > 0 {
+		pre = l.SealedBlockSize()
+		off -= pre
+	}
 	cbp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(cbp)
 	cbuf := (*cbp)[:0]
@@ -43,7 +52,20 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 		cbuf = cbuf[:n]
 	}
 	final := stop == cipherSize && !h.st.openTail
-	return keys.OpenBlocks(dst, cbuf, first, int(l.SealedBlockSize()), final)
+	if keys.HasHoles() {
+		prev := envelope.NoPrev
+		if pre > 0 {
+			if int64(len(cbuf)) < pre {
+				return nil, fmt.Errorf("%w: stored file ends before block %d", envelope.ErrCorrupt, first)
+			}
+			if !envelope.IsHole(cbuf[:pre]) {
+				prev = first - 1
+			}
+			cbuf = cbuf[pre:]
+		}
+		return h.openWithHoles(keys, dst, cbuf, first, cipherSize, final, prev, pre == 0 || prev != envelope.NoPrev)
+	}
+	return keys.OpenBlocks(dst, cbuf, first, int(l.SealedBlockSize()), final, 0)
 }
 
 // ReadAt reads plaintext at off. It returns io.EOF at the end of the file.
@@ -56,6 +78,22 @@ func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 			return 0, err
 		}
 	}
+	n, err := h.readAtLocked(ctx, p, off)
+	for errors.Is(err, errGapAhead) {
+		// Holes of a version 3 file are vouched for by the next stored
+		// block, past a gap: the gaps are closed (made holes) first.
+		if err := h.fillGapsShared(ctx, 0, MaxFileSize); err != nil {
+			return 0, err
+		}
+		n, err = h.readAtLocked(ctx, p, off)
+	}
+	return n, err
+}
+
+// readAtLocked is ReadAt once the gaps it reads are filled. The content lock
+// is held (shared).
+func (h *Handle) readAtLocked(ctx context.Context, p []byte, off int64) (int, error) {
+	bs := h.v.layout.BlockSize
 	cs, err := h.cipherSize()
 	if err != nil {
 		return 0, err

@@ -66,11 +66,15 @@ func (h *Handle) beginExtend(ctx context.Context, keys *envelope.FileKeys, size 
 	if n, err := h.f.ReadAt(old, off); err != nil && !(errors.Is(err, io.EOF) && n == len(old)) {
 		return nil, fmt.Errorf("read last block: %w", err)
 	}
-	plain, err := keys.OpenBlock(nil, old, last, true)
+	prev, err := h.prevIfHoles(keys, last)
 	if err != nil {
 		return nil, err
 	}
-	sealed, err := keys.SealBlock(nil, plain, last, false)
+	plain, err := keys.OpenBlock(nil, old, last, true, prev)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := keys.SealBlock(nil, plain, last, false, prev)
 	clear(plain)
 	if err != nil {
 		return nil, err
@@ -109,7 +113,12 @@ func (h *Handle) cutAtBlock(ctx context.Context, keys *envelope.FileKeys, newSiz
 	if err != nil {
 		return err
 	}
-	sealed, err := keys.SealBlock(nil, plain, blockNo, true)
+	prev, err := h.prevIfHoles(keys, blockNo)
+	if err != nil {
+		clear(plain)
+		return err
+	}
+	sealed, err := keys.SealBlock(nil, plain, blockNo, true, prev)
 	clear(plain)
 	if err != nil {
 		return err
@@ -151,7 +160,12 @@ func (h *Handle) finishTail(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sealed, err := keys.SealBlock(nil, plain, last, true)
+	prev, err := h.prevIfHoles(keys, last)
+	if err != nil {
+		clear(plain)
+		return err
+	}
+	sealed, err := keys.SealBlock(nil, plain, last, true, prev)
 	clear(plain)
 	if err != nil {
 		return err

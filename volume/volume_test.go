@@ -47,18 +47,18 @@ type testVol struct {
 	keyID string
 }
 
-func newTestVolume(t *testing.T, mode envelope.Mode) *testVol {
+func newTestVolume(t testing.TB, mode envelope.Mode) *testVol {
 	return newTestVolumeOpts(t, mode, Options{PrefetchMax: -1})
 }
 
-func newTestVolumeOpts(t *testing.T, mode envelope.Mode, opt Options) *testVol {
+func newTestVolumeOpts(t testing.TB, mode envelope.Mode, opt Options) *testVol {
 	t.Helper()
 	return newTestVolumeInit(t, InitOptions{Mode: mode}, opt)
 }
 
 // newTestVolumeInit makes a volume (init's KeyID is filled in) on a fresh
 // local backend and embedded keystore, and opens it with opt.
-func newTestVolumeInit(t *testing.T, initOpt InitOptions, opt Options) *testVol {
+func newTestVolumeInit(t testing.TB, initOpt InitOptions, opt Options) *testVol {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -95,7 +95,7 @@ func newTestVolumeInit(t *testing.T, initOpt InitOptions, opt Options) *testVol 
 	return &testVol{Volume: v, dir: vault, ks: ks, kms: ck, keyID: md.ARN}
 }
 
-func (tv *testVol) open(t *testing.T, name string, flags int) *Handle {
+func (tv *testVol) open(t testing.TB, name string, flags int) *Handle {
 	t.Helper()
 	h, err := tv.OpenFile(context.Background(), name, flags, 0o644, nil)
 	if err != nil {
@@ -476,7 +476,7 @@ func TestIntentReplayAfterTornWrite(t *testing.T) {
 	keys, _ := h.fileKeys(ctx, false)
 	l := tv.Layout()
 	newBlock := bytes.Repeat([]byte("n"), 4096)
-	sealed, _ := keys.SealBlock(nil, newBlock, 1, false)
+	sealed, _ := keys.SealBlock(nil, newBlock, 1, false, densePrev(1))
 	in := &intent{fileID: keys.FileID(), off: l.BlockOffset(1), truncateTo: -1, data: sealed}
 	h.Close()
 	ints := tv.Backend().(interface {

@@ -65,6 +65,13 @@ func (h *Handle) writeAtOffset(ctx context.Context, p []byte, off, size int64) e
 				return err
 			}
 		}
+		if keys.HasHoles() && off < size {
+			// A write inside a version 3 file may reseal the next stored
+			// block, which is found past any gap only once gaps are holes.
+			if err := h.fillGaps(ctx, 0, -1); err != nil {
+				return err
+			}
+		}
 	}
 	finish := noFinish
 	if end > size {
@@ -92,6 +99,10 @@ func (h *Handle) writeAtLocked(ctx context.Context, keys *envelope.FileKeys, p [
 	switch {
 	case off > size && off-size <= maxDeferredGap && len(p) > 0:
 		return h.writePastEnd(ctx, keys, p, off, size)
+	case off > size && h.sparse(keys) && len(p) > 0:
+		// Whole blocks skipped become holes at once: only the partial
+		// last block is completed, then p is written after the hole.
+		return h.writeAfterHole(ctx, keys, p, off, size)
 	case off > size:
 		if err := h.extendLocked(ctx, keys, size, off); err != nil {
 			return err
@@ -191,9 +202,19 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 	newSize := max(end, size)
 	holdsLast := regionEnd == newSize && keys.MarksEnd()
 	final := holdsLast && tailFinal(newSize, bs, end > size, h.st.openTail)
+	var prev uint64
+	var after []intentRange
+	if keys.HasHoles() {
+		if prev, err = h.prevStored(first); err != nil {
+			return err
+		}
+		if after, err = h.fillHoleReseal(keys, last, size, cs); err != nil {
+			return err
+		}
+	}
 	sbp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(sbp)
-	sealed, err := keys.SealBlocks((*sbp)[:0], buf, first, int(bs), final)
+	sealed, err := keys.SealBlocks((*sbp)[:0], buf, first, int(bs), final, prev)
 	if err != nil {
 		return err
 	}
@@ -201,8 +222,13 @@ func (h *Handle) writeLocked(ctx context.Context, keys *envelope.FileKeys, p []b
 	if !whole {
 		*pbp = buf[:0]
 	}
-	oldBytes := cs - l.BlockOffset(first) // stored bytes this write replaces
-	if err := h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, oldBytes, -1); err != nil {
+	if len(after) > 0 {
+		// The write fills a hole: the next stored block names the last
+		// block of the write as its previous one, in the same intent.
+		if err := h.changeRanges(ctx, keys, append([]intentRange{{off: l.BlockOffset(first), data: sealed}}, after...)); err != nil {
+			return err
+		}
+	} else if err := h.changeInPlace(ctx, keys, l.BlockOffset(first), sealed, cs-l.BlockOffset(first), -1); err != nil {
 		return err
 	}
 	if holdsLast {
@@ -227,6 +253,9 @@ func (h *Handle) extendLocked(ctx context.Context, keys *envelope.FileKeys, size
 		return syscall.EFBIG
 	}
 	l := h.v.layout
+	if h.sparse(keys) && !h.st.allocating {
+		return h.extendWithHoles(ctx, keys, size, newSize)
+	}
 	if need := l.CipherSize(newSize, true) - l.CipherSize(size, true); need > 64<<20 {
 		var st syscall.Statfs_t
 		if err := h.v.be.Statfs(ctx, &st); err == nil && uint64(need) > st.Bavail*uint64(st.Bsize) {
@@ -306,7 +335,11 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 		if err != nil {
 			return err
 		}
-		sealed, err := keys.SealBlock(nil, plain[:rest], blockNo, true)
+		prev, err := h.prevIfHoles(keys, blockNo)
+		if err != nil {
+			return err
+		}
+		sealed, err := keys.SealBlock(nil, plain[:rest], blockNo, true, prev)
 		if err != nil {
 			return err
 		}
@@ -329,19 +362,26 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 // fallocate(2) modes (linux/falloc.h).
 const (
 	fallocKeepSize  = 0x01
+	fallocPunchHole = 0x02
 	fallocZeroRange = 0x10
 )
 
 // Allocate implements fallocate(2) mode 0 (reserve, growing the size),
 // FALLOC_FL_KEEP_SIZE (a no-op: space is reserved by writing, and blocks
-// past the end would be read as a torn file) and FALLOC_FL_ZERO_RANGE, with
+// past the end would be read as a torn file), FALLOC_FL_ZERO_RANGE, with
 // or without KEEP_SIZE: the range is written as encrypted zeros, which is
-// what the mode promises (zeros, with the space allocated). Other modes
-// (PUNCH_HOLE: stored files have no holes, docs/FORMAT.md section 4) are
+// what the mode promises (zeros, with the space allocated), and
+// FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE (the only form Linux passes on)
+// on version 3 files of backends with sparse files (holes.go). Other modes,
+// and PUNCH_HOLE where stored files cannot have holes (versions 1 and 2,
+// docs/FORMAT.md section 4, and backends without sparse files), are
 // ENOTSUP.
 func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error {
 	if mode&fallocZeroRange != 0 && mode&^(fallocZeroRange|fallocKeepSize) == 0 {
 		return h.zeroRange(ctx, off, off+n, mode&fallocKeepSize != 0)
+	}
+	if mode == fallocPunchHole|fallocKeepSize {
+		return h.punchHole(ctx, off, off+n)
 	}
 	switch mode {
 	case 0:
@@ -350,6 +390,17 @@ func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error 
 			return err
 		}
 		if off+n > size {
+			// posix_fallocate promises that writes into the range will
+			// not fail for lack of space: the growth is written as
+			// encrypted zeros, not left as holes.
+			h.st.content.Lock()
+			h.st.allocating = true
+			h.st.content.Unlock()
+			defer func() {
+				h.st.content.Lock()
+				h.st.allocating = false
+				h.st.content.Unlock()
+			}()
 			return h.Truncate(ctx, off+n)
 		}
 		return nil

@@ -67,3 +67,27 @@ func (f *file) Close() error { return syscall.Close(f.fd) }
 func (f *file) Stat(st *syscall.Stat_t) error {
 	return retry(func() error { return syscall.Fstat(f.fd, st) })
 }
+
+// SeekData is lseek(2) SEEK_DATA (backend.SparseFile); ENXIO (no data at or
+// after off) is io.EOF.
+func (f *file) SeekData(off int64) (int64, error) { return f.seek(off, unix.SEEK_DATA) }
+
+// SeekHole is lseek(2) SEEK_HOLE (backend.SparseFile).
+func (f *file) SeekHole(off int64) (int64, error) { return f.seek(off, unix.SEEK_HOLE) }
+
+func (f *file) seek(off int64, whence int) (int64, error) {
+	var pos int64
+	err := retry(func() (err error) { pos, err = unix.Seek(f.fd, off, whence); return err })
+	if err == unix.ENXIO {
+		return 0, io.EOF
+	}
+	return pos, err
+}
+
+// PunchHole frees [off, off+n) with fallocate(2) FALLOC_FL_PUNCH_HOLE, which
+// Linux accepts only together with FALLOC_FL_KEEP_SIZE (fallocate(2)).
+func (f *file) PunchHole(off, n int64) error {
+	return retry(func() error {
+		return unix.Fallocate(f.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	})
+}

@@ -54,7 +54,7 @@ type Field struct {
 
 // Header is a parsed header region.
 type Header struct {
-	Version    byte   // byte 4: 1 or 2 (section 4: how blocks are bound)
+	Version    byte   // byte 4: 1, 2 or 3 (section 4: how blocks are bound)
 	Prefix     []byte // bytes 0..7
 	RegionSize int
 	Fields     []Field // in stored order
@@ -68,13 +68,13 @@ type Header struct {
 }
 
 // ParseHeader decodes a header region by the rules of section 3 (magic,
-// version 1 or 2, no flags, TLV fields each at most once, the required ones
+// version 1, 2 or 3, no flags, TLV fields each at most once, the required ones
 // present, zero padding). It does not check the MAC: Verify does.
 func ParseHeader(region []byte) (*Header, error) {
 	if len(region) < prefixLen || string(region[:4]) != magic {
 		return nil, errors.New("no KMFS magic")
 	}
-	if region[4] != 1 && region[4] != 2 {
+	if region[4] < 1 || region[4] > 3 {
 		return nil, fmt.Errorf("version %d", region[4])
 	}
 	if region[5] != 0 {
@@ -255,31 +255,50 @@ func gcm(key []byte) cipher.AEAD {
 
 // Section 4: blocks.
 
-// BlockAAD is file ID || block number (uint64), and in version 2 one more
-// byte: 0x01 for the file's last block, 0x00 for every other.
-func BlockAAD(version byte, fileID []byte, blockNo uint64, last bool) []byte {
+// NoPrev is prev_i of a version 3 block with no stored block before it.
+const NoPrev = 0xFFFFFFFFFFFFFFFF
+
+// BlockAAD is file ID || block number (uint64), in versions 2 and 3 one
+// more byte: 0x01 for the file's last block, 0x00 for every other, and in
+// version 3 the index of the nearest stored block before it (uint64), or
+// NoPrev.
+func BlockAAD(version byte, fileID []byte, blockNo uint64, last bool, prev uint64) []byte {
 	ad := binary.BigEndian.AppendUint64(append([]byte(nil), fileID...), blockNo)
-	if version == 2 {
+	if version >= 2 {
 		flag := byte(0)
 		if last {
 			flag = 1
 		}
 		ad = append(ad, flag)
 	}
+	if version == 3 {
+		ad = binary.BigEndian.AppendUint64(ad, prev)
+	}
 	return ad
 }
 
 // SealBlock is nonce || AES-GCM(blockKey, nonce, plain, BlockAAD).
-func SealBlock(version byte, blockKey, fileID []byte, blockNo uint64, last bool, nonce, plain []byte) []byte {
-	return gcm(blockKey).Seal(append([]byte(nil), nonce...), nonce, plain, BlockAAD(version, fileID, blockNo, last))
+func SealBlock(version byte, blockKey, fileID []byte, blockNo uint64, last bool, prev uint64, nonce, plain []byte) []byte {
+	return gcm(blockKey).Seal(append([]byte(nil), nonce...), nonce, plain, BlockAAD(version, fileID, blockNo, last, prev))
 }
 
 // OpenBlock authenticates and decrypts one sealed block.
-func OpenBlock(version byte, blockKey, fileID []byte, blockNo uint64, last bool, sealed []byte) ([]byte, error) {
+func OpenBlock(version byte, blockKey, fileID []byte, blockNo uint64, last bool, prev uint64, sealed []byte) ([]byte, error) {
 	if len(sealed) <= blockExtra {
 		return nil, fmt.Errorf("block %d: %d bytes", blockNo, len(sealed))
 	}
-	return gcm(blockKey).Open(nil, sealed[:nonceLen], sealed[nonceLen:], BlockAAD(version, fileID, blockNo, last))
+	return gcm(blockKey).Open(nil, sealed[:nonceLen], sealed[nonceLen:], BlockAAD(version, fileID, blockNo, last, prev))
+}
+
+// IsHole says whether a stored block of a version 3 file is a hole: all
+// of its bytes zero.
+func IsHole(stored []byte) bool {
+	for _, b := range stored {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // PlaintextSize is the plaintext size of a stored file of size stored, by
@@ -328,13 +347,25 @@ func DecryptFile(stored []byte, headerSize, blockSize int, fileKey func(*Header)
 	}
 	var out []byte
 	s := blockSize + blockExtra
+	prev := uint64(NoPrev) // version 3: the last stored block so far
 	for i, off := uint64(0), headerSize; off < len(stored); i, off = i+1, off+s {
 		last := off+s >= len(stored)
-		plain, err := OpenBlock(h.Version, blockKey, h.FileID, i, last, stored[off:min(off+s, len(stored))])
+		block := stored[off:min(off+s, len(stored))]
+		if h.Version == 3 && IsHole(block) {
+			// A hole reads as B zeros; it is vouched for by the next
+			// stored block, whose prev skips it. The last block is stored.
+			if last {
+				return nil, fmt.Errorf("block %d: the last block is a hole", i)
+			}
+			out = append(out, make([]byte, blockSize)...)
+			continue
+		}
+		plain, err := OpenBlock(h.Version, blockKey, h.FileID, i, last, prev, block)
 		if err != nil {
 			return nil, fmt.Errorf("block %d: %w", i, err)
 		}
 		out = append(out, plain...)
+		prev = i
 	}
 	if int64(len(out)) != size {
 		return nil, fmt.Errorf("%d plaintext bytes, the size rule says %d", len(out), size)

@@ -22,6 +22,7 @@ var (
 	envelopeTestdata = filepath.Join("..", "..", "testdata")
 	fixtureVolumes   = filepath.Join("..", "..", "..", "volume", "testdata", "v1")
 	fixtureVolumesV2 = filepath.Join("..", "..", "..", "volume", "testdata", "v2")
+	fixtureVolumesV3 = filepath.Join("..", "..", "..", "volume", "testdata", "v3")
 )
 
 func unhex(t *testing.T, s string) []byte {
@@ -50,6 +51,7 @@ func readJSON(t *testing.T, path string, v any) {
 func TestVectors(t *testing.T) {
 	t.Run("v1", func(t *testing.T) { testVectors(t, 1, "vectors.json") })
 	t.Run("v2", func(t *testing.T) { testVectors(t, 2, "vectors_v2.json") })
+	t.Run("v3", func(t *testing.T) { testVectors(t, 3, "vectors_v3.json") })
 }
 
 func testVectors(t *testing.T, version byte, file string) {
@@ -62,11 +64,12 @@ func testVectors(t *testing.T, version byte, file string) {
 		BucketFile string `json:"bucket_file_key"`
 		Header     string `json:"header_region"`
 		Blocks     []struct {
-			BlockNo   uint64 `json:"block_no"`
-			Final     bool   `json:"final"`
-			Nonce     string `json:"nonce"`
-			Plaintext string `json:"plaintext"`
-			Sealed    string `json:"sealed"`
+			BlockNo   uint64  `json:"block_no"`
+			Final     bool    `json:"final"`
+			Prev      *uint64 `json:"prev"`
+			Nonce     string  `json:"nonce"`
+			Plaintext string  `json:"plaintext"`
+			Sealed    string  `json:"sealed"`
 		} `json:"blocks"`
 	}
 	readJSON(t, filepath.Join(envelopeTestdata, file), &v)
@@ -132,18 +135,30 @@ func testVectors(t *testing.T, version byte, file string) {
 	}
 	for _, b := range v.Blocks {
 		nonce, plain, sealed := unhex(t, b.Nonce), unhex(t, b.Plaintext), unhex(t, b.Sealed)
-		if got := SealBlock(version, blockKey, fileID, b.BlockNo, b.Final, nonce, plain); !bytes.Equal(got, sealed) {
+		// Version 3 vectors name the previous stored block; versions 1
+		// and 2 do not bind it (any value does).
+		prev := uint64(NoPrev)
+		if b.Prev != nil {
+			prev = *b.Prev
+		} else if version == 3 {
+			t.Fatalf("version 3 block %d without prev", b.BlockNo)
+		}
+		if got := SealBlock(version, blockKey, fileID, b.BlockNo, b.Final, prev, nonce, plain); !bytes.Equal(got, sealed) {
 			t.Errorf("block %d: FORMAT.md seals it as %s, the vector says %s", b.BlockNo, short(got), short(sealed))
 		}
-		if got, err := OpenBlock(version, blockKey, fileID, b.BlockNo, b.Final, sealed); err != nil || !bytes.Equal(got, plain) {
+		if got, err := OpenBlock(version, blockKey, fileID, b.BlockNo, b.Final, prev, sealed); err != nil || !bytes.Equal(got, plain) {
 			t.Errorf("block %d: opens as %s, %v", b.BlockNo, short(got), err)
 		}
-		if _, err := OpenBlock(version, blockKey, fileID, b.BlockNo+1, b.Final, sealed); err == nil {
+		if _, err := OpenBlock(version, blockKey, fileID, b.BlockNo+1, b.Final, prev, sealed); err == nil {
 			t.Errorf("block %d opened at position %d", b.BlockNo, b.BlockNo+1)
 		}
-		// Section 4: version 2 binds the last-block flag, version 1 has none.
-		if _, err := OpenBlock(version, blockKey, fileID, b.BlockNo, !b.Final, sealed); (err == nil) != (version == 1) {
+		// Section 4: versions 2 and 3 bind the last-block flag, version 1 has none.
+		if _, err := OpenBlock(version, blockKey, fileID, b.BlockNo, !b.Final, prev, sealed); (err == nil) != (version == 1) {
 			t.Errorf("version %d block %d (last: %v) with the other flag: %v", version, b.BlockNo, b.Final, err)
+		}
+		// Version 3 binds the previous stored block.
+		if _, err := OpenBlock(version, blockKey, fileID, b.BlockNo, b.Final, prev-1, sealed); (err == nil) != (version < 3) {
+			t.Errorf("version %d block %d (prev %d) with another prev: %v", version, b.BlockNo, prev, err)
 		}
 	}
 }
@@ -326,6 +341,11 @@ func TestV1Fixtures(t *testing.T) { testFixtures(t, fixtureVolumes, 1) }
 // (under the keystore of the version 1 fixtures) the same way: every file a
 // version 2 file, its last block sealed as the last.
 func TestV2Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV2, 2) }
+
+// TestV3Fixtures reads the volumes written when format version 3 was new,
+// among them a file with holes (all-zero blocks, each stored block naming
+// the stored block before it).
+func TestV3Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV3, 3) }
 
 func testFixtures(t *testing.T, volumes string, version byte) {
 	var manifest struct {
