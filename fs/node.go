@@ -296,7 +296,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 		if !mok {
 			mp = nil
 		}
-		if err := be.Utimens(ctx, p, ap, mp); err != nil {
+		if err := n.t.vol.SerializeTimes(n.StableAttr().Ino, func() error { return be.Utimens(ctx, p, ap, mp) }); err != nil {
 			return n.t.fail(opSetattr, p, err)
 		}
 	}

@@ -371,8 +371,14 @@ func TestKMSCustomKeyStoreEmbeddedMount(t *testing.T) {
 		name := filepath.Join("d", strings.Repeat("f", i+1))
 		want[name] = []byte(strings.Repeat(mountMarker+" "+name+"\n", 50*(i+1)))
 	}
-	if err := os.Mkdir(v.path("d"), 0o755); err != nil {
-		t.Fatal(err)
+	// A file in a directory nobody reads: the mount reads the keys of a
+	// directory's files ahead of the reader, so "d/ff" is cached once
+	// "d/f" is read.
+	want["e/cold"] = []byte(mountMarker + " e/cold\n")
+	for _, d := range []string{"d", "e"} {
+		if err := os.Mkdir(v.path(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for name, b := range want {
 		if err := os.WriteFile(v.path(name), b, 0o644); err != nil {
@@ -386,7 +392,7 @@ func TestKMSCustomKeyStoreEmbeddedMount(t *testing.T) {
 	}
 
 	admin("disconnect-custom-key-store", id)
-	if _, err := read("d/ff"); mountErrno(err) != syscall.EACCES {
+	if _, err := read("e/cold"); mountErrno(err) != syscall.EACCES {
 		t.Fatalf("read of an uncached file while the store is disconnected: %v, want EACCES", err)
 	}
 	if err := os.WriteFile(v.path("d/new"), []byte("x"), 0o644); mountErrno(err) != syscall.EACCES {

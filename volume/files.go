@@ -59,6 +59,25 @@ func (v *Volume) acquire(ino uint64) *fileState {
 	return st
 }
 
+// SerializeTimes runs fn, a change of the times of inode ino made by path
+// (utimens), under the content lock of the file if it is open here. The
+// sealing of a file's end at its release (tail.go) rewrites its last
+// block quietly: it reads the mtime, writes, and puts the mtime back; a
+// utimens falling in between (rsync and cp -p set times right after
+// close(2), and the kernel sends RELEASE in the background) would be
+// undone.
+func (v *Volume) SerializeTimes(ino uint64, fn func() error) error {
+	v.mu.Lock()
+	st := v.files[ino]
+	v.mu.Unlock()
+	if st == nil {
+		return fn()
+	}
+	st.content.Lock()
+	defer st.content.Unlock()
+	return fn()
+}
+
 func (v *Volume) release(st *fileState) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
