@@ -90,8 +90,15 @@ func TestFormatV1Fixtures(t *testing.T) {
 // TestFormatV1FilesStayV1: a version 1 file written through this kmsfs
 // (an append, an overwrite, a truncation) keeps its version 1 header and
 // blocks, and reads back; a new file in the same volume is version 2.
-func TestFormatV1FilesStayV1(t *testing.T) {
-	ctx := context.Background()
+// v1Manifest is the part of testdata/v1/manifest.json the writing tests use.
+type v1Manifest struct {
+	Files map[string]string `json:"files"`
+}
+
+// copyV1Fixture copies testdata/v1 (opening a keystore may write
+// maintenance to it) and opens its keystore and manifest.
+func copyV1Fixture(t *testing.T) (string, *keystore.Keystore, v1Manifest) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.CopyFS(dir, os.DirFS("testdata/v1")); err != nil {
 		t.Fatal(err)
@@ -101,10 +108,8 @@ func TestFormatV1FilesStayV1(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open v1 keystore: %v", err)
 	}
-	defer ks.Close()
-	var manifest struct {
-		Files map[string]string `json:"files"`
-	}
+	t.Cleanup(func() { ks.Close() })
+	var manifest v1Manifest
 	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -112,6 +117,12 @@ func TestFormatV1FilesStayV1(t *testing.T) {
 	if err := json.Unmarshal(raw, &manifest); err != nil {
 		t.Fatal(err)
 	}
+	return dir, ks, manifest
+}
+
+func TestFormatV1FilesStayV1(t *testing.T) {
+	ctx := context.Background()
+	dir, ks, manifest := copyV1Fixture(t)
 	for _, mode := range []string{"per-object", "bucket-key"} {
 		t.Run(mode, func(t *testing.T) {
 			root := filepath.Join(dir, mode)
@@ -256,26 +267,7 @@ func TestWriteV3Fixtures(t *testing.T) {
 // session, and what extra writes (returning the contents it wrote).
 func writeFixtures(t *testing.T, name string, extra func(context.Context, *Volume) map[string][]byte) {
 	ctx := context.Background()
-	tmp := t.TempDir()
-	if err := os.CopyFS(tmp, os.DirFS("testdata/v1")); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(filepath.Join(tmp, "keystore"), 0o700)
-	ks, err := keystore.Open(filepath.Join(tmp, "keystore"), keystore.Options{Warn: func(string) {}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ks.Close()
-	var manifest struct {
-		Files map[string]string `json:"files"`
-	}
-	raw, err := os.ReadFile(filepath.Join(tmp, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(raw, &manifest); err != nil {
-		t.Fatal(err)
-	}
+	tmp, ks, manifest := copyV1Fixture(t)
 	out := filepath.Join("testdata", name)
 	extraSums := map[string]string{} // what extra wrote, for the manifest
 	if err := os.RemoveAll(out); err != nil {
