@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -190,12 +189,7 @@ func TestMountCrash(t *testing.T) {
 			}(w, rand.New(rand.NewPCG(seed, uint64(100*round+i))))
 		}
 		mountCrashWhileWriting(t, writers, time.Duration(200+rng.IntN(300))*time.Millisecond)
-		if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		if done, err := proc.wait(10 * time.Second); !done {
-			t.Fatal("kmsfs still running 10s after SIGKILL")
-		} else if err == nil {
+		if err := proc.kill(t); err == nil {
 			t.Errorf("kmsfs exited cleanly after SIGKILL?")
 		}
 		// The writers' next write fails (ENOTCONN/ECONNABORTED) and they stop.
@@ -204,14 +198,7 @@ func TestMountCrash(t *testing.T) {
 		for _, w := range writers {
 			t.Logf("round %d: %s: %d writes up to offset %d when killed", round, w.path[len(v.mnt):], w.writes.Load(), w.maxEnd)
 		}
-		if out, err := exec.Command("fusermount3", "-u", "-z", v.mnt).CombinedOutput(); err != nil {
-			if out2, err2 := exec.Command("umount", "-l", v.mnt).CombinedOutput(); err2 != nil {
-				t.Fatalf("unmount the dead mount: fusermount3 -u -z: %v %s; umount -l: %v %s", err, out, err2, out2)
-			}
-		}
-		if !mountWaitUnmounted(v.mnt, 5*time.Second) {
-			t.Fatal("dead mount still listed")
-		}
+		v.dropDeadMount()
 
 		v.mount()
 		for name, want := range synced {
@@ -312,20 +299,10 @@ func TestMountCrashTornBlocks(t *testing.T) {
 			}(w, rand.New(rand.NewPCG(seed, uint64(10*round+i))))
 		}
 		mountCrashWhileWriting(t, writers, time.Duration(100+rng.IntN(400))*time.Millisecond)
-		if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		if done, _ := proc.wait(10 * time.Second); !done {
-			t.Fatal("kmsfs still running 10s after SIGKILL")
-		}
+		proc.kill(t)
 		close(stop)
 		wg.Wait()
-		if out, err := exec.Command("fusermount3", "-u", "-z", v.mnt).CombinedOutput(); err != nil {
-			if out2, err2 := exec.Command("umount", "-l", v.mnt).CombinedOutput(); err2 != nil {
-				t.Fatalf("unmount the dead mount: %v %s; %v %s", err, out, err2, out2)
-			}
-		}
-		mountWaitUnmounted(v.mnt, 5*time.Second)
+		v.dropDeadMount()
 		v.mount()
 		for _, w := range writers {
 			if _, err := os.ReadFile(w.path); err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -303,12 +302,7 @@ func TestMountDirectIOCrash(t *testing.T) {
 			}(w, rand.New(rand.NewPCG(seed, uint64(100*round+i))))
 		}
 		mountCrashWhileWriting(t, writers, time.Duration(200+rng.IntN(300))*time.Millisecond)
-		if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		if done, _ := proc.wait(10 * time.Second); !done {
-			t.Fatal("kmsfs still running 10s after SIGKILL")
-		}
+		proc.kill(t)
 		close(stop)
 		wg.Wait()
 		for _, w := range writers {
@@ -317,14 +311,7 @@ func TestMountDirectIOCrash(t *testing.T) {
 				t.Errorf("%s: no O_DIRECT write succeeded before the kill", w.path)
 			}
 		}
-		if out, err := exec.Command("fusermount3", "-u", "-z", v.mnt).CombinedOutput(); err != nil {
-			if out2, err2 := exec.Command("umount", "-l", v.mnt).CombinedOutput(); err2 != nil {
-				t.Fatalf("unmount the dead mount: fusermount3 -u -z: %v %s; umount -l: %v %s", err, out, err2, out2)
-			}
-		}
-		if !mountWaitUnmounted(v.mnt, 5*time.Second) {
-			t.Fatal("dead mount still listed")
-		}
+		v.dropDeadMount()
 		v.mount()
 		for name, data := range synced {
 			mountExpectDirect(t, v.path(name), data)

@@ -400,3 +400,32 @@ func mountSeed(t *testing.T) uint64 {
 	t.Logf("seed %d (replay with KMSFS_TEST_SEED=%d)", seed, seed)
 	return seed
 }
+
+// kill SIGKILLs the mount process and waits for it to be gone; it reports
+// whether the process exited with an error, as a killed one does.
+func (p *mountProc) kill(t *testing.T) (exitErr error) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	done, err := p.wait(10 * time.Second)
+	if !done {
+		t.Fatal("kmsfs still running 10s after SIGKILL")
+	}
+	return err
+}
+
+// dropDeadMount detaches the mount point of a killed mount process
+// (fusermount3 -u -z, else umount -l) and waits until it is no longer
+// listed.
+func (v *mountVolume) dropDeadMount() {
+	v.t.Helper()
+	if out, err := exec.Command("fusermount3", "-u", "-z", v.mnt).CombinedOutput(); err != nil {
+		if out2, err2 := exec.Command("umount", "-l", v.mnt).CombinedOutput(); err2 != nil {
+			v.t.Fatalf("unmount the dead mount: fusermount3 -u -z: %v %s; umount -l: %v %s", err, out, err2, out2)
+		}
+	}
+	if !mountWaitUnmounted(v.mnt, 5*time.Second) {
+		v.t.Fatal("dead mount still listed")
+	}
+}

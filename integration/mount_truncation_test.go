@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -142,20 +141,10 @@ func TestMountCrashWhileAppending(t *testing.T) {
 		}
 		mountWaitFor(t, 30*time.Second, "the first appends", func() bool { return writes.Load() >= 2 })
 		time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond) // part of the test: the seeded crash point
-		if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		if done, _ := proc.wait(10 * time.Second); !done {
-			t.Fatal("kmsfs still running 10s after SIGKILL")
-		}
+		proc.kill(t)
 		close(stop)
 		wg.Wait()
-		if out, err := exec.Command("fusermount3", "-u", "-z", v.mnt).CombinedOutput(); err != nil {
-			if out2, err2 := exec.Command("umount", "-l", v.mnt).CombinedOutput(); err2 != nil {
-				t.Fatalf("unmount the dead mount: %v %s; %v %s", err, out, err2, out2)
-			}
-		}
-		mountWaitUnmounted(v.mnt, 5*time.Second)
+		v.dropDeadMount()
 		v.mount()
 		for name, want := range synced {
 			f, err := os.Open(name)
