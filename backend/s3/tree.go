@@ -134,6 +134,18 @@ func (b *Backend) isOpen(name string) bool {
 	return ok
 }
 
+// isOpenFile reports whether name is open here as a regular file. An open
+// still under way does not count: it may yet find a symlink and fail, as
+// the volume's key read-ahead does when it opens a directory's entries
+// (a listing calls symlinks files), and a readlink meanwhile must not see
+// the symlink as a file.
+func (b *Backend) isOpenFile(name string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f, ok := b.open[name]
+	return ok && f.ready.Load()
+}
+
 // Mknod: an object store has no device nodes, FIFOs or sockets.
 func (b *Backend) Mknod(context.Context, string, uint32, uint64, *backend.Owner) error {
 	return pathErr("mknod", "", syscall.ENOTSUP)
@@ -266,7 +278,7 @@ func (b *Backend) Readlink(ctx context.Context, name string) (string, error) {
 	if err != nil {
 		return "", pathErr("readlink", name, syscall.ENOENT)
 	}
-	if name == "" || b.isOpen(name) {
+	if name == "" || b.isOpenFile(name) {
 		return "", pathErr("readlink", name, syscall.EINVAL)
 	}
 	out, err := b.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
