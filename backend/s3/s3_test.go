@@ -280,6 +280,19 @@ func TestDirectoriesAndListing(t *testing.T) {
 	if _, err := b.Readlink(bg, "d/file"); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("Readlink of a file: %v", err)
 	}
+	// An open of the symlink still under way (the volume's key read-ahead
+	// opens a directory's entries, which a listing calls files; the open
+	// fails once it sees the symlink) does not make it a file to readlink.
+	opening := &openFile{b: b, name: "d/link", refs: 1}
+	b.mu.Lock()
+	b.open["d/link"] = opening
+	b.mu.Unlock()
+	if target, err := b.Readlink(bg, "d/link"); err != nil || target != "../target with space" {
+		t.Fatalf("Readlink while an open of the name is under way = %q, %v", target, err)
+	}
+	b.mu.Lock()
+	delete(b.open, "d/link")
+	b.mu.Unlock()
 	wantErrno(t, b.Lstat(bg, "d/missing", &st), syscall.ENOENT)
 
 	ents, err := b.ReadDir(bg, "d")
