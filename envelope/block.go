@@ -102,7 +102,7 @@ func (k *FileKeys) OpenBlock(dst, sealed []byte, blockNo uint64, final bool, pre
 	if err == nil {
 		return out, nil
 	}
-	if k.version >= Version2 {
+	if k.MarksEnd() {
 		// Only to name the cause in the log: a block that opens with the
 		// other flag is genuine but in the wrong role, so the file's end
 		// was moved (blocks cut off, or appended). Failure costs nothing
@@ -115,7 +115,7 @@ func (k *FileKeys) OpenBlock(dst, sealed []byte, blockNo uint64, final bool, pre
 			return nil, fmt.Errorf("block %d: %w (it is sealed as the file's last block but more blocks follow: blocks were appended)", blockNo, ErrBlockAuth)
 		}
 	}
-	if k.version >= Version3 && IsHole(sealed) {
+	if k.HasHoles() && IsHole(sealed) {
 		return nil, fmt.Errorf("block %d: %w (it is all zeros, a hole, where a stored block must be)", blockNo, ErrBlockAuth)
 	}
 	return nil, fmt.Errorf("block %d: %w", blockNo, ErrBlockAuth)

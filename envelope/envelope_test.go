@@ -354,7 +354,7 @@ func TestHeaderFileIDSurvivesATornRewrap(t *testing.T) {
 		"short":       region[:20],
 		"zeroed":      make([]byte, len(region)),
 		"bad magic":   append([]byte("XMFS"), region[4:]...),
-		"bad version": append(append(bytes.Clone(region[:4]), 4), region[5:]...),
+		"bad version": append(append(bytes.Clone(region[:4]), 5), region[5:]...),
 	} {
 		if _, ok := HeaderFileID(bad); ok {
 			t.Fatalf("%s region gave a file ID", name)

@@ -18,17 +18,21 @@ import (
 // Header format versions. Version 2 differs from 1 only in the block AAD
 // (a final-block flag, docs/FORMAT.md section 4), version 3 from 2 only in
 // the block AAD too (the index of the previous stored block, so that holes
-// stay holes and stay authenticated); the header layout is the same. New
-// files are written as CurrentVersion; all are read.
+// stay holes and stay authenticated); the header layout is the same.
+// Version 4 is the compressed layout (units.go, docs/FORMAT.md section 4a):
+// its header carries the compression field and sizes its own region. New
+// files are written as CurrentVersion, or as Version4 when a compressing
+// volume writes them whole; all are read.
 const (
 	Version1       = 1
 	Version2       = 2
 	Version3       = 3
+	Version4       = 4
 	CurrentVersion = Version3
 )
 
 // knownVersion says whether this kmsfs reads header format version v.
-func knownVersion(v uint8) bool { return v >= Version1 && v <= Version3 }
+func knownVersion(v uint8) bool { return v >= Version1 && v <= Version4 }
 
 // Magic starts every encrypted file.
 const Magic = "KMFS"
@@ -88,6 +92,9 @@ const (
 	fieldSuite       = 0x04
 	fieldBlockSize   = 0x05
 	fieldBucketKeyID = 0x06
+	// fieldCompression is critical (bit 0x40) and authenticated (below
+	// 0x80): a reader that cannot decompress must refuse the file.
+	fieldCompression = 0x47
 	fieldKeyID       = 0x81
 	fieldWrappedKey  = 0x82
 
@@ -110,6 +117,8 @@ type Header struct {
 	BucketKeyID [IDLen]byte // ModeBucketKey only
 	KeyID       string      // ARN of the KMS key that wrapped WrappedKey
 	WrappedKey  []byte      // KMS ciphertext blob of the data key or bucket key
+	// Units describes the compressed layout; set in version 4 only.
+	Units *Units
 
 	// unknown holds non-critical fields this version does not know, kept
 	// verbatim so that the MAC still verifies and re-marshalling keeps them.
@@ -148,21 +157,31 @@ func (h *Header) Marshal(macKey []byte) ([]byte, error) {
 	if h.Mode == ModeBucketKey {
 		add(fieldBucketKeyID, h.BucketKeyID[:])
 	}
-	fields = append(fields, h.unknown...)
-	add(fieldKeyID, []byte(h.KeyID))
-	add(fieldWrappedKey, h.WrappedKey)
-
 	version := h.Version
 	if version == 0 {
 		version = CurrentVersion
 	}
+	if (version == Version4) != (h.Units != nil) {
+		return nil, fmt.Errorf("%w: a version 4 header, and only it, has the compression field", ErrCorrupt)
+	}
+	if h.Units != nil {
+		v, err := h.Units.marshal()
+		if err != nil {
+			return nil, err
+		}
+		add(fieldCompression, v)
+	}
+	fields = append(fields, h.unknown...)
+	add(fieldKeyID, []byte(h.KeyID))
+	add(fieldWrappedKey, h.WrappedKey)
+
 	if !knownVersion(version) {
 		return nil, fmt.Errorf("%w %d", ErrVersion, version)
 	}
 	out := make([]byte, prefixLen, h.RegionSize)
 	copy(out, Magic)
 	out[4] = version
-	out[5] = 0 // flags: none defined in versions 1 to 3
+	out[5] = 0 // flags: none defined in versions 1 to 4
 	binary.BigEndian.PutUint16(out[6:], uint16(h.RegionSize))
 	for _, f := range fields {
 		if len(f.value) > 0xffff {
@@ -180,6 +199,31 @@ func (h *Header) Marshal(macKey []byte) ([]byte, error) {
 	binary.BigEndian.PutUint16(out[8:], uint16(fieldsLen))
 	out = append(out, headerMAC(macKey, out[:8], fields)...)
 	return out[:h.RegionSize], nil
+}
+
+// keySlotSlack is what a compact region (MarshalCompact) leaves free for a
+// rewrap to a key whose ARN or wrapped key is longer.
+const keySlotSlack = 64
+
+// MarshalCompact encodes the header into the smallest region that holds it
+// with keySlotSlack bytes to spare, rounded up to 16 bytes (at least
+// MinHeaderSize and at most maxRegion): the compressed layout's own region,
+// sized per file, because a 1 KiB region would cost more than a small
+// compressed file. It sets h.RegionSize.
+func (h *Header) MarshalCompact(macKey []byte, maxRegion int) ([]byte, error) {
+	h.RegionSize = MaxHeaderSize
+	full, err := h.Marshal(macKey)
+	if err != nil {
+		return nil, err
+	}
+	used := prefixLen + int(binary.BigEndian.Uint16(full[8:])) + macLen
+	size := max(MinHeaderSize, (used+keySlotSlack+15)/16*16)
+	if size > maxRegion {
+		return nil, fmt.Errorf("header needs %d bytes, more than %d", size, maxRegion)
+	}
+	// The region size is in the MAC's prefix: marshal again.
+	h.RegionSize = size
+	return h.Marshal(macKey)
 }
 
 // headerMAC is HMAC-SHA256 over the first 8 prefix bytes (magic, version,
@@ -219,7 +263,7 @@ func ParseHeader(region []byte) (*ParsedHeader, error) {
 		return nil, ErrNotEncrypted
 	}
 	if !knownVersion(region[4]) {
-		return nil, fmt.Errorf("%w %d (this kmsfs reads versions %d to %d)", ErrVersion, region[4], Version1, Version3)
+		return nil, fmt.Errorf("%w %d (this kmsfs reads versions %d to %d)", ErrVersion, region[4], Version1, Version4)
 	}
 	if region[5] != 0 {
 		return nil, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, region[5])
@@ -264,6 +308,12 @@ func ParseHeader(region []byte) (*ParsedHeader, error) {
 	}
 	if p.Mode == ModeBucketKey && !seen[fieldBucketKeyID] {
 		return nil, fmt.Errorf("%w: bucket-key header without bucket key ID", ErrCorrupt)
+	}
+	if p.Version == Version4 && !seen[fieldCompression] {
+		return nil, fmt.Errorf("%w: version 4 header without the compression field", ErrCorrupt)
+	}
+	if p.Version != Version4 && seen[fieldCompression] {
+		return nil, fmt.Errorf("%w: version %d header with the compression field", ErrCorrupt, p.Version)
 	}
 	macEnd := prefixLen + fieldsLen + macLen
 	p.mac = region[prefixLen+fieldsLen : macEnd : macEnd]
@@ -316,6 +366,12 @@ func (p *ParsedHeader) setField(typ uint8, val []byte) error {
 		if err := checkBlockSize(p.BlockSize); err != nil {
 			return fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
+	case fieldCompression:
+		u, err := parseUnits(val)
+		if err != nil {
+			return err
+		}
+		p.Units = u
 	case fieldKeyID:
 		p.KeyID = string(val)
 	case fieldWrappedKey:
@@ -383,7 +439,7 @@ func (p *ParsedHeader) ReplaceKeySlot(keyID string, wrapped []byte) ([]byte, err
 // changes only the fields length and the key slot, so the file ID can be
 // read even from a region torn between its old and new versions: enough to
 // find the intent that completes it. ok is false when the region does not
-// start like a version 1 or 2 header.
+// start like a kmsfs header.
 func HeaderFileID(region []byte) (id [IDLen]byte, ok bool) {
 	const at = prefixLen + 3
 	if len(region) < at+IDLen || string(region[:4]) != Magic || !knownVersion(region[4]) ||

@@ -30,8 +30,8 @@ type FileKeys struct {
 
 // DeriveFileKeys derives the block and header keys from a file key (the
 // per-object data key, or the output of BucketFileKey), for a file of header
-// format version (Version1 to Version3), which decides how its blocks are
-// bound (docs/FORMAT.md section 4).
+// format version (Version1 to Version4), which decides how its blocks (or
+// units) are bound (docs/FORMAT.md section 4).
 func DeriveFileKeys(fileKey []byte, fileID [IDLen]byte, version uint8) (*FileKeys, error) {
 	if !knownVersion(version) {
 		return nil, fmt.Errorf("%w %d", ErrVersion, version)
@@ -89,9 +89,9 @@ func (k *FileKeys) Version() uint8 { return k.version }
 // (version 2): its last block must then be sealed final, and every other
 // block not, so that a file cut at a block boundary or extended with a
 // block from elsewhere fails authentication.
-func (k *FileKeys) MarksEnd() bool { return k.version >= Version2 }
+func (k *FileKeys) MarksEnd() bool { return k.version == Version2 || k.version == Version3 }
 
 // HasHoles says whether the file may hold holes (version 3): all-zero
 // stored blocks that read as zeros, each stored block naming the stored
 // block before it.
-func (k *FileKeys) HasHoles() bool { return k.version >= Version3 }
+func (k *FileKeys) HasHoles() bool { return k.version == Version3 }

@@ -127,7 +127,13 @@ func (n *Node) child(name string) (string, syscall.Errno) {
 // ciphertext size of a regular file by its plaintext size.
 func (t *tree) statToAttr(name string, st *syscall.Stat_t, out *fuse.Attr) {
 	if st.Mode&syscall.S_IFMT == syscall.S_IFREG {
-		st.Size = t.vol.PlainSize(name, st.Size)
+		if n, ok := t.vol.StagedSize(st.Ino); ok {
+			// Held in memory while it is written (a compressing
+			// volume): the stored file does not have it yet.
+			st.Size = n
+		} else {
+			st.Size = t.vol.PlainSize(name, st.Size)
+		}
 	}
 	out.FromStat(st)
 }

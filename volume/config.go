@@ -37,9 +37,12 @@ const (
 	// FeatureShared: the tree is in a metadata database, data in chunk
 	// objects (docs/FORMAT.md, "Shared volumes"); Config.Meta names it.
 	FeatureShared = "shared-metadata"
+	// FeatureCompression: files are compressed before they are encrypted
+	// (docs/FORMAT.md section 4a), at the level in Config.Compress.
+	FeatureCompression = "compression"
 )
 
-var knownFeatures = []string{FeatureBucketKey, FeatureXattrEncrypt, FeatureNameEncrypt, FeatureShared}
+var knownFeatures = []string{FeatureBucketKey, FeatureXattrEncrypt, FeatureNameEncrypt, FeatureShared, FeatureCompression}
 
 // HasFeature reports whether the volume uses feature f.
 func (c *Config) HasFeature(f string) bool { return slices.Contains(c.Features, f) }
@@ -67,6 +70,9 @@ type Config struct {
 	// multi-Region key, "REGION=URL", that a mount unwraps with while
 	// the KMS is unreachable; absent: none.
 	KMSReplicas []string `json:"kms_replicas,omitempty"`
+
+	// Compress is "zstd" or "zstd:LEVEL" with FeatureCompression.
+	Compress string `json:"compress,omitempty"`
 }
 
 // ID returns the binary volume ID.
@@ -108,6 +114,13 @@ func (c *Config) validate() error {
 	if c.KeyID == "" {
 		return errors.New("volume config: no kms_key_id")
 	}
+	if c.HasFeature(FeatureCompression) {
+		if _, err := ParseCompress(c.Compress); err != nil {
+			return fmt.Errorf("volume config: %w", err)
+		}
+	} else if c.Compress != "" {
+		return fmt.Errorf("volume config: compress %q without the %s feature", c.Compress, FeatureCompression)
+	}
 	if c.HeaderSize < envelope.MinHeaderSize || c.HeaderSize > envelope.MaxHeaderSize {
 		return fmt.Errorf("volume config: header_size %d outside %d..%d", c.HeaderSize, envelope.MinHeaderSize, envelope.MaxHeaderSize)
 	}
@@ -133,6 +146,8 @@ type InitOptions struct {
 
 	// KMSReplicas: Config.KMSReplicas.
 	KMSReplicas []string
+	// Compress: "" (off), "zstd" or "zstd:LEVEL" (Config.Compress).
+	Compress string
 }
 
 // Init creates a new volume on an empty backend: a random volume ID and a
@@ -163,6 +178,13 @@ func Init(ctx context.Context, be backend.Backend, crypto kms.Crypto, opt InitOp
 	case envelope.ModeBucketKey:
 		cfg.Mode = "bucket-key"
 		cfg.Features = append(cfg.Features, FeatureBucketKey)
+	}
+	if opt.Compress != "" {
+		if _, err := ParseCompress(opt.Compress); err != nil {
+			return nil, err
+		}
+		cfg.Compress = opt.Compress
+		cfg.Features = append(cfg.Features, FeatureCompression)
 	}
 	if opt.Meta != "" {
 		cfg.Meta, opt.EncryptNames = opt.Meta, true

@@ -1,7 +1,9 @@
 package volume
 
 import (
+	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kmsfs/kmsfs/envelope"
 )
@@ -45,6 +47,19 @@ type fileState struct {
 	// fsync through a read-only handle, which cannot seal it), so the open
 	// last block may hold fsynced bytes. Guarded by content.
 	tailSynced bool
+
+	// stage holds the whole file while it is written, on a compressing
+	// volume (compress.go); guarded by content. stageLen is its length
+	// plus one (0: no stage), readable without the lock, for stat.
+	stage    *stage
+	stageLen atomic.Int64
+	// units locates the units of a compressed (version 4) file; guarded
+	// by content. unitCache is the unit decompressed last (unitCached),
+	// guarded by unitMu: readers share the content lock.
+	units      *unitIndex
+	unitMu     sync.Mutex
+	unitCache  []byte
+	unitCached int
 }
 
 func (v *Volume) acquire(ino uint64) *fileState {
@@ -75,6 +90,11 @@ func (v *Volume) SerializeTimes(ino uint64, fn func() error) error {
 	}
 	st.content.Lock()
 	defer st.content.Unlock()
+	// A file held in memory is written out first: its times are set on
+	// the stored file, and a write-out after them would move them.
+	if err := st.writeOutStaged(context.Background()); err != nil {
+		return err
+	}
 	return fn()
 }
 

@@ -82,6 +82,9 @@ func (h *Handle) cipherSize() (int64, error) {
 
 // Size returns the plaintext size.
 func (h *Handle) Size() (int64, error) {
+	if n, ok := h.st.stagedSize(); ok {
+		return n, nil
+	}
 	cs, err := h.cipherSize()
 	if err != nil {
 		return 0, err
@@ -94,12 +97,19 @@ func (h *Handle) Stat(st *syscall.Stat_t) error {
 	if err := h.f.Stat(st); err != nil {
 		return err
 	}
+	if n, ok := h.st.stagedSize(); ok {
+		st.Size = n
+		return nil
+	}
 	st.Size = h.v.PlainSize(h.name, st.Size)
 	return nil
 }
 
 // Sync makes written data durable.
 func (h *Handle) Sync(ctx context.Context) error {
+	if err := h.writeOutLocked(ctx); err != nil {
+		return err
+	}
 	if err := h.fillAllGaps(ctx); err != nil {
 		return err
 	}
@@ -137,6 +147,14 @@ func (h *Handle) fillAllGaps(ctx context.Context) error {
 func (h *Handle) Close() error {
 	if h.writable {
 		h.st.content.Lock()
+		if s := h.st.stage; s != nil && s.dirty {
+			if err := h.writeOut(context.Background(), false); err != nil {
+				h.v.log.Error("close: the file could not be written out; its last changes are lost", "path", "/"+h.name, "err", err)
+			}
+			if s.writer == h {
+				s.dirty, s.writer = false, nil
+			}
+		}
 		// Release has no request context; the keys are loaded already.
 		err := h.fillGaps(context.Background(), 0, -1)
 		// Never fill through this handle once its descriptor is closed:
@@ -162,12 +180,17 @@ func (h *Handle) Close() error {
 // backends that stage writes until close.
 func (h *Handle) NeedsFlush() bool {
 	_, ok := h.f.(backend.Flusher)
-	return ok
+	return ok || h.v.compressLevel != 0
 }
 
 // Flush runs at close(2): backends that stage writes (S3) upload here, so a
 // failed upload is reported to the closing application.
 func (h *Handle) Flush(ctx context.Context) error {
+	// A file held in memory is written out at close(2), so that a
+	// failure (ENOSPC) reaches the application there.
+	if err := h.writeOutLocked(ctx); err != nil {
+		return err
+	}
 	if fl, ok := h.f.(backend.Flusher); ok {
 		if err := h.fillAllGaps(ctx); err != nil {
 			return err
@@ -175,4 +198,17 @@ func (h *Handle) Flush(ctx context.Context) error {
 		return fl.Flush()
 	}
 	return nil
+}
+
+// writeOutLocked writes out the file's stage if it is dirty.
+func (h *Handle) writeOutLocked(ctx context.Context) error {
+	if h.st.stageLen.Load() == 0 {
+		return nil
+	}
+	h.st.content.Lock()
+	defer h.st.content.Unlock()
+	if h.st.stage == nil || !h.st.stage.dirty {
+		return nil
+	}
+	return h.writeOut(ctx, false)
 }

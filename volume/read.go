@@ -72,6 +72,17 @@ func (h *Handle) readBlocks(keys *envelope.FileKeys, dst []byte, first, end uint
 func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	h.st.content.RLock()
 	defer h.st.content.RUnlock()
+	if s := h.st.stage; s != nil {
+		if off >= int64(len(s.data)) {
+			return 0, io.EOF
+		}
+		n := copy(p, s.data[off:])
+		h.v.stats.bytesRead.Add(uint64(n))
+		if n < len(p) {
+			return n, io.EOF
+		}
+		return n, nil
+	}
 	bs := h.v.layout.BlockSize
 	for h.st.gapsOverlap(off-off%bs, off+int64(len(p))) {
 		if err := h.fillGapsShared(ctx, off-off%bs, off+int64(len(p))); err != nil {
@@ -112,6 +123,9 @@ func (h *Handle) readAtLocked(ctx context.Context, p []byte, off int64) (int, er
 	}
 	if keys == nil {
 		return 0, io.EOF
+	}
+	if keys.Version() == envelope.Version4 {
+		return h.readUnits(keys, p, off, size)
 	}
 	first, end := h.v.layout.Blocks(off, n)
 	if off%bs == 0 && (n%bs == 0 || off+n == size) {

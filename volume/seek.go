@@ -41,7 +41,8 @@ func (h *Handle) Seek(ctx context.Context, off int64, whence int) (int64, error)
 	if err != nil {
 		return 0, err
 	}
-	if keys == nil || !h.sparse(keys) {
+	// A file held in memory or compressed (compress.go) has no holes.
+	if h.st.stage != nil || keys == nil || !h.sparse(keys) {
 		if whence == SeekData {
 			return off, nil
 		}

@@ -54,6 +54,14 @@ type Volume struct {
 	ra     *keyReadAhead
 	stats  counters
 
+	// compressLevel is the zstd level new files are compressed at; 0: the
+	// volume does not compress (compress.go). The codec is made on first
+	// use, which on any volume may be a read of a compressed file.
+	compressLevel int
+	codecOnce     sync.Once
+	codec         *envelope.Codec
+	codecErr      error
+
 	unlock func() error // releases the backend's volume lock (read-write only)
 	// exclusive: nothing but this Volume changes the tree (see Exclusive).
 	exclusive bool
@@ -84,6 +92,14 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 		cfg: cfg, id: id, mode: mode, be: be, keys: opt.Keys, log: log, readOnly: opt.ReadOnly,
 		layout: envelope.Layout{HeaderSize: int64(cfg.HeaderSize), BlockSize: int64(cfg.BlockSize)},
 		files:  map[uint64]*fileState{}, unlock: unlock,
+	}
+	if cfg.HasFeature(FeatureCompression) {
+		if v.compressLevel, err = ParseCompress(cfg.Compress); err != nil {
+			if unlock != nil {
+				unlock()
+			}
+			return nil, err
+		}
 	}
 	if unlock != nil {
 		sh, ok := be.(sharedNamespace)
@@ -149,6 +165,10 @@ func (v *Volume) Close() error {
 	v.meta.zero()
 	v.pool.close()
 	v.ra.close()
+	v.codecOnce.Do(func() {}) // no codec is made after Close
+	if v.codec != nil {
+		v.codec.Close()
+	}
 	if unlock := v.unlock; unlock != nil {
 		v.unlock = nil // a second Close must not close a reused descriptor
 		return unlock()

@@ -32,6 +32,17 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if h.append {
 		off = size
 	}
+	if staged, spilled, err := h.stageWrite(ctx, p, off); err != nil {
+		return 0, err
+	} else if staged {
+		return len(p), nil
+	} else if spilled {
+		// The stage was written out in the block layout (the file
+		// outgrew it): that is the size now.
+		if size, err = h.Size(); err != nil {
+			return 0, err
+		}
+	}
 	if err := h.writeAtOffset(ctx, p, off, size); err != nil {
 		return 0, err
 	}
@@ -284,6 +295,9 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 	}
 	h.st.content.Lock()
 	defer h.st.content.Unlock()
+	if staged, err := h.stageTruncate(ctx, newSize); staged || err != nil {
+		return err
+	}
 	size, err := h.Size()
 	if err != nil {
 		return err
@@ -300,12 +314,7 @@ func (h *Handle) Truncate(ctx context.Context, newSize int64) error {
 		return nil
 	case newSize == 0:
 		// Drop the header too: the next write starts a new key.
-		h.st.keyMu.Lock()
-		if h.st.keys != nil {
-			h.st.keys.Zero()
-			h.st.keys = nil
-		}
-		h.st.keyMu.Unlock()
+		h.dropKeys()
 		h.st.openTail, h.st.tailSynced = false, false
 		return h.f.Truncate(0)
 	case newSize > size:
@@ -377,6 +386,16 @@ const (
 // docs/FORMAT.md section 4, and backends without sparse files), are
 // ENOTSUP.
 func (h *Handle) Allocate(ctx context.Context, off, n int64, mode uint32) error {
+	if mode != fallocKeepSize {
+		// The block layout serves these: a file held in memory or
+		// compressed is written out in it first (compress.go).
+		h.st.content.Lock()
+		err := h.unstage(ctx)
+		h.st.content.Unlock()
+		if err != nil {
+			return err
+		}
+	}
 	if mode&fallocZeroRange != 0 && mode&^(fallocZeroRange|fallocKeepSize) == 0 {
 		return h.zeroRange(ctx, off, off+n, mode&fallocKeepSize != 0)
 	}

@@ -26,13 +26,19 @@ func initCommand() *command {
 			mode := fs.String("mode", "per-object", "key `MODE`: per-object (one KMS data key per file, like SSE-KMS) or bucket-key (a volume-level key, per-file keys derived locally, like S3 Bucket Keys)")
 			blockSize := fs.Int("block-size", envelope.DefaultBlockSize, "plaintext `BYTES` per encrypted block (power of two)")
 			headerSize := fs.Int("header-size", envelope.DefaultHeaderSize, "`BYTES` reserved for each file header")
+			compress := fs.String("compress", "", "compress files before encrypting them: `zstd` or zstd:LEVEL (1-22, default 3); off by default because compressed sizes reveal something about contents")
 			return func(ctx context.Context, inv *invocation) error {
 				m, err := parseMode(*mode)
 				if err != nil {
 					return err
 				}
+				if *compress != "" {
+					if _, err := volume.ParseCompress(*compress); err != nil {
+						return usagef("--compress: %v", err)
+					}
+				}
 				return initVolume(ctx, inv, &c, inv.args[0], *keyID, volume.InitOptions{
-					Mode: m, BlockSize: *blockSize, HeaderSize: *headerSize, EncryptNames: *encryptNames,
+					Mode: m, BlockSize: *blockSize, HeaderSize: *headerSize, EncryptNames: *encryptNames, Compress: *compress,
 				})
 			}
 		},
