@@ -15,9 +15,15 @@ import (
 // owners, mtimes, symlinks, hard links, xattrs), that rsync finds nothing
 // left to do, that a remount reads it all back, and that the backing
 // directory holds no plaintext.
-func TestMountCopyTree(t *testing.T) {
+func TestMountCopyTree(t *testing.T) { mountCopyTree(t) }
+
+// TestMountCopyTreeCompressed is TestMountCopyTree on a volume that
+// compresses (docs/FORMAT.md section 4a).
+func TestMountCopyTreeCompressed(t *testing.T) { mountCopyTree(t, "--compress", "zstd") }
+
+func mountCopyTree(t *testing.T, initArgs ...string) {
 	mountRequireTool(t, "rsync")
-	v := mountNewVolume(t)
+	v := mountNewVolume(t, initArgs...)
 	src := filepath.Join(t.TempDir(), "src")
 	info := mountMakeTree(t, src, 1)
 	t.Logf("source tree: %d files, %d bytes", info.files, info.bytes)

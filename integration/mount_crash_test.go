@@ -118,8 +118,15 @@ func mountCrashWhileWriting(t *testing.T, writers []*mountCrashWriter, delay tim
 // reads back intact after a remount, and the files being written without
 // fsync read back as correct bytes (possibly fewer of them) or EIO, never
 // as wrong bytes.
-func TestMountCrash(t *testing.T) {
-	v := mountNewVolume(t)
+func TestMountCrash(t *testing.T) { mountCrash(t) }
+
+// TestMountCrashCompressed is TestMountCrash on a volume that compresses:
+// the fsynced files are written out compressed at fsync, and the overlay
+// writer rewrites a compressed file (docs/FORMAT.md section 4a).
+func TestMountCrashCompressed(t *testing.T) { mountCrash(t, "--compress", "zstd") }
+
+func mountCrash(t *testing.T, initArgs ...string) {
+	v := mountNewVolume(t, initArgs...)
 	seed := mountSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 7))
 	synced := map[string][]byte{}
