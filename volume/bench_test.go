@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -145,5 +146,33 @@ func BenchmarkRandRead4K(b *testing.B) {
 		if _, err := h.ReadAt(context.Background(), p[:req], off); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkSmallFile is the volume's share of `cp -a` of one source file
+// (30 KB of text, written in one request, then closed), in the block
+// layout and compressed (docs/BENCHMARKS.md, compression).
+func BenchmarkSmallFile(b *testing.B) {
+	text := compressibleText(9, 30000)
+	for _, compress := range []string{"", "zstd:1", "zstd:3"} {
+		name := "blocks"
+		if compress != "" {
+			name = compress
+		}
+		b.Run(name, func(b *testing.B) {
+			tv := newTestVolumeInit(b, InitOptions{Mode: envelope.ModeBucketKey, Compress: compress}, Options{PrefetchMax: -1})
+			b.SetBytes(int64(len(text)))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				h := benchOpen(b, tv.Volume, fmt.Sprintf("f%d", i), syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL)
+				benchWrite(b, h, text, 0)
+				if err := h.Flush(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				if err := h.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
