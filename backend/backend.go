@@ -91,6 +91,13 @@ type QuietWriter interface {
 	WriteAtQuiet(p []byte, off int64) (int, error)
 }
 
+// TimeSetter is implemented by files whose times can be set through the
+// open file (futimens): a compressed file is stored after the application
+// closed it (volume/compress.go), and keeps the times it had then.
+type TimeSetter interface {
+	SetTimes(atime, mtime time.Time) error
+}
+
 // Flusher is implemented by files whose backend makes writes visible only
 // when told to (S3 uploads the staged object). Flush runs on every close(2);
 // local files do not need it.

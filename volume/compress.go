@@ -26,6 +26,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/envelope"
@@ -69,6 +71,9 @@ type stage struct {
 	// writer is the writable handle that changed data last; set while
 	// dirty, so that a write-out has a descriptor to write through.
 	writer *Handle
+	// keepTimes: the file's times were set while it was dirty (cp -p and
+	// rsync set them before close): the write-out puts them back.
+	keepTimes bool
 }
 
 // unitIndex locates the units of a version 4 file.
@@ -324,16 +329,6 @@ func (h *Handle) dropKeys() {
 	st.unitMu.Unlock()
 }
 
-// writeOutStaged writes a dirty stage out through its writer, if any: for
-// an operation that must see the stored file as the application left it
-// (setting its times). The content lock is held.
-func (st *fileState) writeOutStaged(ctx context.Context) error {
-	if st.stage == nil || !st.stage.dirty || st.stage.writer == nil {
-		return nil
-	}
-	return st.stage.writer.writeOut(ctx, false)
-}
-
 // writeOut writes a dirty stage to the backend: compressed when that is
 // smaller, unless blocks asks for the block layout (which also ends the
 // stage). The content lock is held.
@@ -414,6 +409,16 @@ func (h *Handle) rewrite(ctx context.Context, s *stage, blocks bool) error {
 		}
 		blocks = true
 	}
+	// Times set while the file was held in memory are what the
+	// application wants, not the time of this write-out.
+	var times *syscall.Stat_t
+	if s.keepTimes {
+		times = new(syscall.Stat_t)
+		if err := w.f.Stat(times); err != nil {
+			keys.Zero()
+			return err
+		}
+	}
 	var ranges []intentRange
 	ranges = append(ranges, intentRange{off: 0, data: image})
 	if int64(len(image)) < cs {
@@ -446,6 +451,15 @@ func (h *Handle) rewrite(ctx context.Context, s *stage, blocks bool) error {
 				return err
 			}
 		}
+	}
+	if times != nil {
+		if ts, ok := w.f.(backend.TimeSetter); ok {
+			if err := ts.SetTimes(time.Unix(times.Atim.Unix()), time.Unix(times.Mtim.Unix())); err != nil {
+				keys.Zero()
+				return fmt.Errorf("restore the file's times: %w", err)
+			}
+		}
+		s.keepTimes = false
 	}
 	h.dropKeys()
 	st.keyMu.Lock()

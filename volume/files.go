@@ -1,7 +1,6 @@
 package volume
 
 import (
-	"context"
 	"sync"
 	"sync/atomic"
 
@@ -90,10 +89,10 @@ func (v *Volume) SerializeTimes(ino uint64, fn func() error) error {
 	}
 	st.content.Lock()
 	defer st.content.Unlock()
-	// A file held in memory is written out first: its times are set on
-	// the stored file, and a write-out after them would move them.
-	if err := st.writeOutStaged(context.Background()); err != nil {
-		return err
+	// A file held in memory is written out later (compress.go): it
+	// keeps the times set now.
+	if st.stage != nil && st.stage.dirty {
+		st.stage.keepTimes = true
 	}
 	return fn()
 }

@@ -148,12 +148,16 @@ func (h *Handle) Close() error {
 	if h.writable {
 		h.st.content.Lock()
 		if s := h.st.stage; s != nil && s.dirty {
-			if err := h.writeOut(context.Background(), false); err != nil {
-				h.v.log.Error("close: the file could not be written out; its last changes are lost", "path", "/"+h.name, "err", err)
+			// A file held in memory (compress.go): the workers write it
+			// out and finish this close (writeout.go).
+			if h.v.outq != nil && h.v.outq.offer(h, int64(len(s.data))) {
+				h.st.content.Unlock()
+				h.v.mu.Lock()
+				h.st.writers--
+				h.v.mu.Unlock()
+				return nil
 			}
-			if s.writer == h {
-				s.dirty, s.writer = false, nil
-			}
+			h.closeStage(context.Background())
 		}
 		// Release has no request context; the keys are loaded already.
 		err := h.fillGaps(context.Background(), 0, -1)
@@ -180,17 +184,12 @@ func (h *Handle) Close() error {
 // backends that stage writes until close.
 func (h *Handle) NeedsFlush() bool {
 	_, ok := h.f.(backend.Flusher)
-	return ok || h.v.compressLevel != 0
+	return ok
 }
 
 // Flush runs at close(2): backends that stage writes (S3) upload here, so a
 // failed upload is reported to the closing application.
 func (h *Handle) Flush(ctx context.Context) error {
-	// A file held in memory is written out at close(2), so that a
-	// failure (ENOSPC) reaches the application there.
-	if err := h.writeOutLocked(ctx); err != nil {
-		return err
-	}
 	if fl, ok := h.f.(backend.Flusher); ok {
 		if err := h.fillAllGaps(ctx); err != nil {
 			return err

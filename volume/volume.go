@@ -61,6 +61,7 @@ type Volume struct {
 	codecOnce     sync.Once
 	codec         *envelope.Codec
 	codecErr      error
+	outq          *writeOutQueue // background write-out of compressed files
 
 	unlock func() error // releases the backend's volume lock (read-write only)
 	// exclusive: nothing but this Volume changes the tree (see Exclusive).
@@ -99,6 +100,9 @@ func Open(ctx context.Context, be backend.Backend, opt Options) (*Volume, error)
 				unlock()
 			}
 			return nil, err
+		}
+		if !opt.ReadOnly {
+			v.outq = newWriteOutQueue(v)
 		}
 	}
 	if unlock != nil {
@@ -161,6 +165,9 @@ func (v *Volume) ReadOnly() bool { return v.readOnly }
 
 // Close drops every key the volume holds.
 func (v *Volume) Close() error {
+	// Files closed but not yet written out are written first: they need
+	// the keys dropped below.
+	v.outq.close()
 	v.bucket.zero()
 	v.meta.zero()
 	v.pool.close()

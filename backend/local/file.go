@@ -3,6 +3,7 @@ package local
 import (
 	"io"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,6 +58,12 @@ func (f *file) WriteAtQuiet(p []byte, off int64) (int, error) {
 	}
 	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}}
 	return n, retry(func() error { return unix.UtimesNanoAt(f.fd, "", ts, unix.AT_EMPTY_PATH) })
+}
+
+// SetTimes sets the access and modification times (backend.TimeSetter).
+func (f *file) SetTimes(atime, mtime time.Time) error {
+	ts := []unix.Timespec{unix.NsecToTimespec(atime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
+	return retry(func() error { return unix.UtimesNanoAt(f.fd, "", ts, unix.AT_EMPTY_PATH) })
 }
 
 func (f *file) Truncate(size int64) error {

@@ -1,0 +1,121 @@
+package volume
+
+// The background write-out of compressed files (compress.go). A file held
+// in memory is stored when its last writer closes it, but compressing it
+// is most of the work of storing it: done in the close, it would hold up
+// the application (cp -a closes one file and creates the next). So the
+// release hands the file to a few workers and returns; the workers
+// compress, encrypt and write while the application goes on, and fsync
+// writes out a file itself. The kernel sends RELEASE after close(2) has
+// returned, so nothing an application sees waits for it.
+//
+// What this gives up (docs/ARCHITECTURE.md): a write-out that fails after
+// close, which only a full disk can make fail on the local backend, is
+// logged and its data is lost, as data the kernel's writeback cache fails
+// to write is; fsync reports it. Pending bytes are bounded: past
+// writeOutPendingMax a close writes out by itself.
+
+import (
+	"context"
+	"runtime"
+	"sync"
+)
+
+// writeOutPendingMax bounds the memory of files waiting to be written out.
+const writeOutPendingMax = 256 << 20
+
+type writeOutQueue struct {
+	v    *Volume
+	jobs chan writeOutJob
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	pending int64 // bytes of the files queued
+	closed  bool
+}
+
+type writeOutJob struct {
+	h *Handle
+	n int64
+}
+
+func newWriteOutQueue(v *Volume) *writeOutQueue {
+	q := &writeOutQueue{v: v, jobs: make(chan writeOutJob, 4096)}
+	for range runtime.GOMAXPROCS(0) {
+		q.wg.Add(1)
+		go func() {
+			defer q.wg.Done()
+			for j := range q.jobs {
+				q.finish(j)
+			}
+		}()
+	}
+	return q
+}
+
+// offer queues the close of h, whose file is staged and dirty; false: the
+// queue is full or closed, and the caller writes out itself. The content
+// lock is held.
+func (q *writeOutQueue) offer(h *Handle, n int64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed || q.pending+n > writeOutPendingMax {
+		return false
+	}
+	select {
+	case q.jobs <- writeOutJob{h, n}:
+		q.pending += n
+		return true
+	default:
+		return false
+	}
+}
+
+// finish writes the file out (unless something else did meanwhile) and
+// completes the handle's close.
+func (q *writeOutQueue) finish(j writeOutJob) {
+	h := j.h
+	h.st.content.Lock()
+	h.closeStage(context.Background())
+	h.st.content.Unlock()
+	q.mu.Lock()
+	q.pending -= j.n
+	q.mu.Unlock()
+	h.v.release(h.st)
+	if err := h.f.Close(); err != nil {
+		h.v.log.Error("close: the backing file did not close cleanly", "path", "/"+h.name, "err", err)
+	}
+}
+
+// close writes out everything queued and stops the workers.
+func (q *writeOutQueue) close() {
+	if q == nil {
+		return
+	}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	q.closed = true
+	close(q.jobs)
+	q.mu.Unlock()
+	q.wg.Wait()
+}
+
+// closeStage writes out the file's stage, if dirty, as the close of h: a
+// failure is logged (the close already returned to the application) and
+// the stage stops naming h. The content lock is held.
+func (h *Handle) closeStage(ctx context.Context) {
+	s := h.st.stage
+	if s == nil || !s.dirty {
+		return
+	}
+	if err := h.writeOut(ctx, false); err != nil {
+		h.v.log.Error("close: the file could not be written out; its changes since the last fsync are lost", "path", "/"+h.name, "err", err)
+		h.v.stats.errors.Add(1)
+	}
+	if s.writer == h {
+		s.dirty, s.writer = false, nil
+	}
+}
