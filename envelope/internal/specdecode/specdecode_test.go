@@ -365,8 +365,22 @@ func testFixtures(t *testing.T, volumes string, version byte) {
 		// Versions, if there, is each file's format version (0: no
 		// header); otherwise every file with a header is of version.
 		Versions map[string]byte `json:"versions"`
+		// UnitKinds is the payload kind of each unit of a version 4
+		// file.
+		UnitKinds map[string][]int `json:"unit_kinds"`
 	}
 	readJSON(t, filepath.Join(volumes, "manifest.json"), &manifest)
+	if version == 4 {
+		kinds := map[int]bool{}
+		for _, ks := range manifest.UnitKinds {
+			for _, k := range ks {
+				kinds[k] = true
+			}
+		}
+		if !kinds[KindStored] || !kinds[KindZstd] {
+			t.Errorf("the fixture's units are of kinds %v, not both", kinds)
+		}
+	}
 	material := fixtureKeystore(t)
 	for _, mode := range []string{"per-object", "bucket-key"} {
 		t.Run(mode, func(t *testing.T) {
@@ -439,6 +453,11 @@ func testFixtures(t *testing.T, volumes string, version byte) {
 				}
 				if got := sha256.Sum256(plain); hex.EncodeToString(got[:]) != sum {
 					t.Errorf("%s: %d bytes that differ from the manifest", name, len(plain))
+				}
+				if want == 4 {
+					if got := unitKinds(t, stored[:cfg.HeaderSize], stored, fileKey); !slices.Equal(got, manifest.UnitKinds[name]) {
+						t.Errorf("%s: units of kinds %v, the manifest says %v", name, got, manifest.UnitKinds[name])
+					}
 				}
 			}
 			if version != 1 {
@@ -635,6 +654,31 @@ func TestVectorsV4(t *testing.T) {
 	if !multi {
 		t.Error("no vector file of several units with a short last one")
 	}
+}
+
+// unitKinds is the payload kind of each unit of a stored version 4 file.
+func unitKinds(t *testing.T, region, stored []byte, fileKey func(*Header) ([]byte, error)) []int {
+	t.Helper()
+	h, err := ParseHeader(region)
+	if err != nil || h.Compression == nil {
+		t.Fatalf("not a version 4 header: %v", err)
+	}
+	k, err := fileKey(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blockKey, _ := FileSubkeys(k, h.FileID)
+	var kinds []int
+	off := h.RegionSize
+	for i, l := range h.Compression.Lengths {
+		p, err := OpenUnitPayload(blockKey, h.FileID, uint64(i), stored[off:off+int(l)])
+		if err != nil {
+			t.Fatalf("unit %d: %v", i, err)
+		}
+		kinds = append(kinds, int(p[0]))
+		off += int(l)
+	}
+	return kinds
 }
 
 func sumLengths(c *Compression) (n uint64) {
