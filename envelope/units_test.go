@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/kmsfs/kmsfs/envelope/internal/specdecode"
 )
 
 var updateV4 = flag.Bool("update-v4", false,
@@ -589,7 +591,11 @@ func FuzzParseUnits(f *testing.F) {
 }
 
 // FuzzOpenUnit: OpenUnit never panics, and opens nothing but the units
-// sealed here, at their own position and plaintext length.
+// sealed here, at their own position and plaintext length. With seal, the
+// input is a payload sealed with the file's key (as only a key holder can):
+// it opens only to want bytes, a stored payload of want bytes opens to
+// them, and a zstd payload the spec decoder reads as one frame of want
+// bytes opens to the same bytes.
 func FuzzOpenUnit(f *testing.F) {
 	k, err := DeriveFileKeys(bytes.Repeat([]byte{0x42}, KeySize), id(1), Version4)
 	if err != nil {
@@ -604,22 +610,53 @@ func FuzzOpenUnit(f *testing.F) {
 	// must get the same genuine units as the coordinator that seeded the
 	// corpus.
 	text := bytes.Repeat([]byte("seed "), 40)
+	frame := mustFrame(f, codec, text)
 	genuine := []struct {
 		sealed []byte
 		no     uint64
 		plain  []byte
 	}{
-		{k.sealUnitWithNonce(nil, mustFrame(f, codec, text), 3, make([]byte, NonceSize)), 3, text},
+		{k.sealUnitWithNonce(nil, frame, 3, make([]byte, NonceSize)), 3, text},
 		{k.sealUnitWithNonce(nil, append([]byte{unitStored}, "seed"...), 0, bytes.Repeat([]byte{1}, NonceSize)), 0, []byte("seed")},
 	}
 	for _, g := range genuine {
-		f.Add(g.sealed, g.no, len(g.plain))
-		f.Add(g.sealed, g.no+1, len(g.plain))
-		f.Add(g.sealed, g.no, len(g.plain)-1)
+		f.Add(g.sealed, g.no, len(g.plain), false)
+		f.Add(g.sealed, g.no+1, len(g.plain), false)
+		f.Add(g.sealed, g.no, len(g.plain)-1, false)
 	}
-	f.Add(make([]byte, 64), uint64(3), 100)
-	f.Add([]byte{}, uint64(0), 0)
-	f.Fuzz(func(t *testing.T, b []byte, n uint64, want int) {
+	f.Add(make([]byte, 64), uint64(3), 100, false)
+	f.Add([]byte{}, uint64(0), 0, false)
+	f.Add(frame, uint64(3), len(text), true)
+	f.Add(append(bytes.Clone(frame), frame[1:]...), uint64(3), 2*len(text), true)
+	f.Add(append([]byte{unitStored}, "seed"...), uint64(0), 4, true)
+	f.Add([]byte{7, 1, 2}, uint64(0), 2, true)
+	nonce := bytes.Repeat([]byte{2}, NonceSize)
+	f.Fuzz(func(t *testing.T, b []byte, n uint64, want int, seal bool) {
+		if seal {
+			pt, err := k.OpenUnit(nil, k.sealUnitWithNonce(nil, b, n, nonce), n, want, codec)
+			if err == nil && len(pt) != want {
+				t.Fatalf("payload %x opened as %d bytes, want %d", b, len(pt), want)
+			}
+			switch {
+			case len(b) < 2:
+				if err == nil {
+					t.Fatalf("a unit of %d payload bytes opened", len(b))
+				}
+			case b[0] == unitStored && len(b)-1 == want:
+				if err != nil || !bytes.Equal(pt, b[1:]) {
+					t.Fatalf("stored payload of %d bytes: %v", want, err)
+				}
+			case b[0] == unitZstd:
+				if spec, serr := specdecode.DecodeFrame(b[1:]); serr == nil && len(spec) == want && (err != nil || !bytes.Equal(pt, spec)) {
+					t.Fatalf("a frame FORMAT.md decodes to %d bytes: %v", want, err)
+				}
+			case b[0] != unitStored:
+				if err == nil {
+					t.Fatalf("payload kind %d opened", b[0])
+				}
+			}
+			return
+		}
 		pt, err := k.OpenUnit(nil, b, n, want, codec)
 		if err != nil {
 			return
