@@ -163,3 +163,85 @@ func TestHolesDecodeBySpec(t *testing.T) {
 		}
 	}
 }
+
+// TestWrittenUnitsDecodeBySpec: a version 4 file as envelope writes it,
+// with random keys, IDs and nonces (a compact header, units of compressible
+// and incompressible bytes and a short last one, zeros up to the version 3
+// size), reads by docs/FORMAT.md alone, in both modes; cut or extended, or
+// with two units swapped, it does not.
+func TestWrittenUnitsDecodeBySpec(t *testing.T) {
+	codec, err := envelope.NewCodec(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer codec.Close()
+	const headerSize, blockSize, unitSize = 1024, 4096, envelope.DefaultUnitSize
+	l := envelope.Layout{HeaderSize: headerSize, BlockSize: blockSize}
+	plain := make([]byte, 3*unitSize+1234)
+	rand.Read(plain[unitSize : 2*unitSize]) // unit 1 stored as is; the others compress
+	copy(plain[2*unitSize:], bytes.Repeat([]byte("compressible "), unitSize/8))
+	for _, mode := range []envelope.Mode{envelope.ModePerObject, envelope.ModeBucketKey} {
+		t.Run(mode.String(), func(t *testing.T) {
+			secret := make([]byte, envelope.KeySize)
+			rand.Read(secret)
+			var fileID, volumeID, bucketKeyID [envelope.IDLen]byte
+			rand.Read(fileID[:])
+			rand.Read(volumeID[:])
+			rand.Read(bucketKeyID[:])
+			fileKey := secret
+			if mode == envelope.ModeBucketKey {
+				if fileKey, err = envelope.BucketFileKey(secret, fileID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			keys, err := envelope.DeriveFileKeys(fileKey, fileID, envelope.Version4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u := &envelope.Units{Algorithm: envelope.CompressZstd, UnitSize: unitSize, PlainSize: int64(len(plain))}
+			var body []byte
+			var sealed [][]byte
+			for i := range envelope.UnitCount(u.PlainSize, unitSize) {
+				start := len(body)
+				if body, err = keys.SealUnit(body, plain[i*unitSize:min((i+1)*unitSize, len(plain))], uint64(i), codec); err != nil {
+					t.Fatal(err)
+				}
+				u.Lengths = append(u.Lengths, uint32(len(body)-start))
+				sealed = append(sealed, body[start:])
+			}
+			h := envelope.Header{
+				Version: envelope.Version4, Mode: mode, Suite: envelope.SuiteAES256GCM, BlockSize: blockSize,
+				FileID: fileID, VolumeID: volumeID, KeyID: "arn:aws:kms:local:000000000000:key/k", WrappedKey: []byte("wrapped"), Units: u,
+			}
+			if mode == envelope.ModeBucketKey {
+				h.BucketKeyID = bucketKeyID
+			}
+			region, err := h.MarshalCompact(keys.MACKey(), headerSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs := l.CipherSize(u.PlainSize, true)
+			stored := append(append(bytes.Clone(region), body...), make([]byte, cs-int64(len(region)+len(body)))...)
+			key := func(p *specdecode.Header) ([]byte, error) {
+				if p.Mode == 2 {
+					return specdecode.BucketFileKey(secret, p.FileID), nil
+				}
+				return secret, nil
+			}
+			got, err := specdecode.DecryptFile(stored, headerSize, blockSize, key)
+			if err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("decoded by FORMAT.md: %d bytes, %v; want the %d written", len(got), err, len(plain))
+			}
+			swapped := append(append(append(bytes.Clone(region), sealed[1]...), sealed[0]...), stored[len(region)+len(sealed[0])+len(sealed[1]):]...)
+			for name, bad := range map[string][]byte{
+				"cut":      stored[:len(stored)-1],
+				"extended": append(bytes.Clone(stored), make([]byte, blockSize+envelope.BlockOverhead)...),
+				"swapped":  swapped,
+			} {
+				if _, err := specdecode.DecryptFile(bad, headerSize, blockSize, key); err == nil {
+					t.Errorf("%s: decoded by FORMAT.md", name)
+				}
+			}
+		})
+	}
+}

@@ -190,11 +190,18 @@ func (k *FileKeys) SealUnit(dst, plain []byte, unitNo uint64, c *Codec) ([]byte,
 	if err := randNonces(nonce[:]); err != nil {
 		return nil, err
 	}
-	var ad [IDLen + 9]byte
-	dst = append(dst, nonce[:]...)
-	dst = k.aead.Seal(dst, nonce[:], payload, k.unitAAD(&ad, unitNo))
+	dst = k.sealUnitWithNonce(dst, payload, unitNo, nonce[:])
 	clear(payload)
 	return dst, nil
+}
+
+// sealUnitWithNonce appends nonce || AES-GCM(payload) of unit unitNo to
+// dst: payload is the kind byte and the unit's bytes as SealUnit made
+// them. The test vectors seal with fixed nonces through it.
+func (k *FileKeys) sealUnitWithNonce(dst, payload []byte, unitNo uint64, nonce []byte) []byte {
+	var ad [IDLen + 9]byte
+	dst = append(dst, nonce...)
+	return k.aead.Seal(dst, nonce, payload, k.unitAAD(&ad, unitNo))
 }
 
 // OpenUnit appends the plaintext of sealed unit unitNo to dst; want is its

@@ -10,8 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -351,12 +353,14 @@ func writeFixtures(t *testing.T, name string, extra func(context.Context, *Volum
 // format version 2 was new (their keys are in the keystore of
 // testdata/v1): every file is a version 2 file and reads back as its
 // manifest says. Never regenerate these files for format version 2.
-func TestFormatV2Fixtures(t *testing.T) { testFormatFixtures(t, 2, nil) }
+func TestFormatV2Fixtures(t *testing.T) { testFormatFixtures(t, 2, []string{v2FixtureAppended}) }
 
 // TestFormatV3Fixtures reads the volumes of testdata/v3 (written when file
 // format version 3 was new, keys in the keystore of testdata/v1) the same
 // way, a file with holes among them. Never regenerate them.
-func TestFormatV3Fixtures(t *testing.T) { testFormatFixtures(t, 3, []string{v3FixtureSparse}) }
+func TestFormatV3Fixtures(t *testing.T) {
+	testFormatFixtures(t, 3, []string{v2FixtureAppended, v3FixtureSparse})
+}
 
 func testFormatFixtures(t *testing.T, version byte, must []string) {
 	ctx := context.Background()
@@ -373,6 +377,9 @@ func testFormatFixtures(t *testing.T, version byte, must []string) {
 	defer ks.Close()
 	var manifest struct {
 		Files map[string]string `json:"files"`
+		// Versions, in testdata/v4 and later, is each file's format
+		// version (0: no header); before, every file is of version.
+		Versions map[string]byte `json:"versions"`
 	}
 	raw, err := os.ReadFile(filepath.Join(tmp, dirName, "manifest.json"))
 	if err != nil {
@@ -381,7 +388,7 @@ func testFormatFixtures(t *testing.T, version byte, must []string) {
 	if err := json.Unmarshal(raw, &manifest); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range append(must, v2FixtureAppended) {
+	for _, name := range must {
 		if _, ok := manifest.Files[name]; !ok {
 			t.Fatalf("no %s in the %s manifest", name, dirName)
 		}
@@ -403,8 +410,19 @@ func testFormatFixtures(t *testing.T, version byte, must []string) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if len(stored) > 4 && stored[4] != version {
-					t.Errorf("%s: header version %d, want %d", name, stored[4], version)
+				want := version
+				if manifest.Versions != nil {
+					v, ok := manifest.Versions[name]
+					if !ok {
+						t.Errorf("%s: no version in the %s manifest", name, dirName)
+					}
+					want = v
+				}
+				switch {
+				case want == 0 && len(stored) != 0:
+					t.Errorf("%s: %d stored bytes, want none (an empty file without a header)", name, len(stored))
+				case want != 0 && (len(stored) < 5 || stored[4] != want):
+					t.Errorf("%s: header %x, want version %d", name, stored[:min(5, len(stored))], want)
 				}
 				h, err := v.OpenFile(ctx, name, syscall.O_RDONLY, 0, nil)
 				if err != nil {
@@ -415,7 +433,241 @@ func testFormatFixtures(t *testing.T, version byte, must []string) {
 				if s := sha256.Sum256(got); hex.EncodeToString(s[:]) != sum {
 					t.Errorf("%s: content differs from the %s fixture", name, dirName)
 				}
+				// The plaintext size follows from the stored size, in
+				// every layout: a version 4 file is stored at the size a
+				// version 3 file of its length has, its units then zeros.
+				if size := v.PlainSize(name, int64(len(stored))); size != int64(len(got)) {
+					t.Errorf("%s: stored size %d gives %d bytes, the file has %d", name, len(stored), size, len(got))
+				}
+				if want == envelope.Version4 {
+					checkV4Stored(t, name, stored, v.Layout())
+				}
 			}
 		})
+	}
+}
+
+var writeV4Fixtures = flag.Bool("write-v4-fixtures", false,
+	"write testdata/v4 (once, when file format version 4 was new; never again)")
+
+// The files of testdata/v4, volumes with the compression feature.
+const (
+	v4FixtureText   = "text.txt"   // compressible text of several units
+	v4FixtureRandom = "random.bin" // bytes that do not compress: stored units
+	v4FixtureEdited = "edited.txt" // written compressed, then changed in place in a second session
+	v4FixtureEmpty  = "empty"      // created and closed: no header
+	v4FixtureBlocks = "blocks.txt" // written, then converted to the block layout by fallocate
+)
+
+// v4FixtureText is DefaultUnitSize*3 + 3392 bytes of numbered lines.
+func v4TextContent(salt string, n int) []byte {
+	var b []byte
+	for i := 0; len(b) < n; i++ {
+		b = fmt.Appendf(b, "%06d %s: kmsfs compresses each unit of a file on its own\n", i, salt)
+	}
+	return b[:n]
+}
+
+// v4RandomContent is bytes that no compressor shortens, from a fixed seed.
+func v4RandomContent() []byte {
+	b := make([]byte, 100_000)
+	rng := rand.NewChaCha8([32]byte{'k', 'm', 's', 'f', 's', 4})
+	rng.Read(b)
+	return b
+}
+
+// v4EditedEdit is the change made to v4FixtureEdited in its second session:
+// bytes at 70,000 (in its second unit) overwritten.
+const v4EditedAt = 70_000
+
+var v4EditedEdit = []byte("--- this line was written over in place, in a second session ---\n")
+
+// v4FixtureContents is the content of every file of testdata/v4 and its
+// format version.
+func v4FixtureContents() (map[string][]byte, map[string]byte) {
+	edited := v4TextContent("edited", 100_000)
+	copy(edited[v4EditedAt:], v4EditedEdit)
+	return map[string][]byte{
+			v4FixtureText:   v4TextContent("text", 3*envelope.DefaultUnitSize+3392),
+			v4FixtureRandom: v4RandomContent(),
+			v4FixtureEdited: edited,
+			v4FixtureEmpty:  {},
+			v4FixtureBlocks: v4TextContent("blocks", 10_000),
+		}, map[string]byte{
+			v4FixtureText: envelope.Version4, v4FixtureRandom: envelope.Version4, v4FixtureEdited: envelope.Version4,
+			v4FixtureEmpty: 0, v4FixtureBlocks: envelope.Version3,
+		}
+}
+
+// v4UnitKinds is the payload kind of each unit of the version 4 files of
+// testdata/v4 (0 stored, 1 zstd), which the spec decoder checks.
+var v4UnitKinds = map[string][]int{
+	v4FixtureText:   {1, 1, 1, 1},
+	v4FixtureRandom: {0, 0},
+	v4FixtureEdited: {1, 1},
+}
+
+// TestWriteV4Fixtures writes testdata/v4 with -write-v4-fixtures: a
+// per-object and a bucket-key volume with the compression feature, under
+// the keystore of testdata/v1, holding the files above, written through
+// the volume as an application would.
+func TestWriteV4Fixtures(t *testing.T) {
+	if !*writeV4Fixtures {
+		t.Skip("only with -write-v4-fixtures")
+	}
+	ctx := context.Background()
+	tmp, ks, _ := copyV1Fixture(t)
+	out := filepath.Join("testdata", "v4")
+	if err := os.RemoveAll(out); err != nil {
+		t.Fatal(err)
+	}
+	contents, versions := v4FixtureContents()
+	for _, mode := range []string{"per-object", "bucket-key"} {
+		old, err := local.New(filepath.Join(tmp, mode))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v1, err := Open(ctx, old, Options{Keys: ks, ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyID := v1.Config().KeyID
+		v1.Close()
+		dir := filepath.Join(out, mode)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		be, err := local.New(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]envelope.Mode{"per-object": envelope.ModePerObject, "bucket-key": envelope.ModeBucketKey}[mode]
+		if _, err := Init(ctx, be, ks, InitOptions{Mode: m, KeyID: keyID, Compress: "zstd"}); err != nil {
+			t.Fatal(err)
+		}
+		session := func(fn func(v *Volume)) {
+			v, err := Open(ctx, be, Options{Keys: ks, PrefetchMax: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fn(v)
+			if err := v.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		write := func(v *Volume, name string, data []byte, off int64, then func(*Handle)) {
+			h, err := v.OpenFile(ctx, name, syscall.O_RDWR|syscall.O_CREAT, 0o644, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(data) > 0 {
+				if _, err := h.WriteAt(ctx, data, off); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if then != nil {
+				then(h)
+			}
+			if err := h.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		session(func(v *Volume) {
+			for _, name := range []string{v4FixtureText, v4FixtureRandom, v4FixtureEmpty} {
+				write(v, name, contents[name], 0, nil)
+			}
+			write(v, v4FixtureEdited, v4TextContent("edited", 100_000), 0, nil)
+			// fallocate serves the block layout only: the file held in
+			// memory is written out in it.
+			write(v, v4FixtureBlocks, contents[v4FixtureBlocks], 0, func(h *Handle) {
+				if err := h.Allocate(ctx, 0, int64(len(contents[v4FixtureBlocks])), 0); err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+		// A remount: the edit loads the stored version 4 file back and
+		// rewrites it whole, under an intent.
+		session(func(v *Volume) { write(v, v4FixtureEdited, v4EditedEdit, v4EditedAt, nil) })
+		// What a mount leaves behind that is not part of the format.
+		os.Remove(filepath.Join(dir, ".kmsfs", "lock"))
+		os.Remove(filepath.Join(dir, ".kmsfs", "intents"))
+		for name, want := range versions {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := byte(0); len(b) > 4 {
+				got = b[4]
+				if got != want {
+					t.Fatalf("%s: written as version %d, want %d", name, got, want)
+				}
+			} else if want != 0 {
+				t.Fatalf("%s: written as %d bytes", name, len(b))
+			}
+		}
+	}
+	manifest := struct {
+		Files     map[string]string `json:"files"`
+		Versions  map[string]byte   `json:"versions"`
+		UnitKinds map[string][]int  `json:"unit_kinds"`
+	}{map[string]string{}, versions, v4UnitKinds}
+	for name, data := range contents {
+		sum := sha256.Sum256(data)
+		manifest.Files[name] = hex.EncodeToString(sum[:])
+	}
+	b, err := json.MarshalIndent(manifest, "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, "manifest.json"), append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFormatV4Fixtures reads the volumes of testdata/v4 (written when file
+// format version 4 was new, keys in the keystore of testdata/v1): version
+// 4 files of compressed and of stored units, one rewritten in place, an
+// empty file and a version 3 one, each of the version and content its
+// manifest gives. Never regenerate them.
+func TestFormatV4Fixtures(t *testing.T) {
+	contents, versions := v4FixtureContents()
+	var manifest struct {
+		Files    map[string]string `json:"files"`
+		Versions map[string]byte   `json:"versions"`
+	}
+	raw, err := os.ReadFile(filepath.Join("testdata", "v4", "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &manifest); err != nil {
+		t.Fatal(err)
+	}
+	// The manifest is what the generator meant to write.
+	for name, data := range contents {
+		sum := sha256.Sum256(data)
+		if manifest.Files[name] != hex.EncodeToString(sum[:]) || manifest.Versions[name] != versions[name] {
+			t.Errorf("%s: manifest sum %s and version %d, the fixture's content and version %d", name, manifest.Files[name], manifest.Versions[name], versions[name])
+		}
+	}
+	testFormatFixtures(t, 4, slices.Collect(maps.Keys(contents)))
+}
+
+// checkV4Stored checks a stored version 4 file of testdata/v4 as git holds
+// it: its units end before its stored size, and the rest is zeros written
+// out (git keeps no holes; nothing reads them).
+func checkV4Stored(t *testing.T, name string, stored []byte, l envelope.Layout) {
+	t.Helper()
+	p, err := envelope.ParseHeader(stored[:l.HeaderSize])
+	if err != nil {
+		t.Errorf("%s: %v", name, err)
+		return
+	}
+	_, end := p.Units.Offsets(p.RegionSize)
+	if int64(p.RegionSize) >= l.HeaderSize || end >= int64(len(stored)) || l.CipherSize(p.Units.PlainSize, true) != int64(len(stored)) {
+		t.Errorf("%s: region of %d bytes, units end at %d, stored size %d for %d bytes", name, p.RegionSize, end, len(stored), p.Units.PlainSize)
+		return
+	}
+	if slices.ContainsFunc(stored[end:], func(b byte) bool { return b != 0 }) {
+		t.Errorf("%s: bytes after the units that are not zero", name)
 	}
 }

@@ -1,9 +1,15 @@
 // Package specdecode reads the bytes kmsfs stores by docs/FORMAT.md alone,
 // with nothing but the standard library: a second, independent
 // implementation of the format that the tests hold against the test vectors
-// and the version 1 fixture volumes. It deliberately imports nothing of
-// kmsfs (envelope in particular): where it and envelope disagree, either the
-// code or the document is wrong, and a test fails.
+// and the fixture volumes. It deliberately imports nothing of kmsfs
+// (envelope in particular): where it and envelope disagree, either the code
+// or the document is wrong, and a test fails.
+//
+// One exception to the standard library: the standard library has no zstd
+// decoder, so the zstd frames of compressed files (section 4a) are
+// decompressed by github.com/klauspost/compress/zstd, for that step only.
+// Everything around it (the frame being exactly one frame, the payload
+// kinds, the unit table, the sizes) is read here from the document.
 package specdecode
 
 import (
@@ -17,6 +23,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // Section 3: the header region.
@@ -42,6 +50,7 @@ const (
 	TypeSuite       = 0x04
 	TypeBlockSize   = 0x05
 	TypeBucketKeyID = 0x06
+	TypeCompression = 0x47 // section 4a, version 4 only
 	TypeKMSKeyID    = 0x81
 	TypeWrappedKey  = 0x82
 )
@@ -54,7 +63,7 @@ type Field struct {
 
 // Header is a parsed header region.
 type Header struct {
-	Version    byte   // byte 4: 1, 2 or 3 (section 4: how blocks are bound)
+	Version    byte   // byte 4: 1, 2 or 3 (section 4: how blocks are bound), 4 (section 4a: units)
 	Prefix     []byte // bytes 0..7
 	RegionSize int
 	Fields     []Field // in stored order
@@ -65,16 +74,19 @@ type Header struct {
 	BlockSize                     uint32
 	KMSKeyID                      string
 	WrappedKey                    []byte
+	// Compression is field 0x47, present in version 4 only.
+	Compression *Compression
 }
 
 // ParseHeader decodes a header region by the rules of section 3 (magic,
-// version 1, 2 or 3, no flags, TLV fields each at most once, the required ones
-// present, zero padding). It does not check the MAC: Verify does.
+// version 1 to 4, no flags, TLV fields each at most once, the required ones
+// present, field 0x47 in version 4 and only there, zero padding). It does
+// not check the MAC: Verify does.
 func ParseHeader(region []byte) (*Header, error) {
 	if len(region) < prefixLen || string(region[:4]) != magic {
 		return nil, errors.New("no KMFS magic")
 	}
-	if region[4] < 1 || region[4] > 3 {
+	if region[4] < 1 || region[4] > 4 {
 		return nil, fmt.Errorf("version %d", region[4])
 	}
 	if region[5] != 0 {
@@ -113,6 +125,9 @@ func ParseHeader(region []byte) (*Header, error) {
 	}
 	if h.Mode == 2 && !seen[TypeBucketKeyID] {
 		return nil, errors.New("bucket-key mode without a bucket key ID")
+	}
+	if (h.Version == 4) != seen[TypeCompression] {
+		return nil, fmt.Errorf("version %d header: compression field present: %v (section 4a: in version 4, and only there)", h.Version, seen[TypeCompression])
 	}
 	h.MAC = region[end : end+macLen]
 	for _, c := range region[end+macLen : h.RegionSize] {
@@ -156,6 +171,8 @@ func (h *Header) set(f Field) error {
 		if err = fixed(4); err == nil {
 			h.BlockSize = binary.BigEndian.Uint32(f.Value)
 		}
+	case TypeCompression:
+		h.Compression, err = parseCompression(f.Value)
 	case TypeKMSKeyID:
 		h.KMSKeyID = string(f.Value)
 	case TypeWrappedKey:
@@ -323,8 +340,9 @@ func PlaintextSize(stored, headerSize, blockSize int64) (int64, error) {
 	return size, nil
 }
 
-// DecryptFile returns the plaintext of a stored file. fileKey gives the
-// file key for its parsed header (the KMS part of section 5).
+// DecryptFile returns the plaintext of a stored file of any version (a
+// version 4 file: DecryptUnits). fileKey gives the file key for its parsed
+// header (the KMS part of section 5).
 func DecryptFile(stored []byte, headerSize, blockSize int, fileKey func(*Header) ([]byte, error)) ([]byte, error) {
 	size, err := PlaintextSize(int64(len(stored)), int64(headerSize), int64(blockSize))
 	if err != nil || size == 0 {
@@ -334,7 +352,9 @@ func DecryptFile(stored []byte, headerSize, blockSize int, fileKey func(*Header)
 	if err != nil {
 		return nil, err
 	}
-	if h.RegionSize != headerSize || int(h.BlockSize) != blockSize {
+	// Section 4a: a version 4 region is at most header_size (ParseHeader
+	// was given that much) and at least 256 (ParseHeader checks that too).
+	if (h.Version != 4 && h.RegionSize != headerSize) || int(h.BlockSize) != blockSize {
 		return nil, fmt.Errorf("header says region %d and blocks of %d; the volume %d and %d", h.RegionSize, h.BlockSize, headerSize, blockSize)
 	}
 	k, err := fileKey(h)
@@ -344,6 +364,9 @@ func DecryptFile(stored []byte, headerSize, blockSize int, fileKey func(*Header)
 	blockKey, macKey := FileSubkeys(k, h.FileID)
 	if err := h.Verify(macKey); err != nil {
 		return nil, err
+	}
+	if h.Version == 4 {
+		return DecryptUnits(stored, h, blockKey, size)
 	}
 	var out []byte
 	s := blockSize + blockExtra
@@ -369,6 +392,201 @@ func DecryptFile(stored []byte, headerSize, blockSize int, fileKey func(*Header)
 	}
 	if int64(len(out)) != size {
 		return nil, fmt.Errorf("%d plaintext bytes, the size rule says %d", len(out), size)
+	}
+	return out, nil
+}
+
+// Section 4a: compressed files (version 4).
+
+// Unit geometry and payload kinds of section 4a.
+const (
+	minUnit    = 4096
+	maxUnit    = 1 << 20
+	unitExtra  = blockExtra + 1 // nonce, tag and the kind byte
+	unitFlag   = 0x02           // the AAD byte after the unit number
+	KindStored = 0x00
+	KindZstd   = 0x01
+)
+
+// Compression is the value of field 0x47.
+type Compression struct {
+	Algorithm byte   // 1: zstd
+	UnitSize  uint32 // U
+	PlainSize uint64 // P
+	Lengths   []uint32
+}
+
+func parseCompression(v []byte) (*Compression, error) {
+	if len(v) < 13 {
+		return nil, fmt.Errorf("compression field of %d bytes", len(v))
+	}
+	c := &Compression{Algorithm: v[0], UnitSize: binary.BigEndian.Uint32(v[1:5]), PlainSize: binary.BigEndian.Uint64(v[5:13])}
+	if c.Algorithm != 1 {
+		return nil, fmt.Errorf("compression algorithm %d", c.Algorithm)
+	}
+	if c.UnitSize < minUnit || c.UnitSize > maxUnit || c.UnitSize&(c.UnitSize-1) != 0 {
+		return nil, fmt.Errorf("unit size %d", c.UnitSize)
+	}
+	if c.PlainSize == 0 {
+		return nil, errors.New("compressed file of 0 bytes")
+	}
+	n := (c.PlainSize-1)/uint64(c.UnitSize) + 1 // ceil(P / U), P > 0
+	if uint64(len(v)-13) != 4*n {
+		return nil, fmt.Errorf("compression field of %d bytes for %d units", len(v), n)
+	}
+	for i := uint64(0); i < n; i++ {
+		l := binary.BigEndian.Uint32(v[13+4*i:])
+		if l <= unitExtra || l > c.UnitSize+unitExtra {
+			return nil, fmt.Errorf("unit %d: stored length %d", i, l)
+		}
+		c.Lengths = append(c.Lengths, l)
+	}
+	return c, nil
+}
+
+// UnitPlainLen is the plaintext length of unit i: [i*U, min((i+1)*U, P)).
+func (c *Compression) UnitPlainLen(i int) int {
+	return int(min(uint64(c.UnitSize), c.PlainSize-uint64(i)*uint64(c.UnitSize)))
+}
+
+// UnitAAD is file ID || unit number (uint64) || 0x02.
+func UnitAAD(fileID []byte, unitNo uint64) []byte {
+	return append(binary.BigEndian.AppendUint64(append([]byte(nil), fileID...), unitNo), unitFlag)
+}
+
+// SealUnit is nonce || AES-GCM(blockKey, nonce, payload, UnitAAD); payload
+// is the kind byte and the unit's bytes.
+func SealUnit(blockKey, fileID []byte, unitNo uint64, nonce, payload []byte) []byte {
+	return gcm(blockKey).Seal(append([]byte(nil), nonce...), nonce, payload, UnitAAD(fileID, unitNo))
+}
+
+// OpenUnitPayload authenticates and decrypts one sealed unit to its
+// payload.
+func OpenUnitPayload(blockKey, fileID []byte, unitNo uint64, sealed []byte) ([]byte, error) {
+	if len(sealed) <= unitExtra {
+		return nil, fmt.Errorf("unit %d: %d bytes", unitNo, len(sealed))
+	}
+	return gcm(blockKey).Open(nil, sealed[:nonceLen], sealed[nonceLen:], UnitAAD(fileID, unitNo))
+}
+
+// OpenUnit returns the plaintext of a sealed unit, which must be want
+// bytes long.
+func OpenUnit(blockKey, fileID []byte, unitNo uint64, sealed []byte, want int) ([]byte, error) {
+	payload, err := OpenUnitPayload(blockKey, fileID, unitNo, sealed)
+	if err != nil {
+		return nil, err
+	}
+	var plain []byte
+	switch payload[0] {
+	case KindStored:
+		plain = payload[1:]
+	case KindZstd:
+		if plain, err = DecodeFrame(payload[1:]); err != nil {
+			return nil, fmt.Errorf("unit %d: %w", unitNo, err)
+		}
+	default:
+		return nil, fmt.Errorf("unit %d: payload kind %d", unitNo, payload[0])
+	}
+	if len(plain) != want {
+		return nil, fmt.Errorf("unit %d: %d plaintext bytes, want %d", unitNo, len(plain), want)
+	}
+	return plain, nil
+}
+
+// DecodeFrame decompresses one zstd frame (RFC 8878) with nothing after it.
+// The frame's structure is walked here to check that it is one frame;
+// klauspost/compress decompresses it, with at most maxUnit bytes of
+// window and of output (a unit is never longer).
+func DecodeFrame(frame []byte) ([]byte, error) {
+	if n, err := frameLen(frame); err != nil {
+		return nil, err
+	} else if n != len(frame) {
+		return nil, fmt.Errorf("zstd: %d bytes after the frame", len(frame)-n)
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxUnit), zstd.WithDecoderMaxMemory(maxUnit))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	out, err := d.DecodeAll(frame, nil)
+	if err != nil {
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	return out, nil
+}
+
+// frameLen is the length of the zstd frame b starts with (RFC 8878
+// section 3.1.1): magic, frame header, blocks up to the last one, and the
+// checksum if the header announces one.
+func frameLen(b []byte) (int, error) {
+	if len(b) < 5 || binary.LittleEndian.Uint32(b) != 0xFD2FB528 {
+		return 0, errors.New("zstd: no frame magic")
+	}
+	fhd := b[4]
+	if fhd&0x08 != 0 {
+		return 0, errors.New("zstd: reserved bit set in the frame header")
+	}
+	single := fhd&0x20 != 0
+	n := 5
+	if !single {
+		n++ // window descriptor
+	}
+	n += []int{0, 1, 2, 4}[fhd&3] // dictionary ID
+	fcs := []int{0, 2, 4, 8}[fhd>>6]
+	if fcs == 0 && single {
+		fcs = 1
+	}
+	n += fcs
+	for {
+		if len(b) < n+3 {
+			return 0, errors.New("zstd: frame cut")
+		}
+		bh := uint32(b[n]) | uint32(b[n+1])<<8 | uint32(b[n+2])<<16
+		last, typ, size := bh&1 != 0, (bh>>1)&3, int(bh>>3)
+		n += 3
+		switch typ {
+		case 0, 2: // raw, compressed: size bytes
+			n += size
+		case 1: // RLE: one byte
+			n++
+		default:
+			return 0, errors.New("zstd: reserved block type")
+		}
+		if last {
+			break
+		}
+	}
+	if fhd&0x04 != 0 {
+		n += 4 // content checksum
+	}
+	if len(b) < n {
+		return 0, errors.New("zstd: frame cut")
+	}
+	return n, nil
+}
+
+// DecryptUnits returns the plaintext of a version 4 file whose header h
+// was parsed from it and verified, by section 4a: P equals size (the size
+// rule of section 4 on the stored size), the units, packed after the
+// region, end within the stored file, and each opens at its position to
+// its length. The bytes after the last unit are not read.
+func DecryptUnits(stored []byte, h *Header, blockKey []byte, size int64) ([]byte, error) {
+	c := h.Compression
+	if c.PlainSize != uint64(size) {
+		return nil, fmt.Errorf("the header says %d bytes, the stored size %d", c.PlainSize, size)
+	}
+	var out []byte
+	off := int64(h.RegionSize)
+	for i, l := range c.Lengths {
+		if off+int64(l) > int64(len(stored)) {
+			return nil, fmt.Errorf("unit %d ends at %d, past the stored size %d", i, off+int64(l), len(stored))
+		}
+		plain, err := OpenUnit(blockKey, h.FileID, uint64(i), stored[off:off+int64(l)], c.UnitPlainLen(i))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, plain...)
+		off += int64(l)
 	}
 	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -23,6 +24,7 @@ var (
 	fixtureVolumes   = filepath.Join("..", "..", "..", "volume", "testdata", "v1")
 	fixtureVolumesV2 = filepath.Join("..", "..", "..", "volume", "testdata", "v2")
 	fixtureVolumesV3 = filepath.Join("..", "..", "..", "volume", "testdata", "v3")
+	fixtureVolumesV4 = filepath.Join("..", "..", "..", "volume", "testdata", "v4")
 )
 
 func unhex(t *testing.T, s string) []byte {
@@ -347,6 +349,12 @@ func TestV2Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV2, 2) }
 // the stored block before it).
 func TestV3Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV3, 3) }
 
+// TestV4Fixtures reads the volumes written when format version 4 was new
+// (volumes with the compression feature): files of several units, of
+// stored units, one rewritten in place, an empty one, and one in the block
+// layout, each of the version its manifest gives.
+func TestV4Fixtures(t *testing.T) { testFixtures(t, fixtureVolumesV4, 4) }
+
 func testFixtures(t *testing.T, volumes string, version byte) {
 	var manifest struct {
 		Files  map[string]string `json:"files"`
@@ -354,8 +362,25 @@ func testFixtures(t *testing.T, volumes string, version byte) {
 			File, Name, Plaintext string
 			Stored                string `json:"stored_base64"`
 		} `json:"xattrs"`
+		// Versions, if there, is each file's format version (0: no
+		// header); otherwise every file with a header is of version.
+		Versions map[string]byte `json:"versions"`
+		// UnitKinds is the payload kind of each unit of a version 4
+		// file.
+		UnitKinds map[string][]int `json:"unit_kinds"`
 	}
 	readJSON(t, filepath.Join(volumes, "manifest.json"), &manifest)
+	if version == 4 {
+		kinds := map[int]bool{}
+		for _, ks := range manifest.UnitKinds {
+			for _, k := range ks {
+				kinds[k] = true
+			}
+		}
+		if !kinds[KindStored] || !kinds[KindZstd] {
+			t.Errorf("the fixture's units are of kinds %v, not both", kinds)
+		}
+	}
 	material := fixtureKeystore(t)
 	for _, mode := range []string{"per-object", "bucket-key"} {
 		t.Run(mode, func(t *testing.T) {
@@ -369,10 +394,16 @@ func testFixtures(t *testing.T, volumes string, version byte) {
 				HeaderSize     int      `json:"header_size"`
 				WrappedMetaKey []byte   `json:"wrapped_meta_key"`
 				Features       []string `json:"features"`
+				Compress       string   `json:"compress"`
 			}
 			readJSON(t, filepath.Join(dir, ".kmsfs", "volume.json"), &cfg)
 			if cfg.Format != 1 || cfg.Mode != mode || len(cfg.VolumeID) != 32 || cfg.BlockSize != 4096 || cfg.HeaderSize != 1024 {
 				t.Fatalf("volume.json: %+v", cfg)
+			}
+			// Section 1: version 4 files come from a volume with the
+			// compression feature (a reader needs no setting).
+			if version == 4 && (!slices.Contains(cfg.Features, "compression") || !strings.HasPrefix(cfg.Compress, "zstd")) {
+				t.Errorf("volume.json: features %v, compress %q", cfg.Features, cfg.Compress)
 			}
 			volID := unhex(t, cfg.VolumeID)
 			metaKey, err := OpenBlob(cfg.WrappedMetaKey, map[string]string{"kmsfs:volume": cfg.VolumeID, "kmsfs:purpose": "metadata"}, material)
@@ -400,9 +431,19 @@ func testFixtures(t *testing.T, volumes string, version byte) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				want := version
+				if manifest.Versions != nil {
+					v, ok := manifest.Versions[name]
+					if !ok {
+						t.Errorf("%s: no version in the manifest", name)
+					}
+					if want = v; len(stored) == 0 && want != 0 {
+						t.Errorf("%s: no header, want version %d", name, want)
+					}
+				}
 				if len(stored) > 0 {
-					if h, err := ParseHeader(stored[:cfg.HeaderSize]); err != nil || h.Version != version {
-						t.Errorf("%s: header %v, want version %d", name, err, version)
+					if h, err := ParseHeader(stored[:cfg.HeaderSize]); err != nil || h.Version != want {
+						t.Errorf("%s: header %v, want version %d", name, err, want)
 					}
 				}
 				plain, err := DecryptFile(stored, cfg.HeaderSize, cfg.BlockSize, fileKey)
@@ -412,6 +453,11 @@ func testFixtures(t *testing.T, volumes string, version byte) {
 				}
 				if got := sha256.Sum256(plain); hex.EncodeToString(got[:]) != sum {
 					t.Errorf("%s: %d bytes that differ from the manifest", name, len(plain))
+				}
+				if want == 4 {
+					if got := unitKinds(t, stored[:cfg.HeaderSize], stored, fileKey); !slices.Equal(got, manifest.UnitKinds[name]) {
+						t.Errorf("%s: units of kinds %v, the manifest says %v", name, got, manifest.UnitKinds[name])
+					}
 				}
 			}
 			if version != 1 {
@@ -432,5 +478,246 @@ func testFixtures(t *testing.T, volumes string, version byte) {
 				t.Errorf("xattr %s opened under another name", x.Name)
 			}
 		})
+	}
+}
+
+// TestVectorsV4: the header regions and sealed units of vectors_v4.json
+// are what section 4a says: the compression field (0x47, after 0x01..0x06
+// and covered by the MAC), each unit sealed with AAD file ID || i || 0x02
+// over its payload (kind 0x00 and the plaintext, or 0x01 and one zstd
+// frame of it), and the whole stored file (region, units, zeros up to the
+// version 3 size of P) decodes to the plaintext, and only at that size.
+func TestVectorsV4(t *testing.T) {
+	var v struct {
+		Version    byte   `json:"version"`
+		FileKey    string `json:"file_key"`
+		FileID     string `json:"file_id"`
+		BlockKey   string `json:"block_key"`
+		MACKey     string `json:"header_mac_key"`
+		BucketKey  string `json:"bucket_key"`
+		BucketFile string `json:"bucket_file_key"`
+		HeaderSize int    `json:"header_size"`
+		BlockSize  int    `json:"block_size"`
+		Files      []struct {
+			Mode       string `json:"mode"`
+			Header     string `json:"header_region"`
+			UnitSize   uint32 `json:"unit_size"`
+			PlainSize  uint64 `json:"plain_size"`
+			StoredSize int    `json:"stored_size"`
+			Units      []struct {
+				UnitNo    uint64 `json:"unit_no"`
+				Kind      byte   `json:"kind"`
+				Nonce     string `json:"nonce"`
+				Plaintext string `json:"plaintext"`
+				Payload   string `json:"payload"`
+				Sealed    string `json:"sealed"`
+			} `json:"units"`
+		} `json:"files"`
+	}
+	readJSON(t, filepath.Join(envelopeTestdata, "vectors_v4.json"), &v)
+	if v.Version != 4 || len(v.Files) == 0 {
+		t.Fatalf("vectors_v4.json: version %d, %d files", v.Version, len(v.Files))
+	}
+	fileID := unhex(t, v.FileID)
+	if got := hex.EncodeToString(BucketFileKey(unhex(t, v.BucketKey), fileID)); got != v.BucketFile {
+		t.Errorf("bucket-key file key: FORMAT.md gives %s, the vector %s", got, v.BucketFile)
+	}
+	kinds := map[byte]bool{}
+	multi := false
+	for _, f := range v.Files {
+		t.Run(f.Mode, func(t *testing.T) {
+			fileKey := unhex(t, v.FileKey)
+			if f.Mode == "bucket-key" {
+				fileKey = BucketFileKey(unhex(t, v.BucketKey), fileID)
+			}
+			blockKey, macKey := FileSubkeys(fileKey, fileID)
+			if f.Mode == "per-object" && (hex.EncodeToString(blockKey) != v.BlockKey || hex.EncodeToString(macKey) != v.MACKey) {
+				t.Errorf("subkeys: FORMAT.md gives %x and %x, the vector %s and %s", blockKey, macKey, v.BlockKey, v.MACKey)
+			}
+			region := unhex(t, f.Header)
+			h, err := ParseHeader(region)
+			if err != nil {
+				t.Fatalf("header vector: %v", err)
+			}
+			c := h.Compression
+			if h.Version != 4 || h.RegionSize != len(region) || h.RegionSize < minRegion || h.RegionSize > v.HeaderSize ||
+				!bytes.Equal(h.FileID, fileID) || h.Mode != map[string]byte{"per-object": 1, "bucket-key": 2}[f.Mode] ||
+				h.BlockSize != uint32(v.BlockSize) || c == nil || c.UnitSize != f.UnitSize || c.PlainSize != f.PlainSize || len(c.Lengths) != len(f.Units) {
+				t.Fatalf("header vector: version %d, region %d of %d bytes (header_size %d), mode %d, block size %d, compression %+v",
+					h.Version, h.RegionSize, len(region), v.HeaderSize, h.Mode, h.BlockSize, c)
+			}
+			if err := h.Verify(macKey); err != nil {
+				t.Errorf("header vector: %v", err)
+			}
+			if got := region[13:29]; !bytes.Equal(got, fileID) {
+				t.Errorf("bytes 13..28 of the header are %x, not the file ID %x", got, fileID)
+			}
+			if again, err := EncodeHeader(4, h.RegionSize, h.Fields, macKey); err != nil || !bytes.Equal(again, region) {
+				t.Errorf("a header written by FORMAT.md's writer rules differs from the vector (%v):\n got %x\nwant %x", err, again, region)
+			}
+			// The MAC covers field 0x47: P, U and every length.
+			for i, fl := range h.Fields {
+				if fl.Type != TypeCompression {
+					continue
+				}
+				for _, at := range []int{0, 4, 12, len(fl.Value) - 1} {
+					p, _ := ParseHeader(region)
+					p.Fields[i].Value = bytes.Clone(fl.Value)
+					p.Fields[i].Value[at] ^= 1
+					if p.Verify(macKey) == nil {
+						t.Errorf("byte %d of the compression field is not covered by the MAC", at)
+					}
+				}
+			}
+			// The stored file: region, units packed after it, zeros up to C.
+			stored := bytes.Clone(region)
+			var plain []byte
+			for i, u := range f.Units {
+				nonce, pt, payload, sealed := unhex(t, u.Nonce), unhex(t, u.Plaintext), unhex(t, u.Payload), unhex(t, u.Sealed)
+				kinds[u.Kind] = true
+				if u.UnitNo != uint64(i) || c.Lengths[i] != uint32(len(sealed)) || c.UnitPlainLen(i) != len(pt) || payload[0] != u.Kind {
+					t.Fatalf("unit %d: number %d, %d sealed bytes (header %d), %d plaintext bytes (section 4a: %d), kind %d (payload %d)",
+						i, u.UnitNo, len(sealed), c.Lengths[i], len(pt), c.UnitPlainLen(i), u.Kind, payload[0])
+				}
+				if got := SealUnit(blockKey, fileID, u.UnitNo, nonce, payload); !bytes.Equal(got, sealed) {
+					t.Errorf("unit %d: FORMAT.md seals it as %s, the vector says %s", i, short(got), short(sealed))
+				}
+				if got, err := OpenUnitPayload(blockKey, fileID, u.UnitNo, sealed); err != nil || !bytes.Equal(got, payload) {
+					t.Errorf("unit %d: payload %s, %v", i, short(got), err)
+				}
+				if got, err := OpenUnit(blockKey, fileID, u.UnitNo, sealed, len(pt)); err != nil || !bytes.Equal(got, pt) {
+					t.Errorf("unit %d: opens as %s, %v", i, short(got), err)
+				}
+				if u.Kind == KindStored && !bytes.Equal(payload[1:], pt) {
+					t.Errorf("unit %d: a stored payload that is not the plaintext", i)
+				}
+				if _, err := OpenUnit(blockKey, fileID, u.UnitNo+1, sealed, len(pt)); err == nil {
+					t.Errorf("unit %d opened at position %d", i, u.UnitNo+1)
+				}
+				if _, err := OpenUnit(blockKey, fileID, u.UnitNo, sealed, len(pt)-1); err == nil {
+					t.Errorf("unit %d opened as %d bytes", i, len(pt)-1)
+				}
+				for ver := byte(1); ver <= 3; ver++ {
+					for _, last := range []bool{false, true} {
+						if _, err := OpenBlock(ver, blockKey, fileID, u.UnitNo, last, u.UnitNo-1, sealed); err == nil {
+							t.Errorf("unit %d opened as a version %d block", i, ver)
+						}
+					}
+				}
+				if u.Kind == KindZstd {
+					// Section 4a: one frame, nothing after it.
+					if _, err := DecodeFrame(append(bytes.Clone(payload[1:]), payload[1:]...)); err == nil {
+						t.Errorf("unit %d: two frames decoded as one", i)
+					}
+					if _, err := DecodeFrame(payload[1 : len(payload)-1]); err == nil {
+						t.Errorf("unit %d: a cut frame decoded", i)
+					}
+				}
+				stored = append(stored, sealed...)
+				plain = append(plain, pt...)
+			}
+			multi = multi || (len(f.Units) > 1 && f.PlainSize%uint64(f.UnitSize) != 0)
+			if len(stored) > f.StoredSize {
+				t.Fatalf("units end at %d, past the stored size %d", len(stored), f.StoredSize)
+			}
+			if want, err := PlaintextSize(int64(f.StoredSize), int64(v.HeaderSize), int64(v.BlockSize)); err != nil || want != int64(f.PlainSize) {
+				t.Errorf("stored size %d: the size rule gives %d (%v), P is %d", f.StoredSize, want, err, f.PlainSize)
+			}
+			stored = append(stored, make([]byte, f.StoredSize-len(stored))...)
+			key := func(*Header) ([]byte, error) { return fileKey, nil }
+			if got, err := DecryptFile(stored, v.HeaderSize, v.BlockSize, key); err != nil || !bytes.Equal(got, plain) {
+				t.Errorf("stored file decoded: %s, %v", short(got), err)
+			}
+			// The zero tail is not read; a file cut or extended no longer
+			// has the size P gives.
+			if end := len(region) + int(sumLengths(c)); end < len(stored) {
+				tail := bytes.Clone(stored)
+				tail[len(tail)-1] = 0xff
+				if got, err := DecryptFile(tail, v.HeaderSize, v.BlockSize, key); err != nil || !bytes.Equal(got, plain) {
+					t.Errorf("a byte after the units changed: %s, %v", short(got), err)
+				}
+			}
+			for _, bad := range [][]byte{
+				stored[:len(stored)-1],
+				append(bytes.Clone(stored), make([]byte, v.BlockSize+blockExtra)...),
+				append(bytes.Clone(stored), make([]byte, blockExtra+1)...),
+			} {
+				if _, err := DecryptFile(bad, v.HeaderSize, v.BlockSize, key); err == nil {
+					t.Errorf("a stored file of %d bytes, not %d, decoded", len(bad), len(stored))
+				}
+			}
+		})
+	}
+	if !kinds[KindStored] || !kinds[KindZstd] {
+		t.Errorf("the vectors have payload kinds %v, not both", kinds)
+	}
+	if !multi {
+		t.Error("no vector file of several units with a short last one")
+	}
+}
+
+// unitKinds is the payload kind of each unit of a stored version 4 file.
+func unitKinds(t *testing.T, region, stored []byte, fileKey func(*Header) ([]byte, error)) []int {
+	t.Helper()
+	h, err := ParseHeader(region)
+	if err != nil || h.Compression == nil {
+		t.Fatalf("not a version 4 header: %v", err)
+	}
+	k, err := fileKey(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blockKey, _ := FileSubkeys(k, h.FileID)
+	var kinds []int
+	off := h.RegionSize
+	for i, l := range h.Compression.Lengths {
+		p, err := OpenUnitPayload(blockKey, h.FileID, uint64(i), stored[off:off+int(l)])
+		if err != nil {
+			t.Fatalf("unit %d: %v", i, err)
+		}
+		kinds = append(kinds, int(p[0]))
+		off += int(l)
+	}
+	return kinds
+}
+
+func sumLengths(c *Compression) (n uint64) {
+	for _, l := range c.Lengths {
+		n += uint64(l)
+	}
+	return n
+}
+
+// TestParseCompression: the refusals section 4a lists for field 0x47.
+func TestParseCompression(t *testing.T) {
+	val := func(alg byte, u uint32, p uint64, lengths ...uint32) []byte {
+		b := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32([]byte{alg}, u), p)
+		for _, l := range lengths {
+			b = binary.BigEndian.AppendUint32(b, l)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		what string
+		v    []byte
+		ok   bool
+	}{
+		{"good", val(1, 4096, 4097, 100, 30), true},
+		{"one byte, U at most", val(1, 1<<20, 1, 1<<20+29), true},
+		{"another algorithm", val(2, 4096, 4097, 100, 30), false},
+		{"U not a power of two", val(1, 4097, 4097, 100, 30), false},
+		{"U below 4096", val(1, 2048, 4097, 100, 30, 30, 30), false},
+		{"U above 1 MiB", val(1, 1<<21, 4097, 100), false},
+		{"P = 0", val(1, 4096, 0), false},
+		{"a length too few", val(1, 4096, 4097, 100), false},
+		{"a length too many", val(1, 4096, 4097, 100, 30, 30), false},
+		{"a length cut", val(1, 4096, 4097, 100, 30)[:20], false},
+		{"a length of 29", val(1, 4096, 4097, 100, 29), false},
+		{"a length over U + 29", val(1, 4096, 4097, 4096+30, 30), false},
+		{"too short", val(1, 4096, 4097)[:12], false},
+	} {
+		if _, err := parseCompression(tc.v); (err == nil) != tc.ok {
+			t.Errorf("%s: %v", tc.what, err)
+		}
 	}
 }
