@@ -224,6 +224,11 @@ func (k *FileKeys) OpenUnit(dst, sealed []byte, unitNo uint64, want int, c *Code
 	case unitStored:
 		dst = append(dst, payload[1:]...)
 	case unitZstd:
+		// DecodeAll would read any number of frames: the format
+		// allows exactly one (docs/FORMAT.md section 4a).
+		if n, ferr := zstdFrameLen(payload[1:]); ferr != nil || n != len(payload)-1 {
+			return nil, fmt.Errorf("unit %d: %w: the payload is not one zstd frame", unitNo, ErrCorrupt)
+		}
 		dst, err = c.dec.DecodeAll(payload[1:], dst)
 		if err != nil {
 			return nil, fmt.Errorf("unit %d: %w: zstd: %v", unitNo, ErrCorrupt, err)
@@ -255,4 +260,56 @@ func (k *FileKeys) AsVersion(version uint8) (*FileKeys, error) {
 	}
 	return &FileKeys{fileID: k.fileID, version: version, blockKey: append([]byte(nil), k.blockKey...),
 		macKey: append([]byte(nil), k.macKey...), aead: k.aead}, nil
+}
+
+// zstdFrameLen is the length of the zstd frame that b starts with (RFC 8878
+// section 3.1.1): its header, its blocks to the last one, and its
+// checksum. A skippable frame, a dictionary or a reserved bit is an error.
+func zstdFrameLen(b []byte) (int, error) {
+	const magic = 0xFD2FB528
+	if len(b) < 5 || binary.LittleEndian.Uint32(b) != magic {
+		return 0, fmt.Errorf("not a zstd frame")
+	}
+	fhd := b[4]
+	fcsFlag, single, reserved, checksum, dictFlag := fhd>>6, fhd>>5&1, fhd>>3&1, fhd>>2&1, fhd&3
+	if reserved != 0 || dictFlag != 0 {
+		return 0, fmt.Errorf("zstd frame with a reserved bit or a dictionary")
+	}
+	pos := 5
+	if single == 0 {
+		pos++ // window descriptor
+	}
+	fcsLen := [4]int{0, 2, 4, 8}[fcsFlag]
+	if fcsFlag == 0 && single == 1 {
+		fcsLen = 1
+	}
+	pos += fcsLen
+	for {
+		if pos+3 > len(b) {
+			return 0, fmt.Errorf("zstd frame cut short")
+		}
+		hdr := uint32(b[pos]) | uint32(b[pos+1])<<8 | uint32(b[pos+2])<<16
+		pos += 3
+		switch size := int(hdr >> 3); hdr >> 1 & 3 {
+		case 0, 2: // raw, compressed
+			pos += size
+		case 1: // RLE: one byte
+			pos++
+		default:
+			return 0, fmt.Errorf("zstd block of the reserved type")
+		}
+		if pos > len(b) {
+			return 0, fmt.Errorf("zstd frame cut short")
+		}
+		if hdr&1 == 1 {
+			break
+		}
+	}
+	if checksum == 1 {
+		pos += 4
+	}
+	if pos > len(b) {
+		return 0, fmt.Errorf("zstd frame cut short")
+	}
+	return pos, nil
 }

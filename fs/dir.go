@@ -46,7 +46,7 @@ func (n *Node) entry(ctx context.Context, o op, p string, out *fuse.EntryOut) (*
 	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
 		return nil, n.t.fail(o, p, err)
 	}
-	n.t.statToAttr(p, &st, &out.Attr)
+	n.t.statToAttr(ctx, p, &st, &out.Attr)
 	return n.newChild(ctx, &st, &out.Attr), 0
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -238,6 +239,36 @@ func mountEntry(mountpoint string) (dev string, opts []string, err error) {
 		return "", nil, fmt.Errorf("%s: not in /proc/self/mountinfo", abs)
 	}
 	return dev, opts, nil
+}
+
+// MountSource returns the filesystem type, the source (for kmsfs, the
+// backend) and whether it is mounted read-only, for the filesystem mounted
+// at mountpoint, from /proc/self/mountinfo; ok is false when nothing is
+// mounted there.
+func MountSource(mountpoint string) (fstype, source string, readOnly, ok bool) {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return "", "", false, false
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", "", false, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
+		f := strings.Fields(line)
+		if len(f) < 6 || unescapeMountinfo(f[4]) != abs {
+			continue
+		}
+		for i := 6; i+2 < len(f); i++ {
+			if f[i] == "-" {
+				fstype, source, ok = f[i+1], unescapeMountinfo(f[i+2]), true
+				readOnly = slices.Contains(strings.Split(f[5], ","), "ro")
+				break
+			}
+		}
+	}
+	return fstype, source, readOnly, ok
 }
 
 // unescapeMountinfo undoes the octal escapes (\040 for a space, ...) the

@@ -125,13 +125,22 @@ func (n *Node) child(name string) (string, syscall.Errno) {
 
 // statToAttr fills a FUSE attribute from a backend stat, replacing the
 // ciphertext size of a regular file by its plaintext size.
-func (t *tree) statToAttr(name string, st *syscall.Stat_t, out *fuse.Attr) {
+func (t *tree) statToAttr(ctx context.Context, name string, st *syscall.Stat_t, out *fuse.Attr) {
 	if st.Mode&syscall.S_IFMT == syscall.S_IFREG {
 		if n, ok := t.vol.StagedSize(st.Ino); ok {
 			// Held in memory while it is written (a compressing
 			// volume): the stored file does not have it yet.
 			st.Size = n
 		} else {
+			if t.vol.Compresses() {
+				// The stat may predate a background write-out that
+				// has finished since (volume/writeout.go): then the
+				// stored file has the size the stage had.
+				var again syscall.Stat_t
+				if err := t.be.Lstat(ctx, name, &again); err == nil && again.Ino == st.Ino {
+					st.Size = again.Size
+				}
+			}
 			st.Size = t.vol.PlainSize(name, st.Size)
 		}
 	}
@@ -166,7 +175,7 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
 		return nil, n.t.fail(opLookup, p, err)
 	}
-	n.t.statToAttr(p, &st, &out.Attr)
+	n.t.statToAttr(ctx, p, &st, &out.Attr)
 	return n.newChild(ctx, &st, &out.Attr), 0
 }
 
@@ -201,7 +210,7 @@ func (n *Node) getattr(ctx context.Context, o op, f fusefs.FileHandle, out *fuse
 	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
 		return n.t.fail(o, p, err)
 	}
-	n.t.statToAttr(p, &st, &out.Attr)
+	n.t.statToAttr(ctx, p, &st, &out.Attr)
 	n.rememberDir(&out.Attr)
 	return 0
 }

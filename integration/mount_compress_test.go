@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // mountTextFile is seeded text that compresses as prose and source do
@@ -34,7 +35,8 @@ func mountTextFile(seed uint64, n int) []byte {
 	return b.Bytes()[:n]
 }
 
-// mountStoredVersion is the format version byte of a backing file.
+// mountStoredVersion is the format version byte of a backing file, 0 for
+// an empty one.
 func mountStoredVersion(t *testing.T, p string) byte {
 	t.Helper()
 	b := make([]byte, 5)
@@ -44,9 +46,19 @@ func mountStoredVersion(t *testing.T, p string) byte {
 	}
 	defer f.Close()
 	if _, err := f.ReadAt(b, 0); err != nil {
-		t.Fatalf("%s: %v", p, err)
+		return 0
 	}
 	return b[4]
+}
+
+// mountWaitVersion waits for the backing file p to be stored as format
+// version want: a compressed file is written out in the background once
+// closed (volume/writeout.go).
+func mountWaitVersion(t *testing.T, p string, want byte) {
+	t.Helper()
+	mountWaitFor(t, 20*time.Second, fmt.Sprintf("%s stored as version %d", filepath.Base(p), want), func() bool {
+		return mountStoredVersion(t, p) == want
+	})
 }
 
 // mountUnitTable reads a version 4 header's region size and unit lengths
@@ -118,6 +130,8 @@ func TestMountCompressedStorage(t *testing.T) {
 		}
 	}
 	check("after copy")
+	// The unmount waits for the files closed but not yet written out.
+	v.remount()
 
 	textUse := mountBackingUse(t, v.backing("text"))
 	srcUse := mountBackingUse(t, filepath.Join(src, "text"))
@@ -167,7 +181,6 @@ func TestMountCompressedStorage(t *testing.T) {
 			}
 		}
 	}
-	v.remount()
 	check("after remount")
 	v.unmount()
 	out, err := v.command("cat", v.vault, "text/f007.txt").Output()
@@ -188,9 +201,7 @@ func TestMountCompressedRewrite(t *testing.T) {
 	if err := os.WriteFile(p, want, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if ver := mountStoredVersion(t, v.backing("f.txt")); ver != 4 {
-		t.Fatalf("stored as version %d, want 4", ver)
-	}
+	mountWaitVersion(t, v.backing("f.txt"), 4)
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -223,9 +234,7 @@ func TestMountCompressedRewrite(t *testing.T) {
 		}
 	}
 	check("after rewrite")
-	if ver := mountStoredVersion(t, v.backing("f.txt")); ver != 4 {
-		t.Errorf("rewritten file stored as version %d, want 4", ver)
-	}
+	mountWaitVersion(t, v.backing("f.txt"), 4)
 	// fallocate and hole punching convert the file to the block layout.
 	mountExec(t, "fallocate", "-p", "-o", "8192", "-l", "16384", p)
 	clear(want[8192 : 8192+16384])

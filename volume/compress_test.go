@@ -35,6 +35,7 @@ func newCompressedVolume(t testing.TB) *testVol {
 
 func storedVersion(t testing.TB, tv *testVol, name string) byte {
 	t.Helper()
+	tv.outq.wait()
 	b := make([]byte, 5)
 	f, err := os.Open(filepath.Join(tv.dir, name))
 	if err != nil {
@@ -101,6 +102,7 @@ func TestCompressStaged(t *testing.T) {
 	if st.Blocks*512 > int64(len(want))/2 {
 		t.Errorf("compressed file takes %d bytes of disk, more than half of its %d", st.Blocks*512, len(want))
 	}
+	tv.outq.wait()
 	fresh := tv.reopen(t)
 	h = fresh.open(t, "f", syscall.O_RDONLY)
 	defer h.Close()
@@ -148,6 +150,7 @@ func TestCompressOutgrowsStage(t *testing.T) {
 	if v := storedVersion(t, tv, "big"); v != envelope.CurrentVersion {
 		t.Fatalf("stored as version %d, want %d", v, envelope.CurrentVersion)
 	}
+	tv.outq.wait()
 	h = tv.reopen(t).open(t, "big", syscall.O_RDONLY)
 	defer h.Close()
 	if got := readAllCtx(t, h); !bytes.Equal(got, want) {
@@ -171,6 +174,7 @@ func TestCompressIncompressible(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
+	tv.outq.wait()
 	var st syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(tv.dir, "r"), &st); err != nil {
 		t.Fatal(err)
@@ -203,7 +207,9 @@ func TestCompressChangedInPlace(t *testing.T) {
 		t.Fatalf("after fsync: version %d, want 4", v)
 	}
 	h.Close()
-	h = tv.reopen(t).open(t, "f", syscall.O_RDWR|syscall.O_APPEND)
+	tv.outq.wait()
+	tv1 := tv.reopen(t)
+	h = tv1.open(t, "f", syscall.O_RDWR|syscall.O_APPEND)
 	more := compressibleText(4, 3000)
 	if _, err := h.WriteAt(ctx, more, 0); err != nil { // O_APPEND: at the end
 		t.Fatal(err)
@@ -216,6 +222,7 @@ func TestCompressChangedInPlace(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
+	tv1.outq.wait()
 	tv2 := tv.reopen(t)
 	h = tv2.open(t, "f", syscall.O_RDWR)
 	if got := readAllCtx(t, h); !bytes.Equal(got, want) {
@@ -247,6 +254,7 @@ func TestCompressChangedInPlace(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
+	tv2.outq.wait()
 	h = tv2.reopen(t).open(t, "f", syscall.O_RDONLY)
 	defer h.Close()
 	if got := readAllCtx(t, h); string(got) != "new" {
@@ -314,6 +322,7 @@ func TestCompressTornRewrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Close()
+	tv.outq.wait()
 
 	budget := int64(1 << 40)
 	be := tv.reopen(t).be

@@ -94,11 +94,14 @@ func (h *Handle) Size() (int64, error) {
 
 // Stat returns the backend stat with the plaintext size filled in.
 func (h *Handle) Stat(st *syscall.Stat_t) error {
+	// The stage first: a write-out between the two would leave a stat of
+	// the stored file from before it.
+	staged, isStaged := h.st.stagedSize()
 	if err := h.f.Stat(st); err != nil {
 		return err
 	}
-	if n, ok := h.st.stagedSize(); ok {
-		st.Size = n
+	if isStaged {
+		st.Size = staged
 		return nil
 	}
 	st.Size = h.v.PlainSize(h.name, st.Size)

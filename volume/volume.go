@@ -168,6 +168,9 @@ func (v *Volume) Close() error {
 	// Files closed but not yet written out are written first: they need
 	// the keys dropped below.
 	v.outq.close()
+	if v.outq != nil {
+		v.writeOutOpen()
+	}
 	v.bucket.zero()
 	v.meta.zero()
 	v.pool.close()

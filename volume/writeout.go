@@ -21,6 +21,10 @@ import (
 	"sync"
 )
 
+// Compresses says whether new files are compressed, and so may be held in
+// memory and written out in the background (compress.go).
+func (v *Volume) Compresses() bool { return v.outq != nil }
+
 // writeOutPendingMax bounds the memory of files waiting to be written out.
 const writeOutPendingMax = 256 << 20
 
@@ -31,6 +35,8 @@ type writeOutQueue struct {
 
 	mu      sync.Mutex
 	pending int64 // bytes of the files queued
+	jobsOut int   // jobs queued or running
+	idle    sync.Cond
 	closed  bool
 }
 
@@ -41,6 +47,7 @@ type writeOutJob struct {
 
 func newWriteOutQueue(v *Volume) *writeOutQueue {
 	q := &writeOutQueue{v: v, jobs: make(chan writeOutJob, 4096)}
+	q.idle.L = &q.mu
 	for range runtime.GOMAXPROCS(0) {
 		q.wg.Add(1)
 		go func() {
@@ -65,6 +72,7 @@ func (q *writeOutQueue) offer(h *Handle, n int64) bool {
 	select {
 	case q.jobs <- writeOutJob{h, n}:
 		q.pending += n
+		q.jobsOut++
 		return true
 	default:
 		return false
@@ -85,6 +93,23 @@ func (q *writeOutQueue) finish(j writeOutJob) {
 	if err := h.f.Close(); err != nil {
 		h.v.log.Error("close: the backing file did not close cleanly", "path", "/"+h.name, "err", err)
 	}
+	q.mu.Lock()
+	if q.jobsOut--; q.jobsOut == 0 {
+		q.idle.Broadcast()
+	}
+	q.mu.Unlock()
+}
+
+// wait returns once every close queued so far is complete.
+func (q *writeOutQueue) wait() {
+	if q == nil {
+		return
+	}
+	q.mu.Lock()
+	for q.jobsOut > 0 {
+		q.idle.Wait()
+	}
+	q.mu.Unlock()
 }
 
 // close writes out everything queued and stops the workers.
@@ -117,5 +142,25 @@ func (h *Handle) closeStage(ctx context.Context) {
 	}
 	if s.writer == h {
 		s.dirty, s.writer = false, nil
+	}
+}
+
+// writeOutOpen writes out the files still held in memory by handles never
+// closed: at unmount the kernel drops RELEASE requests it has not yet
+// handed over (fuse_abort_conn), so a file closed just before may never be
+// released here.
+func (v *Volume) writeOutOpen() {
+	v.mu.Lock()
+	var open []*fileState
+	for _, st := range v.files {
+		open = append(open, st)
+	}
+	v.mu.Unlock()
+	for _, st := range open {
+		st.content.Lock()
+		if s := st.stage; s != nil && s.dirty && s.writer != nil {
+			s.writer.closeStage(context.Background())
+		}
+		st.content.Unlock()
 	}
 }
