@@ -20,7 +20,10 @@ import (
 // directories are opened with openat2(2) RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS
 // (fails with ELOOP at a symlink, EXDEV on the way out), and the operation
 // then acts on the last component relative to that directory, with its own
-// no-follow flag.
+// no-follow flag. Opened directories are kept for the next operation in the
+// same one (dircache.go): a kept descriptor names the directory it reached,
+// never a symlink put in its place later, and every rename and rmdir drops
+// those at and below the names it changed.
 
 // resolveBeneath is the openat2 resolution for every path below the root.
 const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS
