@@ -367,3 +367,38 @@ func TestDirCacheConcurrency(t *testing.T) {
 	}
 	b.dirs.mu.Unlock()
 }
+
+// The cost of an operation on a file below the root with and without the
+// cache: an lstat, as the kernel's LOOKUP of each new name in cp -a.
+func BenchmarkLstatBelowADirectory(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		max  int
+	}{{"cached", defaultDirCacheSize}, {"uncached", 0}} {
+		b.Run(bc.name, func(b *testing.B) {
+			ctx := context.Background()
+			be, err := New(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer be.Close()
+			be.dirs.max = bc.max
+			for _, d := range []string{"src", "src/pkg", "src/pkg/sub"} {
+				if err := be.Mkdir(ctx, d, 0o755, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			f, err := be.Open(ctx, "src/pkg/sub/f", os.O_RDWR|os.O_CREATE, 0o644, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			f.Close()
+			var st syscall.Stat_t
+			for b.Loop() {
+				if err := be.Lstat(ctx, "src/pkg/sub/f", &st); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
