@@ -34,9 +34,10 @@ const MetaDir = ".kmsfs"
 
 // Backend is a local directory backend.
 type Backend struct {
-	root   string // absolute path of the backing directory, for Root and messages
-	rootFd int    // O_PATH descriptor of root: the dirfd of every *at call
-	asRoot bool   // new entries get their creator's owner (we run as uid 0)
+	root   string    // absolute path of the backing directory, for Root and messages
+	rootFd int       // O_PATH descriptor of root: the dirfd of every *at call
+	asRoot bool      // new entries get their creator's owner (we run as uid 0)
+	dirs   *dirCache // descriptors of backing directories (dircache.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -62,7 +63,9 @@ func New(dir string) (*Backend, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: abs, Err: err}
 	}
-	return &Backend{root: abs, rootFd: fd, asRoot: os.Getuid() == 0}, nil
+	b := &Backend{root: abs, rootFd: fd, asRoot: os.Getuid() == 0}
+	b.dirs = newDirCache(defaultDirCacheSize, func(p string) (int, error) { return openDirBeneath(fd, p) })
+	return b, nil
 }
 
 // Root is the backing directory.
@@ -155,7 +158,9 @@ func (b *Backend) Rmdir(_ context.Context, name string) error {
 		return err
 	}
 	defer a.done()
-	return wrap("rmdir", name, unix.Unlinkat(a.dirfd, a.leaf, unix.AT_REMOVEDIR))
+	err = unix.Unlinkat(a.dirfd, a.leaf, unix.AT_REMOVEDIR)
+	b.dirs.invalidate(name)
+	return wrap("rmdir", name, err)
 }
 
 func (b *Backend) Unlink(_ context.Context, name string) error {
@@ -178,7 +183,15 @@ func (b *Backend) Rename(_ context.Context, from, to string, flags uint32) error
 		return err
 	}
 	defer a2.done()
-	return wrap("rename", from, unix.Renameat2(a1.dirfd, a1.leaf, a2.dirfd, a2.leaf, uint(flags)))
+	err = unix.Renameat2(a1.dirfd, a1.leaf, a2.dirfd, a2.leaf, uint(flags))
+	// from may have been a directory with descriptors cached at and below
+	// it, to an empty directory it replaced or, with RENAME_EXCHANGE, a
+	// directory swapped away: both are dropped before returning
+	// (dircache.go). Also after a failure, which changed nothing: it costs
+	// a scan of the cache, and a stat to tell would cost a system call.
+	b.dirs.invalidate(from)
+	b.dirs.invalidate(to)
+	return wrap("rename", from, err)
 }
 
 func (b *Backend) Symlink(_ context.Context, target, name string, owner *backend.Owner) error {
@@ -311,10 +324,13 @@ func openRetry(dirfd int, p string, flags int, mode uint32) (int, error) {
 	}
 }
 
-// Close releases the root descriptor. Call it once no operation is in
+// Close releases the root descriptor and the cached ones. Call it once no operation is in
 // flight: the descriptor's number may be reused by the next open.
 func (b *Backend) Close() error {
-	b.closeOnce.Do(func() { b.closeErr = syscall.Close(b.rootFd) })
+	b.closeOnce.Do(func() {
+		b.dirs.close()
+		b.closeErr = syscall.Close(b.rootFd)
+	})
 	return b.closeErr
 }
 

@@ -20,7 +20,10 @@ import (
 // directories are opened with openat2(2) RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS
 // (fails with ELOOP at a symlink, EXDEV on the way out), and the operation
 // then acts on the last component relative to that directory, with its own
-// no-follow flag.
+// no-follow flag. Opened directories are kept for the next operation in the
+// same one (dircache.go): a kept descriptor names the directory it reached,
+// never a symlink put in its place later, and every rename and rmdir drops
+// those at and below the names it changed.
 
 // resolveBeneath is the openat2 resolution for every path below the root.
 const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS
@@ -69,12 +72,15 @@ const validOpenFlags = unix.O_ACCMODE | unix.O_CREAT | unix.O_EXCL | unix.O_NOCT
 type atName struct {
 	dirfd int
 	leaf  string
-	own   bool // dirfd was opened for this call and is closed by done
+	dir   *dirEntry // the parent's descriptor, held from b.dirs until done
+	dirs  *dirCache
 }
 
 // at resolves the directory part of a volume path (see above) and returns
 // where the *at call acts. Entries directly in the root use the root's
-// descriptor, with no extra system call. Call done when finished.
+// descriptor, with no extra system call; others their parent's descriptor
+// from the cache of directories (dircache.go), opened on a miss. Call done
+// when finished.
 func (b *Backend) at(op, name string) (atName, error) {
 	p, err := b.rel(op, name)
 	if err != nil {
@@ -84,11 +90,11 @@ func (b *Backend) at(op, name string) (atName, error) {
 	if i < 0 {
 		return atName{dirfd: b.rootFd, leaf: p}, nil
 	}
-	fd, err := openDirBeneath(b.rootFd, p[:i])
+	e, err := b.dirs.get(p[:i])
 	if err != nil {
 		return atName{}, wrap(op, name, err)
 	}
-	return atName{dirfd: fd, leaf: p[i+1:], own: true}, nil
+	return atName{dirfd: e.fd, leaf: p[i+1:], dir: e, dirs: b.dirs}, nil
 }
 
 // openDirBeneath opens directory p below dirfd O_PATH (p relative, without
@@ -124,27 +130,35 @@ func openDirBeneath(dirfd int, p string) (int, error) {
 	return openBeneath(fd, p, unix.O_PATH|unix.O_DIRECTORY, 0)
 }
 
-// openPath opens the entry at volume path p (from rel) with flags: in one
-// openat2 call, or below its resolved directory when p is too long for one.
+// openPath opens the entry at volume path p (from rel) with flags: below
+// its parent's cached descriptor if there is one, else in one openat2
+// call from the root, or below its resolved parent when p is too long for
+// one.
 func (b *Backend) openPath(p string, flags int, mode uint32) (int, error) {
+	i := strings.LastIndexByte(p, '/')
+	if i > 0 {
+		if e := b.dirs.peek(p[:i]); e != nil {
+			defer b.dirs.put(e)
+			return openBeneath(e.fd, p[i+1:], flags, mode)
+		}
+	}
 	if len(p) < unix.PathMax {
 		return openBeneath(b.rootFd, p, flags, mode)
 	}
-	i := strings.LastIndexByte(p, '/')
 	if i < 0 {
 		return -1, syscall.ENAMETOOLONG // one component longer than NAME_MAX
 	}
-	dir, err := openDirBeneath(b.rootFd, p[:i])
+	dir, err := b.dirs.get(p[:i])
 	if err != nil {
 		return -1, err
 	}
-	defer syscall.Close(dir)
-	return openBeneath(dir, p[i+1:], flags, mode)
+	defer b.dirs.put(dir)
+	return openBeneath(dir.fd, p[i+1:], flags, mode)
 }
 
 func (a atName) done() {
-	if a.own {
-		syscall.Close(a.dirfd)
+	if a.dir != nil {
+		a.dirs.put(a.dir)
 	}
 }
 
