@@ -7,7 +7,9 @@
 #     hold), and the backing filesystem's allocation (du), which rounds
 #     every file up to 4 KiB;
 #   write: cp -a of the tree into the mount, then sync, cold source cache
-#     excluded (the source is read once before);
+#     excluded (the source is read once before); and the unmount after it,
+#     which waits for the files a compressing mount still writes out in
+#     the background (kmsfs umount returns when they are stored);
 #   read: tar of the mounted tree to /dev/null after a remount and
 #     drop_caches.
 # The reference for the ratio is `tar cf - TREE | zstd -3`. A random file
@@ -91,16 +93,16 @@ fresh() { # VARIANT: an empty volume
 }
 
 VARIANTS=(plain compressed)
-declare -A W R S A
-echo "| data | raw bytes | zstd -3 tarball | kmsfs packed bytes | ratio to tarball | allocated (du) | cp -a s (MB/s) | read s (MB/s) |"
-echo "|---|--:|--:|--:|--:|--:|--:|--:|"
+declare -A W U R S A
+echo "| data | raw bytes | zstd -3 tarball | kmsfs packed bytes | ratio to tarball | allocated (du) | write s (MB/s) | + umount s | read s (MB/s) |"
+echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
 row() { # LABEL RAW TARBALL VARIANT
-	local label=$1 raw=$2 tb=$3 v=$4 w r s a
-	w=$(printf '%s\n' ${W[$v]} | median) r=$(printf '%s\n' ${R[$v]} | median)
+	local label=$1 raw=$2 tb=$3 v=$4 w u r s a
+	w=$(printf '%s\n' ${W[$v]} | median) r=$(printf '%s\n' ${R[$v]} | median) u=$(printf '%s\n' ${U[$v]} | median)
 	s=$(printf '%s\n' ${S[$v]} | median) a=$(printf '%s\n' ${A[$v]} | median)
-	printf '| %s, %s | %d | %s | %d | %s | %d | %.2f (%.0f) | %.2f (%.0f) |\n' "$label" "$v" "$raw" "${tb:--}" "$s" \
+	printf '| %s, %s | %d | %s | %d | %s | %d | %.2f (%.0f) | %.2f | %.2f (%.0f) |\n' "$label" "$v" "$raw" "${tb:--}" "$s" \
 		"$([[ -n $tb ]] && awk -v s="$s" -v t="$tb" 'BEGIN{printf "%.2f", s/t}' || echo -)" "$a" \
-		"$w" "$(awk -v b="$raw" -v t="$w" 'BEGIN{print b/t/1e6}')" "$r" "$(awk -v b="$raw" -v t="$r" 'BEGIN{print b/t/1e6}')"
+		"$w" "$(awk -v b="$raw" -v t="$w" 'BEGIN{print b/t/1e6}')" "$u" "$r" "$(awk -v b="$raw" -v t="$r" 'BEGIN{print b/t/1e6}')"
 }
 
 for tree in "${TREES[@]}"; do
@@ -108,7 +110,7 @@ for tree in "${TREES[@]}"; do
 	tb=$(tar cf - -C "$(dirname "$tree")" "$(basename "$tree")" 2>/dev/null | zstd -3 -q -c | wc -c)
 	log "$tree: $raw bytes, zstd -3 tarball $tb"
 	tar cf - "$tree" >/dev/null 2>&1 # source in cache for every run
-	for v in "${VARIANTS[@]}"; do W[$v]= R[$v]= S[$v]= A[$v]=; done
+	for v in "${VARIANTS[@]}"; do W[$v]= U[$v]= R[$v]= S[$v]= A[$v]=; done
 	for rep in $(seq "$REPEAT"); do
 		order=("${VARIANTS[@]}")
 		((rep % 2 == 0)) && order=(compressed plain)
@@ -117,7 +119,8 @@ for tree in "${TREES[@]}"; do
 			m=$SCRATCH/$v/mnt
 			t0=$(now); cp -a "$tree" "$m/t" && sync; t1=$(now)
 			W[$v]+=" $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')"
-			umount_v "$v"
+			t0=$(now); umount_v "$v"; t1=$(now)
+			U[$v]+=" $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')"
 			S[$v]+=" $(packed "$SCRATCH/$v/vault")"
 			A[$v]+=" $(du -s --block-size=1 --exclude=.kmsfs "$SCRATCH/$v/vault" | cut -f1)"
 			mount_v "$v"
@@ -134,7 +137,7 @@ done
 if ((RANDOM_MIB > 0)); then
 	rnd=$SCRATCH/random.bin
 	[[ -f $rnd && $(stat -c %s "$rnd") == $((RANDOM_MIB << 20)) ]] || head -c $((RANDOM_MIB << 20)) /dev/urandom >"$rnd"
-	for v in "${VARIANTS[@]}"; do W[$v]= R[$v]= S[$v]= A[$v]=; done
+	for v in "${VARIANTS[@]}"; do W[$v]= U[$v]= R[$v]= S[$v]= A[$v]=; done
 	for rep in $(seq "$REPEAT"); do
 		order=("${VARIANTS[@]}")
 		((rep % 2 == 0)) && order=(compressed plain)
@@ -144,7 +147,8 @@ if ((RANDOM_MIB > 0)); then
 			cat "$rnd" >/dev/null
 			t0=$(now); dd if="$rnd" of="$m/r" bs=1M conv=fsync status=none; t1=$(now)
 			W[$v]+=" $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')"
-			umount_v "$v"
+			t0=$(now); umount_v "$v"; t1=$(now)
+			U[$v]+=" $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')"
 			S[$v]+=" $(packed "$SCRATCH/$v/vault")"
 			A[$v]+=" $(du -s --block-size=1 --exclude=.kmsfs "$SCRATCH/$v/vault" | cut -f1)"
 			mount_v "$v"
