@@ -92,6 +92,9 @@ func newTestVolumeInit(t testing.TB, initOpt InitOptions, opt Options) *testVol 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Before the key cache closes: files written out in the background
+	// (writeout.go) need it.
+	t.Cleanup(v.outq.wait)
 	return &testVol{Volume: v, dir: vault, ks: ks, kms: ck, keyID: md.ARN}
 }
 
