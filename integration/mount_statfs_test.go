@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -138,6 +139,11 @@ func TestMountStatfsIsStorable(t *testing.T) {
 	if err := os.Remove(v.path("fill")); err != nil {
 		t.Fatal(err)
 	}
+	// The backing file's space comes back when kmsfs closes it, at the
+	// RELEASE the kernel sends after the last close(2), in the background.
+	mountWaitFor(t, 20*time.Second, "the removed file's space to be free", func() bool {
+		return mountStatfs(t, v.mnt).Bavail*uint64(st.Frsize) >= free-(1<<20)
+	})
 
 	// Many small files (each with its own header region) take part of
 	// the space; what is reported free afterwards is still allocatable.
