@@ -372,13 +372,7 @@ func TestMountCompressedFio(t *testing.T) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	job := filepath.Join(t.TempDir(), "job.fio")
-	if err := os.WriteFile(job, []byte(strings.ReplaceAll(mountFioCompressed, "%DIR%", dir)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := mountExecOut("fio", "--output-format=terse", job); err != nil {
-		t.Fatalf("fio: %v\n%s", err, mountTail(out, 30))
-	}
+	mountRunFio(t, mountFioCompressed, dir)
 	before := map[string][]byte{}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
