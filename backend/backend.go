@@ -150,6 +150,18 @@ type SharedLocker interface {
 	LockVolumeShared(ctx context.Context) (release func() error, err error)
 }
 
+// SparseTail is implemented by files that can end in zeros that are not
+// stored: SetSparseTail makes the file size bytes long, its bytes from
+// dataEnd on zeros that take no space until something is written there (a
+// local file's hole; an S3 object shorter than its file, the size in its
+// metadata; a shared volume's chunks ending before the size). It says how
+// the content is stored, so it leaves the modification time alone where the
+// backend can. A compressed file (docs/FORMAT.md section 4a) keeps the
+// block layout's stored size this way, with only its packed units stored.
+type SparseTail interface {
+	SetSparseTail(dataEnd, size int64) error
+}
+
 // ErrVolumeBusy says another kmsfs process holds the volume's lock.
 var ErrVolumeBusy = errors.New("volume is in use by another kmsfs process (a read-write mount or a rewrap)")
 

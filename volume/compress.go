@@ -15,9 +15,10 @@ package volume
 // the units are packed after a compact header and the rest of the stored
 // file is a hole. So the plaintext size still follows from the stored size
 // (stat and listings read nothing and call no KMS), and only the packed
-// bytes take space. That needs a backend whose files keep holes
-// (backend.SparseFile, the local backend); elsewhere files are written in
-// the block layout.
+// bytes take space. That needs a backend whose files can end in zeros that
+// are not stored (backend.SparseTail: a local file's hole, an S3 object
+// shorter than its file, a shared volume's chunk list ending early);
+// elsewhere files are written in the block layout.
 
 import (
 	"context"
@@ -96,12 +97,12 @@ func (v *Volume) codecFor() (*envelope.Codec, error) {
 }
 
 // compresses says whether new files on this handle's volume are staged:
-// the volume compresses and the backing file keeps holes.
+// the volume compresses and the backing file can have a sparse tail.
 func (h *Handle) compresses() bool {
 	if h.v.compressLevel == 0 || !h.writable {
 		return false
 	}
-	_, ok := h.f.(backend.SparseFile)
+	_, ok := h.f.(backend.SparseTail)
 	return ok
 }
 
@@ -440,7 +441,8 @@ func (h *Handle) rewrite(ctx context.Context, s *stage, blocks bool) error {
 	if int64(len(image)) < cs {
 		ranges = append(ranges, intentRange{off: int64(len(image)), holeLen: cs - int64(len(image))})
 	}
-	if s.onDisk {
+	_, intents := h.v.be.(backend.Intents)
+	if s.onDisk && intents {
 		// The stored file is replaced in place: one intent, so that a
 		// crash leaves the old file or the new one.
 		in := &intent{fileID: keys.FileID(), truncateTo: cs, more: ranges}
@@ -456,16 +458,13 @@ func (h *Handle) rewrite(ctx context.Context, s *stage, blocks bool) error {
 		}
 	} else {
 		// The stored file is empty: nothing to lose if this is torn (the
-		// stage was never fsynced, and a torn file reads as EIO).
-		if _, err := w.f.WriteAt(image, 0); err != nil {
+		// stage was never fsynced, and a torn file reads as EIO). Or its
+		// backend replaces a file whole when it stores it (S3 and shared
+		// volumes upload at close and fsync), which no crash tears.
+		_, setsTimes := w.f.(backend.TimeSetter)
+		if err := storeImage(w.f, image, cs, s.keepTimes && !setsTimes); err != nil {
 			keys.Zero()
 			return err
-		}
-		if int64(len(image)) < cs {
-			if err := w.f.Truncate(cs); err != nil {
-				keys.Zero()
-				return err
-			}
 		}
 	}
 	if times != nil {
@@ -491,6 +490,26 @@ func (h *Handle) rewrite(ctx context.Context, s *stage, blocks bool) error {
 	}
 	s.dirty, s.onDisk, s.writer = false, true, nil
 	return nil
+}
+
+// storeImage makes image the stored file, extended to cs with a sparse
+// tail (replacing what the file held). quiet keeps the modification time
+// of the file where the backend cannot set times (the times were set while
+// the file was held in memory; a shared volume has them stored already).
+func storeImage(f backend.File, image []byte, cs int64, quiet bool) error {
+	var err error
+	if qw, ok := f.(backend.QuietWriter); ok && quiet {
+		_, err = qw.WriteAtQuiet(image, 0)
+	} else {
+		_, err = f.WriteAt(image, 0)
+	}
+	if err != nil {
+		return err
+	}
+	if st, ok := f.(backend.SparseTail); ok {
+		return st.SetSparseTail(min(int64(len(image)), cs), cs)
+	}
+	return f.Truncate(cs)
 }
 
 // encodeUnits is the whole version 4 file holding data: a compact header

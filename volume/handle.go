@@ -123,6 +123,7 @@ func (h *Handle) Sync(ctx context.Context) error {
 		h.st.tailSynced = h.st.openTail
 		h.st.content.Unlock()
 	}
+	defer h.holdForUpload()()
 	return h.f.Sync()
 }
 
@@ -192,14 +193,35 @@ func (h *Handle) NeedsFlush() bool {
 
 // Flush runs at close(2): backends that stage writes (S3) upload here, so a
 // failed upload is reported to the closing application.
+//
+// A file held in memory (compress.go) is stored first, so that an open
+// elsewhere after this close reads it (close-to-open). The upload runs
+// under the content lock held shared: a write-out by another handle of the
+// file, which replaces the stored file in steps, is never uploaded half
+// done.
 func (h *Handle) Flush(ctx context.Context) error {
 	if fl, ok := h.f.(backend.Flusher); ok {
+		if err := h.writeOutLocked(ctx); err != nil {
+			return err
+		}
 		if err := h.fillAllGaps(ctx); err != nil {
 			return err
 		}
+		defer h.holdForUpload()()
 		return fl.Flush()
 	}
 	return nil
+}
+
+// holdForUpload takes the content lock shared, on a compressing volume
+// whose backend uploads the file whole (S3, shared), for the upload of a
+// flush or fsync; it returns the unlock.
+func (h *Handle) holdForUpload() func() {
+	if _, ok := h.f.(backend.Flusher); !ok || h.v.compressLevel == 0 {
+		return func() {}
+	}
+	h.st.content.RLock()
+	return h.st.content.RUnlock
 }
 
 // writeOutLocked writes out the file's stage if it is dirty.

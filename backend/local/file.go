@@ -69,6 +69,16 @@ func (f *file) SetTimes(atime, mtime time.Time) error {
 func (f *file) Truncate(size int64) error {
 	return retry(func() error { return syscall.Ftruncate(f.fd, size) })
 }
+
+// SetSparseTail cuts the file at dataEnd and extends it to size with
+// ftruncate(2), which leaves the added range a hole (backend.SparseTail).
+// Both move the modification time: the volume restores it with SetTimes.
+func (f *file) SetSparseTail(dataEnd, size int64) error {
+	if err := f.Truncate(dataEnd); err != nil {
+		return err
+	}
+	return f.Truncate(size)
+}
 func (f *file) Sync() error  { return retry(func() error { return syscall.Fsync(f.fd) }) }
 func (f *file) Close() error { return syscall.Close(f.fd) }
 func (f *file) Stat(st *syscall.Stat_t) error {

@@ -30,7 +30,7 @@ func (b *Backend) setAttrs(ctx context.Context, op, name string, change func(*at
 			f.gen++
 			return nil
 		}
-		etag, err := b.copyObject(ctx, op, name, b.prefix+f.name, b.prefix+f.name, f.remoteSize, meta, f.etag, false)
+		etag, err := b.copyObject(ctx, op, name, b.prefix+f.name, b.prefix+f.name, f.remoteLen, meta, f.etag, false)
 		if err != nil {
 			return err
 		}
@@ -50,7 +50,7 @@ func (b *Backend) setAttrs(ctx context.Context, op, name string, change func(*at
 			// A directory without a marker (or the root): create one.
 			_, err = b.putSmall(ctx, op, name, e.key, nil, meta, false)
 		} else {
-			_, err = b.copyObject(ctx, op, name, e.key, e.key, e.size, meta, e.etag, false)
+			_, err = b.copyObject(ctx, op, name, e.key, e.key, e.objLen, meta, e.etag, false)
 		}
 		if errors.Is(err, syscall.ESTALE) && attempt < 3 {
 			continue

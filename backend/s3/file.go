@@ -41,8 +41,13 @@ type openFile struct {
 	detached atomic.Bool
 
 	attrs      attrs
-	remote     bool   // the object exists in S3
-	remoteSize int64  // its size
+	remote     bool  // the object exists in S3
+	remoteSize int64 // the file's size as stored
+	remoteLen  int64 // the bytes its object holds: less with a sparse tail
+	// sparseFrom is where the file's sparse tail starts (ExtendSparse):
+	// bytes [sparseFrom, size) are zeros that the upload leaves out of the
+	// object, recording the size in its metadata. -1: no sparse tail.
+	sparseFrom int64
 	etag       string // its ETag: ranged reads ask for this version only
 	size       int64  // current size (staged or remote)
 	staging    *os.File
@@ -107,7 +112,7 @@ func (b *Backend) Open(ctx context.Context, name string, flags int, mode uint32,
 			}
 			return &handle{f: f}, nil
 		}
-		f := &openFile{b: b, name: name, refs: 1}
+		f := &openFile{b: b, name: name, refs: 1, sparseFrom: -1}
 		// Nobody else can see f yet, so taking its lock under b.mu is safe;
 		// handles that find it in the map wait for init.
 		f.mu.Lock()
@@ -167,7 +172,7 @@ func (f *openFile) init(ctx context.Context, key string, flags int, mode uint32,
 		switch {
 		case err == nil:
 			f.attrs = b.decodeAttrs(h.Metadata, syscall.S_IFREG|0o644, aws.ToTime(h.LastModified))
-			f.remote, f.remoteSize, f.etag = true, aws.ToInt64(h.ContentLength), aws.ToString(h.ETag)
+			f.setRemote(aws.ToInt64(h.ContentLength), aws.ToString(h.ETag))
 			if err := f.checkRegular(); err != nil {
 				return err
 			}
@@ -197,7 +202,7 @@ func (f *openFile) init(ctx context.Context, key string, flags int, mode uint32,
 			return b.fail("open", f.name, key, herr)
 		}
 		f.attrs = b.decodeAttrs(h.Metadata, syscall.S_IFREG|0o644, aws.ToTime(h.LastModified))
-		f.remote, f.remoteSize, f.etag = true, aws.ToInt64(h.ContentLength), aws.ToString(h.ETag)
+		f.setRemote(aws.ToInt64(h.ContentLength), aws.ToString(h.ETag))
 		f.size = f.remoteSize
 		return f.checkRegular()
 	}
@@ -211,22 +216,34 @@ func (f *openFile) init(ctx context.Context, key string, flags int, mode uint32,
 	}
 	defer out.Body.Close()
 	f.attrs = b.decodeAttrs(out.Metadata, syscall.S_IFREG|0o644, aws.ToTime(out.LastModified))
-	f.remote, f.etag = true, aws.ToString(out.ETag)
-	f.remoteSize = aws.ToInt64(out.ContentLength)
+	objLen := aws.ToInt64(out.ContentLength)
 	if total, ok := rangeTotal(aws.ToString(out.ContentRange)); ok {
-		f.remoteSize = total
+		objLen = total
 	}
+	f.setRemote(objLen, aws.ToString(out.ETag))
 	f.size = f.remoteSize
 	if err := f.checkRegular(); err != nil {
 		return err
 	}
-	n := min(f.remoteSize, firstRange)
+	n := min(f.remoteLen, firstRange)
 	buf := make([]byte, n)
 	if _, err := io.ReadFull(out.Body, buf); err != nil {
 		return b.fail("open", f.name, key, err)
 	}
 	f.ra.seedWith(0, buf)
 	return nil
+}
+
+// setRemote records the stored object: objLen bytes, version etag, and
+// the file's size from its metadata (attrs decoded first). A shorter object
+// is a sparse tail, kept as one until a write or truncation reaches it.
+func (f *openFile) setRemote(objLen int64, etag string) {
+	f.remote, f.etag = true, etag
+	f.remoteLen, f.remoteSize = objLen, f.attrs.fileSize(objLen)
+	f.sparseFrom = -1
+	if f.remoteSize > objLen {
+		f.sparseFrom = objLen
+	}
 }
 
 func (f *openFile) checkRegular() error {
@@ -321,11 +338,18 @@ func (f *openFile) stage(upto int64) error {
 	// Unlinked at once: the open descriptor is all we need, and a crash
 	// leaves nothing behind.
 	os.Remove(sf.Name())
-	n := min(upto, f.remoteSize)
+	n := min(upto, f.remoteLen)
 	if f.remote && n > 0 {
 		if err := b.download(b.ctx, f.name, b.prefix+f.name, f.etag, sf, n); err != nil {
 			sf.Close()
 			return err
+		}
+	}
+	if z := min(upto, f.remoteSize); f.remote && z > n {
+		// The sparse tail: zeros, not in the object.
+		if err := sf.Truncate(z); err != nil {
+			sf.Close()
+			return fmt.Errorf("s3 staging for %s: %w", f.name, err)
 		}
 	}
 	f.staging = sf
@@ -418,9 +442,26 @@ func (f *openFile) readAt(p []byte, off int64) (int, error) {
 	get := func(ctx context.Context, off, n int64) (io.ReadCloser, error) {
 		return b.getBody(ctx, name, key, etag, off, n)
 	}
-	n, err := f.ra.readAt(b.ctx, get, p, off, f.remoteSize)
-	if err != nil && err != io.EOF {
-		err = b.fail("read", name, key, err)
+	if off >= f.remoteSize {
+		return 0, io.EOF
+	}
+	var n int
+	var err error
+	if off < f.remoteLen {
+		n, err = f.ra.readAt(b.ctx, get, p, off, f.remoteLen)
+		if err != nil && err != io.EOF {
+			return n, b.fail("read", name, key, err)
+		}
+	}
+	if f.remoteSize > f.remoteLen && n < len(p) {
+		// The sparse tail reads as zeros.
+		z := min(int64(len(p)-n), f.remoteSize-off-int64(n))
+		clear(p[n : n+int(z)])
+		n += int(z)
+		err = nil
+		if n < len(p) {
+			err = io.EOF
+		}
 	}
 	return n, err
 }
@@ -436,8 +477,13 @@ func (f *openFile) writeAt(p []byte, off int64, quiet bool) (int, error) {
 		return 0, err
 	}
 	n, err := f.staging.WriteAt(p, off)
-	if end := off + int64(n); end > f.size {
+	end := off + int64(n)
+	if end > f.size {
 		f.size = end
+	}
+	if n > 0 && f.sparseFrom >= 0 && end > f.sparseFrom {
+		// Data in the tail: the zeros before it are stored from now on.
+		f.sparseFrom = end
 	}
 	if n > 0 {
 		mtime, ctime := f.attrs.mtime, f.attrs.ctime
@@ -473,6 +519,9 @@ func (f *openFile) truncate(size int64) error {
 		f.size = size
 		f.touch()
 	}
+	if f.sparseFrom > size {
+		f.sparseFrom = size
+	}
 	f.noteTruncate(size)
 	return nil
 }
@@ -497,14 +546,22 @@ func (f *openFile) sync() error {
 	// Uploading under the shared lock lets reads go on; writes wait, so the
 	// object is one consistent snapshot.
 	exclusive, meta := f.exclusive, f.attrs.encode()
+	objLen := size
+	delete(meta, metaFileSize)
+	if f.sparseFrom >= 0 && f.sparseFrom < size {
+		objLen = f.sparseFrom
+		meta[metaFileSize] = strconv.FormatInt(size, 10)
+	}
 	var etag string
 	var err error
 	streamed := false
-	if up := f.takeUpload(); up != nil {
+	if objLen < size {
+		f.dropUpload() // parts of the tail's zeros are not wanted
+	} else if up := f.takeUpload(); up != nil {
 		etag, streamed, err = b.finishUpload(b.ctx, up, name, b.prefix+name, size, meta, exclusive)
 	}
 	if !streamed {
-		etag, err = b.upload(b.ctx, "sync", name, b.prefix+name, src, size, meta, exclusive)
+		etag, err = b.upload(b.ctx, "sync", name, b.prefix+name, src, objLen, meta, exclusive)
 	}
 	f.mu.RUnlock()
 	// The object exists now (or changed): drop any remembered miss.
@@ -521,8 +578,46 @@ func (f *openFile) sync() error {
 		f.dirty = false
 	}
 	f.exclusive = false
-	f.remote, f.remoteSize, f.etag = true, size, etag
+	f.remote, f.remoteSize, f.remoteLen, f.etag = true, size, objLen, etag
+	f.attrs.sparseSize = 0
+	if objLen < size {
+		f.attrs.sparseSize = size
+	}
 	return nil
+}
+
+// setSparseTail makes the file size bytes long with its bytes from dataEnd
+// on a sparse tail, keeping the times. f.mu held exclusively.
+func (f *openFile) setSparseTail(dataEnd, size int64) error {
+	if dataEnd < 0 || dataEnd > size {
+		return pathErr("truncate", f.name, syscall.EINVAL)
+	}
+	if err := f.stage(dataEnd); err != nil {
+		return err
+	}
+	for _, n := range []int64{dataEnd, size} {
+		if err := f.staging.Truncate(n); err != nil {
+			return fmt.Errorf("s3 staging for %s: %w", f.name, err)
+		}
+	}
+	f.size = size
+	f.sparseFrom = -1
+	if dataEnd < size {
+		f.sparseFrom = dataEnd
+	}
+	f.dirty = true
+	f.gen++
+	f.noteTruncate(dataEnd)
+	f.noteTruncate(size)
+	return nil
+}
+
+// setTimes sets the access and modification times, which the next upload
+// stores. f.mu held exclusively.
+func (f *openFile) setTimes(atime, mtime time.Time) {
+	f.attrs.atime, f.attrs.mtime, f.attrs.ctime = atime, mtime, time.Now()
+	f.dirty = true
+	f.gen++
 }
 
 type emptyReader struct{}
@@ -564,6 +659,30 @@ func (h *handle) Truncate(size int64) error {
 	h.f.mu.Lock()
 	defer h.f.mu.Unlock()
 	return h.f.truncate(size)
+}
+
+// SetSparseTail makes the file size bytes long, the bytes from dataEnd on
+// zeros left out of the object, whose metadata records the size
+// (backend.SparseTail).
+func (h *handle) SetSparseTail(dataEnd, size int64) error {
+	if h.closed.Load() {
+		return os.ErrClosed
+	}
+	h.f.mu.Lock()
+	defer h.f.mu.Unlock()
+	return h.f.setSparseTail(dataEnd, size)
+}
+
+// SetTimes sets the file's access and modification times through the open
+// file (backend.TimeSetter); they are stored with its next upload.
+func (h *handle) SetTimes(atime, mtime time.Time) error {
+	if h.closed.Load() {
+		return os.ErrClosed
+	}
+	h.f.mu.Lock()
+	defer h.f.mu.Unlock()
+	h.f.setTimes(atime, mtime)
+	return nil
 }
 
 func (h *handle) Sync() error {

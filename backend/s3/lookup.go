@@ -16,7 +16,8 @@ import (
 type entry struct {
 	key      string // the object: the file's key, or a directory's marker
 	attrs    attrs
-	size     int64
+	size     int64 // the file's size
+	objLen   int64 // the bytes its object holds (less with a sparse tail)
 	etag     string
 	dir      bool
 	implicit bool // a directory with no marker (only objects below it)
@@ -65,11 +66,13 @@ func (b *Backend) lookup(ctx context.Context, op, name string) (*entry, error) {
 	h, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
 	if err == nil {
 		b.noteMiss(parent, false)
-		return &entry{
-			key:   key,
-			attrs: b.decodeAttrs(h.Metadata, syscall.S_IFREG|0o644, aws.ToTime(h.LastModified)),
-			size:  aws.ToInt64(h.ContentLength), etag: aws.ToString(h.ETag),
-		}, nil
+		e := &entry{
+			key:    key,
+			attrs:  b.decodeAttrs(h.Metadata, syscall.S_IFREG|0o644, aws.ToTime(h.LastModified)),
+			objLen: aws.ToInt64(h.ContentLength), etag: aws.ToString(h.ETag),
+		}
+		e.size = e.attrs.fileSize(e.objLen)
+		return e, nil
 	}
 	if !isNotFound(err) {
 		return nil, b.fail(op, name, key, err)

@@ -19,6 +19,10 @@ const (
 	metaAtime = "kmsfs-atime" // Unix nanoseconds
 	metaMtime = "kmsfs-mtime"
 	metaCtime = "kmsfs-ctime"
+	// metaFileSize is the file's size (decimal) when its object holds fewer
+	// bytes: the rest reads as zeros (a sparse tail, backend.SparseTail).
+	// Absent when the object holds the whole file.
+	metaFileSize = "kmsfs-size"
 	// metaXattr prefixes one extended attribute: the name hex-encoded
 	// (metadata keys are case-insensitive ASCII), the value base64.
 	metaXattr = "kmsfs-x-"
@@ -32,6 +36,14 @@ type attrs struct {
 	uid, gid            uint32
 	atime, mtime, ctime time.Time
 	xattrs              map[string][]byte
+	// sparseSize is a file's size when its object is shorter (metaFileSize),
+	// else 0.
+	sparseSize int64
+}
+
+// fileSize is the size of a file whose object holds objLen bytes.
+func (a *attrs) fileSize(objLen int64) int64 {
+	return max(objLen, a.sparseSize)
 }
 
 func (b *Backend) newAttrs(mode uint32, owner *ownerIDs) attrs {
@@ -55,6 +67,9 @@ func (a *attrs) encode() map[string]string {
 		metaAtime: strconv.FormatInt(a.atime.UnixNano(), 10),
 		metaMtime: strconv.FormatInt(a.mtime.UnixNano(), 10),
 		metaCtime: strconv.FormatInt(a.ctime.UnixNano(), 10),
+	}
+	if a.sparseSize > 0 {
+		m[metaFileSize] = strconv.FormatInt(a.sparseSize, 10)
 	}
 	for name, v := range a.xattrs {
 		m[metaXattr+hex.EncodeToString([]byte(name))] = base64.RawStdEncoding.EncodeToString(v)
@@ -104,6 +119,11 @@ func (b *Backend) decodeAttrs(m map[string]string, defMode uint32, lastModified 
 	if v, ok := get(metaGID); ok {
 		if n, err := strconv.ParseUint(v, 10, 32); err == nil {
 			a.gid = uint32(n)
+		}
+	}
+	if v, ok := get(metaFileSize); ok {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+			a.sparseSize = n
 		}
 	}
 	for k, t := range map[string]*time.Time{metaAtime: &a.atime, metaMtime: &a.mtime, metaCtime: &a.ctime} {

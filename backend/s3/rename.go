@@ -132,13 +132,13 @@ func (b *Backend) renameFile(ctx context.Context, from, to string, noReplace boo
 		var size int64
 		var etag string
 		if f != nil {
-			size, etag = f.remoteSize, f.etag
+			size, etag = f.remoteLen, f.etag
 		} else {
 			e, err := b.lookup(ctx, "rename", from)
 			if err != nil {
 				return err
 			}
-			size, etag = e.size, e.etag
+			size, etag = e.objLen, e.etag
 		}
 		newETag, err := b.copyObject(ctx, "rename", from, fromKey, toKey, size, nil, etag, noReplace)
 		if err != nil {

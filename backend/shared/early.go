@@ -51,7 +51,7 @@ func (f *openFile) startEarly() {
 		go f.b.discardEarly(e)
 	}
 	cs, rs, vid := f.b.chunkGeometry()
-	keep := (f.size + cs - 1) / cs
+	dataEnd, keep := f.extent(cs)
 	region := make([]byte, min(int64(rs), f.size))
 	if f.readLocked(region, 0) != nil {
 		return // the commit will say why
@@ -66,7 +66,7 @@ func (f *openFile) startEarly() {
 		if idx >= keep {
 			continue
 		}
-		length := min(cs, f.size-idx*cs)
+		length := min(cs, dataEnd-idx*cs)
 		data := make([]byte, length)
 		if n, _ := f.staging.ReadAt(data, idx*cs); int64(n) != length {
 			return // the commit reads it again and says why

@@ -58,8 +58,12 @@ type openFile struct {
 	touched bool           // data changed since the last commit or utimens
 	mtime   time.Time      // when data last changed here
 	wver    uint64         // counts data changes (writes, quiet ones too, and truncates)
-	early   *earlyBatch    // an upload started before the commit (early.go)
-	staging *os.File
+	// sparseFrom is where the file's sparse tail starts (ExtendSparse):
+	// stream bytes [sparseFrom, size) are zeros that no chunk holds. -1:
+	// none.
+	sparseFrom int64
+	early      *earlyBatch // an upload started before the commit (early.go)
+	staging    *os.File
 
 	// rmu guards the read pattern and the chunk kept for a sequential
 	// reader (reads run concurrently under mu held shared).
@@ -159,8 +163,17 @@ func (f *openFile) loadOnce(ctx context.Context, a meta.Attr) error {
 	}
 	f.attr, f.gen, f.size = attr, attr.Gen, attr.Size
 	f.chunks = make(map[int64]meta.Chunk, len(chunks))
+	cs, _, _ := f.b.chunkGeometry()
+	dataEnd := int64(0)
 	for _, c := range chunks {
 		f.chunks[c.Index] = c
+		dataEnd = max(dataEnd, c.Index*cs+c.Len)
+	}
+	// Chunks that end before the size: a sparse tail (FORMAT.md section
+	// 12), kept as one until a write reaches it.
+	f.sparseFrom = -1
+	if dataEnd < f.size {
+		f.sparseFrom = dataEnd
 	}
 	f.staged, f.dirty = map[int64]bool{}, map[int64]bool{}
 	return nil
@@ -328,8 +341,13 @@ func (f *openFile) readLocked(p []byte, off int64) error {
 			if _, err := f.staging.ReadAt(part, off); err != nil && !errors.Is(err, io.EOF) {
 				return err
 			}
-		case ok && in < c.Len:
+		case ok && in < c.Len && (f.sparseFrom < 0 || off < f.sparseFrom):
+			// Committed data, up to a sparse tail made since (whose
+			// chunks go at the next commit).
 			m := min(n, c.Len-in)
+			if f.sparseFrom >= 0 {
+				m = min(m, f.sparseFrom-off)
+			}
 			if err := f.fetch(c, in, part[:m]); err != nil {
 				return err
 			}
@@ -352,7 +370,8 @@ func (f *openFile) stage(idx int64) error {
 	}
 	cs, _, _ := f.b.chunkGeometry()
 	if c, ok := f.chunks[idx]; ok && c.Len > 0 {
-		n := min(c.Len, max(f.size-idx*cs, 0))
+		dataEnd, _ := f.extent(cs)
+		n := min(c.Len, max(dataEnd-idx*cs, 0))
 		buf := make([]byte, n)
 		if err := f.fetch(c, 0, buf); err != nil {
 			return err
@@ -438,6 +457,10 @@ func (f *openFile) writeAt(p []byte, off int64, quiet bool) (int, error) {
 	if end > f.size {
 		f.size, f.resized = end, true
 	}
+	if f.sparseFrom >= 0 && end > f.sparseFrom {
+		// Data in the tail: the zeros before it are stored from now on.
+		f.sparseFrom = end
+	}
 	f.wver++ // quiet or not: no early upload of the old data is current
 	if !quiet {
 		f.changed()
@@ -479,8 +502,57 @@ func (f *openFile) truncate(n int64) error {
 		}
 	}
 	f.size, f.resized = n, true
+	if f.sparseFrom > n {
+		f.sparseFrom = n
+	}
 	f.changed()
 	return nil
+}
+
+// setSparseTail makes the file n bytes long, its stream bytes from dataEnd
+// on a sparse tail: no chunk holds them. It does not move the modification
+// time (it is how the content is stored; backend.SparseTail).
+func (f *openFile) setSparseTail(dataEnd, n int64) error {
+	if dataEnd < 0 || dataEnd > n {
+		return syscall.EINVAL
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cs, _, _ := f.b.chunkGeometry()
+	f.sparseFrom = -1
+	if dataEnd < n {
+		f.sparseFrom = dataEnd
+	}
+	if idx := dataEnd / cs; dataEnd%cs != 0 && !f.staged[idx] {
+		// The chunk the data ends in is stored again, cut there (stage
+		// reads its committed bytes up to the tail only).
+		if err := f.stage(idx); err != nil {
+			return err
+		}
+	}
+	if dataEnd%cs != 0 {
+		f.dirty[dataEnd/cs] = true
+	}
+	if f.staging != nil {
+		for _, size := range []int64{dataEnd, n} {
+			if err := f.staging.Truncate(size); err != nil {
+				return err
+			}
+		}
+	}
+	f.wver++
+	f.size, f.resized = n, true
+	return nil
+}
+
+// extent is where the stored data of the file ends (its size, or the start
+// of its sparse tail) and how many chunks hold it. mu is held.
+func (f *openFile) extent(cs int64) (dataEnd, keep int64) {
+	dataEnd = f.size
+	if f.sparseFrom >= 0 && f.sparseFrom < f.size {
+		dataEnd = f.sparseFrom
+	}
+	return dataEnd, (dataEnd + cs - 1) / cs
 }
 
 // commit uploads the dirty chunks and switches the chunk list. A file
@@ -497,7 +569,7 @@ func (f *openFile) commit() error {
 		return err
 	}
 	cs, rs, vid := f.b.chunkGeometry()
-	keep := (f.size + cs - 1) / cs
+	dataEnd, keep := f.extent(cs)
 	region := make([]byte, min(int64(rs), f.size))
 	if err := f.readLocked(region, 0); err != nil {
 		return err
@@ -522,7 +594,7 @@ func (f *openFile) commit() error {
 		g, ctx := errgroup.WithContext(f.b.ctx)
 		g.SetLimit(uploadConcurrency)
 		for i, idx := range idxs {
-			length := min(cs, f.size-idx*cs)
+			length := min(cs, dataEnd-idx*cs)
 			set[i] = meta.Chunk{Index: idx, Key: newChunkKey(), Len: length}
 			g.Go(func() error {
 				data := make([]byte, length)
@@ -649,6 +721,15 @@ func (h *handle) WriteAtQuiet(p []byte, off int64) (int, error) {
 	}
 	n, err := h.f.writeAt(p, off, true)
 	return n, h.err("write", err)
+}
+
+// SetSparseTail makes the file size bytes long with a sparse tail from
+// dataEnd (backend.SparseTail).
+func (h *handle) SetSparseTail(dataEnd, size int64) error {
+	if h.closed.Load() {
+		return os.ErrClosed
+	}
+	return h.err("truncate", h.f.setSparseTail(dataEnd, size))
 }
 
 func (h *handle) Truncate(size int64) error {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/backend"
 	"github.com/kmsfs/kmsfs/backend/s3"
+	"github.com/kmsfs/kmsfs/envelope"
 )
 
 // Salvage is a read-only backend that rebuilds a shared volume's files from
@@ -55,6 +56,21 @@ type salvaged struct {
 	size   int64
 	chunks []salvageChunk // in stream order, contiguous from 0
 	mtime  time.Time
+	region []byte // the header region the chunks carry
+}
+
+// compressedSize is the stream size of a compressed file (FORMAT.md
+// section 4a) whose header region is region, else 0: its chunks end with
+// its packed units, and the rest of the block layout's size is a sparse
+// tail that no chunk holds (section 12). The header is not verified here
+// (that needs the file's key): the volume checks it, and this size against
+// it, when it reads the file.
+func compressedSize(region []byte, headerSize, blockSize int) int64 {
+	p, err := envelope.ParseHeader(region)
+	if err != nil || p.Version != envelope.Version4 || p.Units == nil || blockSize <= 0 {
+		return 0
+	}
+	return envelope.Layout{HeaderSize: int64(headerSize), BlockSize: int64(blockSize)}.CipherSize(p.Units.PlainSize, true)
 }
 
 type salvageChunk struct {
@@ -99,7 +115,7 @@ func OpenSalvage(ctx context.Context, s3b *s3.Backend) (*Salvage, error) {
 		return nil, err
 	}
 	sv := &Salvage{s3b: s3b, client: s3b.Client(), bucket: s3b.Bucket(), prefix: s3b.Prefix(), config: config, files: map[string]*salvaged{}}
-	if err := sv.scan(ctx, volID, doc.HeaderSize); err != nil {
+	if err := sv.scan(ctx, volID, doc.HeaderSize, doc.BlockSize); err != nil {
 		return nil, err
 	}
 	return sv, nil
@@ -113,7 +129,7 @@ type seen struct {
 	mtime  time.Time
 }
 
-func (sv *Salvage) scan(ctx context.Context, volID [16]byte, regionSize int) error {
+func (sv *Salvage) scan(ctx context.Context, volID [16]byte, regionSize, blockSize int) error {
 	byIno := map[uint64][]seen{}
 	p := awss3.NewListObjectsV2Paginator(sv.client, &awss3.ListObjectsV2Input{Bucket: aws.String(sv.bucket), Prefix: aws.String(sv.prefix + ChunkDir)})
 	for p.HasMorePages() {
@@ -143,6 +159,9 @@ func (sv *Salvage) scan(ctx context.Context, volID [16]byte, regionSize int) err
 	}
 	for ino, cs := range byIno {
 		f, why := rebuild(ino, cs, regionSize)
+		if f != nil {
+			f.size = max(f.size, compressedSize(f.region, regionSize, blockSize))
+		}
 		if f != nil && f.size < int64(regionSize) {
 			// Every file with content starts with a whole header region;
 			// shorter streams are the tree's own small files.
@@ -188,7 +207,7 @@ func rebuild(ino uint64, cs []seen, regionSize int) (*salvaged, string) {
 			end = c.h.Index
 		}
 	}
-	f := &salvaged{ino: ino, gen: newest.h.Gen}
+	f := &salvaged{ino: ino, gen: newest.h.Gen, region: newest.region}
 	for idx := int64(0); ; idx++ {
 		c, ok := best[idx]
 		if !ok {
@@ -360,6 +379,14 @@ func (h *salvageFile) ReadAt(p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) && off < h.f.size {
 		i := sort.Search(len(h.f.chunks), func(i int) bool { return h.f.chunks[i].offset+h.f.chunks[i].length > off })
+		if i == len(h.f.chunks) {
+			// A sparse tail: zeros.
+			n := min(int64(len(p)-done), h.f.size-off)
+			clear(p[done : done+int(n)])
+			done += int(n)
+			off += n
+			continue
+		}
 		c := h.f.chunks[i]
 		n := min(int64(len(p)-done), c.offset+c.length-off)
 		data, err := h.sv.read(h.ctx, c.key, c.skip+off-c.offset, n)

@@ -120,6 +120,7 @@ var _ backend.Backend = (*Backend)(nil)
 type volumeDoc struct {
 	VolumeID   string   `json:"volume_id"`
 	HeaderSize int      `json:"header_size"`
+	BlockSize  int      `json:"block_size"`
 	Features   []string `json:"features"`
 }
 

@@ -55,12 +55,6 @@ func initVolume(ctx context.Context, inv *invocation, c *commonFlags, spec, key 
 	if key == "" && !ko.Embedded() {
 		return usagef("give --key: kmsfs creates keys only on the embedded KMS")
 	}
-	if opts.Compress != "" && compose.IsS3(spec) {
-		// A compressed file keeps the block layout's stored size with
-		// its tail a hole (docs/FORMAT.md section 4a): an S3 object
-		// cannot have one, so it would store more, not less.
-		return usagef("--compress: S3 and shared volumes cannot store compressed files yet (a compressed file's tail is a hole, which an object cannot have); use it on a local volume")
-	}
 	if !compose.IsS3(spec) {
 		// The volume root is the mount's root directory: 0755 like any
 		// new directory (chmod it as you like); volume metadata and the
