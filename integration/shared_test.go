@@ -40,8 +40,9 @@ type sharedVolume struct {
 	mounts []*mountVolume
 }
 
-// sharedNew starts PostgreSQL and versitygw and runs `kmsfs init --meta`.
-func sharedNew(t *testing.T, prefix string) *sharedVolume {
+// sharedNew starts PostgreSQL and versitygw and runs `kmsfs init --meta`
+// with initArgs.
+func sharedNew(t *testing.T, prefix string, initArgs ...string) *sharedVolume {
 	t.Helper()
 	mountRequireFuse(t)
 	pg := pgtest.Start(t)
@@ -54,7 +55,7 @@ func sharedNew(t *testing.T, prefix string) *sharedVolume {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.cleanup)
-	v.run(append(append([]string{"init"}, g.flags()...), "--meta", sv.meta, sv.vault)...)
+	v.run(append(append(append([]string{"init"}, g.flags()...), initArgs...), "--meta", sv.meta, sv.vault)...)
 	sv.first = v
 	return sv
 }

@@ -1038,3 +1038,74 @@ func (c *fakeClock) advance(d time.Duration) {
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
 }
+
+// A sparse tail: the object holds the data, its metadata the file's size;
+// the tail reads as zeros through a new open, a lookup and a staged write;
+// an attribute change and a rename keep it; a write into it stores it.
+func TestSparseTail(t *testing.T) {
+	b := newTestBackend(t, testConfig(t))
+	data := randBytes(7, 10000)
+	const size = 50000
+	f, err := b.Open(bg, "f", syscall.O_RDWR|syscall.O_CREAT, 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.(backend.SparseTail).SetSparseTail(int64(len(data)), size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := rawGet(t, b, b.prefix+"f"); !bytes.Equal(got, data) {
+		t.Fatalf("object holds %d bytes, want the %d data bytes only", len(got), len(data))
+	}
+	want := append(slices.Clone(data), make([]byte, size-len(data))...)
+	check := func(stage string) {
+		t.Helper()
+		var st syscall.Stat_t
+		if err := b.Lstat(bg, "f", &st); err != nil || st.Size != size {
+			t.Fatalf("%s: lstat size %d, %v; want %d", stage, st.Size, err, size)
+		}
+		if got := readFile(t, b, "f"); !bytes.Equal(got, want) {
+			t.Fatalf("%s: content differs (%d bytes)", stage, len(got))
+		}
+	}
+	check("after upload")
+	cfg := testConfig(t)
+	cfg.Prefix = strings.TrimSuffix(b.prefix, "/")
+	fresh := newTestBackend(t, cfg)
+	if got := readFile(t, fresh, "f"); !bytes.Equal(got, want) {
+		t.Fatal("another process reads other content")
+	}
+	if err := b.Chmod(bg, "f", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check("after chmod")
+	if err := b.Rename(bg, "f", "g", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, b, "g"); !bytes.Equal(got, want) {
+		t.Fatal("after rename: content differs")
+	}
+	// A write inside the tail: the zeros before it are stored.
+	f, err = b.Open(bg, "g", syscall.O_RDWR, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("mid"), 30000); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[30000:], "mid")
+	if got := rawGet(t, b, b.prefix+"g"); !bytes.Equal(got, want[:30003]) {
+		t.Fatalf("after a write in the tail the object has %d bytes, want %d", len(got), 30003)
+	}
+	if got := readFile(t, b, "g"); !bytes.Equal(got, want) {
+		t.Fatal("after a write in the tail: content differs")
+	}
+}

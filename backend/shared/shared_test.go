@@ -316,3 +316,73 @@ func TestBackgroundGC(t *testing.T) {
 		t.Fatal("background gc took referenced data")
 	}
 }
+
+// A sparse tail: no chunk holds it, the size is the inode's, another
+// process reads zeros there; a later tail that starts lower drops the
+// committed data past it; a write inside the tail stores the zeros before
+// it.
+func TestSparseTail(t *testing.T) {
+	e, a := newEnv(t)
+	b := e.open() // a second process
+	ctx := context.Background()
+	data := make([]byte, 2500)
+	for i := range data {
+		data[i] = byte(i%251 + 1)
+	}
+	f, err := a.Open(ctx, "f", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, f, data[:1500], 0)
+	if err := f.(backend.SparseTail).SetSparseTail(1500, 2500); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	var stored int64
+	for k, obj := range e.objects() {
+		h, _, _, err := ParseChunk(obj)
+		if err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+		stored += h.Length
+	}
+	if stored != 1500 {
+		t.Errorf("chunks hold %d stream bytes, want 1500 (the tail is not stored)", stored)
+	}
+	want := append(append([]byte{}, data[:1500]...), make([]byte, 1000)...)
+	if got := readAll(t, b, "f"); !bytes.Equal(got, want) {
+		t.Fatalf("the other process reads %d bytes, not the data and zeros", len(got))
+	}
+	// The tail starts lower now: committed bytes past it read as zeros
+	// here at once, and elsewhere after the commit.
+	if err := f.(backend.SparseTail).SetSparseTail(700, 2500); err != nil {
+		t.Fatal(err)
+	}
+	clear(want[700:])
+	buf := make([]byte, 2500)
+	if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, want) {
+		t.Fatal("before the commit the writer reads the old bytes past the new tail")
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	c := e.open() // a third process, opening after the commit
+	if got := readAll(t, c, "f"); !bytes.Equal(got, want) {
+		t.Fatal("after a lower tail another process reads the old bytes")
+	}
+	// A write inside the tail.
+	write(t, f, []byte("zz"), 2000)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[2000:], "zz")
+	d := e.open()
+	if got := readAll(t, d, "f"); !bytes.Equal(got, want) {
+		t.Fatal("after a write in the tail another process reads other bytes")
+	}
+}
