@@ -321,3 +321,54 @@ func TestSharedCompressed(t *testing.T) {
 		}
 	}
 }
+
+// remoteCompressFio runs fio --verify (a file held in memory and one that
+// outgrows it, data that compresses by half) in dir of mount a, then reads
+// every file back through b (a remount, or another mount) byte for byte.
+func remoteCompressFio(t *testing.T, dir string, reread func() string) {
+	t.Helper()
+	mountRunFio(t, mountFioCompressed, dir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[e.Name()] = b
+	}
+	other := reread()
+	for name, data := range want {
+		got, err := os.ReadFile(filepath.Join(other, name))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s read back: %d bytes (want %d), %v", name, len(got), len(data), err)
+		}
+	}
+}
+
+func TestS3CompressedFio(t *testing.T) {
+	mountRequireTool(t, "fio")
+	g := s3StartGateway(t)
+	v := s3NewVolume(t, g, "zfio", "--compress", "zstd")
+	v.mount(g.flags()...)
+	if err := os.Mkdir(v.path("fio"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	remoteCompressFio(t, v.path("fio"), func() string {
+		v.remount(g.flags()...)
+		return v.path("fio")
+	})
+}
+
+func TestSharedCompressedFio(t *testing.T) {
+	mountRequireTool(t, "fio")
+	sv := sharedNew(t, "zfio", "--compress", "zstd")
+	a, b := sv.mount(t), sv.mount(t)
+	if err := os.Mkdir(a.path("fio"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	remoteCompressFio(t, a.path("fio"), func() string { return b.path("fio") })
+}

@@ -722,8 +722,14 @@ func TestSharedSalvage(t *testing.T) {
 // once, checked against an in-memory model: close-to-open makes every
 // operation see all earlier ones, whichever mount made them.
 // $KMSFS_TEST_SEED replays a run.
-func TestSharedModelTwoMounts(t *testing.T) {
-	sv := sharedNew(t, "vol")
+func TestSharedModelTwoMounts(t *testing.T) { sharedModelRun(t, false) }
+
+// The same on a compressing volume, with contents that compress: files up
+// to 4 MiB are written out compressed at each close and read back whole.
+func TestSharedModelTwoMountsCompressed(t *testing.T) { sharedModelRun(t, true, "--compress", "zstd") }
+
+func sharedModelRun(t *testing.T, compressible bool, initArgs ...string) {
+	sv := sharedNew(t, "vol", initArgs...)
 	var ms []*mountVolume
 	for range 2 {
 		v := sv.first
@@ -748,7 +754,11 @@ func TestSharedModelTwoMounts(t *testing.T) {
 		n := []int{0, 1, 100, 4095, 4096, 5000, 70_000, 4<<20 + 17}[rng.IntN(8)]
 		b := make([]byte, n)
 		for i := range b {
-			b[i] = byte(rng.Uint32())
+			if compressible {
+				b[i] = "ab \n"[rng.IntN(4)]
+			} else {
+				b[i] = byte(rng.Uint32())
+			}
 		}
 		return b
 	}

@@ -153,8 +153,10 @@ func (h *Handle) Close() error {
 		h.st.content.Lock()
 		if s := h.st.stage; s != nil && s.dirty {
 			// A file held in memory (compress.go): the workers write it
-			// out and finish this close (writeout.go).
-			if h.v.outq != nil && h.v.outq.offer(h, int64(len(s.data))) {
+			// out and finish this close (writeout.go); on a backend that
+			// uploads at close, the close does (close-to-open: a
+			// truncate(2) by path, for one, has no FLUSH).
+			if h.v.outq != nil && !h.NeedsFlush() && h.v.outq.offer(h, int64(len(s.data))) {
 				h.st.content.Unlock()
 				h.v.mu.Lock()
 				h.st.writers--
