@@ -125,7 +125,9 @@ func mountCommand() *command {
 		summary: "mount a volume (returns once mounted)",
 		about: `Mounts the volume in BACKEND (a directory or s3://bucket/prefix) on MOUNTPOINT
 and returns once the mount answers; --foreground stays attached. mount(8) runs
-'kmsfs BACKEND MOUNTPOINT -o OPTIONS' for fstab entries of type fuse.kmsfs.`,
+'kmsfs BACKEND MOUNTPOINT -o OPTIONS' for fstab entries of type fuse.kmsfs.
+A local volume mounted read-write here already is bind-mounted (as root): both
+mountpoints show one mount, served by its one process.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			var m mountFlags
 			m.register(fs)
@@ -159,6 +161,14 @@ func mount(ctx context.Context, inv *invocation, m *mountFlags) error {
 	mnt, err := filepath.Abs(mnt)
 	if err != nil {
 		return err
+	}
+	if !compose.IsS3(spec) {
+		// Mounted read-write here already: this mountpoint shows that
+		// mount (fs/bind.go). Without the privilege to bind, go on: the
+		// volume lock then says who holds the volume.
+		if at := kfs.MountedReadWrite(spec); at != "" && kfs.BindMount(at, mnt, m.vfs, m.readOnly) == nil {
+			return nil
+		}
 	}
 	if !m.foreground && os.Getenv(readyFDEnv) == "" {
 		if m.logFile == "" {

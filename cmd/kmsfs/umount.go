@@ -40,11 +40,13 @@ func umountCommand() *command {
 // in the background once they are closed: volume/writeout.go).
 func unmountAndWait(ctx context.Context, mnt string, wait time.Duration) error {
 	fstype, source, readOnly, mounted := kfs.MountSource(mnt)
+	// Its mount process goes on serving another mountpoint (a bind).
+	shared := kfs.OtherMountsOf(mnt)
 	if err := unmount(mnt); err != nil {
 		return err
 	}
 	// A read-only mount holds no lock and stores nothing.
-	if !mounted || readOnly || fstype != "fuse.kmsfs" || compose.IsS3(source) || !filepath.IsAbs(source) {
+	if !mounted || readOnly || shared || fstype != "fuse.kmsfs" || compose.IsS3(source) || !filepath.IsAbs(source) {
 		return nil
 	}
 	if _, err := os.Stat(filepath.Join(source, ".kmsfs", "volume.json")); err != nil {
