@@ -42,6 +42,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"slices"
@@ -285,7 +286,7 @@ func (w *atimeWatch) closeFds() {
 // and otherwise ignored: a read does not fail because its atime did not
 // move, as with touch_atime.
 func (t *tree) access(ctx context.Context, n *Node, name string, st *syscall.Stat_t) {
-	if t.accesser == nil {
+	if t.accesser == nil || t.noAccess.Load() {
 		return
 	}
 	dir := st.Mode&syscall.S_IFMT == syscall.S_IFDIR
@@ -299,6 +300,11 @@ func (t *tree) access(ctx context.Context, n *Node, name string, st *syscall.Sta
 		return
 	}
 	if err := t.accesser.Access(ctx, name, st.Ino); err != nil {
+		if errors.Is(err, syscall.ENOTSUP) {
+			// A backend behind one that passes accesses on (encrypted
+			// names) records none: stop asking.
+			t.noAccess.Store(true)
+		}
 		t.log.Debug("atime not updated", "path", "/"+name, "err", err)
 		return
 	}
@@ -309,7 +315,7 @@ func (t *tree) access(ctx context.Context, n *Node, name string, st *syscall.Sta
 // move its atime under the policy now: when not, a caller that would stat
 // the entry only for access skips the stat.
 func (t *tree) atimeMayMove(dir bool) bool {
-	if t.accesser == nil {
+	if t.accesser == nil || t.noAccess.Load() {
 		return false
 	}
 	p := t.atime.current()

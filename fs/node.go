@@ -39,6 +39,7 @@ type tree struct {
 	// apply it, nil if it has none (atime.go).
 	atime    *atimeWatch
 	accesser backend.Accesser
+	noAccess atomic.Bool // the backend turned out to record no access
 }
 
 // Node is one file, directory or symlink of the mount.

@@ -255,3 +255,39 @@ func mountReadMapped(t *testing.T, p string) {
 		t.Fatal(err)
 	}
 }
+
+// TestMountAtimeEncryptedNames: with encrypted names, accesses reach the
+// backing file under its stored name: strictatime moves atime at every read
+// and listing, noatime at none.
+func TestMountAtimeEncryptedNames(t *testing.T) {
+	mountRequireRoot(t, "record reads through a strictatime clone of the backing mount")
+	for _, tool := range []string{"cat", "ls", "touch"} {
+		mountRequireTool(t, tool)
+	}
+	v := mountNewVolume(t, "--encrypt-names")
+	v.mount("-o", "strictatime")
+	f, d := v.path("f"), v.path("d")
+	mountWriteFile(t, f, []byte("some content\n"))
+	if err := os.Mkdir(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mountTool(t, "cat", f)
+	mountTool(t, "ls", d)
+	prev, dprev := mountStatTimes(t, f), mountStatTimes(t, d)
+	for i := range 2 {
+		mountClockPast(t, prev.a)
+		mountClockPast(t, dprev.a)
+		mountTool(t, "cat", f)
+		prev = mountExpectAtimeMoved(t, fmt.Sprintf("cat #%d", i+1), f, prev)
+		mountTool(t, "ls", d)
+		dprev = mountExpectAtimeMoved(t, fmt.Sprintf("ls #%d", i+1), d, dprev)
+	}
+	v.unmount()
+	v.mount("-o", "noatime")
+	mountAtimePast(t, f, d)
+	ft, dt := mountStatTimes(t, f), mountStatTimes(t, d)
+	mountTool(t, "cat", f)
+	mountTool(t, "ls", d)
+	mountExpectTimes(t, "cat on a noatime mount", f, mountPast, ft.c)
+	mountExpectTimes(t, "ls on a noatime mount", d, mountPast, dt.c)
+}
