@@ -64,6 +64,16 @@ const (
 	atimeNever                     // noatime
 )
 
+func (m atimeMode) String() string {
+	switch m {
+	case atimeStrict:
+		return "strictatime"
+	case atimeNever:
+		return "noatime"
+	}
+	return "relatime"
+}
+
 // atimePolicy is what decides whether an access moves atime.
 type atimePolicy struct {
 	mode     atimeMode
