@@ -30,7 +30,8 @@ package fs
 // The decision costs nothing in the common case: a file's times come with
 // the stat every open makes (volume.Handle.OpenStat), and the policy is an
 // atomic load. Only a directory listing under relatime or strictatime costs
-// a stat, and only an access that moves atime costs the access itself.
+// a stat (on a shared volume, a metadata lookup), and only an access that
+// moves atime costs the access itself.
 //
 // The policy is the mount's as /proc/self/mountinfo shows it, and follows a
 // remount (mount -o remount,noatime; remount,ro stops all updates): a

@@ -291,3 +291,34 @@ func TestMountAtimeEncryptedNames(t *testing.T) {
 	mountExpectTimes(t, "cat on a noatime mount", f, mountPast, ft.c)
 	mountExpectTimes(t, "ls on a noatime mount", d, mountPast, dt.c)
 }
+
+// TestSharedAtime: on a shared volume an access moves atime in the
+// metadata database, and not ctime: every read on a strictatime mount, none
+// on a noatime one; another mount sees the new atime.
+func TestSharedAtime(t *testing.T) {
+	mountRequireTool(t, "cat")
+	sv := sharedNew(t, "atime")
+	v := sv.first
+	v.mount(append(sv.g.flags(), "-o", "strictatime")...)
+	f := v.path("f")
+	mountWriteFile(t, f, []byte("some content\n"))
+	mountTool(t, "cat", f)
+	prev := mountStatTimes(t, f)
+	for i := range 2 {
+		mountClockPast(t, prev.a)
+		mountTool(t, "cat", f)
+		prev = mountExpectAtimeMoved(t, fmt.Sprintf("cat #%d on a strictatime mount", i+1), f, prev)
+	}
+	other := sv.first.second(t)
+	other.mount(sv.g.flags()...)
+	mountWaitFor(t, 5*time.Second, "the other mount to see the atime", func() bool {
+		return mountStatTimes(t, other.path("f")).a.Equal(prev.a)
+	})
+	other.unmount()
+	v.unmount()
+
+	v.mount(append(sv.g.flags(), "-o", "noatime")...)
+	mountClockPast(t, prev.a)
+	mountTool(t, "cat", f)
+	mountExpectTimes(t, "cat on a noatime mount", f, prev.a, prev.c)
+}
