@@ -9,10 +9,13 @@ package fs
 // reports as atime is its own business, and kmsfs reported the backing
 // file's, which moved by the backing mount's rules instead.
 //
-// So the daemon applies the mount's policy itself: the backend opens what it
-// reads O_NOATIME, and an access the policy counts is recorded through
-// backend.Accesser, which moves atime and leaves ctime (backend/local's
-// atime.go). What counts as an access, given what the daemon sees:
+// So the daemon applies the mount's policy itself: the local backend opens
+// what it reads O_NOATIME, and an access the policy counts is recorded
+// through backend.Accesser, which moves atime and leaves ctime (a read
+// through a strictatime clone of the backing mount, backend/local/atime.go;
+// an atime-only update in a shared volume's database). A backend without it
+// (object-per-file S3) moves no atime on a read. What counts as an access,
+// given what the daemon sees:
 //
 //   - An open for reading only (O_RDONLY, which exec(2) and mmap(2) of a
 //     program also are). The kernel keeps file pages across opens
