@@ -17,8 +17,8 @@ package fs
 // (object-per-file S3) moves no atime on a read. What counts as an access,
 // given what the daemon sees:
 //
-//   - An open for reading only (O_RDONLY, which exec(2) and mmap(2) of a
-//     program also are). The kernel keeps file pages across opens
+//   - An open for reading only (O_RDONLY, as exec(2) opens a program, and
+//     as a file is opened to be mapped). The kernel keeps file pages across opens
 //     (FOPEN_KEEP_CACHE), so the reads themselves often never reach the
 //     daemon; the open always does. An open that reads nothing counts too,
 //     which Linux would not count.
