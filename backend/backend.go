@@ -98,6 +98,19 @@ type TimeSetter interface {
 	SetTimes(atime, mtime time.Time) error
 }
 
+// Accesser is implemented by backends that can record a read of an entry
+// the way the kernel does for read(2) and getdents(2) (touch_atime in
+// fs/inode.c): the access time moves to now and the change time stays.
+// The mount decides when an access counts (its noatime, nodiratime,
+// relatime or strictatime option, fs/atime.go) and the backend only
+// records it; a backend without it never moves atime on a read, as if
+// every mount were noatime (utimensat still sets it). ino is the entry's
+// inode number as the caller knows it: a backend that finds another entry
+// under name (renamed over since) records nothing.
+type Accesser interface {
+	Access(ctx context.Context, name string, ino uint64) error
+}
+
 // Flusher is implemented by files whose backend makes writes visible only
 // when told to (S3 uploads the staged object). Flush runs on every close(2);
 // local files do not need it.

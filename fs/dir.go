@@ -31,6 +31,14 @@ func (n *Node) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) {
 	if err != nil {
 		return nil, n.t.fail(opReaddir, p, err)
 	}
+	// A listing is an access (atime.go); the kernel keeps no listing, so
+	// every one reaches us.
+	if n.t.atimeMayMove(true) {
+		var st syscall.Stat_t
+		if err := n.t.be.Lstat(ctx, p, &st); err == nil {
+			n.t.access(ctx, n, p, &st)
+		}
+	}
 	// "." and ".." first, as readdir(3) users (ls -a, some backup tools) expect.
 	list := make([]fuse.DirEntry, 0, len(ents)+2)
 	list = append(list, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,6 +32,8 @@ type fileHandle struct {
 	t    *tree
 	h    *volume.Handle
 	node *Node // the node it was opened on (set by addOpen)
+	// readAccess: opened O_RDWR, its first READ is an access (atime.go).
+	readAccess atomic.Bool
 }
 
 // openFlags turns the flags of a FUSE OPEN or CREATE into volume open
@@ -61,6 +64,14 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	// is then served without decrypting again.
 	fh := &fileHandle{t: n.t, h: h}
 	n.addOpen(fh)
+	// An open for reading is an access; an open for reading and writing
+	// is at its first READ (atime.go).
+	switch int(flags) & syscall.O_ACCMODE {
+	case syscall.O_RDONLY:
+		n.t.access(ctx, n, p, h.OpenStat())
+	case syscall.O_RDWR:
+		fh.readAccess.Store(true)
+	}
 	return fh, fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -82,6 +93,7 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	out.Attr.FromStat(&st)
 	ch := n.newChild(ctx, &st, &out.Attr)
 	fh := &fileHandle{t: n.t, h: h}
+	fh.readAccess.Store(int(flags)&syscall.O_ACCMODE == syscall.O_RDWR)
 	if cn, ok := ch.Operations().(*Node); ok {
 		cn.addOpen(fh)
 		if flags&syscall.O_EXCL != 0 {
@@ -96,11 +108,32 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	defer f.t.timed(opRead, time.Now())
+	if f.readAccess.Load() && f.readAccess.Swap(false) {
+		f.accessed(ctx)
+	}
 	n, err := f.h.ReadAt(ctx, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, f.t.fail(opRead, f.h.Name(), err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// accessed records the first READ of a file opened for reading and
+// writing as an access (atime.go): with the file's times now, since the
+// handle may have written since it was opened.
+func (f *fileHandle) accessed(ctx context.Context) {
+	if f.node == nil || !f.t.atimeMayMove(false) {
+		return
+	}
+	p, errno := f.node.path()
+	if errno != 0 {
+		return
+	}
+	var st syscall.Stat_t
+	if err := f.h.Stat(&st); err != nil {
+		return
+	}
+	f.t.access(ctx, f.node, p, &st)
 }
 
 func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {

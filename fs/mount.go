@@ -109,6 +109,11 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 	root.t.writeback = opt.WritebackCache && !opt.ReadOnly
 	attr, entry, neg := opt.cacheTimeouts(vol)
 	root.t.attrTimeout = attr
+	// The atime policy the flags ask for, until the mount's own options
+	// are read from mountinfo below (atime.go).
+	policy := atimePolicyOfFlags(opt.VFS.MountFlags())
+	policy.readOnly = policy.readOnly || opt.ReadOnly || vol.ReadOnly()
+	root.t.atime = newAtimeWatch(policy)
 	mopts := fuse.MountOptions{
 		AllowOther: opt.AllowOther,
 		Debug:      opt.Debug,
@@ -185,6 +190,19 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 		// Serve ends by itself when the mount did not happen.
 		return nil, err
 	}
+	// Follow the mount's atime options, remounts included; stop with the
+	// server. Without mountinfo the policy stays the one the flags gave.
+	if abs, err := filepath.Abs(mountpoint); err == nil {
+		if dev, _, err := mountEntry(abs); err == nil {
+			if err := root.t.atime.follow(abs, dev, opt.ReadOnly || vol.ReadOnly(), root.t.log); err != nil {
+				root.t.log.Warn("atime: remounts not followed", "err", err)
+			}
+		}
+	}
+	go func() {
+		srv.Wait()
+		root.t.atime.stop()
+	}()
 	if opt.ReadAheadKB > 0 {
 		if err := setReadAhead(mountpoint, opt.ReadAheadKB); err != nil && log != nil {
 			log.Debug("kernel readahead left at its default", "err", err)

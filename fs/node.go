@@ -35,6 +35,11 @@ type tree struct {
 	attrTimeout time.Duration
 	// recorders time the requests, by operation (boundary.go).
 	recorders recorders
+	// atime is the mount's atime policy, accesser the backend's way to
+	// apply it, nil if it has none (atime.go).
+	atime    *atimeWatch
+	accesser backend.Accesser
+	noAccess atomic.Bool // the backend turned out to record no access
 }
 
 // Node is one file, directory or symlink of the mount.
@@ -96,7 +101,9 @@ func NewRoot(vol *volume.Volume, log *slog.Logger) *Node {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Node{t: &tree{vol: vol, be: vol.Backend(), log: log, recorders: newRecorders(vol.RequestObserver())}}
+	t := &tree{vol: vol, be: vol.Backend(), log: log, recorders: newRecorders(vol.RequestObserver())}
+	t.accesser, _ = t.be.(backend.Accesser)
+	return &Node{t: t}
 }
 
 var (

@@ -571,6 +571,20 @@ func (b *nameBackend) Utimens(ctx context.Context, name string, atime, mtime *ti
 	return b.Backend.Utimens(ctx, e, atime, mtime)
 }
 
+// Access passes a recorded read on to the backend under the stored name
+// (backend.Accesser); ENOTSUP if the backend records none.
+func (b *nameBackend) Access(ctx context.Context, name string, ino uint64) error {
+	acc, ok := b.Backend.(backend.Accesser)
+	if !ok {
+		return &os.PathError{Op: "access", Path: name, Err: syscall.ENOTSUP}
+	}
+	e, err := b.enc(ctx, "access", name)
+	if err != nil {
+		return err
+	}
+	return acc.Access(ctx, e, ino)
+}
+
 func (b *nameBackend) Getxattr(ctx context.Context, name, attr string) ([]byte, error) {
 	e, err := b.enc(ctx, "getxattr", name)
 	if err != nil {

@@ -39,11 +39,20 @@ type Backend struct {
 	asRoot bool      // new entries get their creator's owner (we run as uid 0)
 	dirs   *dirCache // descriptors of backing directories (dircache.go)
 
+	// accessFd is the strictatime clone Access reads through, or -1
+	// (atime.go); made at the first Access.
+	accessMu   sync.Mutex
+	accessInit bool
+	accessFd   int
+
 	closeOnce sync.Once
 	closeErr  error
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend  = (*Backend)(nil)
+	_ backend.Accesser = (*Backend)(nil)
+)
 
 // New opens the backend rooted at dir, which must exist. The directory is
 // held open until Close, so the backend keeps using the same directory if
@@ -300,7 +309,8 @@ func (b *Backend) Open(_ context.Context, name string, flags int, mode uint32, o
 	// conversion would drop the setuid/setgid/sticky bits of mode.
 	// No symlink anywhere on the way, the file itself included
 	// (resolve.go): the kernel opens only regular files through us.
-	fd, err := b.openPath(p, flags, mode)
+	// O_NOATIME: the volume's reads are not the application's (atime.go).
+	fd, err := b.openNoAtime(p, flags, mode)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: name, Err: err}
 	}
@@ -329,6 +339,12 @@ func openRetry(dirfd int, p string, flags int, mode uint32) (int, error) {
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.dirs.close()
+		b.accessMu.Lock()
+		if b.accessInit && b.accessFd >= 0 {
+			syscall.Close(b.accessFd)
+			b.accessFd = -1
+		}
+		b.accessMu.Unlock()
 		b.closeErr = syscall.Close(b.rootFd)
 	})
 	return b.closeErr

@@ -114,7 +114,10 @@ type Backend struct {
 	lock   volumeLock
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend  = (*Backend)(nil)
+	_ backend.Accesser = (*Backend)(nil)
+)
 
 // volumeDoc is the part of volume.json the backend reads.
 type volumeDoc struct {
@@ -321,6 +324,36 @@ func (b *Backend) Lstat(ctx context.Context, name string, st *syscall.Stat_t) er
 	}
 	b.overlay(&a)
 	fillStat(a, st)
+	return nil
+}
+
+// Access records a read of name, inode ino (backend.Accesser): its atime
+// moves to the store's clock now and its ctime stays, in one statement.
+// Another mount sees it as any other change, within its attribute timeout.
+func (b *Backend) Access(ctx context.Context, name string, ino uint64) error {
+	if !b.isReady() {
+		return b.fail("access", name, syscall.ENOENT)
+	}
+	rec, ok := b.store.(meta.AccessRecorder)
+	if !ok {
+		return &os.PathError{Op: "access", Path: "/" + name, Err: syscall.ENOTSUP}
+	}
+	if err := b.guard("access", name); err != nil {
+		return err
+	}
+	b.echoes.drop() // they may carry the old atime
+	at, err := rec.RecordAccess(opCtx(ctx), ino)
+	if err != nil {
+		return b.fail("access", name, err)
+	}
+	b.mu.Lock()
+	f := b.open[ino]
+	b.mu.Unlock()
+	if f != nil {
+		f.mu.Lock()
+		f.attr.Atime = at
+		f.mu.Unlock()
+	}
 	return nil
 }
 

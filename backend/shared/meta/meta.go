@@ -117,6 +117,15 @@ type Garbage struct {
 	Since time.Time
 }
 
+// AccessRecorder is implemented by stores that can move an inode's atime
+// alone, as the kernel's touch_atime does for a read: ctime stays
+// (backend.Accesser).
+type AccessRecorder interface {
+	// RecordAccess sets inode ino's atime to the store's clock now and
+	// returns it; ENOENT if there is no such inode.
+	RecordAccess(ctx context.Context, ino uint64) (time.Time, error)
+}
+
 // Store is a shared volume's metadata.
 type Store interface {
 	// Volume returns the store's volume record; ErrNoVolume if none.

@@ -127,6 +127,22 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+// RecordAccess moves inode ino's atime to the database's clock, as every
+// other time of the store, and leaves its ctime (meta.AccessRecorder).
+func (s *Store) RecordAccess(ctx context.Context, ino uint64) (time.Time, error) {
+	var at int64
+	err := s.pool.QueryRow(ctx, `UPDATE kmsfs_inodes SET atime = `+nowNS+` WHERE ino = $1 RETURNING atime`, int64(ino)).Scan(&at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, syscall.ENOENT
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	return time.Unix(0, at), nil
+}
+
+var _ meta.AccessRecorder = (*Store)(nil)
+
 // resolve returns the attributes of the inode at path.
 func resolve(ctx context.Context, q querier, path []string) (meta.Attr, error) {
 	var depth int
