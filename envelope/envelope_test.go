@@ -135,6 +135,7 @@ func testVectors(t *testing.T, version uint8, file string) {
 	// Vectors are written once, when their version is new: never for an
 	// older version, whose stored files they stand for.
 	if *update && version == CurrentVersion {
+		refuseRewrite(t, path)
 		v := vectors{
 			Version: version,
 			FileKey: hex.EncodeToString(fileKey), FileID: hex.EncodeToString(fileID[:]),
@@ -504,4 +505,14 @@ func FuzzOpenBlock(f *testing.F) {
 			t.Fatalf("forged block opened")
 		}
 	})
+}
+
+// refuseRewrite fails the test when the vectors at path exist: they stand
+// for files already stored in that format version, so -update writes a new
+// version's vectors once and never rewrites them.
+func refuseRewrite(t *testing.T, path string) {
+	t.Helper()
+	if _, err := os.Stat(path); err == nil {
+		t.Fatalf("%s exists: the vectors of a format version are written once, never rewritten (remove it by hand only while that version is unreleased)", path)
+	}
 }

@@ -182,6 +182,7 @@ func writeVectorsV4(t *testing.T, path string) {
 func TestVectorsV4(t *testing.T) {
 	path := filepath.Join("testdata", "vectors_v4.json")
 	if *updateV4 {
+		refuseRewrite(t, path)
 		writeVectorsV4(t, path)
 	}
 	raw, err := os.ReadFile(path)
