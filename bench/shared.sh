@@ -33,14 +33,17 @@
 # cp -a times stop when cp returns (each file is uploaded on close, so the
 # data is in S3 by then); the umount after it is not timed.
 #
-# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown]
+# --keep-alive runs the gateway with HTTP keep-alive (versitygw closes every
+# connection after one response unless told; S3 itself keeps them open).
+#
+# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown] [--keep-alive]
 # Needs: root, fuse3, perl, versitygw (PATH or ~/go/bin), PostgreSQL 15 in
 # /usr/lib/postgresql/15/bin and a postgres user, awscli, rclone.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
 
-files=10000 size=1024 repeat=3 bin= basebin= breakdown=
+files=10000 size=1024 repeat=3 bin= basebin= breakdown= gwflags=()
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--files) files=$2; shift 2 ;;
@@ -49,7 +52,8 @@ while [ $# -gt 0 ]; do
 	--kmsfs-bin) bin=$2; shift 2 ;;
 	--baseline-bin) basebin=$2; shift 2 ;;
 	--breakdown) breakdown=1; shift ;;
-	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown]" >&2; exit 2 ;;
+	--keep-alive) gwflags=(--keep-alive); shift ;;
+	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown] [--keep-alive]" >&2; exit 2 ;;
 	esac
 done
 pgbin=/usr/lib/postgresql/15/bin
@@ -68,7 +72,7 @@ vgw=$(command -v versitygw || echo "$HOME/go/bin/versitygw")
 mkdir -p "$work/s3/bench"
 port=$(free_port)
 endpoint=http://127.0.0.1:$port
-ROOT_ACCESS_KEY=benchkey ROOT_SECRET_KEY=benchsecret "$vgw" --port "127.0.0.1:$port" posix "$work/s3" >"$work/versitygw.log" 2>&1 &
+ROOT_ACCESS_KEY=benchkey ROOT_SECRET_KEY=benchsecret "$vgw" --port "127.0.0.1:$port" "${gwflags[@]}" posix "$work/s3" >"$work/versitygw.log" 2>&1 &
 gw=$!
 export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
@@ -166,7 +170,7 @@ kmspids() {
 	local d p
 	for d in "$@"; do
 		for p in /proc/[0-9]*; do
-			tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "--foreground .*$d/mnt\$\|--foreground .*$d/mnt " && echo "${p#/proc/}"
+			{ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q -- "--foreground .*$d/mnt\$\|--foreground .*$d/mnt " && echo "${p#/proc/}"
 		done
 	done
 }
