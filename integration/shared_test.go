@@ -1091,6 +1091,36 @@ func TestSharedDeferredAttrs(t *testing.T) {
 		return syscall.Lstat(b.path("moved"), &st) == nil && st.Mode&0o7777 == 0o644 && st.Size == int64(len(data))
 	})
 
+	// A hard link made before the first close: a chmod by the link reaches
+	// the store at once and is not undone by the one waiting for the
+	// commit.
+	k, err := os.OpenFile(a.path("linked"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Chmod(0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(a.path("linked"), a.path("link2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(a.path("link2"), 0o604); err != nil {
+		t.Fatal(err)
+	}
+	if m := stat(a.path("linked")).Mode & 0o7777; m != 0o604 {
+		t.Errorf("A after a chmod by the hard link: mode %o, want 604", m)
+	}
+	if err := k.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mountWaitFor(t, 2*time.Second, "B to see the hard-linked file with the link's chmod", func() bool {
+		var st syscall.Stat_t
+		return syscall.Lstat(b.path("linked"), &st) == nil && st.Mode&0o7777 == 0o604 && st.Size == int64(len(data))
+	})
+
 	// Replaced on B while A writes it: a chmod by the name on A, once A
 	// sees the new file there, changes B's file, not A's.
 	w, err := os.OpenFile(a.path("replaced"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)

@@ -85,6 +85,53 @@ func (f *openFile) deferAttr(s meta.SetAttr) (meta.Attr, bool) {
 	return a, true
 }
 
+// supersede drops from the changes waiting for the commit what change s,
+// made in the store at once (by another name of the file: a hard link),
+// set since, and lays the rest over the attributes the store returned for
+// it. f.mu is held.
+func (f *openFile) supersede(s meta.SetAttr) {
+	p := f.pend
+	switch {
+	case s.Mode != nil:
+		p.Mode, p.Perm = nil, nil
+	case s.Perm != nil && p.Mode != nil:
+		m := *p.Mode&^0o777 | *s.Perm&0o777
+		p.Mode = &m
+	case s.Perm != nil:
+		p.Perm = nil
+	}
+	if s.Uid != nil {
+		p.Uid = nil
+	}
+	if s.Gid != nil {
+		p.Gid = nil
+	}
+	if s.Atime != nil {
+		p.Atime = nil
+	}
+	if s.Mtime != nil {
+		p.Mtime = nil
+	}
+	switch {
+	case p.Mode != nil:
+		f.attr.Mode = f.attr.Mode&^0o7777 | *p.Mode
+	case p.Perm != nil:
+		f.attr.Mode = f.attr.Mode&^0o777 | *p.Perm
+	}
+	if p.Uid != nil {
+		f.attr.Uid = *p.Uid
+	}
+	if p.Gid != nil {
+		f.attr.Gid = *p.Gid
+	}
+	if p.Atime != nil {
+		f.attr.Atime = *p.Atime
+	}
+	if p.Mtime != nil {
+		f.attr.Mtime = *p.Mtime
+	}
+}
+
 // renameWriting moves the files open for writing here under from (or
 // below it) to their new names; with RENAME_EXCHANGE those under to move
 // to from as well.

@@ -196,15 +196,18 @@ func (f *openFile) overlay(a *meta.Attr) {
 	}
 }
 
-func (f *openFile) setAttrs(a meta.Attr, mtimeSet bool) {
+func (f *openFile) setAttrs(a meta.Attr, s meta.SetAttr) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.attr.Mode, f.attr.Uid, f.attr.Gid = a.Mode, a.Uid, a.Gid
 	f.attr.Atime, f.attr.Mtime, f.attr.Ctime, f.attr.Nlink = a.Atime, a.Mtime, a.Ctime, a.Nlink
-	if mtimeSet {
+	if s.Mtime != nil {
 		// An explicit utimens after the writes (cp -a) wins over the
 		// commit's time.
 		f.touched = false
+	}
+	if f.pend != nil {
+		f.supersede(s)
 	}
 }
 

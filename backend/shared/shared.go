@@ -464,7 +464,7 @@ func (b *Backend) setattr(ctx context.Context, op, name string, s meta.SetAttr) 
 	f := b.open[a.Ino]
 	b.mu.Unlock()
 	if f != nil {
-		f.setAttrs(a, s.Mtime != nil)
+		f.setAttrs(a, s)
 	}
 	return nil
 }
