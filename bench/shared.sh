@@ -20,17 +20,30 @@
 #   KMS/file     KMS calls the mount made during cp -a, per file (kmsfs stats)
 #   baseline     with --baseline-bin BIN: cp-shared and cp-shared4 again with another
 #                kmsfs build, in the same repetition, for a before/after ratio
+#
+# With --breakdown only the cp -a cases run (shared 1 mount, object-per-file,
+# shared 4 mounts; interleaved, R repetitions) and each reports its cost per
+# file: S3 requests by method with their mean latency (the gateway's request
+# log), SQL statements with their mean execution time (pg_stat_statements),
+# FUSE requests by operation with their mean latency (`kmsfs stats`), CPU
+# seconds of each process (kmsfs, postgres, versitygw, cp: /proc/PID/stat
+# utime+stime, reaped children included) and of the whole machine
+# (/proc/stat), and `vmstat 1` during the 4-mount copy (into breakdown.txt,
+# printed at the end).
 # cp -a times stop when cp returns (each file is uploaded on close, so the
 # data is in S3 by then); the umount after it is not timed.
 #
-# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN]
+# --keep-alive runs the gateway with HTTP keep-alive (versitygw closes every
+# connection after one response unless told; S3 itself keeps them open).
+#
+# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown] [--keep-alive]
 # Needs: root, fuse3, perl, versitygw (PATH or ~/go/bin), PostgreSQL 15 in
 # /usr/lib/postgresql/15/bin and a postgres user, awscli, rclone.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
 
-files=10000 size=1024 repeat=3 bin= basebin=
+files=10000 size=1024 repeat=3 bin= basebin= breakdown= gwflags=()
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--files) files=$2; shift 2 ;;
@@ -38,7 +51,9 @@ while [ $# -gt 0 ]; do
 	--repeat) repeat=$2; shift 2 ;;
 	--kmsfs-bin) bin=$2; shift 2 ;;
 	--baseline-bin) basebin=$2; shift 2 ;;
-	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN]" >&2; exit 2 ;;
+	--breakdown) breakdown=1; shift ;;
+	--keep-alive) gwflags=(--keep-alive); shift ;;
+	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown] [--keep-alive]" >&2; exit 2 ;;
 	esac
 done
 pgbin=/usr/lib/postgresql/15/bin
@@ -57,7 +72,7 @@ vgw=$(command -v versitygw || echo "$HOME/go/bin/versitygw")
 mkdir -p "$work/s3/bench"
 port=$(free_port)
 endpoint=http://127.0.0.1:$port
-ROOT_ACCESS_KEY=benchkey ROOT_SECRET_KEY=benchsecret "$vgw" --port "127.0.0.1:$port" posix "$work/s3" >"$work/versitygw.log" 2>&1 &
+ROOT_ACCESS_KEY=benchkey ROOT_SECRET_KEY=benchsecret "$vgw" --port "127.0.0.1:$port" "${gwflags[@]}" posix "$work/s3" >"$work/versitygw.log" 2>&1 &
 gw=$!
 export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
@@ -143,6 +158,146 @@ cp_four() {
 	rec "cp-$case" "$(since "$t")"
 	for q in 0 1 2 3; do umount_ "$work/$db-$q"; done
 }
+
+# --breakdown: the cost of one copied file, by part (see the header).
+# ticks PID...: CPU clock ticks of PIDs, those of the children they reaped included.
+ticks() { perl -e 'my $t = 0; for (@ARGV) { open my $f, "<", "/proc/$_/stat" or next; my @f = split / /, (<$f> =~ s/^.*\) //r); $t += $f[11] + $f[12] + $f[13] + $f[14] } print $t' "$@"; }
+# pgpids: the postmaster and its children (backends come and go; an exited
+# one's ticks are in the postmaster's reaped-children count).
+pgpids() { local pm; pm=$(head -1 "$pgdir/data/postmaster.pid"); echo "$pm" $(cat /proc/"$pm"/task/*/children); }
+# kmspids DIR...: the mount processes (the daemonised --foreground child) of DIR/mnt.
+kmspids() {
+	local d p
+	for d in "$@"; do
+		for p in /proc/[0-9]*; do
+			{ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q -- "--foreground .*$d/mnt\$\|--foreground .*$d/mnt " && echo "${p#/proc/}"
+		done
+	done
+}
+# snap FILE DIR...: counters before or after a copy into the mounts of DIR...
+snap() {
+	local out=$1 d; shift
+	{
+		echo "kmsfs $(ticks $(kmspids "$@"))"
+		echo "postgres $(ticks $(pgpids))"
+		echo "versitygw $(ticks "$gw")"
+		perl -ane 'print "machine_busy ", $F[1] + $F[2] + $F[3] + $F[6] + $F[7] + $F[8], "\nmachine_all ", $F[1] + $F[2] + $F[3] + $F[4] + $F[5] + $F[6] + $F[7] + $F[8], "\n" if /^cpu /' /proc/stat
+		echo "gwlines $(wc -l <"$work/versitygw.log")"
+		echo "load $(cut -d' ' -f1 /proc/loadavg)"
+		for d in "$@"; do echo "fuse $("$bin" stats --json "$d/mnt" | tr -d '\n')"; done
+	} >"$out"
+}
+# breakdown_report CASE REP WALL NFILES: per-file costs of the copy between
+# $work/snap.a and $work/snap.b, cp's times in $work/cptime.*, statements in
+# $work/pgcost.txt (shared cases only).
+breakdown_report() {
+	perl -MJSON::PP - "$work" "$@" <<'PERL'
+use strict; use warnings;
+my ($work, $case, $rep, $wall, $n) = @ARGV;
+sub rd { my %h; my @fuse; open my $f, '<', "$work/$_[0]" or die; while (<$f>) { chomp; my ($k, $v) = split / /, $_, 2;
+	if ($k eq 'fuse') { push @fuse, decode_json($v) } else { $h{$k} = $v } } $h{fuse} = \@fuse; return \%h }
+my ($s0, $s1) = (rd('snap.a'), rd('snap.b'));
+my $hz = 100;
+my %cpu = map { $_ => ($s1->{$_} - $s0->{$_}) / $hz } qw(kmsfs postgres versitygw machine_busy machine_all);
+my ($cpu_cp, $cpwall) = (0, 0);
+for my $t (glob "$work/cptime.*") { open my $f, '<', $t or die; my @v = split ' ', (grep { /^[0-9.]+ [0-9.]+ [0-9.]+$/ } <$f>)[-1]; $cpwall = $v[0] if $v[0] > $cpwall; $cpu_cp += $v[1] + $v[2] }
+my $ms = sub { 1000 * $_[0] / $n };
+printf "## %s, repetition %s: %d files in %.3f s (%.0f files/s), %.3f ms/file wall; load %s → %s\n",
+	$case, $rep, $n, $wall, $n / $wall, $ms->($wall), $s0->{load}, $s1->{load};
+printf "CPU ms/file: kmsfs %.3f, postgres %.3f, versitygw %.3f, cp %.3f; sum %.3f; machine busy %.3f of %.3f available (%.0f%% busy)\n",
+	(map { $ms->($_) } $cpu{kmsfs}, $cpu{postgres}, $cpu{versitygw}, $cpu_cp, $cpu{kmsfs} + $cpu{postgres} + $cpu{versitygw} + $cpu_cp,
+	$cpu{machine_busy}, $cpu{machine_all}), 100 * $cpu{machine_busy} / ($cpu{machine_all} || 1);
+# S3: the gateway's request log lines written during the copy.
+my (%s3n, %s3t);
+open my $g, '<', "$work/versitygw.log" or die; my $i = 0;
+while (<$g>) { $i++; next if $i <= $s0->{gwlines} || $i > $s1->{gwlines}; my @f = split /\s*\|\s*/;
+	next unless @f >= 6 && $f[5] =~ /^[A-Z]+$/; my ($lat, $m) = ($f[3], $f[5]); my $s = $lat =~ /^([\d.]+)(µs|ms|s|ns)$/ ? $1 * {ns => 1e-6, 'µs' => 1e-3, ms => 1, s => 1000}->{$2} : 0;
+	$s3n{$m}++; $s3t{$m} += $s }
+my $s3all = 0; $s3all += $_ for values %s3n;
+printf "S3 requests/file: %.3f (%s)\n", $s3all / $n, join ', ', map { sprintf '%s %.3f, %.2f ms', $_, $s3n{$_} / $n, $s3t{$_} / $s3n{$_} } sort keys %s3n;
+# FUSE: request counts and latency sums by operation, all mounts.
+my (%fn, %ft);
+for my $k (0 .. $#{$s1->{fuse}}) { my ($x, $y) = ($s0->{fuse}[$k]{fuse_latency} || {}, $s1->{fuse}[$k]{fuse_latency} || {});
+	for my $op (keys %$y) { my ($c0, $m0) = $x->{$op} ? ($x->{$op}{count}, $x->{$op}{mean_ms}) : (0, 0);
+		my $c = $y->{$op}{count} - $c0; next unless $c; $fn{$op} += $c; $ft{$op} += $y->{$op}{count} * $y->{$op}{mean_ms} - $c0 * $m0 } }
+my ($fall, $fms) = (0, 0); $fall += $_ for values %fn; $fms += $_ for values %ft;
+printf "FUSE requests/file: %.2f, %.3f ms/file waited (%s)\n", $fall / $n, $fms / $n,
+	join ', ', map { sprintf '%s %.2f × %.3f ms', $_, $fn{$_} / $n, $ft{$_} / $fn{$_} } sort { $ft{$b} <=> $ft{$a} } keys %fn;
+if (open my $p, '<', "$work/pgcost.txt") { my ($c, $t) = (0, 0); my @q;
+	while (<$p>) { chomp; my ($calls, $mean, $q) = split /\|/, $_, 3; $c += $calls; $t += $calls * $mean; push @q, sprintf '    %.3f/file × %.3f ms  %s', $calls / $n, $mean, $q }
+	printf "SQL statements/file: %.2f, %.3f ms/file executing\n%s\n", $c / $n, $t / $n, join "\n", @q[0 .. ($#q < 7 ? $#q : 7)] }
+printf "SUMMARY %s %s wall_ms=%.4f files_s=%.1f cpu_kmsfs=%.4f cpu_pg=%.4f cpu_gw=%.4f cpu_cp=%.4f busy=%.4f busy_pct=%.1f s3=%.3f fuse=%.2f fuse_ms=%.4f load=%s\n",
+	$case, $rep, $ms->($wall), $n / $wall, (map { $ms->($_) } $cpu{kmsfs}, $cpu{postgres}, $cpu{versitygw}, $cpu_cp, $cpu{machine_busy}),
+	100 * $cpu{machine_busy} / ($cpu{machine_all} || 1), $s3all / $n, $fall / $n, $fms / $n, $s1->{load};
+PERL
+}
+pgcost() { # pgcost DB: statements since the reset, into $work/pgcost.txt
+	psql_ -d "$1" -c "SELECT calls, round(mean_exec_time::numeric, 4), left(regexp_replace(query, '\s+', ' ', 'g'), 90) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC" >"$work/pgcost.txt"
+}
+# bd_one KIND REP: cp -a of the tree into a fresh volume, 1 mount.
+bd_one() {
+	local kind=$1 rep=$2 d t w
+	d=$work/bd-$kind-$rep && mnt_new "$d"
+	rm -f "$work"/cptime.* "$work/pgcost.txt"
+	if [ "$kind" = shared ]; then
+		psql_ -d postgres -c "CREATE DATABASE bd$rep"
+		psql_ -d "bd$rep" -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements'
+		"$bin" init "${s3flags[@]}" --meta "postgres://postgres@127.0.0.1:$pgport/bd$rep?sslmode=disable" "s3://bench/bd$rep" >/dev/null 2>&1
+		mount_ "$d" "s3://bench/bd$rep"
+		psql_ -d "bd$rep" -c 'SELECT pg_stat_statements_reset()' >/dev/null
+	else
+		"$bin" init "${s3flags[@]}" "s3://bench/bo$rep" >/dev/null 2>&1
+		mount_ "$d" "s3://bench/bo$rep"
+	fi
+	snap "$work/snap.a" "$d"
+	t=$(now); /usr/bin/time -f '%e %U %S' -o "$work/cptime.0" cp -a "$work/src/tree" "$d/mnt/"; w=$(since "$t")
+	snap "$work/snap.b" "$d"
+	[ "$kind" = shared ] && pgcost "bd$rep"
+	breakdown_report "cp-$kind" "$rep" "$w" "$files" | tee -a "$work/breakdown.txt"
+	umount_ "$d"
+}
+# bd_four REP: 4 mounts of a fresh shared volume, a quarter each, at once.
+bd_four() {
+	local rep=$1 t w q p pids=() ds=() vm
+	rm -f "$work"/cptime.* "$work/pgcost.txt"
+	psql_ -d postgres -c "CREATE DATABASE bf$rep"
+	psql_ -d "bf$rep" -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements'
+	"$bin" init "${s3flags[@]}" --meta "postgres://postgres@127.0.0.1:$pgport/bf$rep?sslmode=disable" "s3://bench/bf$rep" >/dev/null 2>&1
+	for q in 0 1 2 3; do ds+=("$work/bf$rep-$q"); mnt_new "$work/bf$rep-$q"; mount_ "$work/bf$rep-$q" "s3://bench/bf$rep"; done
+	psql_ -d "bf$rep" -c 'SELECT pg_stat_statements_reset()' >/dev/null
+	snap "$work/snap.a" "${ds[@]}"
+	vmstat -n 1 >"$work/vmstat.$rep" & vm=$!
+	t=$(now)
+	for q in 0 1 2 3; do /usr/bin/time -f '%e %U %S' -o "$work/cptime.$q" cp -a "$work/src4/q$q" "$work/bf$rep-$q/mnt/" & pids+=($!); done
+	for p in "${pids[@]}"; do wait "$p"; done
+	w=$(since "$t")
+	kill "$vm"; wait "$vm" 2>/dev/null || true
+	snap "$work/snap.b" "${ds[@]}"
+	pgcost "bf$rep"
+	{
+		breakdown_report cp-shared4 "$rep" "$w" "$quarters4"
+		# vmstat: us sy id wa st of each second of the copy (its first line is the average since boot).
+		echo "vmstat 1 during the copy (us sy id wa; r = runnable):"
+		perl -ane 'next unless /^\s*\d/; $n++; next if $n == 1; push @l, "$F[12]/$F[13]/$F[14]/$F[15] r$F[0]"; $us += $F[12]; $sy += $F[13]; $id += $F[14]; $wa += $F[15]; $c++;
+			END { printf "    %s\n    mean us %.0f sy %.0f id %.0f wa %.0f over %d s\n", join(" ", @l), $us / $c, $sy / $c, $id / $c, $wa / $c, $c if $c }' "$work/vmstat.$rep"
+	} | tee -a "$work/breakdown.txt"
+	for q in 0 1 2 3; do umount_ "$work/bf$rep-$q"; done
+}
+if [ -n "$breakdown" ]; then
+	quarters4=$((4 * quarter))
+	for rep in $(seq "$repeat"); do
+		echo "repetition $rep/$repeat (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+		bd_one shared "$rep"
+		bd_one object "$rep"
+		bd_four "$rep"
+	done
+	echo
+	echo "Medians of $repeat (per file; CPU in ms):"
+	perl -e 'my %v; while (<>) { next unless s/^SUMMARY //; my ($c, $r, @kv) = split; for (@kv) { my ($k, $x) = split /=/; push @{$v{$c}{$k}}, $x } }
+		for my $c (sort keys %v) { print "  $c:"; for my $k (qw(files_s wall_ms cpu_kmsfs cpu_pg cpu_gw cpu_cp busy busy_pct s3 fuse fuse_ms load)) {
+			my @s = sort { $a <=> $b } @{$v{$c}{$k}}; my $m = @s % 2 ? $s[$#s / 2] : ($s[@s / 2 - 1] + $s[@s / 2]) / 2; print " $k=$m" } print "\n" }' "$work/breakdown.txt"
+	exit 0
+fi
 
 for rep in $(seq "$repeat"); do
 	echo "repetition $rep/$repeat (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2

@@ -23,6 +23,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/backend/shared/pgmeta/pgtest"
 )
@@ -991,4 +992,170 @@ func TestSharedS3Outage(t *testing.T) {
 	if err := os.WriteFile(a.path("after"), data, 0o644); err != nil {
 		t.Fatalf("write after the outage: %v", err)
 	}
+}
+
+// TestSharedDeferredAttrs: the attributes set on a new file before its first
+// close reach other mounts with its content; those of a file with committed
+// content reach them within the second, the file still open.
+func TestSharedDeferredAttrs(t *testing.T) {
+	sv := sharedNew(t, "vol")
+	a, b := sv.mount(t), sv.mount(t)
+	stat := func(p string) syscall.Stat_t {
+		t.Helper()
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	when := time.Date(2024, 3, 4, 5, 6, 7, 890, time.UTC)
+	ts := []unix.Timespec{unix.NsecToTimespec(when.UnixNano()), unix.NsecToTimespec(when.UnixNano())}
+
+	// A new file: data, then what cp -a sends through the descriptor
+	// (owner, mode with set-user-ID, times), then a chown that clears it.
+	f, err := os.OpenFile(a.path("new"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("content that arrives with its attributes\n")
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	fd := int(f.Fd())
+	for _, step := range []func() error{
+		func() error { return unix.Fchmod(fd, 0o4751) },
+		func() error { return unix.Fchown(fd, 1234, 5678) },
+		func() error { return unix.UtimesNanoAt(unix.AT_FDCWD, a.path("new"), ts, 0) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(who string, st syscall.Stat_t) {
+		t.Helper()
+		if st.Mode&0o7777 != 0o751 || st.Uid != 1234 || st.Gid != 5678 || st.Mtim.Nano() != when.UnixNano() {
+			t.Errorf("%s: mode %o uid %d gid %d mtime %v, want 751 (chown clears set-user-ID) 1234 5678 %v",
+				who, st.Mode&0o7777, st.Uid, st.Gid, time.Unix(0, st.Mtim.Nano()).UTC(), when)
+		}
+	}
+	check("A, open", stat(a.path("new")))
+	var fst syscall.Stat_t
+	if err := syscall.Fstat(fd, &fst); err != nil {
+		t.Fatal(err)
+	}
+	check("A, fstat", fst)
+	// B sees the file as created, empty, until the close.
+	mountWaitFor(t, 2*time.Second, "B to see the new file", func() bool { return syscall.Lstat(b.path("new"), new(syscall.Stat_t)) == nil })
+	if st := stat(b.path("new")); st.Size != 0 || st.Mode&0o7777 != 0o600 || st.Uid != 0 {
+		t.Errorf("B before the close: size %d mode %o uid %d, want the file as created (0, 600, 0)", st.Size, st.Mode&0o7777, st.Uid)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mountWaitFor(t, 2*time.Second, "B to see the closed file's size", func() bool { return stat(b.path("new")).Size == int64(len(data)) })
+	check("B, after the close", stat(b.path("new")))
+	if got, err := os.ReadFile(b.path("new")); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("B reads %q, %v", got, err)
+	}
+
+	// A file with committed content, open for writing: a chmod reaches B
+	// while it stays open.
+	g, err := os.OpenFile(a.path("new"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if _, err := g.Write([]byte("more\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Chmod(0o600); err != nil {
+		t.Fatal(err)
+	}
+	mountWaitFor(t, 2*time.Second, "B to see the chmod of an open file with committed content", func() bool { return stat(b.path("new")).Mode&0o7777 == 0o600 })
+
+	// Renamed while its attributes wait: they follow the file; the old
+	// name is gone on A, and a chmod by the new name joins the commit.
+	h, err := os.OpenFile(a.path("moving"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Chmod(0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(a.path("moving"), a.path("moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(a.path("moved"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(a.path("moving"), 0o600); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("chmod of the old name: %v, want ENOENT", err)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mountWaitFor(t, 2*time.Second, "B to see the renamed file's mode", func() bool {
+		var st syscall.Stat_t
+		return syscall.Lstat(b.path("moved"), &st) == nil && st.Mode&0o7777 == 0o644 && st.Size == int64(len(data))
+	})
+
+	// A hard link made before the first close: a chmod by the link reaches
+	// the store at once and is not undone by the one waiting for the
+	// commit.
+	k, err := os.OpenFile(a.path("linked"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Chmod(0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(a.path("linked"), a.path("link2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(a.path("link2"), 0o604); err != nil {
+		t.Fatal(err)
+	}
+	if m := stat(a.path("linked")).Mode & 0o7777; m != 0o604 {
+		t.Errorf("A after a chmod by the hard link: mode %o, want 604", m)
+	}
+	if err := k.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mountWaitFor(t, 2*time.Second, "B to see the hard-linked file with the link's chmod", func() bool {
+		var st syscall.Stat_t
+		return syscall.Lstat(b.path("linked"), &st) == nil && st.Mode&0o7777 == 0o604 && st.Size == int64(len(data))
+	})
+
+	// Replaced on B while A writes it: a chmod by the name on A, once A
+	// sees the new file there, changes B's file, not A's.
+	w, err := os.OpenFile(a.path("replaced"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	mountWaitFor(t, 2*time.Second, "B to see the file A writes", func() bool { return syscall.Lstat(b.path("replaced"), new(syscall.Stat_t)) == nil })
+	old := stat(a.path("replaced")).Ino
+	if err := os.Remove(b.path("replaced")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b.path("replaced"), []byte("B's\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mountWaitFor(t, 2*time.Second, "A to see B's file", func() bool {
+		var st syscall.Stat_t
+		return syscall.Lstat(a.path("replaced"), &st) == nil && st.Ino != old
+	})
+	if err := os.Chmod(a.path("replaced"), 0o604); err != nil {
+		t.Fatal(err)
+	}
+	mountWaitFor(t, 2*time.Second, "B to see A's chmod of B's file", func() bool { return stat(b.path("replaced")).Mode&0o7777 == 0o604 })
 }

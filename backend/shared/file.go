@@ -58,11 +58,12 @@ type openFile struct {
 	touched bool           // data changed since the last commit or utimens
 	mtime   time.Time      // when data last changed here
 	wver    uint64         // counts data changes (writes, quiet ones too, and truncates)
-	// sparseFrom is where the file's sparse tail starts (ExtendSparse):
+	// sparseFrom is where the file's sparse tail starts (SetSparseTail):
 	// stream bytes [sparseFrom, size) are zeros that no chunk holds. -1:
 	// none.
 	sparseFrom int64
-	early      *earlyBatch // an upload started before the commit (early.go)
+	early      *earlyBatch   // an upload started before the commit (early.go)
+	pend       *meta.SetAttr // attribute changes that join the commit (deferred.go)
 	staging    *os.File
 
 	// rmu guards the read pattern and the chunk kept for a sequential
@@ -196,6 +197,10 @@ func (b *Backend) release(f *openFile) {
 func (f *openFile) overlay(a *meta.Attr) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.pend != nil {
+		a.Mode, a.Uid, a.Gid = f.attr.Mode, f.attr.Uid, f.attr.Gid
+		a.Atime, a.Mtime, a.Ctime = f.attr.Atime, f.attr.Mtime, f.attr.Ctime
+	}
 	if len(f.dirty) > 0 || f.resized {
 		a.Size = f.size
 		if f.touched {
@@ -204,15 +209,18 @@ func (f *openFile) overlay(a *meta.Attr) {
 	}
 }
 
-func (f *openFile) setAttrs(a meta.Attr, mtimeSet bool) {
+func (f *openFile) setAttrs(a meta.Attr, s meta.SetAttr) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.attr.Mode, f.attr.Uid, f.attr.Gid = a.Mode, a.Uid, a.Gid
 	f.attr.Atime, f.attr.Mtime, f.attr.Ctime, f.attr.Nlink = a.Atime, a.Mtime, a.Ctime, a.Nlink
-	if mtimeSet {
+	if s.Mtime != nil {
 		// An explicit utimens after the writes (cp -a) wins over the
 		// commit's time.
 		f.touched = false
+	}
+	if f.pend != nil {
+		f.supersede(s)
 	}
 }
 
@@ -613,10 +621,10 @@ func (f *openFile) commit() error {
 	var gen int64
 	if err == nil {
 		f.b.echoes.drop() // the size and times change
-		gen, err = f.b.store.CommitChunks(f.b.ctx, meta.Commit{Ino: f.ino, BaseGen: f.gen, Size: f.size, Set: set, Keep: keep, Touch: f.touched})
+		gen, err = f.b.store.CommitChunks(f.b.ctx, meta.Commit{Ino: f.ino, BaseGen: f.gen, Size: f.size, Set: set, Keep: keep, Touch: f.touched, Attrs: f.pend})
 	}
 	if errors.Is(err, syscall.ENOENT) {
-		f.dirty, f.resized = map[int64]bool{}, false // removed: its data goes with it
+		f.dirty, f.resized, f.pend = map[int64]bool{}, false, nil // removed: its data goes with it
 		err = nil
 	}
 	if err != nil {
@@ -644,7 +652,7 @@ func (f *openFile) commit() error {
 	if f.touched {
 		f.attr.Mtime, f.attr.Ctime = f.mtime, f.mtime
 	}
-	f.dirty, f.resized, f.touched = map[int64]bool{}, false, false
+	f.dirty, f.resized, f.touched, f.pend = map[int64]bool{}, false, false, nil
 	return nil
 }
 

@@ -321,6 +321,7 @@ func (b *Backend) Lstat(ctx context.Context, name string, st *syscall.Stat_t) er
 		if a, err = b.store.Lookup(opCtx(ctx), split(name)); err != nil {
 			return b.fail("stat", name, err)
 		}
+		b.named(name, a.Ino)
 	}
 	b.overlay(&a)
 	fillStat(a, st)
@@ -446,7 +447,13 @@ func (b *Backend) Unlink(ctx context.Context, name string) error {
 		return err
 	}
 	b.echoes.drop()
-	return b.fail("unlink", name, b.store.Remove(opCtx(ctx), split(name), false))
+	if err := b.store.Remove(opCtx(ctx), split(name), false); err != nil {
+		return b.fail("unlink", name, err)
+	}
+	b.mu.Lock()
+	delete(b.writing, name) // a change by this name is no longer this file's
+	b.mu.Unlock()
+	return nil
 }
 
 func (b *Backend) Rename(ctx context.Context, from, to string, flags uint32) error {
@@ -454,7 +461,11 @@ func (b *Backend) Rename(ctx context.Context, from, to string, flags uint32) err
 		return err
 	}
 	b.echoes.drop()
-	return b.fail("rename", from, b.store.Rename(opCtx(ctx), split(from), split(to), flags))
+	if err := b.store.Rename(opCtx(ctx), split(from), split(to), flags); err != nil {
+		return b.fail("rename", from, err)
+	}
+	b.renameWriting(from, to, flags)
+	return nil
 }
 
 func (b *Backend) Link(ctx context.Context, from, to string) error {
@@ -474,6 +485,10 @@ func (b *Backend) setattr(ctx context.Context, op, name string, s meta.SetAttr) 
 	}
 	b.earlyFor(name) // its round trip overlaps the upload
 	epoch := b.echoes.drop()
+	if a, ok := b.deferAttr(name, s); ok {
+		b.echoes.put(name, a, epoch)
+		return nil
+	}
 	a, err := b.store.SetAttr(opCtx(ctx), split(name), s)
 	if err != nil {
 		return b.fail(op, name, err)
@@ -483,7 +498,7 @@ func (b *Backend) setattr(ctx context.Context, op, name string, s meta.SetAttr) 
 	f := b.open[a.Ino]
 	b.mu.Unlock()
 	if f != nil {
-		f.setAttrs(a, s.Mtime != nil)
+		f.setAttrs(a, s)
 	}
 	return nil
 }

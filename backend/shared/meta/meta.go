@@ -102,6 +102,10 @@ type Commit struct {
 	// Touch sets the file's mtime and ctime to the commit's time: data was
 	// written since the last explicit utimens.
 	Touch bool
+	// Attrs, if not nil, are attribute changes made while the data was
+	// staged, applied with the switch (as SetAttr would, ctime included);
+	// an explicit Mtime yields to Touch.
+	Attrs *SetAttr
 }
 
 // Volume is what the store records of the volume it belongs to.

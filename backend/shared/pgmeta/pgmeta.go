@@ -674,9 +674,10 @@ func (s *Store) Link(ctx context.Context, from, to []string) (meta.Attr, error) 
 	return out, err
 }
 
-func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (meta.Attr, error) {
-	var mode, uid, gid *int64
-	mask := int64(0o7777)
+// setAttrArgs are sa's statement arguments: the mode bits to set and the
+// mask of those it replaces (nil: the mode stays), the owner and group.
+func setAttrArgs(sa meta.SetAttr) (mode, uid, gid *int64, mask int64) {
+	mask = 0o7777
 	switch {
 	case sa.Mode != nil:
 		m := int64(*sa.Mode & 0o7777)
@@ -693,6 +694,11 @@ func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (me
 		g := int64(*sa.Gid)
 		gid = &g
 	}
+	return mode, uid, gid, mask
+}
+
+func (s *Store) SetAttr(ctx context.Context, path []string, sa meta.SetAttr) (meta.Attr, error) {
+	mode, uid, gid, mask := setAttrArgs(sa)
 	// One statement when the path resolves; else the transaction below
 	// finds out why not (ENOENT, ENOTDIR).
 	out, err := scanAttr(s.pool.QueryRow(ctx, setAttrSQL, names(path), mode, uid, gid, ns(sa.Atime), ns(sa.Mtime), mask))
@@ -851,9 +857,17 @@ func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) 
 	// https://www.postgresql.org/docs/15/queries-with.html#QUERIES-WITH-MODIFYING).
 	// Under READ COMMITTED a racing committer's row lock makes the update
 	// wait and then re-check the generation against the committed row.
+	var sa meta.SetAttr
+	if c.Attrs != nil {
+		sa = *c.Attrs
+	}
+	mode, uid, gid, mask := setAttrArgs(sa)
 	err := s.pool.QueryRow(ctx, `WITH u AS (
 			UPDATE kmsfs_inodes SET generation = generation + 1, size = $3,
-				mtime = CASE WHEN $4 THEN `+nowNS+` ELSE mtime END, ctime = CASE WHEN $4 THEN `+nowNS+` ELSE ctime END
+				mode = CASE WHEN $9::bigint IS NULL THEN mode ELSE (mode & ~$10::bigint) | $9::bigint END,
+				uid = COALESCE($11::bigint, uid), gid = COALESCE($12::bigint, gid), atime = COALESCE($13::bigint, atime),
+				mtime = CASE WHEN $4 THEN `+nowNS+` ELSE COALESCE($14::bigint, mtime) END,
+				ctime = CASE WHEN $4 OR $15 THEN `+nowNS+` ELSE ctime END
 			WHERE ino = $1 AND generation = $2 RETURNING generation),
 		g AS (INSERT INTO kmsfs_garbage (key) SELECT key FROM kmsfs_chunks
 			WHERE ino = $1 AND (idx >= $5 OR idx = ANY($6)) AND EXISTS (SELECT 1 FROM u) ON CONFLICT DO NOTHING),
@@ -861,7 +875,8 @@ func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) 
 		i AS (INSERT INTO kmsfs_chunks (ino, idx, key, len)
 			SELECT $1, * FROM unnest($6::bigint[], $7::text[], $8::bigint[]) WHERE EXISTS (SELECT 1 FROM u)
 			ON CONFLICT (ino, idx) DO UPDATE SET key = EXCLUDED.key, len = EXCLUDED.len)
-		SELECT generation FROM u`, int64(c.Ino), c.BaseGen, c.Size, c.Touch, c.Keep, idx, keys, lens).Scan(&gen)
+		SELECT generation FROM u`, int64(c.Ino), c.BaseGen, c.Size, c.Touch, c.Keep, idx, keys, lens,
+		mode, mask, uid, gid, ns(sa.Atime), ns(sa.Mtime), c.Attrs != nil).Scan(&gen)
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return gen, err
 	}

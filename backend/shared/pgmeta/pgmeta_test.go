@@ -218,6 +218,50 @@ func TestCommitChunksReplaceAndShrink(t *testing.T) {
 	}
 }
 
+// TestCommitChunksAttrs: attribute changes joined to a commit apply as
+// SetAttr would (a permission change keeps the set-ID bits, ctime moves),
+// an explicit mtime yields to Touch, and a stale commit applies none.
+func TestCommitChunksAttrs(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.Create(ctx, []string{"f"}, meta.New{Mode: syscall.S_IFREG | 0o4644}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perm, uid, gid := uint32(0o750), uint32(1234), uint32(5678)
+	when := time.Date(2024, 3, 4, 5, 6, 7, 8, time.UTC)
+	one := []meta.Chunk{{Index: 0, Key: "chunks/0", Len: 3}}
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 0, Size: 3, Set: one, Keep: 1,
+		Attrs: &meta.SetAttr{Perm: &perm, Uid: &uid, Gid: &gid, Atime: &when, Mtime: &when}}); err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := s.File(ctx, f.Ino)
+	if err != nil || a.Mode != syscall.S_IFREG|0o4750 || a.Uid != uid || a.Gid != gid || !a.Mtime.Equal(when) || !a.Atime.Equal(when) || !a.Ctime.After(f.Ctime) || a.Size != 3 {
+		t.Fatalf("after a commit with attributes: %+v, %v", a, err)
+	}
+	// A full mode replaces the set-ID bits; data written after the utimens
+	// (Touch) wins over its mtime.
+	mode := uint32(0o640)
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 1, Size: 3, Keep: 1, Touch: true,
+		Attrs: &meta.SetAttr{Mode: &mode, Mtime: &when}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _, err := s.File(ctx, f.Ino); err != nil || b.Mode != syscall.S_IFREG|0o640 || b.Uid != uid || b.Mtime.Equal(when) {
+		t.Fatalf("after a touching commit with a mode: %+v, %v", b, err)
+	}
+	// A stale commit changes no attribute.
+	other := uint32(0o600)
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 1, Size: 3, Keep: 1, Attrs: &meta.SetAttr{Mode: &other, Uid: &other}}); !errors.Is(err, meta.ErrConflict) {
+		t.Fatalf("stale commit: %v", err)
+	}
+	if c, _, err := s.File(ctx, f.Ino); err != nil || c.Mode != syscall.S_IFREG|0o640 || c.Uid != uid {
+		t.Fatalf("after a stale commit with attributes: %+v, %v", c, err)
+	}
+}
+
 // TestVolumeLock: mounts share the lock, a rewrap holds it alone, and a
 // holder whose connection the server ends learns that it lost it.
 func TestVolumeLock(t *testing.T) {
