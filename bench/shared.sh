@@ -36,14 +36,18 @@
 # --keep-alive runs the gateway with HTTP keep-alive (versitygw closes every
 # connection after one response unless told; S3 itself keeps them open).
 #
-# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown] [--keep-alive]
+# --s3-latency DURATION (e.g. 10ms) puts bench/s3/latproxy between the
+# clients and the gateway, adding DURATION to every S3 request: the round
+# trip of a real S3 endpoint, which the loopback gateway does not have.
+#
+# Usage: bench/shared.sh [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown] [--keep-alive] [--s3-latency DURATION]
 # Needs: root, fuse3, perl, versitygw (PATH or ~/go/bin), PostgreSQL 15 in
 # /usr/lib/postgresql/15/bin and a postgres user, awscli, rclone.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
 
-files=10000 size=1024 repeat=3 bin= basebin= breakdown= gwflags=()
+files=10000 size=1024 repeat=3 bin= basebin= breakdown= gwflags=() s3_latency=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--files) files=$2; shift 2 ;;
@@ -53,45 +57,18 @@ while [ $# -gt 0 ]; do
 	--baseline-bin) basebin=$2; shift 2 ;;
 	--breakdown) breakdown=1; shift ;;
 	--keep-alive) gwflags=(--keep-alive); shift ;;
-	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown] [--keep-alive]" >&2; exit 2 ;;
+	--s3-latency) s3_latency=$2; shift 2 ;;
+	*) echo "usage: $0 [--files N] [--size MIB] [--repeat R] [--kmsfs-bin BIN] [--baseline-bin BIN] [--breakdown] [--keep-alive] [--s3-latency DURATION]" >&2; exit 2 ;;
 	esac
 done
-pgbin=/usr/lib/postgresql/15/bin
-gw= pgdir=
-bench_on_exit() {
-	# Each may fail (not started yet); the scratch directory is removed anyway.
-	[ -n "$gw" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null || true
-	[ -n "$pgdir" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" stop -m immediate -w >/dev/null 2>&1 || true
-}
+bench_on_exit() { bench_servers_stop; }
 . bench/lib/scratch.sh
+. bench/lib/servers.sh
 bench_scratch shared-bench
-free_port() { perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0")->sockport'; }
-
-# versitygw on loopback, one bucket.
-vgw=$(command -v versitygw || echo "$HOME/go/bin/versitygw")
-mkdir -p "$work/s3/bench"
-port=$(free_port)
-endpoint=http://127.0.0.1:$port
-ROOT_ACCESS_KEY=benchkey ROOT_SECRET_KEY=benchsecret "$vgw" --port "127.0.0.1:$port" "${gwflags[@]}" posix "$work/s3" >"$work/versitygw.log" 2>&1 &
-gw=$!
-export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
-export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
-unset AWS_PROFILE AWS_SESSION_TOKEN
-for _ in $(seq 150); do perl -MIO::Socket::INET -e 'exit !IO::Socket::INET->new("127.0.0.1:'"$port"'")' && break; sleep 0.1; done
-
-# PostgreSQL 15: a scratch cluster owned by postgres, durability off as in the tests.
-pgdir=$work/pg
-chmod 755 "$work" # postgres must reach its directory
-mkdir -p "$pgdir" && chown postgres: "$pgdir"
-runuser -u postgres -- "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres --no-sync -E UTF8 >"$pgdir/initdb.log" 2>&1 ||
-	{ cat "$pgdir/initdb.log" >&2; exit 1; }
-pgport=$(free_port)
-runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" start -w -t 60 -l "$pgdir/log" \
-	-o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_preload_libraries=pg_stat_statements" >/dev/null
-psql_() { runuser -u postgres -- "$pgbin/psql" -h "$pgdir" -p "$pgport" -U postgres -qAt -v ON_ERROR_STOP=1 "$@"; }
+bench_versitygw "${gwflags[@]}"
+bench_postgres || exit 1
 
 export KMSFS_KEYSTORE=$work/keystore
-s3flags=(--s3-endpoint "$endpoint" --s3-path-style)
 
 # Sources: the tree, its four quarters, the big file.
 perl bench/lib/gentree.pl "$work/src/tree" "$files" >/dev/null

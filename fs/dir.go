@@ -51,10 +51,9 @@ func (n *Node) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) {
 // entry looks up a just-created name and makes its inode.
 func (n *Node) entry(ctx context.Context, o op, p string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
 	var st syscall.Stat_t
-	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
+	if err := n.t.lstatAttr(ctx, p, &st, &out.Attr); err != nil {
 		return nil, n.t.fail(o, p, err)
 	}
-	n.t.statToAttr(ctx, p, &st, &out.Attr)
 	return n.newChild(ctx, &st, &out.Attr), 0
 }
 

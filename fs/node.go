@@ -130,19 +130,23 @@ func (n *Node) child(name string) (string, syscall.Errno) {
 	return path.Join(p, name), errno
 }
 
-// statToAttr fills a FUSE attribute from a backend stat, replacing the
-// ciphertext size of a regular file by its plaintext size.
-func (t *tree) statToAttr(ctx context.Context, name string, st *syscall.Stat_t, out *fuse.Attr) {
+// lstatAttr stats name in the backend into st and fills a FUSE attribute
+// from it, with the plaintext size of a regular file.
+func (t *tree) lstatAttr(ctx context.Context, name string, st *syscall.Stat_t, out *fuse.Attr) error {
+	writeOuts := t.vol.WriteOuts()
+	if err := t.be.Lstat(ctx, name, st); err != nil {
+		return err
+	}
 	if st.Mode&syscall.S_IFMT == syscall.S_IFREG {
 		if n, ok := t.vol.StagedSize(st.Ino); ok {
 			// Held in memory while it is written (a compressing
 			// volume): the stored file does not have it yet.
 			st.Size = n
 		} else {
-			if t.vol.Compresses() {
-				// The stat may predate a background write-out that
-				// has finished since (volume/writeout.go): then the
-				// stored file has the size the stage had.
+			if t.vol.WriteOuts() != writeOuts {
+				// The stat may predate a write-out that has finished
+				// since (volume/compress.go): then the stored file has
+				// the size the stage had.
 				var again syscall.Stat_t
 				if err := t.be.Lstat(ctx, name, &again); err == nil && again.Ino == st.Ino {
 					st.Size = again.Size
@@ -152,6 +156,7 @@ func (t *tree) statToAttr(ctx context.Context, name string, st *syscall.Stat_t, 
 		}
 	}
 	out.FromStat(st)
+	return nil
 }
 
 // newChild makes (or finds) the inode of a child just looked up or created,
@@ -179,10 +184,9 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 		return nil, n.t.fail(opLookup, p, errno)
 	}
 	var st syscall.Stat_t
-	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
+	if err := n.t.lstatAttr(ctx, p, &st, &out.Attr); err != nil {
 		return nil, n.t.fail(opLookup, p, err)
 	}
-	n.t.statToAttr(ctx, p, &st, &out.Attr)
 	return n.newChild(ctx, &st, &out.Attr), 0
 }
 
@@ -214,10 +218,9 @@ func (n *Node) getattr(ctx context.Context, o op, f fusefs.FileHandle, out *fuse
 		return n.t.fail(o, p, errno)
 	}
 	var st syscall.Stat_t
-	if err := n.t.be.Lstat(ctx, p, &st); err != nil {
+	if err := n.t.lstatAttr(ctx, p, &st, &out.Attr); err != nil {
 		return n.t.fail(o, p, err)
 	}
-	n.t.statToAttr(ctx, p, &st, &out.Attr)
 	n.rememberDir(&out.Attr)
 	return 0
 }

@@ -476,6 +476,9 @@ func (h *Handle) rewrite(ctx context.Context, s *stage, blocks bool) error {
 		}
 		s.keepTimes = false
 	}
+	// Before the stage goes: a stat that finds the file unstaged then
+	// sees the count moved (WriteOuts).
+	h.v.writeOuts.Add(1)
 	h.dropKeys()
 	st.keyMu.Lock()
 	st.keys = keys

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmsfs/kmsfs/backend"
@@ -62,6 +63,9 @@ type Volume struct {
 	codec         *envelope.Codec
 	codecErr      error
 	outq          *writeOutQueue // background write-out of compressed files
+	// writeOuts counts the stages stored (compress.go): a stat taken
+	// before one finished may show the stored file's old size.
+	writeOuts atomic.Uint64
 
 	unlock func() error // releases the backend's volume lock (read-write only)
 	// exclusive: nothing but this Volume changes the tree (see Exclusive).

@@ -21,9 +21,12 @@ import (
 	"sync"
 )
 
-// Compresses says whether new files are compressed, and so may be held in
-// memory and written out in the background (compress.go).
-func (v *Volume) Compresses() bool { return v.outq != nil }
+// WriteOuts counts the files held in memory that have been stored
+// (compress.go). A stat of a stored file taken before the count moved may
+// predate a write-out that has finished since, and so the file's size:
+// take the count, stat, look at StagedSize, and stat again if the count
+// moved.
+func (v *Volume) WriteOuts() uint64 { return v.writeOuts.Load() }
 
 // writeOutPendingMax bounds the memory of files waiting to be written out.
 const writeOutPendingMax = 256 << 20
