@@ -127,7 +127,8 @@ func mountCommand() *command {
 and returns once the mount answers; --foreground stays attached. mount(8) runs
 'kmsfs BACKEND MOUNTPOINT -o OPTIONS' for fstab entries of type fuse.kmsfs.
 A local volume mounted read-write here already is bind-mounted (as root): both
-mountpoints show one mount, served by its one process.`,
+mountpoints show one mount, served by its one process, with the first mount's
+options except read-only and the generic ones (noatime, nosuid, ...).`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			var m mountFlags
 			m.register(fs)
