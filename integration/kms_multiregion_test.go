@@ -314,6 +314,9 @@ func TestKMSMultiRegionMountFailsOver(t *testing.T) {
 	if n := strings.Count(v.log(), "is unreachable"); n != 1 {
 		t.Fatalf("the mount logged the switch to the replica %d times, want once:\n%s", n, mountTail(v.log(), 20))
 	}
+	if out := v.run("stats", v.mnt); !strings.Contains(out, "KMS failover    primary "+kmsRegion+" unreachable since ") || !strings.Contains(out, "replica "+kmsRegion2+" answering") {
+		t.Fatalf("kmsfs stats with the primary down:\n%s", out)
+	}
 	if !strings.Contains(b.auditLog(), `"operation":"GenerateDataKey"`) || !strings.Contains(b.auditLog(), `"operation":"Decrypt"`) {
 		t.Fatal("the replica's audit log shows no Decrypt and GenerateDataKey: the mount did not use it")
 	}
@@ -339,6 +342,9 @@ func TestKMSMultiRegionMountFailsOver(t *testing.T) {
 	want["after"] = "after the outage"
 	if got := strings.Count(a.auditLog(), `"operation":"GenerateDataKey"`); got <= before {
 		t.Fatalf("no GenerateDataKey reached the returned primary (%d before, %d after)", before, got)
+	}
+	if out := v.run("stats", v.mnt); !strings.Contains(out, "KMS failover    primary "+kmsRegion+" answering (replicas "+kmsRegion2+")") {
+		t.Fatalf("kmsfs stats after the primary returned:\n%s", out)
 	}
 
 	// Every file, those written through the replica too, reads through the

@@ -53,6 +53,24 @@ type Set struct {
 	histMu sync.RWMutex
 	kmsOps map[string]prometheus.Histogram
 	fuseOp map[string]prometheus.Histogram
+
+	failover func() FailoverState // set by AttachFailover before serving
+}
+
+// AttachFailover reports a mount's multi-Region KMS failover: its state in
+// the snapshot (`kmsfs stats`) and the gauge kmsfs_kms_primary_unreachable.
+// Call it once, before the set is served.
+func (s *Set) AttachFailover(state func() FailoverState) {
+	s.failover = state
+	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kmsfs_kms_primary_unreachable",
+		Help: "1 while the volume's primary KMS is unreachable and its keys are unwrapped with replicas.",
+	}, func() float64 {
+		if state().PrimaryDown {
+			return 1
+		}
+		return 0
+	}))
 }
 
 // New returns a metrics set with its own registry; Attach it to the cache

@@ -284,3 +284,36 @@ func BenchmarkRequestRecorder(b *testing.B) {
 		rec(37 * time.Microsecond)
 	}
 }
+
+// A mount with KMS replicas reports where its calls go: in the snapshot,
+// in `kmsfs stats` text, and as the kmsfs_kms_primary_unreachable gauge.
+func TestFailoverState(t *testing.T) {
+	s := newSet(t)
+	if s.Snapshot().KMSFailover != nil {
+		t.Fatal("a failover state without replicas")
+	}
+	st := FailoverState{PrimaryRegion: "eu-west-1", Replicas: []string{"us-east-2"}}
+	s.AttachFailover(func() FailoverState { return st })
+	gauge := func() string {
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		for _, line := range strings.Split(rec.Body.String(), "\n") {
+			if strings.HasPrefix(line, "kmsfs_kms_primary_unreachable ") {
+				return strings.TrimPrefix(line, "kmsfs_kms_primary_unreachable ")
+			}
+		}
+		t.Fatalf("no kmsfs_kms_primary_unreachable in /metrics:\n%s", rec.Body.String())
+		return ""
+	}
+	if txt := FormatText(s.Snapshot()); !strings.Contains(txt, "KMS failover    primary eu-west-1 answering (replicas us-east-2)") || gauge() != "0" {
+		t.Fatalf("primary up: gauge %s, text:\n%s", gauge(), txt)
+	}
+	st.PrimaryDown, st.DownSince = true, time.Date(2026, 12, 7, 19, 0, 0, 0, time.UTC)
+	if txt := FormatText(s.Snapshot()); !strings.Contains(txt, "primary eu-west-1 unreachable since 2026-12-07T19:00:00Z; no replica has answered yet") || gauge() != "1" {
+		t.Fatalf("primary down: gauge %s, text:\n%s", gauge(), txt)
+	}
+	st.Replica = "us-east-2"
+	if txt := FormatText(s.Snapshot()); !strings.Contains(txt, "unreachable since 2026-12-07T19:00:00Z; replica us-east-2 answering") {
+		t.Fatalf("replica answering, text:\n%s", txt)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -21,6 +22,18 @@ type Snapshot struct {
 	// FUSELatency is by FUSE operation, for the operations the mount has
 	// answered.
 	FUSELatency map[string]LatencySummary `json:"fuse_latency,omitempty"`
+	// KMSFailover is the state of a volume's multi-Region KMS failover,
+	// for a mount with KMS replicas.
+	KMSFailover *FailoverState `json:"kms_failover,omitempty"`
+}
+
+// FailoverState is where a mount with KMS replicas sends its calls.
+type FailoverState struct {
+	PrimaryRegion string    `json:"primary_region"`
+	PrimaryDown   bool      `json:"primary_down"`
+	DownSince     time.Time `json:"down_since,omitzero"`
+	Replica       string    `json:"replica,omitempty"` // the region answering while the primary is down
+	Replicas      []string  `json:"replicas"`
 }
 
 // LatencySummary is a histogram reduced to what a person reads.
@@ -85,6 +98,10 @@ func (s *Set) Snapshot() Snapshot {
 	}
 	s.histMu.RLock()
 	defer s.histMu.RUnlock()
+	if s.failover != nil {
+		st := s.failover()
+		snap.KMSFailover = &st
+	}
 	snap.KMSLatency = summaries(s.kmsOps)
 	if f := summaries(s.fuseOp); len(f) > 0 {
 		snap.FUSELatency = f
@@ -109,6 +126,16 @@ func FormatText(s Snapshot) string {
 	fmt.Fprintf(&b, "prefetched keys %d\nKMS retries     %d\n", s.Volume.PrefetchedKeys, s.KMSRetries)
 	fmt.Fprintf(&b, "key read-ahead  %d speculative Decrypts, %d used, %d unused\n",
 		s.Cache.Prefetches, s.Cache.PrefetchUsed, s.Cache.PrefetchUnused)
+	if f := s.KMSFailover; f != nil {
+		switch {
+		case !f.PrimaryDown:
+			fmt.Fprintf(&b, "KMS failover    primary %s answering (replicas %s)\n", f.PrimaryRegion, strings.Join(f.Replicas, ", "))
+		case f.Replica != "":
+			fmt.Fprintf(&b, "KMS failover    primary %s unreachable since %s; replica %s answering\n", f.PrimaryRegion, f.DownSince.UTC().Format(time.RFC3339), f.Replica)
+		default:
+			fmt.Fprintf(&b, "KMS failover    primary %s unreachable since %s; no replica has answered yet\n", f.PrimaryRegion, f.DownSince.UTC().Format(time.RFC3339))
+		}
+	}
 	var ops []string
 	for op := range s.Cache.KMSCalls {
 		ops = append(ops, op)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/kmsfs/kmsfs/metrics"
 	"net/url"
 	"strings"
 	"sync"
@@ -84,8 +85,9 @@ type failoverKMS struct {
 	now       func() time.Time
 
 	mu        sync.Mutex
-	down      bool   // the primary is unreachable
-	using     string // region of the replica last used while down
+	down      bool      // the primary is unreachable
+	downSince time.Time // when it was found so
+	using     string    // region of the replica last used while down
 	nextProbe time.Time
 	backoff   time.Duration
 	probing   bool
@@ -205,10 +207,24 @@ func (f *failoverKMS) primaryDown(err error) {
 	if f.down {
 		return
 	}
-	f.down = true
+	f.down, f.downSince = true, f.now()
 	f.backoff = failoverProbeMin
 	f.nextProbe = f.now().Add(f.backoff)
 	f.warn(fmt.Sprintf("KMS primary %s (%s) is unreachable (%v); unwrapping keys with its replicas until it answers", f.endpoint(), f.home, err))
+}
+
+// FailoverState is where calls go now, for `kmsfs stats` and /metrics.
+func (f *failoverKMS) FailoverState() metrics.FailoverState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := metrics.FailoverState{PrimaryRegion: f.home, PrimaryDown: f.down, Replica: f.using}
+	if f.down {
+		st.DownSince = f.downSince
+	}
+	for _, r := range f.replicas {
+		st.Replicas = append(st.Replicas, r.region)
+	}
+	return st
 }
 
 // replicaUsed logs the replica that answers, once per switch.

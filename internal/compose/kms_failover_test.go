@@ -14,6 +14,7 @@ import (
 	"github.com/kmsfs/kmsfs/kms"
 	"github.com/kmsfs/kmsfs/kms/keystore"
 	"github.com/kmsfs/kmsfs/kms/server"
+	"github.com/kmsfs/kmsfs/metrics"
 )
 
 const testAccount = "000000000000"
@@ -112,6 +113,10 @@ func TestFailoverToReplicaAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer k.Close()
+	state := func() metrics.FailoverState { return k.(*failoverKMS).FailoverState() }
+	if st := state(); st.PrimaryDown || st.PrimaryRegion != "eu-west-1" || len(st.Replicas) != 1 || st.Replicas[0] != "us-east-2" {
+		t.Fatalf("failover state before any call: %+v", st)
+	}
 	ec := kms.EncryptionContext{"file": "1"}
 	dk, err := k.GenerateDataKey(ctx, md.ARN, 32, ec)
 	if err != nil || dk.KeyID != md.ARN {
@@ -144,6 +149,9 @@ func TestFailoverToReplicaAndBack(t *testing.T) {
 	if n := log.count("is unreachable"); n != 1 {
 		t.Fatalf("the switch to the replica was logged %d times, want once: %q", n, log.lines)
 	}
+	if st := state(); !st.PrimaryDown || st.Replica != "us-east-2" || st.DownSince.IsZero() {
+		t.Fatalf("failover state with the primary down: %+v", st)
+	}
 	// Tampered ciphertext is refused by the replica, not retried elsewhere.
 	bad := append([]byte(nil), dk.CiphertextBlob...)
 	bad[len(bad)-1] ^= 1
@@ -161,6 +169,9 @@ func TestFailoverToReplicaAndBack(t *testing.T) {
 			t.Fatalf("Decrypt while the primary comes back: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if st := state(); st.PrimaryDown || st.Replica != "" {
+		t.Fatalf("failover state after the primary came back: %+v", st)
 	}
 	// Back on the primary: its key state rules again.
 	if err := primary.ks.DisableKey(ctx, md.KeyID); err != nil {

@@ -121,6 +121,9 @@ func OpenVolume(ctx context.Context, spec string, o VolumeOptions) (*Opened, err
 	}
 	if o.Chain.Metrics != nil {
 		o.Chain.Metrics.Attach(cache, vol)
+		if f, ok := k.(*failoverKMS); ok {
+			o.Chain.Metrics.AttachFailover(f.FailoverState)
+		}
 	}
 	return &Opened{Vol: vol, Cache: cache, KMS: k, Backend: be}, nil
 }
