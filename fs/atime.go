@@ -50,7 +50,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -139,20 +138,8 @@ func atimePolicyOfMountinfo(mountOpts, superOpts []string) atimePolicy {
 // mount at mountpoint whose device is dev ("major:minor"), the last one if
 // several are stacked there, from the text of /proc/self/mountinfo.
 func mountinfoOptions(data, mountpoint, dev string) (mountOpts, superOpts []string, ok bool) {
-	for line := range strings.SplitSeq(data, "\n") {
-		// 36 35 0:52 / /mnt rw,noatime shared:1 - fuse.kmsfs /vault rw,user_id=0
-		f := strings.Fields(line)
-		if len(f) < 10 || f[2] != dev || unescapeMountinfo(f[4]) != mountpoint {
-			continue
-		}
-		for i := 6; i+3 < len(f); i++ {
-			if f[i] == "-" {
-				mountOpts, superOpts, ok = strings.Split(f[5], ","), strings.Split(f[i+3], ","), true
-				break
-			}
-		}
-	}
-	return mountOpts, superOpts, ok
+	m, ok := topMount(parseMountinfo(data), mountpoint, dev)
+	return m.mountOpts, m.superOpts, ok
 }
 
 // atimeWatch holds a mount's atime policy and follows its remounts.

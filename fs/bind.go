@@ -3,8 +3,6 @@ package fs
 import (
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +20,7 @@ import (
 // (the backend path given to kmsfs mount) is mounted read-write, or "".
 func MountedReadWrite(source string) string {
 	for _, m := range kmsfsMounts() {
-		if m.source == source && !m.readOnly {
+		if m.source == source && !m.readOnly() {
 			return m.mountpoint
 		}
 	}
@@ -49,34 +47,13 @@ func BindMount(existing, mountpoint string, vfs VFSFlags, readOnly bool) error {
 	return nil
 }
 
-type kmsfsMount struct {
-	dev, mountpoint, source string
-	readOnly                bool
-}
-
 // kmsfsMounts lists the kmsfs mounts of /proc/self/mountinfo.
-func kmsfsMounts() []kmsfsMount {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	var out []kmsfsMount
-	for _, line := range strings.Split(string(data), "\n") {
-		// 36 35 0:52 / /mnt rw,nosuid,nodev - fuse.kmsfs /vault rw,...
-		f := strings.Fields(line)
-		if len(f) < 6 {
-			continue
-		}
-		for i := 6; i+2 < len(f); i++ {
-			if f[i] == "-" {
-				if f[i+1] == "fuse.kmsfs" {
-					out = append(out, kmsfsMount{
-						dev: f[2], mountpoint: unescapeMountinfo(f[4]), source: unescapeMountinfo(f[i+2]),
-						readOnly: slices.Contains(strings.Split(f[5], ","), "ro"),
-					})
-				}
-				break
-			}
+func kmsfsMounts() []mountInfo {
+	ms, _ := readMountinfo()
+	var out []mountInfo
+	for _, m := range ms {
+		if m.fstype == "fuse.kmsfs" {
+			out = append(out, m)
 		}
 	}
 	return out

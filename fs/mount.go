@@ -6,9 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -242,21 +240,15 @@ func mountEntry(mountpoint string) (dev string, opts []string, err error) {
 	if err != nil {
 		return "", nil, err
 	}
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := readMountinfo()
 	if err != nil {
 		return "", nil, err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
-		f := strings.Fields(line)
-		if len(f) >= 6 && unescapeMountinfo(f[4]) == abs {
-			dev, opts = f[2], strings.Split(f[5], ",")
-		}
-	}
-	if dev == "" {
+	m, ok := topMount(ms, abs, "")
+	if !ok {
 		return "", nil, fmt.Errorf("%s: not in /proc/self/mountinfo", abs)
 	}
-	return dev, opts, nil
+	return m.dev, m.mountOpts, nil
 }
 
 // MountSource returns the filesystem type, the source (for kmsfs, the
@@ -268,43 +260,10 @@ func MountSource(mountpoint string) (fstype, source string, readOnly, ok bool) {
 	if err != nil {
 		return "", "", false, false
 	}
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := readMountinfo()
 	if err != nil {
 		return "", "", false, false
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
-		f := strings.Fields(line)
-		if len(f) < 6 || unescapeMountinfo(f[4]) != abs {
-			continue
-		}
-		for i := 6; i+2 < len(f); i++ {
-			if f[i] == "-" {
-				fstype, source, ok = f[i+1], unescapeMountinfo(f[i+2]), true
-				readOnly = slices.Contains(strings.Split(f[5], ","), "ro")
-				break
-			}
-		}
-	}
-	return fstype, source, readOnly, ok
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space, ...) the
-// kernel writes in mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, "\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	m, ok := topMount(ms, abs, "")
+	return m.fstype, m.source, m.readOnly(), ok
 }
