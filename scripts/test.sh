@@ -33,6 +33,11 @@ go test -count=1 -timeout 60m -v ./integration/... 2>&1 | tee /tmp/kmsfs-integra
 # the pipeline hides go test's status: take it from the log
 tail -n 20 /tmp/kmsfs-integration.log
 if ! grep -qE '^ok ' /tmp/kmsfs-integration.log || grep -qE '^(--- FAIL|FAIL)' /tmp/kmsfs-integration.log; then
+	# The filter above keeps only the verdicts; print each failed test's
+	# whole output (its messages and the mount log the harness appends).
+	awk '/^=== RUN   [^\/]+$/ { name = $3; buf = "" }
+	     { buf = buf $0 "\n" }
+	     /^--- FAIL: / && $3 == name { printf "== output of %s\n%s", name, buf }' /tmp/kmsfs-integration.log
 	exit 1
 fi
 # Under CI=true the tests fail on a missing prerequisite; a skip that got
