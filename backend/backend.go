@@ -111,6 +111,34 @@ type Accesser interface {
 	Access(ctx context.Context, name string, ino uint64) error
 }
 
+// OpenAccesser is implemented by open files that can record an access
+// (as Accesser does) through their own descriptor: a few cheap system
+// calls where Accesser resolves the name and opens the entry again. st
+// holds the entry's times the caller decided on. recorded is false when
+// the file cannot record it that way (the backing store's own rules for
+// the descriptor would not move atime now): the caller then uses Accesser.
+type OpenAccesser interface {
+	AccessOpen(st *syscall.Stat_t) (recorded bool, err error)
+}
+
+// AccessLister is implemented by backends that list a directory and
+// record the listing as an access in one go, through the descriptor that
+// lists it. due is given the directory's stat, taken through that
+// descriptor, and says whether the listing counts as an access (the
+// mount's policy); accessed reports whether one was recorded. A failure to
+// record it is not an error of the listing.
+type AccessLister interface {
+	ReadDirAccess(ctx context.Context, name string, due func(st *syscall.Stat_t) bool) (ents []DirEntry, accessed bool, err error)
+}
+
+// RelatimeNeedsUpdate is relatime's rule (relatime_need_update in
+// fs/inode.c): an access moves atime when atime is not later than mtime or
+// ctime (the entry changed since it was last read), or is at least a day
+// old.
+func RelatimeNeedsUpdate(atime, mtime, ctime, now time.Time) bool {
+	return !mtime.Before(atime) || !ctime.Before(atime) || now.Unix()-atime.Unix() >= 24*60*60
+}
+
 // Flusher is implemented by files whose backend makes writes visible only
 // when told to (S3 uploads the staged object). Flush runs on every close(2);
 // local files do not need it.
@@ -192,4 +220,22 @@ type SparseFile interface {
 	// PunchHole frees [off, off+n) keeping the file's size; the range then
 	// reads as zeros.
 	PunchHole(off, n int64) error
+}
+
+// ListAccess lists the directory name of be and records the listing as an
+// access if due, given the directory's stat, says it is one: in one go
+// where be is an AccessLister, else by an Lstat before the listing and
+// Accesser.Access after it. A backend that records no accesses lists
+// without asking due.
+func ListAccess(ctx context.Context, be Backend, name string, due func(st *syscall.Stat_t) bool) (ents []DirEntry, accessed bool, err error) {
+	if al, ok := be.(AccessLister); ok {
+		return al.ReadDirAccess(ctx, name, due)
+	}
+	acc, ok := be.(Accesser)
+	var st syscall.Stat_t
+	isDue := ok && due != nil && be.Lstat(ctx, name, &st) == nil && due(&st)
+	if ents, err = be.ReadDir(ctx, name); err != nil || !isDue {
+		return ents, false, err
+	}
+	return ents, acc.Access(ctx, name, st.Ino) == nil, nil
 }

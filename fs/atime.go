@@ -31,10 +31,18 @@ package fs
 // symlink's atime by the backing mount's rules).
 //
 // The decision costs nothing in the common case: a file's times come with
-// the stat every open makes (volume.Handle.OpenStat), and the policy is an
-// atomic load. Only a directory listing under relatime or strictatime costs
-// a stat (on a shared volume, a metadata lookup), and only an access that
-// moves atime costs the access itself.
+// the stat every open makes (volume.Handle.OpenStat), a directory's with
+// the stat of the descriptor that lists it (backend.AccessLister; on a
+// shared volume, a metadata lookup), and the policy is an atomic load.
+// Only an access that moves atime costs the access itself: on a local
+// volume a read through the descriptor already open (backend.OpenAccesser)
+// where the backing mount's rules agree. The kernel is told to drop the
+// attributes it keeps only where it would not drop its atime by itself:
+// it does after every READ and READDIR it sends (fuse_invalidate_atime in
+// fs/fuse/file.c and readdir.c), so only an open for reading of a file
+// whose pages it may hold (Node.kernelPages), or of an empty one, is
+// followed by a notification; a dropped attribute cache would cost a
+// GETATTR at the next read.
 //
 // The policy is the mount's as /proc/self/mountinfo shows it, and follows a
 // remount (mount -o remount,noatime; remount,ro stops all updates): a
@@ -56,6 +64,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/backend"
 )
 
 // atimeMode is the mount's atime option.
@@ -91,18 +101,10 @@ func (p atimePolicy) needsUpdate(dir bool, atime, mtime, ctime, now time.Time) b
 	switch {
 	case p.readOnly, p.mode == atimeNever, dir && p.noDirs:
 		return false
-	case p.mode == atimeRelative && !relatimeNeedsUpdate(atime, mtime, ctime, now):
+	case p.mode == atimeRelative && !backend.RelatimeNeedsUpdate(atime, mtime, ctime, now):
 		return false
 	}
 	return !atime.Equal(now)
-}
-
-// relatimeNeedsUpdate is relatime's rule (relatime_need_update): the
-// access moves atime when atime is not later than mtime or ctime (the file
-// changed since it was last read), or at least a day old, counted in whole
-// seconds as the kernel does.
-func relatimeNeedsUpdate(atime, mtime, ctime, now time.Time) bool {
-	return !mtime.Before(atime) || !ctime.Before(atime) || now.Unix()-atime.Unix() >= 24*60*60
 }
 
 // atimePolicyOfFlags is the policy mount(2) flags give: noatime or
@@ -280,36 +282,57 @@ func (w *atimeWatch) closeFds() {
 	}
 }
 
-// access records an access to the entry name of node n (see the top of
-// this file), whose backing stat st was taken at or before the access, if
-// the mount's policy says it moves atime; the kernel is then told to drop
-// the attributes it keeps (they carry the old atime). A failure is logged
-// and otherwise ignored: a read does not fail because its atime did not
-// move, as with touch_atime.
-func (t *tree) access(ctx context.Context, n *Node, name string, st *syscall.Stat_t) {
+// accessDue reports whether an access now to an entry whose backing stat
+// is st moves its atime under the mount's policy (see the top of this
+// file).
+func (t *tree) accessDue(st *syscall.Stat_t) bool {
 	if t.accesser == nil || t.noAccess.Load() {
-		return
+		return false
 	}
 	dir := st.Mode&syscall.S_IFMT == syscall.S_IFDIR
 	atime, mtime, ctime := time.Unix(st.Atim.Unix()), time.Unix(st.Mtim.Unix()), time.Unix(st.Ctim.Unix())
 	now := time.Now()
 	if !t.atime.current().needsUpdate(dir, atime, mtime, ctime, now) {
-		return
+		return false
 	}
 	// The goroutine that follows remounts may not have run yet.
-	if !t.atime.recheck().needsUpdate(dir, atime, mtime, ctime, now) {
+	return t.atime.recheck().needsUpdate(dir, atime, mtime, ctime, now)
+}
+
+// access records an access to the entry name of node n (see the top of
+// this file), whose backing stat st was taken at or before the access, if
+// the mount's policy says it moves atime: through open, the entry's open
+// file, where it can (a few system calls), else by name. With notify the
+// kernel is then told to drop the attributes it keeps (they carry the old
+// atime); the caller leaves that out where the kernel drops its atime
+// itself. A failure is logged and otherwise ignored: a read does not fail
+// because its atime did not move, as with touch_atime.
+func (t *tree) access(ctx context.Context, n *Node, name string, st *syscall.Stat_t, open backend.OpenAccesser, notify bool) {
+	if !t.accessDue(st) {
 		return
 	}
-	if err := t.accesser.Access(ctx, name, st.Ino); err != nil {
-		if errors.Is(err, syscall.ENOTSUP) {
-			// A backend behind one that passes accesses on (encrypted
-			// names) records none: stop asking.
-			t.noAccess.Store(true)
+	recorded := false
+	if open != nil {
+		var err error
+		if recorded, err = open.AccessOpen(st); recorded && err != nil {
+			t.log.Debug("atime not updated", "path", "/"+name, "err", err)
+			return
 		}
-		t.log.Debug("atime not updated", "path", "/"+name, "err", err)
-		return
 	}
-	n.NotifyContent(-1, 0) // attributes only, not the page cache
+	if !recorded {
+		if err := t.accesser.Access(ctx, name, st.Ino); err != nil {
+			if errors.Is(err, syscall.ENOTSUP) {
+				// A backend behind one that passes accesses on
+				// (encrypted names) records none: stop asking.
+				t.noAccess.Store(true)
+			}
+			t.log.Debug("atime not updated", "path", "/"+name, "err", err)
+			return
+		}
+	}
+	if notify {
+		n.NotifyContent(-1, 0) // attributes only, not the page cache
+	}
 }
 
 // atimeMayMove reports whether an access to a directory (dir) or file may

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/kmsfs/kmsfs/backend"
 )
 
 func TestRelatimeNeedsUpdate(t *testing.T) {
@@ -28,7 +30,7 @@ func TestRelatimeNeedsUpdate(t *testing.T) {
 		{"atime a day old in whole seconds", at(-24*time.Hour + 400*time.Millisecond), at(-48 * time.Hour), at(-48 * time.Hour), true},
 		{"atime in the future", at(time.Hour), at(-time.Hour), at(-time.Hour), false},
 	} {
-		if got := relatimeNeedsUpdate(c.atime, c.mtime, c.ctime, now); got != c.want {
+		if got := backend.RelatimeNeedsUpdate(c.atime, c.mtime, c.ctime, now); got != c.want {
 			t.Errorf("%s: relatimeNeedsUpdate = %v, want %v", c.name, got, c.want)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/kmsfs/kmsfs/backend"
 )
 
 var (
@@ -27,17 +29,18 @@ func (n *Node) Readdir(ctx context.Context) (fusefs.DirStream, syscall.Errno) {
 	if errno != 0 {
 		return nil, n.t.fail(opReaddir, p, errno)
 	}
-	ents, err := n.t.be.ReadDir(ctx, p)
+	// A listing is an access (atime.go); the kernel keeps no listing, so
+	// every one reaches us. The backend records it with the listing.
+	var due func(*syscall.Stat_t) bool
+	if n.t.atimeMayMove(true) {
+		due = n.t.accessDue
+	}
+	// The kernel drops its cached atime of the directory after every
+	// READDIR (fuse_invalidate_atime in fs/fuse/readdir.c), and this
+	// listing answers one, so nothing more needs telling.
+	ents, _, err := backend.ListAccess(ctx, n.t.be, p, due)
 	if err != nil {
 		return nil, n.t.fail(opReaddir, p, err)
-	}
-	// A listing is an access (atime.go); the kernel keeps no listing, so
-	// every one reaches us.
-	if n.t.atimeMayMove(true) {
-		var st syscall.Stat_t
-		if err := n.t.be.Lstat(ctx, p, &st); err == nil {
-			n.t.access(ctx, n, p, &st)
-		}
 	}
 	// "." and ".." first, as readdir(3) users (ls -a, some backup tools) expect.
 	list := make([]fuse.DirEntry, 0, len(ents)+2)

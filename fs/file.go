@@ -68,7 +68,12 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	// is at its first READ (atime.go).
 	switch int(flags) & syscall.O_ACCMODE {
 	case syscall.O_RDONLY:
-		n.t.access(ctx, n, p, h.OpenStat())
+		// The kernel drops its cached atime after every READ it sends
+		// (fuse_invalidate_atime in fs/fuse/file.c), so only reads it
+		// can serve without one need the attributes dropped here: from
+		// pages it holds, or of an empty file (nothing to read).
+		notify := n.kernelPages.Load() || n.t.vol.PlainSize(p, h.OpenStat().Size) == 0
+		n.t.access(ctx, n, p, h.OpenStat(), h, notify)
 	case syscall.O_RDWR:
 		fh.readAccess.Store(true)
 	}
@@ -108,6 +113,9 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	defer f.t.timed(opRead, time.Now())
+	if f.node != nil {
+		f.node.sawData()
+	}
 	if f.readAccess.Load() && f.readAccess.Swap(false) {
 		f.accessed(ctx)
 	}
@@ -133,11 +141,15 @@ func (f *fileHandle) accessed(ctx context.Context) {
 	if err := f.h.Stat(&st); err != nil {
 		return
 	}
-	f.t.access(ctx, f.node, p, &st)
+	// Inside a READ: the kernel drops its cached atime when it ends.
+	f.t.access(ctx, f.node, p, &st, f.h, false)
 }
 
 func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	defer f.t.timed(opWrite, time.Now())
+	if f.node != nil {
+		f.node.sawData()
+	}
 	n, err := f.h.WriteAt(ctx, data, off)
 	if err != nil {
 		return 0, f.t.fail(opWrite, f.h.Name(), err)

@@ -68,6 +68,18 @@ type Node struct {
 	// what fstat of a descriptor on it answers once it was removed or
 	// renamed over (it has no path then), with no links, as ext4 does.
 	dirAttr atomic.Pointer[fuse.Attr]
+
+	// kernelPages: the kernel may hold pages of the file, because this
+	// daemon served a READ or a WRITE of it since the kernel made the
+	// inode. Until then every read of it reaches the daemon (atime.go).
+	kernelPages atomic.Bool
+}
+
+// sawData records that the kernel may now hold pages of the file.
+func (n *Node) sawData() {
+	if !n.kernelPages.Load() {
+		n.kernelPages.Store(true)
+	}
 }
 
 func (n *Node) addOpen(f *fileHandle) {

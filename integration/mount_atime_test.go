@@ -97,6 +97,9 @@ func TestMountAtime(t *testing.T) {
 	for _, tool := range []string{"cat", "ls", "touch", "mount"} {
 		mountRequireTool(t, tool)
 	}
+	// The remounts below go through mount(8), which runs the kmsfs it
+	// finds in its fixed PATH.
+	mountInstallForMount8(t)
 	v := mountNewVolume(t)
 	v.mount()
 	f, script, d := v.path("f"), v.path("run.sh"), v.path("d")
@@ -108,6 +111,10 @@ func TestMountAtime(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(v.path("d/entry"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	empty := v.path("empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	v.unmount()
@@ -168,6 +175,12 @@ func TestMountAtime(t *testing.T) {
 		mountClockPast(t, first.a)
 		mountTool(t, "cat", f)
 		mountExpectTimes(t, "second cat", f, first.a, first.c)
+		// An empty file: the kernel sends no READ for it (nothing to
+		// read), and the read still counts.
+		mountAtimePast(t, empty)
+		et := mountStatTimes(t, empty)
+		mountTool(t, "cat", empty)
+		mountExpectAtimeMoved(t, "cat of an empty file", empty, et)
 		// A write changes the file: the next read moves atime again.
 		af, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {

@@ -77,6 +77,16 @@ func backendOpenFlags(flags int) int {
 // size is the stored file's.
 func (h *Handle) OpenStat() *syscall.Stat_t { return &h.opened }
 
+// AccessOpen records an access to the file through its open backing file
+// where the backend can (backend.OpenAccesser); false sends the caller to
+// the backend's Accesser.
+func (h *Handle) AccessOpen(st *syscall.Stat_t) (bool, error) {
+	if oa, ok := h.f.(backend.OpenAccesser); ok {
+		return oa.AccessOpen(st)
+	}
+	return false, nil
+}
+
 // Name is the path the handle was opened with, for log lines.
 func (h *Handle) Name() string { return h.name }
 

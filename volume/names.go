@@ -321,14 +321,28 @@ func (b *nameBackend) Lstat(ctx context.Context, name string, st *syscall.Stat_t
 }
 
 func (b *nameBackend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry, error) {
+	ents, _, err := b.ReadDirAccess(ctx, name, nil)
+	return ents, err
+}
+
+// ReadDirAccess lists the directory under its stored name and passes the
+// access decision on (backend.AccessLister).
+func (b *nameBackend) ReadDirAccess(ctx context.Context, name string, due func(*syscall.Stat_t) bool) ([]backend.DirEntry, bool, error) {
 	e, err := b.enc(ctx, "readdir", name)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	ents, err := b.Backend.ReadDir(ctx, e)
+	ents, accessed, err := backend.ListAccess(ctx, b.Backend, e, due)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
+	ents, err = b.plainEntries(ctx, name, e, ents)
+	return ents, accessed, err
+}
+
+// plainEntries turns the listing of the directory name (stored as e) into
+// plaintext names, leaving out the volume's side files.
+func (b *nameBackend) plainEntries(ctx context.Context, name, e string, ents []backend.DirEntry) ([]backend.DirEntry, error) {
 	id, err := b.dirID(ctx, "readdir", name, e)
 	if err != nil {
 		return nil, err

@@ -28,13 +28,24 @@ package local
 // kmsfs mount over a relatime or strictatime backing mount (both update
 // when relatime does), one update per change of the file for a strictatime
 // one over a relatime backing mount, none over a noatime one.
+//
+// Most accesses need no second open. Where the backing mount's own rules
+// move atime for the read at hand (a relatime kmsfs mount over a relatime
+// or strictatime backing mount, the default on both sides, agree on every
+// access), the descriptor the volume already holds records it: O_NOATIME
+// is cleared with F_SETFL for one read (AccessOpen), or for the listing's
+// own getdents64 (ReadDirAccess). Only the other accesses go through the
+// clone.
 
 import (
 	"context"
 	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/backend"
 )
 
 // accessRoot returns the descriptor Access resolves names from: the
@@ -115,6 +126,61 @@ func (b *Backend) Access(_ context.Context, name string, ino uint64) error {
 		err = retry(func() error { _, err := unix.Getdents(fd, buf[:]); return err })
 	}
 	return wrap("access", name, err)
+}
+
+// backingRecords reports whether a read through fd, of an entry with the
+// times in st, moves the entry's atime by the rules of the backing mount fd
+// was opened on (atime_needs_update in fs/inode.c). When it does, an
+// access the kmsfs mount's policy calls for is recorded by reading through
+// fd itself with O_NOATIME cleared: the same update the strictatime clone
+// would make, without resolving the name again. That is the common case: a
+// relatime kmsfs mount over a relatime or strictatime backing mount, whose
+// rules agree.
+func backingRecords(fd int, st *syscall.Stat_t, dir bool) bool {
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		return false
+	}
+	switch {
+	case sfs.Flags&(unix.ST_NOATIME|unix.ST_RDONLY) != 0, dir && sfs.Flags&unix.ST_NODIRATIME != 0:
+		return false
+	case sfs.Flags&unix.ST_RELATIME != 0:
+		return backend.RelatimeNeedsUpdate(time.Unix(st.Atim.Unix()), time.Unix(st.Mtim.Unix()), time.Unix(st.Ctim.Unix()), time.Now())
+	}
+	return true
+}
+
+// readRecorded runs read with fd's O_NOATIME cleared, so that the backing
+// filesystem records it as an access; ok is false if the flag cannot be
+// cleared (F_SETFL asks for the same ownership as O_NOATIME at open). A
+// read of the same file through fd by another request meanwhile is
+// recorded too: it is an access to the same file at the same moment.
+func readRecorded(fd int, read func() error) (ok bool, err error) {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return false, nil
+	}
+	if fl&unix.O_NOATIME != 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NOATIME); err != nil {
+			return false, nil
+		}
+		defer unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+	}
+	return true, read()
+}
+
+// AccessOpen records a read of the open regular file as an access through
+// its own descriptor (backend.OpenAccesser), where the backing mount's
+// rules move atime for it now.
+func (f *file) AccessOpen(st *syscall.Stat_t) (bool, error) {
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || !backingRecords(f.fd, st, false) {
+		return false, nil
+	}
+	// filemap_read calls file_accessed also when it reads nothing.
+	return readRecorded(f.fd, func() error {
+		var one [1]byte
+		return retry(func() error { _, err := syscall.Pread(f.fd, one[:], 0); return err })
+	})
 }
 
 // openNoAtime is openPath with O_NOATIME, so that the backing filesystem

@@ -153,3 +153,112 @@ func TestAccess(t *testing.T) {
 		t.Error("access through a symlink succeeded")
 	}
 }
+
+// backendOnTmpfs returns a backend whose root is a tmpfs mounted with
+// the atime option opt (root only).
+func backendOnTmpfs(t *testing.T, opt string) *Backend {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("missing prerequisite (CI=true): root, to mount a tmpfs with an atime option")
+		}
+		t.Skip("mounting a tmpfs needs root")
+	}
+	var flags uintptr
+	switch opt {
+	case "noatime":
+		flags = unix.MS_NOATIME
+	case "strictatime":
+		flags = unix.MS_STRICTATIME
+	default:
+		flags = unix.MS_RELATIME
+	}
+	root := t.TempDir()
+	if err := unix.Mount("kmsfs-test", root, "tmpfs", flags, "size=16m"); err != nil {
+		t.Fatalf("mount tmpfs -o %s: %v", opt, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(root, unix.MNT_DETACH); err != nil {
+			t.Errorf("umount %s: %v", root, err)
+		}
+	})
+	b, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// TestAccessThroughOpenDescriptors: AccessOpen and ReadDirAccess record an
+// access through the descriptor at hand exactly when the backing mount's
+// rules move atime for it (ctime staying), and otherwise AccessOpen says
+// so (the caller then uses Access) while ReadDirAccess goes through the
+// clone itself. Each backing mount atime option, with an entry changed
+// since it was last read (due under relatime) and one read since.
+func TestAccessThroughOpenDescriptors(t *testing.T) {
+	ctx := context.Background()
+	for _, opt := range []string{"relatime", "strictatime", "noatime"} {
+		t.Run(opt, func(t *testing.T) {
+			b := backendOnTmpfs(t, opt)
+			if err := os.WriteFile(filepath.Join(b.Root(), "f"), []byte("data"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(filepath.Join(b.Root(), "d"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, changed := range []bool{true, false} {
+				// Changed since read: atime long before mtime and
+				// ctime. Read since: atime after both, and recent.
+				at := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+				if !changed {
+					at = time.Now().Add(time.Minute)
+				}
+				p := filepath.Join(b.Root(), "f")
+				setAtime(t, p, at)
+				_, ctime, _ := statTimes(t, p)
+				f, err := b.Open(ctx, "f", os.O_RDONLY, 0, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var st syscall.Stat_t
+				if err := f.Stat(&st); err != nil {
+					t.Fatal(err)
+				}
+				recorded, err := f.(*file).AccessOpen(&st)
+				f.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := opt == "strictatime" || opt == "relatime" && changed
+				atime, ct, _ := statTimes(t, p)
+				if recorded != want || recorded != !atime.Equal(at) || !ct.Equal(ctime) {
+					t.Errorf("file, changed %v: AccessOpen recorded %v (want %v); atime %v from %v, ctime %v from %v", changed, recorded, want, atime, at, ct, ctime)
+				}
+
+				// A listing: recorded by its own getdents where the
+				// backing rules move atime, else through the clone.
+				d := filepath.Join(b.Root(), "d")
+				setAtime(t, d, at)
+				_, dctime, _ := statTimes(t, d)
+				for _, due := range []bool{false, true} {
+					asked := false
+					_, accessed, err := b.ReadDirAccess(ctx, "d", func(st *syscall.Stat_t) bool {
+						asked = true
+						if time.Unix(st.Atim.Unix()).Compare(at) != 0 {
+							t.Errorf("due given atime %v, want %v", time.Unix(st.Atim.Unix()), at)
+						}
+						return due
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+					atime, ct, _ := statTimes(t, d)
+					if !asked || accessed != due || accessed != !atime.Equal(at) || !ct.Equal(dctime) {
+						t.Errorf("dir, changed %v, due %v: asked %v, accessed %v; atime %v from %v, ctime %v from %v", changed, due, asked, accessed, atime, at, ct, dctime)
+					}
+				}
+			}
+		})
+	}
+}

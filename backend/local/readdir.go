@@ -15,18 +15,59 @@ import (
 // parent + "/" + name, which fails with ENAMETOOLONG deep in the tree, and
 // costs an lstat per entry where the record already has the inode number
 // and, on every common file system, the type.
-func (b *Backend) ReadDir(_ context.Context, name string) ([]backend.DirEntry, error) {
+func (b *Backend) ReadDir(ctx context.Context, name string) ([]backend.DirEntry, error) {
+	ents, _, err := b.ReadDirAccess(ctx, name, nil)
+	return ents, err
+}
+
+// ReadDirAccess lists a directory and, if due says the listing is an
+// access, records it (backend.AccessLister): through the listing's own
+// getdents64 where the backing mount's rules move atime for it
+// (atime.go), else by Access through the strictatime clone. A nil due
+// records nothing.
+func (b *Backend) ReadDirAccess(ctx context.Context, name string, due func(*syscall.Stat_t) bool) ([]backend.DirEntry, bool, error) {
 	p, err := b.rel("readdir", name)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	// O_NOATIME: a listing is recorded, if the mount's policy says so,
-	// by Access (atime.go).
+	// O_NOATIME: the volume's listings are not the application's.
 	fd, err := b.openNoAtime(p, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
-		return nil, wrap("readdir", name, err)
+		return nil, false, wrap("readdir", name, err)
 	}
 	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	isDue := false
+	if due != nil {
+		if err := retry(func() error { return syscall.Fstat(fd, &st) }); err != nil {
+			return nil, false, wrap("readdir", name, err)
+		}
+		isDue = due(&st)
+	}
+	var ents []backend.DirEntry
+	list := func() error {
+		ents, err = b.listDir(fd, name == "")
+		return err
+	}
+	if isDue && backingRecords(fd, &st, true) {
+		// iterate_dir calls file_accessed whatever it returns.
+		if ok, err := readRecorded(fd, list); ok {
+			if err != nil {
+				return nil, false, wrap("readdir", name, err)
+			}
+			return ents, true, nil
+		}
+	}
+	if err := list(); err != nil {
+		return nil, false, wrap("readdir", name, err)
+	}
+	// The access goes through the clone; a failure leaves atime where it
+	// was, as touch_atime's would (the listing itself succeeded).
+	return ents, isDue && b.Access(ctx, name, st.Ino) == nil, nil
+}
+
+// listDir reads the directory open at fd to its end.
+func (b *Backend) listDir(fd int, atRoot bool) ([]backend.DirEntry, error) {
 	var out []backend.DirEntry
 	buf := make([]byte, 32<<10)
 	for {
@@ -35,14 +76,13 @@ func (b *Backend) ReadDir(_ context.Context, name string) ([]backend.DirEntry, e
 			continue
 		}
 		if err != nil {
-			return nil, wrap("readdir", name, err)
+			return nil, err
 		}
 		if n <= 0 {
 			return out, nil
 		}
-		out, err = b.appendDirents(out, fd, buf[:n], name == "")
-		if err != nil {
-			return nil, wrap("readdir", name, err)
+		if out, err = b.appendDirents(out, fd, buf[:n], atRoot); err != nil {
+			return nil, err
 		}
 	}
 }
