@@ -134,15 +134,6 @@ func Mount(vol *volume.Volume, mountpoint string, opt MountOptions, log *slog.Lo
 		// (FUSE_CACHE_SYMLINKS): diff -r and rsync read every link once
 		// per pass otherwise.
 		EnableSymlinkCaching: true,
-		// A mount that alone changes its tree (volume.Exclusive) knows
-		// of every change of file data: the kernel makes it or is told
-		// (NotifyContent). Without FUSE_AUTO_INVAL_DATA the kernel stops
-		// asking for the attributes before every read to see whether
-		// another writer changed the file (fuse_cache_read_iter), which
-		// was a GETATTR per file read after an access had dropped them
-		// (atime.go). A mount sharing its volume keeps it: other mounts
-		// change files under it.
-		ExplicitDataCacheControl: vol.Exclusive(),
 	}
 	// With --allow-other, let the kernel check permissions from the
 	// attributes we report: the daemon often runs as root and the backend
