@@ -17,11 +17,16 @@ package fs
 // (object-per-file S3) moves no atime on a read. What counts as an access,
 // given what the daemon sees:
 //
-//   - An open for reading only (O_RDONLY, as exec(2) opens a program, and
-//     as a file is opened to be mapped). The kernel keeps file pages across opens
-//     (FOPEN_KEEP_CACHE), so the reads themselves often never reach the
-//     daemon; the open always does. An open that reads nothing counts too,
-//     which Linux would not count.
+//   - The first READ through an open for reading only (O_RDONLY, as
+//     exec(2) opens a program, and as a file is opened to be mapped). The
+//     kernel keeps file pages across opens (FOPEN_KEEP_CACHE) and serves
+//     reads from them unseen; so an open whose reads would move atime, of
+//     a file whose pages the kernel may hold (Node.kernelPages), is
+//     answered without FOPEN_KEEP_CACHE: the kernel drops the pages and
+//     the read reaches the daemon. Under relatime that is only the first
+//     read after a change. An empty file has nothing to read and the
+//     kernel sends no READ: its open counts. Any other open that reads
+//     nothing does not, as on Linux.
 //   - The first READ the daemon gets through an open for reading and
 //     writing (O_RDWR), which is mostly opened to write.
 //   - Every listing of a directory (the kernel caches none).
@@ -39,8 +44,7 @@ package fs
 // where the backing mount's rules agree. The kernel is told to drop the
 // attributes it keeps only where it would not drop its atime by itself:
 // it does after every READ and READDIR it sends (fuse_invalidate_atime in
-// fs/fuse/file.c and readdir.c), so only an open for reading of a file
-// whose pages it may hold (Node.kernelPages), or of an empty one, is
+// fs/fuse/file.c and readdir.c), so only the open of an empty file is
 // followed by a notification; a dropped attribute cache would cost a
 // GETATTR at the next read.
 //

@@ -62,22 +62,35 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	// FOPEN_KEEP_CACHE: only this mount writes the backing files, so the
 	// kernel's page cache of a file stays valid across opens; a warm re-read
 	// is then served without decrypting again.
+	keep := uint32(fuse.FOPEN_KEEP_CACHE)
 	fh := &fileHandle{t: n.t, h: h}
 	n.addOpen(fh)
-	// An open for reading is an access; an open for reading and writing
-	// is at its first READ (atime.go).
+	// A read is an access (atime.go), recorded at the first READ through
+	// the handle; the kernel drops its cached atime after every READ it
+	// sends (fuse_invalidate_atime in fs/fuse/file.c), so no attributes
+	// need dropping. An open that reads nothing is no access, as on Linux
+	// (rsync opens every file it wrote, to set its attributes).
 	switch int(flags) & syscall.O_ACCMODE {
 	case syscall.O_RDONLY:
-		// The kernel drops its cached atime after every READ it sends
-		// (fuse_invalidate_atime in fs/fuse/file.c), so only reads it
-		// can serve without one need the attributes dropped here: from
-		// pages it holds, or of an empty file (nothing to read).
-		notify := n.kernelPages.Load() || n.t.vol.PlainSize(p, h.OpenStat().Size) == 0
-		n.t.access(ctx, n, p, h.OpenStat(), h, notify)
+		st := h.OpenStat()
+		switch {
+		case n.t.vol.PlainSize(p, st.Size) == 0:
+			// No READ comes for an empty file: its open is the access.
+			n.t.access(ctx, n, p, st, h, true)
+		case n.t.accessDue(st):
+			fh.readAccess.Store(true)
+			if n.kernelPages.Load() {
+				// The kernel would serve the read from its pages, unseen:
+				// let it drop them, so that the read reaches us. Only when
+				// the read moves atime (relatime: the first after a change).
+				keep = 0
+			}
+		}
 	case syscall.O_RDWR:
+		// Mostly opened to write: its first READ that reaches us counts.
 		fh.readAccess.Store(true)
 	}
-	return fh, fuse.FOPEN_KEEP_CACHE, 0
+	return fh, keep, 0
 }
 
 func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
