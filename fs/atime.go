@@ -312,9 +312,13 @@ func (t *tree) accessDue(st *syscall.Stat_t) bool {
 // itself. A failure is logged and otherwise ignored: a read does not fail
 // because its atime did not move, as with touch_atime.
 func (t *tree) access(ctx context.Context, n *Node, name string, st *syscall.Stat_t, open backend.OpenAccesser, notify bool) {
-	if !t.accessDue(st) {
-		return
+	if t.accessDue(st) {
+		t.record(ctx, n, name, st, open, notify)
 	}
+}
+
+// record records an access that moves atime (access, after the decision).
+func (t *tree) record(ctx context.Context, n *Node, name string, st *syscall.Stat_t, open backend.OpenAccesser, notify bool) {
 	recorded := false
 	if open != nil {
 		var err error

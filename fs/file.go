@@ -32,8 +32,10 @@ type fileHandle struct {
 	t    *tree
 	h    *volume.Handle
 	node *Node // the node it was opened on (set by addOpen)
-	// readAccess: opened O_RDWR, its first READ is an access (atime.go).
+	// readAccess: the handle's first READ is an access (atime.go);
+	// readDue: and it moves atime, as decided at the open (O_RDONLY).
 	readAccess atomic.Bool
+	readDue    bool
 }
 
 // openFlags turns the flags of a FUSE OPEN or CREATE into volume open
@@ -78,6 +80,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 			// No READ comes for an empty file: its open is the access.
 			n.t.access(ctx, n, p, st, h, true)
 		case n.t.accessDue(st):
+			fh.readDue = true
 			fh.readAccess.Store(true)
 			if n.kernelPages.Load() {
 				// The kernel would serve the read from its pages, unseen:
@@ -139,22 +142,30 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
-// accessed records the first READ of a file opened for reading and
-// writing as an access (atime.go): with the file's times now, since the
-// handle may have written since it was opened.
+// accessed records the first READ of the handle as an access (atime.go):
+// decided at the open for a file opened for reading only (nothing it
+// does changes the file), else with the file's times now, since the
+// handle may have written since it was opened. The kernel drops its
+// cached atime when the READ ends.
 func (f *fileHandle) accessed(ctx context.Context) {
-	if f.node == nil || !f.t.atimeMayMove(false) {
+	if f.node == nil {
 		return
 	}
 	p, errno := f.node.path()
 	if errno != 0 {
 		return
 	}
+	if !f.t.atimeMayMove(false) {
+		return // remounted noatime or read-only since the open
+	}
+	if f.readDue {
+		f.t.record(ctx, f.node, p, f.h.OpenStat(), f.h, false)
+		return
+	}
 	var st syscall.Stat_t
 	if err := f.h.Stat(&st); err != nil {
 		return
 	}
-	// Inside a READ: the kernel drops its cached atime when it ends.
 	f.t.access(ctx, f.node, p, &st, f.h, false)
 }
 
