@@ -150,24 +150,23 @@ func backingRecords(fd int, st *syscall.Stat_t, dir bool) bool {
 	return true
 }
 
-// readRecorded runs read with fd's O_NOATIME cleared, so that the backing
+// readRecorded runs read with O_NOATIME cleared from fd, whose file
+// status flags (those F_SETFL sets) are setfl, so that the backing
 // filesystem records it as an access; ok is false if the flag cannot be
-// cleared (F_SETFL asks for the same ownership as O_NOATIME at open). A
-// read of the same file through fd by another request meanwhile is
-// recorded too: it is an access to the same file at the same moment.
-func readRecorded(fd int, read func() error) (ok bool, err error) {
-	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return false, nil
-	}
-	if fl&unix.O_NOATIME != 0 {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NOATIME); err != nil {
+// cleared. A read of the same file through fd by another request meanwhile
+// is recorded too: it is an access to the same file at the same moment.
+func readRecorded(fd, setfl int, read func() error) (ok bool, err error) {
+	if setfl&unix.O_NOATIME != 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, setfl&^unix.O_NOATIME); err != nil {
 			return false, nil
 		}
-		defer unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+		defer unix.FcntlInt(uintptr(fd), unix.F_SETFL, setfl)
 	}
 	return true, read()
 }
+
+// setflFlags are the file status flags F_SETFL changes (fcntl(2)).
+const setflFlags = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
 
 // AccessOpen records a read of the open regular file as an access through
 // its own descriptor (backend.OpenAccesser), where the backing mount's
@@ -177,7 +176,7 @@ func (f *file) AccessOpen(st *syscall.Stat_t) (bool, error) {
 		return false, nil
 	}
 	// filemap_read calls file_accessed also when it reads nothing.
-	return readRecorded(f.fd, func() error {
+	return readRecorded(f.fd, f.setfl, func() error {
 		var one [1]byte
 		return retry(func() error { _, err := syscall.Pread(f.fd, one[:], 0); return err })
 	})
@@ -187,11 +186,15 @@ func (f *file) AccessOpen(st *syscall.Stat_t) (bool, error) {
 // does not move the entry's atime when the volume reads it. open(2)
 // refuses O_NOATIME with EPERM to a caller that neither owns the file nor
 // has CAP_FOWNER: such a file is opened without it, and its atime then also
-// moves by the backing mount's rules.
-func (b *Backend) openNoAtime(p string, flags int, mode uint32) (int, error) {
-	fd, err := b.openPath(p, flags|unix.O_NOATIME, mode)
+// moves by the backing mount's rules. setfl is the descriptor's file
+// status flags that F_SETFL sets, as opened.
+func (b *Backend) openNoAtime(p string, flags int, mode uint32) (fd, setfl int, err error) {
+	fd, err = b.openPath(p, flags|unix.O_NOATIME, mode)
+	if err == nil {
+		return fd, (flags | unix.O_NOATIME) & setflFlags, nil
+	}
 	if err == syscall.EPERM {
 		fd, err = b.openPath(p, flags, mode)
 	}
-	return fd, err
+	return fd, flags & setflFlags, err
 }

@@ -10,7 +10,10 @@ import (
 
 // file is an open backing file on a raw descriptor. Its methods retry
 // EINTR and complete short transfers, as *os.File's do.
-type file struct{ fd int }
+type file struct {
+	fd    int
+	setfl int // the file status flags as opened (openNoAtime)
+}
 
 func (f *file) ReadAt(p []byte, off int64) (int, error) {
 	n := 0

@@ -310,7 +310,7 @@ func (b *Backend) Open(_ context.Context, name string, flags int, mode uint32, o
 	// No symlink anywhere on the way, the file itself included
 	// (resolve.go): the kernel opens only regular files through us.
 	// O_NOATIME: the volume's reads are not the application's (atime.go).
-	fd, err := b.openNoAtime(p, flags, mode)
+	fd, setfl, err := b.openNoAtime(p, flags, mode)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: name, Err: err}
 	}
@@ -320,7 +320,7 @@ func (b *Backend) Open(_ context.Context, name string, flags int, mode uint32, o
 			return nil, wrap("chown", name, err)
 		}
 	}
-	return &file{fd: fd}, nil
+	return &file{fd: fd, setfl: setfl}, nil
 }
 
 // openRetry is openat(2), retried on EINTR (a backing directory on a

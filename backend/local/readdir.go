@@ -31,7 +31,7 @@ func (b *Backend) ReadDirAccess(ctx context.Context, name string, due func(*sysc
 		return nil, false, err
 	}
 	// O_NOATIME: the volume's listings are not the application's.
-	fd, err := b.openNoAtime(p, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	fd, setfl, err := b.openNoAtime(p, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return nil, false, wrap("readdir", name, err)
 	}
@@ -51,7 +51,7 @@ func (b *Backend) ReadDirAccess(ctx context.Context, name string, due func(*sysc
 	}
 	if isDue && backingRecords(fd, &st, true) {
 		// iterate_dir calls file_accessed whatever it returns.
-		if ok, err := readRecorded(fd, list); ok {
+		if ok, err := readRecorded(fd, setfl, list); ok {
 			if err != nil {
 				return nil, false, wrap("readdir", name, err)
 			}
