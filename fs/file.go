@@ -148,15 +148,12 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 // handle may have written since it was opened. The kernel drops its
 // cached atime when the READ ends.
 func (f *fileHandle) accessed(ctx context.Context) {
-	if f.node == nil {
-		return
+	if f.node == nil || !f.t.atimeMayMove(false) {
+		return // (for a read-only handle: remounted noatime or ro since the open)
 	}
 	p, errno := f.node.path()
 	if errno != 0 {
 		return
-	}
-	if !f.t.atimeMayMove(false) {
-		return // remounted noatime or read-only since the open
 	}
 	if f.readDue {
 		f.t.record(ctx, f.node, p, f.h.OpenStat(), f.h, false)
