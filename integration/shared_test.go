@@ -1011,16 +1011,32 @@ func TestSharedDeferredAttrs(t *testing.T) {
 	when := time.Date(2024, 3, 4, 5, 6, 7, 890, time.UTC)
 	ts := []unix.Timespec{unix.NsecToTimespec(when.UnixNano()), unix.NsecToTimespec(when.UnixNano())}
 
+	data := []byte("content that arrives with its attributes\n")
+	// created makes name on A and writes data into it, leaving it open.
+	created := func(name string) *os.File {
+		t.Helper()
+		f, err := os.OpenFile(a.path(name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(data); err != nil {
+			f.Close()
+			t.Fatal(err)
+		}
+		return f
+	}
+	// committedOnB waits for B to see name whole, with mode.
+	committedOnB := func(what, name string, mode uint32) {
+		t.Helper()
+		mountWaitFor(t, 2*time.Second, what, func() bool {
+			var st syscall.Stat_t
+			return syscall.Lstat(b.path(name), &st) == nil && st.Mode&0o7777 == mode && st.Size == int64(len(data))
+		})
+	}
+
 	// A new file: data, then what cp -a sends through the descriptor
 	// (owner, mode with set-user-ID, times), then a chown that clears it.
-	f, err := os.OpenFile(a.path("new"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := []byte("content that arrives with its attributes\n")
-	if _, err := f.Write(data); err != nil {
-		t.Fatal(err)
-	}
+	f := created("new")
 	fd := int(f.Fd())
 	for _, step := range []func() error{
 		func() error { return unix.Fchmod(fd, 0o4751) },
@@ -1075,13 +1091,7 @@ func TestSharedDeferredAttrs(t *testing.T) {
 
 	// Renamed while its attributes wait: they follow the file; the old
 	// name is gone on A, and a chmod by the new name joins the commit.
-	h, err := os.OpenFile(a.path("moving"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.Write(data); err != nil {
-		t.Fatal(err)
-	}
+	h := created("moving")
 	if err := h.Chmod(0o640); err != nil {
 		t.Fatal(err)
 	}
@@ -1097,21 +1107,12 @@ func TestSharedDeferredAttrs(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
-	mountWaitFor(t, 2*time.Second, "B to see the renamed file's mode", func() bool {
-		var st syscall.Stat_t
-		return syscall.Lstat(b.path("moved"), &st) == nil && st.Mode&0o7777 == 0o644 && st.Size == int64(len(data))
-	})
+	committedOnB("B to see the renamed file's mode", "moved", 0o644)
 
 	// A hard link made before the first close: a chmod by the link reaches
 	// the store at once and is not undone by the one waiting for the
 	// commit.
-	k, err := os.OpenFile(a.path("linked"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := k.Write(data); err != nil {
-		t.Fatal(err)
-	}
+	k := created("linked")
 	if err := k.Chmod(0o640); err != nil {
 		t.Fatal(err)
 	}
@@ -1127,21 +1128,12 @@ func TestSharedDeferredAttrs(t *testing.T) {
 	if err := k.Close(); err != nil {
 		t.Fatal(err)
 	}
-	mountWaitFor(t, 2*time.Second, "B to see the hard-linked file with the link's chmod", func() bool {
-		var st syscall.Stat_t
-		return syscall.Lstat(b.path("linked"), &st) == nil && st.Mode&0o7777 == 0o604 && st.Size == int64(len(data))
-	})
+	committedOnB("B to see the hard-linked file with the link's chmod", "linked", 0o604)
 
 	// Replaced on B while A writes it: a chmod by the name on A, once A
 	// sees the new file there, changes B's file, not A's.
-	w, err := os.OpenFile(a.path("replaced"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := created("replaced")
 	defer w.Close()
-	if _, err := w.Write(data); err != nil {
-		t.Fatal(err)
-	}
 	mountWaitFor(t, 2*time.Second, "B to see the file A writes", func() bool { return syscall.Lstat(b.path("replaced"), new(syscall.Stat_t)) == nil })
 	old := stat(a.path("replaced")).Ino
 	if err := os.Remove(b.path("replaced")); err != nil {
