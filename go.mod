@@ -54,3 +54,8 @@ require (
 	golang.org/x/tools v0.51.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// go-fuse with one option added (fuse.MountOptions.MaxReaders, see
+// fs/mount.go FuseReaders): third_party/go-fuse.patch over the version
+// required above, rebuilt and checked by scripts/gofuse-fork.sh.
+replace github.com/hanwen/go-fuse/v2 => ./third_party/go-fuse

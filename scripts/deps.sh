@@ -9,7 +9,7 @@ set -euo pipefail
 
 need=()
 for pair in fusermount3:fuse3 rsync:rsync setfattr:attr fio:fio stress-ng:stress-ng \
-	gocryptfs:gocryptfs securefs:securefs softhsm2-util:softhsm2 openssl:openssl setfacl:acl rclone:rclone xfs_io:xfsprogs; do
+	gocryptfs:gocryptfs securefs:securefs softhsm2-util:softhsm2 openssl:openssl setfacl:acl rclone:rclone xfs_io:xfsprogs patch:patch; do
 	cmd=${pair%%:*} pkg=${pair##*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -14,6 +14,8 @@ bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$bad" ]; then echo "not gofmt'ed: $bad"; exit 1; fi
 echo "== go vet"
 go vet ./...
+echo "== go-fuse fork"
+scripts/gofuse-fork.sh --check
 
 echo "== fuzz (short)"
 # A count, not a duration: with a duration Go 1.26's fuzz coordinator can

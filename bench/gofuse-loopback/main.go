@@ -16,11 +16,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	kmsfs "github.com/kmsfs/kmsfs/fs"
 )
 
 func main() {
@@ -49,12 +51,14 @@ func run(mountpoint, backing string) error {
 		EntryTimeout:    &timeout,
 		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
-			FsName:               backing,
-			Name:                 "gofuse-loopback",
-			DirectMount:          true,
-			MaxWrite:             1 << 20,
-			MaxReadAhead:         1 << 20,
-			DisableSplice:        true,
+			FsName:        backing,
+			Name:          "gofuse-loopback",
+			DirectMount:   true,
+			MaxWrite:      1 << 20,
+			MaxReadAhead:  1 << 20,
+			DisableSplice: true,
+			// As many /dev/fuse readers as a kmsfs mount has.
+			MaxReaders:           kmsfs.FuseReaders(runtime.GOMAXPROCS(0)),
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
 		},
 	})
