@@ -105,15 +105,14 @@ func (o MountOptions) cacheTimeouts(vol *volume.Volume) (attr, entry, neg time.D
 // next request (fuse.MountOptions.MaxReaders, an option of the in-tree
 // go-fuse fork, third_party/go-fuse) in a process with procs Ps: half as
 // many as Ps, at least one. go-fuse's default lets GOMAXPROCS+1 of them
-// wait (2..16 plus one). Each holds an OS thread and its P in a system
-// call, and while no P is idle the runtime's sysmon takes Ps back from
-// threads in system calls after 20 µs (retake in runtime/proc.go) and wakes
-// other threads to run them: on 2 CPUs that was most of the daemon's futex
-// and nanosleep calls per request. With fewer readers than Ps one P stays
-// idle between requests, and requests are still handled concurrently (a
-// goroutine that reads a request starts the next reader before handling
-// it). Measured on 2 CPUs, 1 against go-fuse's 3: 5-12% off the tree rows,
-// sequential writes about twice as fast, no loss on 4-job random I/O
+// wait (2..16 plus one), each holding an OS thread and its P in a system
+// call; while no P is idle, the runtime's sysmon takes Ps back from threads
+// in system calls after 20 µs (retake in runtime/proc.go). With fewer
+// readers than Ps a P stays idle between requests, and requests are still
+// handled concurrently: a goroutine that reads a request starts the next
+// reader before handling it. Measured on 2 CPUs, one reader against
+// go-fuse's three: rsync --checksum and diff -r 9-23% faster, cp -a and
+// rsync -a 2-8%, rm -rf and sequential and 4-job random I/O unchanged
 // (docs/BENCHMARKS.md). The go-fuse maintainer finds the default "rather
 // too high than too low" (https://github.com/hanwen/go-fuse/issues/565);
 // JuiceFS's fork lowered it too (https://github.com/juicedata/juicefs/pull/3069),
