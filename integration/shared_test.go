@@ -667,7 +667,8 @@ func TestSharedRewrap(t *testing.T) {
 // The database is lost: `kmsfs salvage` rebuilds every file's current
 // content from the bucket and the KMS alone, by inode number; an
 // file cut short comes back at its new length, one truncated to 0 and
-// written again without its old chunks.
+// written again without its old chunks, and one with holes spanning whole
+// chunks (not stored) with those chunks read as zeros, noted.
 func TestSharedSalvage(t *testing.T) {
 	sv := sharedNew(t, "vol")
 	a := sv.mount(t)
@@ -694,6 +695,28 @@ func TestSharedSalvage(t *testing.T) {
 	if err := os.WriteFile(a.path("again"), want["again"], 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Grown to 30 MiB by truncate, then written at 13 MiB and at the end:
+	// stream chunks 1-2 and 4-6 are holes, never stored.
+	sparse := make([]byte, 30<<20)
+	copy(sparse, "the start")
+	copy(sparse[13<<20:], mountContent(rng, 1<<20))
+	copy(sparse[len(sparse)-5:], "end!!")
+	want["sparse"] = sparse
+	f, err := os.Create(a.path("sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []func() error{
+		func() error { _, err := f.Write(sparse[:9]); return err },
+		func() error { return f.Truncate(int64(len(sparse))) },
+		func() error { _, err := f.WriteAt(sparse[13<<20:14<<20], 13<<20); return err },
+		func() error { _, err := f.WriteAt(sparse[len(sparse)-5:], int64(len(sparse)-5)); return err },
+		f.Close,
+	} {
+		if err := w(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	inode := map[string]uint64{}
 	for name := range want {
 		st, err := os.Stat(a.path(name))
@@ -707,8 +730,13 @@ func TestSharedSalvage(t *testing.T) {
 
 	dir := filepath.Join(t.TempDir(), "salvaged")
 	out := a.run(append(append([]string{"salvage"}, sv.g.flags()...), sv.vault, dir)...)
-	if !strings.Contains(out, "salvage: 4 files") || !strings.Contains(out, "0 failed") {
+	if !strings.Contains(out, "salvage: 5 files") || !strings.Contains(out, "0 failed") {
 		t.Fatalf("salvage output:\n%s", out)
+	}
+	for _, run := range []string{"1-2", "4-6"} {
+		if note := fmt.Sprintf("note: inode %d: no chunk %s ", inode["sparse"], run); !strings.Contains(out, note) {
+			t.Errorf("salvage output does not say %q:\n%s", note, out)
+		}
 	}
 	for name, data := range want {
 		got, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("inode-%d", inode[name])))

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 )
 
 // A chunk object is a self-describing piece of one file's ciphertext
@@ -20,6 +22,10 @@ const (
 	chunkFixed = 72
 	// DefaultChunkSize is the stream bytes per chunk object of a new volume.
 	DefaultChunkSize = 4 << 20
+	// ChunkTrimmed is the header flag of a chunk cut after its last data:
+	// the rest of its range is zeros it does not store, and the stream goes
+	// on after it (so it does not end the file, whatever its length).
+	ChunkTrimmed = 1
 )
 
 // ChunkHeader is the fixed part of a chunk object.
@@ -28,8 +34,9 @@ type ChunkHeader struct {
 	Ino      uint64
 	Gen      int64 // the generation of the chunk list it was written for
 	Index    int64
-	Offset   int64 // stream offset of the first data byte
-	Length   int64 // data bytes
+	Offset   int64  // stream offset of the first data byte
+	Length   int64  // data bytes
+	Flags    uint16 // ChunkTrimmed
 }
 
 // encodeChunk builds a chunk object: header, region copy (exactly
@@ -38,6 +45,7 @@ func encodeChunk(h ChunkHeader, region []byte, regionSize int, data []byte) []by
 	out := make([]byte, chunkFixed+regionSize+len(data))
 	copy(out, chunkMagic)
 	binary.BigEndian.PutUint16(out[8:], chunkVersion)
+	binary.BigEndian.PutUint16(out[10:], h.Flags)
 	binary.BigEndian.PutUint32(out[12:], uint32(regionSize))
 	copy(out[16:32], h.VolumeID[:])
 	binary.BigEndian.PutUint64(out[32:], h.Ino)
@@ -72,6 +80,7 @@ func parseChunkHead(obj []byte) (ChunkHeader, int, error) {
 	if v := binary.BigEndian.Uint16(obj[8:]); v != chunkVersion {
 		return h, 0, fmt.Errorf("chunk object version %d is not supported", v)
 	}
+	h.Flags = binary.BigEndian.Uint16(obj[10:])
 	rs := int(binary.BigEndian.Uint32(obj[12:]))
 	copy(h.VolumeID[:], obj[16:32])
 	h.Ino = binary.BigEndian.Uint64(obj[32:])
@@ -83,4 +92,20 @@ func parseChunkHead(obj []byte) (ChunkHeader, int, error) {
 		return h, 0, errors.New("chunk object header has a negative field")
 	}
 	return h, rs, nil
+}
+
+// chunkSkip is how many of a chunk's first stream bytes its object leaves
+// out, as zeros: a chunk whose data starts after holes is stored from its
+// first data on, and its key (with or without the volume prefix) ends in
+// "-" and that count in decimal. Every other key has none.
+func chunkSkip(key string) int64 {
+	_, s, ok := strings.Cut(key[strings.LastIndexByte(key, '/')+1:], "-")
+	if !ok {
+		return 0
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }

@@ -66,13 +66,24 @@ func (f *openFile) startEarly() {
 		if idx >= keep {
 			continue
 		}
-		length := min(cs, dataEnd-idx*cs)
-		data := make([]byte, length)
-		if n, _ := f.staging.ReadAt(data, idx*cs); int64(n) != length {
-			return // the commit reads it again and says why
+		// As the commit does: a chunk with no data staged is a hole,
+		// dropped and not uploaded.
+		sp, ok, err := f.storedPartOf(idx, cs, dataEnd)
+		if err != nil {
+			return // the commit looks again and says why
 		}
-		e.chunks[idx] = meta.Chunk{Index: idx, Key: newChunkKey(), Len: length}
-		parts = append(parts, part{ChunkHeader{VolumeID: vid, Ino: f.ino, Gen: f.gen + 1, Index: idx, Offset: idx * cs, Length: length}, data})
+		if !ok {
+			continue
+		}
+		data, err := f.readStored(sp, cs)
+		if err != nil {
+			return
+		}
+		e.chunks[idx] = sp.chunk
+		parts = append(parts, part{sp.header(vid, f.ino, f.gen+1, cs), data})
+	}
+	if len(parts) == 0 {
+		return // holes only: nothing to upload
 	}
 	f.early = e
 	go func() {

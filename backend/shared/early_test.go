@@ -112,3 +112,46 @@ func lookupIno(t *testing.T, b *Backend, name string) uint64 {
 	}
 	return a.Ino
 }
+
+// An early upload leaves out the chunks with no data staged, as the commit
+// does, and the commit uses it: the bucket holds the one chunk with data.
+func TestEarlyUploadSkipsHoles(t *testing.T) {
+	e, b := newEnvChunks(t, holeChunk)
+	ctx := context.Background()
+	mt := time.Unix(1_500_000_000, 0)
+	f, err := b.Open(ctx, "f", syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, f, []byte("data"), 0)
+	if err := f.Truncate(3 * holeChunk); err != nil { // chunks 1 and 2: holes
+		t.Fatal(err)
+	}
+	if err := b.Utimens(ctx, "f", &mt, &mt); err != nil {
+		t.Fatal(err)
+	}
+	of := f.(*handle).f
+	of.mu.RLock()
+	var early map[int64]bool
+	if of.early != nil {
+		early = map[int64]bool{}
+		for idx := range of.early.chunks {
+			early[idx] = true
+		}
+	}
+	of.mu.RUnlock()
+	if len(early) != 1 || !early[0] {
+		t.Fatalf("early upload of chunks %v, want chunk 0 only", early)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if objs := e.objects(); len(objs) != 1 {
+		t.Errorf("%d objects, want the one chunk with data", len(objs))
+	}
+	want := make([]byte, 3*holeChunk)
+	copy(want, "data")
+	if got := readAll(t, e.open(), "f"); !bytes.Equal(got, want) {
+		t.Fatal("another process reads other bytes than the data and zeros")
+	}
+}

@@ -9,7 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -318,9 +319,19 @@ func (b *Backend) keepSmall(key string, data []byte) {
 	b.small[key] = data
 }
 
+// fetchRange reads len(p) stream bytes at offset off within chunk c: the
+// zeros its object leaves out at its start (chunkSkip) without S3.
 func (b *Backend) fetchRange(c meta.Chunk, off int64, p []byte) error {
+	if skip := chunkSkip(c.Key); off < skip {
+		n := min(int64(len(p)), skip-off)
+		clear(p[:n])
+		p, off = p[n:], skip
+	}
+	if len(p) == 0 {
+		return nil
+	}
 	_, rs, _ := b.chunkGeometry()
-	start := int64(chunkFixed+rs) + off
+	start := int64(chunkFixed+rs) + off - chunkSkip(c.Key)
 	out, err := b.client.GetObject(b.ctx, &awss3.GetObjectInput{
 		Bucket: aws.String(b.bucket), Key: aws.String(b.chunkKey(c)),
 		Range: aws.String(fmt.Sprintf("bytes=%d-%d", start, start+int64(len(p))-1)),
@@ -346,9 +357,11 @@ func (f *openFile) readLocked(p []byte, off int64) error {
 		part := p[:n]
 		switch c, ok := f.chunks[idx]; {
 		case f.staged[idx]:
-			if _, err := f.staging.ReadAt(part, off); err != nil && !errors.Is(err, io.EOF) {
+			got, err := f.staging.ReadAt(part, off)
+			if err != nil && !errors.Is(err, io.EOF) {
 				return err
 			}
+			clear(part[got:]) // past the staging file's end: zeros
 		case ok && in < c.Len && (f.sparseFrom < 0 || off < f.sparseFrom):
 			// Committed data, up to a sparse tail made since (whose
 			// chunks go at the next commit).
@@ -380,12 +393,16 @@ func (f *openFile) stage(idx int64) error {
 	if c, ok := f.chunks[idx]; ok && c.Len > 0 {
 		dataEnd, _ := f.extent(cs)
 		n := min(c.Len, max(dataEnd-idx*cs, 0))
-		buf := make([]byte, n)
-		if err := f.fetch(c, 0, buf); err != nil {
-			return err
-		}
-		if _, err := f.staging.WriteAt(buf, idx*cs); err != nil {
-			return err
+		// The zeros the object leaves out at its start stay a hole here,
+		// so that the next commit leaves them out again.
+		if skip := chunkSkip(c.Key); n > skip {
+			buf := make([]byte, n-skip)
+			if err := f.fetch(c, skip, buf); err != nil {
+				return err
+			}
+			if _, err := f.staging.WriteAt(buf, idx*cs+skip); err != nil {
+				return err
+			}
 		}
 	}
 	f.staged[idx] = true
@@ -406,7 +423,9 @@ func (f *openFile) openStaging() error {
 }
 
 // grow marks the chunks between the old size and the new as changed: the
-// bytes between read as zeros and are uploaded so.
+// bytes between read as zeros. The staging file is only extended, so they
+// are holes in it, and a commit stores none of them (storedPart): growing
+// by gigabytes costs a map entry per chunk.
 func (f *openFile) grow(to int64) error {
 	cs, _, _ := f.b.chunkGeometry()
 	if to <= f.size {
@@ -451,6 +470,18 @@ func (f *openFile) writeAt(p []byte, off int64, quiet bool) (int, error) {
 			f.staged[idx] = true
 		} else if err := f.stage(idx); err != nil {
 			return 0, err
+		}
+	}
+	if f.sparseFrom >= 0 && end > f.sparseFrom {
+		// The tail's whole chunks before the write are stored from now
+		// on, as the zeros they read as (holes, which a commit drops):
+		// rows committed there before the tail was made must not show.
+		cut := min(off, f.size)
+		for idx := (f.sparseFrom + cs - 1) / cs; idx*cs < cut; idx++ {
+			if err := f.stage(idx); err != nil {
+				return 0, err
+			}
+			f.dirty[idx] = true
 		}
 	}
 	if err := f.grow(off); err != nil {
@@ -582,13 +613,27 @@ func (f *openFile) commit() error {
 	if err := f.readLocked(region, 0); err != nil {
 		return err
 	}
-	var idxs []int64
+	// A dirty chunk with no data staged (truncated up, written past, or
+	// punched) is a hole: its row goes, and nothing is uploaded.
+	var idxs, drop []int64
+	parts := map[int64]storedPart{}
 	for idx := range f.dirty {
-		if idx < keep {
-			idxs = append(idxs, idx)
+		if idx >= keep {
+			continue
 		}
+		sp, ok, err := f.storedPartOf(idx, cs, dataEnd)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			drop = append(drop, idx)
+			continue
+		}
+		idxs = append(idxs, idx)
+		parts[idx] = sp
 	}
-	sort.Slice(idxs, func(i, j int) bool { return idxs[i] < idxs[j] })
+	slices.Sort(idxs)
+	slices.Sort(drop)
 	set := make([]meta.Chunk, len(idxs))
 	var uploaded atomic.Int64
 	var err error
@@ -602,14 +647,14 @@ func (f *openFile) commit() error {
 		g, ctx := errgroup.WithContext(f.b.ctx)
 		g.SetLimit(uploadConcurrency)
 		for i, idx := range idxs {
-			length := min(cs, dataEnd-idx*cs)
-			set[i] = meta.Chunk{Index: idx, Key: newChunkKey(), Len: length}
+			sp := parts[idx]
+			set[i] = sp.chunk
 			g.Go(func() error {
-				data := make([]byte, length)
-				if _, err := f.staging.ReadAt(data, idx*cs); err != nil && !errors.Is(err, io.EOF) {
+				data, err := f.readStored(sp, cs)
+				if err != nil {
 					return err
 				}
-				if err := f.b.putChunk(ctx, ChunkHeader{VolumeID: vid, Ino: f.ino, Gen: f.gen + 1, Index: idx, Offset: idx * cs, Length: length}, region, rs, set[i].Key, data); err != nil {
+				if err := f.b.putChunk(ctx, sp.header(vid, f.ino, f.gen+1, cs), region, rs, sp.chunk.Key, data); err != nil {
 					return err
 				}
 				uploaded.Add(1)
@@ -621,7 +666,7 @@ func (f *openFile) commit() error {
 	var gen int64
 	if err == nil {
 		f.b.echoes.drop() // the size and times change
-		gen, err = f.b.store.CommitChunks(f.b.ctx, meta.Commit{Ino: f.ino, BaseGen: f.gen, Size: f.size, Set: set, Keep: keep, Touch: f.touched, Attrs: f.pend})
+		gen, err = f.b.store.CommitChunks(f.b.ctx, meta.Commit{Ino: f.ino, BaseGen: f.gen, Size: f.size, Set: set, Drop: drop, Keep: keep, Touch: f.touched, Attrs: f.pend})
 	}
 	if errors.Is(err, syscall.ENOENT) {
 		f.dirty, f.resized, f.pend = map[int64]bool{}, false, nil // removed: its data goes with it
@@ -643,6 +688,9 @@ func (f *openFile) commit() error {
 	for _, c := range set {
 		f.chunks[c.Index] = c
 	}
+	for _, idx := range drop {
+		delete(f.chunks, idx)
+	}
 	for idx := range f.chunks {
 		if idx >= keep {
 			delete(f.chunks, idx)
@@ -657,16 +705,23 @@ func (f *openFile) commit() error {
 }
 
 // newChunkKey is a chunk object's key under the volume prefix: random, so
-// a write never replaces an object anyone may be reading.
-func newChunkKey() string {
+// a write never replaces an object anyone may be reading; it names the
+// zeros the object leaves out at the chunk's start, if any (chunkSkip).
+func newChunkKey(skip int64) string {
 	var rnd [16]byte
 	rand.Read(rnd[:]) // never fails (crypto/rand, Go 1.24+)
-	return ChunkDir + hex.EncodeToString(rnd[:])
+	key := ChunkDir + hex.EncodeToString(rnd[:])
+	if skip > 0 {
+		key += "-" + strconv.FormatInt(skip, 10)
+	}
+	return key
 }
 
-// putChunk uploads one chunk object; a small one is kept in memory too.
+// putChunk uploads one chunk object: data is the chunk's stream bytes
+// from its start, of which the object holds the last h.Length. A small
+// chunk is kept in memory too.
 func (b *Backend) putChunk(ctx context.Context, h ChunkHeader, region []byte, rs int, key string, data []byte) error {
-	obj := encodeChunk(h, region, rs, data)
+	obj := encodeChunk(h, region, rs, data[int64(len(data))-h.Length:])
 	_, err := b.client.PutObject(ctx, &awss3.PutObjectInput{
 		Bucket: aws.String(b.bucket), Key: aws.String(b.prefix + key),
 		Body: bytes.NewReader(obj), ContentLength: aws.Int64(int64(len(obj))),
@@ -674,7 +729,7 @@ func (b *Backend) putChunk(ctx context.Context, h ChunkHeader, region []byte, rs
 	if err != nil {
 		return fmt.Errorf("put chunk: %w", err)
 	}
-	if h.Length <= smallChunk {
+	if len(data) <= smallChunk {
 		b.keepSmall(key, data)
 	}
 	return nil

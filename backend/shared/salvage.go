@@ -34,11 +34,18 @@ import (
 // generation whose header region is that of the inode's newest chunk (a
 // file truncated to 0 and written again has a new header, and its old
 // chunks are left out), and ends the file at a partial chunk of the newest
-// generation. What it cannot know: a file truncated to a multiple of the
-// chunk size, or deleted, less than the gc grace period before the database
-// was lost comes back with its old tail, or at all; the chunks a killed
-// writer uploaded but never committed may make a file look newer than it
-// was. A file missing a chunk is reported and left out.
+// generation (not one cut after its last data, ChunkTrimmed: the file goes
+// on after it). A chunk index missing below the last chunk is a hole, read
+// as zeros and reported in Notes: all-zero chunks are not stored, and a
+// version 3 file authenticates its holes (a range that reads as zeros
+// wrongly fails to decrypt at the next stored block), so a lost object
+// shows as an error when the file is read. What it cannot know: a file
+// truncated to a multiple of the chunk size, or deleted, less than the gc
+// grace period before the database was lost comes back with its old tail,
+// or at all, and a chunk that became a hole then comes back with its old
+// data (and the file fails to decrypt); the chunks a killed writer
+// uploaded but never committed may make a file look newer than it was. A
+// file missing its first chunk is reported and left out.
 type Salvage struct {
 	s3b    *s3.Backend
 	client *awss3.Client
@@ -48,13 +55,16 @@ type Salvage struct {
 	files  map[string]*salvaged
 	// Skipped says, one line each, what could not be rebuilt.
 	Skipped []string
+	// Notes says, one line each, what was rebuilt with holes.
+	Notes []string
 }
 
 type salvaged struct {
 	ino    uint64
 	gen    int64
 	size   int64
-	chunks []salvageChunk // in stream order, contiguous from 0
+	chunks []salvageChunk // in stream order; the bytes between are zeros
+	holes  [][2]int64     // runs [first, last] of chunk indexes with no chunk
 	mtime  time.Time
 	region []byte // the header region the chunks carry
 }
@@ -169,12 +179,24 @@ func (sv *Salvage) scan(ctx context.Context, volID [16]byte, regionSize, blockSi
 		}
 		if f != nil {
 			sv.files[fmt.Sprintf("inode-%d", ino)] = f
+			for _, h := range f.holes {
+				sv.Notes = append(sv.Notes, fmt.Sprintf("inode %d: no chunk %s of generation %d or earlier: read as zeros, a hole (version 3 files authenticate it)", ino, indexRun(h), f.gen))
+			}
 		} else {
 			sv.Skipped = append(sv.Skipped, fmt.Sprintf("inode %d: %s", ino, why))
 		}
 	}
 	sort.Strings(sv.Skipped)
+	sort.Strings(sv.Notes)
 	return nil
+}
+
+// indexRun names the chunk indexes [h[0], h[1]].
+func indexRun(h [2]int64) string {
+	if h[0] == h[1] {
+		return strconv.FormatInt(h[0], 10)
+	}
+	return fmt.Sprintf("%d-%d", h[0], h[1])
 }
 
 // rebuild picks an inode's chunks as the type comment says.
@@ -186,7 +208,6 @@ func rebuild(ino uint64, cs []seen, regionSize int) (*salvaged, string) {
 		}
 	}
 	best := map[int64]seen{}
-	end := int64(-1) // the index of a partial chunk of the newest generation
 	for _, c := range cs {
 		if !bytes.Equal(c.region, newest.region) {
 			continue // an earlier content of the inode, under another header
@@ -195,49 +216,55 @@ func rebuild(ino uint64, cs []seen, regionSize int) (*salvaged, string) {
 			best[c.h.Index] = c
 		}
 	}
+	// The chunk's range starts before its data by the holes its object
+	// leaves out (chunkSkip).
+	rangeStart := func(c seen) int64 { return c.h.Offset - chunkSkip(c.key) }
 	chunkSize := int64(0)
 	for _, c := range best {
 		if c.h.Index > 0 {
-			chunkSize = c.h.Offset / c.h.Index
+			chunkSize = rangeStart(c) / c.h.Index
 			break
 		}
 	}
+	// The index of a partial chunk of the newest generation: the end.
+	end := int64(-1)
 	for _, c := range best {
-		if c.h.Gen == newest.h.Gen && chunkSize > 0 && c.h.Length < chunkSize && (end < 0 || c.h.Index < end) {
+		partial := chunkSize > 0 && c.h.Offset+c.h.Length < rangeStart(c)+chunkSize && c.h.Flags&ChunkTrimmed == 0
+		if c.h.Gen == newest.h.Gen && partial && (end < 0 || c.h.Index < end) {
 			end = c.h.Index
 		}
 	}
+	last := int64(-1)
+	for idx := range best {
+		if end < 0 || idx <= end {
+			last = max(last, idx)
+		}
+	}
+	if _, ok := best[0]; !ok {
+		// Chunk 0 holds the header, which is never zeros: never a hole.
+		return nil, fmt.Sprintf("chunk 0 of generation %d or earlier is missing", newest.h.Gen)
+	}
 	f := &salvaged{ino: ino, gen: newest.h.Gen, region: newest.region}
-	for idx := int64(0); ; idx++ {
+	for idx := int64(0); idx <= last; idx++ {
 		c, ok := best[idx]
 		if !ok {
-			if idx == 0 || hasIndexAbove(best, idx) && (end < 0 || idx <= end) {
-				return nil, fmt.Sprintf("chunk %d of generation %d or earlier is missing", idx, newest.h.Gen)
+			if n := len(f.holes); n > 0 && f.holes[n-1][1] == idx-1 {
+				f.holes[n-1][1] = idx
+			} else {
+				f.holes = append(f.holes, [2]int64{idx, idx})
 			}
-			break
+			continue
 		}
-		if c.h.Offset != f.size {
-			return nil, fmt.Sprintf("chunk %d starts at stream offset %d, not %d", idx, c.h.Offset, f.size)
+		if want := idx * chunkSize; rangeStart(c) != want || c.h.Offset < f.size {
+			return nil, fmt.Sprintf("chunk %d starts at stream offset %d, not %d", idx, rangeStart(c), max(want, f.size))
 		}
 		f.chunks = append(f.chunks, salvageChunk{key: c.key, offset: c.h.Offset, length: c.h.Length, skip: int64(chunkFixed + regionSize)})
-		f.size += c.h.Length
+		f.size = c.h.Offset + c.h.Length
 		if c.mtime.After(f.mtime) {
 			f.mtime = c.mtime
 		}
-		if idx == end {
-			break
-		}
 	}
 	return f, ""
-}
-
-func hasIndexAbove(best map[int64]seen, idx int64) bool {
-	for i := range best {
-		if i > idx {
-			return true
-		}
-	}
-	return false
 }
 
 // read reads n bytes at off of an object.
@@ -379,9 +406,13 @@ func (h *salvageFile) ReadAt(p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) && off < h.f.size {
 		i := sort.Search(len(h.f.chunks), func(i int) bool { return h.f.chunks[i].offset+h.f.chunks[i].length > off })
-		if i == len(h.f.chunks) {
-			// A sparse tail: zeros.
-			n := min(int64(len(p)-done), h.f.size-off)
+		next := h.f.size // where the zeros at off end
+		if i < len(h.f.chunks) {
+			next = h.f.chunks[i].offset
+		}
+		if off < next {
+			// A hole, or a sparse tail: zeros.
+			n := min(int64(len(p)-done), next-off)
 			clear(p[done : done+int(n)])
 			done += int(n)
 			off += n
@@ -405,6 +436,45 @@ func (h *salvageFile) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return done, nil
 }
+
+var _ backend.SparseFile = (*salvageFile)(nil)
+
+// SeekData is lseek(2) SEEK_DATA over the rebuilt stream
+// (backend.SparseFile): its chunks are data, the bytes between them holes;
+// io.EOF when no chunk lies at or after off. With it the volume finds the
+// stored block after a hole, and the one before, without reading the hole
+// block by block.
+func (h *salvageFile) SeekData(off int64) (int64, error) {
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	cs := h.f.chunks
+	i := sort.Search(len(cs), func(i int) bool { return cs[i].offset+cs[i].length > off })
+	if off >= h.f.size || i == len(cs) {
+		return 0, io.EOF
+	}
+	return max(off, cs[i].offset), nil
+}
+
+// SeekHole is lseek(2) SEEK_HOLE over the rebuilt stream
+// (backend.SparseFile): the end of the file counts as a hole.
+func (h *salvageFile) SeekHole(off int64) (int64, error) {
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	if off >= h.f.size {
+		return 0, io.EOF
+	}
+	cs := h.f.chunks
+	pos := off
+	for i := sort.Search(len(cs), func(i int) bool { return cs[i].offset+cs[i].length > off }); i < len(cs) && cs[i].offset <= pos; i++ {
+		pos = cs[i].offset + cs[i].length
+	}
+	return min(pos, h.f.size), nil
+}
+
+// PunchHole is refused: the rebuilt files are read-only.
+func (h *salvageFile) PunchHole(int64, int64) error { return syscall.EROFS }
 
 func (h *salvageFile) WriteAt([]byte, int64) (int, error) { return 0, syscall.EROFS }
 func (h *salvageFile) Truncate(int64) error               { return syscall.EROFS }

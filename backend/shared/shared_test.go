@@ -81,10 +81,11 @@ func startGateway(t *testing.T) string {
 }
 
 type env struct {
-	t        *testing.T
-	endpoint string
-	dbURL    string
-	pg       *pgtest.Cluster
+	t         *testing.T
+	endpoint  string
+	dbURL     string
+	pg        *pgtest.Cluster
+	chunkSize int64 // of the volume newEnv creates; 0: testChunk
 }
 
 // open opens the volume as another process would: its own store
@@ -103,6 +104,9 @@ func (e *env) openWith(cfg Config) *Backend {
 		e.t.Fatal(err)
 	}
 	cfg.Store, cfg.S3, cfg.URL, cfg.ChunkSize, cfg.StagingDir = store, s3b, "s3://"+testBucket+"/vol", testChunk, e.t.TempDir()
+	if e.chunkSize != 0 {
+		cfg.ChunkSize = e.chunkSize
+	}
 	b, err := Open(ctx, cfg)
 	if err != nil {
 		e.t.Fatal(err)
@@ -111,9 +115,12 @@ func (e *env) openWith(cfg Config) *Backend {
 	return b
 }
 
-func newEnv(t *testing.T) (*env, *Backend) {
+func newEnv(t *testing.T) (*env, *Backend) { return newEnvChunks(t, testChunk) }
+
+// newEnvChunks is newEnv for a volume of chunks of chunkSize bytes.
+func newEnvChunks(t *testing.T, chunkSize int64) (*env, *Backend) {
 	pg := pgtest.Start(t)
-	e := &env{t: t, endpoint: startGateway(t), pg: pg}
+	e := &env{t: t, endpoint: startGateway(t), pg: pg, chunkSize: chunkSize}
 	e.dbURL = pg.CreateDB("vol")
 	b := e.open()
 	doc := `{"format":1,"volume_id":"00112233445566778899aabbccddeeff","header_size":64,"features":["shared-metadata","name-encryption"]}`

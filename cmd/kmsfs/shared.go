@@ -102,9 +102,10 @@ carries its inode number, generation, stream range and the file's wrapped data
 key, so each file's content is rebuilt from the bucket, decrypted with the KMS,
 and written to DIR/inode-N (the names, directories, attributes and xattrs were
 in the database only). Nothing in the bucket is changed. Chunks that cannot be
-used and inodes missing a chunk are listed on stderr. A file deleted, or cut to
-a multiple of the chunk size, within the gc grace period before the database
-was lost may come back, or with its old tail; run it before any gc.`,
+used, inodes missing their first chunk, and holes (chunks not stored, read as
+zeros) are listed on stderr. A file deleted, or cut to a multiple of the chunk
+size, within the gc grace period before the database was lost may come back,
+or with its old tail; run it before any gc.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			var c commonFlags
 			c.register(fs)
@@ -134,6 +135,9 @@ func salvageFiles(ctx context.Context, inv *invocation, c *commonFlags, spec, di
 	sv := opened.Backend.(*shared.Salvage)
 	for _, s := range sv.Skipped {
 		fmt.Fprintf(inv.stderr, "salvage: skipped %s\n", s)
+	}
+	for _, s := range sv.Notes {
+		fmt.Fprintf(inv.stderr, "salvage: note: %s\n", s)
 	}
 	var files, failed int
 	var bytes int64

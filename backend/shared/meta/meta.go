@@ -97,7 +97,10 @@ type Commit struct {
 	Size    int64
 	// Set replaces or adds these chunks; every chunk at or past Keep is
 	// dropped (Keep = the number of chunks of the new size).
-	Set  []Chunk
+	Set []Chunk
+	// Drop lists chunk indexes that become holes: their rows go (a row
+	// there or not, the range reads as zeros). None of them is in Set.
+	Drop []int64
 	Keep int64
 	// Touch sets the file's mtime and ctime to the commit's time: data was
 	// written since the last explicit utimens.
@@ -164,7 +167,8 @@ type Store interface {
 	File(ctx context.Context, ino uint64) (Attr, []Chunk, error)
 	// CommitChunks switches a chunk list if the inode is still at
 	// c.BaseGen (else ErrConflict; ENOENT if it is gone), records the
-	// replaced chunks as garbage, and returns the new generation.
+	// replaced and dropped chunks as garbage, and returns the new
+	// generation.
 	CommitChunks(ctx context.Context, c Commit) (int64, error)
 
 	// LockVolume takes the volume lock, shared (a mount) or exclusive (a

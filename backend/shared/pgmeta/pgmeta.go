@@ -844,16 +844,26 @@ func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) 
 	idx := make([]int64, len(c.Set))
 	keys := make([]string, len(c.Set))
 	lens := make([]int64, len(c.Set))
+	set := make(map[int64]bool, len(c.Set))
 	for i, ch := range c.Set {
 		idx[i], keys[i], lens[i] = ch.Index, ch.Key, ch.Len
+		set[ch.Index] = true
+	}
+	drop := make([]int64, 0, len(c.Drop))
+	for _, i := range c.Drop {
+		if set[i] {
+			return 0, fmt.Errorf("commit of inode %d: chunk %d is both set and dropped", c.Ino, i)
+		}
+		drop = append(drop, i)
 	}
 	// One statement, so one round trip and no transaction to begin and
 	// commit: the generation-guarded update is the statement's first
 	// data-modifying CTE and the others act only if it matched, so a stale
 	// writer changes nothing. All CTEs read one snapshot, so the garbage
 	// insert records the keys that were there before; the replaced chunks
-	// are upserted in place and only chunks past the new end deleted, so
-	// no two CTEs touch one row (whose order PostgreSQL leaves open:
+	// are upserted in place, and only chunks past the new end or dropped
+	// (never set, checked above) deleted, so no two CTEs touch one row
+	// (whose order PostgreSQL leaves open:
 	// https://www.postgresql.org/docs/15/queries-with.html#QUERIES-WITH-MODIFYING).
 	// Under READ COMMITTED a racing committer's row lock makes the update
 	// wait and then re-check the generation against the committed row.
@@ -870,13 +880,13 @@ func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) 
 				ctime = CASE WHEN $4 OR $15 THEN `+nowNS+` ELSE ctime END
 			WHERE ino = $1 AND generation = $2 RETURNING generation),
 		g AS (INSERT INTO kmsfs_garbage (key) SELECT key FROM kmsfs_chunks
-			WHERE ino = $1 AND (idx >= $5 OR idx = ANY($6)) AND EXISTS (SELECT 1 FROM u) ON CONFLICT DO NOTHING),
-		d AS (DELETE FROM kmsfs_chunks WHERE ino = $1 AND idx >= $5 AND EXISTS (SELECT 1 FROM u)),
+			WHERE ino = $1 AND (idx >= $5 OR idx = ANY($6) OR idx = ANY($16::bigint[])) AND EXISTS (SELECT 1 FROM u) ON CONFLICT DO NOTHING),
+		d AS (DELETE FROM kmsfs_chunks WHERE ino = $1 AND (idx >= $5 OR idx = ANY($16::bigint[])) AND EXISTS (SELECT 1 FROM u)),
 		i AS (INSERT INTO kmsfs_chunks (ino, idx, key, len)
 			SELECT $1, * FROM unnest($6::bigint[], $7::text[], $8::bigint[]) WHERE EXISTS (SELECT 1 FROM u)
 			ON CONFLICT (ino, idx) DO UPDATE SET key = EXCLUDED.key, len = EXCLUDED.len)
 		SELECT generation FROM u`, int64(c.Ino), c.BaseGen, c.Size, c.Touch, c.Keep, idx, keys, lens,
-		mode, mask, uid, gid, ns(sa.Atime), ns(sa.Mtime), c.Attrs != nil).Scan(&gen)
+		mode, mask, uid, gid, ns(sa.Atime), ns(sa.Mtime), c.Attrs != nil, drop).Scan(&gen)
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return gen, err
 	}

@@ -218,6 +218,63 @@ func TestCommitChunksReplaceAndShrink(t *testing.T) {
 	}
 }
 
+// TestCommitChunksDrop: chunks dropped as holes lose their rows, and their
+// keys are recorded as garbage, in the same statement as the chunks set;
+// an index dropped that has no row is no error; an index both set and
+// dropped is refused, and a stale commit drops nothing.
+func TestCommitChunksDrop(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.Create(ctx, []string{"f"}, meta.New{Mode: syscall.S_IFREG | 0o644}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	four := []meta.Chunk{{Index: 0, Key: "chunks/0", Len: 10}, {Index: 1, Key: "chunks/1", Len: 10}, {Index: 2, Key: "chunks/2", Len: 10}, {Index: 3, Key: "chunks/3", Len: 10}}
+	if g, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 0, Size: 40, Set: four, Keep: 4}); err != nil || g != 1 {
+		t.Fatalf("first commit: %d, %v", g, err)
+	}
+	garbage := func() map[string]bool {
+		t.Helper()
+		gb, err := s.Garbage(ctx, time.Now().Add(time.Hour), 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, x := range gb {
+			got[x.Key] = true
+		}
+		return got
+	}
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 1, Size: 40, Set: []meta.Chunk{{Index: 1, Key: "chunks/1b", Len: 10}}, Drop: []int64{1}, Keep: 4}); err == nil {
+		t.Fatal("a chunk both set and dropped was committed")
+	}
+	if _, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 0, Size: 40, Drop: []int64{1, 2}, Keep: 4}); !errors.Is(err, meta.ErrConflict) {
+		t.Fatalf("stale commit: %v", err)
+	}
+	if _, chunks, _ := s.File(ctx, f.Ino); len(chunks) != 4 || len(garbage()) != 0 {
+		t.Fatalf("after refused commits: %+v, garbage %v", chunks, garbage())
+	}
+	// Chunks 1 and 2 become holes, chunk 3 is rewritten; 7 never had a
+	// row (an index past the rows, below the size).
+	g, err := s.CommitChunks(ctx, meta.Commit{Ino: f.Ino, BaseGen: 1, Size: 80, Set: []meta.Chunk{{Index: 3, Key: "chunks/3b", Len: 4}}, Drop: []int64{1, 2, 7}, Keep: 8})
+	if err != nil || g != 2 {
+		t.Fatalf("commit with holes: %d, %v", g, err)
+	}
+	a, chunks, err := s.File(ctx, f.Ino)
+	if err != nil || a.Size != 80 || a.Gen != 2 || len(chunks) != 2 || chunks[0].Key != "chunks/0" || chunks[1].Key != "chunks/3b" || chunks[1].Index != 3 {
+		t.Fatalf("File = %+v %+v %v", a, chunks, err)
+	}
+	if got := garbage(); len(got) != 3 || !got["chunks/1"] || !got["chunks/2"] || !got["chunks/3"] {
+		t.Fatalf("garbage = %v, want chunks/1, chunks/2 and chunks/3", got)
+	}
+	if refs, err := s.Referenced(ctx, []string{"chunks/1", "chunks/2", "chunks/3b"}); err != nil || len(refs) != 1 || !refs["chunks/3b"] {
+		t.Fatalf("referenced = %v, %v", refs, err)
+	}
+}
+
 // TestCommitChunksAttrs: attribute changes joined to a commit apply as
 // SetAttr would (a permission change keeps the set-ID bits, ctime moves),
 // an explicit mtime yields to Touch, and a stale commit applies none.
