@@ -664,6 +664,11 @@ func (f *openFile) commit() error {
 		err = g.Wait()
 	}
 	var gen int64
+	for _, sp := range parts {
+		if err == nil && sp.leavesOut() {
+			err = f.b.raiseSchema()
+		}
+	}
 	if err == nil {
 		f.b.echoes.drop() // the size and times change
 		gen, err = f.b.store.CommitChunks(f.b.ctx, meta.Commit{Ino: f.ino, BaseGen: f.gen, Size: f.size, Set: set, Drop: drop, Keep: keep, Touch: f.touched, Attrs: f.pend})

@@ -340,3 +340,25 @@ func (h *handle) PunchHole(off, n int64) error {
 	}
 	return h.err("fallocate", h.f.punchHole(off, n))
 }
+
+// leavesOut says whether sp's object leaves out stream bytes of its range
+// (a skipped start or a trimmed end), which only readers of schema version
+// 2 place right (meta.SchemaVersion).
+func (sp storedPart) leavesOut() bool { return sp.skip > 0 || sp.trimmed }
+
+// raiseSchema raises a version 1 store to meta.SchemaVersion before the
+// first chunk that leaves out stream bytes is committed to it, so that an
+// older kmsfs refuses the volume rather than misplace that chunk's bytes
+// (a version 3 file would read as EIO there, a version 2 one would not
+// have such chunks). Mounts of an older kmsfs that are already running
+// are not stopped by it.
+func (b *Backend) raiseSchema() error {
+	if b.schemaRaised.Load() {
+		return nil
+	}
+	if err := b.store.RaiseSchema(b.ctx, meta.SchemaVersion); err != nil {
+		return err
+	}
+	b.schemaRaised.Store(true)
+	return nil
+}

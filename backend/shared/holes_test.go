@@ -339,3 +339,56 @@ func TestChunkSkipAndFlags(t *testing.T) {
 		t.Errorf("ParseChunk = %+v, %q, %v", got, body, err)
 	}
 }
+
+// A store made before chunks could leave out stream bytes (schema version
+// 1) stays at 1 while the files written to it store whole chunks, and is
+// raised to 2 before the first chunk that leaves out its leading holes is
+// committed, so that an older kmsfs refuses it from then on.
+func TestSchemaRaisedBeforeChunksThatLeaveOut(t *testing.T) {
+	e, _ := newEnvChunks(t, holeChunk)
+	ctx := context.Background()
+	e.pg.Psql("vol", "UPDATE kmsfs_volume SET schema_version = 1")
+	b := e.open()
+	schema := func() string {
+		t.Helper()
+		return strings.TrimSpace(e.pg.Psql("vol", "SELECT schema_version FROM kmsfs_volume"))
+	}
+	writeFile := func(name string, parts map[int64][]byte) {
+		t.Helper()
+		f, err := b.Open(ctx, name, syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o644, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off, p := range parts {
+			write(t, f, p, off)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile("whole", map[int64][]byte{0: pattern(3*holeChunk, 1)})
+	if got := schema(); got != "1" {
+		t.Fatalf("schema version %s after a file of whole chunks, want 1", got)
+	}
+	// Chunk 2's data starts two pages into its range: its object leaves
+	// them out (a key ending in "-8192").
+	writeFile("holes", map[int64][]byte{0: pattern(100, 2), 2*holeChunk + 8192: pattern(100, 3)})
+	if got := schema(); got != "2" {
+		t.Fatalf("schema version %s after a chunk that leaves out its start, want 2", got)
+	}
+	skipped := false
+	for k := range e.objects() {
+		skipped = skipped || chunkSkip(k) == 8192
+	}
+	if !skipped {
+		t.Fatal("no chunk object leaves out the 8,192 bytes of holes before its data")
+	}
+	g, err := b.Open(ctx, "holes", syscall.O_RDONLY, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if got := readAt(t, g, 2*holeChunk, 8292); !bytes.Equal(got[:8192], make([]byte, 8192)) || !bytes.Equal(got[8192:], pattern(100, 3)) {
+		t.Fatal("chunk 2 does not read back as 8,192 zeros and its data")
+	}
+}

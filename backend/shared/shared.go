@@ -35,6 +35,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -92,6 +93,9 @@ type Backend struct {
 	ownStaging bool
 	uid, gid   uint32
 	newChunk   int64
+	// schemaRaised: the store is at meta.SchemaVersion, so chunks that
+	// leave out stream bytes may be committed (raiseSchema).
+	schemaRaised atomic.Bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -164,6 +168,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err == nil && mv.SchemaVersion > meta.SchemaVersion {
 		return nil, fmt.Errorf("the metadata database has schema version %d, newer than this kmsfs reads (%d); upgrade kmsfs", mv.SchemaVersion, meta.SchemaVersion)
 	}
+	b.schemaRaised.Store(err == nil && mv.SchemaVersion >= meta.SchemaVersion)
 	data, rerr := b.s3b.ReadMeta(ctx, ConfigName)
 	switch {
 	case errors.Is(rerr, fs.ErrNotExist):

@@ -21,8 +21,12 @@ import (
 )
 
 // SchemaVersion is the version of the store layout this kmsfs writes and
-// reads; a store of a newer version is refused.
-const SchemaVersion = 1
+// reads; a store of a newer version is refused. Version 2 adds chunks that
+// leave out stream bytes (docs/FORMAT.md section 12: the trimmed flag, keys
+// ending in "-S"), which a version 1 reader would misplace; a version 1
+// store is raised to 2 (RaiseSchema) before the first such chunk is
+// committed to it, and reads as before until then.
+const SchemaVersion = 2
 
 // ErrConflict says a chunk list was switched by someone else since the
 // writer read it: the writer's data is not committed.
@@ -170,6 +174,10 @@ type Store interface {
 	// replaced and dropped chunks as garbage, and returns the new
 	// generation.
 	CommitChunks(ctx context.Context, c Commit) (int64, error)
+	// RaiseSchema records that the store holds what only readers of
+	// schema version v understand, so that older kmsfs refuse it; it
+	// never lowers the version.
+	RaiseSchema(ctx context.Context, v int) error
 
 	// LockVolume takes the volume lock, shared (a mount) or exclusive (a
 	// rewrap), polling while ctx allows; ErrLockBusy if it stays held in

@@ -899,6 +899,13 @@ func (s *Store) CommitChunks(ctx context.Context, c meta.Commit) (int64, error) 
 	return 0, meta.ErrConflict
 }
 
+func (s *Store) RaiseSchema(ctx context.Context, v int) error {
+	if _, err := s.pool.Exec(ctx, `UPDATE kmsfs_volume SET schema_version = $1 WHERE schema_version < $1`, int32(v)); err != nil {
+		return fmt.Errorf("metadata database: raise schema version to %d: %s", v, oneLine(err))
+	}
+	return nil
+}
+
 func (s *Store) Garbage(ctx context.Context, before time.Time, limit int) ([]meta.Garbage, error) {
 	rows, err := s.pool.Query(ctx, `SELECT key, since FROM kmsfs_garbage WHERE since < $1 ORDER BY since LIMIT $2`, before, limit)
 	if err != nil {

@@ -364,3 +364,27 @@ func TestVolumeLock(t *testing.T) {
 	m3.Release()
 	rw.Release()
 }
+
+// RaiseSchema raises a version 1 store and never lowers a newer one.
+func TestRaiseSchema(t *testing.T) {
+	ctx := context.Background()
+	s, c := openStore(t)
+	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
+		t.Fatal(err)
+	}
+	version := func() int {
+		t.Helper()
+		v, err := s.Volume(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.SchemaVersion
+	}
+	c.Psql("vol", "UPDATE kmsfs_volume SET schema_version = 1")
+	if err := s.RaiseSchema(ctx, 2); err != nil || version() != 2 {
+		t.Fatalf("raise 1 to 2: %v, now %d", err, version())
+	}
+	if err := s.RaiseSchema(ctx, 1); err != nil || version() != 2 {
+		t.Fatalf("raise 2 to 1: %v, now %d (want it left at 2)", err, version())
+	}
+}
