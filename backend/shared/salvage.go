@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -219,10 +220,12 @@ func rebuild(ino uint64, cs []seen, regionSize int) (*salvaged, string) {
 	// The chunk's range starts before its data by the holes its object
 	// leaves out (chunkSkip).
 	rangeStart := func(c seen) int64 { return c.h.Offset - chunkSkip(c.key) }
+	// The chunk size, from the lowest index above 0 (map order would
+	// make a misplaced chunk's answer win at random).
 	chunkSize := int64(0)
-	for _, c := range best {
-		if c.h.Index > 0 {
-			chunkSize = rangeStart(c) / c.h.Index
+	for _, idx := range slices.Sorted(maps.Keys(best)) {
+		if idx > 0 {
+			chunkSize = rangeStart(best[idx]) / idx
 			break
 		}
 	}
