@@ -696,8 +696,13 @@ func (k *Keystore) CreateGrant(ctx context.Context, g kms.Grant) (string, string
 	if err != nil {
 		return "", "", fmt.Errorf("CreateGrant: %w", err)
 	}
-	tok := make([]byte, 48)
-	if _, err := rand.Read(tok); err != nil {
+	// A leading version byte, 1: the token then starts with "AQ".."Af"
+	// (AWS's start with "AQ" too), never with "-", which a command-line
+	// client such as the aws CLI would take for an option. The rest is
+	// 48 random bytes.
+	tok := make([]byte, 49)
+	tok[0] = 1
+	if _, err := rand.Read(tok[1:]); err != nil {
 		return "", "", fmt.Errorf("CreateGrant: %w", err)
 	}
 	token := base64.RawURLEncoding.EncodeToString(tok)

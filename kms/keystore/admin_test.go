@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -228,4 +229,21 @@ func TestListKeysAndDescribe(t *testing.T) {
 	wantCode(t, err, kms.ErrValidation)
 	_, err = f.ks.DescribeKey(bg, "")
 	wantCode(t, err, kms.ErrValidation)
+}
+
+// A grant token never starts with "-": the aws CLI, given
+// `--grant-tokens -X...`, takes the token for an unknown option. With 48
+// random bytes alone one token in 64 would.
+func TestGrantTokensNeverLookLikeOptions(t *testing.T) {
+	f := newFixture(t)
+	a := createKey(t, f.ks)
+	for i := range 200 {
+		_, token, err := f.ks.CreateGrant(bg, kms.Grant{KeyID: a.ARN, GranteePrincipal: fmt.Sprintf("arn:aws:iam::000000000000:role/r%d", i), Operations: []string{"Decrypt"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(token, "A") || len(token) != 66 {
+			t.Fatalf("grant token %q: want 66 characters starting with A", token)
+		}
+	}
 }
