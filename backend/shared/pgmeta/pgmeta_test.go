@@ -171,10 +171,7 @@ func TestOpenBadURL(t *testing.T) {
 // nothing.
 func TestCommitChunksReplaceAndShrink(t *testing.T) {
 	ctx := context.Background()
-	s, _ := openStore(t)
-	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
-		t.Fatal(err)
-	}
+	s, _ := openVolume(t)
 	f, err := s.Create(ctx, []string{"f"}, meta.New{Mode: syscall.S_IFREG | 0o644}, true)
 	if err != nil {
 		t.Fatal(err)
@@ -224,10 +221,7 @@ func TestCommitChunksReplaceAndShrink(t *testing.T) {
 // dropped is refused, and a stale commit drops nothing.
 func TestCommitChunksDrop(t *testing.T) {
 	ctx := context.Background()
-	s, _ := openStore(t)
-	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
-		t.Fatal(err)
-	}
+	s, _ := openVolume(t)
 	f, err := s.Create(ctx, []string{"f"}, meta.New{Mode: syscall.S_IFREG | 0o644}, true)
 	if err != nil {
 		t.Fatal(err)
@@ -280,10 +274,7 @@ func TestCommitChunksDrop(t *testing.T) {
 // an explicit mtime yields to Touch, and a stale commit applies none.
 func TestCommitChunksAttrs(t *testing.T) {
 	ctx := context.Background()
-	s, _ := openStore(t)
-	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
-		t.Fatal(err)
-	}
+	s, _ := openVolume(t)
 	f, err := s.Create(ctx, []string{"f"}, meta.New{Mode: syscall.S_IFREG | 0o4644}, true)
 	if err != nil {
 		t.Fatal(err)
@@ -368,10 +359,7 @@ func TestVolumeLock(t *testing.T) {
 // RaiseSchema raises a version 1 store and never lowers a newer one.
 func TestRaiseSchema(t *testing.T) {
 	ctx := context.Background()
-	s, c := openStore(t)
-	if err := s.CreateVolume(ctx, meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
-		t.Fatal(err)
-	}
+	s, c := openVolume(t)
 	version := func() int {
 		t.Helper()
 		v, err := s.Volume(ctx)
@@ -387,4 +375,14 @@ func TestRaiseSchema(t *testing.T) {
 	if err := s.RaiseSchema(ctx, 1); err != nil || version() != 2 {
 		t.Fatalf("raise 2 to 1: %v, now %d (want it left at 2)", err, version())
 	}
+}
+
+// openVolume is openStore with a volume of 10-byte chunks created in it.
+func openVolume(t *testing.T) (*Store, *pgtest.Cluster) {
+	t.Helper()
+	s, c := openStore(t)
+	if err := s.CreateVolume(context.Background(), meta.Volume{ID: "00112233445566778899aabbccddeeff", ChunkSize: 10}, meta.New{Mode: 0o755}); err != nil {
+		t.Fatal(err)
+	}
+	return s, c
 }
